@@ -1,0 +1,210 @@
+/**
+ * The store is the queue (ARCHITECTURE §3): one interface, two engines (SQLite embedded,
+ * PostgreSQL shared), one conformance suite (`store/conformance.ts`) that both must pass.
+ *
+ * Every method that changes state is one transaction, committed before its promise resolves.
+ * Times are milliseconds since the epoch and are always passed in by the caller (`now`), so the
+ * engines never read a clock of their own and tests can drive time.
+ */
+import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+
+/**
+ * pending     – not built yet; collects every new message of its contact (at most one per contact)
+ * in_flight   – claimed by a worker under a lease; at most one per contact
+ * retrying    – built (body frozen), waiting for `nextAttemptAt`
+ * delivered   – a 2xx was received
+ * failed      – 400 (or another non-retryable answer), or out of attempts/age; kept for replay
+ * superseded  – a newer state of the contact exists; never sent again
+ */
+export type DeliveryState = 'pending' | 'in_flight' | 'retrying' | 'delivered' | 'failed' | 'superseded';
+
+/** First attempts and retries are claimed separately so a retry backlog never delays new work. */
+export type Lane = 'first' | 'retry';
+
+/** Circuit state of an endpoint (issue 7). */
+export type CircuitState = 'closed' | 'open' | 'half_open';
+
+export interface WebhookRecord extends WebhookConfig {
+  accountId: string;
+  /** Default time-to-live of a message published without its own expiry (ms). Default 1 day. */
+  messageTtlMs: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface PublishInput {
+  accountId: string;
+  /** Already validated; `expiresAt` already resolved from the message's TTL or the account default. */
+  messages: StoredMessage[];
+  now: number;
+}
+
+export interface PublishResult {
+  /** Messages newly stored. */
+  inserted: number;
+  /** Messages whose id was already stored for the account (idempotent publish: ignored). */
+  duplicates: number;
+  /** One entry per touched contact: the contact's pending delivery (new or existing, coalesced). */
+  deliveries: Array<{ externalCustomerId: string; deliveryId: string }>;
+}
+
+export interface Delivery {
+  id: string;
+  accountId: string;
+  externalCustomerId: string;
+  state: DeliveryState;
+  createdAt: number;
+  updatedAt: number;
+  /** When the delivery may next be attempted; null when terminal. */
+  nextAttemptAt: number | null;
+  /** Attempts made so far. */
+  attemptCount: number;
+  /** Time of the first attempt (the age for the max-age rule counts from it), null before. */
+  firstAttemptAt: number | null;
+  /** The exact request body, frozen at the first attempt; null while pending. */
+  body: Uint8Array | null;
+  /** Ids of the messages the frozen body carries (for WatchDeliveries), null while pending. */
+  messageIds: string[] | null;
+  /** The delivery that superseded this one, when state is superseded. */
+  supersededBy: string | null;
+  /** Short reason of the last failure, e.g. `http_400`, `timeout`. */
+  lastError: string | null;
+}
+
+export interface Attempt {
+  deliveryId: string;
+  /** 1-based. */
+  attemptNo: number;
+  startedAt: number;
+  durationMs: number;
+  /** HTTP status when an answer came. */
+  statusCode: number | null;
+  /** Stable error kind when no answer came (`timeout`, `refused`, `reset`, `dns`, `tls`, ...). */
+  errorKind: string | null;
+  verdict: 'delivered' | 'retry' | 'failed';
+  /** Next attempt time decided after this attempt, when retrying. */
+  nextAttemptAt: number | null;
+}
+
+export interface ClaimOptions {
+  lane: Lane;
+  limit: number;
+  now: number;
+  /** The lease: the claim is lost at `now + leaseMs`. Always longer than the request timeout. */
+  leaseMs: number;
+  /** Identifies the worker process holding the claim. */
+  owner: string;
+  /** Accounts whose endpoint is at its concurrency limit or paused: skip their deliveries. */
+  excludeAccounts?: readonly string[];
+}
+
+/** A claimed delivery, now `in_flight` under the caller's lease, with its webhook. */
+export interface ClaimedDelivery {
+  delivery: Delivery;
+  webhook: WebhookRecord;
+  leaseUntil: number;
+}
+
+export interface AttemptResult {
+  owner: string;
+  attempt: Attempt;
+  /** `delivered`, `failed`, or `retrying` (with `attempt.nextAttemptAt`). */
+  nextState: 'delivered' | 'failed' | 'retrying';
+}
+
+export interface DeliveryFilter {
+  accountId?: string;
+  externalCustomerId?: string;
+  states?: DeliveryState[];
+}
+
+export interface DeliveryPage {
+  deliveries: Delivery[];
+  /** Opaque cursor of the next page, null at the end. */
+  nextCursor: string | null;
+}
+
+export interface RetryResult {
+  /** The delivery that will be sent: the same one (same id, same bytes) or the contact's newer one. */
+  delivery: Delivery;
+  /** True when a newer state of the contact exists and it is what gets sent instead. */
+  replacedByNewer: boolean;
+}
+
+/** An outcome event for WatchDeliveries; `outcomes()` sees those of every process on the store. */
+export interface DeliveryOutcome {
+  deliveryId: string;
+  accountId: string;
+  externalCustomerId: string;
+  state: 'delivered' | 'retrying' | 'failed' | 'superseded';
+  messageIds: string[];
+  attemptNo: number;
+  statusCode: number | null;
+  errorKind: string | null;
+  nextAttemptAt: number | null;
+  at: number;
+}
+
+export interface Store {
+  /** Applies the versioned migrations (safe under concurrent starts). */
+  migrate(): Promise<void>;
+  close(): Promise<void>;
+
+  upsertWebhook(accountId: string, config: WebhookConfig & { messageTtlMs?: number }, now: number): Promise<WebhookRecord>;
+  getWebhook(accountId: string): Promise<WebhookRecord | null>;
+  /** Deletes the webhook, the account's messages and its non-terminal deliveries. */
+  deleteWebhook(accountId: string): Promise<boolean>;
+
+  /**
+   * One transaction: insert the messages (ignore ids already known for the account), and make sure
+   * each touched contact has a pending delivery due now; a contact's `retrying` delivery becomes
+   * `superseded` by the new pending one (ARCHITECTURE §2).
+   */
+  publish(input: PublishInput): Promise<PublishResult>;
+
+  /** Make sure each named contact (or every contact of the account with messages) has a pending delivery. */
+  resync(accountId: string, externalCustomerIds: readonly string[] | 'all', now: number): Promise<PublishResult['deliveries']>;
+
+  /**
+   * Claims due deliveries of one lane (first: `pending`; retry: `retrying`, and `in_flight` whose lease
+   * expired) in due order, skipping contacts that already have a delivery in flight under a live lease and
+   * accounts whose webhook is disabled or excluded. Claimed rows become `in_flight` under `owner`.
+   */
+  claimDue(options: ClaimOptions): Promise<ClaimedDelivery[]>;
+
+  /** The contact's available messages: not expired at `now`, newest first (createdDate desc, id), at most `limit`. */
+  contactMessages(accountId: string, externalCustomerId: string, now: number, limit: number): Promise<StoredMessage[]>;
+
+  /**
+   * Freezes the body and message ids of a claimed delivery at its first attempt (ARCHITECTURE §1).
+   * Returns false (and changes nothing) when `owner` no longer holds the claim.
+   */
+  freeze(deliveryId: string, owner: string, body: Uint8Array, messageIds: string[], now: number): Promise<boolean>;
+
+  /**
+   * Records an attempt and the delivery's new state in one transaction. When `nextState` is `retrying`
+   * but the contact has a newer pending delivery, the delivery becomes `superseded` instead.
+   * Returns the updated delivery, or null when `owner` no longer holds the claim (nothing changes).
+   */
+  recordAttempt(deliveryId: string, result: AttemptResult): Promise<Delivery | null>;
+
+  /** Gives a claim back without an attempt (shutdown): the delivery is due again at `dueAt`. */
+  release(deliveryId: string, owner: string, dueAt: number): Promise<void>;
+
+  getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null>;
+  listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage>;
+
+  /** Replays a failed (or superseded) delivery now; see ARCHITECTURE "Delivery states". Null when unknown. */
+  retryDelivery(id: string, now: number): Promise<RetryResult | null>;
+
+  /** Deletes expired messages and old terminal deliveries; returns how many rows went. Bounded by `limit`. */
+  sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number>;
+
+  /** Publishes an outcome to every process watching this store (in process for SQLite, NOTIFY for PostgreSQL). */
+  emitOutcome(outcome: DeliveryOutcome): Promise<void>;
+  /** Subscribes to outcomes of every process; returns the unsubscribe function. */
+  onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void;
+
+  /** Counts for metrics and the backlog: deliveries by state, and the oldest due non-terminal delivery. */
+  stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }>;
+}

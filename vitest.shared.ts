@@ -1,0 +1,25 @@
+import { fileURLToPath } from 'node:url';
+import { defineConfig, type ViteUserConfig } from 'vitest/config';
+
+const root = fileURLToPath(new URL('.', import.meta.url));
+
+/**
+ * One vitest configuration for every package: sources of sibling packages are
+ * resolved through the `@app-inbox/source` export condition (no build needed
+ * before a test), and each run writes a JSON report to `.reports/<name>.json`
+ * that `.ci/run` sums into its one-line summary.
+ */
+export function defineProjectConfig(name: string, extra: ViteUserConfig['test'] = {}): ViteUserConfig {
+  return defineConfig({
+    resolve: { conditions: ['@app-inbox/source', 'module', 'node', 'import', 'default'] },
+    ssr: { resolve: { conditions: ['@app-inbox/source', 'node', 'import', 'default'] } },
+    test: {
+      include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+      reporters: ['default', 'json'],
+      outputFile: { json: `${root}.reports/${name}.json` },
+      testTimeout: 30_000,
+      hookTimeout: 30_000,
+      ...extra,
+    },
+  });
+}
