@@ -1,0 +1,169 @@
+import { createHmac } from 'node:crypto';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  DELIVERY_ID_HEADER,
+  SIGNATURE_HEADER,
+  TIMESTAMP_HEADER,
+  USER_AGENT,
+  basicAuthorization,
+  buildRequestHeaders,
+  bytesToBase64,
+  signStandardWebhook,
+} from './headers.js';
+import { VERSION } from './version.js';
+
+/** The test vector published by the Standard Webhooks project (libraries' test suites). */
+const VECTOR = {
+  secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+  msgId: 'msg_p5jXN8AQM9LWM0D4loKWxJek',
+  timestamp: 1614265330,
+  payload: '{"test": 2432232314}',
+  signature: 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=',
+};
+
+describe('header names', () => {
+  it('are the Standard Webhooks names', () => {
+    expect([DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER]).toEqual([
+      'webhook-id',
+      'webhook-timestamp',
+      'webhook-signature',
+    ]);
+    expect(USER_AGENT).toBe(`app-inbox-webhooks/${VERSION}`);
+  });
+});
+
+describe('basicAuthorization (RFC 7617)', () => {
+  it('matches the RFC examples, including UTF-8', () => {
+    expect(basicAuthorization('Aladdin', 'open sesame')).toBe('Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==');
+    // RFC 7617 §2.1: user "test", password "123£" in UTF-8.
+    expect(basicAuthorization('test', '123\u00a3')).toBe('Basic dGVzdDoxMjPCow==');
+  });
+
+  it('allows ":" in the password but not in the username, without showing the password', () => {
+    expect(Buffer.from(basicAuthorization('u', 'a:b:c').slice(6), 'base64').toString('utf8')).toBe('u:a:b:c');
+    let thrown: unknown;
+    try {
+      basicAuthorization('a:b', 'hunter2-secret');
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toMatchObject({ name: 'CoreError', code: 'invalid_argument' });
+    expect(String((thrown as Error).message)).not.toContain('hunter2-secret');
+  });
+
+  it('property: decodes back to user:password in UTF-8', () => {
+    fc.assert(
+      fc.property(
+        fc.string({ unit: 'grapheme' }).filter((s) => !s.includes(':')),
+        fc.string({ unit: 'grapheme' }),
+        (user, password) => {
+          const header = basicAuthorization(user, password);
+          expect(header.startsWith('Basic ')).toBe(true);
+          expect(Buffer.from(header.slice(6), 'base64').toString('utf8')).toBe(`${user}:${password}`);
+        },
+      ),
+    );
+  });
+});
+
+describe('bytesToBase64', () => {
+  it('encodes large inputs in chunks like Buffer does', () => {
+    const bytes = new Uint8Array(200_000).map((_, i) => (i * 7) % 256);
+    expect(bytesToBase64(bytes)).toBe(Buffer.from(bytes).toString('base64'));
+    expect(bytesToBase64(new Uint8Array())).toBe('');
+  });
+});
+
+describe('signStandardWebhook', () => {
+  it('reproduces the Standard Webhooks published test vector', async () => {
+    await expect(signStandardWebhook(VECTOR.secret, VECTOR.msgId, VECTOR.timestamp, VECTOR.payload)).resolves.toBe(
+      VECTOR.signature,
+    );
+  });
+
+  it('signs bytes and the equal string alike', async () => {
+    const bytes = new TextEncoder().encode(VECTOR.payload);
+    await expect(signStandardWebhook(VECTOR.secret, VECTOR.msgId, VECTOR.timestamp, bytes)).resolves.toBe(
+      VECTOR.signature,
+    );
+  });
+
+  it('changes when the id, timestamp or body changes', async () => {
+    const sign = (id: string, ts: number, body: string) => signStandardWebhook(VECTOR.secret, id, ts, body);
+    const base = await sign(VECTOR.msgId, VECTOR.timestamp, VECTOR.payload);
+    expect(await sign(`${VECTOR.msgId}x`, VECTOR.timestamp, VECTOR.payload)).not.toBe(base);
+    expect(await sign(VECTOR.msgId, VECTOR.timestamp + 1, VECTOR.payload)).not.toBe(base);
+    expect(await sign(VECTOR.msgId, VECTOR.timestamp, `${VECTOR.payload} `)).not.toBe(base);
+  });
+
+  it.each([
+    ['no prefix', 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'],
+    ['empty key', 'whsec_'],
+    ['not base64', 'whsec_!!!!'],
+  ])('rejects a secret with %s, never echoing it', async (_name, secret) => {
+    const promise = signStandardWebhook(secret, 'id', 1, '[]');
+    await expect(promise).rejects.toMatchObject({
+      code: 'invalid_argument',
+      message: 'signingSecret must be "whsec_" followed by base64',
+    });
+  });
+
+  it.each([-1, 1.5, Number.NaN])('rejects timestamp %p', async (ts) => {
+    await expect(signStandardWebhook(VECTOR.secret, 'id', ts, '[]')).rejects.toMatchObject({
+      code: 'invalid_argument',
+    });
+  });
+
+  it('property: equals an independent HMAC-SHA256 (node:crypto)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uint8Array({ minLength: 24, maxLength: 64 }),
+        fc.string({ minLength: 1, maxLength: 40 }),
+        fc.nat(),
+        fc.string({ unit: 'grapheme', maxLength: 200 }),
+        async (key, msgId, ts, body) => {
+          const secret = `whsec_${Buffer.from(key).toString('base64')}`;
+          const expected = createHmac('sha256', key).update(`${msgId}.${ts}.${body}`, 'utf8').digest('base64');
+          expect(await signStandardWebhook(secret, msgId, ts, body)).toBe(`v1,${expected}`);
+        },
+      ),
+      { numRuns: 50 },
+    );
+  });
+});
+
+describe('buildRequestHeaders', () => {
+  it('sends the content type, ids, timestamp and user agent', async () => {
+    expect(await buildRequestHeaders({ deliveryId: 'dlv_1', body: '[]', timestampSeconds: 1700000000 })).toEqual({
+      'content-type': 'application/json',
+      'user-agent': USER_AGENT,
+      'webhook-id': 'dlv_1',
+      'webhook-timestamp': '1700000000',
+    });
+  });
+
+  it('adds Basic auth and the signature when configured', async () => {
+    const headers = await buildRequestHeaders({
+      deliveryId: VECTOR.msgId,
+      body: VECTOR.payload,
+      timestampSeconds: VECTOR.timestamp,
+      auth: { type: 'basic', username: 'Aladdin', password: 'open sesame' },
+      signingSecret: VECTOR.secret,
+    });
+    expect(headers.authorization).toBe('Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==');
+    expect(headers['webhook-signature']).toBe(VECTOR.signature);
+    expect(headers['webhook-id']).toBe(VECTOR.msgId);
+    expect(headers['webhook-timestamp']).toBe(String(VECTOR.timestamp));
+  });
+
+  it('rejects an empty delivery id and a bad timestamp', async () => {
+    await expect(buildRequestHeaders({ deliveryId: '', body: '[]', timestampSeconds: 1 })).rejects.toMatchObject({
+      code: 'invalid_argument',
+      message: 'deliveryId must not be empty',
+    });
+    await expect(buildRequestHeaders({ deliveryId: 'd', body: '[]', timestampSeconds: 1.5 })).rejects.toMatchObject({
+      code: 'invalid_argument',
+    });
+  });
+});

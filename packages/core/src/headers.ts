@@ -1,0 +1,135 @@
+/**
+ * The headers of a webhook request: content type, delivery id, Basic auth and the optional Standard
+ * Webhooks signature. Uses only web-platform globals (TextEncoder, btoa/atob, crypto.subtle).
+ * @see SPEC §2, §4
+ * @see RFC 7617 (Basic auth)
+ * @see https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
+ */
+import { CoreError } from './errors.js';
+import { VERSION } from './version.js';
+import type { BasicAuth } from './types.js';
+
+/** The stable delivery id: the same on every retry of a delivery, so a receiver can drop duplicates. */
+export const DELIVERY_ID_HEADER = 'webhook-id';
+/** Unix time (seconds) of the attempt, part of the signed content. */
+export const TIMESTAMP_HEADER = 'webhook-timestamp';
+/** `v1,<base64 HMAC-SHA256>` when the webhook has a signing secret. */
+export const SIGNATURE_HEADER = 'webhook-signature';
+/** The User-Agent of every request. */
+export const USER_AGENT = `app-inbox-webhooks/${VERSION}`;
+
+const SECRET_PREFIX = 'whsec_';
+const utf8 = new TextEncoder();
+
+/** Standard base64 of bytes (btoa works on a "binary string", one char per byte). */
+export function bytesToBase64(bytes: Uint8Array): string {
+  let binary = '';
+  // Chunked so that very long inputs do not exceed the argument limit of String.fromCharCode.
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+/**
+ * `Basic <base64(utf8(username:password))>`. RFC 7617 §2: the username cannot contain ':'; UTF-8 is
+ * the charset the RFC lets a server announce, and what every current client sends.
+ * @throws CoreError `invalid_argument` when the username contains ':' (the message never shows the password)
+ */
+export function basicAuthorization(username: string, password: string): string {
+  if (username.includes(':')) {
+    throw new CoreError('invalid_argument', 'auth.username must not contain ":" (RFC 7617 §2)');
+  }
+  return `Basic ${bytesToBase64(utf8.encode(`${username}:${password}`))}`;
+}
+
+function secretKeyBytes(secret: string): Uint8Array<ArrayBuffer> {
+  const b64 = secret.startsWith(SECRET_PREFIX) ? secret.slice(SECRET_PREFIX.length) : '';
+  let binary: string;
+  try {
+    if (b64 === '') throw new Error('missing whsec_ prefix or key');
+    binary = atob(b64);
+  } catch (cause) {
+    // The secret itself is never put into the message.
+    throw new CoreError('invalid_argument', 'signingSecret must be "whsec_" followed by base64', { cause });
+  }
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/**
+ * The Standard Webhooks signature: `v1,` + base64 of HMAC-SHA256, keyed with the base64-decoded
+ * secret, over `${msgId}.${timestampSeconds}.${body}`.
+ * @param secret `whsec_` + base64 key
+ * @param msgId the delivery id (the `webhook-id` header)
+ * @param timestampSeconds the `webhook-timestamp` header, integer Unix seconds
+ * @param body the exact bytes sent (a string is encoded as UTF-8)
+ */
+export async function signStandardWebhook(
+  secret: string,
+  msgId: string,
+  timestampSeconds: number,
+  body: string | Uint8Array,
+): Promise<string> {
+  if (!Number.isSafeInteger(timestampSeconds) || timestampSeconds < 0) {
+    throw new CoreError('invalid_argument', 'timestampSeconds must be a non-negative integer');
+  }
+  const key = await globalThis.crypto.subtle.importKey(
+    'raw',
+    secretKeyBytes(secret),
+    { name: 'HMAC', hash: 'SHA-256' },
+    false,
+    ['sign'],
+  );
+  const prefix = utf8.encode(`${msgId}.${timestampSeconds}.`);
+  const bodyBytes = typeof body === 'string' ? utf8.encode(body) : body;
+  const content = new Uint8Array(prefix.length + bodyBytes.length);
+  content.set(prefix, 0);
+  content.set(bodyBytes, prefix.length);
+  const mac = await globalThis.crypto.subtle.sign('HMAC', key, content);
+  return `v1,${bytesToBase64(new Uint8Array(mac))}`;
+}
+
+/** Input of {@link buildRequestHeaders}. */
+export interface RequestHeadersInput {
+  /** The delivery's stable id (same on every retry). */
+  deliveryId: string;
+  /** The exact body that is sent. */
+  body: string | Uint8Array;
+  /** Unix time of this attempt (seconds, integer). */
+  timestampSeconds: number;
+  /** Basic auth of the webhook, when configured. */
+  auth?: BasicAuth;
+  /** Standard Webhooks secret (`whsec_...`), when configured. */
+  signingSecret?: string;
+}
+
+/**
+ * The headers of one attempt, names in lower case: `content-type: application/json`, `user-agent`,
+ * `webhook-id`, `webhook-timestamp`, plus `authorization` with Basic auth and `webhook-signature` with a
+ * signing secret.
+ * @see SPEC §4 (POST, JSON, stable delivery identifier)
+ */
+export async function buildRequestHeaders(input: RequestHeadersInput): Promise<Record<string, string>> {
+  if (input.deliveryId === '') throw new CoreError('invalid_argument', 'deliveryId must not be empty');
+  if (!Number.isSafeInteger(input.timestampSeconds) || input.timestampSeconds < 0) {
+    throw new CoreError('invalid_argument', 'timestampSeconds must be a non-negative integer');
+  }
+  const headers: Record<string, string> = {
+    'content-type': 'application/json',
+    'user-agent': USER_AGENT,
+    [DELIVERY_ID_HEADER]: input.deliveryId,
+    [TIMESTAMP_HEADER]: String(input.timestampSeconds),
+  };
+  if (input.auth !== undefined) headers.authorization = basicAuthorization(input.auth.username, input.auth.password);
+  if (input.signingSecret !== undefined) {
+    headers[SIGNATURE_HEADER] = await signStandardWebhook(
+      input.signingSecret,
+      input.deliveryId,
+      input.timestampSeconds,
+      input.body,
+    );
+  }
+  return headers;
+}

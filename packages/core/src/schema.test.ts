@@ -1,0 +1,416 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  DEFAULT_MAX_MESSAGES_PER_CONTACT,
+  LIMITS,
+  MAX_MESSAGES_PER_CONTACT_LIMIT,
+  formatPath,
+  utf8ByteLength,
+  validateMessage,
+  validateMessageList,
+  validateWebhookConfig,
+  type FieldViolation,
+  type ValidationResult,
+} from './schema.js';
+
+/** A message in the seed's format (SPEC §4). */
+function seedMessage(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    externalCustomerId: 'customer-42',
+    id: '6f1c1f0e-8a2b-4c3d-9e4f-5a6b7c8d9e0f',
+    createdDate: 1_700_000_000_000,
+    title: 'Your order shipped',
+    content: 'It arrives on Tuesday.',
+    image: 'https://cdn.example.com/box.png',
+    link: 'https://shop.example.com/orders/1',
+    category: 'orders',
+    customData: '{"orderId":1}',
+    ...overrides,
+  };
+}
+
+function violations<T>(result: ValidationResult<T>): FieldViolation[] {
+  if (result.ok) throw new Error('expected the input to be rejected');
+  return result.violations;
+}
+
+function fields<T>(result: ValidationResult<T>): string[] {
+  return violations(result).map((v) => v.field);
+}
+
+describe('messageSchema', () => {
+  it('accepts a message in the seed format and returns it unchanged', () => {
+    const input = seedMessage();
+    const result = validateMessage(input);
+    expect(result).toEqual({ ok: true, value: input });
+  });
+
+  it('accepts a message without the optional image, link and customData', () => {
+    const { image: _i, link: _l, customData: _c, ...rest } = seedMessage();
+    expect(validateMessage(rest).ok).toBe(true);
+  });
+
+  it('accepts empty title, content, category, image and link', () => {
+    expect(validateMessage(seedMessage({ title: '', content: '', category: '', image: '', link: '' })).ok).toBe(true);
+  });
+
+  it('lists every bad field, not only the first', () => {
+    const result = validateMessage({
+      externalCustomerId: '',
+      id: 'not-a-uuid',
+      createdDate: 1.5,
+      title: 3,
+      content: 'x'.repeat(LIMITS.contentLength + 1),
+      image: 'ftp://example.com/a.png',
+      link: 'not a url',
+      category: 'c'.repeat(LIMITS.categoryLength + 1),
+      customData: '{oops',
+      extra: true,
+    });
+    expect(fields(result).sort()).toEqual(
+      [
+        'category',
+        'content',
+        'createdDate',
+        'customData',
+        'externalCustomerId',
+        'extra',
+        'id',
+        'image',
+        'link',
+        'title',
+      ].sort(),
+    );
+  });
+
+  it('says "is required" for a missing required field', () => {
+    const { id: _id, createdDate: _d, ...rest } = seedMessage();
+    expect(violations(validateMessage(rest))).toEqual([
+      { field: 'id', description: 'is required' },
+      { field: 'createdDate', description: 'is required' },
+    ]);
+  });
+
+  it('rejects unknown fields by name (strict), including expiresAt', () => {
+    expect(violations(validateMessage(seedMessage({ expiresAt: 1, Title: 'x' })))).toEqual([
+      { field: 'expiresAt', description: 'is not a known field' },
+      { field: 'Title', description: 'is not a known field' },
+    ]);
+  });
+
+  describe('externalCustomerId', () => {
+    it.each([
+      ['empty', ''],
+      ['whitespace only', '   '],
+      ['too long', 'x'.repeat(LIMITS.externalCustomerIdLength + 1)],
+      ['not a string', 42],
+    ])('rejects %s', (_name, value) => {
+      expect(fields(validateMessage(seedMessage({ externalCustomerId: value })))).toEqual(['externalCustomerId']);
+    });
+    it('accepts the maximum length', () => {
+      const value = 'x'.repeat(LIMITS.externalCustomerIdLength);
+      expect(validateMessage(seedMessage({ externalCustomerId: value })).ok).toBe(true);
+    });
+  });
+
+  describe('id', () => {
+    it.each([
+      ['v4 lowercase', '6f1c1f0e-8a2b-4c3d-9e4f-5a6b7c8d9e0f'],
+      ['v4 uppercase', '6F1C1F0E-8A2B-4C3D-9E4F-5A6B7C8D9E0F'],
+      ['v7', '01890a5d-ac96-774b-bcce-b302099a8057'],
+      ['v1', 'c232ab00-9414-11ec-b3c8-9f6bdeced846'],
+      ['nil', '00000000-0000-0000-0000-000000000000'],
+    ])('accepts a UUID (%s)', (_name, id) => {
+      expect(validateMessage(seedMessage({ id })).ok).toBe(true);
+    });
+    it.each([
+      ['no dashes', '6f1c1f0e8a2b4c3d9e4f5a6b7c8d9e0f'],
+      ['a non-hex digit', '6f1c1f0e-8a2b-4c3d-9e4f-5a6b7c8d9e0g'],
+      ['braces', '{6f1c1f0e-8a2b-4c3d-9e4f-5a6b7c8d9e0f}'],
+      ['empty', ''],
+      ['a number', 123],
+    ])('rejects %s', (_name, id) => {
+      expect(violations(validateMessage(seedMessage({ id })))).toEqual([
+        { field: 'id', description: 'must be a UUID (8-4-4-4-12 hexadecimal digits)' },
+      ]);
+    });
+  });
+
+  describe('createdDate', () => {
+    it('accepts both ends of the range', () => {
+      expect(validateMessage(seedMessage({ createdDate: LIMITS.minCreatedDate })).ok).toBe(true);
+      expect(validateMessage(seedMessage({ createdDate: LIMITS.maxCreatedDate })).ok).toBe(true);
+    });
+    it.each([
+      ['before 2000', LIMITS.minCreatedDate - 1],
+      ['after 2100', LIMITS.maxCreatedDate + 1],
+      ['seconds instead of ms', 1_700_000_000],
+      ['a fraction', 1_700_000_000_000.5],
+      ['a string', '1700000000000'],
+      ['NaN', Number.NaN],
+    ])('rejects %s', (_name, createdDate) => {
+      expect(fields(validateMessage(seedMessage({ createdDate })))).toEqual(['createdDate']);
+    });
+  });
+
+  describe('title, content, category bounds', () => {
+    it.each([
+      ['title', LIMITS.titleLength],
+      ['content', LIMITS.contentLength],
+      ['category', LIMITS.categoryLength],
+    ] as const)('%s accepts %i characters and rejects one more', (field, max) => {
+      expect(validateMessage(seedMessage({ [field]: 'a'.repeat(max) })).ok).toBe(true);
+      expect(violations(validateMessage(seedMessage({ [field]: 'a'.repeat(max + 1) })))).toEqual([
+        { field, description: `must be at most ${max} characters` },
+      ]);
+    });
+  });
+
+  describe.each(['image', 'link'] as const)('%s', (field) => {
+    it.each(['', 'http://example.com/x', 'https://example.com/a?b=c#d', 'https://user@cdn.example.com/x'])(
+      'accepts %j',
+      (value) => {
+        expect(validateMessage(seedMessage({ [field]: value })).ok).toBe(true);
+      },
+    );
+    it.each([
+      ['ftp://example.com/x', 'must use the http or https scheme'],
+      ['javascript:alert(1)', 'must use the http or https scheme'],
+      ['/relative/path', 'must be an http(s) URL or empty'],
+      ['example.com', 'must be an http(s) URL or empty'],
+      [`https://example.com/${'a'.repeat(LIMITS.urlLength)}`, `must be at most ${LIMITS.urlLength} characters`],
+    ])('rejects %j', (value, description) => {
+      expect(violations(validateMessage(seedMessage({ [field]: value })))).toEqual([{ field, description }]);
+    });
+    it('rejects null', () => {
+      expect(fields(validateMessage(seedMessage({ [field]: null })))).toEqual([field]);
+    });
+  });
+
+  describe('customData', () => {
+    it.each(['{}', '[]', '"text"', '42', 'null', '{"a":{"b":[1,2]}}'])('accepts JSON text %j', (customData) => {
+      expect(validateMessage(seedMessage({ customData })).ok).toBe(true);
+    });
+    it.each(['', '{', "{'a':1}", 'undefined', '{"a":1}x'])('rejects non-JSON %j', (customData) => {
+      expect(violations(validateMessage(seedMessage({ customData })))).toEqual([
+        { field: 'customData', description: 'must be valid JSON text' },
+      ]);
+    });
+    it('rejects a JSON object instead of JSON text', () => {
+      expect(fields(validateMessage(seedMessage({ customData: { a: 1 } })))).toEqual(['customData']);
+    });
+    it('bounds the UTF-8 size at 64 KiB, counting multi-byte characters', () => {
+      const fits = JSON.stringify('a'.repeat(LIMITS.customDataBytes - 2));
+      expect(utf8ByteLength(fits)).toBe(LIMITS.customDataBytes);
+      expect(validateMessage(seedMessage({ customData: fits })).ok).toBe(true);
+      // 'é' is one UTF-16 unit but two UTF-8 bytes: under the limit in characters, over it in bytes.
+      const multiByte = JSON.stringify('é'.repeat(LIMITS.customDataBytes / 2));
+      expect(multiByte.length).toBeLessThan(LIMITS.customDataBytes);
+      expect(violations(validateMessage(seedMessage({ customData: multiByte })))).toEqual([
+        { field: 'customData', description: `must be at most ${LIMITS.customDataBytes} bytes of UTF-8` },
+      ]);
+    });
+  });
+
+  it('rejects a non-object with one violation at the root', () => {
+    expect(violations(validateMessage('hello'))).toEqual([{ field: '', description: 'must be an object' }]);
+    expect(violations(validateMessage(null, 'message'))).toEqual([
+      { field: 'message', description: 'must be an object' },
+    ]);
+  });
+});
+
+describe('messageListSchema', () => {
+  it('accepts an empty array and a list of seed messages', () => {
+    expect(validateMessageList([]).ok).toBe(true);
+    expect(validateMessageList([seedMessage(), seedMessage({ id: '00000000-0000-0000-0000-000000000001' })]).ok).toBe(
+      true,
+    );
+  });
+
+  it('names each bad field by index under the prefix', () => {
+    const result = validateMessageList(
+      [seedMessage(), seedMessage({ id: 'x' }), seedMessage(), seedMessage({ title: 1, unknown: 2 })],
+      'messages',
+    );
+    expect(fields(result)).toEqual(['messages[1].id', 'messages[3].title', 'messages[3].unknown']);
+  });
+
+  it('rejects a body that is not an array', () => {
+    expect(violations(validateMessageList({ messages: [] }))).toEqual([{ field: '', description: 'must be an array' }]);
+  });
+});
+
+describe('webhookConfigSchema', () => {
+  const secret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+
+  it('applies the defaults: maxMessagesPerContact 1000, enabled true', () => {
+    expect(validateWebhookConfig({ url: 'https://hooks.example.com/inbox' })).toEqual({
+      ok: true,
+      value: { url: 'https://hooks.example.com/inbox', maxMessagesPerContact: 1000, enabled: true },
+    });
+    expect(DEFAULT_MAX_MESSAGES_PER_CONTACT).toBe(1000);
+  });
+
+  it('accepts a full configuration', () => {
+    const input = {
+      url: 'http://127.0.0.1:8080/hook?x=1',
+      auth: { type: 'basic', username: 'üser', password: 'p:a ss' },
+      maxMessagesPerContact: MAX_MESSAGES_PER_CONTACT_LIMIT,
+      enabled: false,
+      signingSecret: secret,
+    };
+    expect(validateWebhookConfig(input)).toEqual({ ok: true, value: input });
+  });
+
+  it.each([
+    ['', 'must be an absolute http(s) URL'],
+    ['hooks.example.com', 'must be an absolute http(s) URL'],
+    ['ftp://example.com', 'must use the http or https scheme'],
+    ['https://user:pass@example.com/hook', 'must not contain a username or password; use auth instead'],
+    ['https://user@example.com/hook', 'must not contain a username or password; use auth instead'],
+    [`https://example.com/${'a'.repeat(LIMITS.urlLength)}`, `must be at most ${LIMITS.urlLength} characters`],
+  ])('rejects the url %j', (url, description) => {
+    expect(violations(validateWebhookConfig({ url }))).toEqual([{ field: 'url', description }]);
+  });
+
+  it('requires the url', () => {
+    expect(violations(validateWebhookConfig({}))).toEqual([{ field: 'url', description: 'is required' }]);
+  });
+
+  it.each([0, -1, 10_001, 1.5, '10'])('rejects maxMessagesPerContact %j', (maxMessagesPerContact) => {
+    expect(fields(validateWebhookConfig({ url: 'https://x.example', maxMessagesPerContact }))).toEqual([
+      'maxMessagesPerContact',
+    ]);
+  });
+
+  it.each([1, 10_000])('accepts maxMessagesPerContact %i', (maxMessagesPerContact) => {
+    expect(validateWebhookConfig({ url: 'https://x.example', maxMessagesPerContact }).ok).toBe(true);
+  });
+
+  it('rejects enabled that is not a boolean', () => {
+    expect(fields(validateWebhookConfig({ url: 'https://x.example', enabled: 'yes' }))).toEqual(['enabled']);
+  });
+
+  describe('auth', () => {
+    const url = 'https://x.example';
+    it.each([
+      [{ type: 'bearer', username: 'u', password: 'p' }, 'auth.type', 'must be "basic", the only supported type'],
+      [{ username: 'u', password: 'p' }, 'auth.type', 'is required'],
+      [{ type: 'basic', username: '', password: 'p' }, 'auth.username', 'must not be empty'],
+      [{ type: 'basic', username: 'a:b', password: 'p' }, 'auth.username', 'must not contain ":" (RFC 7617 §2)'],
+      [
+        { type: 'basic', username: 'a\nb', password: 'p' },
+        'auth.username',
+        'must not contain control characters (RFC 7617 §2)',
+      ],
+      [{ type: 'basic', username: 'u', password: '' }, 'auth.password', 'must not be empty'],
+      [{ type: 'basic', username: 'u' }, 'auth.password', 'is required'],
+      [
+        { type: 'basic', username: 'u', password: 'x\u0000' },
+        'auth.password',
+        'must not contain control characters (RFC 7617 §2)',
+      ],
+      [
+        { type: 'basic', username: 'u', password: 'p'.repeat(LIMITS.passwordLength + 1) },
+        'auth.password',
+        `must be at most ${LIMITS.passwordLength} characters`,
+      ],
+      [{ type: 'basic', username: 'u', password: 'p', token: 't' }, 'auth.token', 'is not a known field'],
+    ])('rejects %j', (auth, field, description) => {
+      expect(violations(validateWebhookConfig({ url, auth }))).toEqual([{ field, description }]);
+    });
+  });
+
+  describe('signingSecret', () => {
+    const url = 'https://x.example';
+    const b64 = (n: number) => btoa(String.fromCharCode(...new Array<number>(n).fill(7)));
+    it.each([24, 32, 64])('accepts a secret of %i bytes', (n) => {
+      expect(validateWebhookConfig({ url, signingSecret: `whsec_${b64(n)}` }).ok).toBe(true);
+    });
+    it.each([
+      [`whsec_${b64(23)}`, 'must decode to 24..64 bytes'],
+      [`whsec_${b64(65)}`, 'must decode to 24..64 bytes'],
+      [b64(32), 'must be "whsec_" followed by base64'],
+      ['whsec_', 'must be "whsec_" followed by base64'],
+      ['whsec_not base64!', 'must be "whsec_" followed by base64'],
+      ['whsec_abcde', 'must be "whsec_" followed by base64'],
+    ])('rejects %j', (signingSecret, description) => {
+      expect(violations(validateWebhookConfig({ url, signingSecret }))).toEqual([
+        { field: 'signingSecret', description },
+      ]);
+    });
+  });
+
+  it('lists every bad field of a config at once, with a prefix', () => {
+    const result = validateWebhookConfig(
+      {
+        url: 'https://u:p@x.example',
+        auth: { type: 'basic', username: '', password: '' },
+        maxMessagesPerContact: 0,
+        enabled: 1,
+        signingSecret: 'nope',
+        timeoutMs: 5,
+      },
+      'config',
+    );
+    expect(fields(result)).toEqual([
+      'config.url',
+      'config.auth.username',
+      'config.auth.password',
+      'config.maxMessagesPerContact',
+      'config.enabled',
+      'config.signingSecret',
+      'config.timeoutMs',
+    ]);
+  });
+
+  it('never echoes a rejected password or secret in a description (property)', () => {
+    fc.assert(
+      fc.property(fc.string({ minLength: 1, maxLength: 40 }), (value) => {
+        // Make both values invalid while keeping the random text inside them.
+        const password = `${value}\u0001`;
+        const signingSecret = `whsec_${value}!`;
+        const result = validateWebhookConfig({
+          url: 'https://x.example',
+          auth: { type: 'basic', username: 'u', password },
+          signingSecret,
+        });
+        const text = JSON.stringify(violations(result));
+        expect(text).not.toContain(JSON.stringify(password).slice(1, -1));
+        expect(text).not.toContain(JSON.stringify(signingSecret).slice(1, -1));
+      }),
+    );
+  });
+});
+
+describe('formatPath', () => {
+  it('joins names with dots and indices with brackets', () => {
+    expect(formatPath('', ['a', 0, 'b'])).toBe('a[0].b');
+    expect(formatPath('messages', [3, 'id'])).toBe('messages[3].id');
+    expect(formatPath('', [])).toBe('');
+    expect(formatPath('cfg', [])).toBe('cfg');
+  });
+  it('quotes keys that are not identifiers', () => {
+    expect(formatPath('', ['a b', 'c'])).toBe('["a b"].c');
+    expect(formatPath('x', [Symbol('s')])).toBe('x["Symbol(s)"]');
+  });
+});
+
+describe('utf8ByteLength', () => {
+  it('matches TextEncoder on any string (property)', () => {
+    const encoder = new TextEncoder();
+    // Code points (surrogate pairs) and raw UTF-16 units (lone surrogates).
+    const units = fc.string({ unit: fc.nat(0xffff).map((c) => String.fromCharCode(c)) });
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ unit: 'binary' }), units), (s) => {
+        expect(utf8ByteLength(s)).toBe(encoder.encode(s).length);
+      }),
+    );
+  });
+  it('counts a lone surrogate as the 3-byte replacement character', () => {
+    expect(utf8ByteLength('\ud800')).toBe(3);
+    expect(utf8ByteLength('\ud800a')).toBe(4);
+    expect(utf8ByteLength('\udc00')).toBe(3);
+  });
+});

@@ -1,0 +1,299 @@
+/**
+ * Validation of the webhook configuration and of App Inbox messages (zod 4 schemas).
+ *
+ * Every check is a schema rule, and {@link validate} reports EVERY bad field by its path
+ * (`messages[3].id`, `auth.password`), never only the first. Descriptions never contain the
+ * value that was checked, so a wrong password or signing secret cannot leak through an error.
+ *
+ * @see SPEC §2 (webhook configuration), SPEC §4 (the message)
+ */
+import * as z from 'zod';
+import type { WebhookConfig } from './types.js';
+
+/** Default of `maxMessagesPerContact` (messages). @see SPEC §2 */
+export const DEFAULT_MAX_MESSAGES_PER_CONTACT = 1000;
+/** Largest accepted `maxMessagesPerContact` (messages). */
+export const MAX_MESSAGES_PER_CONTACT_LIMIT = 10_000;
+
+/**
+ * The bounds the schemas enforce. String lengths are in UTF-16 code units (JavaScript `length`),
+ * except `customDataBytes`, which counts UTF-8 bytes because it bounds the payload size.
+ */
+export const LIMITS = {
+  /** Longest externalCustomerId (characters). */
+  externalCustomerIdLength: 256,
+  /** Longest title (characters). */
+  titleLength: 1_000,
+  /** Longest content (characters). */
+  contentLength: 10_000,
+  /** Longest category (characters). */
+  categoryLength: 256,
+  /** Longest URL: webhook url, image, link (characters). */
+  urlLength: 2_048,
+  /** Largest customData (UTF-8 bytes, 64 KiB). */
+  customDataBytes: 64 * 1024,
+  /** Earliest accepted createdDate: 2000-01-01T00:00:00Z (ms since the epoch, inclusive). */
+  minCreatedDate: Date.UTC(2000, 0, 1),
+  /** Latest accepted createdDate: 2100-01-01T00:00:00Z (ms since the epoch, inclusive). */
+  maxCreatedDate: Date.UTC(2100, 0, 1),
+  /** Longest Basic auth username (characters). */
+  usernameLength: 256,
+  /** Longest Basic auth password (characters). */
+  passwordLength: 1_024,
+  /** Smallest decoded signing secret (bytes). @see Standard Webhooks */
+  signingSecretMinBytes: 24,
+  /** Largest decoded signing secret (bytes). @see Standard Webhooks */
+  signingSecretMaxBytes: 64,
+  /** Smallest maxMessagesPerContact (messages). */
+  minMessagesPerContact: 1,
+  /** Largest maxMessagesPerContact (messages). */
+  maxMessagesPerContact: MAX_MESSAGES_PER_CONTACT_LIMIT,
+} as const;
+
+/** One bad field: `field` is a path such as `messages[3].id` or `auth.password`; '' is the whole input. */
+export type FieldViolation = { field: string; description: string };
+
+/** The result of {@link validate}: the parsed value (defaults applied) or every violation. */
+export type ValidationResult<T> = { ok: true; value: T } | { ok: false; violations: FieldViolation[] };
+
+/** The Standard Webhooks secret format: `whsec_` then standard base64. */
+const SIGNING_SECRET_PATTERN = /^whsec_([A-Za-z0-9+/]+={0,2})$/;
+/** RFC 7617 §2: "The user-id and password MUST NOT contain any control characters". */
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
+
+/** UTF-8 length of a string without allocating its bytes (lone surrogates count as U+FFFD, 3 bytes). */
+export function utf8ByteLength(s: string): number {
+  let bytes = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const next = s.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        bytes += 4;
+        i++;
+      } else bytes += 3;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+type UrlRule = { allowEmpty: boolean; allowCredentials: boolean };
+
+/**
+ * An http(s) URL of at most {@link LIMITS.urlLength} characters. One refinement so that a bad URL
+ * yields one clear violation, not a cascade.
+ */
+function httpUrl(rule: UrlRule) {
+  return z.string().superRefine((value, ctx) => {
+    if (value === '' && rule.allowEmpty) return;
+    if (value.length > LIMITS.urlLength) {
+      ctx.addIssue({ code: 'custom', message: `must be at most ${LIMITS.urlLength} characters` });
+      return;
+    }
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      ctx.addIssue({
+        code: 'custom',
+        message: rule.allowEmpty ? 'must be an http(s) URL or empty' : 'must be an absolute http(s) URL',
+      });
+      return;
+    }
+    // http(s) are "special" WHATWG schemes: the parser already refused them without a host.
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      ctx.addIssue({ code: 'custom', message: 'must use the http or https scheme' });
+      return;
+    }
+    if (!rule.allowCredentials && (url.username !== '' || url.password !== '')) {
+      // Credentials in a URL end up in logs and proxies; they belong in `auth`. @see SPEC §2
+      ctx.addIssue({ code: 'custom', message: 'must not contain a username or password; use auth instead' });
+    }
+  });
+}
+
+function isJsonText(value: string): boolean {
+  try {
+    JSON.parse(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A schema-level message that leaves a missing value to the per-parse map ("is required"):
+ * zod gives a schema's own `error` precedence, which would otherwise hide that the field is absent.
+ */
+export function unlessMissing(message: string) {
+  return (issue: { input?: unknown }) => (issue.input === undefined ? undefined : message);
+}
+
+/** A bounded string; `nonBlank` also rejects strings of only whitespace. */
+function boundedString(max: number, nonBlank = false) {
+  const base = z.string().max(max, { error: `must be at most ${max} characters` });
+  return nonBlank ? base.refine((s) => s.trim() !== '', { error: 'must not be empty' }) : base;
+}
+
+/**
+ * One App Inbox message in the seed's exact format. Unknown fields are rejected.
+ * @see SPEC §4
+ */
+export const messageSchema = z.strictObject({
+  externalCustomerId: boundedString(LIMITS.externalCustomerIdLength, true),
+  id: z.guid({ error: unlessMissing('must be a UUID (8-4-4-4-12 hexadecimal digits)') }),
+  createdDate: z
+    .number({ error: unlessMissing('must be a number of milliseconds since the epoch') })
+    .int({ error: 'must be an integer number of milliseconds since the epoch' })
+    .min(LIMITS.minCreatedDate, { error: 'must not be before 2000-01-01T00:00:00Z' })
+    .max(LIMITS.maxCreatedDate, { error: 'must not be after 2100-01-01T00:00:00Z' }),
+  title: boundedString(LIMITS.titleLength),
+  content: boundedString(LIMITS.contentLength),
+  image: httpUrl({ allowEmpty: true, allowCredentials: true }).optional(),
+  link: httpUrl({ allowEmpty: true, allowCredentials: true }).optional(),
+  category: boundedString(LIMITS.categoryLength),
+  customData: z
+    .string()
+    .superRefine((value, ctx) => {
+      if (utf8ByteLength(value) > LIMITS.customDataBytes) {
+        ctx.addIssue({ code: 'custom', message: `must be at most ${LIMITS.customDataBytes} bytes of UTF-8` });
+      } else if (!isJsonText(value)) {
+        ctx.addIssue({ code: 'custom', message: 'must be valid JSON text' });
+      }
+    })
+    .optional(),
+});
+
+/** The webhook request body: a JSON array of messages. @see SPEC §4 */
+export const messageListSchema = z.array(messageSchema);
+
+/** Basic authentication of the webhook. @see SPEC §2, RFC 7617 */
+export const basicAuthSchema = z.strictObject({
+  type: z.literal('basic', { error: unlessMissing('must be "basic", the only supported type') }),
+  username: z
+    .string()
+    .min(1, { error: 'must not be empty' })
+    .max(LIMITS.usernameLength, { error: `must be at most ${LIMITS.usernameLength} characters` })
+    .refine((s) => !s.includes(':'), { error: 'must not contain ":" (RFC 7617 §2)' })
+    .refine((s) => !CONTROL_CHARACTERS.test(s), { error: 'must not contain control characters (RFC 7617 §2)' }),
+  password: z
+    .string()
+    .min(1, { error: 'must not be empty' })
+    .max(LIMITS.passwordLength, { error: `must be at most ${LIMITS.passwordLength} characters` })
+    .refine((s) => !CONTROL_CHARACTERS.test(s), { error: 'must not contain control characters (RFC 7617 §2)' }),
+});
+
+/** Decoded length of a standard base64 string, or null when it is not valid base64. */
+function base64DecodedLength(b64: string): number | null {
+  try {
+    return atob(b64).length;
+  } catch {
+    return null;
+  }
+}
+
+/** A Standard Webhooks signing secret: `whsec_` + base64 of 24..64 random bytes. */
+export const signingSecretSchema = z.string().superRefine((value, ctx) => {
+  const match = SIGNING_SECRET_PATTERN.exec(value);
+  const bytes = match?.[1] === undefined ? null : base64DecodedLength(match[1]);
+  if (bytes === null) {
+    ctx.addIssue({ code: 'custom', message: 'must be "whsec_" followed by base64' });
+  } else if (bytes < LIMITS.signingSecretMinBytes || bytes > LIMITS.signingSecretMaxBytes) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `must decode to ${LIMITS.signingSecretMinBytes}..${LIMITS.signingSecretMaxBytes} bytes`,
+    });
+  }
+});
+
+/**
+ * The webhook configuration of one account; `maxMessagesPerContact` defaults to 1,000 and
+ * `enabled` to true. Unknown fields are rejected.
+ * @see SPEC §2
+ */
+export const webhookConfigSchema = z.strictObject({
+  url: httpUrl({ allowEmpty: false, allowCredentials: false }),
+  auth: basicAuthSchema.optional(),
+  maxMessagesPerContact: z
+    .number({ error: unlessMissing('must be an integer') })
+    .int({ error: 'must be an integer' })
+    .min(LIMITS.minMessagesPerContact, { error: `must be at least ${LIMITS.minMessagesPerContact}` })
+    .max(LIMITS.maxMessagesPerContact, { error: `must be at most ${LIMITS.maxMessagesPerContact}` })
+    .default(DEFAULT_MAX_MESSAGES_PER_CONTACT),
+  enabled: z.boolean().default(true),
+  signingSecret: signingSecretSchema.optional(),
+});
+
+/** What a caller may pass in (defaults not yet applied). */
+export type WebhookConfigInput = z.input<typeof webhookConfigSchema>;
+
+// Compile-time guarantee that the schema's output is a WebhookConfig.
+const _outputIsWebhookConfig: (c: z.output<typeof webhookConfigSchema>) => WebhookConfig = (c) => c;
+
+/** `a.b[3].c` from zod's path segments; a key that is not an identifier is quoted in brackets. */
+export function formatPath(prefix: string, path: ReadonlyArray<PropertyKey>): string {
+  let out = prefix;
+  for (const segment of path) {
+    if (typeof segment === 'number') out += `[${segment}]`;
+    else if (typeof segment === 'string' && /^[A-Za-z_$][\w$]*$/.test(segment))
+      out += out === '' ? segment : `.${segment}`;
+    else out += `[${JSON.stringify(String(segment))}]`;
+  }
+  return out;
+}
+
+/**
+ * Per-parse messages: a missing field says "is required" instead of "expected string, received
+ * undefined". Only types are ever named, never the rejected value.
+ */
+const errorMap: z.core.$ZodErrorMap = (issue) => {
+  if (issue.input === undefined) return 'is required';
+  if (issue.code === 'invalid_type') return `must be ${article(issue.expected)}`;
+  return undefined;
+};
+
+function article(expected: string): string {
+  return /^[aeiou]/.test(expected) ? `an ${expected}` : `a ${expected}`;
+}
+
+/**
+ * Validates `input` against `schema` and lists every bad field.
+ * @param pathPrefix prepended to every field path, e.g. `messages` gives `messages[3].id`.
+ */
+export function validate<T>(schema: z.ZodType<T>, input: unknown, pathPrefix = ''): ValidationResult<T> {
+  const result = schema.safeParse(input, { error: errorMap });
+  if (result.success) return { ok: true, value: result.data };
+  const violations: FieldViolation[] = [];
+  for (const issue of result.error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      // One violation per unknown key, named by its own path, so a caller sees exactly what to remove.
+      for (const key of issue.keys) {
+        violations.push({ field: formatPath(pathPrefix, [...issue.path, key]), description: 'is not a known field' });
+      }
+    } else {
+      violations.push({ field: formatPath(pathPrefix, issue.path), description: issue.message });
+    }
+  }
+  return { ok: false, violations };
+}
+
+/** A message that passed {@link messageSchema}. @see SPEC §4 */
+export type ValidMessage = z.output<typeof messageSchema>;
+
+/** Validates one message in the seed's format. @see SPEC §4 */
+export function validateMessage(input: unknown, pathPrefix = ''): ValidationResult<ValidMessage> {
+  return validate(messageSchema, input, pathPrefix);
+}
+
+/** Validates a webhook request body (an array of messages). @see SPEC §4 */
+export function validateMessageList(input: unknown, pathPrefix = ''): ValidationResult<ValidMessage[]> {
+  return validate(messageListSchema, input, pathPrefix);
+}
+
+/** Validates a webhook configuration and applies its defaults. @see SPEC §2 */
+export function validateWebhookConfig(input: unknown, pathPrefix = ''): ValidationResult<WebhookConfig> {
+  return validate<WebhookConfig>(webhookConfigSchema, input, pathPrefix);
+}
