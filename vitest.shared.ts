@@ -11,8 +11,11 @@ const root = fileURLToPath(new URL('.', import.meta.url));
  */
 export function defineProjectConfig(name: string, extra: ViteUserConfig['test'] = {}): ViteUserConfig {
   return defineConfig({
-    resolve: { conditions: ['@app-inbox/source', 'module', 'node', 'import', 'default'] },
-    ssr: { resolve: { conditions: ['@app-inbox/source', 'node', 'import', 'default'] } },
+    resolve: { conditions: ['@app-inbox/source', 'module', 'node', 'development|production'] },
+    // vitest passes `ssr.resolve.conditions` to Node as `--conditions`; with `import` among them, Node's own
+    // `require()` of a CommonJS dependency (express -> router -> is-promise) picks the ESM build and express
+    // fails on every async route. Vite adds `import`/`require` by itself, so they are left out here.
+    ssr: { resolve: { conditions: ['@app-inbox/source', 'node', 'development|production'] } },
     test: {
       include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
       reporters: ['default', 'json'],

@@ -1,0 +1,123 @@
+import { describe, expect, it } from 'vitest';
+import { buildProgram, formatLogLine, toOptions } from './cli-program.js';
+import type { ReceivedRequest } from './recorder.js';
+
+function parse(args: string[]): { options?: ReturnType<typeof toOptions>; error?: string } {
+  let error = '';
+  const program = buildProgram()
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => (error += s), writeOut: () => undefined });
+  try {
+    program.parse(['node', 'mock-receiver', ...args]);
+  } catch {
+    return { error };
+  }
+  return { options: toOptions(program.opts()) };
+}
+
+describe('the command line', () => {
+  it('has the documented defaults', () => {
+    expect(parse([]).options).toEqual({
+      port: 8080,
+      host: '127.0.0.1',
+      maxMessagesPerContact: 1000,
+      scenario: 'ok',
+      rules: [],
+      recordLimit: 1000,
+      contactLimit: 10_000,
+      retryAfterSeconds: 1,
+      slowDelayMs: 2000,
+      maxBodyBytes: 64 * 1024 * 1024,
+      strict: true,
+      quiet: false,
+    });
+  });
+
+  it('maps every flag', () => {
+    const { options } = parse([
+      '--port',
+      '0',
+      '--host',
+      '0.0.0.0',
+      '--username',
+      'u',
+      '--password',
+      'p',
+      '--max-messages',
+      '5',
+      '--scenario',
+      'flaky',
+      '--rule',
+      '{"answers":[{"status":500}]}',
+      '--rule',
+      '{"answers":[{"action":"drop"}]}',
+      '--record-limit',
+      '0',
+      '--no-strict',
+      '--retry-after',
+      '9',
+      '--slow-delay',
+      '10',
+      '-q',
+    ]);
+    expect(options).toMatchObject({
+      port: 0,
+      host: '0.0.0.0',
+      username: 'u',
+      password: 'p',
+      maxMessagesPerContact: 5,
+      scenario: 'flaky',
+      rules: [{ answers: [{ status: 500 }] }, { answers: [{ action: 'drop' }] }],
+      recordLimit: 0,
+      strict: false,
+      retryAfterSeconds: 9,
+      slowDelayMs: 10,
+      quiet: true,
+    });
+  });
+
+  it.each([
+    [['--port', '65536'], '--port must be an integer from 0 to 65535.'],
+    [['--max-messages', '0'], '--max-messages must be an integer from 1 to 1000000.'],
+    [['--record-limit', 'lots'], '--record-limit must be an integer from 0 to 1000000.'],
+    [['--scenario', 'chaos'], 'Allowed choices are ok, unauthorized, rate-limited'],
+    [['--rule', '{nope'], '--rule must be JSON'],
+    [['--rule', '{"answers":[{"status":600}]}'], 'rule.answers[0].status must be an integer from 200 to 599'],
+    [['--bogus'], "unknown option '--bogus'"],
+  ])('%j is refused: %s', (args, message) => {
+    expect(parse(args).error).toContain(message);
+  });
+
+  it('takes the password from MOCK_RECEIVER_PASSWORD so that it is not visible in ps', () => {
+    process.env.MOCK_RECEIVER_PASSWORD = 'from-env';
+    try {
+      expect(parse(['--username', 'u']).options).toMatchObject({ username: 'u', password: 'from-env' });
+    } finally {
+      delete process.env.MOCK_RECEIVER_PASSWORD;
+    }
+  });
+});
+
+describe('formatLogLine', () => {
+  it('prints what QA needs and no headers or body', () => {
+    const record: ReceivedRequest = {
+      seq: 1,
+      receivedAt: '2026-01-01T00:00:00.000Z',
+      method: 'POST',
+      path: '/hook',
+      url: '/hook',
+      headers: { authorization: 'Basic [redacted]' },
+      deliveryId: 'd-1',
+      bodyBytes: 10,
+      body: [{ title: 'private' }],
+      externalCustomerIds: ['a', 'b'],
+      messageCount: 2,
+      answer: { status: null, outcome: 'dropped', branch: 'accepted', ruleId: 'scenario:reset' },
+      durationMs: 3.5,
+      duplicate: true,
+    };
+    expect(formatLogLine(record)).toBe(
+      '2026-01-01T00:00:00.000Z POST /hook dropped contacts=a,b messages=2 id=d-1 duplicate rule=scenario:reset 3.5ms',
+    );
+  });
+});

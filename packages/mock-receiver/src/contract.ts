@@ -1,0 +1,226 @@
+/**
+ * The contract's own answers, in the order the issue fixes them: 405, 415, 401, 400, 429, then 200.
+ * Pure functions of what was received, so each branch is a plain unit test.
+ *
+ * @see SPEC §4 (POST, application/json, a JSON array of messages), SPEC §5 (the answers)
+ */
+import { messageSchema, validate, validateMessageList, type FieldViolation, type ValidMessage } from '@app-inbox/core';
+
+/** Which check decided the contract's answer. */
+export const CONTRACT_BRANCHES = [
+  'method_not_allowed',
+  'unsupported_media_type',
+  'unauthorized',
+  'payload_too_large',
+  'invalid_payload',
+  'too_many_messages',
+  'accepted',
+] as const;
+export type ContractBranch = (typeof CONTRACT_BRANCHES)[number];
+
+/** The request body as read: absent, too large, not UTF-8 JSON, or a parsed JSON value. */
+export type ParsedBody =
+  | { kind: 'empty' }
+  | { kind: 'too_large'; limitBytes: number }
+  | { kind: 'invalid'; description: string }
+  | { kind: 'json'; value: unknown };
+
+/** The outcome of checking a parsed body against the message list format. */
+export type BodyCheck = { ok: true; messages: ValidMessage[] } | { ok: false; violations: FieldViolation[] };
+
+/** Everything the contract looks at. */
+export interface ContractRequest {
+  method: string;
+  /** The Content-Type header, when sent. */
+  contentType: string | undefined;
+  /** The Content-Encoding header, when sent. */
+  contentEncoding: string | undefined;
+  /** Result of comparing the Authorization header with the configured credentials. */
+  credentials: 'not_required' | 'valid' | 'missing' | 'wrong';
+  body: ParsedBody;
+  /** {@link checkBody} of `body`. */
+  bodyCheck: BodyCheck;
+}
+
+/** The contract's settings. */
+export interface ContractSettings {
+  /** At most this many messages of one contact in one request; more gets a 429. */
+  maxMessagesPerContact: number;
+  /** Retry-After of a 429 (seconds). */
+  retryAfterSeconds: number;
+  /** The realm announced in WWW-Authenticate. */
+  realm: string;
+}
+
+/** The answer the contract gives. */
+export interface ContractAnswer {
+  branch: ContractBranch;
+  status: number;
+  headers: Record<string, string>;
+  body: unknown;
+}
+
+/** The path prefix of every violation in a 400: `body[3].id`. */
+export const BODY_FIELD = 'body';
+
+/** The messages of a loose (non-strict) list keep unknown fields; the known ones are still checked. */
+const looseMessageSchema = messageSchema.loose();
+
+/**
+ * Checks a body against the seed's format with core's schema, so that the receiver and the sender can
+ * never disagree. `strict` rejects unknown fields (as the core schema does); without it they are kept.
+ */
+export function checkBody(body: ParsedBody, strict: boolean): BodyCheck {
+  switch (body.kind) {
+    case 'empty':
+      return { ok: false, violations: [{ field: BODY_FIELD, description: 'is required: a JSON array of messages' }] };
+    case 'too_large':
+      return {
+        ok: false,
+        violations: [{ field: BODY_FIELD, description: `must be at most ${body.limitBytes} bytes` }],
+      };
+    case 'invalid':
+      return { ok: false, violations: [{ field: BODY_FIELD, description: body.description }] };
+    case 'json': {
+      if (strict) {
+        const result = validateMessageList(body.value, BODY_FIELD);
+        return result.ok ? { ok: true, messages: result.value } : { ok: false, violations: result.violations };
+      }
+      if (!Array.isArray(body.value)) {
+        return { ok: false, violations: [{ field: BODY_FIELD, description: 'must be an array' }] };
+      }
+      const messages: ValidMessage[] = [];
+      const violations: FieldViolation[] = [];
+      body.value.forEach((item: unknown, i) => {
+        const result = validate(looseMessageSchema, item, `${BODY_FIELD}[${i}]`);
+        if (result.ok) messages.push(result.value);
+        else violations.push(...result.violations);
+      });
+      return violations.length === 0 ? { ok: true, messages } : { ok: false, violations };
+    }
+  }
+}
+
+/** Distinct externalCustomerIds of a JSON body that looks like a list, valid or not (for rules and records). */
+export function contactsOf(body: ParsedBody): string[] {
+  if (body.kind !== 'json' || !Array.isArray(body.value)) return [];
+  const ids = new Set<string>();
+  for (const item of body.value as unknown[]) {
+    if (typeof item === 'object' && item !== null && 'externalCustomerId' in item) {
+      const id = (item as { externalCustomerId: unknown }).externalCustomerId;
+      if (typeof id === 'string') ids.add(id);
+    }
+  }
+  return [...ids];
+}
+
+/** Groups valid messages by contact, in order of first appearance. */
+export function groupByContact(messages: readonly ValidMessage[]): Map<string, ValidMessage[]> {
+  const groups = new Map<string, ValidMessage[]>();
+  for (const m of messages) {
+    const group = groups.get(m.externalCustomerId);
+    if (group === undefined) groups.set(m.externalCustomerId, [m]);
+    else group.push(m);
+  }
+  return groups;
+}
+
+/** `application/json` with an optional `charset=utf-8`; the media type is case-insensitive (RFC 9110 §8.3.1). */
+export function mediaTypeProblem(contentType: string | undefined, contentEncoding: string | undefined): string | null {
+  if (contentType === undefined || contentType.trim() === '') return 'Content-Type must be application/json';
+  const [type = '', ...params] = contentType.split(';');
+  if (type.trim().toLowerCase() !== 'application/json') return 'Content-Type must be application/json';
+  for (const param of params) {
+    const [name = '', value = ''] = param.split('=');
+    if (name.trim().toLowerCase() === 'charset' && value.trim().replace(/^"|"$/g, '').toLowerCase() !== 'utf-8') {
+      return 'the charset of a JSON body must be utf-8 (RFC 8259 §8.1)';
+    }
+  }
+  if (contentEncoding !== undefined && contentEncoding.trim().toLowerCase() !== 'identity') {
+    return 'Content-Encoding is not supported; send the JSON uncompressed';
+  }
+  return null;
+}
+
+/** Decodes a body: UTF-8 (strict) JSON, or why not. An empty body is `empty`. */
+export function parseBody(bytes: Uint8Array): ParsedBody {
+  if (bytes.length === 0) return { kind: 'empty' };
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    return { kind: 'invalid', description: 'must be UTF-8 text' };
+  }
+  if (text.trim() === '') return { kind: 'empty' };
+  try {
+    return { kind: 'json', value: JSON.parse(text) as unknown };
+  } catch {
+    // JSON.parse's message may quote the body; the receiver describes the problem without echoing it.
+    return { kind: 'invalid', description: 'must be valid JSON' };
+  }
+}
+
+function answer(branch: ContractBranch, status: number, body: unknown, headers: Record<string, string> = {}) {
+  return { branch, status, body, headers };
+}
+
+/** The contract's answer to one request. @see SPEC §5 */
+export function decide(request: ContractRequest, settings: ContractSettings): ContractAnswer {
+  if (request.method !== 'POST') {
+    return answer(
+      'method_not_allowed',
+      405,
+      { error: 'method_not_allowed', message: 'a webhook request must use POST' },
+      { allow: 'POST' },
+    );
+  }
+  const mediaProblem = mediaTypeProblem(request.contentType, request.contentEncoding);
+  if (mediaProblem !== null) {
+    return answer('unsupported_media_type', 415, { error: 'unsupported_media_type', message: mediaProblem });
+  }
+  if (request.credentials === 'missing' || request.credentials === 'wrong') {
+    return answer(
+      'unauthorized',
+      401,
+      {
+        error: 'unauthorized',
+        message: request.credentials === 'missing' ? 'Basic credentials are required' : 'Basic credentials are wrong',
+      },
+      { 'www-authenticate': `Basic realm="${settings.realm}", charset="UTF-8"` },
+    );
+  }
+  if (request.body.kind === 'too_large') {
+    return answer('payload_too_large', 413, {
+      error: 'payload_too_large',
+      message: `the body must be at most ${request.body.limitBytes} bytes`,
+    });
+  }
+  if (!request.bodyCheck.ok) {
+    const violations = request.bodyCheck.violations;
+    return answer('invalid_payload', 400, {
+      error: 'invalid_payload',
+      message: `${violations.length} problem${violations.length === 1 ? '' : 's'} in the request body`,
+      violations,
+    });
+  }
+  const over = [...groupByContact(request.bodyCheck.messages)]
+    .filter(([, messages]) => messages.length > settings.maxMessagesPerContact)
+    .map(([externalCustomerId, messages]) => ({ externalCustomerId, count: messages.length }));
+  if (over.length > 0) {
+    return answer(
+      'too_many_messages',
+      429,
+      {
+        error: 'too_many_messages',
+        message: `more than ${settings.maxMessagesPerContact} messages for one contact`,
+        limit: settings.maxMessagesPerContact,
+        contacts: over,
+      },
+      { 'retry-after': String(settings.retryAfterSeconds) },
+    );
+  }
+  return answer('accepted', 200, {
+    accepted: request.bodyCheck.messages.length,
+    contacts: groupByContact(request.bodyCheck.messages).size,
+  });
+}

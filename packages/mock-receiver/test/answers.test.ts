@@ -1,0 +1,178 @@
+/**
+ * The contract's answers over real HTTP, one test per branch, and their order (SPEC §5; issue 3).
+ */
+import { describe, expect, it } from 'vitest';
+import { message, messages, post, startReceiver } from './helpers.js';
+
+const auth = { username: 'shop', password: 's3cret-pw' };
+
+describe('the contract answers', () => {
+  it('200 for a valid list, on any path', async () => {
+    const receiver = await startReceiver();
+    for (const path of ['/webhook', '/', '/customers/acme/app-inbox?token=x']) {
+      const answer = await post(receiver, { path, body: [message('c-1'), message('c-2')] });
+      expect(answer.status).toBe(200);
+      expect(answer.json).toEqual({ accepted: 2, contacts: 2 });
+    }
+    expect(receiver.records.list().map((r) => r.path)).toEqual(['/webhook', '/', '/customers/acme/app-inbox']);
+    expect(receiver.records.list()[2]?.url).toBe('/customers/acme/app-inbox?token=x');
+  });
+
+  it('200 for an empty list', async () => {
+    const receiver = await startReceiver();
+    expect((await post(receiver, { body: [] })).status).toBe(200);
+  });
+
+  it('405 with Allow for a method other than POST', async () => {
+    const receiver = await startReceiver();
+    for (const method of ['PUT', 'PATCH', 'DELETE', 'GET'] as const) {
+      const answer = await post(receiver, { method, body: [message('c-1')] });
+      expect(answer.status, method).toBe(405);
+      expect(answer.headers.allow).toBe('POST');
+      expect(answer.json).toMatchObject({ error: 'method_not_allowed' });
+    }
+  });
+
+  it('415 when the body is not declared as JSON', async () => {
+    const receiver = await startReceiver();
+    for (const contentType of [
+      null,
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'application/json; charset=latin1',
+    ]) {
+      const answer = await post(receiver, { contentType, body: JSON.stringify([message('c-1')]) });
+      expect(answer.status, String(contentType)).toBe(415);
+      expect(answer.json).toMatchObject({ error: 'unsupported_media_type' });
+    }
+    // The media type is case-insensitive and charset=utf-8 is fine.
+    const ok = await post(receiver, { contentType: 'Application/JSON; charset="UTF-8"', body: [message('c-1')] });
+    expect(ok.status).toBe(200);
+  });
+
+  it('415 for a compressed body', async () => {
+    const receiver = await startReceiver();
+    const answer = await post(receiver, { body: [message('c-1')], headers: { 'content-encoding': 'gzip' } });
+    expect(answer.status).toBe(415);
+  });
+
+  it('401 with WWW-Authenticate when credentials are missing or wrong, 200 when right', async () => {
+    const receiver = await startReceiver(auth);
+    const missing = await post(receiver, { body: [message('c-1')] });
+    expect(missing.status).toBe(401);
+    expect(missing.headers['www-authenticate']).toBe('Basic realm="mock-receiver", charset="UTF-8"');
+    expect(missing.json).toMatchObject({ error: 'unauthorized', message: 'Basic credentials are required' });
+
+    const wrong = await post(receiver, { body: [message('c-1')], auth: { ...auth, password: 'nope' } });
+    expect(wrong.status).toBe(401);
+    expect(wrong.json).toMatchObject({ message: 'Basic credentials are wrong' });
+    expect(wrong.text).not.toContain(auth.password);
+
+    const bearer = await post(receiver, { body: [message('c-1')], headers: { authorization: 'Bearer abc' } });
+    expect(bearer.status).toBe(401);
+
+    expect((await post(receiver, { body: [message('c-1')], auth })).status).toBe(200);
+  });
+
+  it('400 with every problem of the body listed by field', async () => {
+    const receiver = await startReceiver();
+    const answer = await post(receiver, {
+      body: [
+        message('c-1'),
+        { ...message('c-1'), id: 'not-a-uuid', createdDate: 1.5, extra: true },
+        { ...message('c-2'), link: 'not a url', title: undefined },
+      ],
+    });
+    expect(answer.status).toBe(400);
+    const body = answer.json as {
+      error: string;
+      message: string;
+      violations: { field: string; description: string }[];
+    };
+    expect(body.error).toBe('invalid_payload');
+    expect(body.violations.map((v) => v.field).sort()).toEqual(
+      ['body[1].createdDate', 'body[1].extra', 'body[1].id', 'body[2].link', 'body[2].title'].sort(),
+    );
+    expect(body.message).toBe('5 problems in the request body');
+    for (const v of body.violations) expect(v.description).not.toBe('');
+  });
+
+  it('400 for invalid JSON, an empty body, a body that is not an array, and bad UTF-8', async () => {
+    const receiver = await startReceiver();
+    const cases: [unknown, string][] = [
+      ['[{"externalCustomerId": ', 'must be valid JSON'],
+      ['', 'is required: a JSON array of messages'],
+      [{ messages: [] }, 'must be an array'],
+      [message('c-1'), 'must be an array'],
+    ];
+    for (const [body, description] of cases) {
+      const answer = await post(receiver, { body });
+      expect(answer.status, JSON.stringify(body)).toBe(400);
+      expect(answer.json).toMatchObject({ violations: [{ field: 'body', description }] });
+    }
+  });
+
+  it('400 for unknown fields only in strict mode (the default)', async () => {
+    const strict = await startReceiver();
+    const loose = await startReceiver({ strict: false });
+    const body = [{ ...message('c-1'), priority: 'high' }];
+    expect((await post(strict, { body })).status).toBe(400);
+    expect((await post(loose, { body })).status).toBe(200);
+    // Known fields are still checked without strict.
+    const bad = await post(loose, { body: [{ ...message('c-1'), id: 'x', priority: 'high' }] });
+    expect(bad.status).toBe(400);
+    expect(bad.json).toMatchObject({ violations: [{ field: 'body[0].id' }] });
+  });
+
+  it('429 with Retry-After when a contact has more messages than the limit', async () => {
+    const receiver = await startReceiver({ maxMessagesPerContact: 3, retryAfterSeconds: 7 });
+    const atLimit = await post(receiver, { body: [...messages('c-1', 3), ...messages('c-2', 3)] });
+    expect(atLimit.status).toBe(200);
+    const over = await post(receiver, { body: [...messages('c-1', 3), ...messages('c-2', 4)] });
+    expect(over.status).toBe(429);
+    expect(over.headers['retry-after']).toBe('7');
+    expect(over.json).toMatchObject({
+      error: 'too_many_messages',
+      limit: 3,
+      contacts: [{ externalCustomerId: 'c-2', count: 4 }],
+    });
+  });
+
+  it('uses the default limit of 1000 messages per contact (SPEC §2)', async () => {
+    const receiver = await startReceiver();
+    expect((await post(receiver, { body: messages('c-1', 1000) })).status).toBe(200);
+    const over = await post(receiver, { body: messages('c-1', 1001) });
+    expect(over.status).toBe(429);
+    expect(over.headers['retry-after']).toBe('1');
+  });
+
+  it('413 for a body over maxBodyBytes, and keeps serving', async () => {
+    const receiver = await startReceiver({ maxBodyBytes: 1024 });
+    const answer = await post(receiver, { body: messages('c-1', 20) });
+    expect(answer.status).toBe(413);
+    expect((await post(receiver, { body: [message('c-1')] })).status).toBe(200);
+  });
+
+  describe('answers in the order of the issue', () => {
+    it('405 before 415 and 401', async () => {
+      const receiver = await startReceiver(auth);
+      expect((await post(receiver, { method: 'PUT', contentType: 'text/plain', body: 'x' })).status).toBe(405);
+    });
+
+    it('415 before 401', async () => {
+      const receiver = await startReceiver(auth);
+      expect((await post(receiver, { contentType: 'text/plain', body: 'x' })).status).toBe(415);
+    });
+
+    it('401 before 400', async () => {
+      const receiver = await startReceiver(auth);
+      expect((await post(receiver, { body: 'not json' })).status).toBe(401);
+    });
+
+    it('400 before 429: a list with a bad message is not counted', async () => {
+      const receiver = await startReceiver({ maxMessagesPerContact: 1 });
+      const answer = await post(receiver, { body: [message('c-1'), { ...message('c-1'), id: 'bad' }] });
+      expect(answer.status).toBe(400);
+    });
+  });
+});

@@ -1,0 +1,128 @@
+/**
+ * The `mock-receiver` program, run as a real process (tsx, sources of this package and of core).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { message, post } from './helpers.js';
+
+const packageDir = fileURLToPath(new URL('..', import.meta.url));
+const running = new Set<ChildProcess>();
+
+afterEach(() => {
+  for (const child of running) child.kill('SIGKILL');
+  running.clear();
+});
+
+interface Run {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+function run(args: string[]): Run {
+  const child = spawn(process.execPath, ['--conditions=@app-inbox/source', '--import', 'tsx', 'src/cli.ts', ...args], {
+    cwd: packageDir,
+    env: { ...process.env, NODE_OPTIONS: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (err += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+async function waitForOutput(r: Run, pattern: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const match = pattern.exec(r.stdout());
+    if (match !== null) return match;
+    if (r.child.exitCode !== null) throw new Error(`exited ${r.child.exitCode}: ${r.stderr()}`);
+    if (Date.now() > deadline) throw new Error(`no ${pattern} in time; stdout: ${r.stdout()} stderr: ${r.stderr()}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+describe('mock-receiver CLI', () => {
+  it('--help lists the flags, the scenarios and the rule format', async () => {
+    const r = run(['--help']);
+    expect(await r.exited).toBe(0);
+    const help = r.stdout();
+    for (const flag of [
+      '--port',
+      '--host',
+      '--username',
+      '--password',
+      '--max-messages',
+      '--scenario',
+      '--rule',
+      '--record-limit',
+      '--no-strict',
+    ]) {
+      expect(help).toContain(flag);
+    }
+    expect(help).toContain('rate-limited');
+    expect(help).toContain('"answers"');
+  });
+
+  it('starts, checks auth and the limit, logs each request, and stops on SIGTERM', async () => {
+    const r = run([
+      '--port',
+      '0',
+      '--username',
+      'qa',
+      '--password',
+      'pw-from-cli',
+      '--max-messages',
+      '2',
+      '--retry-after',
+      '5',
+    ]);
+    const [, url] = await waitForOutput(r, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
+    const receiver = { url: url ?? '' };
+    const auth = { username: 'qa', password: 'pw-from-cli' };
+    expect((await post(receiver, { body: [message('c-1')], auth, deliveryId: 'cli-1' })).status).toBe(200);
+    expect((await post(receiver, { body: [message('c-1')] })).status).toBe(401);
+    const limited = await post(receiver, { body: [message('c-1'), message('c-1'), message('c-1')], auth });
+    expect(limited.status).toBe(429);
+    expect(limited.headers['retry-after']).toBe('5');
+    await waitForOutput(r, /POST \/webhook 200 contacts=c-1 messages=1 id=cli-1/);
+    expect(r.stdout()).not.toContain('pw-from-cli');
+
+    r.child.kill('SIGTERM');
+    expect(await r.exited).toBe(0);
+  });
+
+  it('applies --scenario and --rule', async () => {
+    const r = run([
+      '--port',
+      '0',
+      '--scenario',
+      'bad-gateway',
+      '--rule',
+      '{"match":{"path":"/ok"},"answers":[{"status":204}],"repeat":true}',
+      '--quiet',
+    ]);
+    const [, url] = await waitForOutput(r, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
+    expect((await post({ url: url ?? '' }, { body: [message('c-1')] })).status).toBe(502);
+    expect((await post({ url: url ?? '' }, { path: '/ok', body: [message('c-1')] })).status).toBe(204);
+    r.child.kill('SIGTERM');
+    expect(await r.exited).toBe(0);
+  });
+
+  it('refuses a bad flag with a clear message', async () => {
+    const r = run(['--port', 'eighty']);
+    expect(await r.exited).not.toBe(0);
+    expect(r.stderr()).toContain('--port must be an integer from 0 to 65535');
+  });
+
+  it('refuses options that are wrong together, naming the flag', async () => {
+    const r = run(['--port', '0', '--username', 'qa']);
+    expect(await r.exited).toBe(2);
+    expect(r.stderr()).toContain('--password is required when username is set');
+  });
+});
