@@ -44,7 +44,11 @@ export interface PublishResult {
   inserted: number;
   /** Messages whose id was already stored for the account (idempotent publish: ignored). */
   duplicates: number;
-  /** One entry per touched contact: the contact's pending delivery (new or existing, coalesced). */
+  /**
+   * One entry per contact that got at least one new message: the contact's pending delivery (new or
+   * existing, coalesced). A contact whose messages were all duplicates is not rescheduled (the first
+   * publish of those ids already was) and is not listed.
+   */
   deliveries: Array<{ externalCustomerId: string; deliveryId: string }>;
 }
 
@@ -55,7 +59,10 @@ export interface Delivery {
   state: DeliveryState;
   createdAt: number;
   updatedAt: number;
-  /** When the delivery may next be attempted; null when terminal. */
+  /**
+   * When the delivery may next be attempted; null when terminal. While `in_flight` this is the end of
+   * the lease: the time another worker may take the delivery if the claim is not settled.
+   */
   nextAttemptAt: number | null;
   /** Attempts made so far. */
   attemptCount: number;
@@ -96,6 +103,11 @@ export interface ClaimOptions {
   owner: string;
   /** Accounts whose endpoint is at its concurrency limit or paused: skip their deliveries. */
   excludeAccounts?: readonly string[];
+  /**
+   * At most this many deliveries of one account in this claim (deliveries), so that one account's
+   * backlog cannot fill a whole batch. Default: `limit`. Accounts are served oldest due first.
+   */
+  maxPerAccount?: number;
 }
 
 /** A claimed delivery, now `in_flight` under the caller's lease, with its webhook. */
@@ -107,6 +119,7 @@ export interface ClaimedDelivery {
 
 export interface AttemptResult {
   owner: string;
+  /** `attempt.attemptNo` must be the delivery's `attemptCount + 1`, so an attempt is never recorded twice. */
   attempt: Attempt;
   /** `delivered`, `failed`, or `retrying` (with `attempt.nextAttemptAt`). */
   nextState: 'delivered' | 'failed' | 'retrying';
@@ -150,7 +163,16 @@ export interface Store {
   migrate(): Promise<void>;
   close(): Promise<void>;
 
-  upsertWebhook(accountId: string, config: WebhookConfig & { messageTtlMs?: number }, now: number): Promise<WebhookRecord>;
+  /**
+   * Creates or replaces the account's whole configuration (an omitted `messageTtlMs` is the default,
+   * 1 day; `createdAt` is kept). Secrets are stored as given and returned by reads: redacting them is
+   * the API's job.
+   */
+  upsertWebhook(
+    accountId: string,
+    config: WebhookConfig & { messageTtlMs?: number },
+    now: number,
+  ): Promise<WebhookRecord>;
   getWebhook(accountId: string): Promise<WebhookRecord | null>;
   /** Deletes the webhook, the account's messages and its non-terminal deliveries. */
   deleteWebhook(accountId: string): Promise<boolean>;
@@ -162,13 +184,26 @@ export interface Store {
    */
   publish(input: PublishInput): Promise<PublishResult>;
 
-  /** Make sure each named contact (or every contact of the account with messages) has a pending delivery. */
-  resync(accountId: string, externalCustomerIds: readonly string[] | 'all', now: number): Promise<PublishResult['deliveries']>;
+  /**
+   * Make sure each named contact (even one without messages: its receiver then gets the empty list) or,
+   * with 'all', every contact of the account with at least one message available at `now`, has a pending
+   * delivery (coalesced like publish). One entry per distinct contact.
+   */
+  resync(
+    accountId: string,
+    externalCustomerIds: readonly string[] | 'all',
+    now: number,
+  ): Promise<PublishResult['deliveries']>;
 
   /**
-   * Claims due deliveries of one lane (first: `pending`; retry: `retrying`, and `in_flight` whose lease
-   * expired) in due order, skipping contacts that already have a delivery in flight under a live lease and
-   * accounts whose webhook is disabled or excluded. Claimed rows become `in_flight` under `owner`.
+   * Claims due deliveries of one lane (first: `pending`; retry: `retrying`) in due order, skipping
+   * contacts that already have a delivery in flight and accounts whose webhook is missing, disabled or
+   * excluded. Claimed rows become `in_flight` under `owner` until `now + leaseMs`.
+   *
+   * Before claiming, `in_flight` deliveries whose lease expired (at or before `now`) are taken back:
+   * `superseded` when the contact has a newer delivery, otherwise `retrying` when their body is frozen
+   * (retry lane, the same bytes again) or `pending` when it is not (first lane). A `retrying` delivery
+   * whose contact has a newer delivery is superseded instead of claimed (ARCHITECTURE §2).
    */
   claimDue(options: ClaimOptions): Promise<ClaimedDelivery[]>;
 
@@ -176,28 +211,45 @@ export interface Store {
   contactMessages(accountId: string, externalCustomerId: string, now: number, limit: number): Promise<StoredMessage[]>;
 
   /**
-   * Freezes the body and message ids of a claimed delivery at its first attempt (ARCHITECTURE §1).
-   * Returns false (and changes nothing) when `owner` no longer holds the claim.
+   * Freezes the body and message ids of a claimed delivery at its first attempt (ARCHITECTURE §1), and
+   * sets `firstAttemptAt` to `now`. Returns false (and changes nothing) when `owner` no longer holds a live
+   * claim at `now` (lease lost or expired), or when the body is already frozen (it never changes).
    */
   freeze(deliveryId: string, owner: string, body: Uint8Array, messageIds: string[], now: number): Promise<boolean>;
 
   /**
    * Records an attempt and the delivery's new state in one transaction. When `nextState` is `retrying`
    * but the contact has a newer pending delivery, the delivery becomes `superseded` instead.
-   * Returns the updated delivery, or null when `owner` no longer holds the claim (nothing changes).
+   * Returns the updated delivery, or null when `owner` no longer holds the claim or the attempt number is
+   * not the next one (nothing changes).
    */
   recordAttempt(deliveryId: string, result: AttemptResult): Promise<Delivery | null>;
 
-  /** Gives a claim back without an attempt (shutdown): the delivery is due again at `dueAt`. */
+  /**
+   * Gives a claim back without an attempt (shutdown): the delivery is due again at `dueAt`, in the lane
+   * it came from (`pending` when not frozen, `retrying` when frozen), or `superseded` when the contact has
+   * a newer delivery. Does nothing when `owner` no longer holds the claim.
+   */
   release(deliveryId: string, owner: string, dueAt: number): Promise<void>;
 
   getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null>;
   listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage>;
 
-  /** Replays a failed (or superseded) delivery now; see ARCHITECTURE "Delivery states". Null when unknown. */
+  /**
+   * Replays a delivery now; see ARCHITECTURE "Delivery states". Null when unknown.
+   * - `failed`, `delivered` or `superseded` and still the contact's newest delivery: `retrying` due at
+   *   `now` with the same id and bytes (attempt history and count kept).
+   * - a newer delivery of the contact exists: the contact's pending delivery (existing or new) is what
+   *   gets sent, `replacedByNewer: true`.
+   * - `retrying`: made due at `now`; `pending` / `in_flight`: returned unchanged (already on its way).
+   */
   retryDelivery(id: string, now: number): Promise<RetryResult | null>;
 
-  /** Deletes expired messages and old terminal deliveries; returns how many rows went. Bounded by `limit`. */
+  /**
+   * Deletes expired messages and terminal deliveries (delivered, failed, superseded) last changed at or
+   * before `now - terminalRetentionMs`, with their attempts; returns how many messages and deliveries went
+   * (at most `limit`; call again while it returns `limit`).
+   */
   sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number>;
 
   /** Publishes an outcome to every process watching this store (in process for SQLite, NOTIFY for PostgreSQL). */
@@ -205,6 +257,9 @@ export interface Store {
   /** Subscribes to outcomes of every process; returns the unsubscribe function. */
   onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void;
 
-  /** Counts for metrics and the backlog: deliveries by state, and the oldest due non-terminal delivery. */
+  /**
+   * Counts for metrics and the backlog: deliveries by state, and the due time of the oldest `pending` or
+   * `retrying` delivery that is due at `now` (null when none is due).
+   */
   stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }>;
 }

@@ -1,0 +1,1149 @@
+/**
+ * The one conformance suite every store engine must pass, run against the real engine
+ * (CONVENTIONS §4). It exercises every method and every rule of the {@link Store} interface:
+ * ARCHITECTURE §1 (immutable deliveries), §2 (coalescing, supersede, one in flight per contact),
+ * §3 (the store is the queue, claims are leases).
+ *
+ * Each test gets a fresh store from `makeStore` and uses its own account ids.
+ */
+import { randomUUID } from 'node:crypto';
+import fc from 'fast-check';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import type { Attempt, ClaimedDelivery, Delivery, DeliveryOutcome, Lane, Store } from './types.js';
+
+export interface ConformanceOptions {
+  /** Runs of the random model test. Default 30. */
+  modelRuns?: number;
+}
+
+/** A fixed clock origin: every time in the suite is T0 + something (ms). */
+const T0 = 1_700_000_000_000;
+const DAY = 24 * 60 * 60 * 1000;
+const LEASE = 60_000;
+
+const encoder = new TextEncoder();
+
+function account(): string {
+  return `acct-${randomUUID()}`;
+}
+
+function webhook(overrides: Partial<WebhookConfig> = {}): WebhookConfig {
+  return {
+    url: 'https://receiver.example/hook',
+    auth: { type: 'basic', username: 'user', password: 's3cret-password' },
+    maxMessagesPerContact: 1000,
+    enabled: true,
+    signingSecret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+    ...overrides,
+  };
+}
+
+function message(contact: string, overrides: Partial<StoredMessage> = {}): StoredMessage {
+  return {
+    externalCustomerId: contact,
+    id: randomUUID(),
+    createdDate: T0,
+    title: 'Hello',
+    content: 'A message',
+    category: 'promo',
+    expiresAt: T0 + DAY,
+    ...overrides,
+  };
+}
+
+function bytesOf(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+function attempt(delivery: Delivery, verdict: Attempt['verdict'], at: number, extra: Partial<Attempt> = {}): Attempt {
+  return {
+    deliveryId: delivery.id,
+    attemptNo: delivery.attemptCount + 1,
+    startedAt: at,
+    durationMs: 12,
+    statusCode: verdict === 'delivered' ? 200 : verdict === 'failed' ? 400 : 503,
+    errorKind: null,
+    verdict,
+    nextAttemptAt: null,
+    ...extra,
+  };
+}
+
+async function waitFor(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+export function storeConformanceSuite(
+  name: string,
+  makeStore: () => Promise<{ store: Store; cleanup: () => Promise<void> }>,
+  options: ConformanceOptions = {},
+): void {
+  describe(`Store conformance: ${name}`, () => {
+    let store: Store;
+    let cleanup: (() => Promise<void>) | undefined;
+
+    beforeEach(async () => {
+      const made = await makeStore();
+      store = made.store;
+      cleanup = made.cleanup;
+    });
+
+    afterEach(async () => {
+      await cleanup?.();
+      cleanup = undefined;
+    });
+
+    /** Creates the account's webhook and returns the account id. */
+    async function withWebhook(overrides: Partial<WebhookConfig> = {}): Promise<string> {
+      const acct = account();
+      await store.upsertWebhook(acct, webhook(overrides), T0);
+      return acct;
+    }
+
+    async function publishOne(acct: string, contact: string, now = T0, overrides: Partial<StoredMessage> = {}) {
+      const m = message(contact, overrides);
+      const result = await store.publish({ accountId: acct, messages: [m], now });
+      const entry = result.deliveries.find((d) => d.externalCustomerId === contact);
+      if (entry === undefined) throw new Error('publish scheduled no delivery');
+      return { message: m, deliveryId: entry.deliveryId };
+    }
+
+    async function claim(lane: Lane, now: number, owner = 'worker-1', limit = 100, extra = {}) {
+      return store.claimDue({ lane, limit, now, leaseMs: LEASE, owner, ...extra });
+    }
+
+    /** What the delivery engine does on a first attempt: build from the contact's messages and freeze. */
+    async function build(c: ClaimedDelivery, owner: string, now: number): Promise<Uint8Array> {
+      const d = c.delivery;
+      const messages = await store.contactMessages(
+        d.accountId,
+        d.externalCustomerId,
+        now,
+        c.webhook.maxMessagesPerContact,
+      );
+      const body = bytesOf(messages);
+      expect(
+        await store.freeze(
+          d.id,
+          owner,
+          body,
+          messages.map((m) => m.id),
+          now,
+        ),
+      ).toBe(true);
+      return body;
+    }
+
+    async function settle(
+      c: ClaimedDelivery,
+      owner: string,
+      now: number,
+      verdict: Attempt['verdict'],
+      retryAt?: number,
+    ) {
+      const d = c.delivery;
+      const nextState = verdict === 'delivered' ? 'delivered' : verdict === 'failed' ? 'failed' : 'retrying';
+      const updated = await store.recordAttempt(d.id, {
+        owner,
+        attempt: attempt(d, verdict, now, { nextAttemptAt: retryAt ?? null }),
+        nextState,
+      });
+      if (updated === null) throw new Error('recordAttempt refused');
+      return updated;
+    }
+
+    /** A contact's delivery that went out once and now waits for a retry at `retryAt`. */
+    async function retryingDelivery(acct: string, contact: string, now: number, retryAt: number) {
+      const { deliveryId } = await publishOne(acct, contact, now);
+      const [c] = (await claim('first', now)).filter((x) => x.delivery.id === deliveryId);
+      if (c === undefined) throw new Error('not claimed');
+      const body = await build(c, 'worker-1', now);
+      const updated = await settle(c, 'worker-1', now + 1, 'retry', retryAt);
+      expect(updated.state).toBe('retrying');
+      return { deliveryId, body };
+    }
+
+    // ------------------------------------------------------------ webhooks
+
+    describe('webhooks', () => {
+      it('creates a webhook with defaults and keeps every secret for the sender', async () => {
+        const acct = account();
+        const created = await store.upsertWebhook(acct, webhook(), T0);
+        expect(created).toEqual({
+          ...webhook(),
+          accountId: acct,
+          messageTtlMs: DAY,
+          createdAt: T0,
+          updatedAt: T0,
+        });
+        expect(await store.getWebhook(acct)).toEqual(created);
+        expect(await store.getWebhook(account())).toBeNull();
+      });
+
+      it('replaces the whole configuration on upsert, keeping createdAt', async () => {
+        const acct = await withWebhook();
+        const replaced = await store.upsertWebhook(
+          acct,
+          { url: 'http://other.example/x', maxMessagesPerContact: 5, enabled: false, messageTtlMs: 3_600_000 },
+          T0 + 10,
+        );
+        expect(replaced).toEqual({
+          url: 'http://other.example/x',
+          maxMessagesPerContact: 5,
+          enabled: false,
+          accountId: acct,
+          messageTtlMs: 3_600_000,
+          createdAt: T0,
+          updatedAt: T0 + 10,
+        });
+        expect(await store.getWebhook(acct)).toEqual(replaced);
+      });
+
+      it('rejects bad arguments with an error naming the field', async () => {
+        await expect(store.upsertWebhook('', webhook(), T0)).rejects.toMatchObject({
+          code: 'invalid_argument',
+          message: expect.stringContaining('accountId'),
+        });
+        await expect(
+          store.upsertWebhook(account(), { ...webhook(), messageTtlMs: 0 } as WebhookConfig, T0),
+        ).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('messageTtlMs') });
+        const err = await store.upsertWebhook(account(), { ...webhook(), url: '' }, T0).catch((e: unknown) => e);
+        expect(String((err as Error).message)).not.toContain('s3cret-password');
+      });
+
+      it('deletes the webhook, its messages and its unsent deliveries, keeping finished ones', async () => {
+        const acct = await withWebhook();
+        const done = await publishOne(acct, 'c-done');
+        const [c] = await claim('first', T0);
+        await build(c!, 'worker-1', T0);
+        await settle(c!, 'worker-1', T0, 'delivered');
+        const waiting = await publishOne(acct, 'c-wait');
+        const other = await withWebhook();
+        const kept = await publishOne(other, 'c-other');
+
+        expect(await store.deleteWebhook(acct)).toBe(true);
+        expect(await store.getWebhook(acct)).toBeNull();
+        expect(await store.contactMessages(acct, 'c-wait', T0, 10)).toEqual([]);
+        expect(await store.getDelivery(waiting.deliveryId)).toBeNull();
+        expect((await store.getDelivery(done.deliveryId))?.delivery.state).toBe('delivered');
+        expect((await store.getDelivery(kept.deliveryId))?.delivery.state).toBe('pending');
+        expect(await store.contactMessages(other, 'c-other', T0, 10)).toHaveLength(1);
+        expect(await store.deleteWebhook(acct)).toBe(false);
+      });
+    });
+
+    // ------------------------------------------------------------ publish
+
+    describe('publish', () => {
+      it('stores the messages and schedules one pending delivery per touched contact, due now', async () => {
+        const acct = await withWebhook();
+        const messages = [message('b'), message('a'), message('b'), message('c')];
+        const result = await store.publish({ accountId: acct, messages, now: T0 + 5 });
+        expect(result.inserted).toBe(4);
+        expect(result.duplicates).toBe(0);
+        expect(result.deliveries.map((d) => d.externalCustomerId)).toEqual(['a', 'b', 'c']);
+        expect(new Set(result.deliveries.map((d) => d.deliveryId)).size).toBe(3);
+        for (const entry of result.deliveries) {
+          const found = await store.getDelivery(entry.deliveryId);
+          expect(found).toEqual({
+            delivery: {
+              id: entry.deliveryId,
+              accountId: acct,
+              externalCustomerId: entry.externalCustomerId,
+              state: 'pending',
+              createdAt: T0 + 5,
+              updatedAt: T0 + 5,
+              nextAttemptAt: T0 + 5,
+              attemptCount: 0,
+              firstAttemptAt: null,
+              body: null,
+              messageIds: null,
+              supersededBy: null,
+              lastError: null,
+            },
+            attempts: [],
+          });
+        }
+      });
+
+      it('round-trips every field of a message, absent optional fields staying absent', async () => {
+        const acct = await withWebhook();
+        const full = message('c', {
+          image: 'https://img.example/a.png',
+          link: '',
+          customData: '{"k":[1,"é"]}',
+          title: 'Ünïcode ✓',
+        });
+        const bare = message('c', { createdDate: T0 - 1 });
+        await store.publish({ accountId: acct, messages: [full, bare], now: T0 });
+        expect(await store.contactMessages(acct, 'c', T0, 10)).toEqual([full, bare]);
+      });
+
+      it('is idempotent on the message id within an account, not across accounts', async () => {
+        const acct = await withWebhook();
+        const messages = [message('a'), message('b')];
+        const first = await store.publish({ accountId: acct, messages, now: T0 });
+        expect(first.inserted).toBe(2);
+        const again = await store.publish({
+          accountId: acct,
+          messages: messages.map((m) => ({ ...m, title: 'changed' })),
+          now: T0 + 1,
+        });
+        expect(again).toEqual({ inserted: 0, duplicates: 2, deliveries: [] });
+        expect((await store.contactMessages(acct, 'a', T0, 10))[0]?.title).toBe('Hello');
+        expect((await store.listDeliveries({ accountId: acct }, 100, null)).deliveries).toHaveLength(2);
+
+        const other = await withWebhook();
+        expect((await store.publish({ accountId: other, messages, now: T0 })).inserted).toBe(2);
+      });
+
+      it('counts a repeated id inside one call as a duplicate, the first one winning', async () => {
+        const acct = await withWebhook();
+        const m = message('a');
+        const result = await store.publish({ accountId: acct, messages: [m, { ...m, title: 'second' }], now: T0 });
+        expect(result.inserted).toBe(1);
+        expect(result.duplicates).toBe(1);
+        expect(await store.contactMessages(acct, 'a', T0, 10)).toEqual([m]);
+      });
+
+      it('coalesces new messages of a contact into its pending delivery', async () => {
+        const acct = await withWebhook();
+        const first = await publishOne(acct, 'c', T0);
+        const second = await publishOne(acct, 'c', T0 + 100, { createdDate: T0 + 100 });
+        expect(second.deliveryId).toBe(first.deliveryId);
+        const page = await store.listDeliveries({ accountId: acct, externalCustomerId: 'c' }, 10, null);
+        expect(page.deliveries.map((d) => d.id)).toEqual([first.deliveryId]);
+        // It keeps its place in the queue (due time of the first publish).
+        expect(page.deliveries[0]?.nextAttemptAt).toBe(T0);
+        const [c] = await claim('first', T0 + 100);
+        const body = await build(c!, 'worker-1', T0 + 100);
+        expect(JSON.parse(new TextDecoder().decode(body))).toEqual([second.message, first.message]);
+      });
+
+      it('opens a new pending delivery once the previous one was claimed', async () => {
+        const acct = await withWebhook();
+        const first = await publishOne(acct, 'c', T0);
+        await claim('first', T0);
+        const second = await publishOne(acct, 'c', T0 + 1);
+        expect(second.deliveryId).not.toBe(first.deliveryId);
+        expect((await store.getDelivery(first.deliveryId))?.delivery.state).toBe('in_flight');
+        expect((await store.getDelivery(second.deliveryId))?.delivery.state).toBe('pending');
+      });
+
+      it('supersedes the contact’s retrying delivery with the new pending one', async () => {
+        const acct = await withWebhook();
+        const old = await retryingDelivery(acct, 'c', T0, T0 + 10_000);
+        const fresh = await publishOne(acct, 'c', T0 + 5);
+        const oldNow = (await store.getDelivery(old.deliveryId))!.delivery;
+        expect(oldNow).toMatchObject({ state: 'superseded', supersededBy: fresh.deliveryId, nextAttemptAt: null });
+        expect(oldNow.body).toEqual(old.body);
+        expect(await claim('retry', T0 + 20_000)).toEqual([]);
+        expect((await claim('first', T0 + 20_000)).map((c) => c.delivery.id)).toEqual([fresh.deliveryId]);
+      });
+
+      it('rejects a message without an externalCustomerId', async () => {
+        const acct = await withWebhook();
+        await expect(
+          store.publish({ accountId: acct, messages: [message('ok'), message('')], now: T0 }),
+        ).rejects.toMatchObject({
+          code: 'invalid_argument',
+          message: expect.stringContaining('messages[1].externalCustomerId'),
+        });
+        expect(await store.contactMessages(acct, 'ok', T0, 10)).toEqual([]);
+      });
+    });
+
+    // ------------------------------------------------------------ claims
+
+    describe('claimDue', () => {
+      it('claims under a lease and returns the delivery with its webhook', async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'c', T0);
+        const claimed = await store.claimDue({ lane: 'first', limit: 10, now: T0 + 3, leaseMs: 30_000, owner: 'w-a' });
+        expect(claimed).toHaveLength(1);
+        expect(claimed[0]!.leaseUntil).toBe(T0 + 30_003);
+        expect(claimed[0]!.delivery).toMatchObject({
+          id: deliveryId,
+          state: 'in_flight',
+          nextAttemptAt: T0 + 30_003,
+          body: null,
+          attemptCount: 0,
+        });
+        expect(claimed[0]!.webhook).toEqual(await store.getWebhook(acct));
+        expect((await store.getDelivery(deliveryId))?.delivery.state).toBe('in_flight');
+        // Claimed once: a second claim finds nothing.
+        expect(await claim('first', T0 + 4, 'w-b')).toEqual([]);
+      });
+
+      it('keeps first attempts and retries in separate lanes', async () => {
+        const acct = await withWebhook();
+        const retry = await retryingDelivery(acct, 'r', T0, T0 + 1000);
+        const first = await publishOne(acct, 'p', T0 + 2);
+        expect((await claim('retry', T0 + 999)).map((c) => c.delivery.id)).toEqual([]);
+        expect((await claim('first', T0 + 2000)).map((c) => c.delivery.id)).toEqual([first.deliveryId]);
+        const retried = await claim('retry', T0 + 2000);
+        expect(retried.map((c) => c.delivery.id)).toEqual([retry.deliveryId]);
+        // A retry resends the frozen bytes.
+        expect(retried[0]!.delivery.body).toEqual(retry.body);
+        expect(retried[0]!.delivery.attemptCount).toBe(1);
+      });
+
+      it('claims in due order and honours the limit', async () => {
+        const acct = await withWebhook();
+        const ids: string[] = [];
+        for (let i = 0; i < 5; i++) ids.push((await publishOne(acct, `c${i}`, T0 + 10 * (5 - i))).deliveryId);
+        // Due times: c4 (T0+10) < c3 < c2 < c1 < c0 (T0+50).
+        const expected = [...ids].reverse();
+        expect((await claim('first', T0 + 100, 'w', 2)).map((c) => c.delivery.id)).toEqual(expected.slice(0, 2));
+        expect((await claim('first', T0 + 100, 'w', 2)).map((c) => c.delivery.id)).toEqual(expected.slice(2, 4));
+        expect((await claim('first', T0 + 100, 'w', 2)).map((c) => c.delivery.id)).toEqual(expected.slice(4));
+        expect(await claim('first', T0 + 100, 'w', 2)).toEqual([]);
+      });
+
+      it('does not claim what is not due yet', async () => {
+        const acct = await withWebhook();
+        await publishOne(acct, 'c', T0 + 500);
+        expect(await claim('first', T0 + 499)).toEqual([]);
+        expect(await claim('first', T0 + 500)).toHaveLength(1);
+      });
+
+      it('orders accounts by their oldest due delivery and caps each with maxPerAccount', async () => {
+        const a = await withWebhook();
+        const b = await withWebhook();
+        for (let i = 0; i < 3; i++) await publishOne(a, `a${i}`, T0 + 10 + i);
+        for (let i = 0; i < 3; i++) await publishOne(b, `b${i}`, T0 + i);
+        const claimed = await claim('first', T0 + 100, 'w', 4, { maxPerAccount: 2 });
+        expect(claimed.map((c) => c.delivery.externalCustomerId)).toEqual(['b0', 'b1', 'a0', 'a1']);
+      });
+
+      it('does not let an account whose due work is blocked hold up the others', async () => {
+        const blocked = await withWebhook();
+        const other = await withWebhook();
+        await publishOne(blocked, 'hot', T0);
+        await claim('first', T0, 'w', 1);
+        await publishOne(blocked, 'hot', T0 + 1); // due first, but its contact is in flight
+        const waiting = await publishOne(other, 'c', T0 + 2);
+        expect((await claim('first', T0 + 3, 'w', 1)).map((c) => c.delivery.id)).toEqual([waiting.deliveryId]);
+      });
+
+      it('skips excluded accounts, disabled webhooks and accounts without a webhook', async () => {
+        const excluded = await withWebhook();
+        const disabled = await withWebhook({ enabled: false });
+        const missing = account();
+        const open = await withWebhook();
+        for (const acct of [excluded, disabled, missing, open]) await publishOne(acct, 'c', T0);
+        const claimed = await claim('first', T0, 'w', 100, { excludeAccounts: [excluded] });
+        expect(claimed.map((c) => c.delivery.accountId)).toEqual([open]);
+        // Enabling the webhook releases its backlog.
+        await store.upsertWebhook(disabled, webhook({ enabled: true }), T0 + 1);
+        expect(
+          (await claim('first', T0 + 1, 'w', 100, { excludeAccounts: [excluded] })).map((c) => c.delivery.accountId),
+        ).toEqual([disabled]);
+        expect((await claim('first', T0 + 1)).map((c) => c.delivery.accountId)).toEqual([excluded]);
+      });
+
+      it('never has two deliveries of one contact in flight', async () => {
+        const acct = await withWebhook();
+        const first = await publishOne(acct, 'c', T0);
+        const [c1] = await claim('first', T0);
+        const second = await publishOne(acct, 'c', T0 + 1);
+        const other = await publishOne(acct, 'd', T0 + 1);
+        expect((await claim('first', T0 + 2)).map((c) => c.delivery.id)).toEqual([other.deliveryId]);
+        await build(c1!, 'worker-1', T0 + 2);
+        await settle(c1!, 'worker-1', T0 + 3, 'delivered');
+        expect(c1!.delivery.id).toBe(first.deliveryId);
+        expect((await claim('first', T0 + 4)).map((c) => c.delivery.id)).toEqual([second.deliveryId]);
+      });
+
+      it('takes an expired claim back: the old owner can no longer freeze or record', async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'c', T0);
+        const [a] = await claim('first', T0, 'w-a');
+        expect(await claim('first', T0 + LEASE - 1, 'w-b')).toEqual([]);
+        expect(await claim('retry', T0 + LEASE - 1, 'w-b')).toEqual([]);
+        // Never built: it goes back to the first lane.
+        const [b] = await claim('first', T0 + LEASE, 'w-b');
+        expect(b?.delivery.id).toBe(deliveryId);
+        expect(await store.freeze(deliveryId, 'w-a', bytesOf(['a']), [], T0 + LEASE)).toBe(false);
+        expect(
+          await store.recordAttempt(deliveryId, {
+            owner: 'w-a',
+            attempt: attempt(a!.delivery, 'delivered', T0 + LEASE),
+            nextState: 'delivered',
+          }),
+        ).toBeNull();
+        const bodyB = await build(b!, 'w-b', T0 + LEASE + 1);
+        const done = await settle(b!, 'w-b', T0 + LEASE + 2, 'delivered');
+        expect(done.body).toEqual(bodyB);
+        expect((await store.getDelivery(deliveryId))?.attempts).toHaveLength(1);
+      });
+
+      it('retries an expired frozen claim with the same bytes, or supersedes it when the contact moved on', async () => {
+        const acct = await withWebhook();
+        const kept = await publishOne(acct, 'kept', T0);
+        const moved = await publishOne(acct, 'moved', T0);
+        const claimed = await claim('first', T0, 'w-a');
+        const bodies = new Map<string, Uint8Array>();
+        for (const c of claimed) bodies.set(c.delivery.id, await build(c, 'w-a', T0));
+        const newer = await publishOne(acct, 'moved', T0 + 1);
+
+        const later = T0 + LEASE + 1;
+        const retried = await claim('retry', later, 'w-b');
+        expect(retried.map((c) => c.delivery.id)).toEqual([kept.deliveryId]);
+        expect(retried[0]!.delivery.body).toEqual(bodies.get(kept.deliveryId));
+        expect((await store.getDelivery(moved.deliveryId))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: newer.deliveryId,
+        });
+        expect((await claim('first', later, 'w-b')).map((c) => c.delivery.id)).toEqual([newer.deliveryId]);
+      });
+
+      it('supersedes instead of claiming a retry whose contact has a newer delivery', async () => {
+        const acct = await withWebhook();
+        const old = await publishOne(acct, 'c', T0);
+        const [c] = await claim('first', T0);
+        await build(c!, 'worker-1', T0);
+        const newer = await publishOne(acct, 'c', T0 + 1);
+        // Recording "retry" while a newer pending exists makes the old one superseded at once.
+        const updated = await settle(c!, 'worker-1', T0 + 2, 'retry', T0 + 10);
+        expect(updated).toMatchObject({ state: 'superseded', supersededBy: newer.deliveryId, nextAttemptAt: null });
+        expect(updated.id).toBe(old.deliveryId);
+        expect(await claim('retry', T0 + 100)).toEqual([]);
+      });
+
+      it('rejects bad claim options', async () => {
+        await expect(claim('first', T0, 'w', 0)).rejects.toMatchObject({
+          code: 'invalid_argument',
+          message: expect.stringContaining('limit'),
+        });
+        await expect(
+          store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 0, owner: 'w' }),
+        ).rejects.toMatchObject({
+          code: 'invalid_argument',
+          message: expect.stringContaining('leaseMs'),
+        });
+      });
+    });
+
+    // ------------------------------------------------------------ freeze and attempts
+
+    describe('freeze and recordAttempt', () => {
+      it('freezes the body once, for the owner of a live claim only', async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'c', T0);
+        await claim('first', T0, 'w-a');
+        const body = new Uint8Array([0, 1, 2, 250, 255, 91, 93]);
+        expect(await store.freeze(deliveryId, 'w-b', body, ['m'], T0 + 1)).toBe(false);
+        expect(await store.freeze(deliveryId, 'w-a', body, ['m'], T0 + LEASE)).toBe(false); // lease over
+        expect(await store.freeze(deliveryId, 'w-a', body, ['m1', 'm2'], T0 + 5)).toBe(true);
+        expect(await store.freeze(deliveryId, 'w-a', bytesOf('other'), ['x'], T0 + 6)).toBe(false);
+        const d = (await store.getDelivery(deliveryId))!.delivery;
+        expect(d.body).toEqual(body);
+        expect(d.messageIds).toEqual(['m1', 'm2']);
+        expect(d.firstAttemptAt).toBe(T0 + 5);
+        expect(await store.freeze(randomUUID(), 'w-a', body, [], T0)).toBe(false);
+      });
+
+      it('records each attempt and moves to delivered, failed or retrying', async () => {
+        const acct = await withWebhook();
+        const ids = {
+          ok: (await publishOne(acct, 'ok')).deliveryId,
+          bad: (await publishOne(acct, 'bad')).deliveryId,
+          later: (await publishOne(acct, 'later')).deliveryId,
+        };
+        const claimed = new Map((await claim('first', T0, 'w')).map((c) => [c.delivery.externalCustomerId, c]));
+        for (const c of claimed.values()) await build(c, 'w', T0);
+
+        const ok = await store.recordAttempt(ids.ok, {
+          owner: 'w',
+          attempt: attempt(claimed.get('ok')!.delivery, 'delivered', T0 + 1),
+          nextState: 'delivered',
+        });
+        expect(ok).toMatchObject({ state: 'delivered', nextAttemptAt: null, attemptCount: 1, lastError: null });
+
+        const bad = await store.recordAttempt(ids.bad, {
+          owner: 'w',
+          attempt: attempt(claimed.get('bad')!.delivery, 'failed', T0 + 1),
+          nextState: 'failed',
+        });
+        expect(bad).toMatchObject({ state: 'failed', nextAttemptAt: null, attemptCount: 1, lastError: 'http_400' });
+
+        const timeout: Attempt = {
+          ...attempt(claimed.get('later')!.delivery, 'retry', T0 + 1),
+          statusCode: null,
+          errorKind: 'timeout',
+          durationMs: 15_000,
+          nextAttemptAt: T0 + 40_000,
+        };
+        const later = await store.recordAttempt(ids.later, { owner: 'w', attempt: timeout, nextState: 'retrying' });
+        expect(later).toMatchObject({
+          state: 'retrying',
+          nextAttemptAt: T0 + 40_000,
+          attemptCount: 1,
+          firstAttemptAt: T0,
+          lastError: 'timeout',
+        });
+
+        // Second attempt of the retrying one, then its history.
+        const [again] = await claim('retry', T0 + 40_000, 'w2');
+        const second = attempt(again!.delivery, 'delivered', T0 + 40_001);
+        expect(second.attemptNo).toBe(2);
+        const done = await store.recordAttempt(ids.later, { owner: 'w2', attempt: second, nextState: 'delivered' });
+        expect(done).toMatchObject({ state: 'delivered', attemptCount: 2, firstAttemptAt: T0 });
+        expect((await store.getDelivery(ids.later))?.attempts).toEqual([timeout, second]);
+      });
+
+      it('refuses an attempt from a non-owner, with a wrong number, or on a delivery not in flight', async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'c');
+        const pendingDelivery = (await store.getDelivery(deliveryId))!.delivery;
+        const rec = (owner: string, a: Attempt) =>
+          store.recordAttempt(deliveryId, { owner, attempt: a, nextState: 'delivered' });
+        expect(await rec('w', attempt(pendingDelivery, 'delivered', T0))).toBeNull();
+        const [c] = await claim('first', T0, 'w');
+        expect(await rec('intruder', attempt(c!.delivery, 'delivered', T0))).toBeNull();
+        expect(await rec('w', { ...attempt(c!.delivery, 'delivered', T0), attemptNo: 2 })).toBeNull();
+        expect((await store.getDelivery(deliveryId))?.attempts).toEqual([]);
+        expect(await rec('w', attempt(c!.delivery, 'delivered', T0))).not.toBeNull();
+        expect(await rec('w', attempt(c!.delivery, 'delivered', T0))).toBeNull();
+        expect(
+          await store.recordAttempt(randomUUID(), {
+            owner: 'w',
+            attempt: attempt(c!.delivery, 'delivered', T0),
+            nextState: 'delivered',
+          }),
+        ).toBeNull();
+      });
+    });
+
+    // ------------------------------------------------------------ messages and resync
+
+    describe('contactMessages', () => {
+      it('lists available messages newest first, ties by id, without expired ones, capped', async () => {
+        const acct = await withWebhook();
+        const tieA = message('c', { id: '00000000-0000-4000-8000-00000000000a', createdDate: T0 + 5 });
+        const tieB = message('c', { id: '00000000-0000-4000-8000-00000000000b', createdDate: T0 + 5 });
+        const newest = message('c', { createdDate: T0 + 9 });
+        const oldest = message('c', { createdDate: T0 - 100 });
+        const expiring = message('c', { createdDate: T0 + 50, expiresAt: T0 + 1000 });
+        await store.publish({ accountId: acct, messages: [tieB, oldest, expiring, tieA, newest], now: T0 });
+        await store.publish({ accountId: acct, messages: [message('other')], now: T0 });
+        await store.publish({ accountId: await withWebhook(), messages: [message('c')], now: T0 });
+
+        expect(await store.contactMessages(acct, 'c', T0 + 999, 10)).toEqual([expiring, newest, tieA, tieB, oldest]);
+        expect(await store.contactMessages(acct, 'c', T0 + 1000, 10)).toEqual([newest, tieA, tieB, oldest]);
+        expect(await store.contactMessages(acct, 'c', T0 + 1000, 2)).toEqual([newest, tieA]);
+        expect(await store.contactMessages(acct, 'nobody', T0, 10)).toEqual([]);
+      });
+    });
+
+    describe('resync', () => {
+      it('schedules the named contacts, coalescing and superseding like publish', async () => {
+        const acct = await withWebhook();
+        const retrying = await retryingDelivery(acct, 'retrying', T0, T0 + 50_000);
+        const pending = await publishOne(acct, 'pending');
+        const result = await store.resync(acct, ['retrying', 'pending', 'empty', 'pending'], T0 + 10);
+        expect(result.map((r) => r.externalCustomerId)).toEqual(['empty', 'pending', 'retrying']);
+        const byContact = new Map(result.map((r) => [r.externalCustomerId, r.deliveryId]));
+        expect(byContact.get('pending')).toBe(pending.deliveryId);
+        expect((await store.getDelivery(retrying.deliveryId))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: byContact.get('retrying'),
+        });
+        expect((await store.getDelivery(byContact.get('empty')!))?.delivery).toMatchObject({
+          state: 'pending',
+          nextAttemptAt: T0 + 10,
+        });
+      });
+
+      it("schedules every contact with available messages for 'all'", async () => {
+        const acct = await withWebhook();
+        await store.publish({
+          accountId: acct,
+          messages: [message('x'), message('y'), message('gone', { expiresAt: T0 + 5 })],
+          now: T0,
+        });
+        const [c] = await claim('first', T0); // one of them is in flight: resync still gives it a new pending
+        const result = await store.resync(acct, 'all', T0 + 10);
+        expect(result.map((r) => r.externalCustomerId)).toEqual(['x', 'y']);
+        expect(result.map((r) => r.deliveryId)).not.toContain(c!.delivery.id);
+        expect(await store.resync(account(), 'all', T0)).toEqual([]);
+      });
+    });
+
+    // ------------------------------------------------------------ reads
+
+    describe('getDelivery and listDeliveries', () => {
+      it('returns null for an unknown id', async () => {
+        expect(await store.getDelivery(randomUUID())).toBeNull();
+      });
+
+      it('filters by account, contact and state, newest first', async () => {
+        const a = await withWebhook();
+        const b = await withWebhook();
+        const a1 = await publishOne(a, 'c1');
+        const a2 = await publishOne(a, 'c2');
+        const b1 = await publishOne(b, 'c1');
+        const [inFlight] = await claim('first', T0, 'w', 1);
+        const ids = (p: { deliveries: Delivery[] }) => p.deliveries.map((d) => d.id);
+
+        expect(ids(await store.listDeliveries({ accountId: a }, 10, null))).toEqual([a2.deliveryId, a1.deliveryId]);
+        expect(ids(await store.listDeliveries({ accountId: a, externalCustomerId: 'c1' }, 10, null))).toEqual([
+          a1.deliveryId,
+        ]);
+        expect(ids(await store.listDeliveries({ accountId: b }, 10, null))).toEqual([b1.deliveryId]);
+        expect(ids(await store.listDeliveries({ accountId: a, states: ['in_flight'] }, 10, null))).toEqual(
+          inFlight!.delivery.accountId === a ? [inFlight!.delivery.id] : [],
+        );
+        const all = await store.listDeliveries({ states: ['pending', 'in_flight'] }, 10, null);
+        expect(new Set(ids(all))).toEqual(new Set([a1.deliveryId, a2.deliveryId, b1.deliveryId]));
+        expect(ids(await store.listDeliveries({ accountId: a, states: ['failed'] }, 10, null))).toEqual([]);
+        await expect(store.listDeliveries({}, 0, null)).rejects.toMatchObject({ code: 'invalid_argument' });
+        await expect(store.listDeliveries({}, 10, 'not-a-cursor')).rejects.toMatchObject({
+          code: 'invalid_argument',
+          message: expect.stringContaining('cursor'),
+        });
+      });
+
+      it('pages with a cursor without duplicates or misses, even while new deliveries arrive', async () => {
+        const acct = await withWebhook();
+        const created: string[] = [];
+        for (let i = 0; i < 23; i++)
+          created.push((await publishOne(acct, `c${String(i).padStart(2, '0')}`)).deliveryId);
+        const seen: string[] = [];
+        let cursor: string | null = null;
+        let pages = 0;
+        do {
+          const page: { deliveries: Delivery[]; nextCursor: string | null } = await store.listDeliveries(
+            { accountId: acct },
+            5,
+            cursor,
+          );
+          seen.push(...page.deliveries.map((d) => d.id));
+          cursor = page.nextCursor;
+          pages++;
+          // Arrivals during paging are newer than every cursor: they never shift the remaining pages.
+          await publishOne(acct, `late${pages}`);
+        } while (cursor !== null && pages < 20);
+        expect(pages).toBe(5);
+        expect(seen).toEqual([...created].reverse());
+        const exact = await store.listDeliveries({ accountId: acct, externalCustomerId: 'c00' }, 1, null);
+        expect(exact.nextCursor).toBeNull();
+      });
+    });
+
+    // ------------------------------------------------------------ replay
+
+    describe('retryDelivery', () => {
+      async function failedDelivery(acct: string, contact: string) {
+        const { deliveryId } = await publishOne(acct, contact);
+        const c = (await claim('first', T0)).find((x) => x.delivery.id === deliveryId)!;
+        const body = await build(c, 'worker-1', T0);
+        await settle(c, 'worker-1', T0 + 1, 'failed');
+        return { deliveryId, body };
+      }
+
+      it('replays a failed delivery that is still the newest: same id, same bytes, due now', async () => {
+        const acct = await withWebhook();
+        const failed = await failedDelivery(acct, 'c');
+        const result = await store.retryDelivery(failed.deliveryId, T0 + 100);
+        expect(result?.replacedByNewer).toBe(false);
+        expect(result?.delivery).toMatchObject({
+          id: failed.deliveryId,
+          state: 'retrying',
+          nextAttemptAt: T0 + 100,
+          attemptCount: 1,
+          lastError: 'http_400',
+        });
+        const [c] = await claim('retry', T0 + 100);
+        expect(c?.delivery.id).toBe(failed.deliveryId);
+        expect(c?.delivery.body).toEqual(failed.body);
+        await settle(c!, 'worker-1', T0 + 101, 'delivered');
+        expect((await store.getDelivery(failed.deliveryId))?.attempts.map((a) => a.verdict)).toEqual([
+          'failed',
+          'delivered',
+        ]);
+      });
+
+      it('sends the newer state instead when the contact moved on', async () => {
+        const acct = await withWebhook();
+        const failed = await failedDelivery(acct, 'c');
+        const newer = await publishOne(acct, 'c', T0 + 5);
+        const result = await store.retryDelivery(failed.deliveryId, T0 + 10);
+        expect(result).toMatchObject({ replacedByNewer: true, delivery: { id: newer.deliveryId, state: 'pending' } });
+        expect((await store.getDelivery(failed.deliveryId))?.delivery.state).toBe('failed');
+
+        // The newer one went out too: a replay of the old one schedules a fresh state of the contact.
+        const [c] = await claim('first', T0 + 10);
+        await build(c!, 'worker-1', T0 + 10);
+        await settle(c!, 'worker-1', T0 + 11, 'delivered');
+        const again = await store.retryDelivery(failed.deliveryId, T0 + 20);
+        expect(again?.replacedByNewer).toBe(true);
+        expect(again?.delivery).toMatchObject({ state: 'pending', externalCustomerId: 'c', nextAttemptAt: T0 + 20 });
+        expect(again?.delivery.id).not.toBe(newer.deliveryId);
+      });
+
+      it('leaves deliveries already on their way as they are, and makes a waiting retry due now', async () => {
+        const acct = await withWebhook();
+        const retrying = await retryingDelivery(acct, 'r', T0, T0 + 90_000);
+        const pending = await publishOne(acct, 'p');
+        expect(await store.retryDelivery(pending.deliveryId, T0 + 1)).toMatchObject({
+          replacedByNewer: false,
+          delivery: { id: pending.deliveryId, state: 'pending', nextAttemptAt: T0 },
+        });
+        expect(await store.retryDelivery(retrying.deliveryId, T0 + 2)).toMatchObject({
+          replacedByNewer: false,
+          delivery: { id: retrying.deliveryId, state: 'retrying', nextAttemptAt: T0 + 2 },
+        });
+        expect(await store.retryDelivery(randomUUID(), T0)).toBeNull();
+      });
+    });
+
+    // ------------------------------------------------------------ release
+
+    describe('release', () => {
+      it('gives claims back to their lane at dueAt, only for their owner', async () => {
+        const acct = await withWebhook();
+        const unbuilt = await publishOne(acct, 'u');
+        const built = await publishOne(acct, 'b');
+        const claimed = new Map((await claim('first', T0, 'w')).map((c) => [c.delivery.id, c]));
+        await build(claimed.get(built.deliveryId)!, 'w', T0);
+
+        await store.release(unbuilt.deliveryId, 'intruder', T0 + 1);
+        expect((await store.getDelivery(unbuilt.deliveryId))?.delivery.state).toBe('in_flight');
+
+        await store.release(unbuilt.deliveryId, 'w', T0 + 500);
+        await store.release(built.deliveryId, 'w', T0 + 500);
+        expect((await store.getDelivery(unbuilt.deliveryId))?.delivery).toMatchObject({
+          state: 'pending',
+          nextAttemptAt: T0 + 500,
+          attemptCount: 0,
+        });
+        expect((await store.getDelivery(built.deliveryId))?.delivery).toMatchObject({
+          state: 'retrying',
+          nextAttemptAt: T0 + 500,
+        });
+        expect(await claim('first', T0 + 499)).toEqual([]);
+        expect((await claim('first', T0 + 500)).map((c) => c.delivery.id)).toEqual([unbuilt.deliveryId]);
+        expect((await claim('retry', T0 + 500)).map((c) => c.delivery.id)).toEqual([built.deliveryId]);
+      });
+
+      it('supersedes a released claim whose contact has a newer delivery', async () => {
+        const acct = await withWebhook();
+        const old = await publishOne(acct, 'c');
+        await claim('first', T0, 'w');
+        const newer = await publishOne(acct, 'c', T0 + 1);
+        await store.release(old.deliveryId, 'w', T0 + 2);
+        expect((await store.getDelivery(old.deliveryId))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: newer.deliveryId,
+        });
+      });
+    });
+
+    // ------------------------------------------------------------ sweep and stats
+
+    describe('sweep', () => {
+      it('deletes expired messages and old terminal deliveries, bounded by the limit', async () => {
+        const acct = await withWebhook();
+        await store.publish({
+          accountId: acct,
+          messages: [
+            message('e', { expiresAt: T0 + 10 }),
+            message('e', { expiresAt: T0 + 20 }),
+            message('e', { expiresAt: T0 + 30 }),
+            message('e', { expiresAt: T0 + DAY }),
+          ],
+          now: T0,
+        });
+        const old = await publishOne(acct, 'old', T0);
+        const recent = await publishOne(acct, 'recent', T0);
+        const waiting = await publishOne(acct, 'waiting', T0);
+        const claimed = new Map((await claim('first', T0, 'w')).map((c) => [c.delivery.id, c]));
+        await build(claimed.get(old.deliveryId)!, 'w', T0);
+        await settle(claimed.get(old.deliveryId)!, 'w', T0, 'delivered');
+        await build(claimed.get(recent.deliveryId)!, 'w', T0);
+        await settle(claimed.get(recent.deliveryId)!, 'w', T0 + 5000, 'failed');
+        await store.release(waiting.deliveryId, 'w', T0);
+
+        const opts = { terminalRetentionMs: 1000, limit: 2 };
+        // T0 + 2000: 3 expired messages and 1 old terminal delivery ('old', finished at T0 + 12).
+        expect(await store.sweep(T0 + 2000, opts)).toBe(2);
+        expect(await store.sweep(T0 + 2000, opts)).toBe(2);
+        expect(await store.sweep(T0 + 2000, opts)).toBe(0);
+        expect(await store.contactMessages(acct, 'e', T0, 10)).toHaveLength(1);
+        expect(await store.getDelivery(old.deliveryId)).toBeNull();
+        expect((await store.getDelivery(recent.deliveryId))?.delivery.state).toBe('failed');
+        expect((await store.getDelivery(waiting.deliveryId))?.delivery.state).toBe('pending');
+        expect(await store.sweep(T0 + 10_000, { terminalRetentionMs: 1000, limit: 100 })).toBe(1);
+        expect(await store.getDelivery(recent.deliveryId)).toBeNull();
+      });
+    });
+
+    describe('stats', () => {
+      it('counts deliveries by state and reports the oldest due one', async () => {
+        const empty = await store.stats(T0);
+        expect(empty).toEqual({
+          byState: { pending: 0, in_flight: 0, retrying: 0, delivered: 0, failed: 0, superseded: 0 },
+          oldestDueAt: null,
+        });
+        const acct = await withWebhook();
+        await retryingDelivery(acct, 'r', T0, T0 + 300);
+        await publishOne(acct, 'p1', T0 + 100);
+        await publishOne(acct, 'p2', T0 + 200);
+        await publishOne(acct, 'f', T0 + 400);
+        const claimed = await claim('first', T0 + 400, 'w', 1);
+        expect(claimed.map((c) => c.delivery.externalCustomerId)).toEqual(['p1']);
+        const stats = await store.stats(T0 + 250);
+        expect(stats.byState).toEqual({
+          pending: 2,
+          in_flight: 1,
+          retrying: 1,
+          delivered: 0,
+          failed: 0,
+          superseded: 0,
+        });
+        expect(stats.oldestDueAt).toBe(T0 + 200);
+        expect((await store.stats(T0 + 199)).oldestDueAt).toBeNull();
+      });
+    });
+
+    // ------------------------------------------------------------ outcomes
+
+    describe('outcomes', () => {
+      function outcome(overrides: Partial<DeliveryOutcome> = {}): DeliveryOutcome {
+        return {
+          deliveryId: randomUUID(),
+          accountId: 'acct',
+          externalCustomerId: 'c',
+          state: 'delivered',
+          messageIds: [randomUUID(), randomUUID()],
+          attemptNo: 1,
+          statusCode: 200,
+          errorKind: null,
+          nextAttemptAt: null,
+          at: T0,
+          ...overrides,
+        };
+      }
+
+      it('delivers emitted outcomes to every subscriber until it unsubscribes', async () => {
+        const seenA: DeliveryOutcome[] = [];
+        const seenB: DeliveryOutcome[] = [];
+        const offA = store.onOutcome((o) => seenA.push(o));
+        const offThrowing = store.onOutcome(() => {
+          throw new Error('a broken listener');
+        });
+        const offB = store.onOutcome((o) => seenB.push(o));
+        const first = outcome();
+        const second = outcome({ state: 'retrying', statusCode: null, errorKind: 'timeout', nextAttemptAt: T0 + 9 });
+        await store.emitOutcome(first);
+        await store.emitOutcome(second);
+        await waitFor(() => seenA.length === 2 && seenB.length === 2, 'two outcomes');
+        expect(seenA).toEqual([first, second]);
+        expect(seenB).toEqual([first, second]);
+
+        offA();
+        offThrowing();
+        const third = outcome({ state: 'failed', statusCode: 400 });
+        await store.emitOutcome(third);
+        await waitFor(() => seenB.length === 3, 'the third outcome');
+        expect(seenB[2]).toEqual(third);
+        expect(seenA).toHaveLength(2);
+        offB();
+      });
+
+      it('carries a delivery with a thousand message ids intact', async () => {
+        const seen: DeliveryOutcome[] = [];
+        const off = store.onOutcome((o) => seen.push(o));
+        // Larger than a PostgreSQL NOTIFY payload: engines must not truncate it.
+        const big = outcome({ messageIds: Array.from({ length: 1000 }, () => randomUUID()) });
+        await store.emitOutcome(big);
+        await waitFor(() => seen.length === 1, 'the big outcome');
+        expect(seen[0]).toEqual(big);
+        off();
+      });
+    });
+
+    // ------------------------------------------------------------ the model test
+
+    describe('random operation sequences', () => {
+      type Op =
+        | { kind: 'publish'; contact: number; count: number }
+        | { kind: 'resync'; contact: number }
+        | { kind: 'claim'; lane: Lane }
+        | { kind: 'settle'; pick: number; verdict: Attempt['verdict'] }
+        | { kind: 'release'; pick: number }
+        | { kind: 'expire' };
+
+      const opArb: fc.Arbitrary<Op> = fc.oneof(
+        {
+          weight: 4,
+          arbitrary: fc.record({
+            kind: fc.constant('publish' as const),
+            contact: fc.nat(3),
+            count: fc.integer({ min: 1, max: 3 }),
+          }),
+        },
+        { weight: 1, arbitrary: fc.record({ kind: fc.constant('resync' as const), contact: fc.nat(3) }) },
+        {
+          weight: 4,
+          arbitrary: fc.record({ kind: fc.constant('claim' as const), lane: fc.constantFrom<Lane>('first', 'retry') }),
+        },
+        {
+          weight: 4,
+          arbitrary: fc.record({
+            kind: fc.constant('settle' as const),
+            pick: fc.nat(7),
+            verdict: fc.constantFrom<Attempt['verdict']>('delivered', 'retry', 'failed'),
+          }),
+        },
+        { weight: 1, arbitrary: fc.record({ kind: fc.constant('release' as const), pick: fc.nat(7) }) },
+        { weight: 1, arbitrary: fc.constant({ kind: 'expire' as const }) },
+      );
+
+      it('never puts two deliveries of a contact in flight and never loses a message', async () => {
+        await fc.assert(
+          fc.asyncProperty(fc.array(opArb, { minLength: 10, maxLength: 40, size: 'max' }), async (ops) => {
+            const acct = await withWebhook();
+            const contacts = ['c0', 'c1', 'c2', 'c3'];
+            const published = new Map<string, string[]>(contacts.map((c) => [c, []]));
+            /** Claims the model holds; `live` until time jumps past their lease. */
+            const held: Array<{ claimed: ClaimedDelivery; owner: string; live: boolean }> = [];
+            const deliveredOrder = new Map<string, string[]>(contacts.map((c) => [c, []]));
+            let now = T0;
+            let owners = 0;
+
+            async function deliveries(): Promise<Delivery[]> {
+              return (await store.listDeliveries({ accountId: acct }, 1000, null)).deliveries;
+            }
+
+            async function settleHeld(index: number, verdict: Attempt['verdict']): Promise<void> {
+              const [h] = held.splice(index, 1);
+              if (h === undefined) return;
+              const d = h.claimed.delivery;
+              if (d.body === null) {
+                const messages = await store.contactMessages(acct, d.externalCustomerId, now, 1000);
+                const frozen = await store.freeze(
+                  d.id,
+                  h.owner,
+                  bytesOf(messages),
+                  messages.map((m) => m.id),
+                  now,
+                );
+                // A live claim can always freeze; a stale one must not send at all.
+                if (h.live) expect(frozen).toBe(true);
+                if (!frozen) return;
+              }
+              const current = (await store.getDelivery(d.id))?.delivery;
+              const nextState = verdict === 'delivered' ? 'delivered' : verdict === 'failed' ? 'failed' : 'retrying';
+              const updated = await store.recordAttempt(d.id, {
+                owner: h.owner,
+                attempt: attempt(current ?? d, verdict, now, { nextAttemptAt: now + 5 }),
+                nextState,
+              });
+              if (h.live) expect(updated).not.toBeNull();
+              if (updated?.state === 'delivered') deliveredOrder.get(d.externalCustomerId)!.push(d.id);
+            }
+
+            async function checkInvariants(): Promise<void> {
+              const all = await deliveries();
+              const rank = new Map(all.map((d, i) => [d.id, all.length - i])); // higher = newer
+              for (const contact of contacts) {
+                const mine = all.filter((d) => d.externalCustomerId === contact);
+                expect(mine.filter((d) => d.state === 'in_flight').length).toBeLessThanOrEqual(1);
+                expect(mine.filter((d) => d.state === 'pending').length).toBeLessThanOrEqual(1);
+                // Every published message is on its way: a pending or unbuilt claim will carry it,
+                // or a frozen, non-superseded delivery already does.
+                const coversAll = mine.some(
+                  (d) => d.state === 'pending' || (d.state === 'in_flight' && d.body === null),
+                );
+                if (!coversAll) {
+                  const carried = new Set(
+                    mine.filter((d) => d.state !== 'superseded').flatMap((d) => d.messageIds ?? []),
+                  );
+                  for (const id of published.get(contact)!) expect(carried.has(id)).toBe(true);
+                }
+                // The receiver never gets an older list after a newer one.
+                const ranks = deliveredOrder.get(contact)!.map((id) => rank.get(id) ?? 0);
+                expect(ranks).toEqual([...ranks].sort((a, b) => a - b));
+              }
+            }
+
+            for (const op of ops) {
+              now += 1;
+              switch (op.kind) {
+                case 'publish': {
+                  const contact = contacts[op.contact]!;
+                  const messages = Array.from({ length: op.count }, (_, i) =>
+                    message(contact, { createdDate: now + i, expiresAt: now + DAY }),
+                  );
+                  await store.publish({ accountId: acct, messages, now });
+                  published.get(contact)!.push(...messages.map((m) => m.id));
+                  break;
+                }
+                case 'resync':
+                  await store.resync(acct, [contacts[op.contact]!], now);
+                  break;
+                case 'claim': {
+                  const owner = `w${owners++}`;
+                  const claimed = await store.claimDue({ lane: op.lane, limit: 3, now, leaseMs: 1000, owner });
+                  for (const c of claimed) {
+                    // Never the same delivery on two live claims.
+                    expect(held.some((h) => h.live && h.claimed.delivery.id === c.delivery.id)).toBe(false);
+                    held.push({ claimed: c, owner, live: true });
+                  }
+                  break;
+                }
+                case 'settle':
+                  if (held.length > 0) await settleHeld(op.pick % held.length, op.verdict);
+                  break;
+                case 'release': {
+                  const [h] = held.splice(op.pick % Math.max(1, held.length), 1);
+                  if (h !== undefined) await store.release(h.claimed.delivery.id, h.owner, now);
+                  break;
+                }
+                case 'expire':
+                  now += 1001;
+                  for (const h of held) h.live = false;
+                  break;
+              }
+              await checkInvariants();
+            }
+
+            // Drain: every contact's newest delivery ends delivered (or failed, kept) with all its messages.
+            held.length = 0;
+            for (let round = 0; round < 40; round++) {
+              now += 1001;
+              let progressed = false;
+              for (const lane of ['first', 'retry'] as const) {
+                const owner = `drain${owners++}`;
+                for (const c of await store.claimDue({ lane, limit: 50, now, leaseMs: 1000, owner })) {
+                  held.push({ claimed: c, owner, live: true });
+                  await settleHeld(held.length - 1, 'delivered');
+                  progressed = true;
+                }
+              }
+              if (!progressed) break;
+            }
+            await checkInvariants();
+            const all = await deliveries();
+            expect(all.filter((d) => ['pending', 'in_flight', 'retrying'].includes(d.state))).toEqual([]);
+            for (const contact of contacts) {
+              const newest = all.find((d) => d.externalCustomerId === contact);
+              if (published.get(contact)!.length === 0) continue;
+              expect(newest === undefined ? 'none' : newest.state).toMatch(/^(delivered|failed)$/);
+              expect(new Set(newest!.messageIds)).toEqual(new Set(published.get(contact)));
+            }
+          }),
+          { numRuns: options.modelRuns ?? 30 },
+        );
+      });
+    });
+  });
+}

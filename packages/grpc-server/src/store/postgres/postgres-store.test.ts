@@ -1,0 +1,246 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { storeConformanceSuite } from '../conformance.js';
+import { openStore } from '../index.js';
+import type { ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
+import { openPostgresStore, PostgresStore } from './postgres-store.js';
+import { POSTGRES_MIGRATIONS } from './schema.js';
+import { createTestDatabase } from './test-db.js';
+
+// Fails (does not skip) without APP_INBOX_TEST_PG_URL: see createTestDatabase.
+let db: Awaited<ReturnType<typeof createTestDatabase>>;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+async function sql(url: string, text: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await client.query(text, params);
+  } finally {
+    await client.end();
+  }
+}
+
+storeConformanceSuite('postgres', async () => {
+  const store = await openPostgresStore({ connectionString: db.url, poolSize: 4 });
+  // A clean database per test, one CREATE DATABASE per file.
+  await sql(db.url, 'TRUNCATE webhooks, messages, deliveries, attempts RESTART IDENTITY');
+  return { store, cleanup: () => store.close() };
+});
+
+describe('PostgresStore', () => {
+  const T0 = 1_700_000_000_000;
+
+  it('is what openStore opens for a postgres:// or postgresql:// URL', async () => {
+    for (const url of [db.url, db.url.replace(/^postgres:/, 'postgresql:')]) {
+      const store = await openStore(url, { postgres: { poolSize: 1 } });
+      try {
+        expect(store).toBeInstanceOf(PostgresStore);
+        expect(await store.getWebhook('nobody')).toBeNull();
+      } finally {
+        await store.close();
+      }
+    }
+  });
+
+  it('applies each migration once when several processes start together', async () => {
+    const fresh = await createTestDatabase();
+    try {
+      const stores = await Promise.all(
+        Array.from({ length: 4 }, () => openPostgresStore({ connectionString: fresh.url, poolSize: 1 })),
+      );
+      await stores[0]!.migrate();
+      await Promise.all(stores.map((s) => s.close()));
+      const { rows } = await sql(fresh.url, 'SELECT version, name FROM schema_migrations ORDER BY version');
+      expect(rows).toEqual(POSTGRES_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
+    } finally {
+      await fresh.drop();
+    }
+  });
+
+  it('refuses a database migrated by a newer version of the service', async () => {
+    const fresh = await createTestDatabase();
+    try {
+      await (await openPostgresStore({ connectionString: fresh.url, poolSize: 1 })).close();
+      await sql(fresh.url, "INSERT INTO schema_migrations (version, name) VALUES (999, 'future')");
+      await expect(openPostgresStore({ connectionString: fresh.url, poolSize: 1 })).rejects.toMatchObject({
+        code: 'schema_too_new',
+      });
+    } finally {
+      await fresh.drop();
+    }
+  });
+
+  it('shows the outcomes of one process to another', async () => {
+    const a = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    const b = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      const seen: DeliveryOutcome[] = [];
+      b.onOutcome((o) => seen.push(o));
+      const outcome: DeliveryOutcome = {
+        deliveryId: randomUUID(),
+        accountId: 'a',
+        externalCustomerId: 'ü-contact',
+        state: 'failed',
+        messageIds: Array.from({ length: 300 }, () => randomUUID()),
+        attemptNo: 3,
+        statusCode: 400,
+        errorKind: null,
+        nextAttemptAt: null,
+        at: T0,
+      };
+      await a.emitOutcome(outcome);
+      const end = Date.now() + 5000;
+      while (seen.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+      expect(seen).toEqual([outcome]);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('two processes claiming at once: no delivery or contact twice in flight, nothing lost', async () => {
+    const stores = [
+      await openPostgresStore({ connectionString: db.url, poolSize: 3 }),
+      await openPostgresStore({ connectionString: db.url, poolSize: 3 }),
+    ];
+    const account = `acct-${randomUUID()}`;
+    const contacts = Array.from({ length: 60 }, (_, i) => `c${i}`);
+    const published = new Map<string, string[]>(contacts.map((c) => [c, []]));
+    const start = Date.now();
+    // Wall time moves the virtual clock, but leases (60 s) never expire within the test.
+    const now = (): number => T0 + (Date.now() - start);
+    let event = 0;
+    const holding = new Map<string, string>(); // contact -> delivery id, between claim and settle
+    const violations: string[] = [];
+    const claimsBy = [0, 0];
+    const delivered = new Map<string, number>(); // delivery id -> times recorded as delivered
+    let done = false;
+
+    try {
+      await stores[0]!.upsertWebhook(
+        account,
+        { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
+        T0,
+      );
+
+      async function worker(index: number, lane: Lane): Promise<void> {
+        const store = stores[index % 2]!;
+        const owner = `p${index % 2}-w${index}`;
+        while (!done) {
+          const claimed: ClaimedDelivery[] = await store.claimDue({
+            lane,
+            limit: 8,
+            now: now(),
+            leaseMs: 60_000,
+            owner,
+          });
+          event++;
+          if (claimed.length === 0) {
+            await new Promise((r) => setTimeout(r, 3));
+            continue;
+          }
+          claimsBy[index % 2]! += claimed.length;
+          for (const c of claimed) {
+            const contact = c.delivery.externalCustomerId;
+            const other = holding.get(contact);
+            if (other !== undefined) violations.push(`${contact}: ${c.delivery.id} claimed while ${other} in flight`);
+            holding.set(contact, c.delivery.id);
+          }
+          await Promise.all(
+            claimed.map(async (c) => {
+              const d = c.delivery;
+              if (d.body === null) {
+                const messages = await store.contactMessages(account, d.externalCustomerId, now(), 1000);
+                const body = new TextEncoder().encode(JSON.stringify(messages.map((m) => m.id)));
+                expect(
+                  await store.freeze(
+                    d.id,
+                    owner,
+                    body,
+                    messages.map((m) => m.id),
+                    now(),
+                  ),
+                ).toBe(true);
+              }
+              const verdict = Math.random() < 0.3 ? 'retry' : 'delivered';
+              // Stop holding before the attempt commits: the observed interval stays inside the real one.
+              holding.delete(d.externalCustomerId);
+              const t = now();
+              const updated = await store.recordAttempt(d.id, {
+                owner,
+                attempt: {
+                  deliveryId: d.id,
+                  attemptNo: d.attemptCount + 1,
+                  startedAt: t,
+                  durationMs: 1,
+                  statusCode: verdict === 'delivered' ? 200 : 503,
+                  errorKind: null,
+                  verdict,
+                  nextAttemptAt: verdict === 'retry' ? t + 2 : null,
+                },
+                nextState: verdict === 'delivered' ? 'delivered' : 'retrying',
+              });
+              expect(updated).not.toBeNull();
+              if (updated?.state === 'delivered') delivered.set(d.id, (delivered.get(d.id) ?? 0) + 1);
+            }),
+          );
+        }
+      }
+
+      async function publisher(): Promise<void> {
+        for (let round = 0; round < 6; round++) {
+          const store = stores[round % 2]!;
+          const messages = contacts.map((contact) => ({
+            externalCustomerId: contact,
+            id: randomUUID(),
+            createdDate: T0 + round,
+            title: 't',
+            content: 'c',
+            category: 'k',
+            expiresAt: T0 + 86_400_000,
+          }));
+          await store.publish({ accountId: account, messages, now: now() });
+          for (const m of messages) published.get(m.externalCustomerId)!.push(m.id);
+          await new Promise((r) => setTimeout(r, 15));
+        }
+        // Then wait until nothing of the account is left to send (bounded by the test timeout).
+        for (;;) {
+          const open = await stores[0]!.listDeliveries(
+            { accountId: account, states: ['pending', 'in_flight', 'retrying'] },
+            1,
+            null,
+          );
+          if (open.deliveries.length === 0) break;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        done = true;
+      }
+
+      await Promise.all([publisher(), worker(0, 'first'), worker(1, 'first'), worker(2, 'retry'), worker(3, 'retry')]);
+
+      expect(violations).toEqual([]);
+      expect(claimsBy[0]).toBeGreaterThan(0);
+      expect(claimsBy[1]).toBeGreaterThan(0);
+      expect([...delivered.values()].every((n) => n === 1)).toBe(true);
+      expect(event).toBeGreaterThan(0);
+      const all = (await stores[0]!.listDeliveries({ accountId: account }, 1000, null)).deliveries;
+      expect(all.length).toBeGreaterThanOrEqual(contacts.length);
+      expect(all.filter((d) => d.state !== 'delivered' && d.state !== 'superseded')).toEqual([]);
+      // Every contact's newest delivery went out with every message of the contact.
+      for (const contact of contacts) {
+        const [newest] = (await stores[1]!.listDeliveries({ accountId: account, externalCustomerId: contact }, 1, null))
+          .deliveries;
+        expect(newest?.state).toBe('delivered');
+        expect(new Set(newest?.messageIds)).toEqual(new Set(published.get(contact)));
+      }
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
+  });
+});

@@ -1,0 +1,865 @@
+/**
+ * The shared engine: PostgreSQL through a `pg` pool, for several server processes on one database
+ * (issue 5). Claims use `FOR UPDATE SKIP LOCKED` so a delivery is in flight on one worker at a time;
+ * the partial unique indexes of the schema make "one pending / one in flight per contact" hold across
+ * processes even in races the queries cannot see; transactions that lose such a race (unique
+ * violation, deadlock, serialization failure) are run again from the start.
+ *
+ * Outcomes travel by NOTIFY on one channel and are received on a dedicated LISTEN connection, so
+ * `onOutcome` sees those of every process. A payload larger than NOTIFY allows is sent in chunks
+ * within one statement and put back together by the listener.
+ * @see ARCHITECTURE §1-§3
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import { StoreError } from '../errors.js';
+import {
+  DELIVERY_STATES,
+  MAX_PAGE_SIZE,
+  OutcomeListeners,
+  REAP_BATCH,
+  assertAttempt,
+  assertId,
+  assertInt,
+  assertStoredMessages,
+  assertTime,
+  attemptFromRow,
+  decodeCursor,
+  deliveryFromRow,
+  distinctSorted,
+  emptyByState,
+  encodeCursor,
+  failureReason,
+  messageFromRow,
+  newDeliveryId,
+  webhookFromRow,
+  webhookToStored,
+  type AttemptRow,
+  type Migration,
+  type DeliveryRow,
+  type MessageRow,
+  type WebhookRow,
+} from '../shared.js';
+import type {
+  Attempt,
+  AttemptResult,
+  ClaimOptions,
+  ClaimedDelivery,
+  Delivery,
+  DeliveryFilter,
+  DeliveryOutcome,
+  DeliveryPage,
+  DeliveryState,
+  Lane,
+  PublishInput,
+  PublishResult,
+  RetryResult,
+  Store,
+  WebhookRecord,
+} from '../types.js';
+import { MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS } from './schema.js';
+
+export interface PostgresStoreOptions {
+  /** `postgres://user:password@host:port/database`. */
+  connectionString: string;
+  /** Connections in the pool (connections). Default 10. The LISTEN connection comes on top. */
+  poolSize?: number;
+  /** NOTIFY channel of the outcomes. Default `app_inbox_outcomes`; every process of a deployment must agree. */
+  channel?: string;
+  /** Delay before the LISTEN connection is opened again after it broke (ms). Default 1,000. */
+  listenReconnectMs?: number;
+}
+
+type Client = pg.PoolClient;
+
+/** Opens a pool, applies the migrations and starts listening for outcomes. */
+export async function openPostgresStore(options: PostgresStoreOptions): Promise<PostgresStore> {
+  const store = new PostgresStore(options);
+  try {
+    await store.migrate();
+    await store.listen();
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  return store;
+}
+
+const DELIVERY_COLUMNS = `d.seq, d.id, d.account_id, d.external_customer_id, d.state, d.created_at, d.updated_at,
+  d.next_attempt_at, d.lease_owner, d.attempt_count, d.first_attempt_at, d.body, d.message_ids, d.superseded_by,
+  d.last_error`;
+
+/** The newest delivery of the same contact created after `d` (by sequence), or NULL. */
+const NEWER_ID = `(SELECT n.id FROM deliveries n
+   WHERE n.account_id = d.account_id AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq
+   ORDER BY n.seq DESC LIMIT 1)`;
+
+const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
+
+/**
+ * SQLSTATEs after which the whole transaction is run again: a concurrent transaction won a race on
+ * one of the per-contact unique indexes, or a deadlock / serialization failure was broken.
+ */
+const RETRY_SQLSTATES: ReadonlySet<string> = new Set(['23505', '40001', '40P01']);
+const MAX_TX_RUNS = 8;
+
+/** NOTIFY payloads must stay under 8,000 bytes: 2,400 UTF-16 units is at most 7,200 UTF-8 bytes. */
+const CHUNK_UNITS = 2400;
+
+function sqlState(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+export class PostgresStore implements Store {
+  readonly #pool: pg.Pool;
+  readonly #options: Required<Omit<PostgresStoreOptions, 'poolSize'>>;
+  readonly #listeners = new OutcomeListeners();
+  /** Chunked outcomes being put back together, by emit id. */
+  readonly #assembling = new Map<string, { parts: string[]; received: number }>();
+  #listenClient: pg.Client | null = null;
+  #reconnectTimer: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(options: PostgresStoreOptions) {
+    assertId('connectionString', options.connectionString);
+    const poolSize = assertInt('poolSize', options.poolSize ?? 10, 1, 1000);
+    const channel = options.channel ?? 'app_inbox_outcomes';
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(channel)) {
+      throw new StoreError('invalid_argument', 'channel: must be a lower-case SQL identifier');
+    }
+    this.#options = {
+      connectionString: options.connectionString,
+      channel,
+      listenReconnectMs: assertInt('listenReconnectMs', options.listenReconnectMs ?? 1000, 1),
+    };
+    this.#pool = new pg.Pool({ connectionString: options.connectionString, max: poolSize });
+    // An idle connection that breaks must not crash the process: the next query reports the problem.
+    this.#pool.on('error', () => undefined);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new StoreError('closed', 'the store is closed');
+  }
+
+  async #query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+    this.#assertOpen();
+    return this.#pool.query<R>(sql, params);
+  }
+
+  /**
+   * Runs `fn` in a READ COMMITTED transaction, again from the start when it lost a race (see
+   * {@link RETRY_SQLSTATES}), with a short random pause so that racing processes spread out.
+   */
+  async #tx<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+    this.#assertOpen();
+    for (let run = 1; ; run++) {
+      const client = await this.#pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('BEGIN');
+        const result = await fn(client);
+        await client.query('COMMIT');
+        return result;
+      } catch (error) {
+        await client.query('ROLLBACK').catch((rollbackError: unknown) => {
+          broken = rollbackError instanceof Error ? rollbackError : new Error('rollback failed');
+        });
+        const state = sqlState(error);
+        if (state === undefined || !RETRY_SQLSTATES.has(state)) throw error;
+        if (run >= MAX_TX_RUNS) {
+          throw new StoreError('conflict', `transaction kept conflicting with concurrent ones (${state})`, {
+            cause: error,
+          });
+        }
+      } finally {
+        client.release(broken);
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 5 * run));
+    }
+  }
+
+  async migrate(): Promise<void> {
+    this.#assertOpen();
+    const client = await this.#pool.connect();
+    try {
+      await migratePostgres(client, POSTGRES_MIGRATIONS);
+    } finally {
+      client.release();
+    }
+  }
+
+  /** Opens the LISTEN connection (done by {@link openPostgresStore}); safe to call again. */
+  async listen(): Promise<void> {
+    this.#assertOpen();
+    if (this.#listenClient !== null) return;
+    const client = new pg.Client({ connectionString: this.#options.connectionString });
+    const broke = (): void => {
+      if (this.#listenClient !== client) return;
+      this.#listenClient = null;
+      this.#assembling.clear();
+      client.end().catch(() => undefined);
+      this.#scheduleReconnect();
+    };
+    client.on('error', broke);
+    client.on('end', broke);
+    client.on('notification', (n) => {
+      if (n.channel === this.#options.channel && n.payload !== undefined) this.#receive(n.payload);
+    });
+    this.#listenClient = client;
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${this.#options.channel}`);
+    } catch (error) {
+      this.#listenClient = null;
+      await client.end().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#closed || this.#reconnectTimer !== null) return;
+    // Outcomes emitted while the connection is down are not seen here: WatchDeliveries is a live feed.
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      this.listen().catch(() => this.#scheduleReconnect());
+    }, this.#options.listenReconnectMs);
+    this.#reconnectTimer.unref();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#listeners.clear();
+    const listenClient = this.#listenClient;
+    this.#listenClient = null;
+    await Promise.allSettled([listenClient?.end(), this.#pool.end()]);
+  }
+
+  // ---------------------------------------------------------------- webhooks
+
+  async upsertWebhook(
+    accountId: string,
+    config: WebhookConfig & { messageTtlMs?: number },
+    now: number,
+  ): Promise<WebhookRecord> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    const stored = webhookToStored(config);
+    const { rows } = await this.#query<WebhookRow>(
+      `INSERT INTO webhooks (account_id, config, enabled, message_ttl_ms, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $5)
+       ON CONFLICT (account_id) DO UPDATE SET config = excluded.config, enabled = excluded.enabled,
+         message_ttl_ms = excluded.message_ttl_ms, updated_at = excluded.updated_at
+       RETURNING *`,
+      [accountId, stored.json, stored.enabled, stored.messageTtlMs, now],
+    );
+    return webhookFromRow(rows[0]!);
+  }
+
+  async getWebhook(accountId: string): Promise<WebhookRecord | null> {
+    assertId('accountId', accountId);
+    const { rows } = await this.#query<WebhookRow>('SELECT * FROM webhooks WHERE account_id = $1', [accountId]);
+    return rows[0] === undefined ? null : webhookFromRow(rows[0]);
+  }
+
+  async deleteWebhook(accountId: string): Promise<boolean> {
+    assertId('accountId', accountId);
+    return this.#tx(async (c) => {
+      const existed = ((await c.query('DELETE FROM webhooks WHERE account_id = $1', [accountId])).rowCount ?? 0) > 0;
+      await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
+      // Terminal deliveries stay for inspection until swept; nothing will send the others any more.
+      await c.query(`DELETE FROM deliveries WHERE account_id = $1 AND state IN ('pending', 'in_flight', 'retrying')`, [
+        accountId,
+      ]);
+      return existed;
+    });
+  }
+
+  // ---------------------------------------------------------------- publish / resync
+
+  async publish(input: PublishInput): Promise<PublishResult> {
+    const accountId = assertId('accountId', input.accountId);
+    const now = assertTime('now', input.now);
+    assertStoredMessages(input.messages);
+    // Inserting in id order makes two publishes that share ids wait on each other in the same order
+    // (no deadlock); the sort is stable, so of two equal ids in one call the first still wins.
+    const messages = [...input.messages].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const columns = {
+      id: messages.map((m) => m.id),
+      contact: messages.map((m) => m.externalCustomerId),
+      created: messages.map((m) => m.createdDate),
+      expires: messages.map((m) => m.expiresAt),
+      title: messages.map((m) => m.title),
+      content: messages.map((m) => m.content),
+      image: messages.map((m) => m.image ?? null),
+      link: messages.map((m) => m.link ?? null),
+      category: messages.map((m) => m.category),
+      custom: messages.map((m) => m.customData ?? null),
+    };
+    return this.#tx(async (c) => {
+      const { rows } = await c.query<{ external_customer_id: string }>(
+        `INSERT INTO messages (account_id, id, external_customer_id, created_date, expires_at, title, content, image,
+           link, category, custom_data)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+           $8::text[], $9::text[], $10::text[], $11::text[])
+         ON CONFLICT (account_id, id) DO NOTHING
+         RETURNING external_customer_id`,
+        [
+          accountId,
+          columns.id,
+          columns.contact,
+          columns.created,
+          columns.expires,
+          columns.title,
+          columns.content,
+          columns.image,
+          columns.link,
+          columns.category,
+          columns.custom,
+        ],
+      );
+      const touched = distinctSorted(rows.map((r) => r.external_customer_id));
+      const deliveries = await this.#ensurePending(c, accountId, touched, now);
+      return { inserted: rows.length, duplicates: messages.length - rows.length, deliveries };
+    });
+  }
+
+  async resync(
+    accountId: string,
+    externalCustomerIds: readonly string[] | 'all',
+    now: number,
+  ): Promise<PublishResult['deliveries']> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    if (externalCustomerIds !== 'all') {
+      if (!Array.isArray(externalCustomerIds)) {
+        throw new StoreError('invalid_argument', "externalCustomerIds: must be an array or 'all'");
+      }
+      externalCustomerIds.forEach((id, i) => assertId(`externalCustomerIds[${i}]`, id));
+    }
+    return this.#tx(async (c) => {
+      const contacts =
+        externalCustomerIds === 'all'
+          ? (
+              await c.query<{ c: string }>(
+                `SELECT DISTINCT external_customer_id AS c FROM messages WHERE account_id = $1 AND expires_at > $2
+                 ORDER BY 1`,
+                [accountId, now],
+              )
+            ).rows.map((r) => r.c)
+          : distinctSorted(externalCustomerIds);
+      return this.#ensurePending(c, accountId, contacts, now);
+    });
+  }
+
+  /**
+   * Each contact's pending delivery (`contacts` sorted and distinct): the existing one, locked so that
+   * no worker claims it before this transaction's messages are committed (they must be in it), or a
+   * new one due now. The contacts' retrying deliveries are superseded by them (ARCHITECTURE §2).
+   */
+  async #ensurePending(
+    c: Client,
+    accountId: string,
+    contacts: readonly string[],
+    now: number,
+  ): Promise<PublishResult['deliveries']> {
+    if (contacts.length === 0) return [];
+    const found = new Map<string, string>();
+    let missing = [...contacts];
+    // A concurrent publish may create a contact's pending delivery between our look and our insert
+    // (ON CONFLICT skips it): look again for those. Each round settles every contact it inserts.
+    for (let round = 0; round < 5 && missing.length > 0; round++) {
+      const existing = await c.query<{ external_customer_id: string; id: string }>(
+        `SELECT external_customer_id, id FROM deliveries
+         WHERE account_id = $1 AND external_customer_id = ANY($2::text[]) AND state = 'pending'
+         ORDER BY external_customer_id FOR UPDATE`,
+        [accountId, missing],
+      );
+      for (const row of existing.rows) found.set(row.external_customer_id, row.id);
+      missing = missing.filter((contact) => !found.has(contact));
+      if (missing.length === 0) break;
+      const inserted = await c.query<{ external_customer_id: string; id: string }>(
+        `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at)
+         SELECT n.id, $1, n.contact, 'pending', $4, $4, $4 FROM unnest($2::text[], $3::text[]) AS n(id, contact)
+         ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending' DO NOTHING
+         RETURNING external_customer_id, id`,
+        [accountId, missing.map(() => newDeliveryId(now)), missing, now],
+      );
+      for (const row of inserted.rows) found.set(row.external_customer_id, row.id);
+      missing = missing.filter((contact) => !found.has(contact));
+    }
+    if (missing.length > 0) {
+      throw new StoreError('conflict', 'could not settle the pending deliveries of some contacts');
+    }
+    const result = contacts.map((contact) => ({ externalCustomerId: contact, deliveryId: found.get(contact)! }));
+    // A waiting retry carries an older list than the pending delivery will: never send it again.
+    await c.query(
+      `UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL,
+         lease_owner = NULL, updated_at = $4
+       FROM unnest($2::text[], $3::text[]) AS p(contact, id)
+       WHERE d.account_id = $1 AND d.external_customer_id = p.contact AND d.state = 'retrying'`,
+      [accountId, result.map((r) => r.externalCustomerId), result.map((r) => r.deliveryId), now],
+    );
+    return result;
+  }
+
+  // ---------------------------------------------------------------- claims
+
+  async claimDue(options: ClaimOptions): Promise<ClaimedDelivery[]> {
+    const lane = options.lane;
+    if (lane !== 'first' && lane !== 'retry') {
+      throw new StoreError('invalid_argument', `lane: must be first or retry, got ${String(lane)}`);
+    }
+    const limit = assertInt('limit', options.limit, 1, 10_000);
+    const now = assertTime('now', options.now);
+    const leaseMs = assertInt('leaseMs', options.leaseMs, 1);
+    const owner = assertId('owner', options.owner);
+    const maxPerAccount = assertInt('maxPerAccount', options.maxPerAccount ?? limit, 1);
+    const excluded = [...(options.excludeAccounts ?? [])];
+    const state = LANE_STATE[lane];
+    const leaseUntil = now + leaseMs;
+
+    return this.#tx(async (c) => {
+      await this.#reapExpiredLeases(c, now);
+      // Accounts with due work in this lane, oldest due first: one index probe per account, so a
+      // disabled or excluded account's backlog is never walked. All of them, not just `limit`: an
+      // account whose due work is blocked (its contacts are in flight) must not hold the others up.
+      const accounts = await c.query<{ account_id: string }>(
+        `SELECT w.account_id FROM webhooks w
+         CROSS JOIN LATERAL (SELECT d.next_attempt_at AS due FROM deliveries d
+           WHERE d.account_id = w.account_id AND d.state = '${state}' ORDER BY d.next_attempt_at LIMIT 1) x
+         WHERE w.enabled AND x.due <= $1 AND NOT (w.account_id = ANY($2::text[]))
+         ORDER BY x.due, w.account_id`,
+        [now, excluded],
+      );
+      const accountIds = accounts.rows.map((r) => r.account_id);
+      if (accountIds.length === 0) return [];
+      const webhooks = new Map(
+        (await c.query<WebhookRow>('SELECT * FROM webhooks WHERE account_id = ANY($1::text[])', [accountIds])).rows.map(
+          (r) => [r.account_id, webhookFromRow(r)],
+        ),
+      );
+      const claimed: ClaimedDelivery[] = [];
+      for (const accountId of accountIds) {
+        const webhook = webhooks.get(accountId);
+        if (webhook === undefined) continue; // deleted since the first query
+        let taken = 0;
+        // Superseded candidates free their slot, so look again (bounded: each pass removes what it read).
+        for (let pass = 0; pass < 4; pass++) {
+          const want = Math.min(limit - claimed.length, maxPerAccount - taken);
+          if (want <= 0) break;
+          // SKIP LOCKED: rows another worker is claiming, or a publish is adding messages to, are left
+          // for the next claim instead of waited for.
+          const { rows } = await c.query<{ seq: string; newer_id: string | null }>(
+            `SELECT d.seq, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
+             WHERE d.account_id = $1 AND d.state = '${state}' AND d.next_attempt_at <= $2
+               AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_id = d.account_id
+                 AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight')
+             ORDER BY d.next_attempt_at, d.seq LIMIT $3
+             FOR UPDATE OF d SKIP LOCKED`,
+            [accountId, now, want],
+          );
+          const stale = rows.filter((r) => r.newer_id !== null);
+          for (const row of stale) await this.#supersede(c, row.seq, row.newer_id!, now);
+          const seqs = rows.filter((r) => r.newer_id === null).map((r) => r.seq);
+          if (seqs.length > 0) {
+            const updated = await c.query<DeliveryRow>(
+              `UPDATE deliveries d SET state = 'in_flight', lease_owner = $1, next_attempt_at = $2, updated_at = $3
+               WHERE d.seq = ANY($4::bigint[]) RETURNING ${DELIVERY_COLUMNS}`,
+              [owner, leaseUntil, now, seqs],
+            );
+            const bySeq = new Map(updated.rows.map((r) => [String(r.seq), r]));
+            for (const seq of seqs) {
+              const row = bySeq.get(seq);
+              if (row !== undefined) claimed.push({ delivery: deliveryFromRow(row), webhook, leaseUntil });
+            }
+            taken += updated.rows.length;
+          }
+          if (stale.length === 0 || rows.length < want) break;
+        }
+        if (claimed.length >= limit) break;
+      }
+      return claimed;
+    });
+  }
+
+  async #supersede(c: Client, seq: string | number, newerId: string, now: number): Promise<void> {
+    await c.query(
+      `UPDATE deliveries SET state = 'superseded', superseded_by = $1, next_attempt_at = NULL, lease_owner = NULL,
+         updated_at = $2 WHERE seq = $3`,
+      [newerId, now, seq],
+    );
+  }
+
+  /**
+   * Takes back claims whose lease ended (the worker died or stalled): a newer delivery of the contact
+   * supersedes it; otherwise it goes back to its lane, due at the end of its lease so it keeps its place.
+   */
+  async #reapExpiredLeases(c: Client, now: number): Promise<void> {
+    await c.query(
+      `WITH expired AS (
+         SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
+         WHERE d.state = 'in_flight' AND d.next_attempt_at <= $1
+         ORDER BY d.next_attempt_at LIMIT ${REAP_BATCH} FOR UPDATE OF d SKIP LOCKED)
+       UPDATE deliveries t SET
+         state = CASE WHEN e.newer_id IS NOT NULL THEN 'superseded' WHEN e.frozen THEN 'retrying' ELSE 'pending' END,
+         superseded_by = e.newer_id,
+         next_attempt_at = CASE WHEN e.newer_id IS NOT NULL THEN NULL ELSE t.next_attempt_at END,
+         lease_owner = NULL, updated_at = $1
+       FROM expired e WHERE t.seq = e.seq`,
+      [now],
+    );
+  }
+
+  async contactMessages(
+    accountId: string,
+    externalCustomerId: string,
+    now: number,
+    limit: number,
+  ): Promise<StoredMessage[]> {
+    assertId('accountId', accountId);
+    assertId('externalCustomerId', externalCustomerId);
+    assertTime('now', now);
+    assertInt('limit', limit, 1);
+    const { rows } = await this.#query<MessageRow>(
+      `SELECT * FROM messages WHERE account_id = $1 AND external_customer_id = $2 AND expires_at > $3
+       ORDER BY created_date DESC, id ASC LIMIT $4`,
+      [accountId, externalCustomerId, now, limit],
+    );
+    return rows.map(messageFromRow);
+  }
+
+  async freeze(
+    deliveryId: string,
+    owner: string,
+    body: Uint8Array,
+    messageIds: string[],
+    now: number,
+  ): Promise<boolean> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', owner);
+    assertTime('now', now);
+    if (!(body instanceof Uint8Array)) throw new StoreError('invalid_argument', 'body: must be a Uint8Array');
+    if (!Array.isArray(messageIds)) throw new StoreError('invalid_argument', 'messageIds: must be an array');
+    const result = await this.#query(
+      `UPDATE deliveries SET body = $1, message_ids = $2, first_attempt_at = COALESCE(first_attempt_at, $3),
+         updated_at = $3
+       WHERE id = $4 AND state = 'in_flight' AND lease_owner = $5 AND next_attempt_at > $3 AND body IS NULL`,
+      [Buffer.from(body.buffer, body.byteOffset, body.byteLength), JSON.stringify(messageIds), now, deliveryId, owner],
+    );
+    return (result.rowCount ?? 0) > 0;
+  }
+
+  async recordAttempt(deliveryId: string, result: AttemptResult): Promise<Delivery | null> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', result.owner);
+    assertAttempt(result.attempt);
+    if (!['delivered', 'failed', 'retrying'].includes(result.nextState)) {
+      throw new StoreError('invalid_argument', `nextState: must be delivered, failed or retrying`);
+    }
+    const { attempt, nextState } = result;
+    const endedAt = attempt.startedAt + attempt.durationMs;
+    return this.#tx(async (c) => {
+      const { rows } = await c.query<{
+        seq: string;
+        state: DeliveryState;
+        lease_owner: string | null;
+        attempt_count: number;
+        newer_id: string | null;
+      }>(
+        `SELECT d.seq, d.state, d.lease_owner, d.attempt_count, ${NEWER_ID} AS newer_id
+         FROM deliveries d WHERE d.id = $1 FOR UPDATE OF d`,
+        [deliveryId],
+      );
+      const row = rows[0];
+      if (
+        row === undefined ||
+        row.state !== 'in_flight' ||
+        row.lease_owner !== result.owner ||
+        attempt.attemptNo !== Number(row.attempt_count) + 1
+      ) {
+        return null;
+      }
+      await c.query(
+        `INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict,
+           next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+        [
+          deliveryId,
+          attempt.attemptNo,
+          attempt.startedAt,
+          attempt.durationMs,
+          attempt.statusCode,
+          attempt.errorKind,
+          attempt.verdict,
+          attempt.nextAttemptAt,
+        ],
+      );
+      let state: DeliveryState = nextState;
+      let next: number | null = null;
+      let supersededBy: string | null = null;
+      if (nextState === 'retrying') {
+        // A newer state of the contact exists: this older list must never be sent again (ARCHITECTURE §2).
+        if (row.newer_id !== null) {
+          state = 'superseded';
+          supersededBy = row.newer_id;
+        } else next = attempt.nextAttemptAt ?? endedAt;
+      }
+      const updated = await c.query<DeliveryRow>(
+        `UPDATE deliveries d SET state = $1, next_attempt_at = $2, lease_owner = NULL,
+           attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $3), superseded_by = $4,
+           last_error = CASE WHEN $5 THEN last_error ELSE $6 END, updated_at = $7
+         WHERE d.seq = $8 RETURNING ${DELIVERY_COLUMNS}`,
+        [
+          state,
+          next,
+          attempt.startedAt,
+          supersededBy,
+          nextState === 'delivered',
+          failureReason(attempt),
+          endedAt,
+          row.seq,
+        ],
+      );
+      return deliveryFromRow(updated.rows[0]!);
+    });
+  }
+
+  async release(deliveryId: string, owner: string, dueAt: number): Promise<void> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', owner);
+    assertTime('dueAt', dueAt);
+    await this.#tx(async (c) => {
+      const { rows } = await c.query<{ seq: string; frozen: boolean; newer_id: string | null }>(
+        `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
+         WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 FOR UPDATE OF d`,
+        [deliveryId, owner],
+      );
+      const row = rows[0];
+      if (row === undefined) return;
+      if (row.newer_id !== null) await this.#supersede(c, row.seq, row.newer_id, dueAt);
+      else {
+        await c.query(
+          'UPDATE deliveries SET state = $1, next_attempt_at = $2, lease_owner = NULL, updated_at = $2 WHERE seq = $3',
+          [row.frozen ? 'retrying' : 'pending', dueAt, row.seq],
+        );
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null> {
+    assertId('id', id);
+    const { rows } = await this.#query<DeliveryRow>(`SELECT ${DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1`, [
+      id,
+    ]);
+    if (rows[0] === undefined) return null;
+    const attempts = await this.#query<AttemptRow>(
+      'SELECT * FROM attempts WHERE delivery_id = $1 ORDER BY attempt_no',
+      [id],
+    );
+    return { delivery: deliveryFromRow(rows[0]), attempts: attempts.rows.map(attemptFromRow) };
+  }
+
+  async listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage> {
+    assertInt('limit', limit, 1, MAX_PAGE_SIZE);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const param = (value: unknown): string => {
+      params.push(value);
+      return `$${params.length}`;
+    };
+    if (filter.accountId !== undefined)
+      where.push(`d.account_id = ${param(assertId('filter.accountId', filter.accountId))}`);
+    if (filter.externalCustomerId !== undefined) {
+      where.push(`d.external_customer_id = ${param(assertId('filter.externalCustomerId', filter.externalCustomerId))}`);
+    }
+    if (filter.states !== undefined && filter.states.length > 0) {
+      filter.states.forEach((s, i) => {
+        if (!DELIVERY_STATES.includes(s))
+          throw new StoreError('invalid_argument', `filter.states[${i}]: unknown state`);
+      });
+      where.push(`d.state = ANY(${param([...filter.states])}::text[])`);
+    }
+    if (cursor !== null) where.push(`d.seq < ${param(decodeCursor(cursor))}`);
+    const { rows } = await this.#query<DeliveryRow>(
+      `SELECT ${DELIVERY_COLUMNS} FROM deliveries d ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
+       ORDER BY d.seq DESC LIMIT ${param(limit + 1)}`,
+      params,
+    );
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    return {
+      deliveries: page.map(deliveryFromRow),
+      nextCursor: rows.length > limit && last !== undefined ? encodeCursor(Number(last.seq)) : null,
+    };
+  }
+
+  // ---------------------------------------------------------------- replay, sweep, stats
+
+  async retryDelivery(id: string, now: number): Promise<RetryResult | null> {
+    assertId('id', id);
+    assertTime('now', now);
+    return this.#tx(async (c) => {
+      const { rows } = await c.query<DeliveryRow & { newer_id: string | null }>(
+        `SELECT ${DELIVERY_COLUMNS}, ${NEWER_ID} AS newer_id FROM deliveries d WHERE d.id = $1 FOR UPDATE OF d`,
+        [id],
+      );
+      const row = rows[0];
+      if (row === undefined) return null;
+      if (row.state === 'pending' || row.state === 'in_flight') {
+        return { delivery: deliveryFromRow(row), replacedByNewer: false };
+      }
+      if (row.state === 'retrying') {
+        const updated = await c.query<DeliveryRow>(
+          `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1 WHERE d.seq = $2
+           RETURNING ${DELIVERY_COLUMNS}`,
+          [now, row.seq],
+        );
+        return { delivery: deliveryFromRow(updated.rows[0]!), replacedByNewer: false };
+      }
+      if (row.newer_id === null) {
+        // Still the contact's newest: the same id and the same bytes again (ARCHITECTURE §1).
+        const updated = await c.query<DeliveryRow>(
+          `UPDATE deliveries d SET state = $1, next_attempt_at = $2, superseded_by = NULL, lease_owner = NULL,
+             updated_at = $2 WHERE d.seq = $3 RETURNING ${DELIVERY_COLUMNS}`,
+          [row.body === null ? 'pending' : 'retrying', now, row.seq],
+        );
+        return { delivery: deliveryFromRow(updated.rows[0]!), replacedByNewer: false };
+      }
+      // A newer state exists: send that, never this older list after it.
+      const [pending] = await this.#ensurePending(c, row.account_id, [row.external_customer_id], now);
+      const fresh = await c.query<DeliveryRow>(`SELECT ${DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1`, [
+        pending!.deliveryId,
+      ]);
+      return { delivery: deliveryFromRow(fresh.rows[0]!), replacedByNewer: true };
+    });
+  }
+
+  async sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number> {
+    assertTime('now', now);
+    const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
+    const limit = assertInt('limit', options.limit, 1);
+    return this.#tx(async (c) => {
+      // SKIP LOCKED: several processes may sweep at once without waiting on each other.
+      const messages =
+        (
+          await c.query(
+            `DELETE FROM messages m USING (
+               SELECT account_id, id FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) g
+             WHERE m.account_id = g.account_id AND m.id = g.id`,
+            [now, limit],
+          )
+        ).rowCount ?? 0;
+      if (messages >= limit) return messages;
+      const deliveries =
+        (
+          await c.query(
+            `DELETE FROM deliveries WHERE seq IN (
+               SELECT seq FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') AND updated_at <= $1
+               LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+            [now - retention, limit - messages],
+          )
+        ).rowCount ?? 0;
+      return messages + deliveries;
+    });
+  }
+
+  async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
+    assertTime('now', now);
+    const byState = emptyByState();
+    const counts = await this.#query<{ state: DeliveryState; n: string }>(
+      'SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state',
+    );
+    for (const row of counts.rows) byState[row.state] = Number(row.n);
+    const due = await this.#query<{ t: string | null }>(
+      `SELECT LEAST(
+         (SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1),
+         (SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' AND next_attempt_at <= $1)) AS t`,
+      [now],
+    );
+    const t = due.rows[0]?.t ?? null;
+    return { byState, oldestDueAt: t === null ? null : Number(t) };
+  }
+
+  // ---------------------------------------------------------------- outcomes
+
+  async emitOutcome(outcome: DeliveryOutcome): Promise<void> {
+    const json = JSON.stringify(outcome);
+    const emitId = randomBytes(8).toString('hex');
+    const chunks: string[] = [];
+    for (let start = 0; start < json.length;) {
+      let end = Math.min(start + CHUNK_UNITS, json.length);
+      // Never split a surrogate pair across two chunks.
+      const last = json.charCodeAt(end - 1);
+      if (end < json.length && last >= 0xd800 && last <= 0xdbff) end--;
+      chunks.push(json.slice(start, end));
+      start = end;
+    }
+    const frames = chunks.map((chunk, i) => `${emitId} ${i} ${chunks.length} ${chunk}`);
+    // One statement, one transaction: the chunks are delivered together, or not at all.
+    await this.#query('SELECT pg_notify($1, f) FROM unnest($2::text[]) AS f', [this.#options.channel, frames]);
+  }
+
+  onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void {
+    return this.#listeners.add(listener);
+  }
+
+  #receive(payload: string): void {
+    const [emitId, index, count] = payload.split(' ', 3);
+    if (emitId === undefined || index === undefined || count === undefined) return;
+    const data = payload.slice(emitId.length + index.length + count.length + 3);
+    const total = Number(count);
+    let json: string;
+    if (total === 1) json = data;
+    else {
+      const entry = this.#assembling.get(emitId) ?? { parts: new Array<string>(total).fill(''), received: 0 };
+      this.#assembling.set(emitId, entry);
+      entry.parts[Number(index)] = data;
+      entry.received++;
+      if (entry.received < total) return;
+      this.#assembling.delete(emitId);
+      json = entry.parts.join('');
+    }
+    let outcome: DeliveryOutcome;
+    try {
+      outcome = JSON.parse(json) as DeliveryOutcome;
+    } catch {
+      return; // not one of ours: another program NOTIFYing on the channel
+    }
+    this.#listeners.dispatch(outcome);
+  }
+}
+
+/** Applies the migrations newer than the database's version under the migration advisory lock. */
+export async function migratePostgres(client: pg.ClientBase, migrations: readonly Migration[]): Promise<void> {
+  await client.query('BEGIN');
+  try {
+    // Held until COMMIT: a second process starting now waits here, then sees the new version.
+    await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK_KEY.toString()]);
+    await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+    const { rows } = await client.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
+    const current = rows[0]?.v ?? 0;
+    const latest = migrations.reduce((max, m) => Math.max(max, m.version), 0);
+    if (current > latest) {
+      throw new StoreError(
+        'schema_too_new',
+        `the database is at schema version ${current}, this build knows up to ${latest}: upgrade the service`,
+      );
+    }
+    for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+      if (m.version <= current) continue;
+      await client.query(m.sql);
+      await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+    }
+    await client.query('COMMIT');
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  }
+}

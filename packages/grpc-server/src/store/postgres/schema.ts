@@ -1,0 +1,87 @@
+/**
+ * Versioned migrations of the PostgreSQL engine. They run at start inside one transaction holding
+ * `pg_advisory_xact_lock(MIGRATION_LOCK_KEY)`, so processes starting together apply each version
+ * exactly once (the others wait, then find nothing left to do). Never edit a released migration.
+ *
+ * Keys are `COLLATE "C"`: byte order, so `id` ties sort like the core's code-unit order for the ASCII
+ * ids the service uses, and index comparisons are cheaper than with a linguistic collation.
+ */
+import type { Migration } from '../shared.js';
+
+/** Advisory lock key of the migrations: any constant shared by every process of the service. */
+export const MIGRATION_LOCK_KEY = 0x61707069_6e626f78n; // 'appinbox'
+
+export const POSTGRES_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'initial schema',
+    sql: `
+CREATE TABLE webhooks (
+  account_id     text COLLATE "C" PRIMARY KEY,
+  config         text NOT NULL,    -- the whole WebhookConfig as JSON, secrets included
+  enabled        boolean NOT NULL, -- copy of config.enabled, for claims
+  message_ttl_ms bigint NOT NULL,
+  created_at     bigint NOT NULL,
+  updated_at     bigint NOT NULL
+);
+
+CREATE TABLE messages (
+  account_id           text COLLATE "C" NOT NULL,
+  id                   text COLLATE "C" NOT NULL,
+  external_customer_id text COLLATE "C" NOT NULL,
+  created_date         bigint NOT NULL,
+  expires_at           bigint NOT NULL,
+  title                text NOT NULL,
+  content              text NOT NULL,
+  image                text,
+  link                 text,
+  category             text NOT NULL,
+  custom_data          text,
+  PRIMARY KEY (account_id, id)
+);
+CREATE INDEX messages_contact ON messages (account_id, external_customer_id, created_date DESC, id);
+CREATE INDEX messages_expiry ON messages (expires_at);
+
+CREATE TABLE deliveries (
+  seq                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id                   text COLLATE "C" NOT NULL UNIQUE,
+  account_id           text COLLATE "C" NOT NULL,
+  external_customer_id text COLLATE "C" NOT NULL,
+  state                text NOT NULL
+    CHECK (state IN ('pending', 'in_flight', 'retrying', 'delivered', 'failed', 'superseded')),
+  created_at           bigint NOT NULL,
+  updated_at           bigint NOT NULL,
+  next_attempt_at      bigint,          -- due time; the lease end while in_flight; NULL when terminal
+  lease_owner          text,
+  attempt_count        integer NOT NULL DEFAULT 0,
+  first_attempt_at     bigint,
+  body                 bytea,           -- frozen at the first attempt (ARCHITECTURE §1)
+  message_ids          text,            -- JSON array, frozen with the body
+  superseded_by        text,
+  last_error           text
+);
+-- ARCHITECTURE §2 as constraints, across every process: one pending and one in-flight delivery per contact.
+CREATE UNIQUE INDEX deliveries_one_pending ON deliveries (account_id, external_customer_id) WHERE state = 'pending';
+CREATE UNIQUE INDEX deliveries_one_in_flight ON deliveries (account_id, external_customer_id) WHERE state = 'in_flight';
+CREATE INDEX deliveries_retrying_contact ON deliveries (account_id, external_customer_id) WHERE state = 'retrying';
+CREATE INDEX deliveries_lane_first ON deliveries (account_id, next_attempt_at, seq) WHERE state = 'pending';
+CREATE INDEX deliveries_lane_retry ON deliveries (account_id, next_attempt_at, seq) WHERE state = 'retrying';
+CREATE INDEX deliveries_state_due ON deliveries (state, next_attempt_at);
+CREATE INDEX deliveries_contact ON deliveries (account_id, external_customer_id, seq);
+CREATE INDEX deliveries_account ON deliveries (account_id, seq);
+CREATE INDEX deliveries_terminal ON deliveries (state, updated_at) WHERE state IN ('delivered', 'failed', 'superseded');
+
+CREATE TABLE attempts (
+  delivery_id     text COLLATE "C" NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+  attempt_no      integer NOT NULL,
+  started_at      bigint NOT NULL,
+  duration_ms     bigint NOT NULL,
+  status_code     integer,
+  error_kind      text,
+  verdict         text NOT NULL CHECK (verdict IN ('delivered', 'retry', 'failed')),
+  next_attempt_at bigint,
+  PRIMARY KEY (delivery_id, attempt_no)
+);
+`,
+  },
+];

@@ -1,0 +1,301 @@
+/**
+ * Pieces both engines share: ids, cursors, argument checks, row mapping and the outcome fan-out.
+ * Both engines use the same column names, so one mapper reads a row of either.
+ */
+import { randomUUID } from 'node:crypto';
+import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import { StoreError } from './errors.js';
+import type { Attempt, Delivery, DeliveryOutcome, DeliveryState, WebhookRecord } from './types.js';
+
+/** One versioned schema change; `sql` runs as one script inside the migration transaction. */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+/** Default time-to-live of a message published without its own expiry (ms): 1 day. @see SPEC §4 */
+export const DEFAULT_MESSAGE_TTL_MS = 24 * 60 * 60 * 1000;
+
+/** Every delivery state, in the order of the lifecycle. */
+export const DELIVERY_STATES: readonly DeliveryState[] = [
+  'pending',
+  'in_flight',
+  'retrying',
+  'delivered',
+  'failed',
+  'superseded',
+];
+
+/** States a delivery never leaves on its own (sweep removes them after the retention). */
+export const TERMINAL_STATES: readonly DeliveryState[] = ['delivered', 'failed', 'superseded'];
+
+/** Largest page of listDeliveries (deliveries). */
+export const MAX_PAGE_SIZE = 1000;
+
+/** Expired leases taken back per claim call, so that one claim stays O(batch). */
+export const REAP_BATCH = 500;
+
+/**
+ * A UUID version 7 (RFC 9562): 48 bits of the caller's clock then random bits, so ids of deliveries
+ * created at different milliseconds sort by creation. Order within a millisecond is kept by the row
+ * sequence, which is what cursors use.
+ */
+export function newDeliveryId(now: number): string {
+  const random = randomUUID(); // xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx, variant bits already right
+  const ts = Math.max(0, Math.min(Math.trunc(now), 0xffff_ffff_ffff))
+    .toString(16)
+    .padStart(12, '0');
+  return `${ts.slice(0, 8)}-${ts.slice(8, 12)}-7${random.slice(15)}`;
+}
+
+const CURSOR_PREFIX = 'd1:';
+
+/** An opaque cursor: the sequence number of the last delivery of the page (pages go newest first). */
+export function encodeCursor(seq: number): string {
+  return Buffer.from(`${CURSOR_PREFIX}${seq}`, 'utf8').toString('base64url');
+}
+
+/** Reads a cursor of {@link encodeCursor}; a malformed one is an `invalid_argument` naming `cursor`. */
+export function decodeCursor(cursor: string): number {
+  const text = Buffer.from(cursor, 'base64url').toString('utf8');
+  const seq = text.startsWith(CURSOR_PREFIX) ? Number(text.slice(CURSOR_PREFIX.length)) : NaN;
+  if (!Number.isSafeInteger(seq) || seq < 0) {
+    throw new StoreError('invalid_argument', 'cursor: not a cursor returned by listDeliveries');
+  }
+  return seq;
+}
+
+/** `value` must be an integer in [min, max]. */
+export function assertInt(name: string, value: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new StoreError('invalid_argument', `${name}: must be an integer in [${min}, ${max}], got ${String(value)}`);
+  }
+  return value;
+}
+
+/** A time in ms since the epoch (the engines never read a clock of their own). */
+export function assertTime(name: string, value: unknown): number {
+  return assertInt(name, value, 0);
+}
+
+/** `value` must be a non-empty string. */
+export function assertId(name: string, value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new StoreError('invalid_argument', `${name}: must be a non-empty string`);
+  }
+  return value;
+}
+
+/** Light checks of what the store relies on; full validation (core schema) is the API's job. */
+export function assertStoredMessages(messages: readonly StoredMessage[]): void {
+  if (!Array.isArray(messages)) throw new StoreError('invalid_argument', 'messages: must be an array');
+  messages.forEach((m, i) => {
+    assertId(`messages[${i}].id`, m.id);
+    assertId(`messages[${i}].externalCustomerId`, m.externalCustomerId);
+    assertInt(`messages[${i}].createdDate`, m.createdDate, Number.MIN_SAFE_INTEGER);
+    assertInt(`messages[${i}].expiresAt`, m.expiresAt, Number.MIN_SAFE_INTEGER);
+  });
+}
+
+/** The contacts of `messages`, once each, sorted (a fixed lock order across concurrent transactions). */
+export function distinctSorted(ids: Iterable<string>): string[] {
+  return [...new Set(ids)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** What `lastError` says about a failed or retried attempt: `http_<status>` or the error kind. */
+export function failureReason(attempt: Pick<Attempt, 'statusCode' | 'errorKind'>): string {
+  if (attempt.statusCode !== null) return `http_${attempt.statusCode}`;
+  return attempt.errorKind ?? 'unknown';
+}
+
+/** Checks an attempt row before it is written. */
+export function assertAttempt(attempt: Attempt): void {
+  assertInt('attempt.attemptNo', attempt.attemptNo, 1);
+  assertTime('attempt.startedAt', attempt.startedAt);
+  assertInt('attempt.durationMs', attempt.durationMs, 0);
+  if (attempt.statusCode !== null) assertInt('attempt.statusCode', attempt.statusCode, 100, 999);
+  if (!['delivered', 'retry', 'failed'].includes(attempt.verdict)) {
+    throw new StoreError('invalid_argument', `attempt.verdict: must be delivered, retry or failed`);
+  }
+  if (attempt.nextAttemptAt !== null) assertTime('attempt.nextAttemptAt', attempt.nextAttemptAt);
+}
+
+/** Zero for every state. */
+export function emptyByState(): Record<DeliveryState, number> {
+  return { pending: 0, in_flight: 0, retrying: 0, delivered: 0, failed: 0, superseded: 0 };
+}
+
+/** The webhook as stored: the whole config (secrets included) as JSON, `enabled` also as a column for claims. */
+export interface WebhookRow {
+  account_id: string;
+  config: string;
+  enabled: boolean | number;
+  message_ttl_ms: number | string;
+  created_at: number | string;
+  updated_at: number | string;
+}
+
+/** Splits what upsertWebhook receives into the stored config JSON and the TTL. */
+export function webhookToStored(config: WebhookConfig & { messageTtlMs?: number }): {
+  json: string;
+  enabled: boolean;
+  messageTtlMs: number;
+} {
+  if (config === null || typeof config !== 'object') throw new StoreError('invalid_argument', 'config: required');
+  assertId('config.url', config.url);
+  if (typeof config.enabled !== 'boolean')
+    throw new StoreError('invalid_argument', 'config.enabled: must be a boolean');
+  assertInt('config.maxMessagesPerContact', config.maxMessagesPerContact, 1);
+  const { messageTtlMs, ...rest } = config;
+  const ttl = messageTtlMs === undefined ? DEFAULT_MESSAGE_TTL_MS : assertInt('config.messageTtlMs', messageTtlMs, 1);
+  return { json: JSON.stringify(rest), enabled: rest.enabled, messageTtlMs: ttl };
+}
+
+export function webhookFromRow(row: WebhookRow): WebhookRecord {
+  const config = JSON.parse(row.config) as WebhookConfig;
+  return {
+    ...config,
+    enabled: Boolean(row.enabled),
+    accountId: row.account_id,
+    messageTtlMs: Number(row.message_ttl_ms),
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+  };
+}
+
+/** A delivery row; integers may come back as strings (PostgreSQL bigint). */
+export interface DeliveryRow {
+  seq: number | string;
+  id: string;
+  account_id: string;
+  external_customer_id: string;
+  state: DeliveryState;
+  created_at: number | string;
+  updated_at: number | string;
+  next_attempt_at: number | string | null;
+  lease_owner: string | null;
+  attempt_count: number | string;
+  first_attempt_at: number | string | null;
+  body: Uint8Array | null;
+  message_ids: string | null;
+  superseded_by: string | null;
+  last_error: string | null;
+}
+
+const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
+const numOrNull = (v: number | string | null): number | null => (v === null ? null : num(v));
+
+/** A byte view without a copy; a Buffer (both drivers) becomes a plain Uint8Array so results compare equal. */
+export function toBytes(value: Uint8Array): Uint8Array {
+  return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+}
+
+export function deliveryFromRow(row: DeliveryRow): Delivery {
+  return {
+    id: row.id,
+    accountId: row.account_id,
+    externalCustomerId: row.external_customer_id,
+    state: row.state,
+    createdAt: num(row.created_at),
+    updatedAt: num(row.updated_at),
+    nextAttemptAt: numOrNull(row.next_attempt_at),
+    attemptCount: num(row.attempt_count),
+    firstAttemptAt: numOrNull(row.first_attempt_at),
+    body: row.body === null ? null : toBytes(row.body),
+    messageIds: row.message_ids === null ? null : (JSON.parse(row.message_ids) as string[]),
+    supersededBy: row.superseded_by,
+    lastError: row.last_error,
+  };
+}
+
+export interface AttemptRow {
+  delivery_id: string;
+  attempt_no: number | string;
+  started_at: number | string;
+  duration_ms: number | string;
+  status_code: number | string | null;
+  error_kind: string | null;
+  verdict: Attempt['verdict'];
+  next_attempt_at: number | string | null;
+}
+
+export function attemptFromRow(row: AttemptRow): Attempt {
+  return {
+    deliveryId: row.delivery_id,
+    attemptNo: num(row.attempt_no),
+    startedAt: num(row.started_at),
+    durationMs: num(row.duration_ms),
+    statusCode: numOrNull(row.status_code),
+    errorKind: row.error_kind,
+    verdict: row.verdict,
+    nextAttemptAt: numOrNull(row.next_attempt_at),
+  };
+}
+
+export interface MessageRow {
+  account_id: string;
+  id: string;
+  external_customer_id: string;
+  created_date: number | string;
+  expires_at: number | string;
+  title: string;
+  content: string;
+  image: string | null;
+  link: string | null;
+  category: string;
+  custom_data: string | null;
+}
+
+/** Absent optional fields are stored as NULL and come back absent, so a message round-trips exactly. */
+export function messageFromRow(row: MessageRow): StoredMessage {
+  const m: StoredMessage = {
+    externalCustomerId: row.external_customer_id,
+    id: row.id,
+    createdDate: num(row.created_date),
+    title: row.title,
+    content: row.content,
+    category: row.category,
+    expiresAt: num(row.expires_at),
+  };
+  if (row.image !== null) m.image = row.image;
+  if (row.link !== null) m.link = row.link;
+  if (row.custom_data !== null) m.customData = row.custom_data;
+  return m;
+}
+
+/**
+ * In-process fan-out of outcomes. Listeners run after the emitting call returns (never inside a
+ * transaction), each in its own try/catch: a throwing listener cannot stop the others or the emitter,
+ * so listeners must handle their own errors.
+ */
+export class OutcomeListeners {
+  readonly #listeners = new Set<(outcome: DeliveryOutcome) => void>();
+
+  add(listener: (outcome: DeliveryOutcome) => void): () => void {
+    // A wrapper per subscription, so the same function subscribed twice is two subscriptions.
+    const entry = (o: DeliveryOutcome): void => listener(o);
+    this.#listeners.add(entry);
+    return () => {
+      this.#listeners.delete(entry);
+    };
+  }
+
+  get size(): number {
+    return this.#listeners.size;
+  }
+
+  dispatch(outcome: DeliveryOutcome): void {
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener(outcome);
+      } catch {
+        // Deliberately ignored: see the class comment.
+      }
+    }
+  }
+
+  clear(): void {
+    this.#listeners.clear();
+  }
+}

@@ -1,0 +1,137 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { storeConformanceSuite } from '../conformance.js';
+import { openSqliteStore, SqliteStore } from './sqlite-store.js';
+import { SQLITE_MIGRATIONS } from './schema.js';
+
+let dir: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'app-inbox-sqlite-'));
+});
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+// A real file (WAL and all), a new one per test.
+storeConformanceSuite('sqlite (file)', async () => {
+  const store = await openSqliteStore({ path: join(dir, `store-${Math.random().toString(36).slice(2)}.db`) });
+  return { store, cleanup: () => store.close() };
+});
+
+describe('SqliteStore', () => {
+  const T0 = 1_700_000_000_000;
+  const message = (id: string) => ({
+    externalCustomerId: 'c',
+    id,
+    createdDate: T0,
+    title: 't',
+    content: 'x',
+    category: 'k',
+    expiresAt: T0 + 60_000,
+  });
+
+  it('keeps committed data across a close and a reopen', async () => {
+    const path = join(dir, 'durable.db');
+    const first = await openSqliteStore({ path });
+    await first.upsertWebhook('a', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+    const published = await first.publish({ accountId: 'a', messages: [message('m1'), message('m2')], now: T0 });
+    await first.close();
+
+    const second = await openSqliteStore({ path });
+    expect((await second.getWebhook('a'))?.url).toBe('https://r.example/h');
+    expect((await second.contactMessages('a', 'c', T0, 10)).map((m) => m.id)).toEqual(['m1', 'm2']);
+    const [claimed] = await second.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 1000, owner: 'w' });
+    expect(claimed?.delivery.id).toBe(published.deliveries[0]?.deliveryId);
+    await second.close();
+  });
+
+  it('keeps every acknowledged publish when the process is killed with SIGKILL', async () => {
+    const path = join(dir, 'killed.db');
+    const child = join(dir, 'child.mts');
+    const storeModule = fileURLToPath(new URL('./sqlite-store.ts', import.meta.url));
+    // The child publishes in a loop and prints each acknowledged batch; it never closes the store.
+    writeFileSync(
+      child,
+      `import { openSqliteStore } from ${JSON.stringify(storeModule)};
+       const store = await openSqliteStore({ path: ${JSON.stringify(path)} });
+       for (let batch = 0; ; batch++) {
+         const messages = Array.from({ length: 200 }, (_, i) => ({ externalCustomerId: 'c' + (i % 20),
+           id: batch + '-' + i, createdDate: ${T0} + batch, title: 't', content: 'x', category: 'k',
+           expiresAt: ${T0} + 60000 }));
+         await store.publish({ accountId: 'a', messages, now: ${T0} });
+         process.stdout.write('ack ' + batch + '\\n');
+       }`,
+    );
+    const proc = spawn(process.execPath, ['--import', 'tsx', child], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let acknowledged = -1;
+    await new Promise<void>((resolve, reject) => {
+      proc.on('error', reject);
+      proc.on('exit', (code, signal) => (signal === 'SIGKILL' ? resolve() : reject(new Error(`child exited ${code}`))));
+      proc.stdout.setEncoding('utf8');
+      proc.stdout.on('data', (chunk: string) => {
+        for (const line of chunk.split('\n')) {
+          const match = /^ack (\d+)$/.exec(line);
+          if (match) acknowledged = Math.max(acknowledged, Number(match[1]));
+        }
+        if (acknowledged >= 20) proc.kill('SIGKILL');
+      });
+    });
+    expect(acknowledged).toBeGreaterThanOrEqual(20);
+    const store = await openSqliteStore({ path });
+    try {
+      for (let batch = 0; batch <= acknowledged; batch++) {
+        for (const i of [0, 199]) {
+          const ids = (await store.contactMessages('a', `c${i % 20}`, T0, 10_000)).map((m) => m.id);
+          expect(ids).toContain(`${batch}-${i}`);
+        }
+      }
+      const page = await store.listDeliveries({ accountId: 'a' }, 100, null);
+      expect(page.deliveries).toHaveLength(20);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('applies migrations once, however often it is opened', async () => {
+    const path = join(dir, 'migrations.db');
+    const store = await openSqliteStore({ path });
+    await store.migrate();
+    await store.close();
+    await (await openSqliteStore({ path })).close();
+    const db = new Database(path, { readonly: true });
+    try {
+      const rows = db.prepare('SELECT version, name FROM schema_migrations ORDER BY version').all();
+      expect(rows).toEqual(SQLITE_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
+      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('refuses a database migrated by a newer version of the service', async () => {
+    const path = join(dir, 'newer.db');
+    await (await openSqliteStore({ path })).close();
+    const db = new Database(path);
+    db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 'x')").run();
+    db.close();
+    await expect(openSqliteStore({ path })).rejects.toMatchObject({ code: 'schema_too_new' });
+  });
+
+  it('works in memory and refuses calls once closed', async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    expect(await store.getWebhook('a')).toBeNull();
+    await store.close();
+    await store.close(); // idempotent
+    await expect(store.getWebhook('a')).rejects.toMatchObject({ code: 'closed' });
+  });
+
+  it('rejects bad options naming them', () => {
+    expect(() => new SqliteStore({ path: '' })).toThrow(/path/);
+    expect(() => new SqliteStore({ path: ':memory:', busyTimeoutMs: -1 })).toThrow(/busyTimeoutMs/);
+  });
+});

@@ -1,0 +1,741 @@
+/**
+ * The embedded engine: one SQLite file (better-sqlite3, WAL). SQLite has one writer at a time, so every
+ * state change is a `BEGIN IMMEDIATE` transaction and the per-contact rules hold by construction; the
+ * partial unique indexes of the schema enforce them again. better-sqlite3 is synchronous: each method
+ * runs to completion and returns a settled promise.
+ * @see ARCHITECTURE §1-§3
+ */
+import Database from 'better-sqlite3';
+import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import { StoreError } from '../errors.js';
+import {
+  DELIVERY_STATES,
+  MAX_PAGE_SIZE,
+  OutcomeListeners,
+  REAP_BATCH,
+  assertAttempt,
+  assertId,
+  assertInt,
+  assertStoredMessages,
+  assertTime,
+  attemptFromRow,
+  decodeCursor,
+  deliveryFromRow,
+  distinctSorted,
+  emptyByState,
+  encodeCursor,
+  failureReason,
+  messageFromRow,
+  newDeliveryId,
+  webhookFromRow,
+  webhookToStored,
+  type AttemptRow,
+  type Migration,
+  type DeliveryRow,
+  type MessageRow,
+  type WebhookRow,
+} from '../shared.js';
+import type {
+  Attempt,
+  AttemptResult,
+  ClaimOptions,
+  ClaimedDelivery,
+  Delivery,
+  DeliveryFilter,
+  DeliveryOutcome,
+  DeliveryPage,
+  DeliveryState,
+  Lane,
+  PublishInput,
+  PublishResult,
+  RetryResult,
+  Store,
+  WebhookRecord,
+} from '../types.js';
+import { SQLITE_MIGRATIONS } from './schema.js';
+
+export interface SqliteStoreOptions {
+  /** Database file; created when missing. `:memory:` for a throwaway database (tests). */
+  path: string;
+  /**
+   * `PRAGMA synchronous`. `full` (default): a commit is on disk before the call returns, so an
+   * acknowledged publish survives a crash of the process and of the machine. `normal`: in WAL mode
+   * survives a crash of the process (kill -9) but the last commits may be lost on power loss.
+   */
+  synchronous?: 'full' | 'normal';
+  /** How long a writer waits for another connection's lock before failing (ms). Default 5,000. */
+  busyTimeoutMs?: number;
+  /** Page cache size (KiB). Default 65,536 (64 MiB), so the hot indexes stay in memory at 1M messages. */
+  cacheSizeKiB?: number;
+}
+
+/** Opens (creating when missing) and migrates a SQLite store. */
+export async function openSqliteStore(options: SqliteStoreOptions): Promise<SqliteStore> {
+  const store = new SqliteStore(options);
+  try {
+    await store.migrate();
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  return store;
+}
+
+const DELIVERY_COLUMNS = `seq, id, account_key, external_customer_id, state, created_at, updated_at, next_attempt_at,
+  lease_owner, attempt_count, first_attempt_at, body, message_ids, superseded_by, last_error`;
+
+/** A delivery row of this engine: the account by its key. */
+type SqliteDeliveryRow = Omit<DeliveryRow, 'account_id'> & { account_key: number };
+
+/** The newest delivery of the same contact created after `d` (by sequence), or NULL. */
+const NEWER_ID = `(SELECT n.id FROM deliveries n
+   WHERE n.account_key = d.account_key AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq
+   ORDER BY n.seq DESC LIMIT 1)`;
+
+const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
+
+export class SqliteStore implements Store {
+  readonly path: string;
+  #db: Database.Database | null;
+  readonly #listeners = new OutcomeListeners();
+  readonly #statements = new Map<string, Database.Statement>();
+  /** Account keys never change once committed (accounts rows are never deleted), so they are cached. */
+  readonly #keys = new Map<string, number>();
+  readonly #accountIds = new Map<number, string>();
+
+  constructor(options: SqliteStoreOptions) {
+    assertId('path', options.path);
+    const busyTimeoutMs = assertInt('busyTimeoutMs', options.busyTimeoutMs ?? 5000, 0);
+    const cacheSizeKiB = assertInt('cacheSizeKiB', options.cacheSizeKiB ?? 65_536, 1);
+    const synchronous = options.synchronous ?? 'full';
+    if (synchronous !== 'full' && synchronous !== 'normal') {
+      throw new StoreError('invalid_argument', `synchronous: must be full or normal, got ${String(synchronous)}`);
+    }
+    this.path = options.path;
+    const db = new Database(options.path);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma(`synchronous = ${synchronous.toUpperCase()}`);
+      db.pragma(`busy_timeout = ${busyTimeoutMs}`);
+      db.pragma(`cache_size = -${cacheSizeKiB}`);
+      db.pragma('foreign_keys = ON');
+      db.pragma('temp_store = MEMORY');
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+    this.#db = db;
+  }
+
+  get #conn(): Database.Database {
+    if (this.#db === null) throw new StoreError('closed', 'the store is closed');
+    return this.#db;
+  }
+
+  /** A prepared statement, prepared once per SQL text. */
+  #q(sql: string): Database.Statement {
+    let statement = this.#statements.get(sql);
+    if (statement === undefined) {
+      statement = this.#conn.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+
+  /** Runs `fn` in a `BEGIN IMMEDIATE` transaction (takes the write lock first: no upgrade deadlock). */
+  #tx<T>(fn: () => T): T {
+    return this.#conn.transaction(fn).immediate();
+  }
+
+  #remember(accountId: string, key: number): number {
+    this.#keys.set(accountId, key);
+    this.#accountIds.set(key, accountId);
+    return key;
+  }
+
+  /** The account's key, or undefined when the account never had a webhook, message or delivery. */
+  #key(accountId: string): number | undefined {
+    const cached = this.#keys.get(accountId);
+    if (cached !== undefined) return cached;
+    const row = this.#q('SELECT account_key FROM accounts WHERE account_id = ?').get(accountId) as
+      { account_key: number } | undefined;
+    return row === undefined ? undefined : this.#remember(accountId, row.account_key);
+  }
+
+  /**
+   * The account's key, created when missing in a transaction of its own, so that a key in the cache
+   * is always committed (the caller's transaction may still roll back).
+   */
+  #keyOrCreate(accountId: string): number {
+    const existing = this.#key(accountId);
+    if (existing !== undefined) return existing;
+    this.#tx(() => this.#q('INSERT INTO accounts (account_id) VALUES (?) ON CONFLICT DO NOTHING').run(accountId));
+    return this.#key(accountId)!;
+  }
+
+  #accountId(key: number): string {
+    const cached = this.#accountIds.get(key);
+    if (cached !== undefined) return cached;
+    const row = this.#q('SELECT account_id FROM accounts WHERE account_key = ?').get(key) as { account_id: string };
+    this.#remember(row.account_id, key);
+    return row.account_id;
+  }
+
+  #delivery(row: SqliteDeliveryRow): Delivery {
+    return deliveryFromRow({ ...row, account_id: this.#accountId(row.account_key) });
+  }
+
+  async migrate(): Promise<void> {
+    migrateSqlite(this.#conn, SQLITE_MIGRATIONS);
+  }
+
+  async close(): Promise<void> {
+    const db = this.#db;
+    this.#db = null;
+    this.#statements.clear();
+    this.#listeners.clear();
+    if (db !== null && db.open) db.close();
+  }
+
+  // ---------------------------------------------------------------- webhooks
+
+  async upsertWebhook(
+    accountId: string,
+    config: WebhookConfig & { messageTtlMs?: number },
+    now: number,
+  ): Promise<WebhookRecord> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    const stored = webhookToStored(config);
+    const key = this.#keyOrCreate(accountId);
+    const row = this.#q(
+      `INSERT INTO webhooks (account_id, account_key, config, enabled, message_ttl_ms, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (account_id) DO UPDATE SET config = excluded.config, enabled = excluded.enabled,
+         message_ttl_ms = excluded.message_ttl_ms, updated_at = excluded.updated_at
+       RETURNING *`,
+    ).get(accountId, key, stored.json, stored.enabled ? 1 : 0, stored.messageTtlMs, now, now) as WebhookRow;
+    return webhookFromRow(row);
+  }
+
+  async getWebhook(accountId: string): Promise<WebhookRecord | null> {
+    assertId('accountId', accountId);
+    const row = this.#q('SELECT * FROM webhooks WHERE account_id = ?').get(accountId) as WebhookRow | undefined;
+    return row === undefined ? null : webhookFromRow(row);
+  }
+
+  async deleteWebhook(accountId: string): Promise<boolean> {
+    assertId('accountId', accountId);
+    const key = this.#key(accountId);
+    if (key === undefined) return false;
+    return this.#tx(() => {
+      const existed = this.#q('DELETE FROM webhooks WHERE account_id = ?').run(accountId).changes > 0;
+      this.#q('DELETE FROM messages WHERE account_key = ?').run(key);
+      // Terminal deliveries stay for inspection until swept; nothing will send the others any more.
+      for (const state of ['pending', 'in_flight', 'retrying']) {
+        this.#q(`DELETE FROM deliveries WHERE account_key = ? AND state = '${state}'`).run(key);
+      }
+      return existed;
+    });
+  }
+
+  // ---------------------------------------------------------------- publish / resync
+
+  async publish(input: PublishInput): Promise<PublishResult> {
+    const accountId = assertId('accountId', input.accountId);
+    const now = assertTime('now', input.now);
+    assertStoredMessages(input.messages);
+    const key = this.#keyOrCreate(accountId);
+    const insert = this.#q(
+      `INSERT INTO messages (account_key, id, external_customer_id, created_date, expires_at, title, content, image,
+         link, category, custom_data)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_key, id) DO NOTHING`,
+    );
+    return this.#tx(() => {
+      let inserted = 0;
+      const touched: string[] = [];
+      for (const m of input.messages) {
+        const changes = insert.run(
+          key,
+          m.id,
+          m.externalCustomerId,
+          m.createdDate,
+          m.expiresAt,
+          m.title,
+          m.content,
+          m.image ?? null,
+          m.link ?? null,
+          m.category,
+          m.customData ?? null,
+        ).changes;
+        if (changes > 0) {
+          inserted++;
+          touched.push(m.externalCustomerId);
+        }
+      }
+      const deliveries = distinctSorted(touched).map((externalCustomerId) => ({
+        externalCustomerId,
+        deliveryId: this.#ensurePending(key, externalCustomerId, now),
+      }));
+      return { inserted, duplicates: input.messages.length - inserted, deliveries };
+    });
+  }
+
+  async resync(
+    accountId: string,
+    externalCustomerIds: readonly string[] | 'all',
+    now: number,
+  ): Promise<PublishResult['deliveries']> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    if (externalCustomerIds !== 'all') {
+      if (!Array.isArray(externalCustomerIds)) {
+        throw new StoreError('invalid_argument', "externalCustomerIds: must be an array or 'all'");
+      }
+      externalCustomerIds.forEach((id, i) => assertId(`externalCustomerIds[${i}]`, id));
+    }
+    const key = this.#keyOrCreate(accountId);
+    return this.#tx(() => {
+      const contacts =
+        externalCustomerIds === 'all'
+          ? (
+              this.#q(
+                `SELECT DISTINCT external_customer_id AS c FROM messages WHERE account_key = ? AND expires_at > ?
+                 ORDER BY external_customer_id`,
+              ).all(key, now) as Array<{ c: string }>
+            ).map((r) => r.c)
+          : distinctSorted(externalCustomerIds);
+      return contacts.map((externalCustomerId) => ({
+        externalCustomerId,
+        deliveryId: this.#ensurePending(key, externalCustomerId, now),
+      }));
+    });
+  }
+
+  /**
+   * The contact's pending delivery: the existing one (coalescing: it will be built from every message
+   * stored when it is claimed, so nothing needs to change on it) or a new one due now, which supersedes
+   * the contact's retrying delivery. Must run inside a transaction.
+   */
+  #ensurePending(key: number, externalCustomerId: string, now: number): string {
+    const existing = this.#q(
+      `SELECT id FROM deliveries WHERE account_key = ? AND external_customer_id = ? AND state = 'pending'`,
+    ).get(key, externalCustomerId) as { id: string } | undefined;
+    // With one writer at a time, a contact with a pending delivery has no retrying one (it was superseded
+    // when that pending delivery was created).
+    if (existing !== undefined) return existing.id;
+    const id = newDeliveryId(now);
+    this.#q(
+      `INSERT INTO deliveries (id, account_key, external_customer_id, state, created_at, updated_at, next_attempt_at)
+       VALUES (?, ?, ?, 'pending', ?, ?, ?)`,
+    ).run(id, key, externalCustomerId, now, now, now);
+    // A waiting retry carries an older list than this pending one will: never send it again.
+    this.#q(
+      `UPDATE deliveries SET state = 'superseded', superseded_by = ?, next_attempt_at = NULL, lease_owner = NULL,
+         updated_at = ?
+       WHERE account_key = ? AND external_customer_id = ? AND state = 'retrying'`,
+    ).run(id, now, key, externalCustomerId);
+    return id;
+  }
+
+  // ---------------------------------------------------------------- claims
+
+  async claimDue(options: ClaimOptions): Promise<ClaimedDelivery[]> {
+    const lane = options.lane;
+    if (lane !== 'first' && lane !== 'retry') {
+      throw new StoreError('invalid_argument', `lane: must be first or retry, got ${String(lane)}`);
+    }
+    const limit = assertInt('limit', options.limit, 1, 10_000);
+    const now = assertTime('now', options.now);
+    const leaseMs = assertInt('leaseMs', options.leaseMs, 1);
+    const owner = assertId('owner', options.owner);
+    const maxPerAccount = assertInt('maxPerAccount', options.maxPerAccount ?? limit, 1);
+    const excluded = JSON.stringify([...(options.excludeAccounts ?? [])]);
+    const state = LANE_STATE[lane];
+    const leaseUntil = now + leaseMs;
+
+    return this.#tx(() => {
+      this.#reapExpiredLeases(now);
+      // Accounts with due work in this lane, oldest due first: one index probe per account, so a
+      // disabled or excluded account's backlog is never walked. All of them, not just `limit`: an
+      // account whose due work is blocked (its contacts are in flight) must not hold the others up.
+      const accounts = this.#q(
+        `SELECT account_id, account_key, due FROM (
+           SELECT w.account_id AS account_id, w.account_key AS account_key,
+             (SELECT d.next_attempt_at FROM deliveries d WHERE d.account_key = w.account_key AND d.state = '${state}'
+              ORDER BY d.next_attempt_at LIMIT 1) AS due
+           FROM webhooks w
+           WHERE w.enabled = 1 AND w.account_id NOT IN (SELECT value FROM json_each(?))
+         ) WHERE due <= ? ORDER BY due, account_id`,
+      ).all(excluded, now) as Array<{ account_id: string; account_key: number }>;
+
+      const candidates = this.#q(
+        `SELECT d.seq, d.id, d.external_customer_id, ${lane === 'retry' ? NEWER_ID : 'NULL'} AS newer_id
+         FROM deliveries d
+         WHERE d.account_key = ? AND d.state = '${state}' AND d.next_attempt_at <= ?
+           AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_key = d.account_key
+             AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight')
+         ORDER BY d.next_attempt_at, d.seq LIMIT ?`,
+      );
+      const claim = this.#q(
+        `UPDATE deliveries SET state = 'in_flight', lease_owner = ?, next_attempt_at = ?, updated_at = ?
+         WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
+      );
+      const webhook = this.#q('SELECT * FROM webhooks WHERE account_id = ?');
+      const claimed: ClaimedDelivery[] = [];
+      for (const { account_id: accountId, account_key: key } of accounts) {
+        if (claimed.length >= limit) break;
+        const record = webhookFromRow(webhook.get(accountId) as WebhookRow);
+        let taken = 0;
+        // Superseded candidates free their slot, so look again (bounded: each pass removes what it read).
+        for (let pass = 0; pass < 4; pass++) {
+          const want = Math.min(limit - claimed.length, maxPerAccount - taken);
+          if (want <= 0) break;
+          const rows = candidates.all(key, now, want) as Array<{
+            seq: number;
+            id: string;
+            newer_id: string | null;
+          }>;
+          let superseded = 0;
+          for (const row of rows) {
+            if (row.newer_id !== null) {
+              this.#supersede(row.seq, row.newer_id, now);
+              superseded++;
+              continue;
+            }
+            const claimedRow = claim.get(owner, leaseUntil, now, row.seq) as SqliteDeliveryRow;
+            claimed.push({ delivery: this.#delivery(claimedRow), webhook: record, leaseUntil });
+            taken++;
+          }
+          if (superseded === 0 || rows.length < want) break;
+        }
+      }
+      return claimed;
+    });
+  }
+
+  #supersede(seq: number, newerId: string, now: number): void {
+    this.#q(
+      `UPDATE deliveries SET state = 'superseded', superseded_by = ?, next_attempt_at = NULL, lease_owner = NULL,
+         updated_at = ? WHERE seq = ?`,
+    ).run(newerId, now, seq);
+  }
+
+  /**
+   * Takes back claims whose lease ended (the worker died or stalled): a newer delivery of the contact
+   * supersedes it; otherwise it goes back to its lane, due at the end of its lease so it keeps its place.
+   */
+  #reapExpiredLeases(now: number): void {
+    const expired = this.#q(
+      `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
+       WHERE d.state = 'in_flight' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ${REAP_BATCH}`,
+    ).all(now) as Array<{ seq: number; frozen: number; newer_id: string | null }>;
+    for (const row of expired) {
+      if (row.newer_id !== null) this.#supersede(row.seq, row.newer_id, now);
+      else {
+        this.#q(
+          `UPDATE deliveries SET state = ?, lease_owner = NULL, updated_at = ? WHERE seq = ? AND state = 'in_flight'`,
+        ).run(row.frozen ? 'retrying' : 'pending', now, row.seq);
+      }
+    }
+  }
+
+  async contactMessages(
+    accountId: string,
+    externalCustomerId: string,
+    now: number,
+    limit: number,
+  ): Promise<StoredMessage[]> {
+    assertId('accountId', accountId);
+    assertId('externalCustomerId', externalCustomerId);
+    assertTime('now', now);
+    assertInt('limit', limit, 1);
+    const key = this.#key(accountId);
+    if (key === undefined) return [];
+    const rows = this.#q(
+      `SELECT * FROM messages WHERE account_key = ? AND external_customer_id = ? AND expires_at > ?
+       ORDER BY created_date DESC, id ASC LIMIT ?`,
+    ).all(key, externalCustomerId, now, limit) as MessageRow[];
+    return rows.map(messageFromRow);
+  }
+
+  async freeze(
+    deliveryId: string,
+    owner: string,
+    body: Uint8Array,
+    messageIds: string[],
+    now: number,
+  ): Promise<boolean> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', owner);
+    assertTime('now', now);
+    if (!(body instanceof Uint8Array)) throw new StoreError('invalid_argument', 'body: must be a Uint8Array');
+    if (!Array.isArray(messageIds)) throw new StoreError('invalid_argument', 'messageIds: must be an array');
+    const changes = this.#q(
+      `UPDATE deliveries SET body = ?, message_ids = ?, first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ?
+       WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND next_attempt_at > ? AND body IS NULL`,
+    ).run(
+      Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+      JSON.stringify(messageIds),
+      now,
+      now,
+      deliveryId,
+      owner,
+      now,
+    ).changes;
+    return changes > 0;
+  }
+
+  async recordAttempt(deliveryId: string, result: AttemptResult): Promise<Delivery | null> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', result.owner);
+    assertAttempt(result.attempt);
+    if (!['delivered', 'failed', 'retrying'].includes(result.nextState)) {
+      throw new StoreError('invalid_argument', `nextState: must be delivered, failed or retrying`);
+    }
+    const { attempt, nextState } = result;
+    const endedAt = attempt.startedAt + attempt.durationMs;
+    return this.#tx(() => {
+      const row = this.#q(
+        `SELECT d.seq, d.state, d.lease_owner, d.attempt_count, ${NEWER_ID} AS newer_id
+         FROM deliveries d WHERE d.id = ?`,
+      ).get(deliveryId) as
+        | {
+            seq: number;
+            state: DeliveryState;
+            lease_owner: string | null;
+            attempt_count: number;
+            newer_id: string | null;
+          }
+        | undefined;
+      if (
+        row === undefined ||
+        row.state !== 'in_flight' ||
+        row.lease_owner !== result.owner ||
+        attempt.attemptNo !== row.attempt_count + 1
+      ) {
+        return null;
+      }
+      this.#q(
+        `INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict,
+           next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        deliveryId,
+        attempt.attemptNo,
+        attempt.startedAt,
+        attempt.durationMs,
+        attempt.statusCode,
+        attempt.errorKind,
+        attempt.verdict,
+        attempt.nextAttemptAt,
+      );
+      let state: DeliveryState = nextState;
+      let next: number | null = null;
+      let supersededBy: string | null = null;
+      if (nextState === 'retrying') {
+        // A newer state of the contact exists: this older list must never be sent again (ARCHITECTURE §2).
+        if (row.newer_id !== null) {
+          state = 'superseded';
+          supersededBy = row.newer_id;
+        } else next = attempt.nextAttemptAt ?? endedAt;
+      }
+      const updated = this.#q(
+        `UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, attempt_count = attempt_count + 1,
+           first_attempt_at = COALESCE(first_attempt_at, ?), superseded_by = ?,
+           last_error = CASE WHEN ? THEN last_error ELSE ? END, updated_at = ?
+         WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
+      ).get(
+        state,
+        next,
+        attempt.startedAt,
+        supersededBy,
+        nextState === 'delivered' ? 1 : 0,
+        failureReason(attempt),
+        endedAt,
+        row.seq,
+      ) as SqliteDeliveryRow;
+      return this.#delivery(updated);
+    });
+  }
+
+  async release(deliveryId: string, owner: string, dueAt: number): Promise<void> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', owner);
+    assertTime('dueAt', dueAt);
+    this.#tx(() => {
+      const row = this.#q(
+        `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
+         WHERE d.id = ? AND d.state = 'in_flight' AND d.lease_owner = ?`,
+      ).get(deliveryId, owner) as { seq: number; frozen: number; newer_id: string | null } | undefined;
+      if (row === undefined) return;
+      if (row.newer_id !== null) this.#supersede(row.seq, row.newer_id, dueAt);
+      else {
+        this.#q(
+          'UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, updated_at = ? WHERE seq = ?',
+        ).run(row.frozen ? 'retrying' : 'pending', dueAt, dueAt, row.seq);
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null> {
+    assertId('id', id);
+    const row = this.#q(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE id = ?`).get(id) as
+      SqliteDeliveryRow | undefined;
+    if (row === undefined) return null;
+    const attempts = this.#q('SELECT * FROM attempts WHERE delivery_id = ? ORDER BY attempt_no').all(
+      id,
+    ) as AttemptRow[];
+    return { delivery: this.#delivery(row), attempts: attempts.map(attemptFromRow) };
+  }
+
+  async listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage> {
+    assertInt('limit', limit, 1, MAX_PAGE_SIZE);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (filter.accountId !== undefined) {
+      const key = this.#key(assertId('filter.accountId', filter.accountId));
+      if (key === undefined) return { deliveries: [], nextCursor: null };
+      where.push('account_key = ?');
+      params.push(key);
+    }
+    if (filter.externalCustomerId !== undefined) {
+      where.push('external_customer_id = ?');
+      params.push(assertId('filter.externalCustomerId', filter.externalCustomerId));
+    }
+    if (filter.states !== undefined && filter.states.length > 0) {
+      filter.states.forEach((s, i) => {
+        if (!DELIVERY_STATES.includes(s))
+          throw new StoreError('invalid_argument', `filter.states[${i}]: unknown state`);
+      });
+      where.push(`state IN (${filter.states.map(() => '?').join(', ')})`);
+      params.push(...filter.states);
+    }
+    if (cursor !== null) {
+      where.push('seq < ?');
+      params.push(decodeCursor(cursor));
+    }
+    const rows = this.#q(
+      `SELECT ${DELIVERY_COLUMNS} FROM deliveries ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
+       ORDER BY seq DESC LIMIT ?`,
+    ).all(...params, limit + 1) as SqliteDeliveryRow[];
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    return {
+      deliveries: page.map((row) => this.#delivery(row)),
+      nextCursor: rows.length > limit && last !== undefined ? encodeCursor(Number(last.seq)) : null,
+    };
+  }
+
+  // ---------------------------------------------------------------- replay, sweep, stats
+
+  async retryDelivery(id: string, now: number): Promise<RetryResult | null> {
+    assertId('id', id);
+    assertTime('now', now);
+    return this.#tx(() => {
+      const row = this.#q(`SELECT ${DELIVERY_COLUMNS}, ${NEWER_ID} AS newer_id FROM deliveries d WHERE d.id = ?`).get(
+        id,
+      ) as (SqliteDeliveryRow & { newer_id: string | null }) | undefined;
+      if (row === undefined) return null;
+      const seq = Number(row.seq);
+      if (row.state === 'pending' || row.state === 'in_flight') {
+        return { delivery: this.#delivery(row), replacedByNewer: false };
+      }
+      if (row.state === 'retrying') {
+        const updated = this.#q(
+          `UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE seq = ?
+           RETURNING ${DELIVERY_COLUMNS}`,
+        ).get(now, now, seq) as SqliteDeliveryRow;
+        return { delivery: this.#delivery(updated), replacedByNewer: false };
+      }
+      if (row.newer_id === null) {
+        // Still the contact's newest: the same id and the same bytes again (ARCHITECTURE §1).
+        const updated = this.#q(
+          `UPDATE deliveries SET state = ?, next_attempt_at = ?, superseded_by = NULL, lease_owner = NULL,
+             updated_at = ? WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
+        ).get(row.body === null ? 'pending' : 'retrying', now, now, seq) as SqliteDeliveryRow;
+        return { delivery: this.#delivery(updated), replacedByNewer: false };
+      }
+      // A newer state exists: send that, never this older list after it.
+      const pendingId = this.#ensurePending(row.account_key, row.external_customer_id, now);
+      const pending = this.#q(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE id = ?`).get(
+        pendingId,
+      ) as SqliteDeliveryRow;
+      return { delivery: this.#delivery(pending), replacedByNewer: true };
+    });
+  }
+
+  async sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number> {
+    assertTime('now', now);
+    const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
+    const limit = assertInt('limit', options.limit, 1);
+    return this.#tx(() => {
+      const messages = this.#q(
+        'DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE expires_at <= ? LIMIT ?)',
+      ).run(now, limit).changes;
+      if (messages >= limit) return messages;
+      const deliveries = this.#q(
+        `DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
+           WHERE state IN ('delivered', 'failed', 'superseded') AND updated_at <= ? LIMIT ?)`,
+      ).run(now - retention, limit - messages).changes;
+      return messages + deliveries;
+    });
+  }
+
+  async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
+    assertTime('now', now);
+    const byState = emptyByState();
+    for (const row of this.#q('SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state').all() as Array<{
+      state: DeliveryState;
+      n: number;
+    }>) {
+      byState[row.state] = row.n;
+    }
+    const due = this.#q(
+      `SELECT MIN(t) AS t FROM (
+         SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?
+         UNION ALL
+         SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'retrying' AND next_attempt_at <= ?)`,
+    ).get(now, now) as { t: number | null };
+    return { byState, oldestDueAt: due.t };
+  }
+
+  // ---------------------------------------------------------------- outcomes
+
+  async emitOutcome(outcome: DeliveryOutcome): Promise<void> {
+    if (this.#db === null) throw new StoreError('closed', 'the store is closed');
+    // After the caller's await resumes nothing of the emit is left, and listeners never run inside it.
+    queueMicrotask(() => this.#listeners.dispatch(outcome));
+  }
+
+  onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void {
+    return this.#listeners.add(listener);
+  }
+}
+
+/** Applies the migrations newer than the database's version, all in one transaction. */
+export function migrateSqlite(db: Database.Database, migrations: readonly Migration[]): void {
+  const apply = db.transaction(() => {
+    db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)`);
+    const current =
+      (db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+    const latest = migrations.reduce((max, m) => Math.max(max, m.version), 0);
+    if (current > latest) {
+      throw new StoreError(
+        'schema_too_new',
+        `the database is at schema version ${current}, this build knows up to ${latest}: upgrade the service`,
+      );
+    }
+    const record = db.prepare(
+      "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+    );
+    for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+      if (m.version <= current) continue;
+      db.exec(m.sql);
+      record.run(m.version, m.name);
+    }
+  });
+  apply.immediate();
+}
