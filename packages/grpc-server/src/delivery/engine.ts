@@ -1,0 +1,639 @@
+/**
+ * The delivery scheduler: claims due deliveries from the store (the store is the queue), sends them with
+ * the sender, classifies the answer with the core rules and records the attempt.
+ *
+ * - Two lanes, each its own loop and concurrency budget: `first` (pending deliveries, never sent) and
+ *   `retry` (retrying ones, and claims whose lease expired). A retry backlog cannot delay first attempts.
+ * - A per-endpoint limiter (keyed by account: an account has one webhook) bounds attempts in flight per
+ *   endpoint; saturated accounts are excluded from claims, so one slow endpoint cannot take every slot.
+ * - A delivery is immutable once sent: its body is built and frozen at the first attempt, and every retry
+ *   resends the same bytes with the same id (ARCHITECTURE §1).
+ * - A contact whose messages have all expired (or a resync of a contact without messages) is sent the empty
+ *   list `[]`, not skipped: the receiver replaces what it stored for the contact (SPEC §4), so the expired
+ *   messages disappear there too.
+ * - Accounts sharing one origin share the sender's connection pool for that origin
+ *   (`perEndpointConcurrency` connections); the limiter itself counts per account.
+ * @see SPEC §4, §5; ARCHITECTURE "Decisions" §1-§4
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { pino, type Logger } from 'pino';
+import {
+  DEFAULT_BACKOFF,
+  buildPayload,
+  buildRequestHeaders,
+  classify,
+  decideRetry,
+  validateBackoffOptions,
+  type BackoffOptions,
+  type Classification,
+} from '@app-inbox/core';
+import type { AttemptResult, ClaimedDelivery, Lane, Store } from '../store/types.js';
+import { EndpointLimiter } from './limiter.js';
+import { createSender, type Sender } from './sender.js';
+
+/** Options of the {@link DeliveryEngine}. */
+export interface EngineOptions {
+  /**
+   * Whole-request timeout of one attempt (milliseconds). Default 15,000, or the injected sender's.
+   * @see SPEC §5 (a timeout is retried)
+   */
+  requestTimeoutMs: number;
+  /**
+   * How long a claim is held before another worker may take it (milliseconds). Must be longer than
+   * `requestTimeoutMs` so a live attempt never loses its claim. Default `requestTimeoutMs + 30,000`.
+   */
+  leaseMs: number;
+  /** Idle wait between two claims when nothing was due and no `wake()` came (milliseconds). Default 200. */
+  pollIntervalMs: number;
+  /** First attempts (pending deliveries) in progress at once. Default 64. */
+  firstLaneConcurrency: number;
+  /** Retries in progress at once; separate from the first lane's budget. Default 32. */
+  retryLaneConcurrency: number;
+  /** Attempts in flight at once per endpoint (account), over both lanes. Default 16. */
+  perEndpointConcurrency: number;
+  /** At most this many deliveries claimed by one `claimDue` call. Default 64. */
+  claimBatch: number;
+  /** Response bytes read per attempt; the rest is discarded (bytes). Default 65,536. */
+  maxResponseBytes: number;
+  /** Retry spacing and limits (core). Default `DEFAULT_BACKOFF` (1 s doubling to 1 h, 20 attempts, 24 h). */
+  backoff: BackoffOptions;
+  /** Name of this worker on its claims. Default `hostname:pid:random`. */
+  owner: string;
+  /** Wait after a store error in the claim loop before claiming again (milliseconds). Default 1,000. */
+  errorDelayMs: number;
+  /**
+   * Claimed deliveries allowed to wait for a slot of their endpoint (claims of one account can outnumber
+   * its free slots); beyond it they are given back to the store at once. Default
+   * `firstLaneConcurrency + retryLaneConcurrency`.
+   */
+  maxWaiting: number;
+}
+
+/** What the engine tells the endpoint-health hook after each recorded attempt. */
+export interface EndpointAttemptEvent {
+  accountId: string;
+  deliveryId: string;
+  classification: Classification;
+  statusCode: number | null;
+  errorKind: string | null;
+  durationMs: number;
+  at: number;
+}
+
+/**
+ * The seam for circuit breaking (issue 7, not built yet): it sees every attempt's result and may pause
+ * endpoints, whose accounts are then excluded from claims until it lets them through again.
+ */
+export interface EndpointHealth {
+  /** Accounts whose endpoint must not be attempted at `now` (e.g. an open circuit). */
+  pausedAccounts(now: number): Iterable<string>;
+  /** Called after every recorded attempt. */
+  onAttempt(event: EndpointAttemptEvent): void;
+}
+
+/** No circuit breaking: nothing is ever paused. */
+export const NO_ENDPOINT_HEALTH: EndpointHealth = Object.freeze({
+  pausedAccounts: () => [],
+  onAttempt: () => undefined,
+});
+
+export interface DeliveryEngineDeps {
+  store: Store;
+  /** Default: a sender built from the options; the engine then closes it on `stop()`. An injected one is not closed. */
+  sender?: Sender;
+  /** Default: a silent logger. */
+  logger?: Logger;
+  /** Milliseconds since the epoch. Default `Date.now`. */
+  clock?: () => number;
+  /** Numbers in [0, 1) for backoff jitter. Default `Math.random`. */
+  random?: () => number;
+  /** Default {@link NO_ENDPOINT_HEALTH}. */
+  health?: EndpointHealth;
+  options?: Partial<EngineOptions>;
+}
+
+/** Error thrown for an invalid engine option. */
+export class EngineOptionError extends Error {
+  readonly code = 'INVALID_ENGINE_OPTION';
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
+    super(`delivery option ${option}: ${message}`);
+    this.name = 'EngineOptionError';
+  }
+}
+
+function defaultOwner(): string {
+  return `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+}
+
+/** Fills in the defaults and validates; throws {@link EngineOptionError} naming the first bad option. */
+export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, senderTimeoutMs?: number): EngineOptions {
+  const requestTimeoutMs = partial.requestTimeoutMs ?? senderTimeoutMs ?? 15_000;
+  const firstLaneConcurrency = partial.firstLaneConcurrency ?? 64;
+  const retryLaneConcurrency = partial.retryLaneConcurrency ?? 32;
+  const options: EngineOptions = {
+    requestTimeoutMs,
+    leaseMs: partial.leaseMs ?? requestTimeoutMs + 30_000,
+    pollIntervalMs: partial.pollIntervalMs ?? 200,
+    firstLaneConcurrency,
+    retryLaneConcurrency,
+    perEndpointConcurrency: partial.perEndpointConcurrency ?? 16,
+    claimBatch: partial.claimBatch ?? 64,
+    maxResponseBytes: partial.maxResponseBytes ?? 65_536,
+    backoff: partial.backoff ?? { ...DEFAULT_BACKOFF },
+    owner: partial.owner ?? defaultOwner(),
+    errorDelayMs: partial.errorDelayMs ?? 1_000,
+    maxWaiting: partial.maxWaiting ?? firstLaneConcurrency + retryLaneConcurrency,
+  };
+  const positive = [
+    'requestTimeoutMs',
+    'leaseMs',
+    'pollIntervalMs',
+    'firstLaneConcurrency',
+    'retryLaneConcurrency',
+    'perEndpointConcurrency',
+    'claimBatch',
+    'maxResponseBytes',
+    'errorDelayMs',
+  ] as const;
+  for (const name of positive) {
+    const v = options[name];
+    if (!Number.isSafeInteger(v) || v <= 0)
+      throw new EngineOptionError(name, `must be a positive integer, got ${String(v)}`);
+  }
+  if (!Number.isSafeInteger(options.maxWaiting) || options.maxWaiting < 0) {
+    throw new EngineOptionError('maxWaiting', `must be a non-negative integer, got ${String(options.maxWaiting)}`);
+  }
+  if (options.leaseMs <= options.requestTimeoutMs) {
+    throw new EngineOptionError(
+      'leaseMs',
+      `must be greater than requestTimeoutMs (${options.requestTimeoutMs}), got ${options.leaseMs}: a claim must outlive its request`,
+    );
+  }
+  if (senderTimeoutMs !== undefined && options.requestTimeoutMs !== senderTimeoutMs) {
+    throw new EngineOptionError(
+      'requestTimeoutMs',
+      `is ${options.requestTimeoutMs} but the injected sender times out after ${senderTimeoutMs}`,
+    );
+  }
+  if (typeof options.owner !== 'string' || options.owner.trim() === '') {
+    throw new EngineOptionError('owner', 'must be a non-empty string');
+  }
+  const violation = validateBackoffOptions(options.backoff, 'backoff')[0];
+  if (violation) throw new EngineOptionError(violation.field, violation.description);
+  return options;
+}
+
+/** A wake-up flag: `wait` ends at its timeout or at the next `notify`, and a notify while nobody waits is kept. */
+class Wakeup {
+  #pending = false;
+  #resolve: (() => void) | null = null;
+  #timer: NodeJS.Timeout | null = null;
+
+  notify(): void {
+    const resolve = this.#resolve;
+    if (resolve) {
+      this.#clear();
+      resolve();
+    } else {
+      this.#pending = true;
+    }
+  }
+
+  wait(ms: number): Promise<void> {
+    if (this.#pending) {
+      this.#pending = false;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      this.#resolve = resolve;
+      this.#timer = setTimeout(() => {
+        this.#clear();
+        resolve();
+      }, ms);
+      // The engine alone should not keep a process alive (the gRPC server does).
+      this.#timer.unref();
+    });
+  }
+
+  #clear(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#resolve = null;
+  }
+}
+
+interface LaneState {
+  name: Lane;
+  concurrency: number;
+  /** Claims of this lane holding an endpoint slot (preparing, sending or recording). */
+  busy: number;
+  wakeup: Wakeup;
+}
+
+/** Activity counters, for metrics and tests. */
+export interface EngineActivity {
+  firstLaneBusy: number;
+  retryLaneBusy: number;
+  /** Claimed deliveries waiting for a slot of their endpoint. */
+  waiting: number;
+  /** Attempts whose request is being sent right now. */
+  sending: number;
+}
+
+const utf8 = (s: string): Uint8Array => Buffer.from(s, 'utf8');
+
+export class DeliveryEngine {
+  readonly options: EngineOptions;
+  readonly #store: Store;
+  readonly #sender: Sender;
+  readonly #ownsSender: boolean;
+  readonly #log: Logger;
+  readonly #clock: () => number;
+  readonly #random: () => number;
+  readonly #health: EndpointHealth;
+  readonly #limiter: EndpointLimiter;
+  readonly #lanes: readonly [LaneState, LaneState];
+  /** Aborted when stop() begins: ends waits for endpoint slots and the error back-off sleeps. */
+  readonly #stopping = new AbortController();
+  /** One controller per attempt that may send; aborted when the stop deadline passes. */
+  readonly #attempts = new Set<AbortController>();
+  readonly #tasks = new Set<Promise<void>>();
+  #loops: Promise<void>[] = [];
+  #started = false;
+  #stopPromise: Promise<void> | null = null;
+  #sending = 0;
+
+  constructor(deps: DeliveryEngineDeps) {
+    this.options = resolveEngineOptions(deps.options, deps.sender?.requestTimeoutMs);
+    this.#store = deps.store;
+    this.#ownsSender = deps.sender === undefined;
+    this.#sender =
+      deps.sender ??
+      createSender({
+        requestTimeoutMs: this.options.requestTimeoutMs,
+        maxResponseBytes: this.options.maxResponseBytes,
+        connectionsPerOrigin: this.options.perEndpointConcurrency,
+      });
+    this.#log = deps.logger ?? pino({ enabled: false });
+    this.#clock = deps.clock ?? Date.now;
+    this.#random = deps.random ?? Math.random;
+    this.#health = deps.health ?? NO_ENDPOINT_HEALTH;
+    this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency);
+    this.#lanes = [
+      { name: 'first', concurrency: this.options.firstLaneConcurrency, busy: 0, wakeup: new Wakeup() },
+      { name: 'retry', concurrency: this.options.retryLaneConcurrency, busy: 0, wakeup: new Wakeup() },
+    ];
+  }
+
+  /** Starts both lanes. Idempotent; throws after `stop()`. */
+  start(): void {
+    if (this.#stopPromise) throw new Error('the delivery engine was stopped; create a new one');
+    if (this.#started) return;
+    this.#started = true;
+    this.#loops = this.#lanes.map((lane) => this.#runLane(lane));
+    this.#log.info({ owner: this.options.owner }, 'delivery engine started');
+  }
+
+  /**
+   * Claims again at once instead of at the next poll: the API calls it after a publish, resync or retry so
+   * that first attempts go out immediately.
+   */
+  wake(): void {
+    for (const lane of this.#lanes) lane.wakeup.notify();
+  }
+
+  /**
+   * Stops claiming, lets attempts in flight finish until `deadlineMs` (milliseconds) has passed, then aborts
+   * the rest and gives their claims back to the store (due again at once, so the next worker sends them).
+   * Resolves when nothing of the engine is running any more. Idempotent.
+   */
+  stop(deadlineMs = 10_000): Promise<void> {
+    this.#stopPromise ??= this.#stop(deadlineMs);
+    return this.#stopPromise;
+  }
+
+  /** What is in progress right now. */
+  get activity(): EngineActivity {
+    return {
+      firstLaneBusy: this.#lanes[0].busy,
+      retryLaneBusy: this.#lanes[1].busy,
+      waiting: this.#limiter.totalWaiting,
+      sending: this.#sending,
+    };
+  }
+
+  async #stop(deadlineMs: number): Promise<void> {
+    this.#stopping.abort();
+    this.wake();
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'deadline'>((resolve) => {
+      timer = setTimeout(() => resolve('deadline'), Math.max(0, deadlineMs));
+    });
+    const drained = Promise.allSettled([...this.#loops, this.#drainTasks()]).then(() => 'drained' as const);
+    const first = await Promise.race([drained, deadline]);
+    clearTimeout(timer);
+    if (first === 'deadline') {
+      this.#log.warn({ attempts: this.#attempts.size }, 'stop deadline passed: aborting attempts in flight');
+      for (const controller of this.#attempts) controller.abort();
+    }
+    await drained;
+    if (this.#ownsSender) await this.#sender.close();
+    this.#log.info({ owner: this.options.owner }, 'delivery engine stopped');
+  }
+
+  async #drainTasks(): Promise<void> {
+    while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
+  }
+
+  #track(task: Promise<void>): void {
+    this.#tasks.add(task);
+    void task
+      .catch((err: unknown) => this.#log.error({ err }, 'delivery task failed'))
+      .finally(() => this.#tasks.delete(task));
+  }
+
+  async #runLane(lane: LaneState): Promise<void> {
+    while (!this.#stopping.signal.aborted) {
+      let next: 'again' | 'idle';
+      try {
+        next = await this.#claimOnce(lane);
+      } catch (err) {
+        // The store is unreachable or locked (or a bug): log, wait, try again; never end the lane.
+        this.#log.error({ err, lane: lane.name }, 'claiming deliveries failed; retrying after a delay');
+        await this.#sleep(this.options.errorDelayMs);
+        continue;
+      }
+      if (next === 'again') {
+        // More may be due: claim again at once, but let I/O callbacks run first.
+        await yieldToEventLoop();
+      } else {
+        // Nothing more due, or the lane is full: the next wake() or completion notifies; the poll interval
+        // catches deliveries that become due by time (retries) and other processes' work.
+        await lane.wakeup.wait(this.options.pollIntervalMs);
+      }
+    }
+  }
+
+  /** One claim for `lane`; says whether more work may be due right away. */
+  async #claimOnce(lane: LaneState): Promise<'again' | 'idle'> {
+    const free = lane.concurrency - lane.busy;
+    if (free <= 0) return 'idle';
+    const limit = Math.min(free, this.options.claimBatch);
+    const now = this.#clock();
+    const exclude = new Set(this.#limiter.saturated());
+    for (const account of this.#health.pausedAccounts(now)) exclude.add(account);
+    const claims = await this.#store.claimDue({
+      lane: lane.name,
+      limit,
+      now,
+      leaseMs: this.options.leaseMs,
+      owner: this.options.owner,
+      excludeAccounts: [...exclude],
+      // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
+      maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
+    });
+    if (this.#stopping.signal.aborted) {
+      // Claimed while stop() began: give them straight back.
+      for (const claim of claims) this.#track(this.#release(claim, 'stopping'));
+      return 'idle';
+    }
+    for (const claim of claims) this.#dispatch(claim, lane);
+    return claims.length >= limit ? 'again' : 'idle';
+  }
+
+  #dispatch(claim: ClaimedDelivery, lane: LaneState): void {
+    const account = claim.delivery.accountId;
+    if (this.#limiter.tryAcquire(account)) {
+      lane.busy += 1;
+      this.#track(this.#attemptWithSlot(claim, lane));
+    } else if (this.#limiter.totalWaiting >= this.options.maxWaiting) {
+      this.#track(this.#release(claim, 'endpoint busy'));
+    } else {
+      // One claim can return more deliveries of an account than it has free slots: they wait for that
+      // account's slots only (the account is excluded from further claims meanwhile).
+      this.#track(this.#waitForSlot(claim, lane));
+    }
+  }
+
+  async #waitForSlot(claim: ClaimedDelivery, lane: LaneState): Promise<void> {
+    const granted = await this.#limiter.acquire(claim.delivery.accountId, this.#stopping.signal);
+    if (!granted) {
+      await this.#release(claim, 'stopping');
+      return;
+    }
+    lane.busy += 1;
+    await this.#attemptWithSlot(claim, lane);
+  }
+
+  async #attemptWithSlot(claim: ClaimedDelivery, lane: LaneState): Promise<void> {
+    const controller = new AbortController();
+    this.#attempts.add(controller);
+    try {
+      await this.#attempt(claim, controller.signal);
+    } catch (err) {
+      // A store or build error for this delivery: give the claim back a little later instead of crashing.
+      this.#log.error(
+        { err, deliveryId: claim.delivery.id, accountId: claim.delivery.accountId },
+        'delivery attempt failed',
+      );
+      await this.#release(claim, 'error', this.#clock() + this.options.errorDelayMs);
+    } finally {
+      this.#attempts.delete(controller);
+      this.#limiter.release(claim.delivery.accountId);
+      lane.busy -= 1;
+      // A slot is free (in this lane and for this endpoint): both lanes may claim again.
+      this.wake();
+    }
+  }
+
+  async #attempt(claim: ClaimedDelivery, signal: AbortSignal): Promise<void> {
+    const { delivery, webhook } = claim;
+    const { requestTimeoutMs, leaseMs, owner } = this.options;
+    const log = { deliveryId: delivery.id, accountId: delivery.accountId };
+
+    if (this.#stopping.signal.aborted) {
+      // Not started before stop(): the next worker sends it.
+      await this.#release(claim, 'stopping');
+      return;
+    }
+    // A claim that waited for its endpoint may not have enough lease left for a whole attempt.
+    const margin = Math.min(5_000, Math.floor((leaseMs - requestTimeoutMs) / 2));
+    if (claim.leaseUntil - this.#clock() < requestTimeoutMs + margin) {
+      await this.#release(claim, 'lease too short');
+      return;
+    }
+
+    let body: Uint8Array;
+    let messageIds: string[];
+    if (delivery.body === null) {
+      // First attempt: build the contact's current list and freeze it; every retry resends these bytes.
+      // A contact whose messages have all expired gets `[]`: the receiver replaces what it stored for the
+      // contact, so the expired messages disappear there too (SPEC §4).
+      const now = this.#clock();
+      const max = webhook.maxMessagesPerContact;
+      const messages = await this.#store.contactMessages(delivery.accountId, delivery.externalCustomerId, now, max);
+      const payload = buildPayload({
+        contacts: [{ externalCustomerId: delivery.externalCustomerId, messages }],
+        now,
+        maxMessagesPerContact: max,
+      });
+      body = utf8(payload.body);
+      messageIds = payload.messageIds;
+      if (!(await this.#store.freeze(delivery.id, owner, body, messageIds, now))) {
+        this.#log.warn(log, 'claim lost before the first attempt; dropped');
+        return;
+      }
+    } else {
+      body = delivery.body;
+      messageIds = delivery.messageIds ?? [];
+    }
+
+    if (signal.aborted) {
+      await this.#release(claim, 'stopping');
+      return;
+    }
+    const startedAt = this.#clock();
+    const headers = await buildRequestHeaders({
+      deliveryId: delivery.id,
+      body,
+      timestampSeconds: Math.floor(startedAt / 1000),
+      ...(webhook.auth ? { auth: webhook.auth } : {}),
+      ...(webhook.signingSecret ? { signingSecret: webhook.signingSecret } : {}),
+    });
+    this.#sending += 1;
+    let result;
+    try {
+      result = await this.#sender.send(webhook.url, headers, body, signal);
+    } finally {
+      this.#sending -= 1;
+    }
+    if (signal.aborted && result.outcome.kind === 'error') {
+      // Cut by the stop deadline, not answered by the receiver: not an attempt; due again at once.
+      await this.#release(claim, 'aborted at stop deadline');
+      return;
+    }
+
+    const now = this.#clock();
+    const attemptNo = delivery.attemptCount + 1;
+    const classification = classify(result.outcome, now);
+    let nextState: AttemptResult['nextState'];
+    let nextAttemptAt: number | null = null;
+    if (classification.verdict === 'delivered') {
+      nextState = 'delivered';
+    } else {
+      const decision = decideRetry({
+        classification,
+        attemptNo,
+        firstAttemptAt: delivery.firstAttemptAt ?? startedAt,
+        now,
+        options: this.options.backoff,
+        random: this.#random,
+      });
+      if (decision.retry) {
+        nextState = 'retrying';
+        nextAttemptAt = decision.at;
+      } else {
+        nextState = 'failed';
+      }
+    }
+
+    const updated = await this.#store.recordAttempt(delivery.id, {
+      owner,
+      nextState,
+      attempt: {
+        deliveryId: delivery.id,
+        attemptNo,
+        startedAt,
+        durationMs: result.durationMs,
+        statusCode: result.statusCode,
+        errorKind: result.errorKind,
+        verdict: nextState === 'retrying' ? 'retry' : nextState,
+        nextAttemptAt,
+      },
+    });
+    const attemptLog = {
+      ...log,
+      attemptNo,
+      statusCode: result.statusCode,
+      errorKind: result.errorKind,
+      reason: classification.reason,
+      durationMs: result.durationMs,
+    };
+    if (updated === null) {
+      // Our lease expired and another worker owns the delivery now; its record wins.
+      this.#log.warn(attemptLog, 'claim lost during the attempt; result not recorded');
+      return;
+    }
+    this.#log.debug({ ...attemptLog, state: updated.state, nextAttemptAt: updated.nextAttemptAt }, 'attempt recorded');
+
+    try {
+      this.#health.onAttempt({
+        accountId: delivery.accountId,
+        deliveryId: delivery.id,
+        classification,
+        statusCode: result.statusCode,
+        errorKind: result.errorKind,
+        durationMs: result.durationMs,
+        at: now,
+      });
+    } catch (err) {
+      this.#log.error({ err, ...log }, 'endpoint health hook failed');
+    }
+    if (classification.pauseEndpoint === true) {
+      // 410 Gone: the receiver asks us to stop. Pausing the endpoint is the circuit breaker's job (issue 7,
+      // through EndpointHealth); until then it is logged and the delivery fails (kept for replay).
+      this.#log.warn(attemptLog, 'endpoint answered 410 Gone: it asks to stop deliveries');
+    }
+
+    const state = updated.state;
+    if (state === 'delivered' || state === 'retrying' || state === 'failed' || state === 'superseded') {
+      try {
+        await this.#store.emitOutcome({
+          deliveryId: delivery.id,
+          accountId: delivery.accountId,
+          externalCustomerId: delivery.externalCustomerId,
+          state,
+          messageIds,
+          attemptNo,
+          statusCode: result.statusCode,
+          errorKind: result.errorKind,
+          nextAttemptAt: updated.nextAttemptAt,
+          at: now,
+        });
+      } catch (err) {
+        // The attempt is recorded; only the notification is lost.
+        this.#log.error({ err, ...log }, 'emitting a delivery outcome failed');
+      }
+    }
+  }
+
+  /** Gives a claim back; never throws (the lease expires anyway if the store is unreachable). */
+  async #release(claim: ClaimedDelivery, why: string, dueAt = this.#clock()): Promise<void> {
+    try {
+      await this.#store.release(claim.delivery.id, this.options.owner, dueAt);
+      this.#log.debug({ deliveryId: claim.delivery.id, why }, 'claim released');
+    } catch (err) {
+      this.#log.error({ err, deliveryId: claim.delivery.id, why }, 'releasing a claim failed; its lease will expire');
+    }
+  }
+
+  /** Sleeps `ms`, or less when stop() begins. */
+  #sleep(ms: number): Promise<void> {
+    const signal = this.#stopping.signal;
+    if (signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+}

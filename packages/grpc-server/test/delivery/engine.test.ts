@@ -1,0 +1,495 @@
+/**
+ * The delivery engine against the real SQLite store (temp file) and real HTTP receivers on 127.0.0.1.
+ */
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { StoredMessage } from '@app-inbox/core';
+import { createSender, DeliveryEngine, type EngineOptions, type Sender } from '../../src/delivery/index.js';
+import type { DeliveryOutcome, Store } from '../../src/store/types.js';
+import { createTestStore, FAST_BACKOFF, message, sleep, waitFor } from './engine-fixtures.js';
+import { startReceiver, type Handler, type ReceivedRequest, type TestReceiver } from './http-receiver.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function newStore() {
+  const t = await createTestStore();
+  cleanups.push(() => t.dispose());
+  return t.store;
+}
+
+async function receiver(handler?: Handler): Promise<TestReceiver> {
+  const r = await startReceiver(handler);
+  cleanups.push(() => r.close());
+  return r;
+}
+
+function engine(
+  store: Store,
+  options: Partial<EngineOptions> = {},
+  extra: { sender?: Sender; logger?: pino.Logger } = {},
+) {
+  const e = new DeliveryEngine({
+    store,
+    ...extra,
+    // An injected sender brings its own request timeout.
+    options: {
+      pollIntervalMs: 20,
+      ...(extra.sender ? {} : { requestTimeoutMs: 3_000 }),
+      backoff: FAST_BACKOFF,
+      ...options,
+    },
+  });
+  cleanups.push(() => e.stop(200));
+  return e;
+}
+
+async function webhook(store: Store, accountId: string, url: string, extra: { maxMessagesPerContact?: number } = {}) {
+  await store.upsertWebhook(
+    accountId,
+    { url, enabled: true, maxMessagesPerContact: extra.maxMessagesPerContact ?? 1000 },
+    Date.now(),
+  );
+}
+
+async function publish(store: Store, accountId: string, messages: StoredMessage[]) {
+  return store.publish({ accountId, messages, now: Date.now() });
+}
+
+function collectOutcomes(store: Store): DeliveryOutcome[] {
+  const outcomes: DeliveryOutcome[] = [];
+  store.onOutcome((o) => outcomes.push(o));
+  return outcomes;
+}
+
+const ids = (req: ReceivedRequest | undefined): string[] =>
+  (JSON.parse(req?.body.toString('utf8') ?? 'null') as Array<{ id: string }>).map((m) => m.id);
+const webhookId = (req: ReceivedRequest | undefined) => req?.headers['webhook-id'];
+
+describe('DeliveryEngine', () => {
+  it('delivers on 200: one POST of the newest-first list with the delivery id, recorded and announced', async () => {
+    const store = await newStore();
+    const r = await receiver();
+    await store.upsertWebhook(
+      'acc',
+      {
+        url: r.url,
+        enabled: true,
+        maxMessagesPerContact: 1000,
+        auth: { type: 'basic', username: 'u', password: 'pw' },
+      },
+      Date.now(),
+    );
+    const older = message('c1');
+    const newer = message('c1');
+    const published = await publish(store, 'acc', [older, newer]);
+    const deliveryId = published.deliveries[0]?.deliveryId;
+    const outcomes = collectOutcomes(store);
+
+    engine(store).start();
+    const outcome = await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'a delivered outcome');
+
+    expect(r.requests).toHaveLength(1);
+    const [req] = r.requests;
+    expect(webhookId(req)).toBe(deliveryId);
+    expect(req?.headers['content-type']).toBe('application/json');
+    expect(req?.headers.authorization).toBe(`Basic ${Buffer.from('u:pw').toString('base64')}`);
+    expect(ids(req)).toEqual([newer.id, older.id]);
+    expect(outcome).toMatchObject({
+      deliveryId,
+      accountId: 'acc',
+      externalCustomerId: 'c1',
+      attemptNo: 1,
+      statusCode: 200,
+    });
+    expect(outcome.messageIds).toEqual([newer.id, older.id]);
+
+    const stored = await store.getDelivery(deliveryId ?? '');
+    expect(stored?.delivery.state).toBe('delivered');
+    expect(Buffer.from(stored?.delivery.body ?? []).equals(req?.body ?? Buffer.alloc(0))).toBe(true);
+    expect(stored?.attempts).toMatchObject([{ attemptNo: 1, statusCode: 200, errorKind: null, verdict: 'delivered' }]);
+  });
+
+  it('sends at once on wake() instead of waiting for the poll interval', async () => {
+    const store = await newStore();
+    const r = await receiver();
+    await webhook(store, 'acc', r.url);
+    const e = engine(store, { pollIntervalMs: 10_000 });
+    e.start();
+    await sleep(50); // the lanes have found nothing and sleep for 10 s
+    await publish(store, 'acc', [message('c1')]);
+    const woke = Date.now();
+    e.wake();
+    await waitFor(() => r.requests.length === 1, 'the request', 2_000);
+    expect(Date.now() - woke).toBeLessThan(2_000);
+  });
+
+  it('retries a 503 and then delivers the same bytes with the same webhook-id', async () => {
+    const store = await newStore();
+    let calls = 0;
+    const r = await receiver((_req, res) => {
+      calls += 1;
+      res.statusCode = calls === 1 ? 503 : 200;
+      res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1'), message('c1')]);
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    const outcomes = collectOutcomes(store);
+
+    engine(store).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered');
+
+    expect(r.requests).toHaveLength(2);
+    expect(r.requests.map(webhookId)).toEqual([deliveryId, deliveryId]);
+    expect(r.requests[1]?.body.equals(r.requests[0]?.body ?? Buffer.alloc(0))).toBe(true);
+    expect(outcomes.map((o) => [o.state, o.attemptNo, o.statusCode])).toEqual([
+      ['retrying', 1, 503],
+      ['delivered', 2, 200],
+    ]);
+    const stored = await store.getDelivery(deliveryId);
+    expect(stored?.attempts.map((a) => [a.statusCode, a.verdict])).toEqual([
+      [503, 'retry'],
+      [200, 'delivered'],
+    ]);
+    expect(stored?.attempts[0]?.nextAttemptAt).toBeGreaterThan(stored?.attempts[0]?.startedAt ?? Infinity);
+  });
+
+  it('retries a timeout and a reset connection, recording their error kinds', async () => {
+    const store = await newStore();
+    let calls = 0;
+    const r = await receiver((req, res) => {
+      calls += 1;
+      if (calls === 1) return; // hang past the request timeout
+      if (calls === 2) {
+        req.socket.destroy();
+        return;
+      }
+      res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1')]);
+    const outcomes = collectOutcomes(store);
+    engine(store, { requestTimeoutMs: 300 }).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered');
+    const stored = await store.getDelivery(published.deliveries[0]?.deliveryId ?? '');
+    expect(stored?.attempts.map((a) => [a.errorKind, a.statusCode, a.verdict])).toEqual([
+      ['timeout', null, 'retry'],
+      ['reset', null, 'retry'],
+      [null, 200, 'delivered'],
+    ]);
+    expect(new Set(r.requests.map(webhookId)).size).toBe(1);
+  });
+
+  it('fails a 400 without retrying and keeps the body for replay', async () => {
+    const store = await newStore();
+    const r = await receiver((_req, res) => {
+      res.statusCode = 400;
+      res.end('bad');
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1')]);
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    const outcomes = collectOutcomes(store);
+
+    engine(store).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'failed'), 'failed');
+    await sleep(300); // many backoff periods of 20 ms: a retry would have happened
+    expect(r.requests).toHaveLength(1);
+    const stored = await store.getDelivery(deliveryId);
+    expect(stored?.delivery.state).toBe('failed');
+    expect(stored?.delivery.nextAttemptAt).toBeNull();
+    expect(Buffer.from(stored?.delivery.body ?? []).equals(r.requests[0]?.body ?? Buffer.alloc(0))).toBe(true);
+    expect(stored?.attempts).toMatchObject([{ statusCode: 400, verdict: 'failed', nextAttemptAt: null }]);
+  });
+
+  it('fails a retryable delivery once it runs out of attempts', async () => {
+    const store = await newStore();
+    const r = await receiver((_req, res) => {
+      res.statusCode = 500;
+      res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1')]);
+    const outcomes = collectOutcomes(store);
+    engine(store, { backoff: { ...FAST_BACKOFF, maxAttempts: 3 } }).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'failed'), 'failed');
+    await sleep(150);
+    expect(r.requests).toHaveLength(3);
+    const stored = await store.getDelivery(published.deliveries[0]?.deliveryId ?? '');
+    expect(stored?.attempts.map((a) => a.verdict)).toEqual(['retry', 'retry', 'failed']);
+  });
+
+  it('coalesces publishes made before the engine runs into one request per contact', async () => {
+    const store = await newStore();
+    const r = await receiver();
+    await webhook(store, 'acc', r.url);
+    const a1 = message('a');
+    const a2 = message('a');
+    const b1 = message('b');
+    const a3 = message('a');
+    await publish(store, 'acc', [a1]);
+    await publish(store, 'acc', [a2, b1]);
+    await publish(store, 'acc', [a3]);
+    const outcomes = collectOutcomes(store);
+
+    engine(store).start();
+    await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 2, 'two deliveries');
+    await sleep(100);
+    expect(r.requests).toHaveLength(2);
+    const byContact = new Map(r.requests.map((q) => [ids(q).length, ids(q)]));
+    expect(byContact.get(3)).toEqual([a3.id, a2.id, a1.id]);
+    expect(byContact.get(1)).toEqual([b1.id]);
+  });
+
+  it('caps the list at maxMessagesPerContact, newest first', async () => {
+    const store = await newStore();
+    const r = await receiver();
+    await webhook(store, 'acc', r.url, { maxMessagesPerContact: 2 });
+    const msgs = [message('c'), message('c'), message('c')];
+    await publish(store, 'acc', msgs);
+    engine(store).start();
+    await waitFor(() => r.requests.length === 1, 'the request');
+    expect(ids(r.requests[0])).toEqual([msgs[2]?.id, msgs[1]?.id]);
+  });
+
+  it('sends an empty list to a contact with no available messages', async () => {
+    const store = await newStore();
+    const r = await receiver();
+    await webhook(store, 'acc', r.url);
+    const [delivery] = await store.resync('acc', ['ghost'], Date.now());
+    const outcomes = collectOutcomes(store);
+    engine(store).start();
+    const outcome = await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered');
+    expect(r.requests[0]?.body.toString('utf8')).toBe('[]');
+    expect(webhookId(r.requests[0])).toBe(delivery?.deliveryId);
+    expect(outcome.messageIds).toEqual([]);
+  });
+
+  it('never sends an older list after a newer one: a retrying delivery is superseded', async () => {
+    const store = await newStore();
+    let firstId: string | undefined;
+    const r = await receiver((req, res) => {
+      // The first delivery is refused for as long as it is sent; the newer one is accepted.
+      firstId ??= req.headers['webhook-id'] as string;
+      res.statusCode = req.headers['webhook-id'] === firstId ? 503 : 200;
+      res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    const m1 = message('c1');
+    const first = await publish(store, 'acc', [m1]);
+    const d1 = first.deliveries[0]?.deliveryId ?? '';
+    const outcomes = collectOutcomes(store);
+    engine(store).start();
+    await waitFor(() => r.requests.length >= 3, 'a few retries of the first delivery');
+
+    const m2 = message('c1');
+    const second = await publish(store, 'acc', [m2]);
+    const d2 = second.deliveries[0]?.deliveryId ?? '';
+    expect(d2).not.toBe(d1);
+    await waitFor(() => outcomes.find((o) => o.deliveryId === d2 && o.state === 'delivered'), 'the newer delivered');
+    await sleep(200); // time for many 20 ms retries, were the old one still alive
+
+    const firstNewer = r.requests.findIndex((q) => webhookId(q) === d2);
+    expect(firstNewer).toBeGreaterThan(0);
+    expect(r.requests.slice(0, firstNewer).every((q) => webhookId(q) === d1)).toBe(true);
+    expect(r.requests.slice(firstNewer).map(webhookId)).toEqual([d2]);
+    expect(ids(r.requests[firstNewer])).toEqual([m2.id, m1.id]);
+    expect((await store.getDelivery(d1))?.delivery.state).toBe('superseded');
+  });
+
+  it('keeps a fast endpoint fast while another endpoint hangs', async () => {
+    const store = await newStore();
+    const slow = await receiver(() => {
+      // hangs: answers nothing until the test ends
+    });
+    const fast = await receiver();
+    await webhook(store, 'slow', slow.url);
+    await webhook(store, 'fast', fast.url);
+    // The slow account's deliveries are due first and outnumber every budget.
+    await publish(
+      store,
+      'slow',
+      Array.from({ length: 20 }, (_, i) => message(`s${i}`)),
+    );
+    await sleep(5);
+    await publish(
+      store,
+      'fast',
+      Array.from({ length: 20 }, (_, i) => message(`f${i}`)),
+    );
+
+    // Room for many connections per origin, so that only the engine's isolation protects the fast endpoint.
+    const sender = createSender({ requestTimeoutMs: 8_000, connectionsPerOrigin: 64 });
+    cleanups.push(() => sender.close());
+    const started = Date.now();
+    engine(store, { perEndpointConcurrency: 4, firstLaneConcurrency: 8, claimBatch: 8 }, { sender }).start();
+    await waitFor(() => fast.requests.length === 20, 'every fast delivery', 2_000);
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(slow.maxActive).toBeLessThanOrEqual(4);
+    expect(slow.requests.length).toBeGreaterThan(0);
+  });
+
+  it('keeps first attempts of one account on time during a retry storm on another', async () => {
+    const store = await newStore();
+    let slow = false;
+    const storm = await receiver((_req, res) => {
+      setTimeout(
+        () => {
+          res.statusCode = 503;
+          res.end();
+        },
+        slow ? 600 : 0,
+      );
+    });
+    const calm = await receiver();
+    await webhook(store, 'storm', storm.url);
+    await webhook(store, 'calm', calm.url);
+    await publish(
+      store,
+      'storm',
+      Array.from({ length: 40 }, (_, i) => message(`s${i}`)),
+    );
+    engine(store, {
+      perEndpointConcurrency: 16,
+      firstLaneConcurrency: 4,
+      retryLaneConcurrency: 4,
+      backoff: { ...FAST_BACKOFF, baseDelayMs: 1, maxDelayMs: 5, maxAttempts: 1000 },
+    }).start();
+    // Every storm delivery has failed at least once and is being retried continuously; from now on each
+    // retry takes 600 ms, so the backlog of due retries is seconds long.
+    await waitFor(
+      () => new Set(storm.requests.map(webhookId)).size === 40 && storm.requests.length >= 80,
+      'a retry storm',
+      10_000,
+    );
+    slow = true;
+    await sleep(50);
+
+    const published = Date.now();
+    const stormBefore = storm.requests.length;
+    await publish(
+      store,
+      'calm',
+      Array.from({ length: 10 }, (_, i) => message(`c${i}`)),
+    );
+    await waitFor(() => calm.requests.length === 10, 'every calm first attempt', 1_000);
+    const took = Math.max(...calm.requests.map((q) => q.at)) - published;
+    // Behind the due retries (each 600 ms, 4 at a time) they would take seconds; in their own lane they
+    // go out at once, while the storm goes on (its retries are still being answered).
+    expect(took).toBeLessThan(1_000);
+    expect(storm.active).toBeGreaterThan(0);
+    expect(storm.requests.length).toBeGreaterThanOrEqual(stormBefore);
+  });
+
+  it('never has more than perEndpointConcurrency attempts in flight to one endpoint', async () => {
+    const store = await newStore();
+    const r = await receiver((_req, res) => {
+      setTimeout(() => res.end(), 40);
+    });
+    await webhook(store, 'acc', r.url);
+    await publish(
+      store,
+      'acc',
+      Array.from({ length: 15 }, (_, i) => message(`c${i}`)),
+    );
+    // A sender with room for many connections, so that only the engine's limiter can hold the line.
+    const sender = createSender({ requestTimeoutMs: 3_000, connectionsPerOrigin: 32 });
+    cleanups.push(() => sender.close());
+    const outcomes = collectOutcomes(store);
+    engine(store, { perEndpointConcurrency: 3 }, { sender }).start();
+    await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 15, 'all delivered');
+    expect(r.maxActive).toBe(3);
+  });
+
+  it('stop() gives unfinished claims back and a new engine on the same store finishes them', async () => {
+    const store = await newStore();
+    let hang = true;
+    const r = await receiver((_req, res) => {
+      if (!hang) res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1')]);
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+
+    const first = engine(store, { requestTimeoutMs: 5_000, owner: 'first' });
+    first.start();
+    await waitFor(() => r.active === 1, 'the request in flight');
+    const stopping = Date.now();
+    const stopped = first.stop(100);
+    expect(first.stop(5_000)).toBe(stopped); // idempotent: the same stop
+    await stopped;
+    expect(Date.now() - stopping).toBeLessThan(1_500);
+    expect(() => first.start()).toThrow(/stopped/);
+
+    const released = await store.getDelivery(deliveryId);
+    expect(released?.delivery.state).toBe('retrying'); // frozen at its first attempt, due again
+    expect(released?.delivery.attemptCount).toBe(0);
+    expect(released?.attempts).toEqual([]);
+    expect(released?.delivery.nextAttemptAt).toBeLessThanOrEqual(Date.now());
+
+    hang = false;
+    const outcomes = collectOutcomes(store);
+    engine(store, { owner: 'second' }).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered by the second engine');
+    expect(r.requests).toHaveLength(2);
+    expect(r.requests.map(webhookId)).toEqual([deliveryId, deliveryId]);
+    expect(r.requests[1]?.body.equals(r.requests[0]?.body ?? Buffer.alloc(0))).toBe(true);
+  });
+
+  it('stop() lets an attempt that ends before the deadline finish and records it', async () => {
+    const store = await newStore();
+    const r = await receiver((_req, res) => {
+      setTimeout(() => res.end(), 150);
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1')]);
+    const e = engine(store);
+    e.start();
+    await waitFor(() => r.active === 1, 'the request in flight');
+    await e.stop(5_000);
+    const stored = await store.getDelivery(published.deliveries[0]?.deliveryId ?? '');
+    expect(stored?.delivery.state).toBe('delivered');
+    expect(stored?.attempts).toHaveLength(1);
+  });
+
+  it('survives store errors in the claim loop, logging them', async () => {
+    const real = await newStore();
+    const r = await receiver();
+    await webhook(real, 'acc', r.url);
+    await publish(real, 'acc', [message('c1')]);
+    let failures = 2;
+    const flaky = new Proxy(real, {
+      get(target, prop, receiverObj) {
+        if (prop === 'claimDue') {
+          return (options: Parameters<Store['claimDue']>[0]) => {
+            if (options.lane === 'first' && failures > 0) {
+              failures -= 1;
+              return Promise.reject(new Error('database is locked'));
+            }
+            return target.claimDue(options);
+          };
+        }
+        const value = Reflect.get(target, prop, receiverObj) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const lines: string[] = [];
+    const logger = pino(
+      { level: 'error' },
+      new Writable({
+        write(chunk: Buffer, _enc, done) {
+          lines.push(chunk.toString('utf8'));
+          done();
+        },
+      }),
+    );
+    engine(flaky, { errorDelayMs: 20 }, { logger }).start();
+    await waitFor(() => r.requests.length === 1, 'the request after the errors');
+    expect(failures).toBe(0);
+    expect(lines.filter((l) => l.includes('claiming deliveries failed'))).toHaveLength(2);
+  });
+});
