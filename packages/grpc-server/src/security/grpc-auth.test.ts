@@ -1,0 +1,307 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  clientCredentials,
+  createAuthInterceptor,
+  createTokenAuthenticator,
+  serverCredentials,
+  withAuth,
+  type ClientAccess,
+  type ServerTlsOptions,
+} from './grpc-auth.js';
+
+// A tiny service defined by hand (string messages as UTF-8 bytes), independent of the project's proto.
+const toBytes = (value: string) => Buffer.from(value, 'utf8');
+const fromBytes = (bytes: Buffer) => bytes.toString('utf8');
+const method = (path: string, responseStream: boolean) => ({
+  path,
+  requestStream: false,
+  responseStream,
+  requestSerialize: toBytes,
+  requestDeserialize: fromBytes,
+  responseSerialize: toBytes,
+  responseDeserialize: fromBytes,
+});
+const ECHO = '/test.v1.Echo/Echo';
+const COUNT = '/test.v1.Echo/Count';
+const HEALTH = '/grpc.health.v1.Health/Check';
+const echoService: grpc.ServiceDefinition = { Echo: method(ECHO, false), Count: method(COUNT, true) };
+const healthService: grpc.ServiceDefinition = { Check: method(HEALTH, false) };
+
+const TOKEN = 'test-token-0123456789abcdef';
+const OTHER_TOKEN = 'other-token-0123456789abcdef';
+
+interface Running {
+  address: string;
+  handlerCalls: number;
+  server: grpc.Server;
+}
+
+const servers: grpc.Server[] = [];
+const clients: grpc.Client[] = [];
+
+async function startServer(
+  options: { credentials?: grpc.ServerCredentials; interceptors?: grpc.ServerInterceptor[]; wrap?: boolean } = {},
+): Promise<Running> {
+  const server = new grpc.Server({ interceptors: options.interceptors ?? [] });
+  servers.push(server);
+  const running: Running = { address: '', handlerCalls: 0, server };
+  let echo: grpc.UntypedServiceImplementation = {
+    Echo: (call: grpc.ServerUnaryCall<string, string>, callback: grpc.sendUnaryData<string>) => {
+      running.handlerCalls += 1;
+      callback(null, `echo:${call.request}`);
+    },
+    Count: (call: grpc.ServerWritableStream<string, string>) => {
+      running.handlerCalls += 1;
+      for (let i = 1; i <= Number(call.request); i += 1) call.write(String(i));
+      call.end();
+    },
+  };
+  if (options.wrap) echo = withAuth(echo, createTokenAuthenticator([TOKEN]));
+  server.addService(echoService, echo);
+  server.addService(healthService, {
+    Check: (_call: grpc.ServerUnaryCall<string, string>, callback: grpc.sendUnaryData<string>) =>
+      callback(null, 'SERVING'),
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', options.credentials ?? grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  running.address = `127.0.0.1:${port}`;
+  return running;
+}
+
+function connect(address: string, access: ClientAccess): grpc.Client {
+  // Verify the certificate against its DNS name: TLS forbids an IP address as the SNI server name.
+  const client = new grpc.Client(address, access.credentials, {
+    interceptors: access.interceptors,
+    'grpc.ssl_target_name_override': 'localhost',
+  });
+  clients.push(client);
+  return client;
+}
+
+type Outcome = { ok: true; value: string[] } | { ok: false; code: grpc.status; details: string };
+
+function unary(client: grpc.Client, path: string, request: string, metadata = new grpc.Metadata()): Promise<Outcome> {
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(
+      path,
+      toBytes,
+      fromBytes,
+      request,
+      metadata,
+      { deadline: Date.now() + 5_000 },
+      (err, value) =>
+        resolve(err ? { ok: false, code: err.code, details: err.details } : { ok: true, value: [value ?? ''] }),
+    );
+  });
+}
+
+function stream(client: grpc.Client, request: string, metadata = new grpc.Metadata()): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const call = client.makeServerStreamRequest(COUNT, toBytes, fromBytes, request, metadata, {
+      deadline: Date.now() + 5_000,
+    });
+    const values: string[] = [];
+    call.on('data', (v: string) => values.push(v));
+    call.on('error', (err: grpc.ServiceError) => resolve({ ok: false, code: err.code, details: err.details }));
+    call.on('end', () => resolve({ ok: true, value: values }));
+  });
+}
+
+const bearer = (token: string, scheme = 'Bearer') => {
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `${scheme} ${token}`);
+  return metadata;
+};
+
+afterEach(() => {
+  for (const client of clients.splice(0)) client.close();
+  for (const server of servers.splice(0)) server.forceShutdown();
+});
+
+describe('createTokenAuthenticator', () => {
+  const auth = createTokenAuthenticator([TOKEN, OTHER_TOKEN]);
+
+  it('accepts any configured token, with the Bearer scheme in any case', () => {
+    expect(auth(bearer(TOKEN))).toBe(true);
+    expect(auth(bearer(OTHER_TOKEN))).toBe(true);
+    expect(auth(bearer(TOKEN, 'bearer'))).toBe(true);
+  });
+
+  it('refuses a missing, wrong, truncated, differently-schemed or repeated header', () => {
+    expect(auth(new grpc.Metadata())).toBe(false);
+    expect(auth(bearer('wrong-token-0123456789abcdef'))).toBe(false);
+    expect(auth(bearer(TOKEN.slice(0, -1)))).toBe(false);
+    expect(auth(bearer(`${TOKEN}x`))).toBe(false);
+    expect(auth(bearer(TOKEN, 'Basic'))).toBe(false);
+    expect(auth(bearer(''))).toBe(false);
+    const twice = bearer(TOKEN);
+    twice.add('authorization', `Bearer ${TOKEN}`);
+    expect(auth(twice)).toBe(false);
+  });
+
+  it('rejects weak configuration without echoing the token', () => {
+    expect(() => createTokenAuthenticator([])).toThrow(/tokens: at least one/);
+    expect(() => createTokenAuthenticator([TOKEN, 'short'])).toThrow(/tokens\[1\]: must be at least 16/);
+    let message = '';
+    try {
+      createTokenAuthenticator(['has a space in it 0123']);
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toContain('tokens[0]: must be at least 16 characters without spaces');
+    expect(message).not.toContain('has a space');
+  });
+});
+
+describe.each([
+  ['server interceptor', { interceptors: [createAuthInterceptor(createTokenAuthenticator([TOKEN]))] }],
+  ['withAuth wrapper', { wrap: true }],
+])('bearer tokens over a plaintext socket (%s)', (_name, serverOptions) => {
+  it('answers UNAUTHENTICATED without or with a wrong token, before the handler runs', async () => {
+    const running = await startServer(serverOptions);
+    const anonymous = connect(running.address, clientCredentials());
+    const wrong = connect(running.address, clientCredentials({ token: OTHER_TOKEN }));
+    for (const outcome of [
+      await unary(anonymous, ECHO, 'hi'),
+      await unary(wrong, ECHO, 'hi'),
+      await stream(anonymous, '3'),
+      await stream(wrong, '3'),
+    ]) {
+      expect(outcome).toMatchObject({ ok: false, code: grpc.status.UNAUTHENTICATED });
+    }
+    expect(running.handlerCalls).toBe(0);
+  });
+
+  it('serves unary and server-streaming calls with the right token', async () => {
+    const running = await startServer(serverOptions);
+    const client = connect(running.address, clientCredentials({ token: TOKEN }));
+    await expect(unary(client, ECHO, 'hi')).resolves.toEqual({ ok: true, value: ['echo:hi'] });
+    await expect(stream(client, '3')).resolves.toEqual({ ok: true, value: ['1', '2', '3'] });
+    // Explicit per-call metadata works the same way as the client helper.
+    const bare = connect(running.address, clientCredentials());
+    await expect(unary(bare, ECHO, 'yo', bearer(TOKEN))).resolves.toEqual({ ok: true, value: ['echo:yo'] });
+  });
+
+  it('leaves the health check open', async () => {
+    const running = await startServer(serverOptions);
+    const anonymous = connect(running.address, clientCredentials());
+    await expect(unary(anonymous, HEALTH, 'ping')).resolves.toEqual({ ok: true, value: ['SERVING'] });
+  });
+});
+
+it('the interceptor can close the health check too', async () => {
+  const interceptor = createAuthInterceptor(createTokenAuthenticator([TOKEN]), { openMethods: [] });
+  const running = await startServer({ interceptors: [interceptor] });
+  const anonymous = connect(running.address, clientCredentials());
+  await expect(unary(anonymous, HEALTH, 'ping')).resolves.toMatchObject({
+    ok: false,
+    code: grpc.status.UNAUTHENTICATED,
+  });
+});
+
+describe('TLS and mutual TLS (certificates made by openssl in a temp dir)', () => {
+  let dir: string;
+  const file = (name: string) => join(dir, name);
+
+  /** Runs openssl in the temp dir; `command` is split on spaces (no argument here contains one). */
+  function openssl(command: string): void {
+    execFileSync('openssl', command.split(' '), { cwd: dir, stdio: 'pipe' });
+  }
+  const EC = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
+  function makeCa(name: string): void {
+    openssl(
+      `req -x509 ${EC} -days 1 -subj /CN=${name} -keyout ${name}.key -out ${name}.crt ` +
+        '-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign',
+    );
+  }
+  function makeLeaf(name: string, ca: string, extensions: string): void {
+    writeFileSync(file(`${name}.ext`), extensions);
+    openssl(`req ${EC} -subj /CN=${name} -keyout ${name}.key -out ${name}.csr`);
+    openssl(
+      `x509 -req -in ${name}.csr -CA ${ca}.crt -CAkey ${ca}.key -set_serial ${Date.now()} -days 1 ` +
+        `-extfile ${name}.ext -out ${name}.crt`,
+    );
+  }
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'grpc-tls-'));
+    makeCa('ca');
+    makeCa('rogue-ca');
+    makeLeaf('server', 'ca', 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n');
+    makeLeaf('client', 'ca', 'extendedKeyUsage=clientAuth\n');
+    makeLeaf('rogue-client', 'rogue-ca', 'extendedKeyUsage=clientAuth\n');
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  const tls = (): ServerTlsOptions => ({ tlsCertFile: file('server.crt'), tlsKeyFile: file('server.key') });
+  const mtls = (): ServerTlsOptions => ({ ...tls(), tlsClientCaFile: file('ca.crt') });
+  const auth = () => [createAuthInterceptor(createTokenAuthenticator([TOKEN]))];
+
+  it('TLS + token: the right CA and token get through, a wrong token is UNAUTHENTICATED', async () => {
+    const running = await startServer({ credentials: serverCredentials(tls()), interceptors: auth() });
+    const good = connect(running.address, clientCredentials({ caFile: file('ca.crt'), token: TOKEN }));
+    await expect(unary(good, ECHO, 'secure')).resolves.toEqual({ ok: true, value: ['echo:secure'] });
+    await expect(stream(good, '2')).resolves.toEqual({ ok: true, value: ['1', '2'] });
+    const wrong = connect(running.address, clientCredentials({ caFile: file('ca.crt'), token: OTHER_TOKEN }));
+    await expect(unary(wrong, ECHO, 'x')).resolves.toMatchObject({ ok: false, code: grpc.status.UNAUTHENTICATED });
+  });
+
+  it('TLS: a client that does not trust the server CA, or speaks plaintext, cannot call', async () => {
+    const running = await startServer({ credentials: serverCredentials(tls()) });
+    const untrusting = connect(running.address, clientCredentials({ tls: true }));
+    await expect(unary(untrusting, ECHO, 'x')).resolves.toMatchObject({ ok: false, code: grpc.status.UNAVAILABLE });
+    const plaintext = connect(running.address, clientCredentials());
+    await expect(unary(plaintext, ECHO, 'x')).resolves.toMatchObject({ ok: false, code: grpc.status.UNAVAILABLE });
+    expect(running.handlerCalls).toBe(0);
+  });
+
+  it('mutual TLS: a client certificate from the CA is accepted', async () => {
+    const running = await startServer({ credentials: serverCredentials(mtls()) });
+    const client = connect(
+      running.address,
+      clientCredentials({ caFile: file('ca.crt'), certFile: file('client.crt'), keyFile: file('client.key') }),
+    );
+    await expect(unary(client, ECHO, 'mutual')).resolves.toEqual({ ok: true, value: ['echo:mutual'] });
+  });
+
+  it('mutual TLS: no client certificate, or one from another CA, is refused in the handshake', async () => {
+    const running = await startServer({ credentials: serverCredentials(mtls()) });
+    const noCert = connect(running.address, clientCredentials({ caFile: file('ca.crt'), token: TOKEN }));
+    const rogue = connect(
+      running.address,
+      clientCredentials({
+        caFile: file('ca.crt'),
+        certFile: file('rogue-client.crt'),
+        keyFile: file('rogue-client.key'),
+      }),
+    );
+    await expect(unary(noCert, ECHO, 'x')).resolves.toMatchObject({ ok: false, code: grpc.status.UNAVAILABLE });
+    await expect(unary(rogue, ECHO, 'x')).resolves.toMatchObject({ ok: false, code: grpc.status.UNAVAILABLE });
+    expect(running.handlerCalls).toBe(0);
+  });
+
+  it('rejects incomplete or unreadable TLS options, naming the option', () => {
+    expect(() => serverCredentials({ tlsCertFile: file('server.crt') })).toThrow(/tlsKeyFile: required/);
+    expect(() => serverCredentials({ tlsKeyFile: file('server.key') })).toThrow(/tlsCertFile: required/);
+    expect(() => serverCredentials({ tlsClientCaFile: file('ca.crt') })).toThrow(/tlsClientCaFile: mutual TLS needs/);
+    expect(() => serverCredentials({ ...tls(), tlsClientCaFile: file('nope.crt') })).toThrow(
+      /tlsClientCaFile: cannot read .*ENOENT/,
+    );
+    expect(() => serverCredentials({ tlsCertFile: file('server.key'), tlsKeyFile: file('server.crt') })).toThrow(
+      /tlsCertFile\/tlsKeyFile: not a matching PEM/,
+    );
+    expect(() => serverCredentials({ ...tls(), tlsClientCaFile: file('client.ext') })).toThrow(
+      /tlsClientCaFile: not a PEM/,
+    );
+    expect(() => clientCredentials({ certFile: file('client.crt') })).toThrow(/keyFile: required/);
+    expect(() => clientCredentials({ caFile: file('missing.crt') })).toThrow(/caFile: cannot read/);
+  });
+});

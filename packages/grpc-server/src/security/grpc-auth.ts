@@ -1,0 +1,250 @@
+/**
+ * Access to the gRPC API (issue 7 "Access to the gRPC API"): TLS or mutual TLS on the listening socket,
+ * and bearer tokens for internal callers. A call without a valid token ends with `UNAUTHENTICATED`
+ * before any handler runs; health checks stay open so load balancers and probes need no token.
+ */
+import { X509Certificate, createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+
+/** Raised for invalid access options; names the option, never prints a token or key. */
+export class GrpcAuthConfigError extends Error {
+  override readonly name = 'GrpcAuthConfigError';
+  readonly code = 'invalid_argument';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+function readPem(option: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    throw new GrpcAuthConfigError(`${option}: cannot read ${path} (${code})`, { cause: error });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Server side
+
+/** TLS of the gRPC listener. With none of the files set the server listens in plaintext (h2c). */
+export interface ServerTlsOptions {
+  /** PEM certificate chain of the server. Requires `tlsKeyFile`. Default: none (plaintext). */
+  tlsCertFile?: string | undefined;
+  /** PEM private key of the server. Requires `tlsCertFile`. Default: none. */
+  tlsKeyFile?: string | undefined;
+  /**
+   * PEM CA bundle that client certificates must chain to; when set, clients without a valid certificate are
+   * refused during the TLS handshake (mutual TLS). Requires the server certificate. Default: none (no mTLS).
+   */
+  tlsClientCaFile?: string | undefined;
+}
+
+/**
+ * The credentials to bind the server with: insecure when no file is set, TLS with a certificate, mutual TLS
+ * with a client CA as well.
+ * @throws GrpcAuthConfigError naming the option when a file is missing, unreadable, or set without its pair
+ */
+export function serverCredentials(options: ServerTlsOptions = {}): grpc.ServerCredentials {
+  const { tlsCertFile, tlsKeyFile, tlsClientCaFile } = options;
+  if (!tlsCertFile && !tlsKeyFile) {
+    if (tlsClientCaFile) throw new GrpcAuthConfigError('tlsClientCaFile: mutual TLS needs tlsCertFile and tlsKeyFile');
+    return grpc.ServerCredentials.createInsecure();
+  }
+  if (!tlsCertFile) throw new GrpcAuthConfigError('tlsCertFile: required when tlsKeyFile is set');
+  if (!tlsKeyFile) throw new GrpcAuthConfigError('tlsKeyFile: required when tlsCertFile is set');
+  const pair = { cert_chain: readPem('tlsCertFile', tlsCertFile), private_key: readPem('tlsKeyFile', tlsKeyFile) };
+  const clientCa = tlsClientCaFile ? readPem('tlsClientCaFile', tlsClientCaFile) : null;
+  // grpc-js only parses the PEM when binding; building a context now makes a bad file fail at start, by name.
+  try {
+    createSecureContext({ cert: pair.cert_chain, key: pair.private_key });
+  } catch (error) {
+    throw new GrpcAuthConfigError('tlsCertFile/tlsKeyFile: not a matching PEM certificate and private key', {
+      cause: error,
+    });
+  }
+  if (clientCa !== null) {
+    try {
+      // A CA bundle that is not PEM would be ignored silently (and then no client could connect).
+      new X509Certificate(clientCa);
+    } catch (error) {
+      throw new GrpcAuthConfigError('tlsClientCaFile: not a PEM CA certificate bundle', { cause: error });
+    }
+  }
+  // checkClientCertificate: with a client CA, a client must present a certificate that chains to it.
+  return grpc.ServerCredentials.createSsl(clientCa, [pair], clientCa !== null);
+}
+
+/** Decides whether a call's metadata carries valid credentials. */
+export type Authenticator = (metadata: grpc.Metadata) => boolean;
+
+/** Shortest accepted token (characters): a shorter one could be guessed. */
+export const MIN_TOKEN_LENGTH = 16;
+
+const sha256 = (text: string): Buffer => createHash('sha256').update(text, 'utf8').digest();
+
+/**
+ * Accepts `authorization: Bearer <token>` when the token is one of `tokens` (several, so a token can be
+ * rotated without downtime: add the new one, move callers, remove the old one). The comparison hashes both
+ * sides and uses `timingSafeEqual` against every configured token, so neither the content nor the length of a
+ * token leaks through timing.
+ * @throws GrpcAuthConfigError when `tokens` is empty or a token is shorter than 16 characters or has spaces
+ */
+export function createTokenAuthenticator(tokens: readonly string[]): Authenticator {
+  if (tokens.length === 0) throw new GrpcAuthConfigError('tokens: at least one token is required');
+  const digests = tokens.map((token, i) => {
+    if (typeof token !== 'string' || token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
+      throw new GrpcAuthConfigError(
+        `tokens[${i}]: must be at least ${MIN_TOKEN_LENGTH} characters without spaces (openssl rand -hex 32)`,
+      );
+    }
+    return sha256(token);
+  });
+  return (metadata) => {
+    const values = metadata.get('authorization');
+    if (values.length !== 1) return false;
+    const match = /^Bearer +(\S+) *$/i.exec(String(values[0]));
+    if (match?.[1] === undefined) return false;
+    const presented = sha256(match[1]);
+    let ok = false;
+    for (const digest of digests) ok = timingSafeEqual(presented, digest) || ok;
+    return ok;
+  };
+}
+
+/** Methods left open by default: the standard health service, for load balancers and probes. */
+export const DEFAULT_OPEN_METHOD_PREFIXES: readonly string[] = ['/grpc.health.v1.Health/'];
+
+export interface AuthInterceptorOptions {
+  /**
+   * Method paths (`/package.Service/Method`) or prefixes (`/package.Service/`) callable without a token.
+   * Default {@link DEFAULT_OPEN_METHOD_PREFIXES} (health only; reflection is NOT open: it describes the API).
+   */
+  openMethods?: readonly string[];
+}
+
+const unauthenticated = (): grpc.StatusObject => ({
+  code: grpc.status.UNAUTHENTICATED,
+  details: 'missing or invalid credentials: send authorization: Bearer <token>',
+  metadata: new grpc.Metadata(),
+});
+
+/**
+ * A server interceptor that ends every call without valid credentials with `UNAUTHENTICATED` before the
+ * handler sees it. Install once for the whole server: `new grpc.Server({ interceptors: [interceptor] })`.
+ */
+export function createAuthInterceptor(
+  authenticator: Authenticator,
+  options: AuthInterceptorOptions = {},
+): grpc.ServerInterceptor {
+  const open = options.openMethods ?? DEFAULT_OPEN_METHOD_PREFIXES;
+  const isOpen = (path: string) => open.some((p) => (p.endsWith('/') ? path.startsWith(p) : path === p));
+  return (methodDescriptor, call) => {
+    if (isOpen(methodDescriptor.path)) return new grpc.ServerInterceptingCall(call);
+    const listener = new grpc.ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        // Not calling next(): the handler never starts; the status below ends the call.
+        if (authenticator(metadata)) next(metadata);
+        else call.sendStatus(unauthenticated());
+      })
+      .build();
+    const responder = new grpc.ResponderBuilder().withStart((next) => next(listener)).build();
+    return new grpc.ServerInterceptingCall(call, responder);
+  };
+}
+
+type AnyHandler = (
+  call: { metadata: grpc.Metadata; emit(event: 'error', error: unknown): boolean },
+  callback?: unknown,
+) => unknown;
+
+/**
+ * The same check per service instead of per server: wraps every handler of an implementation so that a
+ * call without valid credentials gets `UNAUTHENTICATED` (unary and client-streaming through the callback,
+ * server-streaming and bidi by emitting the error). Prefer {@link createAuthInterceptor}; use this when one
+ * service on the server must stay open (e.g. add health unwrapped).
+ */
+export function withAuth<T extends grpc.UntypedServiceImplementation>(
+  implementation: T,
+  authenticator: Authenticator,
+): T {
+  const wrapped: Record<string, AnyHandler> = {};
+  for (const [name, handler] of Object.entries(implementation)) {
+    const inner = handler as unknown as AnyHandler;
+    wrapped[name] = (call, callback) => {
+      if (authenticator(call.metadata)) return inner(call, callback);
+      // grpc-js passes a callback exactly to the handlers that answer once (unary, client-streaming).
+      if (typeof callback === 'function')
+        (callback as (error: grpc.ServiceError | grpc.StatusObject) => void)(unauthenticated());
+      else call.emit('error', unauthenticated());
+      return undefined;
+    };
+  }
+  return wrapped as unknown as T;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Client side
+
+export interface ClientAccessOptions {
+  /** Use TLS. Implied by any of the files; without `caFile` the system's root CAs verify the server. Default false. */
+  tls?: boolean | undefined;
+  /** PEM CA bundle the server certificate must chain to. Default: the system roots (when TLS). */
+  caFile?: string | undefined;
+  /** PEM client certificate for mutual TLS. Requires `keyFile`. */
+  certFile?: string | undefined;
+  /** PEM private key of the client certificate. Requires `certFile`. */
+  keyFile?: string | undefined;
+  /** Bearer token sent as `authorization: Bearer <token>` on every call. Default: none. */
+  token?: string | undefined;
+}
+
+/** What a generated client constructor takes: `new Client(address, credentials, { interceptors })`. */
+export interface ClientAccess {
+  credentials: grpc.ChannelCredentials;
+  /** Empty with TLS (the token rides in call credentials); holds the token interceptor on a plaintext channel. */
+  interceptors: grpc.Interceptor[];
+}
+
+/**
+ * Channel credentials (TLS / mTLS) combined with call credentials (the bearer token). grpc-js refuses call
+ * credentials on a plaintext channel, so a token over plaintext (local development only: it travels in
+ * the clear) is added by an interceptor instead.
+ * @throws GrpcAuthConfigError naming the option
+ */
+export function clientCredentials(options: ClientAccessOptions = {}): ClientAccess {
+  const { caFile, certFile, keyFile, token } = options;
+  if (certFile && !keyFile) throw new GrpcAuthConfigError('keyFile: required when certFile is set');
+  if (keyFile && !certFile) throw new GrpcAuthConfigError('certFile: required when keyFile is set');
+  const useTls = options.tls === true || Boolean(caFile || certFile);
+  const metadataFor = (t: string) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${t}`);
+    return metadata;
+  };
+  if (!useTls) {
+    const interceptors: grpc.Interceptor[] = [];
+    if (token) {
+      interceptors.push(
+        (callOptions, nextCall) =>
+          new grpc.InterceptingCall(nextCall(callOptions), {
+            start(metadata, listener, next) {
+              metadata.merge(metadataFor(token));
+              next(metadata, listener);
+            },
+          }),
+      );
+    }
+    return { credentials: grpc.credentials.createInsecure(), interceptors };
+  }
+  const channel = grpc.credentials.createSsl(
+    caFile ? readPem('caFile', caFile) : null,
+    keyFile ? readPem('keyFile', keyFile) : null,
+    certFile ? readPem('certFile', certFile) : null,
+  );
+  if (!token) return { credentials: channel, interceptors: [] };
+  const call = grpc.credentials.createFromMetadataGenerator((_params, callback) => callback(null, metadataFor(token)));
+  return { credentials: grpc.credentials.combineChannelCredentials(channel, call), interceptors: [] };
+}

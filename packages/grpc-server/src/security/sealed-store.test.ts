@@ -1,0 +1,167 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.js';
+import { resealWebhookSecrets, webhookNeedsRotation, withSealedSecrets } from './sealed-store.js';
+import { createSecretBox, type SecretBox } from './secrets.js';
+
+const T0 = 1_700_000_000_000;
+const PASSWORD = `pw-${randomUUID()}-ünïcødé`;
+const SIGNING_SECRET = `whsec_${randomBytes(24).toString('base64')}`;
+
+const key = (id: string) => ({ id, key: randomBytes(32) });
+const k1 = key('k1');
+const k2 = key('k2');
+
+function config(password = PASSWORD): WebhookConfig {
+  return {
+    url: 'https://hooks.example.com/inbox',
+    auth: { type: 'basic', username: 'acme', password },
+    maxMessagesPerContact: 1000,
+    enabled: true,
+    signingSecret: SIGNING_SECRET,
+  };
+}
+
+function message(externalCustomerId: string): StoredMessage {
+  return {
+    externalCustomerId,
+    id: randomUUID(),
+    createdDate: T0,
+    title: 't',
+    content: 'c',
+    category: 'news',
+    expiresAt: T0 + 86_400_000,
+  };
+}
+
+describe('withSealedSecrets over the SQLite store', () => {
+  let dir: string;
+  let raw: SqliteStore;
+  let box: SecretBox;
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'sealed-store-'));
+    raw = await openSqliteStore({ path: join(dir, 'inbox.db'), synchronous: 'normal' });
+    box = createSecretBox({ keys: [k1], primaryKeyId: 'k1' });
+  });
+  afterEach(async () => {
+    await raw.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('stores only ciphertext (no plaintext anywhere in the database files) and reads back plaintext', async () => {
+    const store = withSealedSecrets(raw, box);
+    const written = await store.upsertWebhook('acct-1', config(), T0);
+    expect(written.auth?.password).toBe(PASSWORD);
+    expect(written.signingSecret).toBe(SIGNING_SECRET);
+    await expect(store.getWebhook('acct-1')).resolves.toMatchObject({
+      auth: { type: 'basic', username: 'acme', password: PASSWORD },
+      signingSecret: SIGNING_SECRET,
+      url: 'https://hooks.example.com/inbox',
+    });
+
+    const stored = await raw.getWebhook('acct-1');
+    expect(stored?.auth?.password.startsWith('enc:v1:k1:')).toBe(true);
+    expect(stored?.signingSecret?.startsWith('enc:v1:k1:')).toBe(true);
+    expect(stored?.auth?.username).toBe('acme');
+
+    // Scan every byte the engine wrote (database, WAL, shared memory) for either secret.
+    const db = new Database(join(dir, 'inbox.db'), { readonly: true });
+    const row = db.prepare('SELECT config FROM webhooks WHERE account_id = ?').get('acct-1') as { config: string };
+    db.close();
+    expect(row.config).toContain('enc:v1:k1:');
+    for (const file of readdirSync(dir)) {
+      const bytes = readFileSync(join(dir, file));
+      expect(bytes.includes(Buffer.from(PASSWORD)), file).toBe(false);
+      expect(bytes.includes(Buffer.from(SIGNING_SECRET)), file).toBe(false);
+    }
+  });
+
+  it('hands claimed deliveries their webhook with secrets opened', async () => {
+    const store = withSealedSecrets(raw, box);
+    await store.upsertWebhook('acct-1', config(), T0);
+    await store.publish({ accountId: 'acct-1', messages: [message('c-1')], now: T0 });
+    const claimed = await store.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 30_000, owner: 'w1' });
+    expect(claimed).toHaveLength(1);
+    expect(claimed[0]?.webhook.auth?.password).toBe(PASSWORD);
+    expect(claimed[0]?.webhook.signingSecret).toBe(SIGNING_SECRET);
+  });
+
+  it('releases, instead of failing the whole claim, a delivery whose secret cannot be opened', async () => {
+    const store = withSealedSecrets(raw, box, {
+      onSecretError: (accountId, error) => errors.push([accountId, (error as { code?: string }).code ?? '']),
+      retryDelayMs: 5_000,
+    });
+    const errors: Array<[string, string]> = [];
+    await store.upsertWebhook('good', config(), T0);
+    // Sealed with a key this process does not have (e.g. removed before rotation finished).
+    await withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' })).upsertWebhook(
+      'broken',
+      config(),
+      T0,
+    );
+    await store.publish({ accountId: 'good', messages: [message('c-1')], now: T0 });
+    await store.publish({ accountId: 'broken', messages: [message('c-2')], now: T0 });
+
+    const claimed = await store.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 30_000, owner: 'w1' });
+    expect(claimed.map((c) => c.webhook.accountId)).toEqual(['good']);
+    expect(errors).toEqual([['broken', 'secret_key_unknown']]);
+    // Nothing dropped: the broken account's delivery is pending again, due after the delay.
+    const page = await raw.listDeliveries({ accountId: 'broken' }, 10, null);
+    expect(page.deliveries).toHaveLength(1);
+    expect(page.deliveries[0]).toMatchObject({ state: 'pending', nextAttemptAt: T0 + 5_000 });
+  });
+
+  it('rotates: an old-key secret still opens, and resealWebhookSecrets moves it to the new primary', async () => {
+    await withSealedSecrets(raw, box).upsertWebhook('acct-1', config(), T0);
+    const rotated = createSecretBox({ keys: [k2, k1], primaryKeyId: 'k2' });
+    const store = withSealedSecrets(raw, rotated);
+    await expect(store.getWebhook('acct-1')).resolves.toMatchObject({ auth: { password: PASSWORD } });
+    const before = await raw.getWebhook('acct-1');
+    expect(before && webhookNeedsRotation(before, rotated)).toBe(true);
+
+    await expect(resealWebhookSecrets(raw, rotated, 'acct-1', T0 + 1)).resolves.toBe(true);
+    const after = await raw.getWebhook('acct-1');
+    expect(after?.auth?.password.startsWith('enc:v1:k2:')).toBe(true);
+    expect(after?.signingSecret?.startsWith('enc:v1:k2:')).toBe(true);
+    expect(after).toMatchObject({ url: before?.url, maxMessagesPerContact: 1000, enabled: true, createdAt: T0 });
+    await expect(resealWebhookSecrets(raw, rotated, 'acct-1', T0 + 2)).resolves.toBe(false);
+
+    // The old key can now be dropped.
+    const newOnly = withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' }));
+    await expect(newOnly.getWebhook('acct-1')).resolves.toMatchObject({
+      auth: { password: PASSWORD },
+      signingSecret: SIGNING_SECRET,
+    });
+  });
+
+  it('opens plaintext written before encryption was on, and reseal encrypts it', async () => {
+    await raw.upsertWebhook('legacy', config(), T0);
+    const store = withSealedSecrets(raw, box);
+    await expect(store.getWebhook('legacy')).resolves.toMatchObject({ auth: { password: PASSWORD } });
+    await expect(resealWebhookSecrets(raw, box, 'legacy', T0 + 1)).resolves.toBe(true);
+    expect((await raw.getWebhook('legacy'))?.auth?.password.startsWith('enc:v1:k1:')).toBe(true);
+  });
+
+  it('seals a configured password even when it looks like a sealed value', async () => {
+    const lookalike = 'enc:v1:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA';
+    const store = withSealedSecrets(raw, box);
+    await store.upsertWebhook('acct-1', config(lookalike), T0);
+    await expect(store.getWebhook('acct-1')).resolves.toMatchObject({ auth: { password: lookalike } });
+  });
+
+  it('passes every other method through to the engine', async () => {
+    const store = withSealedSecrets(raw, box);
+    await store.upsertWebhook('acct-1', config(), T0);
+    const result = await store.publish({ accountId: 'acct-1', messages: [message('c-1')], now: T0 });
+    expect(result.inserted).toBe(1);
+    await expect(store.stats(T0)).resolves.toMatchObject({ byState: expect.objectContaining({ pending: 1 }) });
+    await expect(store.deleteWebhook('acct-1')).resolves.toBe(true);
+    await expect(store.getWebhook('acct-1')).resolves.toBeNull();
+  });
+});
