@@ -1,0 +1,60 @@
+import { status } from '@grpc/grpc-js';
+import { describe, expect, it } from 'vitest';
+import { StoreError } from '../store/errors.js';
+import {
+  API_ERROR_CODES,
+  ApiError,
+  ERROR_DOMAIN,
+  GRPC_STATUS_BY_CODE,
+  decodeStatusDetails,
+  invalidArgument,
+  toApiError,
+  toServiceError,
+} from './errors.js';
+
+describe('API errors', () => {
+  it('maps every code to a gRPC status', () => {
+    for (const code of API_ERROR_CODES) expect(Object.values(status)).toContain(GRPC_STATUS_BY_CODE[code]);
+    expect(GRPC_STATUS_BY_CODE.invalid_argument).toBe(status.INVALID_ARGUMENT);
+    expect(GRPC_STATUS_BY_CODE.webhook_not_found).toBe(status.NOT_FOUND);
+    expect(GRPC_STATUS_BY_CODE.webhook_not_configured).toBe(status.FAILED_PRECONDITION);
+  });
+
+  it('carries every field violation in grpc-status-details-bin', () => {
+    const violations = [
+      { field: 'messages[0].id', description: 'must be a UUID' },
+      { field: 'messages[3].created_date', description: 'must be an integer' },
+    ];
+    const error = toServiceError(invalidArgument(violations));
+    expect(error.code).toBe(status.INVALID_ARGUMENT);
+    expect(error.details).toBe(
+      '2 invalid fields: messages[0].id: must be a UUID; messages[3].created_date: must be an integer',
+    );
+    const decoded = decodeStatusDetails(error.metadata);
+    expect(decoded?.status.code).toBe(status.INVALID_ARGUMENT);
+    expect(decoded?.status.message).toBe(error.details);
+    expect(decoded?.errorInfo).toEqual({ reason: 'INVALID_ARGUMENT', domain: ERROR_DOMAIN, metadata: {} });
+    expect(decoded?.badRequest?.fieldViolations.map((v) => [v.field, v.description])).toEqual(
+      violations.map((v) => [v.field, v.description]),
+    );
+  });
+
+  it('shortens a long message but keeps every violation in the details', () => {
+    const violations = Array.from({ length: 30 }, (_, i) => ({ field: `messages[${i}].id`, description: 'bad' }));
+    const error = toServiceError(invalidArgument(violations));
+    expect(error.details).toMatch(/; and 10 more$/);
+    expect(decodeStatusDetails(error.metadata)?.badRequest?.fieldViolations).toHaveLength(30);
+  });
+
+  it('hides the text of unexpected errors, maps store errors', () => {
+    const internal = toApiError(new Error('connect postgres://admin:hunter2@db failed'));
+    expect(internal.code).toBe('internal');
+    expect(internal.message).toBe('internal error');
+    expect(JSON.stringify(toServiceError(internal).details)).not.toContain('hunter2');
+    expect(toApiError(new StoreError('conflict', 'serialization failure')).code).toBe('conflict');
+    expect(toApiError(new StoreError('closed', 'store closed')).code).toBe('shutting_down');
+    expect(toApiError(new StoreError('schema_too_new', 'v9')).message).toBe('internal error');
+    const own = new ApiError('delivery_not_found', 'no delivery "x"');
+    expect(toApiError(own)).toBe(own);
+  });
+});

@@ -1,0 +1,152 @@
+/**
+ * The API's typed errors and their gRPC form. Every error a handler raises is an {@link ApiError} with a
+ * `code` from {@link API_ERROR_CODES}; the gRPC status of each code is one exhaustive `Record`, so a new code
+ * cannot be left unmapped. Unknown errors become `internal` at the boundary, with a generic message: an
+ * unexpected error's text may hold data the caller must not see (a connection string, a secret).
+ *
+ * The status sent is the standard rich error model: `grpc-status-details-bin` carries a `google.rpc.Status`
+ * whose details hold a `google.rpc.ErrorInfo` (reason, domain) and, for bad input, a `google.rpc.BadRequest`
+ * listing every field violation. @see CONVENTIONS §6, https://google.aip.dev/193
+ */
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import type { Any } from '../gen/google/protobuf/any.js';
+import { BadRequest, ErrorInfo } from '../gen/google/rpc/error_details.js';
+import { Status } from '../gen/google/rpc/status.js';
+import { isStoreError, type StoreErrorCode } from '../store/errors.js';
+
+export const API_ERROR_CODES = [
+  'invalid_argument',
+  'webhook_not_found',
+  'webhook_not_configured',
+  'delivery_not_found',
+  'conflict',
+  'shutting_down',
+  'internal',
+] as const;
+export type ApiErrorCode = (typeof API_ERROR_CODES)[number];
+
+/** gRPC status of each error code. */
+export const GRPC_STATUS_BY_CODE: Readonly<Record<ApiErrorCode, status>> = {
+  invalid_argument: status.INVALID_ARGUMENT,
+  webhook_not_found: status.NOT_FOUND,
+  // Publishing for an account without a webhook is refused rather than stored for later: the caller
+  // most likely has the wrong account id, and nothing would ever deliver the messages. @see README
+  webhook_not_configured: status.FAILED_PRECONDITION,
+  delivery_not_found: status.NOT_FOUND,
+  // A transaction kept conflicting with concurrent ones (PostgreSQL): the client may retry the call.
+  conflict: status.ABORTED,
+  shutting_down: status.UNAVAILABLE,
+  internal: status.INTERNAL,
+};
+
+/** `google.rpc.ErrorInfo.domain` of every error this service sends. */
+export const ERROR_DOMAIN = 'app-inbox.webhooks';
+
+/** One bad field of a request: `field` is its path with proto field names, e.g. `messages[3].id`. */
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+export class ApiError extends Error {
+  override readonly name = 'ApiError';
+  readonly code: ApiErrorCode;
+  readonly violations: readonly FieldViolation[];
+
+  constructor(
+    code: ApiErrorCode,
+    message: string,
+    options: { cause?: unknown; violations?: readonly FieldViolation[] } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.violations = options.violations ?? [];
+  }
+}
+
+/** An INVALID_ARGUMENT error listing every violation; its message is readable on its own. */
+export function invalidArgument(violations: readonly FieldViolation[]): ApiError {
+  const shown = violations.slice(0, 20).map((v) => `${v.field || '(request)'}: ${v.description}`);
+  const more = violations.length > shown.length ? `; and ${violations.length - shown.length} more` : '';
+  const noun = violations.length === 1 ? 'field' : 'fields';
+  return new ApiError('invalid_argument', `${violations.length} invalid ${noun}: ${shown.join('; ')}${more}`, {
+    violations,
+  });
+}
+
+/** The API code of each store error code (store messages name no secret, so they may be shown). */
+const API_CODE_BY_STORE_CODE: Readonly<Record<StoreErrorCode, ApiErrorCode>> = {
+  invalid_argument: 'invalid_argument',
+  conflict: 'conflict',
+  closed: 'shutting_down',
+  schema_too_new: 'internal',
+};
+
+/** Any thrown value as an ApiError: ApiErrors pass through, store errors are mapped, the rest is `internal`. */
+export function toApiError(error: unknown): ApiError {
+  if (error instanceof ApiError) return error;
+  if (isStoreError(error)) {
+    const code = API_CODE_BY_STORE_CODE[error.code];
+    return new ApiError(code, code === 'internal' ? 'internal error' : error.message, { cause: error });
+  }
+  return new ApiError('internal', 'internal error', { cause: error });
+}
+
+function pack(typeName: string, value: Uint8Array): Any {
+  return { typeUrl: `type.googleapis.com/${typeName}`, value: Buffer.from(value) };
+}
+
+/** The grpc-js error of an ApiError, with the rich status in `grpc-status-details-bin`. */
+export function toServiceError(
+  error: ApiError,
+): Partial<ServiceError> & { code: status; details: string; metadata: Metadata } {
+  const code = GRPC_STATUS_BY_CODE[error.code];
+  const details: Any[] = [
+    pack(
+      'google.rpc.ErrorInfo',
+      ErrorInfo.encode({ reason: error.code.toUpperCase(), domain: ERROR_DOMAIN, metadata: {} }).finish(),
+    ),
+  ];
+  if (error.violations.length > 0) {
+    details.push(
+      pack(
+        'google.rpc.BadRequest',
+        BadRequest.encode({
+          fieldViolations: error.violations.map((v) => ({
+            field: v.field,
+            description: v.description,
+            reason: '',
+            localizedMessage: undefined,
+          })),
+        }).finish(),
+      ),
+    );
+  }
+  const metadata = new Metadata();
+  metadata.set(
+    'grpc-status-details-bin',
+    Buffer.from(Status.encode({ code, message: error.message, details }).finish()),
+  );
+  return { name: 'ApiError', message: error.message, code, details: error.message, metadata };
+}
+
+/** Decoded rich error details of a failed call (for clients and tests). */
+export interface DecodedStatusDetails {
+  status: Status;
+  errorInfo: ErrorInfo | null;
+  badRequest: BadRequest | null;
+}
+
+/** Decodes `grpc-status-details-bin` from a call's trailing metadata; null when absent. */
+export function decodeStatusDetails(metadata: Metadata | undefined): DecodedStatusDetails | null {
+  const raw = metadata?.get('grpc-status-details-bin')[0];
+  if (raw === undefined || typeof raw === 'string') return null;
+  const decoded = Status.decode(raw);
+  let errorInfo: ErrorInfo | null = null;
+  let badRequest: BadRequest | null = null;
+  for (const any of decoded.details) {
+    if (any.typeUrl === 'type.googleapis.com/google.rpc.ErrorInfo') errorInfo = ErrorInfo.decode(any.value);
+    if (any.typeUrl === 'type.googleapis.com/google.rpc.BadRequest') badRequest = BadRequest.decode(any.value);
+  }
+  return { status: decoded, errorInfo, badRequest };
+}

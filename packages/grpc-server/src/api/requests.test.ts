@@ -1,0 +1,242 @@
+import { describe, expect, it } from 'vitest';
+import type { InboxMessage } from '../gen/app_inbox/v1/message.js';
+import { DeliveryState } from '../gen/app_inbox/v1/delivery.js';
+import { UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
+import {
+  MAX_MESSAGES_PER_PUBLISH,
+  MAX_PAGE_SIZE,
+  parseListDeliveries,
+  parsePublishMessages,
+  parseResyncContacts,
+  parseUpsertWebhook,
+  protoPath,
+} from './requests.js';
+
+const NOW = Date.UTC(2025, 0, 1);
+
+function message(overrides: Partial<InboxMessage> = {}): InboxMessage {
+  return {
+    externalCustomerId: 'c-1',
+    id: '0b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11',
+    createdDate: NOW - 1000,
+    title: 'Hello',
+    content: 'World',
+    category: 'promo',
+    ...overrides,
+  };
+}
+
+function fields(result: { ok: boolean; violations?: { field: string }[] }): string[] {
+  return result.ok ? [] : (result.violations ?? []).map((v) => v.field);
+}
+
+describe('protoPath', () => {
+  it('turns core paths into proto field paths', () => {
+    expect(protoPath('messages[3].createdDate')).toBe('messages[3].created_date');
+    expect(protoPath('auth.password')).toBe('basic_auth.password');
+    expect(protoPath('maxMessagesPerContact')).toBe('max_messages_per_contact');
+    expect(protoPath('messages[0].id')).toBe('messages[0].id');
+  });
+});
+
+describe('parsePublishMessages', () => {
+  it('accepts valid messages, resolves expiry from ttl_seconds / expires_at_ms / account default', () => {
+    const result = parsePublishMessages(
+      {
+        accountId: 'acc',
+        messages: [
+          message(),
+          message({ id: '1b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11', ttlSeconds: 60 }),
+          message({
+            id: '2b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11',
+            expiresAtMs: NOW + 5000,
+            image: '',
+            link: 'https://x.test/a',
+          }),
+        ],
+      },
+      NOW,
+    );
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.value.messages.map((m) => m.expiresAt)).toEqual([null, NOW + 60_000, NOW + 5000]);
+    expect(result.value.messages[2]).toMatchObject({ image: '', link: 'https://x.test/a' });
+    expect(result.value.messages[0]).not.toHaveProperty('image');
+    expect(result.value.skippedIndices).toEqual([]);
+  });
+
+  it('skips and counts messages without an externalCustomerId (blank counts as none)', () => {
+    const result = parsePublishMessages(
+      {
+        accountId: 'acc',
+        messages: [
+          message({ externalCustomerId: '' }),
+          message({ id: '1b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11' }),
+          message({ externalCustomerId: '  ', id: '2b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11' }),
+        ],
+      },
+      NOW,
+    );
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.value.skippedIndices).toEqual([0, 2]);
+    expect(result.value.messages.map((m) => m.id)).toEqual(['1b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11']);
+  });
+
+  it('lists every bad field of every message, in proto names', () => {
+    const result = parsePublishMessages(
+      {
+        accountId: '',
+        messages: [
+          message(),
+          message({ id: 'not-a-uuid', createdDate: 1.5 }),
+          message({ externalCustomerId: '', customData: '{oops', ttlSeconds: 10, expiresAtMs: NOW + 10 }),
+          message({ link: 'ftp://x', expiresAtMs: NOW - 1 }),
+        ],
+      },
+      NOW,
+    );
+    expect(fields(result).sort()).toEqual(
+      [
+        'account_id',
+        'messages[1].id',
+        'messages[1].created_date',
+        'messages[2].custom_data',
+        'messages[2].ttl_seconds',
+        'messages[3].link',
+        'messages[3].expires_at_ms',
+      ].sort(),
+    );
+  });
+
+  it('refuses an empty list and more than 10,000 messages', () => {
+    expect(fields(parsePublishMessages({ accountId: 'a', messages: [] }, NOW))).toEqual(['messages']);
+    const many = Array.from({ length: MAX_MESSAGES_PER_PUBLISH + 1 }, () => message());
+    const result = parsePublishMessages({ accountId: 'a', messages: many }, NOW);
+    expect(result.ok).toBe(false);
+    if (result.ok) return;
+    expect(result.violations).toEqual([
+      { field: 'messages', description: 'must contain at most 10000 messages (got 10001)' },
+    ]);
+  });
+
+  it('accepts exactly 10,000 messages', () => {
+    const many = Array.from({ length: MAX_MESSAGES_PER_PUBLISH }, (_, i) =>
+      message({ id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}` }),
+    );
+    expect(parsePublishMessages({ accountId: 'a', messages: many }, NOW).ok).toBe(true);
+  });
+});
+
+describe('parseUpsertWebhook', () => {
+  it('applies defaults', () => {
+    const result = parseUpsertWebhook(
+      UpsertWebhookRequest.fromPartial({ accountId: 'a', url: 'https://hooks.test/in' }),
+      3600,
+    );
+    expect(result).toEqual({
+      ok: true,
+      value: {
+        accountId: 'a',
+        config: { url: 'https://hooks.test/in', maxMessagesPerContact: 1000, enabled: true },
+        messageTtlMs: 3_600_000,
+      },
+    });
+  });
+
+  it('names every bad field and never echoes the password', () => {
+    const result = parseUpsertWebhook(
+      {
+        accountId: 'a',
+        url: 'https://user:pw@hooks.test/in',
+        basicAuth: { username: 'a:b', password: '' },
+        maxMessagesPerContact: 0,
+        signingSecret: 'nope',
+        defaultMessageTtlSeconds: 0,
+      },
+      3600,
+    );
+    expect(fields(result).sort()).toEqual(
+      [
+        'basic_auth.password',
+        'basic_auth.username',
+        'default_message_ttl_seconds',
+        'max_messages_per_contact',
+        'signing_secret',
+        'url',
+      ].sort(),
+    );
+    const secret = parseUpsertWebhook(
+      {
+        accountId: 'a',
+        url: 'https://hooks.test',
+        basicAuth: { username: 'u', password: 'sup3r\u0001secret' },
+        signingSecret: '',
+      },
+      3600,
+    );
+    expect(secret.ok).toBe(false);
+    expect(JSON.stringify(secret)).not.toContain('sup3r');
+  });
+});
+
+describe('parseResyncContacts', () => {
+  it('needs contacts or all, not both', () => {
+    expect(fields(parseResyncContacts({ accountId: 'a', externalCustomerIds: [], all: false }))).toEqual([
+      'external_customer_ids',
+    ]);
+    expect(fields(parseResyncContacts({ accountId: 'a', externalCustomerIds: ['x'], all: true }))).toEqual([
+      'external_customer_ids',
+    ]);
+    expect(fields(parseResyncContacts({ accountId: 'a', externalCustomerIds: ['x', ''], all: false }))).toEqual([
+      'external_customer_ids[1]',
+    ]);
+    expect(parseResyncContacts({ accountId: 'a', externalCustomerIds: ['x', 'x', 'y'], all: false })).toEqual({
+      ok: true,
+      value: { accountId: 'a', contacts: ['x', 'y'] },
+    });
+    expect(parseResyncContacts({ accountId: 'a', externalCustomerIds: [], all: true })).toEqual({
+      ok: true,
+      value: { accountId: 'a', contacts: 'all' },
+    });
+  });
+});
+
+describe('parseListDeliveries', () => {
+  it('maps filters, defaults and caps the page size', () => {
+    const result = parseListDeliveries({
+      accountId: 'a',
+      externalCustomerId: 'c',
+      states: [DeliveryState.DELIVERY_STATE_FAILED, DeliveryState.DELIVERY_STATE_RETRYING],
+      pageSize: 1000,
+      pageToken: 'abc',
+    });
+    expect(result).toEqual({
+      ok: true,
+      value: {
+        filter: { accountId: 'a', externalCustomerId: 'c', states: ['failed', 'retrying'] },
+        pageSize: MAX_PAGE_SIZE,
+        cursor: 'abc',
+      },
+    });
+    const defaults = parseListDeliveries({
+      accountId: '',
+      externalCustomerId: '',
+      states: [],
+      pageSize: 0,
+      pageToken: '',
+    });
+    expect(defaults).toEqual({ ok: true, value: { filter: {}, pageSize: 50, cursor: null } });
+  });
+
+  it('refuses UNSPECIFIED and unknown states by index', () => {
+    const result = parseListDeliveries({
+      accountId: '',
+      externalCustomerId: '',
+      states: [DeliveryState.DELIVERY_STATE_PENDING, DeliveryState.DELIVERY_STATE_UNSPECIFIED, 42 as DeliveryState],
+      pageSize: 0,
+      pageToken: '',
+    });
+    expect(fields(result)).toEqual(['states[1]', 'states[2]']);
+  });
+});

@@ -1,0 +1,259 @@
+/**
+ * Requests (generated proto types) to domain values, validated with the core schemas. Every function
+ * returns every violation at once, with paths in proto field names (`messages[3].created_date`,
+ * `basic_auth.password`), so a caller can fix a whole request in one go. Nothing here does I/O.
+ * @see SPEC §2-§4
+ */
+import {
+  messageSchema,
+  validate,
+  validateWebhookConfig,
+  type StoredMessage,
+  type WebhookConfig,
+  type FieldViolation as CoreViolation,
+} from '@app-inbox/core';
+import type { DeliveryState as StoreDeliveryState, DeliveryFilter } from '../store/types.js';
+import type { InboxMessage, PublishMessagesRequest, ResyncContactsRequest } from '../gen/app_inbox/v1/message.js';
+import type { UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
+import type { ListDeliveriesRequest } from '../gen/app_inbox/v1/delivery.js';
+import { stateFromProto } from './mapping.js';
+import type { FieldViolation } from './errors.js';
+
+/** Most messages in one PublishMessages call. @see issue 4 */
+export const MAX_MESSAGES_PER_PUBLISH = 10_000;
+/** Most contacts named in one ResyncContacts call. */
+export const MAX_CONTACTS_PER_RESYNC = 10_000;
+/** Longest account id (characters). */
+export const MAX_ACCOUNT_ID_LENGTH = 128;
+/** Longest message TTL, and latest expiry from now (seconds): one year. */
+export const MAX_TTL_SECONDS = 365 * 86_400;
+/** Default and largest page of ListDeliveries (AIP-158: a larger page_size is lowered to the maximum). */
+export const DEFAULT_PAGE_SIZE = 50;
+export const MAX_PAGE_SIZE = 100;
+/** Longest delivery id accepted in a request (ids are UUIDs; this only bounds garbage). */
+const MAX_ID_LENGTH = 128;
+
+export type Result<T> = { ok: true; value: T } | { ok: false; violations: FieldViolation[] };
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+const SNAKE_EXCEPTIONS: Readonly<Record<string, string>> = { auth: 'basic_auth' };
+
+/** `messages[3].createdDate` → `messages[3].created_date`; core's `auth` is the proto's `basic_auth`. */
+export function protoPath(corePath: string): string {
+  return corePath.replace(
+    /[A-Za-z_$][\w$]*/g,
+    (name) => SNAKE_EXCEPTIONS[name] ?? name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`),
+  );
+}
+
+function fromCore(violations: readonly CoreViolation[]): FieldViolation[] {
+  return violations.map((v) => ({ field: protoPath(v.field), description: v.description }));
+}
+
+/** An account id: 1-128 characters, no control characters. */
+export function checkAccountId(accountId: string, field = 'account_id'): FieldViolation[] {
+  if (accountId.trim() === '') return [{ field, description: 'is required' }];
+  if (accountId.length > MAX_ACCOUNT_ID_LENGTH)
+    return [{ field, description: `must be at most ${MAX_ACCOUNT_ID_LENGTH} characters` }];
+  if (CONTROL.test(accountId)) return [{ field, description: 'must not contain control characters' }];
+  return [];
+}
+
+/** A delivery id: non-empty and bounded (an unknown one is NOT_FOUND, not a bad argument). */
+export function checkDeliveryId(id: string, field = 'delivery_id'): FieldViolation[] {
+  if (id.trim() === '') return [{ field, description: 'is required' }];
+  if (id.length > MAX_ID_LENGTH) return [{ field, description: `must be at most ${MAX_ID_LENGTH} characters` }];
+  return [];
+}
+
+/** The webhook part of an UpsertWebhook request, with its defaults applied. */
+export interface UpsertInput {
+  accountId: string;
+  config: WebhookConfig;
+  /** Time-to-live of messages published without their own (milliseconds). */
+  messageTtlMs: number;
+}
+
+export function parseUpsertWebhook(request: UpsertWebhookRequest, defaultTtlSeconds: number): Result<UpsertInput> {
+  const violations = checkAccountId(request.accountId);
+  const input: Record<string, unknown> = { url: request.url };
+  if (request.basicAuth !== undefined) {
+    input.auth = { type: 'basic', username: request.basicAuth.username, password: request.basicAuth.password };
+  }
+  if (request.maxMessagesPerContact !== undefined) input.maxMessagesPerContact = request.maxMessagesPerContact;
+  if (request.enabled !== undefined) input.enabled = request.enabled;
+  // proto3 has no null for a string: empty means "no signing".
+  if (request.signingSecret !== '') input.signingSecret = request.signingSecret;
+  const checked = validateWebhookConfig(input);
+  if (!checked.ok) violations.push(...fromCore(checked.violations));
+  const ttlSeconds = request.defaultMessageTtlSeconds ?? defaultTtlSeconds;
+  if (!Number.isSafeInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_TTL_SECONDS) {
+    violations.push({
+      field: 'default_message_ttl_seconds',
+      description: `must be from 1 to ${MAX_TTL_SECONDS} seconds`,
+    });
+  }
+  if (violations.length > 0 || !checked.ok) return { ok: false, violations };
+  return { ok: true, value: { accountId: request.accountId, config: checked.value, messageTtlMs: ttlSeconds * 1000 } };
+}
+
+/** A message whose contact has no externalCustomerId is checked with every other rule, then skipped. */
+const messageWithoutContactSchema = messageSchema.omit({ externalCustomerId: true });
+
+/** Whether a message's contact can receive webhooks (SPEC §3): blank counts as none. */
+export function hasExternalCustomerId(message: Pick<InboxMessage, 'externalCustomerId'>): boolean {
+  return message.externalCustomerId.trim() !== '';
+}
+
+/** A valid message to store; `expiresAt` null means "the account's default TTL from now". */
+export type ParsedMessage = Omit<StoredMessage, 'expiresAt'> & { expiresAt: number | null };
+
+export interface PublishInput {
+  accountId: string;
+  /** The messages to store (those with an externalCustomerId), in request order. */
+  messages: ParsedMessage[];
+  /** Indices (in the request) of the messages skipped for lack of an externalCustomerId. */
+  skippedIndices: number[];
+}
+
+/**
+ * Validates a PublishMessages request. Every message is validated (also the ones that will be skipped,
+ * except for their missing externalCustomerId), and its expiry resolved: `expires_at_ms`, else now +
+ * `ttl_seconds`, else null (the account's TTL, applied by the caller once it has read the webhook).
+ */
+export function parsePublishMessages(request: PublishMessagesRequest, now: number): Result<PublishInput> {
+  const violations = checkAccountId(request.accountId);
+  const count = request.messages.length;
+  if (count === 0) violations.push({ field: 'messages', description: 'must contain at least 1 message' });
+  if (count > MAX_MESSAGES_PER_PUBLISH) {
+    // Checked before the messages themselves: no point validating 50,000 messages to refuse them anyway.
+    violations.push({
+      field: 'messages',
+      description: `must contain at most ${MAX_MESSAGES_PER_PUBLISH} messages (got ${count})`,
+    });
+    return { ok: false, violations };
+  }
+  const messages: ParsedMessage[] = [];
+  const skippedIndices: number[] = [];
+  const latest = now + MAX_TTL_SECONDS * 1000;
+  request.messages.forEach((m, i) => {
+    const prefix = `messages[${i}]`;
+    const withContact = hasExternalCustomerId(m);
+    const wire: Record<string, unknown> = {
+      id: m.id,
+      createdDate: m.createdDate,
+      title: m.title,
+      content: m.content,
+      category: m.category,
+    };
+    if (withContact) wire.externalCustomerId = m.externalCustomerId;
+    if (m.image !== undefined) wire.image = m.image;
+    if (m.link !== undefined) wire.link = m.link;
+    if (m.customData !== undefined) wire.customData = m.customData;
+    const checked = withContact
+      ? validate(messageSchema, wire, prefix)
+      : validate(messageWithoutContactSchema, wire, prefix);
+    if (!checked.ok) violations.push(...fromCore(checked.violations));
+
+    let expiresAt: number | null = null;
+    if (m.ttlSeconds !== undefined && m.expiresAtMs !== undefined) {
+      violations.push({ field: `${prefix}.ttl_seconds`, description: 'must not be set together with expires_at_ms' });
+    } else if (m.ttlSeconds !== undefined) {
+      if (!Number.isSafeInteger(m.ttlSeconds) || m.ttlSeconds < 1 || m.ttlSeconds > MAX_TTL_SECONDS) {
+        violations.push({
+          field: `${prefix}.ttl_seconds`,
+          description: `must be from 1 to ${MAX_TTL_SECONDS} seconds`,
+        });
+      } else expiresAt = now + m.ttlSeconds * 1000;
+    } else if (m.expiresAtMs !== undefined) {
+      // A past expiry is refused rather than stored dead: it is most often seconds sent as milliseconds.
+      if (!Number.isSafeInteger(m.expiresAtMs) || m.expiresAtMs <= now || m.expiresAtMs > latest) {
+        violations.push({
+          field: `${prefix}.expires_at_ms`,
+          description: 'must be a time in milliseconds since the epoch, later than now and at most one year ahead',
+        });
+      } else expiresAt = m.expiresAtMs;
+    }
+    if (!withContact) {
+      skippedIndices.push(i);
+      return;
+    }
+    if (!checked.ok) return;
+    const stored: ParsedMessage = {
+      externalCustomerId: m.externalCustomerId,
+      id: m.id,
+      createdDate: m.createdDate,
+      title: m.title,
+      content: m.content,
+      category: m.category,
+      expiresAt,
+    };
+    if (m.image !== undefined) stored.image = m.image;
+    if (m.link !== undefined) stored.link = m.link;
+    if (m.customData !== undefined) stored.customData = m.customData;
+    messages.push(stored);
+  });
+  if (violations.length > 0) return { ok: false, violations };
+  return { ok: true, value: { accountId: request.accountId, messages, skippedIndices } };
+}
+
+export interface ResyncInput {
+  accountId: string;
+  contacts: string[] | 'all';
+}
+
+export function parseResyncContacts(request: ResyncContactsRequest): Result<ResyncInput> {
+  const violations = checkAccountId(request.accountId);
+  const ids = request.externalCustomerIds;
+  if (request.all && ids.length > 0) {
+    violations.push({ field: 'external_customer_ids', description: 'must be empty when all is true' });
+  } else if (!request.all && ids.length === 0) {
+    violations.push({ field: 'external_customer_ids', description: 'must name at least one contact, or set all' });
+  } else if (ids.length > MAX_CONTACTS_PER_RESYNC) {
+    violations.push({
+      field: 'external_customer_ids',
+      description: `must name at most ${MAX_CONTACTS_PER_RESYNC} contacts`,
+    });
+  } else {
+    ids.forEach((id, i) => {
+      if (id.trim() === '') violations.push({ field: `external_customer_ids[${i}]`, description: 'must not be empty' });
+      else if (id.length > 256)
+        violations.push({ field: `external_customer_ids[${i}]`, description: 'must be at most 256 characters' });
+    });
+  }
+  if (violations.length > 0) return { ok: false, violations };
+  return { ok: true, value: { accountId: request.accountId, contacts: request.all ? 'all' : [...new Set(ids)] } };
+}
+
+export interface ListInput {
+  filter: DeliveryFilter;
+  pageSize: number;
+  cursor: string | null;
+}
+
+export function parseListDeliveries(request: ListDeliveriesRequest): Result<ListInput> {
+  const violations: FieldViolation[] = [];
+  const filter: DeliveryFilter = {};
+  if (request.accountId !== '') {
+    violations.push(...checkAccountId(request.accountId));
+    filter.accountId = request.accountId;
+  }
+  if (request.externalCustomerId !== '') filter.externalCustomerId = request.externalCustomerId;
+  if (request.states.length > 0) {
+    const states: StoreDeliveryState[] = [];
+    request.states.forEach((s, i) => {
+      const state = stateFromProto(s);
+      if (state === null)
+        violations.push({ field: `states[${i}]`, description: 'must be a known DeliveryState other than UNSPECIFIED' });
+      else states.push(state);
+    });
+    filter.states = states;
+  }
+  if (request.pageToken.length > 1024)
+    violations.push({ field: 'page_token', description: 'is not a token from a previous page' });
+  if (violations.length > 0) return { ok: false, violations };
+  const pageSize = request.pageSize === 0 ? DEFAULT_PAGE_SIZE : Math.min(request.pageSize, MAX_PAGE_SIZE);
+  return { ok: true, value: { filter, pageSize, cursor: request.pageToken === '' ? null : request.pageToken } };
+}

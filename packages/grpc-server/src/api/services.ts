@@ -1,0 +1,273 @@
+/**
+ * The RPC handlers: validate the request, call the store (each write is one committed transaction before
+ * the answer), wake the delivery engine when new work exists, map the result back. Errors leave through
+ * {@link toServiceError} only, so every failure carries a status code, a readable message and the rich
+ * details; secrets never appear in an answer, an error or a log line.
+ */
+import { Metadata, status } from '@grpc/grpc-js';
+import type {
+  handleServerStreamingCall,
+  handleUnaryCall,
+  sendUnaryData,
+  ServerUnaryCall,
+  ServerWritableStream,
+} from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { isStoreError } from '../store/errors.js';
+import type { Store } from '../store/types.js';
+import type {
+  DeliveryServiceServer,
+  WatchDeliveriesRequest,
+  WatchDeliveriesResponse,
+} from '../gen/app_inbox/v1/delivery.js';
+import type { MessageServiceServer } from '../gen/app_inbox/v1/message.js';
+import type { WebhookServiceServer } from '../gen/app_inbox/v1/webhook.js';
+import { ApiError, invalidArgument, toApiError, toServiceError, type FieldViolation } from './errors.js';
+import { deliveryToProto, outcomeToProto, webhookToProto } from './mapping.js';
+import {
+  checkAccountId,
+  checkDeliveryId,
+  parseListDeliveries,
+  parsePublishMessages,
+  parseResyncContacts,
+  parseUpsertWebhook,
+  type Result,
+} from './requests.js';
+
+export interface ApiDependencies {
+  store: Store;
+  /** Tells the delivery engine that new work was committed (publish, resync, retry, webhook change). */
+  wake: () => void;
+  /** The clock (milliseconds since the epoch). */
+  now: () => number;
+  logger: Logger;
+  /** TTL given to a webhook upserted without `default_message_ttl_seconds` (seconds). */
+  defaultMessageTtlSeconds: number;
+  /**
+   * Outcomes a watcher may have queued, unread, before its stream is ended with RESOURCE_EXHAUSTED: a
+   * stalled client must not make the server buffer without bound. Default 10,000.
+   */
+  watchBufferLimit?: number;
+}
+
+export interface Api {
+  webhook: WebhookServiceServer;
+  message: MessageServiceServer;
+  delivery: DeliveryServiceServer;
+  /** Ends every open WatchDeliveries stream with OK (shutdown), and refuses new ones. */
+  endWatches(): void;
+  /** Open WatchDeliveries streams. */
+  watchCount(): number;
+}
+
+function valid<T>(result: Result<T>): T {
+  if (!result.ok) throw invalidArgument(result.violations);
+  return result.value;
+}
+
+function check(violations: FieldViolation[]): void {
+  if (violations.length > 0) throw invalidArgument(violations);
+}
+
+export function createApi(deps: ApiDependencies): Api {
+  const { store, logger } = deps;
+  const watchBufferLimit = deps.watchBufferLimit ?? 10_000;
+  /** Open watch streams and how to end each one (unsubscribe + forget). */
+  const watches = new Map<ServerWritableStream<WatchDeliveriesRequest, WatchDeliveriesResponse>, () => void>();
+  let watchesEnded = false;
+
+  /** Runs one unary handler: its promise's value is the answer, its rejection the (typed) error. */
+  function unary<Req, Res>(method: string, fn: (request: Req) => Promise<Res>): handleUnaryCall<Req, Res> {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+      const started = performance.now();
+      fn(call.request).then(
+        (response) => {
+          logger.debug({ method, durationMs: Math.round(performance.now() - started) }, 'rpc ok');
+          callback(null, response);
+        },
+        (error: unknown) => {
+          const apiError = toApiError(error);
+          const fields = { method, code: apiError.code, durationMs: Math.round(performance.now() - started) };
+          // Only the typed message is logged: it is built from field names and bounds, never from values.
+          if (apiError.code === 'internal') logger.error({ ...fields, err: describeCause(error) }, 'rpc failed');
+          else logger.info({ ...fields, message: apiError.message }, 'rpc refused');
+          callback(toServiceError(apiError));
+        },
+      );
+    };
+  }
+
+  const webhook: WebhookServiceServer = {
+    upsertWebhook: unary('UpsertWebhook', async (request) => {
+      const input = valid(parseUpsertWebhook(request, deps.defaultMessageTtlSeconds));
+      const before = await store.getWebhook(input.accountId);
+      const record = await store.upsertWebhook(
+        input.accountId,
+        { ...input.config, messageTtlMs: input.messageTtlMs },
+        deps.now(),
+      );
+      // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
+      deps.wake();
+      return { webhook: webhookToProto(record), created: before === null };
+    }),
+    getWebhook: unary('GetWebhook', async (request) => {
+      check(checkAccountId(request.accountId));
+      const record = await store.getWebhook(request.accountId);
+      if (record === null)
+        throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
+      return { webhook: webhookToProto(record) };
+    }),
+    deleteWebhook: unary('DeleteWebhook', async (request) => {
+      check(checkAccountId(request.accountId));
+      if (!(await store.deleteWebhook(request.accountId))) {
+        throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
+      }
+      return {};
+    }),
+  };
+
+  const message: MessageServiceServer = {
+    publishMessages: unary('PublishMessages', async (request) => {
+      const now = deps.now();
+      // The request is checked whole before the account is looked up: a bad request is INVALID_ARGUMENT
+      // whatever the state of the account.
+      const input = valid(parsePublishMessages(request, now));
+      const hook = await store.getWebhook(input.accountId);
+      if (hook === null) {
+        throw new ApiError(
+          'webhook_not_configured',
+          `account ${JSON.stringify(input.accountId)} has no webhook: configure it with UpsertWebhook before publishing`,
+        );
+      }
+      const messages = input.messages.map((m) => ({ ...m, expiresAt: m.expiresAt ?? now + hook.messageTtlMs }));
+      const result =
+        messages.length === 0
+          ? { inserted: 0, duplicates: 0, deliveries: [] }
+          : await store.publish({ accountId: input.accountId, messages, now });
+      if (result.deliveries.length > 0) deps.wake();
+      return {
+        accepted: result.inserted,
+        duplicates: result.duplicates,
+        skippedWithoutExternalCustomerId: input.skippedIndices.length,
+        skippedIndices: input.skippedIndices,
+        deliveries: result.deliveries.map((d) => ({
+          externalCustomerId: d.externalCustomerId,
+          deliveryId: d.deliveryId,
+        })),
+      };
+    }),
+    resyncContacts: unary('ResyncContacts', async (request) => {
+      const input = valid(parseResyncContacts(request));
+      if ((await store.getWebhook(input.accountId)) === null) {
+        throw new ApiError('webhook_not_configured', `account ${JSON.stringify(input.accountId)} has no webhook`);
+      }
+      const deliveries = await store.resync(input.accountId, input.contacts, deps.now());
+      if (deliveries.length > 0) deps.wake();
+      return {
+        deliveries: deliveries.map((d) => ({ externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId })),
+      };
+    }),
+  };
+
+  const watchDeliveries: handleServerStreamingCall<WatchDeliveriesRequest, WatchDeliveriesResponse> = (call) => {
+    const accountId = call.request.accountId;
+    const violations = accountId === '' ? [] : checkAccountId(accountId);
+    if (violations.length > 0 || watchesEnded) {
+      const error =
+        violations.length > 0
+          ? invalidArgument(violations)
+          : new ApiError('shutting_down', 'the server is shutting down');
+      call.emit('error', toServiceError(error));
+      return;
+    }
+    let done = false;
+    const unsubscribe = store.onOutcome((outcome) => {
+      if (done || (accountId !== '' && outcome.accountId !== accountId)) return;
+      if (call.writableLength >= watchBufferLimit) {
+        finish();
+        logger.warn({ method: 'WatchDeliveries', buffered: call.writableLength }, 'watcher too slow; stream ended');
+        call.emit('error', {
+          code: status.RESOURCE_EXHAUSTED,
+          details: `the watcher read too slowly: more than ${watchBufferLimit} outcomes were waiting; reconnect and use ListDeliveries to catch up`,
+        });
+        return;
+      }
+      call.write(outcomeToProto(outcome));
+    });
+    function finish(): void {
+      if (done) return;
+      done = true;
+      unsubscribe();
+      watches.delete(call);
+    }
+    watches.set(call, finish);
+    // Headers now, not with the first outcome: the caller learns that its watch is in place.
+    call.sendMetadata(new Metadata());
+    call.on('cancelled', finish);
+    call.on('close', finish);
+    call.on('error', finish);
+    logger.debug({ method: 'WatchDeliveries', accountId }, 'watch started');
+  };
+
+  const delivery: DeliveryServiceServer = {
+    getDelivery: unary('GetDelivery', async (request) => {
+      check(checkDeliveryId(request.deliveryId));
+      const found = await store.getDelivery(request.deliveryId);
+      if (found === null) throw new ApiError('delivery_not_found', `no delivery ${JSON.stringify(request.deliveryId)}`);
+      return { delivery: deliveryToProto(found.delivery, found.attempts, request.includeBody) };
+    }),
+    listDeliveries: unary('ListDeliveries', async (request) => {
+      const input = valid(parseListDeliveries(request));
+      const page = await store.listDeliveries(input.filter, input.pageSize, input.cursor).catch((error: unknown) => {
+        // The only argument the caller controls that the store can reject is the cursor.
+        if (isStoreError(error, 'invalid_argument')) {
+          throw invalidArgument([
+            { field: 'page_token', description: 'is not a token from a previous page of this listing' },
+          ]);
+        }
+        throw error;
+      });
+      const deliveries = [];
+      for (const d of page.deliveries) {
+        const full = await store.getDelivery(d.id);
+        deliveries.push(deliveryToProto(d, full?.attempts ?? [], false));
+      }
+      return { deliveries, nextPageToken: page.nextCursor ?? '' };
+    }),
+    retryDelivery: unary('RetryDelivery', async (request) => {
+      check(checkDeliveryId(request.deliveryId));
+      // The store decides what a replay means in each state (ARCHITECTURE "Delivery states"): the same id
+      // and bytes while the delivery is the contact's newest, else the contact's newer state.
+      const result = await store.retryDelivery(request.deliveryId, deps.now());
+      if (result === null)
+        throw new ApiError('delivery_not_found', `no delivery ${JSON.stringify(request.deliveryId)}`);
+      deps.wake();
+      const attempts = (await store.getDelivery(result.delivery.id))?.attempts ?? [];
+      return { delivery: deliveryToProto(result.delivery, attempts, false), replacedByNewer: result.replacedByNewer };
+    }),
+    watchDeliveries,
+  };
+
+  return {
+    webhook,
+    message,
+    delivery,
+    endWatches() {
+      watchesEnded = true;
+      for (const [call, finish] of [...watches]) {
+        finish();
+        call.end();
+      }
+    },
+    watchCount: () => watches.size,
+  };
+}
+
+/** An unexpected error for the log: its class, code and message (store/driver messages name no secret). */
+function describeCause(error: unknown): Record<string, unknown> {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    return { type: error.name, message: error.message, ...(code === undefined ? {} : { code }), stack: error.stack };
+  }
+  return { type: typeof error };
+}

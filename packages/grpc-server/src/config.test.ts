@@ -1,0 +1,95 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { format, resolveConfig } from 'prettier';
+import { describe, expect, it } from 'vitest';
+import { configMarkdown } from './config-docs.js';
+import { ConfigError, DEFAULT_CONFIG, HelpShown, OPTION_SPECS, loadConfig } from './config.js';
+
+function problems(argv: string[], env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    loadConfig(argv, env);
+  } catch (error) {
+    if (error instanceof ConfigError) return [...error.problems];
+    throw error;
+  }
+  return [];
+}
+
+describe('loadConfig', () => {
+  it('gives the defaults with no flag and no variable', () => {
+    expect(loadConfig([], {})).toEqual(DEFAULT_CONFIG);
+  });
+
+  it('every option has a flag, a variable, a default and a valid default', () => {
+    const keys = OPTION_SPECS.map((s) => s.key).sort();
+    expect(keys).toEqual(Object.keys(DEFAULT_CONFIG).sort());
+    for (const spec of OPTION_SPECS) {
+      expect(spec.flag).toMatch(/^--[a-z0-9-]+$/);
+      expect(spec.env.length).toBeGreaterThan(0);
+      expect(spec.schema.safeParse(DEFAULT_CONFIG[spec.key]).success).toBe(true);
+    }
+  });
+
+  it('takes a flag over a variable over the default', () => {
+    const env = {
+      APP_INBOX_REQUEST_TIMEOUT_MS: '5000',
+      APP_INBOX_LOG_LEVEL: 'debug',
+      DATABASE_URL: 'postgres://u@h/db',
+    };
+    const config = loadConfig(['--request-timeout-ms', '2000', '--grpc-address=0.0.0.0:0'], env);
+    expect(config.requestTimeoutMs).toBe(2000);
+    expect(config.logLevel).toBe('debug');
+    expect(config.grpcAddress).toBe('0.0.0.0:0');
+    expect(config.store).toBe('postgres://u@h/db');
+    // APP_INBOX_STORE wins over DATABASE_URL; an empty variable counts as unset.
+    expect(loadConfig([], { ...env, APP_INBOX_STORE: '/tmp/x.db' }).store).toBe('/tmp/x.db');
+    expect(loadConfig([], { APP_INBOX_STORE: '', APP_INBOX_MAX_ATTEMPTS: ' ' }).store).toBe(DEFAULT_CONFIG.store);
+  });
+
+  it('names the option, its source and its bound for every bad value', () => {
+    const found = problems(['--request-timeout-ms', 'soon', '--log-level', 'loud'], {
+      APP_INBOX_MAX_ATTEMPTS: '0',
+      APP_INBOX_GRPC_ADDRESS: 'localhost:70000',
+    });
+    expect(found).toEqual([
+      '--grpc-address (from env APP_INBOX_GRPC_ADDRESS) must be host:port with a port from 0 to 65,535; got "localhost:70000"',
+      '--request-timeout-ms (flag) must be an integer from 100 to 600,000 (ms); got "soon"',
+      '--max-attempts (from env APP_INBOX_MAX_ATTEMPTS) must be an integer from 1 to 1,000; got "0"',
+      '--log-level (flag) must be one of fatal, error, warn, info, debug, trace, silent; got "loud"',
+    ]);
+  });
+
+  it('checks rules between options', () => {
+    expect(problems(['--lease-ms', '5000', '--request-timeout-ms', '5000'])).toEqual([
+      '--lease-ms (5000) must be greater than --request-timeout-ms (5000), or another worker could take over a live attempt',
+    ]);
+    expect(problems(['--backoff-base-ms', '10', '--backoff-max-ms', '5'])).toEqual([
+      '--backoff-max-ms (5) must be at least --backoff-base-ms (10)',
+    ]);
+  });
+
+  it('refuses unknown flags and stray arguments', () => {
+    expect(problems(['--no-such-flag'])[0]).toMatch(/unknown option '--no-such-flag'/);
+    expect(problems(['extra'])[0]).toMatch(/too many arguments/);
+  });
+
+  it('signals --help without parsing further', () => {
+    const write = process.stdout.write;
+    process.stdout.write = (() => true) as typeof process.stdout.write;
+    try {
+      expect(() => loadConfig(['--help'], {})).toThrow(HelpShown);
+    } finally {
+      process.stdout.write = write;
+    }
+  });
+});
+
+describe('CONFIG.md', () => {
+  it('is generated from the options (run `npm run config:docs` after changing them)', async () => {
+    const file = fileURLToPath(new URL('../CONFIG.md', import.meta.url));
+    const onDisk = readFileSync(file, 'utf8');
+    const options = { ...(await resolveConfig(file)), filepath: file };
+    expect(onDisk).toBe(await format(configMarkdown(), options));
+    for (const spec of OPTION_SPECS) expect(onDisk).toContain(`\`${spec.flag}\``);
+  });
+});

@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+/**
+ * The process entry (`app-inbox-server`, `npm start`): read and validate the configuration, start the
+ * server, log the bound address, and shut down in order on SIGTERM/SIGINT; a second signal forces the exit.
+ * @see CONVENTIONS §8
+ */
+import { pino } from 'pino';
+import { ConfigError, HelpShown, loadConfig, type ServerConfig } from './config.js';
+import { startServer } from './server.js';
+
+/** Exit code of a refused configuration (like sysexits' EX_USAGE family: not a crash). */
+const EXIT_BAD_CONFIG = 2;
+
+function readConfig(): ServerConfig {
+  try {
+    return loadConfig(process.argv.slice(2), process.env);
+  } catch (error) {
+    if (error instanceof HelpShown) process.exit(error.exitCode);
+    if (error instanceof ConfigError) {
+      process.stderr.write(`app-inbox-server: ${error.message}\nRun with --help for every option.\n`);
+      process.exit(EXIT_BAD_CONFIG);
+    }
+    throw error;
+  }
+}
+
+async function main(): Promise<void> {
+  const config = readConfig();
+  const logger = pino({
+    level: config.logLevel,
+    base: { service: 'app-inbox-server', pid: process.pid },
+    // Defence in depth: no code path logs these, and if one ever did, pino would hide them.
+    redact: {
+      paths: ['*.password', '*.signingSecret', '*.auth', 'auth', 'password', 'signingSecret'],
+      censor: '[redacted]',
+    },
+  });
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer(config, { logger });
+  } catch (error) {
+    logger.fatal({ err: error }, 'the server could not start');
+    process.exit(1);
+  }
+
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1;
+    if (signals > 1) {
+      // Nothing is lost by this: accepted messages are committed, and claims left behind expire.
+      logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(130);
+    }
+    logger.info({ signal, deadlineMs: config.shutdownDeadlineMs }, 'shutting down');
+    server.close(config.shutdownDeadlineMs).then(
+      () => {
+        logger.info('stopped');
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error({ err: error }, 'stopped with errors');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `app-inbox-server: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});

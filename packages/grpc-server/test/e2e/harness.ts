@@ -1,0 +1,359 @@
+/**
+ * End-to-end helpers: a real server (in-process `startServer` on 127.0.0.1:0, or the real `main.ts` as a
+ * child process), the generated grpc-js clients over a real socket, and store URLs to run each test on.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { credentials, type Metadata, type ServiceError, type status } from '@grpc/grpc-js';
+import { pino } from 'pino';
+import { decodeStatusDetails, type DecodedStatusDetails } from '../../src/api/errors.js';
+import { DEFAULT_CONFIG, type ServerConfig } from '../../src/config.js';
+import {
+  DeliveryServiceClient,
+  GetDeliveryRequest,
+  ListDeliveriesRequest,
+  RetryDeliveryRequest,
+  type DeepPartial,
+  type Delivery,
+  type GetDeliveryResponse,
+  type ListDeliveriesResponse,
+  type RetryDeliveryResponse,
+  type WatchDeliveriesResponse,
+} from '../../src/gen/app_inbox/v1/delivery.js';
+import {
+  MessageServiceClient,
+  PublishMessagesRequest,
+  ResyncContactsRequest,
+  type InboxMessage,
+  type PublishMessagesResponse,
+  type ResyncContactsResponse,
+} from '../../src/gen/app_inbox/v1/message.js';
+import {
+  DeleteWebhookRequest,
+  GetWebhookRequest,
+  UpsertWebhookRequest,
+  WebhookServiceClient,
+  type DeleteWebhookResponse,
+  type GetWebhookResponse,
+  type UpsertWebhookResponse,
+} from '../../src/gen/app_inbox/v1/webhook.js';
+import { startServer, type RunningServer, type StartOptions } from '../../src/server.js';
+
+const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
+
+/** A store engine to run the end-to-end tests on, and how to get a fresh store location for one test. */
+export interface StoreTarget {
+  engine: 'sqlite' | 'postgres';
+  /** A location for a new server; servers started with the same location share their data. */
+  newUrl(): string;
+}
+
+const tempDirs: string[] = [];
+
+/**
+ * The SQLite target (a new temporary file per call), plus PostgreSQL when `APP_INBOX_TEST_PG_URL` is set.
+ * Tests isolate themselves by account id, so PostgreSQL tests may share one database.
+ */
+export function storeUrls(): StoreTarget[] {
+  const targets: StoreTarget[] = [
+    {
+      engine: 'sqlite',
+      newUrl() {
+        const dir = mkdtempSync(join(tmpdir(), 'app-inbox-e2e-'));
+        tempDirs.push(dir);
+        return join(dir, 'store.db');
+      },
+    },
+  ];
+  const pg = process.env.APP_INBOX_TEST_PG_URL;
+  if (pg !== undefined && pg !== '') targets.push({ engine: 'postgres', newUrl: () => pg });
+  return targets;
+}
+
+/** Removes the temporary directories of {@link storeUrls} (call in afterAll). */
+export function removeTempDirs(): void {
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * A configuration for tests: port 0, fast polling, a short request timeout and backoff so retries take
+ * milliseconds, not seconds.
+ */
+export function testConfig(store: string, overrides: Partial<ServerConfig> = {}): ServerConfig {
+  return {
+    ...DEFAULT_CONFIG,
+    grpcAddress: '127.0.0.1:0',
+    store,
+    requestTimeoutMs: 1_000,
+    leaseMs: 3_000,
+    pollIntervalMs: 20,
+    backoffBaseMs: 20,
+    backoffMaxMs: 200,
+    maxAttempts: 5,
+    logLevel: 'silent',
+    shutdownDeadlineMs: 2_000,
+    ...overrides,
+  };
+}
+
+/** Backoff for tests: no jitter (exact delays), `Retry-After` honoured down to 10 ms and up to 500 ms. */
+export const TEST_BACKOFF = { jitter: 0, retryAfterMinMs: 10, retryAfterMaxMs: 500 } as const;
+
+type Callback<Res> = (error: ServiceError | null, response: Res) => void;
+
+function unary<Res>(invoke: (callback: Callback<Res>) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    invoke((error, response) => (error ? reject(error) : resolve(response)));
+  });
+}
+
+/**
+ * The generated grpc-js clients of the three services on one channel, with each unary RPC as a promise
+ * that takes a partial request (defaults filled in by the generated `fromPartial`).
+ */
+export class Clients {
+  readonly webhook: WebhookServiceClient;
+  readonly message: MessageServiceClient;
+  readonly delivery: DeliveryServiceClient;
+
+  constructor(address: string) {
+    const creds = credentials.createInsecure();
+    this.webhook = new WebhookServiceClient(address, creds);
+    // The other clients share the first one's channel.
+    const options = { channelOverride: this.webhook.getChannel() };
+    this.message = new MessageServiceClient(address, creds, options);
+    this.delivery = new DeliveryServiceClient(address, creds, options);
+  }
+
+  upsertWebhook(r: DeepPartial<UpsertWebhookRequest>): Promise<UpsertWebhookResponse> {
+    return unary((cb) => this.webhook.upsertWebhook(UpsertWebhookRequest.fromPartial(r), cb));
+  }
+  getWebhook(r: DeepPartial<GetWebhookRequest>): Promise<GetWebhookResponse> {
+    return unary((cb) => this.webhook.getWebhook(GetWebhookRequest.fromPartial(r), cb));
+  }
+  deleteWebhook(r: DeepPartial<DeleteWebhookRequest>): Promise<DeleteWebhookResponse> {
+    return unary((cb) => this.webhook.deleteWebhook(DeleteWebhookRequest.fromPartial(r), cb));
+  }
+  publishMessages(r: DeepPartial<PublishMessagesRequest>): Promise<PublishMessagesResponse> {
+    return unary((cb) => this.message.publishMessages(PublishMessagesRequest.fromPartial(r), cb));
+  }
+  resyncContacts(r: DeepPartial<ResyncContactsRequest>): Promise<ResyncContactsResponse> {
+    return unary((cb) => this.message.resyncContacts(ResyncContactsRequest.fromPartial(r), cb));
+  }
+  getDelivery(r: DeepPartial<GetDeliveryRequest>): Promise<GetDeliveryResponse> {
+    return unary((cb) => this.delivery.getDelivery(GetDeliveryRequest.fromPartial(r), cb));
+  }
+  listDeliveries(r: DeepPartial<ListDeliveriesRequest>): Promise<ListDeliveriesResponse> {
+    return unary((cb) => this.delivery.listDeliveries(ListDeliveriesRequest.fromPartial(r), cb));
+  }
+  retryDelivery(r: DeepPartial<RetryDeliveryRequest>): Promise<RetryDeliveryResponse> {
+    return unary((cb) => this.delivery.retryDelivery(RetryDeliveryRequest.fromPartial(r), cb));
+  }
+
+  close(): void {
+    this.message.close();
+    this.delivery.close();
+    this.webhook.close();
+  }
+}
+
+/** The clients on one channel to `address`. */
+export function connect(address: string): Clients {
+  return new Clients(address);
+}
+
+/** A failed call's error with its decoded rich details. */
+export interface CallFailure {
+  code: status;
+  details: string;
+  metadata: Metadata;
+  rich: DecodedStatusDetails | null;
+}
+
+/** Awaits a call that must fail, and returns its status and decoded `grpc-status-details-bin`. */
+export async function failure(promise: Promise<unknown>): Promise<CallFailure> {
+  try {
+    await promise;
+  } catch (error) {
+    const e = error as ServiceError;
+    return { code: e.code, details: e.details, metadata: e.metadata, rich: decodeStatusDetails(e.metadata) };
+  }
+  throw new Error('the call succeeded, but a failure was expected');
+}
+
+/** A server started in-process with its clients. */
+export interface TestServer {
+  server: RunningServer;
+  clients: Clients;
+  stop(): Promise<void>;
+}
+
+export async function startTestServer(
+  store: string,
+  overrides: Partial<ServerConfig> = {},
+  options: StartOptions = {},
+): Promise<TestServer> {
+  const server = await startServer(testConfig(store, overrides), {
+    logger: pino({ level: 'silent' }),
+    engine: { errorDelayMs: 50, ...options.engine, backoff: { ...TEST_BACKOFF, ...options.engine?.backoff } },
+    ...(options.clock ? { clock: options.clock } : {}),
+  });
+  const clients = connect(server.address);
+  let stopped: Promise<void> | null = null;
+  return {
+    server,
+    clients,
+    stop() {
+      stopped ??= (async () => {
+        clients.close();
+        await server.close(500);
+      })();
+      return stopped;
+    },
+  };
+}
+
+/** A unique account id for one test. */
+export function accountId(label = 'acct'): string {
+  return `${label}-${randomUUID()}`;
+}
+
+let seq = 0;
+/** A valid message; the id is a fresh UUID and createdDate increases with every call. */
+export function inboxMessage(externalCustomerId: string, overrides: Partial<InboxMessage> = {}): InboxMessage {
+  seq += 1;
+  return {
+    externalCustomerId,
+    id: randomUUID(),
+    createdDate: Date.now() - 60_000 + seq,
+    title: `title ${seq}`,
+    content: `content ${seq}`,
+    category: 'news',
+    ...overrides,
+  };
+}
+
+/** Polls `probe` until it returns a value other than undefined, or fails after `timeoutMs`. */
+export async function eventually<T>(
+  probe: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Waits until the delivery reaches one of `states` (store names) and returns it. */
+export async function deliveryIn(
+  clients: Clients,
+  deliveryId: string,
+  states: readonly number[],
+  timeoutMs = 10_000,
+): Promise<Delivery> {
+  return eventually(
+    async () => {
+      const { delivery } = await clients.getDelivery({ deliveryId, includeBody: true });
+      return delivery !== undefined && states.includes(delivery.state) ? delivery : undefined;
+    },
+    timeoutMs,
+    `delivery ${deliveryId} in state ${states.join('/')}`,
+  );
+}
+
+/** Collects a WatchDeliveries stream until cancelled; `ended` resolves with the stream's final status code. */
+export function watch(
+  clients: Clients,
+  account: string,
+): { events: WatchDeliveriesResponse[]; cancel(): void; ready: Promise<void>; ended: Promise<status> } {
+  const events: WatchDeliveriesResponse[] = [];
+  const stream = clients.delivery.watchDeliveries({ accountId: account });
+  stream.on('data', (e: WatchDeliveriesResponse) => events.push(e));
+  stream.on('error', () => undefined);
+  const ended = new Promise<status>((resolve) => stream.on('status', (s: { code: status }) => resolve(s.code)));
+  // The server sends the response headers once it has subscribed: from then on no outcome is missed.
+  const ready = new Promise<void>((resolve) => stream.once('metadata', () => resolve()));
+  return { events, cancel: () => stream.cancel(), ready, ended };
+}
+
+export interface ChildServer {
+  address: string;
+  clients: Clients;
+  /** Sends `signal` (default SIGKILL) and resolves with the exit code once the process is gone. */
+  kill(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Starts `src/main.ts` under tsx as a separate process on port 0 and reads its bound address from its log. */
+export async function spawnServer(store: string, extraArgs: string[]): Promise<ChildServer> {
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      // Sibling packages resolve to their sources, as in the tests (no build needed).
+      '--conditions=@app-inbox/source',
+      '--import',
+      'tsx',
+      'src/main.ts',
+      '--grpc-address',
+      '127.0.0.1:0',
+      '--store',
+      store,
+      '--log-level',
+      'info',
+      ...extraArgs,
+    ],
+    { cwd: PACKAGE_DIR, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = once(child, 'exit').then(([code]) => code as number | null);
+  const address = await new Promise<string>((resolve, reject) => {
+    let buffered = '';
+    const timer = setTimeout(() => reject(new Error(`the server did not start within 20 s: ${stderr}`)), 20_000);
+    child.stdout?.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString();
+      for (const line of buffered.split('\n')) {
+        if (!line.startsWith('{')) continue;
+        try {
+          const entry = JSON.parse(line) as { msg?: string; address?: string };
+          if (entry.msg === 'gRPC server listening' && entry.address) {
+            clearTimeout(timer);
+            resolve(entry.address);
+          }
+        } catch {
+          // A partial line: wait for the rest.
+        }
+      }
+    });
+    void exited.then((code) => reject(new Error(`the server exited with ${code} before listening: ${stderr}`)));
+  });
+  const clients = connect(address);
+  let killed: Promise<number | null> | null = null;
+  return {
+    address,
+    clients,
+    kill(signal = 'SIGKILL') {
+      killed ??= (async () => {
+        clients.close();
+        if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+        return exited;
+      })();
+      return killed;
+    },
+  };
+}

@@ -1,0 +1,322 @@
+/**
+ * PublishMessages, ResyncContacts and the webhook RPCs end to end: caps, contacts without an
+ * externalCustomerId, INVALID_ARGUMENT details, idempotency, TTL expiry, and secrets never read back.
+ */
+import { randomUUID } from 'node:crypto';
+import { status } from '@grpc/grpc-js';
+import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import { GetWebhookResponse, UpsertWebhookResponse } from '../../src/gen/app_inbox/v1/webhook.js';
+import {
+  accountId,
+  deliveryIn,
+  eventually,
+  failure,
+  inboxMessage,
+  removeTempDirs,
+  startTestServer,
+  storeUrls,
+  type TestServer,
+} from './harness.js';
+
+const DELIVERED = [DeliveryState.DELIVERY_STATE_DELIVERED];
+
+describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl }) => {
+  let t: TestServer;
+  let receiver: MockReceiver;
+
+  beforeAll(async () => {
+    t = await startTestServer(newUrl());
+  });
+  afterEach(async () => {
+    await receiver?.close();
+  });
+  afterAll(async () => {
+    await t.stop();
+    removeTempDirs();
+  });
+
+  async function account(options: { maxMessagesPerContact?: number } = {}) {
+    receiver = await createMockReceiver({ maxMessagesPerContact: 10_000 });
+    const id = accountId();
+    await t.clients.upsertWebhook({
+      accountId: id,
+      url: `${receiver.url}/in`,
+      signingSecret: '',
+      ...options,
+    });
+    return id;
+  }
+
+  /** The bodies the receiver got for one contact, in arrival order. */
+  function listsOf(contact: string): Array<Array<{ id: string }>> {
+    return receiver.records.list({ externalCustomerId: contact }).map((r) => r.body as Array<{ id: string }>);
+  }
+
+  it('sends at most 1,000 messages of a contact by default: the newest', async () => {
+    const acc = await account();
+    const base = Date.now() - 3_600_000;
+    const messages = Array.from({ length: 1_200 }, (_, i) => inboxMessage('big', { createdDate: base + i * 1000 }));
+    const published = await t.clients.publishMessages({ accountId: acc, messages });
+    expect(published.accepted).toBe(1_200);
+    await deliveryIn(t.clients, published.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    const [list] = listsOf('big');
+    expect(list).toHaveLength(1_000);
+    // Newest first: the last 1,000 published, in reverse.
+    expect(list?.map((m) => m.id)).toEqual(
+      messages
+        .slice(200)
+        .reverse()
+        .map((m) => m.id),
+    );
+  });
+
+  it('honours a custom maxMessagesPerContact', async () => {
+    const acc = await account({ maxMessagesPerContact: 5 });
+    const base = Date.now() - 3_600_000;
+    const messages = Array.from({ length: 8 }, (_, i) => inboxMessage('small', { createdDate: base + i }));
+    const published = await t.clients.publishMessages({ accountId: acc, messages });
+    await deliveryIn(t.clients, published.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    expect(listsOf('small')[0]?.map((m) => m.id)).toEqual(
+      messages
+        .slice(3)
+        .reverse()
+        .map((m) => m.id),
+    );
+    const hook = await t.clients.getWebhook({ accountId: acc });
+    expect(hook.webhook?.maxMessagesPerContact).toBe(5);
+  });
+
+  it('skips and counts messages of contacts without an externalCustomerId', async () => {
+    const acc = await account();
+    const messages = [inboxMessage('known'), inboxMessage(''), inboxMessage('known'), inboxMessage('')];
+    const published = await t.clients.publishMessages({ accountId: acc, messages });
+    expect(published).toMatchObject({
+      accepted: 2,
+      duplicates: 0,
+      skippedWithoutExternalCustomerId: 2,
+      skippedIndices: [1, 3],
+    });
+    expect(published.deliveries.map((d) => d.externalCustomerId)).toEqual(['known']);
+    await deliveryIn(t.clients, published.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    const requests = receiver.records.list();
+    expect(requests).toHaveLength(1);
+    expect((requests[0]?.body as Array<{ id: string }>).map((m) => m.id).sort()).toEqual(
+      [messages[0]?.id, messages[2]?.id].sort(),
+    );
+  });
+
+  it('INVALID_ARGUMENT names every bad field in google.rpc.BadRequest, and stores nothing', async () => {
+    const acc = await account();
+    const good = inboxMessage('c1');
+    const messages = [
+      good,
+      inboxMessage('c1', { id: 'not-a-uuid' }),
+      inboxMessage('c2', { createdDate: -5, link: 'javascript:alert(1)' }),
+      inboxMessage('', { customData: '{not json', ttlSeconds: 60, expiresAtMs: Date.now() + 60_000 }),
+    ];
+    const failed = await failure(t.clients.publishMessages({ accountId: acc, messages }));
+    expect(failed.code).toBe(status.INVALID_ARGUMENT);
+    expect(failed.rich?.status.code).toBe(status.INVALID_ARGUMENT);
+    expect(failed.rich?.errorInfo?.reason).toBe('INVALID_ARGUMENT');
+    const fields = failed.rich?.badRequest?.fieldViolations.map((v) => v.field).sort();
+    expect(fields).toEqual(
+      [
+        'messages[1].id',
+        'messages[2].created_date',
+        'messages[2].link',
+        'messages[3].custom_data',
+        'messages[3].ttl_seconds',
+      ].sort(),
+    );
+    for (const v of failed.rich?.badRequest?.fieldViolations ?? []) expect(v.description).not.toBe('');
+    expect(failed.details).toMatch(/^5 invalid fields: /);
+    expect(failed.details).toContain('messages[1].id');
+
+    // Nothing was stored: no delivery, and the valid message is new when published again.
+    const listed = await t.clients.listDeliveries({
+      accountId: acc,
+      externalCustomerId: '',
+      states: [],
+      pageSize: 0,
+      pageToken: '',
+    });
+    expect(listed.deliveries).toEqual([]);
+    const again = await t.clients.publishMessages({ accountId: acc, messages: [good] });
+    expect(again).toMatchObject({ accepted: 1, duplicates: 0 });
+  });
+
+  it('refuses more than 10,000 messages with INVALID_ARGUMENT on `messages`', async () => {
+    const acc = await account();
+    const messages = Array.from({ length: 10_001 }, () => inboxMessage('c'));
+    const failed = await failure(t.clients.publishMessages({ accountId: acc, messages }));
+    expect(failed.code).toBe(status.INVALID_ARGUMENT);
+    expect(failed.rich?.badRequest?.fieldViolations).toEqual([
+      expect.objectContaining({ field: 'messages', description: 'must contain at most 10000 messages (got 10001)' }),
+    ]);
+  });
+
+  it('is idempotent on message id: a second publish stores and sends nothing new', async () => {
+    const acc = await account();
+    const messages = [inboxMessage('idem'), inboxMessage('idem')];
+    const first = await t.clients.publishMessages({ accountId: acc, messages });
+    expect(first).toMatchObject({ accepted: 2, duplicates: 0 });
+    await deliveryIn(t.clients, first.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    const second = await t.clients.publishMessages({ accountId: acc, messages });
+    expect(second).toMatchObject({ accepted: 0, duplicates: 2, deliveries: [] });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(receiver.records.list()).toHaveLength(1);
+  });
+
+  it('drops an expired message from the next list (TTL)', async () => {
+    const acc = await account();
+    const shortLived = inboxMessage('ttl', { expiresAtMs: Date.now() + 400 });
+    const lasting = inboxMessage('ttl', { ttlSeconds: 3600 });
+    const first = await t.clients.publishMessages({ accountId: acc, messages: [shortLived] });
+    await deliveryIn(t.clients, first.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    expect(listsOf('ttl')[0]?.map((m) => m.id)).toEqual([shortLived.id]);
+    await new Promise((r) => setTimeout(r, Math.max(0, (shortLived.expiresAtMs ?? 0) - Date.now() + 50)));
+    const second = await t.clients.publishMessages({ accountId: acc, messages: [lasting] });
+    await deliveryIn(t.clients, second.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    expect(listsOf('ttl')[1]?.map((m) => m.id)).toEqual([lasting.id]);
+    // A resync sends the current list again: still without the expired message.
+    const resync = await t.clients.resyncContacts({ accountId: acc, externalCustomerIds: ['ttl'], all: false });
+    await deliveryIn(t.clients, resync.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    expect(listsOf('ttl')[2]?.map((m) => m.id)).toEqual([lasting.id]);
+  });
+
+  it('answers FAILED_PRECONDITION for an account without a webhook, NOT_FOUND on reads', async () => {
+    const acc = accountId('nohook');
+    const failed = await failure(t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('c')] }));
+    expect(failed.code).toBe(status.FAILED_PRECONDITION);
+    expect(failed.rich?.errorInfo?.reason).toBe('WEBHOOK_NOT_CONFIGURED');
+    expect((await failure(t.clients.getWebhook({ accountId: acc }))).code).toBe(status.NOT_FOUND);
+    expect((await failure(t.clients.deleteWebhook({ accountId: acc }))).code).toBe(status.NOT_FOUND);
+    expect((await failure(t.clients.getDelivery({ deliveryId: randomUUID(), includeBody: false }))).code).toBe(
+      status.NOT_FOUND,
+    );
+  });
+
+  it('never returns the Basic auth password or the signing secret', async () => {
+    receiver = await createMockReceiver({ username: 'u1', password: 'pa55-w0rd-never-shown' });
+    const acc = accountId();
+    const signingSecret = `whsec_${Buffer.from(randomUUID().replaceAll('-', '')).toString('base64')}`;
+    const upserted = await t.clients.upsertWebhook({
+      accountId: acc,
+      url: `${receiver.url}/in`,
+      basicAuth: { username: 'u1', password: 'pa55-w0rd-never-shown' },
+      signingSecret,
+      enabled: true,
+    });
+    expect(upserted.created).toBe(true);
+    const read = await t.clients.getWebhook({ accountId: acc });
+    expect(read.webhook).toMatchObject({
+      basicAuth: { username: 'u1', hasPassword: true },
+      hasSigningSecret: true,
+      enabled: true,
+    });
+    for (const bytes of [GetWebhookResponse.encode(read).finish(), UpsertWebhookResponse.encode(upserted).finish()]) {
+      const text = Buffer.from(bytes).toString('latin1');
+      expect(text).not.toContain('pa55-w0rd');
+      expect(text).not.toContain(signingSecret);
+    }
+    // A refused change does not echo the secret either.
+    const failed = await failure(
+      t.clients.upsertWebhook({
+        accountId: acc,
+        url: 'ftp://nowhere',
+        basicAuth: { username: 'u1', password: 'pa55-w0rd-never-shown\u0000' },
+        signingSecret: 'whsec_short',
+      }),
+    );
+    expect(failed.code).toBe(status.INVALID_ARGUMENT);
+    expect(failed.rich?.badRequest?.fieldViolations.map((v) => v.field).sort()).toEqual([
+      'basic_auth.password',
+      'signing_secret',
+      'url',
+    ]);
+    expect(Buffer.from(failed.metadata.get('grpc-status-details-bin')[0] as Buffer).toString('latin1')).not.toContain(
+      'pa55-w0rd',
+    );
+    expect(failed.details).not.toContain('pa55-w0rd');
+
+    // The stored password is the one used: the receiver (which checks it) accepts the delivery.
+    const published = await t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('auth')] });
+    await deliveryIn(t.clients, published.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    // An upsert is the whole configuration: leaving auth out removes it.
+    const replaced = await t.clients.upsertWebhook({ accountId: acc, url: `${receiver.url}/in`, signingSecret: '' });
+    expect(replaced).toMatchObject({ created: false, webhook: { basicAuth: undefined, hasSigningSecret: false } });
+    await t.clients.deleteWebhook({ accountId: acc });
+    expect((await failure(t.clients.getWebhook({ accountId: acc }))).code).toBe(status.NOT_FOUND);
+  });
+
+  it('lists deliveries by account, contact and state, by pages', async () => {
+    const acc = await account();
+    const contacts = ['p1', 'p2', 'p3', 'p4', 'p5'];
+    const published = await t.clients.publishMessages({
+      accountId: acc,
+      messages: contacts.map((c) => inboxMessage(c)),
+    });
+    for (const d of published.deliveries) await deliveryIn(t.clients, d.deliveryId, DELIVERED);
+    const seen: string[] = [];
+    let pageToken = '';
+    do {
+      const page = await t.clients.listDeliveries({
+        accountId: acc,
+        externalCustomerId: '',
+        states: [DeliveryState.DELIVERY_STATE_DELIVERED],
+        pageSize: 2,
+        pageToken,
+      });
+      expect(page.deliveries.length).toBeLessThanOrEqual(2);
+      for (const d of page.deliveries) {
+        expect(d.attempts).toHaveLength(1);
+        expect(d.body).toHaveLength(0);
+        seen.push(d.externalCustomerId);
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== '');
+    expect(seen.sort()).toEqual(contacts);
+    const one = await t.clients.listDeliveries({
+      accountId: acc,
+      externalCustomerId: 'p3',
+      states: [],
+      pageSize: 10,
+      pageToken: '',
+    });
+    expect(one.deliveries.map((d) => d.externalCustomerId)).toEqual(['p3']);
+    const none = await t.clients.listDeliveries({
+      accountId: acc,
+      externalCustomerId: '',
+      states: [DeliveryState.DELIVERY_STATE_FAILED],
+      pageSize: 10,
+      pageToken: '',
+    });
+    expect(none.deliveries).toEqual([]);
+    const badToken = await failure(
+      t.clients.listDeliveries({
+        accountId: acc,
+        externalCustomerId: '',
+        states: [],
+        pageSize: 10,
+        pageToken: 'garbage',
+      }),
+    );
+    expect(badToken.rich?.badRequest?.fieldViolations.map((v) => v.field)).toEqual(['page_token']);
+  });
+
+  it('resyncs every contact of an account with all=true', async () => {
+    const acc = await account();
+    const published = await t.clients.publishMessages({
+      accountId: acc,
+      messages: [inboxMessage('r1'), inboxMessage('r2')],
+    });
+    for (const d of published.deliveries) await deliveryIn(t.clients, d.deliveryId, DELIVERED);
+    const resync = await t.clients.resyncContacts({ accountId: acc, externalCustomerIds: [], all: true });
+    expect(resync.deliveries.map((d) => d.externalCustomerId).sort()).toEqual(['r1', 'r2']);
+    await eventually(() =>
+      receiver.records.list().filter((r) => r.answer.status === 200).length === 4 ? true : undefined,
+    );
+  });
+});
