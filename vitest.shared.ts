@@ -6,7 +6,7 @@ const root = fileURLToPath(new URL('.', import.meta.url));
 /**
  * One vitest configuration for every package: sources of sibling packages are
  * resolved through the `@app-inbox/source` export condition (no build needed
- * before a test), and each run writes a JSON report to `.reports/<name>.json`
+ * before a test), and each run writes a JSON report to `packages/<name>/.reports/vitest.json`
  * that `.ci/run` sums into its one-line summary.
  */
 export function defineProjectConfig(name: string, extra: ViteUserConfig['test'] = {}): ViteUserConfig {
@@ -19,7 +19,7 @@ export function defineProjectConfig(name: string, extra: ViteUserConfig['test'] 
     test: {
       include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
       reporters: ['default', 'json'],
-      outputFile: { json: `${root}.reports/${name}.json` },
+      outputFile: { json: `${root}packages/${name}/.reports/vitest.json` },
       testTimeout: 30_000,
       hookTimeout: 30_000,
       ...extra,

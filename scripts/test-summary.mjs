@@ -1,16 +1,15 @@
-// Sums the vitest JSON reports of every package (.reports/*.json) into one line:
+// Sums the vitest JSON reports of every package (packages/*/.reports/vitest.json) into one line:
 // `tests: N passed, N failed`. Exits non-zero when a test failed or a package
 // that has tests wrote no report (its run crashed before reporting).
 import { readdirSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-const dir = '.reports';
 let passed = 0;
 let failed = 0;
 let problems = 0;
 const expected = readdirSync('packages').filter((p) => existsSync(join('packages', p, 'vitest.config.ts')));
 for (const pkg of expected) {
-  const file = join(dir, `${pkg}.json`);
+  const file = join('packages', pkg, '.reports', 'vitest.json');
   if (!existsSync(file)) {
     console.error(`summary: no test report for ${pkg}`);
     problems += 1;
