@@ -1,7 +1,3 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -13,6 +9,7 @@ import {
   type ClientAccess,
   type ServerTlsOptions,
 } from './grpc-auth.js';
+import { makeTestCerts, type TestCerts } from '../../test/security/certs.js';
 
 // A tiny service defined by hand (string messages as UTF-8 bytes), independent of the project's proto.
 const toBytes = (value: string) => Buffer.from(value, 'utf8');
@@ -208,38 +205,13 @@ it('the interceptor can close the health check too', async () => {
 });
 
 describe('TLS and mutual TLS (certificates made by openssl in a temp dir)', () => {
-  let dir: string;
-  const file = (name: string) => join(dir, name);
-
-  /** Runs openssl in the temp dir; `command` is split on spaces (no argument here contains one). */
-  function openssl(command: string): void {
-    execFileSync('openssl', command.split(' '), { cwd: dir, stdio: 'pipe' });
-  }
-  const EC = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
-  function makeCa(name: string): void {
-    openssl(
-      `req -x509 ${EC} -days 1 -subj /CN=${name} -keyout ${name}.key -out ${name}.crt ` +
-        '-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign',
-    );
-  }
-  function makeLeaf(name: string, ca: string, extensions: string): void {
-    writeFileSync(file(`${name}.ext`), extensions);
-    openssl(`req ${EC} -subj /CN=${name} -keyout ${name}.key -out ${name}.csr`);
-    openssl(
-      `x509 -req -in ${name}.csr -CA ${ca}.crt -CAkey ${ca}.key -set_serial ${Date.now()} -days 1 ` +
-        `-extfile ${name}.ext -out ${name}.crt`,
-    );
-  }
+  let certs: TestCerts;
+  const file = (name: string) => certs.file(name);
 
   beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), 'grpc-tls-'));
-    makeCa('ca');
-    makeCa('rogue-ca');
-    makeLeaf('server', 'ca', 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n');
-    makeLeaf('client', 'ca', 'extendedKeyUsage=clientAuth\n');
-    makeLeaf('rogue-client', 'rogue-ca', 'extendedKeyUsage=clientAuth\n');
+    certs = makeTestCerts();
   });
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  afterAll(() => certs.remove());
 
   const tls = (): ServerTlsOptions => ({ tlsCertFile: file('server.crt'), tlsKeyFile: file('server.key') });
   const mtls = (): ServerTlsOptions => ({ ...tls(), tlsClientCaFile: file('ca.crt') });

@@ -47,12 +47,16 @@ export type {
 
 export {
   openWebhookSecrets,
+  resealAllWebhookSecrets,
   resealWebhookSecrets,
   sealWebhookSecrets,
   webhookNeedsRotation,
   withSealedSecrets,
 } from './sealed-store.js';
-export type { SealedStoreOptions } from './sealed-store.js';
+export type { ResealReport, SealedStoreOptions } from './sealed-store.js';
+
+export { DEFAULT_KEY_FILE_NAME, grpcTokens, secretBoxForStore } from './setup.js';
+export type { SecretBoxOrigin, SecretBoxSetup } from './setup.js';
 
 export {
   DEFAULT_OPEN_METHOD_PREFIXES,

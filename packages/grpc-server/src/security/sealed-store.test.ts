@@ -6,7 +6,12 @@ import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.js';
-import { resealWebhookSecrets, webhookNeedsRotation, withSealedSecrets } from './sealed-store.js';
+import {
+  resealAllWebhookSecrets,
+  resealWebhookSecrets,
+  webhookNeedsRotation,
+  withSealedSecrets,
+} from './sealed-store.js';
 import { createSecretBox, type SecretBox } from './secrets.js';
 
 const T0 = 1_700_000_000_000;
@@ -138,6 +143,31 @@ describe('withSealedSecrets over the SQLite store', () => {
       auth: { password: PASSWORD },
       signingSecret: SIGNING_SECRET,
     });
+  });
+
+  it('resealAllWebhookSecrets rotates every account page by page and reports the ones it cannot open', async () => {
+    const old = withSealedSecrets(raw, box);
+    for (let i = 0; i < 5; i++) await old.upsertWebhook(`acct-${i}`, config(), T0);
+    await raw.upsertWebhook('legacy-plaintext', config(), T0);
+    const lost = createSecretBox({ keys: [key('gone')], primaryKeyId: 'gone' });
+    await withSealedSecrets(raw, lost).upsertWebhook('lost-key', config(), T0);
+    const rotated = createSecretBox({ keys: [k2, k1], primaryKeyId: 'k2' });
+
+    const report = await resealAllWebhookSecrets(raw, rotated, T0 + 1, { pageSize: 2 });
+    expect(report).toEqual({
+      checked: 7,
+      resealed: 6,
+      failed: [{ accountId: 'lost-key', code: 'secret_key_unknown' }],
+    });
+    for (let i = 0; i < 5; i++) {
+      expect((await raw.getWebhook(`acct-${i}`))?.auth?.password.startsWith('enc:v1:k2:')).toBe(true);
+    }
+    expect((await raw.getWebhook('legacy-plaintext'))?.signingSecret?.startsWith('enc:v1:k2:')).toBe(true);
+    // Nothing left to do: a second run rewrites nothing.
+    await expect(resealAllWebhookSecrets(raw, rotated, T0 + 2)).resolves.toMatchObject({ checked: 7, resealed: 0 });
+    // k1 can go: every account but the broken one opens with k2 alone.
+    const newOnly = withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' }));
+    await expect(newOnly.getWebhook('acct-4')).resolves.toMatchObject({ auth: { password: PASSWORD } });
   });
 
   it('opens plaintext written before encryption was on, and reseal encrypts it', async () => {

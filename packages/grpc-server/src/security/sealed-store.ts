@@ -115,3 +115,47 @@ export async function resealWebhookSecrets(
   await rawStore.upsertWebhook(accountId, sealWebhookSecrets(openWebhookSecrets(config, box), box), now);
   return true;
 }
+
+/** What {@link resealAllWebhookSecrets} did. */
+export interface ResealReport {
+  /** Webhooks looked at. */
+  checked: number;
+  /** Webhooks rewritten with the primary key. */
+  resealed: number;
+  /** Webhooks whose secrets could not be opened (their key is not loaded, or the value was altered). */
+  failed: Array<{ accountId: string; code: string }>;
+}
+
+/**
+ * Rotation step 3 for every account: re-seals each webhook whose secrets are not sealed with the primary
+ * key (older key, or plaintext from before encryption at rest), page by page over `listWebhookAccounts`.
+ * Takes the RAW store. A webhook that cannot be opened is reported, not fatal, so one broken row does not
+ * stop the others; keep its old key loaded until it is fixed or deleted.
+ *
+ * Each webhook is read and rewritten in two steps: an UpsertWebhook of the same account between them would
+ * be overwritten, so run it when no caller is changing webhooks (SECURITY.md "Key rotation").
+ */
+export async function resealAllWebhookSecrets(
+  rawStore: Store,
+  box: SecretBox,
+  now: number,
+  options: { pageSize?: number } = {},
+): Promise<ResealReport> {
+  const pageSize = options.pageSize ?? 500;
+  const report: ResealReport = { checked: 0, resealed: 0, failed: [] };
+  let after: string | null = null;
+  for (;;) {
+    const page = await rawStore.listWebhookAccounts(after, pageSize);
+    for (const accountId of page) {
+      report.checked += 1;
+      try {
+        if (await resealWebhookSecrets(rawStore, box, accountId, now)) report.resealed += 1;
+      } catch (error) {
+        const code = (error as { code?: unknown }).code;
+        report.failed.push({ accountId, code: typeof code === 'string' ? code : 'error' });
+      }
+    }
+    if (page.length < pageSize) return report;
+    after = page[page.length - 1] ?? null;
+  }
+}

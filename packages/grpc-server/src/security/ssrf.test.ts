@@ -285,6 +285,17 @@ describe('createGuardedLookup', () => {
     expect(refused.err?.code).toBe('blocked_address');
     expect((await call('missing.example.com', {})).err?.code).toBe('ENOTFOUND');
   });
+
+  it('with the system resolver: localhost (from /etc/hosts) is refused unless its name is allow-listed', async () => {
+    const viaSystem = (policy: AddressPolicy) =>
+      new Promise<{ err: NodeJS.ErrnoException | null; address: unknown }>((done) =>
+        createGuardedLookup(policy)('localhost', {}, (err, address) => done({ err, address })),
+      );
+    expect((await viaSystem(strict)).err?.code).toBe('blocked_address');
+    const allowed = await viaSystem({ allowPrivate: false, allowList: ['localhost'] });
+    expect(allowed.err).toBeNull();
+    expect(['127.0.0.1', '::1']).toContain(allowed.address);
+  });
 });
 
 describe('connect-time guard with undici (real HTTP server on 127.0.0.1)', () => {

@@ -1,0 +1,297 @@
+import { classify, type Classification } from '@app-inbox/core';
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createTestStore, FAST_BACKOFF, message, sleep, waitFor } from '../../test/delivery/engine-fixtures.js';
+import { startReceiver } from '../../test/delivery/http-receiver.js';
+import { CircuitBreaker, CircuitOptionError, resolveCircuitOptions, type CircuitOptions } from './circuit.js';
+import { DeliveryEngine } from './engine.js';
+import type { CircuitState } from '../store/types.js';
+
+const OPTIONS: CircuitOptions = {
+  openAfterMs: 1_000,
+  minFailures: 3,
+  probeIntervalMs: 100,
+  maxProbeIntervalMs: 350,
+  probeTimeoutMs: 5_000,
+};
+
+const T0 = 1_700_000_000_000;
+const status = (code: number): Classification => classify({ kind: 'response', status: code }, T0);
+const refused: Classification = classify({ kind: 'error', code: 'ECONNREFUSED' }, T0);
+
+function breaker(options: Partial<CircuitOptions> = {}) {
+  const changes: Array<[string, CircuitState]> = [];
+  const circuit = new CircuitBreaker({
+    options: { ...OPTIONS, ...options },
+    onStateChange: (account, state) => changes.push([account, state]),
+  });
+  const attempt = (accountId: string, at: number, classification: Classification) =>
+    circuit.onAttempt({
+      accountId,
+      deliveryId: 'd',
+      classification,
+      statusCode: null,
+      errorKind: null,
+      durationMs: 1,
+      at,
+    });
+  return { circuit, changes, attempt };
+}
+
+describe('CircuitBreaker', () => {
+  it('opens only when failures span openAfterMs AND number minFailures', () => {
+    const { circuit, changes, attempt } = breaker();
+    // Many failures in a short time: not long enough.
+    for (let i = 0; i < 10; i++) attempt('a', T0 + i * 10, status(503));
+    expect(circuit.view('a')).toMatchObject({ state: 'closed', consecutiveFailures: 10, failingSince: T0 });
+    // Long enough, but only two failures.
+    attempt('b', T0, status(503));
+    attempt('b', T0 + 5_000, refused);
+    expect(circuit.view('b').state).toBe('closed');
+    // The next failure of `a` past openAfterMs opens it.
+    attempt('a', T0 + 1_000, status(500));
+    expect(circuit.view('a')).toEqual({
+      state: 'open',
+      since: T0 + 1_000,
+      consecutiveFailures: 11,
+      failingSince: T0,
+      nextProbeAt: T0 + 1_100,
+    });
+    expect(changes).toEqual([['a', 'open']]);
+    expect(circuit.pausedAccounts(T0 + 1_000)).toEqual(['a']);
+  });
+
+  it('a 2xx resets the run of failures', () => {
+    const { circuit, attempt } = breaker();
+    attempt('a', T0, status(503));
+    attempt('a', T0 + 600, status(503));
+    attempt('a', T0 + 700, status(200));
+    attempt('a', T0 + 800, status(503));
+    attempt('a', T0 + 1_200, status(503));
+    attempt('a', T0 + 1_500, status(503));
+    // Three failures, but they began at +800: only 700 ms of failing.
+    expect(circuit.view('a')).toMatchObject({ state: 'closed', consecutiveFailures: 3, failingSince: T0 + 800 });
+    attempt('a', T0 + 1_800, status(503));
+    expect(circuit.view('a').state).toBe('open');
+  });
+
+  it('410 Gone opens the circuit at once', () => {
+    const { circuit, changes, attempt } = breaker();
+    attempt('a', T0, status(410));
+    expect(circuit.view('a')).toMatchObject({ state: 'open', consecutiveFailures: 1, nextProbeAt: T0 + 100 });
+    expect(changes).toEqual([['a', 'open']]);
+  });
+
+  it('lets exactly one probe through when the probe interval has passed, and a 2xx closes the circuit', () => {
+    const { circuit, changes, attempt } = breaker({ openAfterMs: 0, minFailures: 1 });
+    attempt('a', T0, status(503));
+    expect(circuit.admit('a', T0 + 99)).toBe(false);
+    expect(circuit.pausedAccounts(T0 + 99)).toEqual(['a']);
+    // Due: no longer excluded from claims; the first claimed delivery is the probe, the others wait.
+    expect(circuit.pausedAccounts(T0 + 100)).toEqual([]);
+    expect(circuit.admit('a', T0 + 100)).toBe(true);
+    expect(circuit.view('a').state).toBe('half_open');
+    expect(circuit.admit('a', T0 + 100)).toBe(false);
+    expect(circuit.pausedAccounts(T0 + 101)).toEqual(['a']);
+    attempt('a', T0 + 150, status(204));
+    expect(circuit.view('a')).toEqual({
+      state: 'closed',
+      since: null,
+      consecutiveFailures: 0,
+      failingSince: null,
+      nextProbeAt: null,
+    });
+    expect(circuit.admit('a', T0 + 151)).toBe(true);
+    expect(circuit.pausedAccounts(T0 + 151)).toEqual([]);
+    expect(changes).toEqual([
+      ['a', 'open'],
+      ['a', 'half_open'],
+      ['a', 'closed'],
+    ]);
+  });
+
+  it('a failed probe reopens with twice the interval, capped at maxProbeIntervalMs', () => {
+    const { circuit, attempt } = breaker({ openAfterMs: 0, minFailures: 1 });
+    attempt('a', T0, status(503));
+    const waits: number[] = [];
+    let now = T0;
+    for (let i = 0; i < 4; i++) {
+      const next = circuit.view('a').nextProbeAt ?? 0;
+      waits.push(next - now);
+      now = next;
+      expect(circuit.admit('a', now)).toBe(true);
+      attempt('a', now, status(502));
+    }
+    expect(waits).toEqual([100, 200, 350, 350]);
+    expect(circuit.view('a')).toMatchObject({ state: 'open', consecutiveFailures: 5, nextProbeAt: now + 350 });
+  });
+
+  it('lets another probe through when the one out never reports (its claim was given back)', () => {
+    const { circuit, attempt } = breaker({ openAfterMs: 0, minFailures: 1, probeTimeoutMs: 1_000 });
+    attempt('a', T0, status(503));
+    expect(circuit.admit('a', T0 + 100)).toBe(true);
+    expect(circuit.admit('a', T0 + 1_099)).toBe(false);
+    expect(circuit.pausedAccounts(T0 + 1_099)).toEqual(['a']);
+    expect(circuit.pausedAccounts(T0 + 1_100)).toEqual([]);
+    expect(circuit.admit('a', T0 + 1_100)).toBe(true);
+    expect(circuit.admit('a', T0 + 1_101)).toBe(false);
+  });
+
+  it('a failure recorded while open (an attempt started before) keeps the probe schedule; a late 2xx closes', () => {
+    const { circuit, attempt } = breaker({ openAfterMs: 0, minFailures: 1 });
+    attempt('a', T0, status(503));
+    attempt('a', T0 + 50, status(503));
+    expect(circuit.view('a')).toMatchObject({ state: 'open', consecutiveFailures: 2, nextProbeAt: T0 + 100 });
+    attempt('a', T0 + 60, status(200));
+    expect(circuit.view('a').state).toBe('closed');
+  });
+
+  it('keeps endpoints apart: one open circuit pauses only its account', () => {
+    const { circuit, attempt } = breaker({ openAfterMs: 0, minFailures: 1 });
+    attempt('bad', T0, refused);
+    attempt('good', T0, status(200));
+    expect(circuit.pausedAccounts(T0 + 1)).toEqual(['bad']);
+    expect(circuit.admit('good', T0 + 1)).toBe(true);
+    expect([...circuit.notClosed().keys()]).toEqual(['bad']);
+  });
+
+  it('reset forgets the circuit (webhook reconfigured or deleted) and reports it closed', () => {
+    const { circuit, changes, attempt } = breaker();
+    attempt('a', T0, status(410));
+    circuit.reset('a');
+    circuit.reset('never-failed');
+    expect(circuit.view('a').state).toBe('closed');
+    expect(circuit.pausedAccounts(T0 + 1)).toEqual([]);
+    expect(changes).toEqual([
+      ['a', 'open'],
+      ['a', 'closed'],
+    ]);
+  });
+
+  it('a throwing listener does not break the breaker', () => {
+    const circuit = new CircuitBreaker({
+      options: { openAfterMs: 0, minFailures: 1 },
+      onStateChange: () => {
+        throw new Error('metrics down');
+      },
+    });
+    circuit.onAttempt({
+      accountId: 'a',
+      deliveryId: 'd',
+      classification: status(503),
+      statusCode: 503,
+      errorKind: null,
+      durationMs: 1,
+      at: T0,
+    });
+    expect(circuit.view('a').state).toBe('open');
+  });
+
+  it('property: admitted exactly when not paused, and never more than one probe out', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            step: fc.integer({ min: 0, max: 300 }),
+            action: fc.constantFrom('admit', 'admit', 'fail', 'ok', 'gone'),
+          }),
+          { maxLength: 80 },
+        ),
+        (events) => {
+          const { circuit, attempt } = breaker({ openAfterMs: 200, minFailures: 2, probeTimeoutMs: 1e12 });
+          let now = T0;
+          let probesOut = 0;
+          for (const { step, action } of events) {
+            now += step;
+            const before = circuit.view('a');
+            const paused = circuit.pausedAccounts(now).includes('a');
+            if (action === 'admit') {
+              const admitted = circuit.admit('a', now);
+              expect(admitted).toBe(!paused);
+              if (admitted && before.state !== 'closed') probesOut += 1;
+              expect(probesOut).toBeLessThanOrEqual(1);
+            } else {
+              attempt('a', now, action === 'ok' ? status(200) : action === 'gone' ? status(410) : status(503));
+              probesOut = 0;
+              const after = circuit.view('a').state;
+              if (action === 'ok') expect(after).toBe('closed');
+              else if (action === 'gone' || before.state === 'half_open') expect(after).toBe('open');
+            }
+          }
+        },
+      ),
+    );
+  });
+});
+
+describe('resolveCircuitOptions', () => {
+  it('fills the documented defaults', () => {
+    expect(resolveCircuitOptions()).toEqual({
+      openAfterMs: 300_000,
+      minFailures: 5,
+      probeIntervalMs: 30_000,
+      maxProbeIntervalMs: 300_000,
+      probeTimeoutMs: 60_000,
+    });
+  });
+
+  it('names the bad option', () => {
+    expect(() => resolveCircuitOptions({ minFailures: 0 })).toThrow(CircuitOptionError);
+    expect(() => resolveCircuitOptions({ minFailures: 0 })).toThrow(/minFailures/);
+    expect(() => resolveCircuitOptions({ probeIntervalMs: 1.5 })).toThrow(/probeIntervalMs/);
+    expect(() => resolveCircuitOptions({ probeIntervalMs: 500, maxProbeIntervalMs: 100 })).toThrow(
+      /maxProbeIntervalMs/,
+    );
+  });
+});
+
+describe('CircuitBreaker in the DeliveryEngine (real SQLite store, real HTTP receiver)', () => {
+  const cleanups: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    while (cleanups.length > 0) await cleanups.pop()?.();
+  });
+
+  it('a half-open probe is ONE request even when a claim returns several deliveries; the rest burn no attempt', async () => {
+    const t = await createTestStore();
+    cleanups.push(() => t.dispose());
+    const receiver = await startReceiver((_req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    cleanups.push(() => receiver.close());
+    const changes: CircuitState[] = [];
+    const circuit = new CircuitBreaker({
+      options: { openAfterMs: 0, minFailures: 1, probeIntervalMs: 300, maxProbeIntervalMs: 10_000 },
+      onStateChange: (_account, state) => changes.push(state),
+    });
+    const engine = new DeliveryEngine({
+      store: t.store,
+      health: circuit,
+      // Two per endpoint: both lanes claim up to two deliveries each when the probe time comes.
+      options: { pollIntervalMs: 20, requestTimeoutMs: 3_000, perEndpointConcurrency: 2, backoff: FAST_BACKOFF },
+    });
+    cleanups.push(() => engine.stop(200));
+    await t.store.upsertWebhook('acct', { url: receiver.url, enabled: true, maxMessagesPerContact: 10 }, Date.now());
+    const published = await t.store.publish({
+      accountId: 'acct',
+      messages: ['c1', 'c2', 'c3', 'c4', 'c5'].map((c) => message(c)),
+      now: Date.now(),
+    });
+    engine.start();
+
+    // The first two attempts fail and open the circuit; the probe 300 ms later is the third request; the
+    // next probe is 600 ms after that.
+    await waitFor(() => receiver.requests.length >= 3, 'the first probe', 5_000);
+    await sleep(300);
+    expect(receiver.requests).toHaveLength(3);
+    expect(changes.slice(0, 3)).toEqual(['open', 'half_open', 'open']);
+    let attempts = 0;
+    for (const { deliveryId } of published.deliveries) {
+      const found = await t.store.getDelivery(deliveryId);
+      attempts += found?.attempts.length ?? 0;
+      // Nothing dropped: every delivery still waits (none failed, none given up).
+      expect(['pending', 'retrying', 'in_flight']).toContain(found?.delivery.state);
+    }
+    expect(attempts).toBe(3);
+  });
+});

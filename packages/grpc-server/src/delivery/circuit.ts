@@ -1,0 +1,269 @@
+/**
+ * Circuit breaking per endpoint (issue 7 "Circuit breaking"): an endpoint that keeps failing is paused,
+ * so it stops costing requests, lane slots and log lines, and is probed until it recovers.
+ *
+ *   closed ──(no 2xx for openAfterMs AND minFailures attempts in a row, or one 410 Gone)──▶ open
+ *   open ──(probe interval passed: ONE claimed delivery is let through)──▶ half_open
+ *   half_open ──2xx──▶ closed          half_open ──failure──▶ open (probe interval ×2, up to the maximum)
+ *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed)
+ *
+ * Pausing drops nothing: a paused account's deliveries are simply not claimed (the engine passes
+ * {@link CircuitBreaker.pausedAccounts} as `excludeAccounts`), and a claim that slips through (taken just
+ * before the circuit opened, or a second delivery in the probe's batch) is given back to the store without
+ * an attempt ({@link CircuitBreaker.admit}), so it burns no attempt. The max-age clock of a delivery
+ * (`--max-age-ms`, counted from its first attempt) keeps running while it is paused; a paused delivery is
+ * still attempted once after the pause before it can fail for age.
+ *
+ * The state lives in the memory of each process: with SQLite there is one process; with PostgreSQL every
+ * process keeps its own view (each opens and probes on the failures it sees itself), and GetWebhook shows
+ * the view of the process that answers. A restart starts closed. Accounts whose endpoint never failed have
+ * no entry, so memory grows only with failing endpoints.
+ * @see SECURITY.md "Circuit breaker", Standard Webhooks (410 Gone disables an endpoint)
+ */
+import type { CircuitState } from '../store/types.js';
+import type { EndpointAttemptEvent, EndpointHealth } from './engine.js';
+
+/** Options of the {@link CircuitBreaker}. */
+export interface CircuitOptions {
+  /**
+   * An endpoint is opened once its failures in a row (no 2xx) span at least this long (milliseconds),
+   * counted from the first failure of the run to the latest. Default 300,000 (5 minutes).
+   */
+  openAfterMs: number;
+  /** ...and number at least this many attempts (count). Default 5. */
+  minFailures: number;
+  /** Wait before the first probe of an open endpoint (milliseconds); doubles after each failed probe. Default 30,000. */
+  probeIntervalMs: number;
+  /** Longest wait between two probes (milliseconds). Default 300,000 (5 minutes). */
+  maxProbeIntervalMs: number;
+  /**
+   * How long a probe may be out without a recorded result before another one is let through
+   * (milliseconds): a probe whose claim was given back (shutdown, lease too short) never reports.
+   * Default 60,000; the server passes its lease (`--lease-ms`).
+   */
+  probeTimeoutMs: number;
+}
+
+export const DEFAULT_CIRCUIT_OPTIONS: Readonly<CircuitOptions> = Object.freeze({
+  openAfterMs: 300_000,
+  minFailures: 5,
+  probeIntervalMs: 30_000,
+  maxProbeIntervalMs: 300_000,
+  probeTimeoutMs: 60_000,
+});
+
+/** An endpoint's circuit as GetWebhook and metrics show it. */
+export interface CircuitView {
+  state: CircuitState;
+  /**
+   * When the current state began (ms since the epoch); for a closed circuit, when its current run of
+   * failures began; null when closed without failures.
+   */
+  since: number | null;
+  /** Attempts in a row without a 2xx answer. */
+  consecutiveFailures: number;
+  /** Time of the first failure of the current run (ms since the epoch), null when the last attempt succeeded. */
+  failingSince: number | null;
+  /** When the next probe may be sent (ms since the epoch), while open; null otherwise. */
+  nextProbeAt: number | null;
+}
+
+/** Told on every change of state; the metrics gauge hooks here. `view` is the state after the change. */
+export type CircuitStateListener = (accountId: string, state: CircuitState, view: CircuitView) => void;
+
+export interface CircuitBreakerDeps {
+  options?: Partial<CircuitOptions>;
+  /** Called on each state change (after it happened); a throwing listener does not stop the breaker. */
+  onStateChange?: CircuitStateListener;
+}
+
+/** Error thrown for an invalid circuit option; names the option. */
+export class CircuitOptionError extends Error {
+  readonly code = 'INVALID_CIRCUIT_OPTION';
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
+    super(`circuit option ${option}: ${message}`);
+    this.name = 'CircuitOptionError';
+  }
+}
+
+/** Fills in the defaults and validates; throws {@link CircuitOptionError} naming the first bad option. */
+export function resolveCircuitOptions(partial: Partial<CircuitOptions> = {}): CircuitOptions {
+  const options: CircuitOptions = { ...DEFAULT_CIRCUIT_OPTIONS, ...partial };
+  const bounds: Record<keyof CircuitOptions, number> = {
+    openAfterMs: 0,
+    minFailures: 1,
+    probeIntervalMs: 1,
+    maxProbeIntervalMs: 1,
+    probeTimeoutMs: 1,
+  };
+  for (const [name, min] of Object.entries(bounds) as Array<[keyof CircuitOptions, number]>) {
+    const v = options[name];
+    if (!Number.isSafeInteger(v) || v < min) {
+      throw new CircuitOptionError(name, `must be an integer of at least ${min}, got ${String(v)}`);
+    }
+  }
+  if (options.maxProbeIntervalMs < options.probeIntervalMs) {
+    throw new CircuitOptionError(
+      'maxProbeIntervalMs',
+      `must be at least probeIntervalMs (${options.probeIntervalMs}), got ${options.maxProbeIntervalMs}`,
+    );
+  }
+  return options;
+}
+
+interface Entry {
+  state: CircuitState;
+  since: number;
+  failures: number;
+  failingSince: number | null;
+  /** The wait used for the current (or next) probe. */
+  probeIntervalMs: number;
+  nextProbeAt: number | null;
+  /** When the probe now out was let through (half_open), null when none is out. */
+  probeAt: number | null;
+}
+
+/**
+ * The circuit breaker: the engine's {@link EndpointHealth}. Pure state plus the times it is given; it
+ * reads no clock of its own, so tests drive it with plain numbers.
+ */
+export class CircuitBreaker implements EndpointHealth {
+  readonly options: CircuitOptions;
+  readonly #entries = new Map<string, Entry>();
+  readonly #onStateChange: CircuitStateListener | undefined;
+
+  constructor(deps: CircuitBreakerDeps = {}) {
+    this.options = resolveCircuitOptions(deps.options);
+    this.#onStateChange = deps.onStateChange;
+  }
+
+  /** Accounts not to claim at `now`: open and not yet due for a probe, or half open with a probe out. */
+  pausedAccounts(now: number): string[] {
+    const paused: string[] = [];
+    for (const [account, entry] of this.#entries) {
+      if (entry.state === 'open' && entry.nextProbeAt !== null && now < entry.nextProbeAt) paused.push(account);
+      else if (entry.state === 'half_open' && this.#probeOut(entry, now)) paused.push(account);
+    }
+    return paused;
+  }
+
+  /**
+   * Whether a claimed delivery of `accountId` may be attempted now. On an open circuit whose probe time has
+   * come, the first caller gets the probe (the circuit becomes half open) and later callers get false until
+   * its result is recorded; a caller told false gives its claim back without an attempt.
+   */
+  admit(accountId: string, now: number): boolean {
+    const entry = this.#entries.get(accountId);
+    if (entry === undefined || entry.state === 'closed') return true;
+    if (entry.state === 'open') {
+      if (entry.nextProbeAt !== null && now < entry.nextProbeAt) return false;
+      entry.probeAt = now;
+      this.#transition(accountId, entry, 'half_open', now);
+      return true;
+    }
+    // half_open: one probe at a time; another only when the one out is presumed lost.
+    if (this.#probeOut(entry, now)) return false;
+    entry.probeAt = now;
+    return true;
+  }
+
+  /** Records an attempt's result (called by the engine after every recorded attempt). */
+  onAttempt(event: EndpointAttemptEvent): void {
+    const { accountId, at } = event;
+    const entry = this.#entries.get(accountId);
+    if (event.classification.verdict === 'delivered') {
+      if (entry === undefined) return;
+      this.#entries.delete(accountId);
+      if (entry.state !== 'closed') this.#notify(accountId, 'closed', closedView());
+      return;
+    }
+    const current = entry ?? {
+      state: 'closed' as CircuitState,
+      since: at,
+      failures: 0,
+      failingSince: at,
+      probeIntervalMs: this.options.probeIntervalMs,
+      nextProbeAt: null,
+      probeAt: null,
+    };
+    if (entry === undefined) this.#entries.set(accountId, current);
+    current.failures += 1;
+    current.failingSince ??= at;
+    // 410 Gone: the receiver asks us to stop (Standard Webhooks), so the circuit opens at once.
+    const gone = event.classification.pauseEndpoint === true;
+    if (current.state === 'half_open') {
+      // The probe failed (or another attempt did while it was out): wait twice as long for the next one.
+      const interval = Math.min(current.probeIntervalMs * 2, this.options.maxProbeIntervalMs);
+      this.#open(accountId, current, at, interval);
+    } else if (current.state === 'closed') {
+      const longEnough = at - (current.failingSince ?? at) >= this.options.openAfterMs;
+      if (gone || (longEnough && current.failures >= this.options.minFailures)) {
+        this.#open(accountId, current, at, this.options.probeIntervalMs);
+      }
+    }
+    // Already open: an attempt that started before the circuit opened; the probe schedule stands.
+  }
+
+  /** The circuit of `accountId` (closed with no failures when it never failed). */
+  view(accountId: string): CircuitView {
+    const entry = this.#entries.get(accountId);
+    if (entry === undefined) return closedView();
+    return {
+      state: entry.state,
+      since: entry.since,
+      consecutiveFailures: entry.failures,
+      failingSince: entry.failingSince,
+      nextProbeAt: entry.state === 'open' ? entry.nextProbeAt : null,
+    };
+  }
+
+  /** Every account whose circuit is not closed, with its view (for metrics and logs). */
+  notClosed(): Map<string, CircuitView> {
+    const out = new Map<string, CircuitView>();
+    for (const [account, entry] of this.#entries) if (entry.state !== 'closed') out.set(account, this.view(account));
+    return out;
+  }
+
+  /**
+   * Forgets an account's circuit: its webhook was reconfigured (a new URL or credentials deserve a fresh
+   * start, and re-saving is how an operator resumes an endpoint that answered 410) or deleted.
+   */
+  reset(accountId: string): void {
+    const entry = this.#entries.get(accountId);
+    if (entry === undefined) return;
+    this.#entries.delete(accountId);
+    if (entry.state !== 'closed') this.#notify(accountId, 'closed', closedView());
+  }
+
+  #probeOut(entry: Entry, now: number): boolean {
+    return entry.probeAt !== null && now - entry.probeAt < this.options.probeTimeoutMs;
+  }
+
+  #open(accountId: string, entry: Entry, at: number, intervalMs: number): void {
+    entry.probeIntervalMs = intervalMs;
+    entry.nextProbeAt = at + intervalMs;
+    entry.probeAt = null;
+    this.#transition(accountId, entry, 'open', at);
+  }
+
+  #transition(accountId: string, entry: Entry, state: CircuitState, at: number): void {
+    entry.state = state;
+    entry.since = at;
+    this.#notify(accountId, state, this.view(accountId));
+  }
+
+  #notify(accountId: string, state: CircuitState, view: CircuitView): void {
+    try {
+      this.#onStateChange?.(accountId, state, view);
+    } catch {
+      // A metrics or log hook must never break delivery.
+    }
+  }
+}
+
+function closedView(): CircuitView {
+  return { state: 'closed', since: null, consecutiveFailures: 0, failingSince: null, nextProbeAt: null };
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+/**
+ * Key rotation, step 3 (SECURITY.md "Key rotation"): re-seals every webhook secret that is not sealed with
+ * the primary key. Takes the server's own options (`--store`, `--secret-key-file`, APP_INBOX_SECRET_KEYS...)
+ * so it opens exactly what the server opens:
+ *
+ *   APP_INBOX_SECRET_KEYS="k2:NEW,k1:OLD" npm run secrets:reseal -w @app-inbox/grpc-server -- --store PATH_OR_URL
+ *
+ * Prints one JSON line `{ checked, resealed, failed }` (account ids only, never a secret); exits 0 when every
+ * webhook is sealed with the primary key, 1 when some could not be opened, 2 on a configuration error.
+ */
+import { ConfigError, HelpShown, loadConfig } from '../config.js';
+import { prepareStoreLocation } from '../server.js';
+import { openStore } from '../store/index.js';
+import { resealAllWebhookSecrets } from './sealed-store.js';
+import { SecretBoxError } from './secrets.js';
+import { secretBoxForStore } from './setup.js';
+
+async function main(): Promise<number> {
+  let config;
+  try {
+    config = loadConfig(process.argv.slice(2), process.env);
+  } catch (error) {
+    if (error instanceof HelpShown) return error.exitCode;
+    if (error instanceof ConfigError) {
+      process.stderr.write(`reseal-secrets: ${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  }
+  let box;
+  try {
+    ({ box } = secretBoxForStore({
+      store: config.store,
+      secretKeys: config.secretKeys,
+      secretKeyFile: config.secretKeyFile,
+      onWarning: (message) => process.stderr.write(`reseal-secrets: ${message}\n`),
+    }));
+  } catch (error) {
+    if (error instanceof SecretBoxError) {
+      process.stderr.write(`reseal-secrets: ${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  }
+  const store = await openStore(prepareStoreLocation(config.store));
+  try {
+    const report = await resealAllWebhookSecrets(store, box, Date.now());
+    process.stdout.write(`${JSON.stringify({ primaryKeyId: box.primaryKeyId, ...report })}\n`);
+    return report.failed.length === 0 ? 0 : 1;
+  } finally {
+    await store.close();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`reseal-secrets: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,316 @@
+/**
+ * Secrets at rest end to end (issue 7): a real server on a real SQLite file, its pino logs captured at
+ * trace level, a real mock receiver that demands Basic auth. A webhook is saved with a password and a
+ * signing secret; then the database file and its WAL, every log line and every read RPC answer are
+ * scanned for the secrets (and their encodings): none is found. Deliveries still authenticate at the
+ * receiver and carry a signature that verifies, also after a restart that reads the generated key file.
+ */
+import { spawn } from 'node:child_process';
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  DeliveryState,
+  GetDeliveryResponse,
+  ListDeliveriesResponse,
+  WatchDeliveriesResponse,
+} from '../../src/gen/app_inbox/v1/delivery.js';
+import { GetWebhookResponse, UpsertWebhookResponse } from '../../src/gen/app_inbox/v1/webhook.js';
+import { openStore } from '../../src/store/index.js';
+import {
+  accountId,
+  deliveryIn,
+  inboxMessage,
+  startTestServer,
+  testConfig,
+  watch,
+  type TestServer,
+} from '../e2e/harness.js';
+import { startServer } from '../../src/server.js';
+
+const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Captures every log line the server writes (JSON, one per line). */
+function captureLogs(): { logger: pino.Logger; text: () => string } {
+  const chunks: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      chunks.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  return { logger: pino({ level: 'trace' }, sink), text: () => chunks.join('') };
+}
+
+/** Which of `needles` occur in `haystack` (bytes or text). */
+function found(haystack: Buffer | string, needles: readonly string[]): string[] {
+  const bytes = typeof haystack === 'string' ? Buffer.from(haystack, 'utf8') : haystack;
+  return needles.filter((n) => bytes.includes(Buffer.from(n, 'utf8')));
+}
+
+/** Verifies a Standard Webhooks signature independently of the server's code. */
+function signatureValid(secret: string, id: string, timestamp: string, body: Buffer, header: string): boolean {
+  const key = Buffer.from(secret.slice('whsec_'.length), 'base64');
+  const expected = createHmac('sha256', key)
+    .update(Buffer.concat([Buffer.from(`${id}.${timestamp}.`), body]))
+    .digest('base64');
+  return header.split(' ').includes(`v1,${expected}`);
+}
+
+describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'app-inbox-secrets-'));
+  const dbFile = join(dir, 'store.db');
+  const username = `hook-user-${randomUUID()}`;
+  const password = `pw-${randomUUID()}`;
+  const signingSecret = `whsec_${randomBytes(32).toString('base64')}`;
+  /** The secrets, and the forms they could leak in: the Basic header's base64 and the bare signing key. */
+  const secrets = [
+    password,
+    signingSecret,
+    signingSecret.slice('whsec_'.length),
+    Buffer.from(`${username}:${password}`).toString('base64'),
+  ];
+  const logs = captureLogs();
+  let receiver: MockReceiver;
+  let t: TestServer;
+  const account = accountId('sealed');
+
+  beforeAll(async () => {
+    receiver = await createMockReceiver({ username, password });
+    // No key configured (the harness's fixed test key removed): the server must create <db dir>/secret.key.
+    t = await startTestServer(dbFile, { secretKeys: '', logLevel: 'trace' }, { logger: logs.logger });
+  });
+  afterAll(async () => {
+    await t.stop();
+    await receiver.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('generates <db dir>/secret.key with mode 0600 when no key is configured', () => {
+    const keyFile = join(dir, 'secret.key');
+    expect(existsSync(keyFile)).toBe(true);
+    expect(statSync(keyFile).mode & 0o777).toBe(0o600);
+    expect(readFileSync(keyFile, 'utf8')).toMatch(/^k1:[A-Za-z0-9+/]{43}=$/m);
+    expect(logs.text()).toContain('generated_file');
+  });
+
+  it('delivers with Basic auth and a valid signature, while no secret is in the database, the logs or any answer', async () => {
+    const upserted = await t.clients.upsertWebhook({
+      accountId: account,
+      url: `${receiver.url}/hooks`,
+      basicAuth: { username, password },
+      signingSecret,
+    });
+    const watcher = watch(t.clients, account);
+    await watcher.ready;
+    const published = await t.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    const delivered = await deliveryIn(t.clients, deliveryId, [DeliveryState.DELIVERY_STATE_DELIVERED]);
+    await expect.poll(() => watcher.events.length).toBeGreaterThan(0);
+    watcher.cancel();
+
+    // The receiver (which answers 401 without the right credentials) accepted it, and the signature verifies.
+    const [request] = receiver.records.list();
+    expect(request?.answer.status).toBe(200);
+    expect(delivered.attempts.map((a) => a.statusCode)).toEqual([200]);
+    const body = Buffer.from(delivered.body);
+    expect(
+      signatureValid(
+        signingSecret,
+        String(request?.headers['webhook-id']),
+        String(request?.headers['webhook-timestamp']),
+        body,
+        String(request?.headers['webhook-signature']),
+      ),
+    ).toBe(true);
+    // The verifier is not a rubber stamp: another secret does not verify the same header.
+    expect(
+      signatureValid(
+        `whsec_${randomBytes(32).toString('base64')}`,
+        String(request?.headers['webhook-id']),
+        String(request?.headers['webhook-timestamp']),
+        body,
+        String(request?.headers['webhook-signature']),
+      ),
+    ).toBe(false);
+
+    // Every read answer, encoded as sent on the wire and as JSON.
+    const got = await t.clients.getWebhook({ accountId: account });
+    expect(got.webhook).toMatchObject({ basicAuth: { username, hasPassword: true }, hasSigningSecret: true });
+    const listed = await t.clients.listDeliveries({ accountId: account });
+    const fetched = await t.clients.getDelivery({ deliveryId, includeBody: true });
+    const answers = [
+      UpsertWebhookResponse.encode(upserted).finish(),
+      GetWebhookResponse.encode(got).finish(),
+      ListDeliveriesResponse.encode(listed).finish(),
+      GetDeliveryResponse.encode(fetched).finish(),
+      ...watcher.events.map((e) => WatchDeliveriesResponse.encode(e).finish()),
+    ].map((b) => Buffer.from(b));
+    for (const answer of answers) expect(found(answer, secrets)).toEqual([]);
+    expect(
+      found(
+        JSON.stringify([
+          UpsertWebhookResponse.toJSON(upserted),
+          GetWebhookResponse.toJSON(got),
+          ListDeliveriesResponse.toJSON(listed),
+          GetDeliveryResponse.toJSON(fetched),
+        ]),
+        secrets,
+      ),
+    ).toEqual([]);
+    // Positive control: the username is not a secret and is in the answer, so the scan can see content.
+    expect(found(Buffer.concat(answers), [username])).toEqual([username]);
+
+    // The database file and its write-ahead log, while the server runs.
+    const files = [dbFile, `${dbFile}-wal`].filter((f) => existsSync(f));
+    expect(files.length).toBeGreaterThan(0);
+    const dbBytes = Buffer.concat(files.map((f) => readFileSync(f)));
+    expect(found(dbBytes, secrets)).toEqual([]);
+    expect(found(dbBytes, [username, 'enc:v1:k1:'])).toEqual([username, 'enc:v1:k1:']);
+
+    // Every log line, at trace level (the logger has no redaction: no code path may log a secret).
+    const logText = logs.text();
+    expect(logText).toContain(deliveryId);
+    expect(found(logText, secrets)).toEqual([]);
+  });
+
+  it('stores sealed values (the raw store sees enc:v1), and a restart opens them with the generated key file', async () => {
+    await t.stop();
+    const raw = await openStore(dbFile);
+    try {
+      const stored = await raw.getWebhook(account);
+      expect(stored?.auth?.password).toMatch(/^enc:v1:k1:/);
+      expect(stored?.signingSecret).toMatch(/^enc:v1:k1:/);
+      expect(stored?.auth?.username).toBe(username);
+    } finally {
+      await raw.close();
+    }
+    // After the stop (checkpointed) the file still has no secret.
+    expect(found(readFileSync(dbFile), secrets)).toEqual([]);
+
+    receiver.records.clear();
+    t = await startTestServer(dbFile, { secretKeys: '' }, { logger: logs.logger });
+    const published = await t.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-2')] });
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    await deliveryIn(t.clients, deliveryId, [DeliveryState.DELIVERY_STATE_DELIVERED]);
+    expect(receiver.records.list().map((r) => r.answer.status)).toEqual([200]);
+  });
+});
+
+describe('key rotation (SECURITY.md): new key first, re-seal, drop the old key', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'app-inbox-rotate-'));
+  const dbFile = join(dir, 'store.db');
+  const k1 = `k1:${randomBytes(32).toString('base64')}`;
+  const k2 = `k2:${randomBytes(32).toString('base64')}`;
+  let receiver: MockReceiver;
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    await receiver.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function deliversWith(secretKeys: string, account: string): Promise<void> {
+    const t = await startTestServer(dbFile, { secretKeys });
+    servers.push(t);
+    const published = await t.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
+    await deliveryIn(t.clients, published.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_DELIVERED]);
+    await t.stop();
+  }
+
+  function reseal(secretKeys: string): Promise<{ code: number | null; stdout: string }> {
+    const child = spawn(
+      process.execPath,
+      ['--conditions=@app-inbox/source', '--import', 'tsx', 'src/security/reseal-main.ts', '--store', dbFile],
+      {
+        cwd: PACKAGE_DIR,
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: { ...process.env, NODE_OPTIONS: '', APP_INBOX_SECRET_KEYS: secretKeys },
+      },
+    );
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    return once(child, 'exit').then(([code]) => ({ code: code as number | null, stdout }));
+  }
+
+  it('re-seals every webhook with the new key, after which the old key is not needed', async () => {
+    receiver = await createMockReceiver({ username: 'rot-user', password: 'rot-password-1' });
+    const accounts = [accountId('rot'), accountId('rot')];
+    const first = await startTestServer(dbFile, { secretKeys: k1 });
+    servers.push(first);
+    for (const account of accounts) {
+      await first.clients.upsertWebhook({
+        accountId: account,
+        url: `${receiver.url}/hook`,
+        basicAuth: { username: 'rot-user', password: 'rot-password-1' },
+      });
+    }
+    await first.stop();
+
+    // 1-2. The new key first, the old one kept: old values still open, deliveries still authenticate.
+    await deliversWith(`${k2},${k1}`, accounts[0]!);
+    // 3. Re-seal.
+    const run = await reseal(`${k2},${k1}`);
+    expect(run.code).toBe(0);
+    expect(JSON.parse(run.stdout)).toEqual({ primaryKeyId: 'k2', checked: 2, resealed: 2, failed: [] });
+    const raw = await openStore(dbFile);
+    try {
+      for (const account of accounts) {
+        expect((await raw.getWebhook(account))?.auth?.password).toMatch(/^enc:v1:k2:/);
+      }
+    } finally {
+      await raw.close();
+    }
+    // 4. The old key removed: everything still opens and authenticates.
+    await deliversWith(k2, accounts[1]!);
+    expect(receiver.records.list().map((r) => r.answer.status)).toEqual([200, 200]);
+    // Without the new key nothing opens: the reseal command says so and exits 1.
+    const wrong = await reseal(`k9:${randomBytes(32).toString('base64')}`);
+    expect(wrong.code).toBe(1);
+    expect(JSON.parse(wrong.stdout)).toMatchObject({
+      checked: 2,
+      resealed: 0,
+      failed: [{ code: 'secret_key_unknown' }, { code: 'secret_key_unknown' }],
+    });
+  });
+});
+
+describe('a shared PostgreSQL store requires a key', () => {
+  const url = 'postgres://app:unused@127.0.0.1:1/none';
+
+  it('startServer refuses to start, naming the variable and the option, before connecting', async () => {
+    await expect(
+      startServer(testConfig(url, { secretKeys: '' }), { logger: pino({ enabled: false }) }),
+    ).rejects.toThrow(/PostgreSQL store needs an encryption key.*APP_INBOX_SECRET_KEYS or --secret-key-file/);
+  });
+
+  it('the program exits with the configuration error code and says why on stderr', async () => {
+    const { APP_INBOX_SECRET_KEYS: _k, APP_INBOX_SECRET_KEY_FILE: _f, ...env } = process.env;
+    const child = spawn(
+      process.execPath,
+      [
+        '--conditions=@app-inbox/source',
+        '--import',
+        'tsx',
+        'src/main.ts',
+        '--store',
+        url,
+        '--grpc-address',
+        '127.0.0.1:0',
+      ],
+      { cwd: PACKAGE_DIR, stdio: ['ignore', 'ignore', 'pipe'], env: { ...env, NODE_OPTIONS: '' } },
+    );
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const [code] = (await once(child, 'exit')) as [number | null];
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/PostgreSQL store needs an encryption key/);
+  });
+});
