@@ -1,0 +1,76 @@
+/**
+ * The client's command tree in process (no server needed): help on every command, usage errors with exit
+ * code 2 before any call. The commands against a real server: test/cli/cli.e2e.test.ts.
+ */
+import { describe, expect, it } from 'vitest';
+import { runCli, type CliIo } from './program.js';
+
+function fakeIo(env: Record<string, string> = {}, stdin = '') {
+  let stdout = '';
+  let stderr = '';
+  const io: CliIo = {
+    stdout: { write: (s: string) => (stdout += s) },
+    stderr: { write: (s: string) => (stderr += s) },
+    readStdin: () => Promise.resolve(stdin),
+    readFile: () => Promise.reject(Object.assign(new Error('nope'), { code: 'ENOENT' })),
+    env,
+    onInterrupt: () => () => undefined,
+  };
+  return { io, out: () => stdout, err: () => stderr };
+}
+
+const COMMANDS = [
+  ['webhook', 'set'],
+  ['webhook', 'get'],
+  ['webhook', 'delete'],
+  ['publish'],
+  ['resync'],
+  ['deliveries', 'list'],
+  ['deliveries', 'show'],
+  ['deliveries', 'retry'],
+  ['watch'],
+];
+
+describe('app-inbox commands', () => {
+  it.each(COMMANDS)('prints help for %s %s', async (...path) => {
+    const f = fakeIo();
+    expect(await runCli([...path.filter(Boolean), '--help'], f.io)).toBe(0);
+    expect(f.out()).toContain(`Usage: app-inbox ${path.filter(Boolean).join(' ')}`);
+    expect(f.err()).toBe('');
+  });
+
+  it('refuses usage mistakes with exit code 2, naming the option, before calling anything', async () => {
+    const cases: Array<[string[], RegExp, Record<string, string>?]> = [
+      [['webhook', 'set', 'a'], /required option '--url <url>' not specified/],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--username', 'u'], /--username needs a password/],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--password-env', 'P'], /need --username/],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--username', 'u', '--password-env', 'P'], /variable P is not set/],
+      [
+        ['webhook', 'set', 'a', '--url', 'http://x', '--username', 'u', '--password-stdin', '--password-env', 'P'],
+        /give only one/,
+      ],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--username', 'u', '--password-stdin'], /standard input is empty/],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--ttl-seconds', '0'], /--ttl-seconds must be a positive integer/],
+      [['publish', 'a'], /missing required argument 'file'/],
+      [['publish', 'a', 'missing.json'], /missing\.json: cannot be read \(ENOENT\)/],
+      [['resync', 'a', 'c', '--all'], /name the contacts or give --all \(not both\)/],
+      [['deliveries', 'list', '--state', 'sent'], /"sent" is not one of/],
+      [['--timeout', '-1', 'watch'], /--timeout must be a positive integer/],
+      [['frobnicate'], /unknown command 'frobnicate'/],
+    ];
+    for (const [args, message, env] of cases) {
+      const f = fakeIo(env);
+      expect(await runCli(args, f.io), args.join(' ')).toBe(2);
+      expect(f.err(), args.join(' ')).toMatch(message);
+      expect(f.out()).toBe('');
+    }
+  });
+
+  it('writes a usage error as JSON with --json', async () => {
+    const f = fakeIo();
+    expect(await runCli(['--json', 'resync', 'a'], f.io)).toBe(2);
+    expect(JSON.parse(f.err())).toEqual({
+      error: { code: 'USAGE', message: 'resync: name the contacts or give --all (not both)', fieldViolations: [] },
+    });
+  });
+});

@@ -1,0 +1,634 @@
+/**
+ * `app-inbox`, the command-line client of the service (issue 8): every RPC as a command, human tables by
+ * default and the API's JSON with `--json`, clear errors (gRPC status name, the message, each bad field)
+ * and a non-zero exit code on failure. Built on the generated grpc-js clients.
+ * @see OPERATIONS.md "Command-line client"
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import type { ServiceError, StatusObject } from '@grpc/grpc-js';
+import {
+  GetDeliveryResponse,
+  ListDeliveriesResponse,
+  RetryDeliveryResponse,
+  WatchDeliveriesResponse,
+  type Delivery,
+  type DeliveryState,
+} from '../gen/app_inbox/v1/delivery.js';
+import { PublishMessagesResponse, ResyncContactsResponse, type ContactDelivery } from '../gen/app_inbox/v1/message.js';
+import { GetWebhookResponse, UpsertWebhookResponse, type Webhook } from '../gen/app_inbox/v1/webhook.js';
+import { GrpcAuthConfigError } from '../security/grpc-auth.js';
+import { ApiClient } from './client.js';
+import { CliError, RpcError, isServiceError, rpcError } from './errors.js';
+import {
+  STATE_NAMES,
+  circuitName,
+  count,
+  json,
+  keyValues,
+  stateFromName,
+  stateName,
+  table,
+  time,
+  verdictName,
+} from './format.js';
+import { PUBLISH_BATCH_SIZE, fileFieldPath, parseMessageFile } from './messages.js';
+
+/** Where the client reads and writes; `process` in the real program, fakes in tests. */
+export interface CliIo {
+  stdout: { write(text: string): unknown; isTTY?: boolean };
+  stderr: { write(text: string): unknown; isTTY?: boolean };
+  /** All of standard input (`publish <account> -`, `--password-stdin`). */
+  readStdin(): Promise<string>;
+  readFile(path: string): Promise<string>;
+  env: Readonly<Record<string, string | undefined>>;
+  /** Calls `listener` on Ctrl-C (SIGINT) or SIGTERM; returns the unsubscribe function. */
+  onInterrupt(listener: () => void): () => void;
+}
+
+/** Defaults of the global options. */
+export const CLI_DEFAULTS = Object.freeze({
+  address: '127.0.0.1:50051',
+  /** Deadline of each call (seconds). */
+  timeoutSeconds: 30,
+});
+
+/** Rows of a table printed at most before the rest is summed up (the whole list is in `--json`). */
+const MAX_TABLE_ROWS = 50;
+
+interface GlobalOptions {
+  address?: string;
+  token?: string;
+  tls?: boolean;
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  json?: boolean;
+  timeout?: number;
+}
+
+function positiveInt(what: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1) {
+      throw new InvalidArgumentError(`${what} must be a positive integer.`);
+    }
+    return n;
+  };
+}
+
+/** What one command needs: output, the JSON switch, and the client (created on first use, closed at the end). */
+class Context {
+  readonly json: boolean;
+  #client: ApiClient | null = null;
+
+  constructor(
+    readonly io: CliIo,
+    readonly globals: GlobalOptions,
+  ) {
+    this.json = globals.json === true;
+  }
+
+  get client(): ApiClient {
+    if (this.#client === null) {
+      const g = this.globals;
+      const env = this.io.env;
+      try {
+        this.#client = new ApiClient({
+          address: g.address ?? env.APP_INBOX_ADDRESS ?? CLI_DEFAULTS.address,
+          timeoutMs: (g.timeout ?? CLI_DEFAULTS.timeoutSeconds) * 1000,
+          token: g.token ?? env.APP_INBOX_TOKEN,
+          tls: g.tls,
+          caFile: g.caFile,
+          certFile: g.certFile,
+          keyFile: g.keyFile,
+        });
+      } catch (error) {
+        if (error instanceof GrpcAuthConfigError) throw new CliError('usage', error.message, [], { cause: error });
+        throw error;
+      }
+    }
+    return this.#client;
+  }
+
+  out(text: string): void {
+    this.io.stdout.write(text);
+  }
+
+  /** A progress or status line on stderr (never on stdout, which may be piped into a file or jq). */
+  note(text: string): void {
+    this.io.stderr.write(`${text}\n`);
+  }
+
+  close(): void {
+    this.#client?.close();
+  }
+}
+
+function webhookView(w: Webhook | undefined): string {
+  if (w === undefined) return '';
+  const auth = w.basicAuth;
+  return keyValues([
+    ['account', w.accountId],
+    ['url', w.url],
+    ['enabled', w.enabled ? 'yes' : 'no (messages are kept, nothing is sent)'],
+    ['basic auth', auth ? `${auth.username} (password ${auth.hasPassword ? 'set' : 'not set'})` : 'none'],
+    ['signing secret', w.hasSigningSecret ? 'set' : 'none'],
+    ['max messages', `${count(w.maxMessagesPerContact)} per contact`],
+    ['message TTL', `${count(w.defaultMessageTtlSeconds)} s`],
+    [
+      'circuit',
+      w.circuit
+        ? `${circuitName(w.circuit.state)}${w.circuit.consecutiveFailures > 0 ? ` (${w.circuit.consecutiveFailures} failures in a row)` : ''}`
+        : '-',
+    ],
+    ['created', time(w.createTimeMs)],
+    ['updated', time(w.updateTimeMs)],
+  ]);
+}
+
+function contactTable(deliveries: readonly ContactDelivery[]): string {
+  const rows = deliveries.slice(0, MAX_TABLE_ROWS).map((d) => [d.externalCustomerId, d.deliveryId]);
+  const more = deliveries.length - rows.length;
+  return table(['CONTACT', 'DELIVERY'], rows) + (more > 0 ? `... and ${count(more)} more (--json lists all)\n` : '');
+}
+
+function deliveryRow(d: Delivery): string[] {
+  return [
+    d.id,
+    d.accountId,
+    d.externalCustomerId,
+    stateName(d.state),
+    String(d.attemptCount),
+    d.lastError ?? '-',
+    time(d.updateTimeMs),
+  ];
+}
+
+function deliveryView(d: Delivery, showBody: boolean): string {
+  let out = keyValues([
+    ['delivery', d.id],
+    ['account', d.accountId],
+    ['contact', d.externalCustomerId],
+    ['state', stateName(d.state)],
+    ['attempts', String(d.attemptCount)],
+    ['next attempt', time(d.nextAttemptTimeMs)],
+    ['last error', d.lastError ?? '-'],
+    ['messages', d.messageIds.length === 0 ? '- (built at the first attempt)' : count(d.messageIds.length)],
+    ['superseded by', d.supersededBy ?? '-'],
+    ['created', time(d.createTimeMs)],
+    ['updated', time(d.updateTimeMs)],
+  ]);
+  if (d.attempts.length > 0) {
+    out += `\n${table(
+      ['#', 'STARTED', 'DURATION', 'ANSWER', 'VERDICT', 'NEXT ATTEMPT'],
+      d.attempts.map((a) => [
+        String(a.attemptNo),
+        time(a.startTimeMs),
+        `${count(a.durationMs)} ms`,
+        a.statusCode !== undefined ? `HTTP ${a.statusCode}` : (a.errorKind ?? '-'),
+        verdictName(a.verdict),
+        time(a.nextAttemptTimeMs),
+      ]),
+    )}`;
+  }
+  if (showBody) out += `\nbody:\n${d.body.length > 0 ? Buffer.from(d.body).toString('utf8') : '(not built yet)'}\n`;
+  return out;
+}
+
+function outcomeLine(o: WatchDeliveriesResponse): string {
+  const answer = o.statusCode !== undefined ? `HTTP ${o.statusCode}` : (o.errorKind ?? '-');
+  const extra =
+    o.supersededBy !== undefined
+      ? ` superseded by ${o.supersededBy}`
+      : o.nextAttemptTimeMs !== undefined
+        ? ` next attempt ${time(o.nextAttemptTimeMs)}`
+        : '';
+  return `${time(o.timeMs)}  ${stateName(o.state).padEnd(10)}  ${o.accountId}  ${o.externalCustomerId}  ${o.deliveryId}  attempt ${o.attemptNo}  ${answer}  ${o.messageIds.length} messages${extra}\n`;
+}
+
+/** Reads the password or signing secret from stdin or a named variable; never from a flag (`ps` shows flags). */
+function secretFrom(ctx: Context, variable: string, what: string): string {
+  const value = ctx.io.env[variable];
+  if (value === undefined || value === '') {
+    throw new CliError('usage', `${what}: the environment variable ${variable} is not set or empty`);
+  }
+  return value;
+}
+
+/** Builds the program; `ran` receives each command's Context so that the caller closes its client. */
+function buildProgram(io: CliIo, contexts: Context[]): Command {
+  const program = new Command('app-inbox')
+    .description(
+      'Command-line client of the App Inbox webhook service (gRPC). Human output by default, the API JSON with --json.',
+    )
+    .addOption(
+      new Option('--address <host:port>', `server address (env APP_INBOX_ADDRESS; default ${CLI_DEFAULTS.address})`),
+    )
+    .addOption(
+      new Option(
+        '--token <token>',
+        'bearer token sent with every call (prefer env APP_INBOX_TOKEN: a command line is visible to other users)',
+      ),
+    )
+    .option('--tls', 'use TLS (implied by --ca-file / --cert-file); the system CAs verify the server by default')
+    .option('--ca-file <file>', 'PEM CA bundle the server certificate must chain to')
+    .option('--cert-file <file>', 'PEM client certificate (mutual TLS; with --key-file)')
+    .option('--key-file <file>', 'PEM private key of --cert-file')
+    .option('--json', 'print the API JSON (as buf curl does) instead of tables')
+    .addOption(
+      new Option('--timeout <seconds>', `deadline of each call (default ${CLI_DEFAULTS.timeoutSeconds})`).argParser(
+        positiveInt('--timeout'),
+      ),
+    )
+    .showHelpAfterError('(add --help for usage)')
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+    })
+    .exitOverride();
+  program.addHelpText(
+    'after',
+    `
+Exit codes: 0 done; 1 the server refused the call or could not be reached; 2 bad usage or input.
+Examples:
+  app-inbox webhook set acct-1 --url https://example.com/hook --username u --password-env HOOK_PASSWORD
+  app-inbox publish acct-1 messages.json
+  app-inbox deliveries list --account acct-1 --state failed
+  app-inbox watch --account acct-1`,
+  );
+
+  /** Runs an action with its Context; errors propagate to runCli. */
+  const act =
+    <A extends unknown[]>(fn: (ctx: Context, ...args: A) => Promise<void>) =>
+    async (...args: unknown[]): Promise<void> => {
+      const command = args[args.length - 1] as Command;
+      const ctx = new Context(io, command.optsWithGlobals<GlobalOptions>());
+      contexts.push(ctx);
+      await fn(ctx, ...(args.slice(0, -1) as A));
+    };
+
+  // ------------------------------------------------------------------ webhook
+  const webhook = program.command('webhook').description('configure the webhook of an account');
+  webhook
+    .command('set <account>')
+    .description(
+      'create or replace the webhook of an account (the whole configuration: options left out take their defaults)',
+    )
+    .requiredOption('--url <url>', 'http(s) URL the messages are POSTed to')
+    .option('--username <name>', 'Basic auth user name (with --password-stdin or --password-env)')
+    .option('--password-stdin', 'read the Basic auth password from standard input')
+    .option('--password-env <variable>', 'read the Basic auth password from this environment variable')
+    .addOption(
+      new Option('--max-messages <n>', 'most messages of one contact in a delivery (default 1000)').argParser(
+        positiveInt('--max-messages'),
+      ),
+    )
+    .option('--disabled', 'keep accepting messages but send nothing until enabled again')
+    .option('--signing-secret-env <variable>', 'read a Standard Webhooks signing secret (whsec_...) from this variable')
+    .addOption(
+      new Option(
+        '--ttl-seconds <n>',
+        'time-to-live of messages published without their own (default: the server option)',
+      ).argParser(positiveInt('--ttl-seconds')),
+    )
+    .action(
+      act(
+        async (
+          ctx,
+          account: string,
+          o: {
+            url: string;
+            username?: string;
+            passwordStdin?: boolean;
+            passwordEnv?: string;
+            maxMessages?: number;
+            disabled?: boolean;
+            signingSecretEnv?: string;
+            ttlSeconds?: number;
+          },
+        ) => {
+          if (o.passwordStdin === true && o.passwordEnv !== undefined) {
+            throw new CliError('usage', '--password-stdin and --password-env: give only one');
+          }
+          const hasPassword = o.passwordStdin === true || o.passwordEnv !== undefined;
+          if (o.username !== undefined && !hasPassword) {
+            throw new CliError('usage', '--username needs a password: --password-stdin or --password-env <variable>');
+          }
+          if (o.username === undefined && hasPassword) {
+            throw new CliError('usage', '--password-stdin / --password-env need --username');
+          }
+          let password = '';
+          if (o.passwordStdin === true) {
+            // One line; the newline `echo` or a here-string adds is not part of the password.
+            password = (await ctx.io.readStdin()).replace(/\r?\n$/, '');
+            if (password === '') throw new CliError('usage', '--password-stdin: standard input is empty');
+          } else if (o.passwordEnv !== undefined) {
+            password = secretFrom(ctx, o.passwordEnv, '--password-env');
+          }
+          const signingSecret =
+            o.signingSecretEnv === undefined ? '' : secretFrom(ctx, o.signingSecretEnv, '--signing-secret-env');
+          const response = await ctx.client.upsertWebhook({
+            accountId: account,
+            url: o.url,
+            ...(o.username !== undefined ? { basicAuth: { username: o.username, password } } : {}),
+            ...(o.maxMessages !== undefined ? { maxMessagesPerContact: o.maxMessages } : {}),
+            enabled: o.disabled !== true,
+            signingSecret,
+            ...(o.ttlSeconds !== undefined ? { defaultMessageTtlSeconds: o.ttlSeconds } : {}),
+          });
+          if (ctx.json) return ctx.out(json(UpsertWebhookResponse.toJSON(response)));
+          ctx.out(`Webhook of account ${account} ${response.created ? 'created' : 'replaced'}.\n`);
+          ctx.out(webhookView(response.webhook));
+        },
+      ),
+    );
+  webhook
+    .command('get <account>')
+    .description('show the webhook of an account (secrets are never shown, only whether they are set)')
+    .action(
+      act(async (ctx, account: string) => {
+        const response = await ctx.client.getWebhook({ accountId: account });
+        if (ctx.json) return ctx.out(json(GetWebhookResponse.toJSON(response)));
+        ctx.out(webhookView(response.webhook));
+      }),
+    );
+  webhook
+    .command('delete <account>')
+    .description('delete the webhook of an account, its stored messages and its deliveries not finished yet')
+    .action(
+      act(async (ctx, account: string) => {
+        await ctx.client.deleteWebhook({ accountId: account });
+        if (ctx.json) return ctx.out(json({}));
+        ctx.out(`Webhook of account ${account} deleted.\n`);
+      }),
+    );
+
+  // ------------------------------------------------------------------ publish, resync
+  program
+    .command('publish <account> <file>')
+    .description(
+      `publish the messages of a JSON file (an array of messages in the seed format, each with an optional ttlSeconds or expiresAtMs; "-" reads standard input), in calls of ${count(PUBLISH_BATCH_SIZE)}`,
+    )
+    .action(
+      act(async (ctx, account: string, file: string) => {
+        const source = file === '-' ? 'standard input' : file;
+        let text: string;
+        try {
+          text = file === '-' ? await ctx.io.readStdin() : await ctx.io.readFile(file);
+        } catch (error) {
+          throw new CliError(
+            'input',
+            `${source}: cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
+            [],
+            {
+              cause: error,
+            },
+          );
+        }
+        const messages = parseMessageFile(text, source);
+        const total = PublishMessagesResponse.fromPartial({});
+        // A contact in several calls may get a delivery per call (the first may be sent already): the last
+        // one carries the contact's newest state, and is the one listed.
+        const byContact = new Map<string, ContactDelivery>();
+        const batches = Math.max(1, Math.ceil(messages.length / PUBLISH_BATCH_SIZE));
+        for (let b = 0; b < batches; b++) {
+          const start = b * PUBLISH_BATCH_SIZE;
+          const batch = messages.slice(start, start + PUBLISH_BATCH_SIZE);
+          let response: PublishMessagesResponse;
+          try {
+            response = await ctx.client.publishMessages({ accountId: account, messages: batch });
+          } catch (error) {
+            if (!(error instanceof RpcError) || b === 0) throw error;
+            // Earlier calls are committed; ids make a publish idempotent, so running the file again is safe.
+            const violations = error.violations.map((v) => ({ ...v, field: fileFieldPath(v.field, start) }));
+            throw new RpcError(
+              error.status,
+              violations.length > 0
+                ? `${violations.length} invalid field${violations.length === 1 ? '' : 's'} in call ${b + 1} of ${batches}`
+                : `${error.message} (call ${b + 1} of ${batches})`,
+              violations,
+              error.reason,
+              {
+                cause: error,
+                hint: `the ${count(start)} messages before that call were published; running the file again is safe: known ids are ignored`,
+              },
+            );
+          }
+          total.accepted += response.accepted;
+          total.duplicates += response.duplicates;
+          total.skippedWithoutExternalCustomerId += response.skippedWithoutExternalCustomerId;
+          total.skippedIndices.push(...response.skippedIndices.map((i) => i + start));
+          for (const d of response.deliveries) byContact.set(d.externalCustomerId, d);
+          if (batches > 1) {
+            const done = start + batch.length;
+            ctx.note(
+              `published ${count(done)} / ${count(messages.length)} messages (${Math.floor((done * 100) / messages.length)}%)`,
+            );
+          }
+        }
+        total.deliveries = [...byContact.values()];
+        if (ctx.json) return ctx.out(json(PublishMessagesResponse.toJSON(total)));
+        ctx.out(
+          `Published ${count(messages.length)} messages to account ${account}: ${count(total.accepted)} accepted, ${count(total.duplicates)} duplicates, ${count(total.skippedWithoutExternalCustomerId)} skipped without externalCustomerId.\n`,
+        );
+        if (total.skippedIndices.length > 0) {
+          const shown = total.skippedIndices.slice(0, 20).join(', ');
+          ctx.out(
+            `Skipped (no externalCustomerId): index ${shown}${total.skippedIndices.length > 20 ? ', ...' : ''}\n`,
+          );
+        }
+        if (total.deliveries.length > 0) {
+          ctx.out(`${count(total.deliveries.length)} contacts scheduled:\n${contactTable(total.deliveries)}`);
+        }
+      }),
+    );
+  program
+    .command('resync <account> [contacts...]')
+    .description(
+      'send the named contacts (externalCustomerIds) their current list again, or every contact with messages (--all)',
+    )
+    .option('--all', 'every contact of the account with at least one message not expired')
+    .action(
+      act(async (ctx, account: string, contacts: string[], o: { all?: boolean }) => {
+        if ((o.all === true) === contacts.length > 0) {
+          throw new CliError('usage', 'resync: name the contacts or give --all (not both)');
+        }
+        const response = await ctx.client.resyncContacts({
+          accountId: account,
+          externalCustomerIds: contacts,
+          all: o.all === true,
+        });
+        if (ctx.json) return ctx.out(json(ResyncContactsResponse.toJSON(response)));
+        ctx.out(`${count(response.deliveries.length)} contacts scheduled:\n${contactTable(response.deliveries)}`);
+      }),
+    );
+
+  // ------------------------------------------------------------------ deliveries
+  const deliveries = program.command('deliveries').description('inspect and replay deliveries');
+  deliveries
+    .command('list')
+    .description('list deliveries, newest first, one page at a time')
+    .option('--account <account>', 'only this account')
+    .option('--contact <externalCustomerId>', 'only this contact (with --account)')
+    .option('--state <states>', `only these states, a comma list of ${STATE_NAMES.join(', ')}`)
+    .addOption(new Option('--limit <n>', 'deliveries per page (the server caps it)').argParser(positiveInt('--limit')))
+    .option('--page-token <token>', 'the next page, as printed by the previous one')
+    .action(
+      act(
+        async (ctx, o: { account?: string; contact?: string; state?: string; limit?: number; pageToken?: string }) => {
+          const states: DeliveryState[] = [];
+          for (const name of (o.state ?? '').split(',').filter((s) => s.trim() !== '')) {
+            const state = stateFromName(name);
+            if (state === null) {
+              throw new CliError('usage', `--state: "${name.trim()}" is not one of ${STATE_NAMES.join(', ')}`);
+            }
+            states.push(state);
+          }
+          const response = await ctx.client.listDeliveries({
+            accountId: o.account ?? '',
+            externalCustomerId: o.contact ?? '',
+            states,
+            pageSize: o.limit ?? 0,
+            pageToken: o.pageToken ?? '',
+          });
+          if (ctx.json) return ctx.out(json(ListDeliveriesResponse.toJSON(response)));
+          if (response.deliveries.length === 0) {
+            ctx.out('No deliveries.\n');
+          } else {
+            ctx.out(
+              table(
+                ['DELIVERY', 'ACCOUNT', 'CONTACT', 'STATE', 'ATTEMPTS', 'LAST ERROR', 'UPDATED'],
+                response.deliveries.map(deliveryRow),
+              ),
+            );
+          }
+          if (response.nextPageToken !== '') ctx.out(`More: --page-token ${response.nextPageToken}\n`);
+        },
+      ),
+    );
+  deliveries
+    .command('show <delivery>')
+    .description('show a delivery with its attempts')
+    .option('--body', 'also print the exact request body (frozen at the first attempt)')
+    .action(
+      act(async (ctx, id: string, o: { body?: boolean }) => {
+        const response = await ctx.client.getDelivery({ deliveryId: id, includeBody: o.body === true });
+        if (ctx.json) return ctx.out(json(GetDeliveryResponse.toJSON(response)));
+        if (response.delivery) ctx.out(deliveryView(response.delivery, o.body === true));
+      }),
+    );
+  deliveries
+    .command('retry <delivery>')
+    .description(
+      "send a delivery again now: the same id and bytes while it is its contact's newest, else the contact's newer state",
+    )
+    .action(
+      act(async (ctx, id: string) => {
+        const response = await ctx.client.retryDelivery({ deliveryId: id });
+        if (ctx.json) return ctx.out(json(RetryDeliveryResponse.toJSON(response)));
+        const d = response.delivery;
+        if (d === undefined) return;
+        ctx.out(
+          response.replacedByNewer
+            ? `A newer state of contact ${d.externalCustomerId} exists: delivery ${d.id} (${stateName(d.state)}) is sent instead.\n`
+            : `Delivery ${d.id} will be sent again (${stateName(d.state)}, due ${time(d.nextAttemptTimeMs)}).\n`,
+        );
+      }),
+    );
+
+  // ------------------------------------------------------------------ watch
+  program
+    .command('watch')
+    .description('print delivery outcomes as they happen (delivered, retrying, failed, superseded) until Ctrl-C')
+    .option('--account <account>', 'only this account')
+    .action(
+      act(async (ctx, o: { account?: string }) => {
+        const stream = ctx.client.watchDeliveries({ accountId: o.account ?? '' });
+        await new Promise<void>((resolve, reject) => {
+          let stopped = false;
+          const unsubscribe = ctx.io.onInterrupt(() => {
+            stopped = true;
+            stream.cancel();
+          });
+          // The server answers with headers once it has subscribed: from then on nothing is missed.
+          stream.once('metadata', () =>
+            ctx.note(`watching outcomes${o.account ? ` of account ${o.account}` : ''} (Ctrl-C to stop)`),
+          );
+          stream.on('data', (outcome: WatchDeliveriesResponse) =>
+            ctx.out(ctx.json ? `${JSON.stringify(WatchDeliveriesResponse.toJSON(outcome))}\n` : outcomeLine(outcome)),
+          );
+          stream.on('error', (error: ServiceError) => {
+            unsubscribe();
+            // Our own cancel ends the stream with CANCELLED: that is the normal end of a watch.
+            if (stopped) resolve();
+            else reject(isServiceError(error) ? rpcError(error, ctx.client.address) : error);
+          });
+          stream.on('status', (s: StatusObject) => {
+            if (s.code === 0) {
+              unsubscribe();
+              ctx.note('the server ended the watch (shutting down)');
+              resolve();
+            }
+          });
+        });
+      }),
+    );
+
+  return program;
+}
+
+function writeError(io: CliIo, error: CliError, asJson: boolean): void {
+  if (asJson) {
+    io.stderr.write(
+      json({
+        error: {
+          code: error instanceof RpcError ? error.status : error.code.toUpperCase(),
+          message: error.message,
+          ...(error instanceof RpcError && error.reason !== null ? { reason: error.reason } : {}),
+          fieldViolations: error.violations,
+          ...(error.hint !== null ? { hint: error.hint } : {}),
+        },
+      }),
+    );
+    return;
+  }
+  const prefix = error instanceof RpcError ? `${error.status}: ` : '';
+  const n = error.violations.length;
+  // The server's message already lists the fields; with violations a count heads the list instead.
+  const summary =
+    error instanceof RpcError && n > 0 && /^\d+ invalid fields?: /.test(error.message)
+      ? `${n} invalid field${n === 1 ? '' : 's'}`
+      : error.message;
+  let text = `app-inbox: ${prefix}${summary}\n`;
+  for (const v of error.violations) text += `  ${v.field || '(request)'}: ${v.description}\n`;
+  if (error.hint !== null) text += `(${error.hint})\n`;
+  io.stderr.write(text);
+}
+
+/**
+ * Runs the client with `argv` (without node and the script) and returns the exit code: 0 done, 1 the server
+ * refused or could not be reached, 2 bad usage or input (see {@link EXIT_CODE_BY_ERROR}).
+ */
+export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
+  const contexts: Context[] = [];
+  const program = buildProgram(io, contexts);
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and version end with exit code 0; commander already printed its message otherwise.
+      return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
+    }
+    if (error instanceof CliError) {
+      writeError(io, error, argv.includes('--json'));
+      return error.exitCode;
+    }
+    io.stderr.write(
+      `app-inbox: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    return 1;
+  } finally {
+    for (const ctx of contexts) ctx.close();
+  }
+}
