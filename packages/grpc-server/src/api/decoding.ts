@@ -1,0 +1,218 @@
+/**
+ * Requests that cannot be decoded are the caller's fault: INVALID_ARGUMENT naming the field, not INTERNAL.
+ *
+ * grpc-js answers `INTERNAL: Error deserializing request` whenever a service's `requestDeserialize` throws,
+ * whatever the thrown error says (server-interceptors.ts, grpc-js 1.14). Two things make the generated
+ * (ts-proto, `forceLong=number`) decoders throw: a 64-bit integer field beyond ±(2^53 − 1), which a
+ * JavaScript number cannot hold (e.g. `created_date: 2^63 − 1`), and bytes that are not protobuf at all.
+ * So the wrapped deserializer never throws: it hands the handler a marker, and the wrapped handler answers
+ * INVALID_ARGUMENT with a `google.rpc.BadRequest`, the field path found by walking the wire bytes with the
+ * message's descriptor (from the same .proto files the code was generated from).
+ * @see CONVENTIONS §6 (typed errors; bad input gets a clear error naming the field)
+ */
+import { fileURLToPath } from 'node:url';
+import type {
+  MethodDefinition,
+  ServerUnaryCall,
+  ServerWritableStream,
+  ServiceDefinition,
+  UntypedServiceImplementation,
+  sendUnaryData,
+} from '@grpc/grpc-js';
+import { loadSync, type PackageDefinition } from '@grpc/proto-loader';
+import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
+import type { Logger } from 'pino';
+import { invalidArgument, toServiceError, type FieldViolation } from './errors.js';
+
+/** The .proto sources beside `src/` and `dist/` (the package ships them). */
+const PROTO_DIR = fileURLToPath(new URL('../../proto/', import.meta.url));
+const API_PROTO_FILES = ['app_inbox/v1/webhook.proto', 'app_inbox/v1/message.proto', 'app_inbox/v1/delivery.proto'];
+
+/** Largest magnitude a JavaScript number holds exactly, as the decoders check it. */
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** How deep the field search follows nested messages (our requests nest two levels). */
+const MAX_DEPTH = 16;
+
+/** What the handler receives instead of a request that could not be decoded. */
+const UNDECODABLE: unique symbol = Symbol('undecodable request');
+interface Undecodable {
+  readonly [UNDECODABLE]: readonly FieldViolation[];
+}
+
+function isUndecodable(request: unknown): request is Undecodable {
+  return typeof request === 'object' && request !== null && UNDECODABLE in request;
+}
+
+/** The parts of a protobuf descriptor (as @grpc/proto-loader gives it) the field search reads. */
+interface FieldDescriptor {
+  name: string;
+  number: number;
+  type: string;
+  label: string;
+  typeName: string;
+}
+interface MessageDescriptor {
+  field: FieldDescriptor[];
+}
+
+const SIXTY_FOUR_BIT: Readonly<Record<string, (r: BinaryReader) => bigint | string>> = {
+  TYPE_INT64: (r) => r.int64(),
+  TYPE_UINT64: (r) => r.uint64(),
+  TYPE_SINT64: (r) => r.sint64(),
+  TYPE_FIXED64: (r) => r.fixed64(),
+  TYPE_SFIXED64: (r) => r.sfixed64(),
+};
+
+let descriptors: PackageDefinition | null = null;
+/** Loaded on the first undecodable request only: well-formed traffic never pays for it. */
+function packageDefinition(): PackageDefinition {
+  descriptors ??= loadSync(API_PROTO_FILES, { includeDirs: [PROTO_DIR], keepCase: true });
+  return descriptors;
+}
+
+function messageDescriptor(fullName: string): MessageDescriptor | null {
+  const entry = packageDefinition()[fullName] as { type?: MessageDescriptor } | undefined;
+  return entry?.type?.field === undefined ? null : entry.type;
+}
+
+/** A field's message type, resolved like protoc: relative to the enclosing package, or fully qualified. */
+function resolveType(typeName: string, packageName: string): MessageDescriptor | null {
+  if (typeName.startsWith('.')) return messageDescriptor(typeName.slice(1));
+  return messageDescriptor(`${packageName}.${typeName}`) ?? messageDescriptor(typeName);
+}
+
+function unsafe(value: bigint | string): boolean {
+  const n = BigInt(value);
+  return n > MAX_SAFE || n < -MAX_SAFE;
+}
+
+/**
+ * The path (proto field names, `messages[3].created_date`) of the first 64-bit integer field whose value a
+ * JavaScript number cannot hold, or null when there is none (or the bytes do not parse).
+ */
+export function findUnsafeInteger(
+  bytes: Uint8Array,
+  descriptor: MessageDescriptor,
+  packageName: string,
+  prefix = '',
+  depth = 0,
+): string | null {
+  if (depth > MAX_DEPTH) return null;
+  const reader = new BinaryReader(bytes);
+  const seen = new Map<number, number>();
+  while (reader.pos < reader.len) {
+    const [number, wireType] = reader.tag();
+    const field = descriptor.field.find((f) => f.number === number);
+    if (field === undefined) {
+      reader.skip(wireType, number);
+      continue;
+    }
+    const index = seen.get(number) ?? 0;
+    const repeated = field.label === 'LABEL_REPEATED';
+    const path = (i: number) => `${prefix}${field.name}${repeated ? `[${i}]` : ''}`;
+    const read = SIXTY_FOUR_BIT[field.type];
+    if (read !== undefined && wireType === WireType.LengthDelimited) {
+      // A packed repeated field: every element in one length-delimited run.
+      const packed = new BinaryReader(reader.bytes());
+      let i = index;
+      while (packed.pos < packed.len) {
+        if (unsafe(read(packed))) return path(i);
+        i++;
+      }
+      seen.set(number, i);
+    } else if (read !== undefined) {
+      seen.set(number, index + 1);
+      if (unsafe(read(reader))) return path(index);
+    } else if (field.type === 'TYPE_MESSAGE' && wireType === WireType.LengthDelimited) {
+      seen.set(number, index + 1);
+      const nested = resolveType(field.typeName, packageName);
+      const sub = reader.bytes();
+      const found = nested === null ? null : findUnsafeInteger(sub, nested, packageName, `${path(index)}.`, depth + 1);
+      if (found !== null) return found;
+    } else {
+      seen.set(number, index + 1);
+      reader.skip(wireType, number);
+    }
+  }
+  return null;
+}
+
+/** Why `bytes` could not be decoded as the request of the method at `path` (`/pkg.Service/Method`). */
+export function describeUndecodable(path: string, bytes: Uint8Array): FieldViolation[] {
+  const [, service = '', method = ''] = path.split('/');
+  const packageName = service.slice(0, service.lastIndexOf('.'));
+  let requestType = 'request';
+  let field: string | null = null;
+  try {
+    const definition = packageDefinition()[service] as
+      Record<string, { requestType?: { type?: MessageDescriptor & { name?: string } } }> | undefined;
+    const descriptor = definition?.[method]?.requestType?.type;
+    if (descriptor?.field !== undefined) {
+      requestType = `${packageName}.${descriptor.name ?? 'request'}`;
+      field = findUnsafeInteger(bytes, descriptor, packageName);
+    }
+  } catch {
+    // Not protobuf at all: the generic answer below.
+  }
+  if (field !== null) {
+    return [
+      {
+        field,
+        description: `must be an integer from -${Number.MAX_SAFE_INTEGER} to ${Number.MAX_SAFE_INTEGER} (2^53 - 1)`,
+      },
+    ];
+  }
+  return [{ field: '', description: `is not a valid ${requestType} message: the bytes are not well-formed protobuf` }];
+}
+
+/**
+ * `definition` and `implementation` with every unary and server-streaming method made to answer
+ * INVALID_ARGUMENT (with a BadRequest naming the field when one is to blame) for a request that cannot be
+ * decoded, instead of grpc-js's INTERNAL. Other methods are left as they are. Spread the result into
+ * `server.addService(...)`.
+ */
+export function decodeFailuresAsInvalidArgument(
+  definition: ServiceDefinition,
+  implementation: UntypedServiceImplementation,
+  logger?: Logger,
+): [ServiceDefinition, UntypedServiceImplementation] {
+  const tolerantDefinition: Record<string, MethodDefinition<unknown, unknown>> = {};
+  const tolerantImplementation: UntypedServiceImplementation = { ...implementation };
+  for (const [name, method] of Object.entries(definition) as Array<[string, MethodDefinition<unknown, unknown>]>) {
+    const handler = implementation[name];
+    if (method.requestStream || handler === undefined) {
+      tolerantDefinition[name] = method;
+      continue;
+    }
+    tolerantDefinition[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer): unknown => {
+        try {
+          return method.requestDeserialize(bytes);
+        } catch {
+          return { [UNDECODABLE]: describeUndecodable(method.path, bytes) } satisfies Undecodable;
+        }
+      },
+    };
+    const refuse = (request: Undecodable) => {
+      const error = invalidArgument(request[UNDECODABLE]);
+      logger?.info({ method: method.path, code: error.code, message: error.message }, 'rpc refused');
+      return toServiceError(error);
+    };
+    if (method.responseStream) {
+      const stream = handler as (call: ServerWritableStream<unknown, unknown>) => void;
+      tolerantImplementation[name] = (call: ServerWritableStream<unknown, unknown>) => {
+        if (isUndecodable(call.request)) call.emit('error', refuse(call.request));
+        else stream(call);
+      };
+    } else {
+      const unary = handler as (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => void;
+      tolerantImplementation[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        if (isUndecodable(call.request)) callback(refuse(call.request));
+        else unary(call, callback);
+      };
+    }
+  }
+  return [tolerantDefinition as ServiceDefinition, tolerantImplementation];
+}
