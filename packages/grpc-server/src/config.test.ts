@@ -84,12 +84,69 @@ describe('loadConfig', () => {
   });
 });
 
+describe('security and circuit options (issue 7)', () => {
+  it('are secure by default: public destinations only, no key, no token, plaintext', () => {
+    const config = loadConfig([], {});
+    expect(config).toMatchObject({
+      webhookAllowPrivate: false,
+      webhookAllowList: [],
+      secretKeys: '',
+      grpcTokens: [],
+      tlsCertFile: '',
+      circuitOpenAfterMs: 300_000,
+      circuitMinFailures: 5,
+      circuitProbeIntervalMs: 30_000,
+      circuitProbeMaxIntervalMs: 300_000,
+    });
+  });
+
+  it('reads the switch, comma lists and env-only secrets', () => {
+    const config = loadConfig(['--webhook-allow-private', '--webhook-allow-list', ' 127.0.0.1, 10.0.0.0/8 ,,'], {
+      APP_INBOX_GRPC_TOKENS: 'token-aaaaaaaaaaaaaaaa,token-bbbbbbbbbbbbbbbb',
+      APP_INBOX_SECRET_KEYS: 'k1:AAAA',
+    });
+    expect(config.webhookAllowPrivate).toBe(true);
+    expect(config.webhookAllowList).toEqual(['127.0.0.1', '10.0.0.0/8']);
+    expect(config.grpcTokens).toEqual(['token-aaaaaaaaaaaaaaaa', 'token-bbbbbbbbbbbbbbbb']);
+    expect(config.secretKeys).toBe('k1:AAAA');
+    expect(loadConfig(['--webhook-allow-private', 'false'], {}).webhookAllowPrivate).toBe(false);
+    expect(loadConfig([], { APP_INBOX_WEBHOOK_ALLOW_PRIVATE: 'yes' }).webhookAllowPrivate).toBe(true);
+  });
+
+  it('keeps secrets off the command line and out of error messages', () => {
+    expect(problems(['--grpc-tokens', 'x'])[0]).toMatch(/unknown option '--grpc-tokens'/);
+    expect(problems(['--secret-keys', 'x'])[0]).toMatch(/unknown option '--secret-keys'/);
+    const found = problems([], { APP_INBOX_GRPC_TOKENS: 'good-token-0123456789,short-secret' });
+    expect(found).toEqual(['APP_INBOX_GRPC_TOKENS entry 2 must be at least 16 characters without spaces']);
+    expect(found.join()).not.toContain('short-secret');
+  });
+
+  it('names the bad allow-list entry and the incomplete TLS or circuit settings', () => {
+    expect(problems(['--webhook-allow-list', '127.0.0.1,not a host'])).toEqual([
+      '--webhook-allow-list: entry 2: "not a host" is not an IP address, CIDR block or host name',
+    ]);
+    expect(problems(['--webhook-allow-private', 'maybe'])).toEqual([
+      '--webhook-allow-private (flag) must be true or false; got "maybe"',
+    ]);
+    expect(problems(['--tls-key-file', 'k.pem'])).toEqual(['--tls-cert-file and --tls-key-file must be set together']);
+    expect(problems(['--tls-client-ca-file', 'ca.pem'])).toEqual([
+      '--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file',
+    ]);
+    expect(problems(['--secret-key-file', 'k'], { APP_INBOX_SECRET_KEYS: 'k1:AAAA' })).toEqual([
+      'APP_INBOX_SECRET_KEYS and --secret-key-file are both set: set only one',
+    ]);
+    expect(problems(['--circuit-probe-interval-ms', '1000', '--circuit-probe-max-interval-ms', '500'])).toEqual([
+      '--circuit-probe-max-interval-ms (500) must be at least --circuit-probe-interval-ms (1000)',
+    ]);
+  });
+});
+
 describe('CONFIG.md', () => {
   it('is generated from the options (run `npm run config:docs` after changing them)', async () => {
     const file = fileURLToPath(new URL('../CONFIG.md', import.meta.url));
     const onDisk = readFileSync(file, 'utf8');
     const options = { ...(await resolveConfig(file)), filepath: file };
     expect(onDisk).toBe(await format(configMarkdown(), options));
-    for (const spec of OPTION_SPECS) expect(onDisk).toContain(`\`${spec.flag}\``);
+    for (const spec of OPTION_SPECS) expect(onDisk).toContain(`\`${spec.envOnly === true ? spec.env[0] : spec.flag}\``);
   });
 });

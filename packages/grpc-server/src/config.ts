@@ -8,6 +8,8 @@
 import { Command, CommanderError } from 'commander';
 import { z } from 'zod';
 import { DEFAULT_BACKOFF } from '@app-inbox/core';
+import { MIN_TOKEN_LENGTH } from './security/grpc-auth.js';
+import { validateAddressPolicy } from './security/ssrf.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -19,6 +21,11 @@ export interface ServerConfig {
    * PostgreSQL URL (`postgres://…`). Default `./data/app-inbox.db` (relative to the working directory).
    */
   store: string;
+  /**
+   * PostgreSQL only: connections in this process's pool (connections); the LISTEN connection of
+   * WatchDeliveries comes on top. Size the server's `max_connections` for N processes × (this + 1). Default 10.
+   */
+  pgPoolSize: number;
   /** Timeout of one webhook request, connection to last body byte (milliseconds). Default 15,000. @see SPEC §5 */
   requestTimeoutMs: number;
   /**
@@ -51,6 +58,17 @@ export interface ServerConfig {
   maxAgeMs: number;
   /** Log level of the JSON logs (pino). Default `info`. */
   logLevel: LogLevel;
+  /**
+   * `host:port` of the Prometheus metrics endpoint (`GET /metrics`, `GET /healthz`); port 0 picks a free one.
+   * Empty: no metrics server. Default `127.0.0.1:9464` (loopback only). @see OPERATIONS.md
+   */
+  metricsAddress: string;
+  /**
+   * OTLP/HTTP endpoint traces are exported to (`<endpoint>/v1/traces`), e.g. `http://collector:4318`. Empty:
+   * the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, and with neither,
+   * tracing is off. Default empty. @see OPERATIONS.md
+   */
+  otlpEndpoint: string;
   /** How long a graceful shutdown waits for in-flight deliveries before returning them to the queue (milliseconds). Default 10,000. */
   shutdownDeadlineMs: number;
   /** Interval of the sweeper that deletes expired messages and old finished deliveries (milliseconds). Default 60,000. */
@@ -59,12 +77,49 @@ export interface ServerConfig {
   terminalRetentionMs: number;
   /** Largest gRPC request accepted (bytes); a PublishMessages of 10,000 messages needs several MiB. Default 67,108,864 (64 MiB). */
   maxRequestBytes: number;
+  /**
+   * Also allow webhook URLs on private networks (RFC 1918, unique local fc00::/7, CGNAT 100.64.0.0/10).
+   * Loopback, link-local, cloud metadata and reserved addresses stay refused. Default false. @see SECURITY.md
+   */
+  webhookAllowPrivate: boolean;
+  /**
+   * Webhook destinations allowed whatever their address: IPs (`127.0.0.1`), CIDR blocks (`10.1.0.0/16`) or
+   * exact host names. Default empty: only public addresses (secure by default; tests and the local demo set
+   * `127.0.0.1`). @see SECURITY.md
+   */
+  webhookAllowList: string[];
+  /**
+   * Keys sealing webhook secrets at rest, `id:base64key` comma list, the first one seals (env only:
+   * `APP_INBOX_SECRET_KEYS`). Default empty: `secretKeyFile`, else `<SQLite dir>/secret.key` (created).
+   */
+  secretKeys: string;
+  /** File of `id:base64key` lines (first seals). Default empty: see `secretKeys`. Required for PostgreSQL if no keys. */
+  secretKeyFile: string;
+  /** PEM certificate chain of the gRPC server; with `tlsKeyFile` the API is served over TLS. Default empty (plaintext). */
+  tlsCertFile: string;
+  /** PEM private key of `tlsCertFile`. Default empty. */
+  tlsKeyFile: string;
+  /** PEM CA bundle client certificates must chain to (mutual TLS). Default empty (no client certificate asked). */
+  tlsClientCaFile: string;
+  /** Bearer tokens accepted on every call but health (env only: `APP_INBOX_GRPC_TOKENS`). Default empty (no token). */
+  grpcTokens: string[];
+  /** File of bearer tokens, one per line. Default empty. */
+  grpcTokenFile: string;
+  /** An endpoint failing (no 2xx) without a break for this long is paused (milliseconds). Default 300,000 (5 min). */
+  circuitOpenAfterMs: number;
+  /** ... and for at least this many attempts. Default 5. */
+  circuitMinFailures: number;
+  /** First wait before a paused endpoint gets one probe delivery; doubles after each failed probe (milliseconds). Default 30,000. */
+  circuitProbeIntervalMs: number;
+  /** Longest wait between two probes (milliseconds). Default 300,000 (5 min). */
+  circuitProbeMaxIntervalMs: number;
 }
 
 /** The defaults of every option. @see ServerConfig for units */
 export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   grpcAddress: '127.0.0.1:50051',
   store: './data/app-inbox.db',
+  pgPoolSize: 10,
   requestTimeoutMs: 15_000,
   leaseMs: 45_000,
   pollIntervalMs: 200,
@@ -79,10 +134,26 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   maxAttempts: DEFAULT_BACKOFF.maxAttempts,
   maxAgeMs: DEFAULT_BACKOFF.maxAgeMs,
   logLevel: 'info',
+  metricsAddress: '127.0.0.1:9464',
+  otlpEndpoint: '',
   shutdownDeadlineMs: 10_000,
   sweepIntervalMs: 60_000,
   terminalRetentionMs: 604_800_000,
   maxRequestBytes: 64 * 1024 * 1024,
+  // Secure by default (issue 7): no private destination, no key or token on a command line.
+  webhookAllowPrivate: false,
+  webhookAllowList: Object.freeze([]) as unknown as string[],
+  secretKeys: '',
+  secretKeyFile: '',
+  tlsCertFile: '',
+  tlsKeyFile: '',
+  tlsClientCaFile: '',
+  grpcTokens: Object.freeze([]) as unknown as string[],
+  grpcTokenFile: '',
+  circuitOpenAfterMs: 300_000,
+  circuitMinFailures: 5,
+  circuitProbeIntervalMs: 30_000,
+  circuitProbeMaxIntervalMs: 300_000,
 });
 
 /** One option: its flag, environment variables, documentation and schema. */
@@ -98,6 +169,13 @@ export interface OptionSpec {
   /** What a valid value is, in words, for error messages and docs. */
   bound: string;
   schema: z.ZodType;
+  /**
+   * Secret material (keys, tokens): read from the environment only, never from a flag, since a command
+   * line is visible to every local user (`ps`) and kept in shell history. Default false.
+   */
+  envOnly?: boolean;
+  /** A switch: `--flag` alone means true (`--flag false` also works). Default false. */
+  isSwitch?: boolean;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -125,6 +203,43 @@ function envName(flag: string): string {
 }
 
 const DAY_MS = 86_400_000;
+
+/** A boolean from a switch (true), a variable or a flag value (`true/false/1/0/yes/no`). */
+const BOOLEAN = z.union([
+  z.boolean(),
+  z
+    .string()
+    .trim()
+    .toLowerCase()
+    .pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no']))
+    .transform((s) => s === 'true' || s === '1' || s === 'yes'),
+]);
+
+/** A comma-separated list (blank entries dropped), or a list as is. */
+const LIST = z.union([
+  z.array(z.string()),
+  z.string().transform((s) =>
+    s
+      .split(',')
+      .map((e) => e.trim())
+      .filter((e) => e !== ''),
+  ),
+]);
+
+/** A file path, or empty for none. */
+const PATH_OR_EMPTY = z.string().trim();
+
+function fileOption(key: keyof ServerConfig, flag: string, description: string): OptionSpec {
+  return {
+    key,
+    flag,
+    env: [envName(flag)],
+    unit: '',
+    description,
+    bound: 'a file path (empty: none)',
+    schema: PATH_OR_EMPTY,
+  };
+}
 
 /** host:port with a port of 0-65535; the host may be a name, IPv4, or a bracketed IPv6 address. */
 const ADDRESS = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
@@ -156,6 +271,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     bound: 'a file path, sqlite:PATH, or a postgres:// URL',
     schema: z.string().min(1).regex(STORE),
   },
+  intOption(
+    'pgPoolSize',
+    '--pg-pool-size',
+    'count',
+    1,
+    1_000,
+    "PostgreSQL only: connections in this process's pool; the LISTEN connection comes on top (ignored for SQLite).",
+  ),
   intOption('requestTimeoutMs', '--request-timeout-ms', 'ms', 100, 600_000, 'Timeout of one webhook request.'),
   intOption(
     'leaseMs',
@@ -240,6 +363,33 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     bound: `one of ${LOG_LEVELS.join(', ')}`,
     schema: z.enum(LOG_LEVELS),
   },
+  {
+    key: 'metricsAddress',
+    flag: '--metrics-address',
+    env: ['APP_INBOX_METRICS_ADDRESS'],
+    unit: '',
+    description:
+      'host:port of the Prometheus endpoint (`/metrics`, `/healthz`); port 0 picks a free port; `off` (or an empty flag value) runs no metrics server. See OPERATIONS.md.',
+    bound: 'host:port with a port from 0 to 65,535, or off',
+    schema: z
+      .string()
+      .trim()
+      .transform((s) => (s.toLowerCase() === 'off' ? '' : s))
+      .refine((s) => s === '' || (ADDRESS.test(s) && Number(ADDRESS.exec(s)?.[1]) <= 65_535)),
+  },
+  {
+    key: 'otlpEndpoint',
+    flag: '--otlp-endpoint',
+    env: ['APP_INBOX_OTLP_ENDPOINT'],
+    unit: '',
+    description:
+      'OTLP/HTTP collector traces are sent to (`<endpoint>/v1/traces`), e.g. `http://127.0.0.1:4318`. Empty: the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; with none of them tracing is off.',
+    bound: 'an http(s) URL, or empty',
+    schema: z
+      .string()
+      .trim()
+      .refine((s) => s === '' || /^https?:\/\/[^\s/]+/i.test(s)),
+  },
   intOption(
     'shutdownDeadlineMs',
     '--shutdown-deadline-ms',
@@ -271,6 +421,102 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     1024 * 1024,
     1024 * 1024 * 1024,
     'Largest gRPC request accepted (a PublishMessages of 10,000 messages needs several MiB).',
+  ),
+  {
+    key: 'webhookAllowPrivate',
+    flag: '--webhook-allow-private',
+    env: ['APP_INBOX_WEBHOOK_ALLOW_PRIVATE'],
+    unit: '',
+    description:
+      'Also allow webhook URLs on private networks (RFC 1918, fc00::/7, CGNAT); loopback, link-local and cloud metadata stay refused. See SECURITY.md.',
+    bound: 'true or false',
+    schema: BOOLEAN,
+    isSwitch: true,
+  },
+  {
+    key: 'webhookAllowList',
+    flag: '--webhook-allow-list',
+    env: ['APP_INBOX_WEBHOOK_ALLOW_LIST'],
+    unit: '',
+    description:
+      'Comma list of webhook destinations allowed whatever their address: IPs, CIDR blocks or exact host names. Empty: public addresses only. For a receiver on this machine: `--webhook-allow-list 127.0.0.1`.',
+    bound: 'a comma list of IPs, CIDRs or host names',
+    schema: LIST,
+  },
+  {
+    key: 'secretKeys',
+    flag: '--secret-keys',
+    env: ['APP_INBOX_SECRET_KEYS'],
+    unit: '',
+    description:
+      'Keys sealing webhook passwords and signing secrets at rest (AES-256-GCM): `id:base64key` comma list, the first seals, all open (rotation). Empty: --secret-key-file, else for SQLite `<db dir>/secret.key` (created, mode 0600). Generate: `echo k1:$(openssl rand -base64 32)`.',
+    bound: 'id:base64key entries',
+    schema: z.string().trim(),
+    envOnly: true,
+  },
+  fileOption(
+    'secretKeyFile',
+    '--secret-key-file',
+    'File of `id:base64key` lines (first seals). PostgreSQL needs this or APP_INBOX_SECRET_KEYS (every process the same keys).',
+  ),
+  fileOption(
+    'tlsCertFile',
+    '--tls-cert-file',
+    'PEM certificate chain of the gRPC server: with --tls-key-file the API is served over TLS (plaintext when empty).',
+  ),
+  fileOption('tlsKeyFile', '--tls-key-file', 'PEM private key of --tls-cert-file.'),
+  fileOption(
+    'tlsClientCaFile',
+    '--tls-client-ca-file',
+    'PEM CA bundle client certificates must chain to: mutual TLS (needs --tls-cert-file).',
+  ),
+  {
+    key: 'grpcTokens',
+    flag: '--grpc-tokens',
+    env: ['APP_INBOX_GRPC_TOKENS'],
+    unit: '',
+    description:
+      'Comma list of bearer tokens (16+ characters) accepted on every call but health; without a valid `authorization: Bearer` header a call gets UNAUTHENTICATED. Empty with no token file: no token asked.',
+    bound: 'a comma list of tokens',
+    schema: LIST,
+    envOnly: true,
+  },
+  fileOption(
+    'grpcTokenFile',
+    '--grpc-token-file',
+    'File of bearer tokens, one per line (`#` comments); added to APP_INBOX_GRPC_TOKENS.',
+  ),
+  intOption(
+    'circuitOpenAfterMs',
+    '--circuit-open-after-ms',
+    'ms',
+    0,
+    30 * DAY_MS,
+    'Circuit breaker: an endpoint with no 2xx answer for this long (and --circuit-min-failures attempts) is paused; a 410 Gone pauses it at once.',
+  ),
+  intOption(
+    'circuitMinFailures',
+    '--circuit-min-failures',
+    'count',
+    1,
+    1_000_000,
+    'Circuit breaker: failed attempts in a row needed, besides the time, to pause an endpoint.',
+  ),
+  intOption(
+    'circuitProbeIntervalMs',
+    '--circuit-probe-interval-ms',
+    'ms',
+    10,
+    DAY_MS,
+    'Circuit breaker: wait before a paused endpoint gets one probe delivery; doubles after each failed probe.',
+  ),
+  intOption(
+    'circuitProbeMaxIntervalMs',
+    '--circuit-probe-max-interval-ms',
+    'ms',
+    10,
+    7 * DAY_MS,
+    'Circuit breaker: longest wait between two probes.',
   ),
 ];
 
@@ -305,11 +551,18 @@ export function createCommand(): Command {
     .exitOverride()
     // Parse errors are thrown as ConfigError and printed once by the caller.
     .configureOutput({ outputError: () => undefined });
+  const secrets = OPTION_SPECS.filter((spec) => spec.envOnly === true);
+  program.addHelpText(
+    'after',
+    `\nSecrets come from the environment only (a command line is visible to other users):\n${secrets
+      .map((spec) => `  ${spec.env.join(' or ')}: ${spec.description}`)
+      .join('\n')}\nSee SECURITY.md.`,
+  );
   for (const spec of OPTION_SPECS) {
-    const dflt = DEFAULT_CONFIG[spec.key];
+    if (spec.envOnly === true) continue;
     program.option(
-      `${spec.flag} <value>`,
-      `${spec.description} ${spec.unit ? `[${spec.unit}] ` : ''}(env ${spec.env.join(' or ')}; default ${String(dflt)})`,
+      `${spec.flag} ${spec.isSwitch === true ? '[value]' : '<value>'}`,
+      `${spec.description} ${spec.unit ? `[${spec.unit}] ` : ''}(env ${spec.env.join(' or ')}; default ${shownDefault(spec)})`,
     );
   }
   return program;
@@ -342,7 +595,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Ser
       config[spec.key] = result.data;
     } else {
       problems.push(
-        `${spec.flag} (${describeSource(source)}) must be ${spec.bound}${spec.unit && spec.unit !== 'count' ? ` (${spec.unit})` : ''}; got ${JSON.stringify(source.raw)}`,
+        `${spec.envOnly === true ? (spec.env[0] ?? spec.flag) : spec.flag} (${describeSource(source)}) must be ${spec.bound}${spec.unit && spec.unit !== 'count' ? ` (${spec.unit})` : ''}; got ${spec.envOnly === true ? 'a value (not shown: it is secret)' : JSON.stringify(source.raw)}`,
       );
     }
   }
@@ -359,9 +612,51 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Ser
         `--backoff-max-ms (${parsed.backoffMaxMs}) must be at least --backoff-base-ms (${parsed.backoffBaseMs})`,
       );
     }
+    problems.push(...securityProblems(parsed));
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return parsed;
+}
+
+/** Rules of the security and circuit options (issue 7); files are read (and named in errors) at start. */
+function securityProblems(c: ServerConfig): string[] {
+  const out: string[] = [];
+  try {
+    validateAddressPolicy({ allowPrivate: c.webhookAllowPrivate, allowList: c.webhookAllowList });
+  } catch (error) {
+    const message = (error as Error).message.replace(/^allowList\[(\d+)\]/, (_, i: string) => `entry ${Number(i) + 1}`);
+    out.push(`--webhook-allow-list: ${message}`);
+  }
+  if ((c.tlsCertFile === '') !== (c.tlsKeyFile === '')) {
+    out.push('--tls-cert-file and --tls-key-file must be set together');
+  }
+  if (c.tlsClientCaFile !== '' && c.tlsCertFile === '') {
+    out.push('--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file');
+  }
+  c.grpcTokens.forEach((token, i) => {
+    // The token itself is never echoed.
+    if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
+      out.push(`APP_INBOX_GRPC_TOKENS entry ${i + 1} must be at least ${MIN_TOKEN_LENGTH} characters without spaces`);
+    }
+  });
+  if (c.secretKeys !== '' && c.secretKeyFile !== '') {
+    out.push('APP_INBOX_SECRET_KEYS and --secret-key-file are both set: set only one');
+  }
+  if (c.circuitProbeMaxIntervalMs < c.circuitProbeIntervalMs) {
+    out.push(
+      `--circuit-probe-max-interval-ms (${c.circuitProbeMaxIntervalMs}) must be at least --circuit-probe-interval-ms (${c.circuitProbeIntervalMs})`,
+    );
+  }
+  return out;
+}
+
+/** The default of an option as the help and CONFIG.md show it. */
+function shownDefault(spec: OptionSpec): string {
+  const dflt = DEFAULT_CONFIG[spec.key];
+  if (typeof dflt === 'number') return fmt(dflt);
+  if (Array.isArray(dflt)) return dflt.length === 0 ? '(empty)' : dflt.join(',');
+  if (dflt === '') return '(empty)';
+  return String(dflt);
 }
 
 function pick(spec: OptionSpec, flags: Record<string, string | undefined>, env: NodeJS.ProcessEnv): Source {
@@ -386,10 +681,9 @@ function camel(flag: string): string {
 /** The options table of the README, in markdown, generated from {@link OPTION_SPECS}. */
 export function configMarkdownTable(): string {
   const rows = OPTION_SPECS.map((spec) => {
-    const dflt = DEFAULT_CONFIG[spec.key];
-    const shown = typeof dflt === 'number' ? fmt(dflt) : dflt;
     const env = spec.env.map((e) => `\`${e}\``).join(' or ');
-    return `| \`${spec.flag}\` | ${env} | \`${shown}\` | ${spec.unit || '—'} | ${spec.description} Valid: ${spec.bound}. |`;
+    const flag = spec.envOnly === true ? '— (env only: a secret)' : `\`${spec.flag}\``;
+    return `| ${flag} | ${env} | \`${shownDefault(spec)}\` | ${spec.unit || '—'} | ${spec.description} Valid: ${spec.bound}. |`;
   });
   return [
     '| flag | environment variable | default | unit | meaning |',

@@ -22,3 +22,9 @@ export type { ApiErrorCode, DecodedStatusDetails, FieldViolation } from './api/e
 export { createApi } from './api/services.js';
 export type { Api, ApiDependencies } from './api/services.js';
 export { MAX_MESSAGES_PER_PUBLISH } from './api/requests.js';
+// For internal callers: TLS / mutual TLS / bearer-token credentials of the generated clients. @see SECURITY.md
+export { clientCredentials, generateKeyLine } from './security/index.js';
+export type { ClientAccess, ClientAccessOptions } from './security/index.js';
+// Observability (issue 8): the logger the server uses (secrets censored), its metrics' type. @see OPERATIONS.md
+export { createLogger, logAttempt } from './observability/index.js';
+export type { AttemptEvent, Metrics, QueueStats } from './observability/index.js';

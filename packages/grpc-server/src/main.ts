@@ -4,8 +4,12 @@
  * server, log the bound address, and shut down in order on SIGTERM/SIGINT; a second signal forces the exit.
  * @see CONVENTIONS §8
  */
-import { pino } from 'pino';
 import { ConfigError, HelpShown, loadConfig, type ServerConfig } from './config.js';
+import { LoggerOptionError, createLogger } from './observability/logger.js';
+import { MetricsServerOptionError } from './observability/metrics-server.js';
+import { TracingOptionError } from './observability/tracing.js';
+import { GrpcAuthConfigError } from './security/grpc-auth.js';
+import { SecretBoxError } from './security/secrets.js';
 import { startServer } from './server.js';
 
 /** Exit code of a refused configuration (like sysexits' EX_USAGE family: not a crash). */
@@ -26,20 +30,28 @@ function readConfig(): ServerConfig {
 
 async function main(): Promise<void> {
   const config = readConfig();
-  const logger = pino({
-    level: config.logLevel,
-    base: { service: 'app-inbox-server', pid: process.pid },
-    // Defence in depth: no code path logs these, and if one ever did, pino would hide them.
-    redact: {
-      paths: ['*.password', '*.signingSecret', '*.auth', 'auth', 'password', 'signingSecret'],
-      censor: '[redacted]',
-    },
-  });
+  // Secrets (passwords, signing secrets, tokens, Authorization headers) are censored at any depth of every
+  // line by the logger itself, and webhook URLs are cut to their origin: defence in depth, since no code
+  // path logs them. @see observability/logger.ts
+  const logger = createLogger({ level: config.logLevel, base: { service: 'app-inbox-server', pid: process.pid } });
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(config, { logger });
   } catch (error) {
     logger.fatal({ err: error }, 'the server could not start');
+    // A missing or bad key, certificate or token file is a configuration error, like a bad option.
+    if (
+      error instanceof SecretBoxError ||
+      error instanceof GrpcAuthConfigError ||
+      error instanceof LoggerOptionError ||
+      error instanceof MetricsServerOptionError ||
+      error instanceof TracingOptionError
+    ) {
+      const doc =
+        error instanceof SecretBoxError || error instanceof GrpcAuthConfigError ? 'SECURITY.md' : 'OPERATIONS.md';
+      process.stderr.write(`app-inbox-server: ${error.message}\nSee ${doc}.\n`);
+      process.exit(EXIT_BAD_CONFIG);
+    }
     process.exit(1);
   }
 

@@ -6,18 +6,30 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server, type ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { DEFAULT_BACKOFF, type BackoffOptions } from '@app-inbox/core';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { decodeFailuresAsInvalidArgument } from './api/decoding.js';
 import { createApi, type Api } from './api/services.js';
 import type { ServerConfig } from './config.js';
-import { DeliveryEngine, type EngineOptions } from './delivery/engine.js';
+import { CircuitBreaker, type CircuitStateListener } from './delivery/circuit.js';
+import { DeliveryEngine, resolveEngineOptions, type EngineOptions } from './delivery/engine.js';
+import { createSender } from './delivery/sender.js';
 import { DeliveryServiceService } from './gen/app_inbox/v1/delivery.js';
 import { MessageServiceService } from './gen/app_inbox/v1/message.js';
 import { WebhookServiceService } from './gen/app_inbox/v1/webhook.js';
+import { instrumentGrpc } from './observability/grpc.js';
+import { createLogger } from './observability/logger.js';
+import { startMetricsServer, parseListenAddress, type RunningMetricsServer } from './observability/metrics-server.js';
+import { createMetrics, type Metrics } from './observability/metrics.js';
+import { initTracing, resolveTracesUrl } from './observability/tracing.js';
+import { createAuthInterceptor, createTokenAuthenticator, serverCredentials } from './security/grpc-auth.js';
+import { withSealedSecrets } from './security/sealed-store.js';
+import { grpcTokens, secretBoxForStore } from './security/setup.js';
+import type { AddressPolicy, Resolver } from './security/ssrf.js';
 import { openStore } from './store/index.js';
 import type { Store } from './store/types.js';
 
@@ -37,7 +49,7 @@ const SWEEP_BATCH = 1_000;
 const SWEEP_BATCHES_PER_TICK = 20;
 
 export interface StartOptions {
-  /** Default: a pino logger at `config.logLevel` on stdout. */
+  /** Default: a JSON logger (secrets censored, see observability/logger.ts) at `config.logLevel` on stdout. */
   logger?: Logger;
   /** Milliseconds since the epoch, for the API and the engine. Default `Date.now`. */
   clock?: () => number;
@@ -48,16 +60,43 @@ export interface StartOptions {
    * `backoff.retryAfterMinMs`); the configuration's own values win over these.
    */
   engine?: EngineOverrides;
-  /** A store to use instead of opening `config.store` (then it is still closed by `close()`). */
+  /**
+   * A store to use instead of opening `config.store` (then it is still closed by `close()`). It is wrapped
+   * like an opened one, so webhook secrets are sealed in it with the key of `config`.
+   */
   store?: Store;
+  /**
+   * Resolver of webhook host names, for the SSRF check when a webhook is saved and again when connecting
+   * (tests inject one to play DNS rebinding). Default: the system resolver.
+   */
+  resolve?: Resolver;
+  /** Told on every circuit breaker state change (metrics hook here). Default: nothing. */
+  onCircuitStateChange?: CircuitStateListener;
+  /**
+   * Where the standard `OTEL_*` variables are read when `config.otlpEndpoint` is empty
+   * (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SDK_DISABLED`). Default `process.env`.
+   */
+  env?: Readonly<Record<string, string | undefined>>;
 }
 
 export interface RunningServer {
   /** `host:port` actually bound (the real port when the configuration asked for port 0). */
   readonly address: string;
   readonly port: number;
+  /** The store, wrapped so that webhook secrets are sealed at rest (reads give plaintext). */
   readonly store: Store;
   readonly engine: DeliveryEngine;
+  /** The circuit breaker of this process (issue 7): every endpoint's circuit state. */
+  readonly circuit: CircuitBreaker;
+  /** This server's Prometheus metrics (their own registry). */
+  readonly metrics: Metrics;
+  /**
+   * `host:port` the metrics endpoint listens on (the real port when the configuration asked for port 0),
+   * e.g. `127.0.0.1:9464`, so `http://<metricsAddress>/metrics`; null when `metricsAddress` is off.
+   */
+  readonly metricsAddress: string | null;
+  /** Where spans are exported (the OTLP traces URL), null when tracing is off. */
+  readonly tracesUrl: string | null;
   /**
    * Ordered, idempotent shutdown: health NOT_SERVING and watch streams ended; no new calls, calls in progress
    * finish (forced after `deadlineMs`); the engine stops (attempts in flight get `deadlineMs` to finish, then
@@ -98,11 +137,9 @@ function loadReflectionDefinition() {
   return loadSync([...API_PROTO_FILES, 'grpc/health/v1/health.proto'], { includeDirs: [PROTO_DIR], keepCase: true });
 }
 
-function bind(server: Server, address: string): Promise<number> {
+function bind(server: Server, address: string, credentials: ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, ServerCredentials.createInsecure(), (error, port) =>
-      error ? reject(error) : resolve(port),
-    );
+    server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port)));
   });
 }
 
@@ -112,17 +149,102 @@ function boundAddress(configured: string, port: number): string {
 }
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
-  const logger = options.logger ?? pino({ level: config.logLevel });
+  const logger = options.logger ?? createLogger({ level: config.logLevel });
   const clock = options.clock ?? Date.now;
-  const store = options.store ?? (await openStore(prepareStoreLocation(config.store)));
+  // Security settings are read (key and certificate files included) before anything opens, so a bad one
+  // stops the start with an error naming it. @see SECURITY.md
+  const securityLog = logger.child({ component: 'security' });
+  const { box, origin: keyOrigin } = secretBoxForStore({
+    store: config.store,
+    secretKeys: config.secretKeys,
+    secretKeyFile: config.secretKeyFile,
+    onWarning: (message) => securityLog.warn(message),
+  });
+  const credentials = serverCredentials({
+    tlsCertFile: config.tlsCertFile,
+    tlsKeyFile: config.tlsKeyFile,
+    tlsClientCaFile: config.tlsClientCaFile,
+  });
+  const tokens = grpcTokens(config.grpcTokens, config.grpcTokenFile);
+  const authenticator = tokens.length > 0 ? createTokenAuthenticator(tokens) : null;
+  const addressPolicy: AddressPolicy = { allowPrivate: config.webhookAllowPrivate, allowList: config.webhookAllowList };
+
+  // The delivery options (above all: the lease longer than the request timeout) are checked before the store
+  // opens, so a refused configuration leaves nothing behind: no file created, no migration run.
+  resolveEngineOptions(engineOptionsFromConfig(config, options.engine), config.requestTimeoutMs);
+  // The same for the observability options: a bad metrics address or OTLP endpoint names itself here.
+  const metricsListen =
+    config.metricsAddress === '' ? null : parseListenAddress(config.metricsAddress, 'metricsAddress');
+  const tracingEnv = options.env ?? process.env;
+  resolveTracesUrl({ otlpEndpoint: config.otlpEndpoint, env: tracingEnv });
+
+  const rawStore =
+    options.store ??
+    (await openStore(prepareStoreLocation(config.store), { postgres: { poolSize: config.pgPoolSize } }));
+  // Passwords and signing secrets are sealed (AES-256-GCM) before either engine writes them.
+  const store = withSealedSecrets(rawStore, box, {
+    onSecretError: (accountId, error) =>
+      securityLog.error(
+        { accountId, code: (error as { code?: unknown }).code },
+        'a webhook secret cannot be opened (key missing or value altered); its delivery is postponed',
+      ),
+  });
   const cleanup: Array<() => Promise<void>> = [() => store.close()];
   try {
+    // Traces: off unless an OTLP endpoint is configured (then the tracer is a no-op). @see OPERATIONS.md
+    const tracing = initTracing({
+      serviceName: 'app-inbox-webhooks',
+      otlpEndpoint: config.otlpEndpoint,
+      env: tracingEnv,
+    });
+    cleanup.unshift(() => tracing.shutdown());
+    const tracer = tracing.enabled ? tracing.tracer : undefined;
+    // Queue gauges are read from the store at scrape time: true across every process sharing it.
+    const metricsLog = logger.child({ component: 'metrics' });
+    const metrics = createMetrics({
+      statsProvider: (now) => store.stats(now),
+      clock,
+      onCollectError: (error) => metricsLog.error({ err: error }, 'reading the queue counts for a scrape failed'),
+      // Process metrics (GC, event loop) cost observers; only worth it when something scrapes them.
+      processMetrics: metricsListen !== null,
+    });
+    const engineOptions = engineOptionsFromConfig(config, options.engine);
+    // The sender carries the connect-time SSRF guard; the engine gets it injected, so the server closes it.
+    const sender = createSender({
+      requestTimeoutMs: config.requestTimeoutMs,
+      maxResponseBytes: config.maxResponseBytes,
+      connectionsPerOrigin: config.perEndpointConcurrency,
+      addressPolicy,
+      ...(options.resolve ? { resolve: options.resolve } : {}),
+    });
+    cleanup.unshift(() => sender.close());
+    const circuitLog = logger.child({ component: 'circuit' });
+    const circuit = new CircuitBreaker({
+      options: {
+        openAfterMs: config.circuitOpenAfterMs,
+        minFailures: config.circuitMinFailures,
+        probeIntervalMs: config.circuitProbeIntervalMs,
+        maxProbeIntervalMs: config.circuitProbeMaxIntervalMs,
+        // A probe whose claim was given back never reports; after a lease another one may go.
+        probeTimeoutMs: config.leaseMs,
+      },
+      onStateChange: (accountId, state, view) => {
+        const level = state === 'open' ? 'warn' : 'info';
+        circuitLog[level]({ accountId, ...view }, `endpoint circuit ${state}`);
+        metrics.setCircuitState(accountId, state);
+        options.onCircuitStateChange?.(accountId, state, view);
+      },
+    });
     const engine = new DeliveryEngine({
       store,
+      sender,
+      health: circuit,
       logger: logger.child({ component: 'delivery' }),
+      metrics,
+      ...(tracer ? { tracer } : {}),
       clock,
       ...(options.random ? { random: options.random } : {}),
-      options: engineOptionsFromConfig(config, options.engine),
+      options: engineOptions,
     });
     const api: Api = createApi({
       store,
@@ -130,13 +252,28 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       now: clock,
       logger: logger.child({ component: 'api' }),
       defaultMessageTtlSeconds: config.defaultMessageTtlSeconds,
+      addressPolicy,
+      ...(options.resolve ? { resolve: options.resolve } : {}),
+      circuit,
     });
     const server = new Server({
       'grpc.max_receive_message_length': config.maxRequestBytes,
+      // Bearer tokens: every call but health ends UNAUTHENTICATED without a valid one.
+      ...(authenticator ? { interceptors: [createAuthInterceptor(authenticator)] } : {}),
     });
-    server.addService(WebhookServiceService, api.webhook);
-    server.addService(MessageServiceService, api.message);
-    server.addService(DeliveryServiceService, api.delivery);
+    // A request that cannot be decoded (an int64 beyond 2^53, bytes that are not protobuf) is INVALID_ARGUMENT
+    // naming the field, not grpc-js's INTERNAL.
+    const apiLog = logger.child({ component: 'api' });
+    // Outermost, every call is counted (grpc_server_calls_total) and, with tracing, gets a SERVER span whose
+    // context the handlers store on the deliveries they create.
+    const services = [
+      decodeFailuresAsInvalidArgument(WebhookServiceService, api.webhook, apiLog),
+      decodeFailuresAsInvalidArgument(MessageServiceService, api.message, apiLog),
+      decodeFailuresAsInvalidArgument(DeliveryServiceService, api.delivery, apiLog),
+    ] as const;
+    for (const [definition, implementation] of services) {
+      server.addService(definition, instrumentGrpc(definition, implementation, metrics, tracer ? { tracer } : {}));
+    }
     const health = new HealthImplementation({
       '': 'NOT_SERVING',
       ...Object.fromEntries(SERVICE_NAMES.map((n) => [n, 'NOT_SERVING'])),
@@ -144,14 +281,27 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     health.addToServer(server);
     new ReflectionService(loadReflectionDefinition()).addToServer(server);
 
-    const port = await bind(server, config.grpcAddress);
+    let closing: Promise<void> | null = null;
+    const metricsServer: RunningMetricsServer | null =
+      metricsListen === null
+        ? null
+        : await startMetricsServer({
+            ...metricsListen,
+            metrics,
+            // 503 once shutdown began, so a load balancer probing /healthz drains this process.
+            healthy: () => closing === null,
+            onError: (error) => metricsLog.error({ err: error }, 'a metrics scrape failed'),
+          });
+    if (metricsServer !== null) cleanup.unshift(() => metricsServer.close());
+    const metricsAddress = metricsServer === null ? null : metricsServer.url.replace(/^http:\/\//, '');
+
+    const port = await bind(server, config.grpcAddress, credentials);
     cleanup.unshift(() => new Promise<void>((resolve) => server.tryShutdown(() => resolve())));
     engine.start();
     const sweeper = startSweeper(store, config, clock, logger.child({ component: 'sweeper' }));
     for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, 'SERVING');
     const address = boundAddress(config.grpcAddress, port);
 
-    let closing: Promise<void> | null = null;
     const close = async (deadlineMs: number): Promise<void> => {
       const errors: unknown[] = [];
       const step = async (what: string, fn: () => Promise<void>) => {
@@ -169,18 +319,37 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       await step('grpc', () => shutdownGrpc(server, deadlineMs));
       // 2. Deliveries in flight finish until the deadline, the rest go back to the queue.
       await step('engine', () => engine.stop(deadlineMs));
-      // 3. The sweeper finishes its current batch.
+      // 3. The sweeper finishes its current batch; the sender's connections close.
       await step('sweeper', () => sweeper.stop());
-      // 4. The store last: everything above may still write to it.
+      await step('sender', () => sender.close());
+      // 4. Observability: the metrics endpoint stops, the spans ended so far are exported.
+      if (metricsServer !== null) await step('metrics', () => metricsServer.close());
+      await step('tracing', () => tracing.shutdown());
+      // 5. The store last: everything above may still write to it.
       await step('store', () => store.close());
       if (errors.length > 0) throw new AggregateError(errors, 'shutdown finished with errors');
     };
-    logger.info({ address, store: describeStore(config.store) }, 'gRPC server listening');
+    logger.info(
+      {
+        address,
+        store: describeStore(config.store),
+        tls: config.tlsCertFile === '' ? 'off' : config.tlsClientCaFile === '' ? 'tls' : 'mutual_tls',
+        tokens: authenticator !== null,
+        secretKeys: keyOrigin,
+        metrics: metricsServer === null ? 'off' : `${metricsServer.url}/metrics`,
+        traces: tracing.exportUrl ?? 'off',
+      },
+      'gRPC server listening',
+    );
     return {
       address,
       port,
       store,
       engine,
+      circuit,
+      metrics,
+      metricsAddress,
+      tracesUrl: tracing.exportUrl,
       close(deadlineMs = config.shutdownDeadlineMs) {
         closing ??= close(deadlineMs);
         return closing;

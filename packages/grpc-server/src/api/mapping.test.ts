@@ -54,6 +54,7 @@ describe('mapping', () => {
       messageIds: ['m1'],
       supersededBy: null,
       lastError: 'http_503',
+      traceparent: null,
     };
     const attempts = [
       {

@@ -16,7 +16,8 @@ import {
   type Delivery,
   type WatchDeliveriesResponse,
 } from '../gen/app_inbox/v1/delivery.js';
-import type { Webhook } from '../gen/app_inbox/v1/webhook.js';
+import { CircuitState, type Circuit, type Webhook } from '../gen/app_inbox/v1/webhook.js';
+import type { CircuitView } from '../delivery/circuit.js';
 
 const STATE_TO_PROTO: Readonly<Record<StoreDeliveryState, DeliveryState>> = {
   pending: DeliveryState.DELIVERY_STATE_PENDING,
@@ -46,7 +47,24 @@ export function stateFromProto(state: number): StoreDeliveryState | null {
   return STATE_FROM_PROTO.get(state) ?? null;
 }
 
-export function webhookToProto(record: WebhookRecord): Webhook {
+const CIRCUIT_TO_PROTO: Readonly<Record<CircuitView['state'], CircuitState>> = {
+  closed: CircuitState.CIRCUIT_STATE_CLOSED,
+  open: CircuitState.CIRCUIT_STATE_OPEN,
+  half_open: CircuitState.CIRCUIT_STATE_HALF_OPEN,
+};
+
+/** The circuit breaker's view of an endpoint (issue 7). */
+export function circuitToProto(view: CircuitView): Circuit {
+  return {
+    state: CIRCUIT_TO_PROTO[view.state],
+    sinceMs: view.since ?? undefined,
+    consecutiveFailures: view.consecutiveFailures,
+    nextProbeAtMs: view.nextProbeAt ?? undefined,
+  };
+}
+
+/** The webhook as read back; `circuit` is the circuit breaker's view of its endpoint, when known. */
+export function webhookToProto(record: WebhookRecord, circuit?: CircuitView): Webhook {
   return {
     accountId: record.accountId,
     url: record.url,
@@ -61,6 +79,7 @@ export function webhookToProto(record: WebhookRecord): Webhook {
     defaultMessageTtlSeconds: Math.round(record.messageTtlMs / 1000),
     createTimeMs: record.createdAt,
     updateTimeMs: record.updatedAt,
+    circuit: circuit === undefined ? undefined : circuitToProto(circuit),
   };
 }
 
@@ -110,5 +129,6 @@ export function outcomeToProto(o: DeliveryOutcome): WatchDeliveriesResponse {
     errorKind: o.errorKind ?? undefined,
     nextAttemptTimeMs: o.nextAttemptAt ?? undefined,
     timeMs: o.at,
+    supersededBy: o.supersededBy,
   };
 }

@@ -37,6 +37,10 @@ export type { MessageServiceServer } from '../gen/app_inbox/v1/message.js';
 export {
   BasicAuth,
   BasicAuthView,
+  Circuit,
+  CircuitState,
+  circuitStateFromJSON,
+  circuitStateToJSON,
   DeleteWebhookRequest,
   DeleteWebhookResponse,
   GetWebhookRequest,

@@ -13,8 +13,11 @@ import type {
   ServerWritableStream,
 } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import type { CircuitBreaker } from '../delivery/circuit.js';
+import { currentTraceparent } from '../observability/tracing.js';
+import { DEFAULT_ADDRESS_POLICY, checkUrlAtConfigTime, type AddressPolicy, type Resolver } from '../security/ssrf.js';
 import { isStoreError } from '../store/errors.js';
-import type { Store } from '../store/types.js';
+import type { Store, WebhookRecord } from '../store/types.js';
 import type {
   DeliveryServiceServer,
   WatchDeliveriesRequest,
@@ -48,6 +51,34 @@ export interface ApiDependencies {
    * stalled client must not make the server buffer without bound. Default 10,000.
    */
   watchBufferLimit?: number;
+  /**
+   * Which destinations a webhook URL may resolve to, checked when the webhook is saved (the sender checks
+   * again when connecting, so DNS rebinding fails). Default: public addresses only. @see SECURITY.md
+   */
+  addressPolicy?: AddressPolicy;
+  /** Resolver of that check. Default: the system resolver (`dns.lookup`, every address). */
+  resolve?: Resolver;
+  /**
+   * The circuit breaker: GetWebhook and UpsertWebhook show its view of the endpoint; a changed endpoint
+   * (URL, credentials, secret, re-enabled) or a deleted webhook starts closed again. Default: none (no
+   * `circuit` in the answers).
+   */
+  circuit?: Pick<CircuitBreaker, 'view' | 'reset'>;
+}
+
+/**
+ * True when an upsert changed what the circuit judged: where and how deliveries are sent, or re-enabled
+ * the webhook (how an operator resumes an endpoint after fixing it or after its 410 Gone).
+ */
+function endpointChanged(before: WebhookRecord | null, after: WebhookRecord): boolean {
+  if (before === null) return true;
+  return (
+    before.url !== after.url ||
+    before.auth?.username !== after.auth?.username ||
+    before.auth?.password !== after.auth?.password ||
+    before.signingSecret !== after.signingSecret ||
+    (!before.enabled && after.enabled)
+  );
 }
 
 export interface Api {
@@ -72,6 +103,7 @@ function check(violations: FieldViolation[]): void {
 export function createApi(deps: ApiDependencies): Api {
   const { store, logger } = deps;
   const watchBufferLimit = deps.watchBufferLimit ?? 10_000;
+  const addressPolicy = deps.addressPolicy ?? DEFAULT_ADDRESS_POLICY;
   /** Open watch streams and how to end each one (unsubscribe + forget). */
   const watches = new Map<ServerWritableStream<WatchDeliveriesRequest, WatchDeliveriesResponse>, () => void>();
   let watchesEnded = false;
@@ -100,28 +132,37 @@ export function createApi(deps: ApiDependencies): Api {
   const webhook: WebhookServiceServer = {
     upsertWebhook: unary('UpsertWebhook', async (request) => {
       const input = valid(parseUpsertWebhook(request, deps.defaultMessageTtlSeconds));
+      // SSRF: every address the host resolves to must be allowed, before anything is stored.
+      const verdict = await checkUrlAtConfigTime(
+        input.config.url,
+        addressPolicy,
+        deps.resolve ? { resolve: deps.resolve } : {},
+      );
+      if (!verdict.ok) throw invalidArgument([{ field: 'url', description: verdict.reason }]);
       const before = await store.getWebhook(input.accountId);
       const record = await store.upsertWebhook(
         input.accountId,
         { ...input.config, messageTtlMs: input.messageTtlMs },
         deps.now(),
       );
+      if (endpointChanged(before, record)) deps.circuit?.reset(input.accountId);
       // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
       deps.wake();
-      return { webhook: webhookToProto(record), created: before === null };
+      return { webhook: webhookToProto(record, deps.circuit?.view(input.accountId)), created: before === null };
     }),
     getWebhook: unary('GetWebhook', async (request) => {
       check(checkAccountId(request.accountId));
       const record = await store.getWebhook(request.accountId);
       if (record === null)
         throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
-      return { webhook: webhookToProto(record) };
+      return { webhook: webhookToProto(record, deps.circuit?.view(request.accountId)) };
     }),
     deleteWebhook: unary('DeleteWebhook', async (request) => {
       check(checkAccountId(request.accountId));
       if (!(await store.deleteWebhook(request.accountId))) {
         throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
       }
+      deps.circuit?.reset(request.accountId);
       return {};
     }),
   };
@@ -143,7 +184,8 @@ export function createApi(deps: ApiDependencies): Api {
       const result =
         messages.length === 0
           ? { inserted: 0, duplicates: 0, deliveries: [] }
-          : await store.publish({ accountId: input.accountId, messages, now });
+          : // The RPC's span (tracing on) is stored on the deliveries: their attempts' spans become its children.
+            await store.publish({ accountId: input.accountId, messages, now, traceparent: currentTraceparent() });
       if (result.deliveries.length > 0) deps.wake();
       return {
         accepted: result.inserted,
@@ -161,7 +203,9 @@ export function createApi(deps: ApiDependencies): Api {
       if ((await store.getWebhook(input.accountId)) === null) {
         throw new ApiError('webhook_not_configured', `account ${JSON.stringify(input.accountId)} has no webhook`);
       }
-      const deliveries = await store.resync(input.accountId, input.contacts, deps.now());
+      const deliveries = await store.resync(input.accountId, input.contacts, deps.now(), {
+        traceparent: currentTraceparent(),
+      });
       if (deliveries.length > 0) deps.wake();
       return {
         deliveries: deliveries.map((d) => ({ externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId })),
@@ -238,7 +282,9 @@ export function createApi(deps: ApiDependencies): Api {
       check(checkDeliveryId(request.deliveryId));
       // The store decides what a replay means in each state (ARCHITECTURE "Delivery states"): the same id
       // and bytes while the delivery is the contact's newest, else the contact's newer state.
-      const result = await store.retryDelivery(request.deliveryId, deps.now());
+      const result = await store.retryDelivery(request.deliveryId, deps.now(), {
+        traceparent: currentTraceparent(),
+      });
       if (result === null)
         throw new ApiError('delivery_not_found', `no delivery ${JSON.stringify(request.deliveryId)}`);
       deps.wake();

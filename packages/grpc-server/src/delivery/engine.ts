@@ -18,6 +18,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { SpanKind, type Span, type Tracer } from '@opentelemetry/api';
 import { pino, type Logger } from 'pino';
 import {
   DEFAULT_BACKOFF,
@@ -29,7 +30,11 @@ import {
   type BackoffOptions,
   type Classification,
 } from '@app-inbox/core';
-import type { AttemptResult, ClaimedDelivery, Lane, Store } from '../store/types.js';
+import type { AttemptEvent, AttemptOutcomeLabel } from '../observability/attempt.js';
+import { logAttempt } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { SPAN_ATTRIBUTES, annotateAttemptSpan, withLinkedSpan } from '../observability/tracing.js';
+import type { AttemptResult, ClaimedDelivery, Delivery, Lane, Store } from '../store/types.js';
 import { EndpointLimiter } from './limiter.js';
 import { createSender, type Sender } from './sender.js';
 
@@ -83,14 +88,21 @@ export interface EndpointAttemptEvent {
 }
 
 /**
- * The seam for circuit breaking (issue 7, not built yet): it sees every attempt's result and may pause
- * endpoints, whose accounts are then excluded from claims until it lets them through again.
+ * The seam for circuit breaking (issue 7, `CircuitBreaker` in circuit.ts): it sees every attempt's result
+ * and may pause endpoints, whose accounts are then excluded from claims until it lets them through again.
  */
 export interface EndpointHealth {
   /** Accounts whose endpoint must not be attempted at `now` (e.g. an open circuit). */
   pausedAccounts(now: number): Iterable<string>;
   /** Called after every recorded attempt. */
   onAttempt(event: EndpointAttemptEvent): void;
+  /**
+   * Asked right before a claimed delivery is attempted (after it got its endpoint slot): false gives the
+   * claim back to the store without an attempt (due again at once; its account is paused meanwhile). It lets
+   * exactly one probe through a half-open circuit even when a claim returned several deliveries of the
+   * account, and stops claims taken just before the circuit opened. Default: always true.
+   */
+  admit?(accountId: string, now: number): boolean;
 }
 
 /** No circuit breaking: nothing is ever paused. */
@@ -111,6 +123,13 @@ export interface DeliveryEngineDeps {
   random?: () => number;
   /** Default {@link NO_ENDPOINT_HEALTH}. */
   health?: EndpointHealth;
+  /** Counts every recorded attempt (`deliveries_total`, the latency histogram, endpoint failures). Default none. */
+  metrics?: Pick<Metrics, 'recordAttempt'>;
+  /**
+   * Starts one CLIENT span per attempt, a child of the delivery's stored `traceparent` (the RPC that created
+   * it), so a trace runs from the accepting RPC to every attempt. Default none (no spans). @see issue 8
+   */
+  tracer?: Tracer;
   options?: Partial<EngineOptions>;
 }
 
@@ -256,6 +275,8 @@ export class DeliveryEngine {
   readonly #clock: () => number;
   readonly #random: () => number;
   readonly #health: EndpointHealth;
+  readonly #metrics: Pick<Metrics, 'recordAttempt'> | null;
+  readonly #tracer: Tracer | null;
   readonly #limiter: EndpointLimiter;
   readonly #lanes: readonly [LaneState, LaneState];
   /** Aborted when stop() begins: ends waits for endpoint slots and the error back-off sleeps. */
@@ -283,6 +304,8 @@ export class DeliveryEngine {
     this.#clock = deps.clock ?? Date.now;
     this.#random = deps.random ?? Math.random;
     this.#health = deps.health ?? NO_ENDPOINT_HEALTH;
+    this.#metrics = deps.metrics ?? null;
+    this.#tracer = deps.tracer ?? null;
     this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency);
     this.#lanes = [
       { name: 'first', concurrency: this.options.firstLaneConcurrency, busy: 0, wakeup: new Wakeup() },
@@ -461,6 +484,11 @@ export class DeliveryEngine {
       await this.#release(claim, 'stopping');
       return;
     }
+    if (this.#health.admit !== undefined && !this.#health.admit(delivery.accountId, this.#clock())) {
+      // The endpoint's circuit is open (or its one probe is out): not an attempt, nothing is lost.
+      await this.#release(claim, 'endpoint paused');
+      return;
+    }
     // A claim that waited for its endpoint may not have enough lease left for a whole attempt.
     const margin = Math.min(5_000, Math.floor((leaseMs - requestTimeoutMs) / 2));
     if (claim.leaseUntil - this.#clock() < requestTimeoutMs + margin) {
@@ -497,6 +525,38 @@ export class DeliveryEngine {
       await this.#release(claim, 'stopping');
       return;
     }
+    const tracer = this.#tracer;
+    if (tracer === null) {
+      await this.#sendAndRecord(claim, body, messageIds, signal, null);
+      return;
+    }
+    // The span is the child of the RPC that created (or replayed) the delivery, however long ago and in
+    // whichever process: the context travels in the delivery row, not in memory. @see observability/tracing.ts
+    await withLinkedSpan(
+      tracer,
+      'delivery attempt',
+      delivery.traceparent,
+      {
+        [SPAN_ATTRIBUTES.deliveryId]: delivery.id,
+        [SPAN_ATTRIBUTES.accountId]: delivery.accountId,
+        [SPAN_ATTRIBUTES.attemptNo]: delivery.attemptCount + 1,
+      },
+      (span) => this.#sendAndRecord(claim, body, messageIds, signal, span),
+      { kind: SpanKind.CLIENT },
+    );
+  }
+
+  /** Sends the frozen body, classifies the answer, records the attempt, and reports it (log, metrics, span). */
+  async #sendAndRecord(
+    claim: ClaimedDelivery,
+    body: Uint8Array,
+    messageIds: string[],
+    signal: AbortSignal,
+    span: Span | null,
+  ): Promise<void> {
+    const { delivery, webhook } = claim;
+    const { owner } = this.options;
+    const log = { deliveryId: delivery.id, accountId: delivery.accountId };
     const startedAt = this.#clock();
     const headers = await buildRequestHeaders({
       deliveryId: delivery.id,
@@ -523,6 +583,9 @@ export class DeliveryEngine {
     const classification = classify(result.outcome, now);
     let nextState: AttemptResult['nextState'];
     let nextAttemptAt: number | null = null;
+    // Why it did not deliver, kept as the delivery's lastError (GetDelivery): the classification's reason,
+    // prefixed by the give-up reason when retries ran out (`max_attempts:http_503`).
+    let reason: string | undefined;
     if (classification.verdict === 'delivered') {
       nextState = 'delivered';
     } else {
@@ -540,11 +603,16 @@ export class DeliveryEngine {
       } else {
         nextState = 'failed';
       }
+      reason =
+        !decision.retry && decision.reason !== 'not_retryable'
+          ? `${decision.reason}:${classification.reason}`
+          : classification.reason;
     }
 
     const updated = await this.#store.recordAttempt(delivery.id, {
       owner,
       nextState,
+      ...(reason === undefined ? {} : { reason }),
       attempt: {
         deliveryId: delivery.id,
         attemptNo,
@@ -570,6 +638,19 @@ export class DeliveryEngine {
       return;
     }
     this.#log.debug({ ...attemptLog, state: updated.state, nextAttemptAt: updated.nextAttemptAt }, 'attempt recorded');
+    this.#observe(
+      {
+        deliveryId: delivery.id,
+        accountId: delivery.accountId,
+        url: webhook.url,
+        attemptNo,
+        outcome: outcomeLabel(updated),
+        statusCode: result.statusCode,
+        errorKind: result.errorKind,
+        durationMs: result.durationMs,
+      },
+      span,
+    );
 
     try {
       this.#health.onAttempt({
@@ -585,13 +666,15 @@ export class DeliveryEngine {
       this.#log.error({ err, ...log }, 'endpoint health hook failed');
     }
     if (classification.pauseEndpoint === true) {
-      // 410 Gone: the receiver asks us to stop. Pausing the endpoint is the circuit breaker's job (issue 7,
-      // through EndpointHealth); until then it is logged and the delivery fails (kept for replay).
+      // 410 Gone: the receiver asks us to stop. The circuit breaker (EndpointHealth) pauses the endpoint; this
+      // delivery fails (kept for replay) and the others wait until a probe succeeds.
       this.#log.warn(attemptLog, 'endpoint answered 410 Gone: it asks to stop deliveries');
     }
 
     const state = updated.state;
-    if (state === 'delivered' || state === 'retrying' || state === 'failed' || state === 'superseded') {
+    // A `superseded` outcome (a newer state of the contact arrived during the attempt) is emitted by the store
+    // itself, like every supersede (DeliveryOutcome in store/types.ts).
+    if (state === 'delivered' || state === 'retrying' || state === 'failed') {
       try {
         await this.#store.emitOutcome({
           deliveryId: delivery.id,
@@ -609,6 +692,20 @@ export class DeliveryEngine {
         // The attempt is recorded; only the notification is lost.
         this.#log.error({ err, ...log }, 'emitting a delivery outcome failed');
       }
+    }
+  }
+
+  /**
+   * The one log line per attempt, the attempt metrics and the span's attributes, from one event so the three
+   * agree. Never throws: the attempt is recorded whatever happens to its reporting.
+   */
+  #observe(event: AttemptEvent, span: Span | null): void {
+    try {
+      logAttempt(this.#log, event);
+      this.#metrics?.recordAttempt(event);
+      if (span !== null) annotateAttemptSpan(span, event);
+    } catch (err) {
+      this.#log.error({ err, deliveryId: event.deliveryId }, 'reporting an attempt failed');
     }
   }
 
@@ -635,5 +732,19 @@ export class DeliveryEngine {
       const timer = setTimeout(done, ms);
       signal.addEventListener('abort', done, { once: true });
     });
+  }
+}
+
+/** What became of a delivery after an attempt, from the state `recordAttempt` left it in. */
+function outcomeLabel(updated: Delivery): AttemptOutcomeLabel {
+  switch (updated.state) {
+    case 'delivered':
+    case 'retrying':
+    case 'failed':
+    case 'superseded':
+      return updated.state;
+    default:
+      // recordAttempt leaves no other state; a store that did would be reported as still retrying.
+      return 'retrying';
   }
 }

@@ -9,7 +9,8 @@ export {
 } from './sender.js';
 export type { Sender, SenderOptions, AttemptOutcomeWithTiming } from './sender.js';
 export { EndpointLimiter } from './limiter.js';
-export { BlockedAddressError, isNonPublicAddress } from './address-guard.js';
+export { CircuitBreaker, CircuitOptionError, DEFAULT_CIRCUIT_OPTIONS, resolveCircuitOptions } from './circuit.js';
+export type { CircuitBreakerDeps, CircuitOptions, CircuitStateListener, CircuitView } from './circuit.js';
 export { DeliveryEngine, EngineOptionError, NO_ENDPOINT_HEALTH, resolveEngineOptions } from './engine.js';
 export type {
   DeliveryEngineDeps,

@@ -3,11 +3,16 @@
  * connections), a request timeout, a capped response-body read, no redirects followed, and thrown errors
  * mapped to stable codes that the core classifier understands. @see SPEC §5
  */
-import { isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Agent } from 'undici';
-import { BLOCKED_ADDRESS_CODE, errorKind, type AttemptOutcome } from '@app-inbox/core';
-import { bareHostname, guardedLookup, isNonPublicAddress } from './address-guard.js';
+import { errorKind, type AttemptOutcome } from '@app-inbox/core';
+import {
+  AddressPolicyError,
+  assertUrlAllowed,
+  createGuardedConnector,
+  type AddressPolicy,
+  type Resolver,
+} from '../security/ssrf.js';
 
 /** Code of an attempt cut by the sender's own request timeout (the errno name of a timed-out connection). */
 export const TIMEOUT_CODE = 'ETIMEDOUT';
@@ -31,12 +36,14 @@ export interface SenderOptions {
   /** How long an idle keep-alive connection is kept (milliseconds). Default 4,000 (below Node's 5 s server default). */
   keepAliveTimeoutMs?: number;
   /**
-   * Refuse connections to loopback, private, link-local, CGNAT and metadata addresses, checked on the
-   * resolved address at connect time. Default false (issue 7 turns it on in the server configuration).
+   * SSRF guard: which destinations may be connected to, checked on the addresses actually connected to
+   * (so DNS rebinding fails); a refused one is the error code `blocked_address` (core: failed, not retried).
+   * Default: none, every address is allowed — the server always passes its configured policy
+   * (`--webhook-allow-private`, `--webhook-allow-list`). @see SECURITY.md, issue 7 "SSRF protection"
    */
-  blockPrivateAddresses?: boolean;
-  /** Hosts (names or IP literals) exempt from {@link SenderOptions.blockPrivateAddresses}, e.g. `127.0.0.1` for tests. Default none. */
-  allowedPrivateHosts?: readonly string[];
+  addressPolicy?: AddressPolicy;
+  /** Resolver of host names for the guarded connect (tests inject one). Default: the system resolver. */
+  resolve?: Resolver;
 }
 
 /** The result of one POST: the outcome the core classifier takes, and what the attempt row records. */
@@ -116,8 +123,7 @@ export function createSender(options: SenderOptions = {}): Sender {
   const maxResponseBytes = positiveInt('maxResponseBytes', options.maxResponseBytes, 64 * 1024);
   const connections = positiveInt('connectionsPerOrigin', options.connectionsPerOrigin, 16);
   const keepAliveTimeout = positiveInt('keepAliveTimeoutMs', options.keepAliveTimeoutMs, 4_000);
-  const blockPrivate = options.blockPrivateAddresses ?? false;
-  const allowed = new Set((options.allowedPrivateHosts ?? []).map((h) => bareHostname(h)));
+  const policy = options.addressPolicy;
 
   // An Agent keeps one Pool per origin, each with at most `connections` keep-alive sockets and one request
   // per socket (no pipelining). undici 7 follows no redirect unless a redirect interceptor is composed in, and
@@ -131,10 +137,13 @@ export function createSender(options: SenderOptions = {}): Sender {
     keepAliveTimeout,
     headersTimeout: backstopMs,
     bodyTimeout: backstopMs,
-    connect: {
-      timeout: backstopMs,
-      ...(blockPrivate ? { lookup: guardedLookup(allowed) } : {}),
-    },
+    connect:
+      policy === undefined
+        ? { timeout: backstopMs }
+        : createGuardedConnector(policy, {
+            timeout: backstopMs,
+            ...(options.resolve ? { resolve: options.resolve } : {}),
+          }),
   });
 
   async function send(
@@ -153,10 +162,17 @@ export function createSender(options: SenderOptions = {}): Sender {
       return errorOutcome(INVALID_URL_CODE, elapsed());
     }
     if (target.protocol !== 'http:' && target.protocol !== 'https:') return errorOutcome(INVALID_URL_CODE, elapsed());
-    // An IP literal is connected to without a lookup, so the guard checks it here.
-    const host = bareHostname(target.hostname);
-    if (blockPrivate && isIP(host) !== 0 && isNonPublicAddress(host) && !allowed.has(host)) {
-      return errorOutcome(BLOCKED_ADDRESS_CODE, elapsed());
+    if (policy !== undefined) {
+      // A refused IP literal fails before any socket; host names are checked by the guarded connector on
+      // the addresses it resolves right before connecting.
+      try {
+        assertUrlAllowed(url, policy);
+      } catch (err) {
+        if (err instanceof AddressPolicyError) {
+          return errorOutcome(err.code === 'blocked_address' ? err.code : INVALID_URL_CODE, elapsed());
+        }
+        throw err;
+      }
     }
     if (signal?.aborted) return errorOutcome(ABORTED_CODE, elapsed());
 

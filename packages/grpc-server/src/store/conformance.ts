@@ -204,6 +204,30 @@ export function storeConformanceSuite(
         expect(await store.getWebhook(acct)).toEqual(replaced);
       });
 
+      it('lists the accounts that have a webhook in ascending pages (for re-sealing secrets)', async () => {
+        const prefix = account();
+        const mine = [`${prefix}-b`, `${prefix}-a`, `${prefix}-c`];
+        for (const acct of mine) await store.upsertWebhook(acct, webhook(), T0);
+        await store.deleteWebhook(`${prefix}-c`);
+        // Other tests may share the store: page from just before the prefix and keep what is ours.
+        const seen: string[] = [];
+        let after: string | null = prefix;
+        for (;;) {
+          const page: string[] = await store.listWebhookAccounts(after, 2);
+          expect(page.length).toBeLessThanOrEqual(2);
+          seen.push(...page);
+          if (page.length < 2 || !page.every((a) => a.startsWith(prefix))) break;
+          after = page[page.length - 1] ?? null;
+        }
+        expect(seen.filter((a) => a.startsWith(prefix))).toEqual([`${prefix}-a`, `${prefix}-b`]);
+        expect([...seen].sort()).toEqual(seen);
+        expect((await store.listWebhookAccounts(null, 1000)).length).toBeGreaterThanOrEqual(2);
+        await expect(store.listWebhookAccounts(null, 0)).rejects.toMatchObject({
+          code: 'invalid_argument',
+          message: expect.stringContaining('limit'),
+        });
+      });
+
       it('rejects bad arguments with an error naming the field', async () => {
         await expect(store.upsertWebhook('', webhook(), T0)).rejects.toMatchObject({
           code: 'invalid_argument',
@@ -265,6 +289,7 @@ export function storeConformanceSuite(
               messageIds: null,
               supersededBy: null,
               lastError: null,
+              traceparent: null,
             },
             attempts: [],
           });
@@ -967,6 +992,276 @@ export function storeConformanceSuite(
         await waitFor(() => seen.length === 1, 'the big outcome');
         expect(seen[0]).toEqual(big);
         off();
+      });
+    });
+
+    describe('superseded outcomes (announced by the store itself)', () => {
+      /** Outcomes of `acct` as the store announces them. */
+      function watchAccount(acct: string) {
+        const seen: DeliveryOutcome[] = [];
+        const off = store.onOutcome((o) => {
+          if (o.accountId === acct) seen.push(o);
+        });
+        return {
+          off,
+          /**
+           * Every outcome announced so far: a marker emitted now arrives after everything committed before
+           * it (in process, and on PostgreSQL's one LISTEN connection in commit order), so waiting for it
+           * also shows that nothing more (no second announcement) is on its way.
+           */
+          async settled(): Promise<DeliveryOutcome[]> {
+            const marker = `marker-${randomUUID()}`;
+            await store.emitOutcome({
+              deliveryId: marker,
+              accountId: acct,
+              externalCustomerId: 'marker',
+              state: 'delivered',
+              messageIds: [],
+              attemptNo: 1,
+              statusCode: 200,
+              errorKind: null,
+              nextAttemptAt: null,
+              at: T0,
+            });
+            await waitFor(() => seen.some((o) => o.deliveryId === marker), 'the marker outcome');
+            return seen.filter((o) => !o.deliveryId.startsWith('marker-'));
+          },
+        };
+      }
+
+      /** The message ids a frozen body carries, in its order. */
+      const idsOf = (body: Uint8Array): string[] =>
+        (JSON.parse(new TextDecoder().decode(body)) as StoredMessage[]).map((m) => m.id);
+
+      function superseded(
+        acct: string,
+        deliveryId: string,
+        supersededBy: string,
+        at: number,
+        extra: Partial<DeliveryOutcome> = {},
+      ): DeliveryOutcome {
+        return {
+          deliveryId,
+          accountId: acct,
+          externalCustomerId: 'c',
+          state: 'superseded',
+          messageIds: [],
+          attemptNo: 0,
+          statusCode: null,
+          errorKind: null,
+          nextAttemptAt: null,
+          at,
+          supersededBy,
+          ...extra,
+        };
+      }
+
+      it('publish and resync announce the retrying delivery they supersede, once', async () => {
+        const acct = await withWebhook();
+        const watch = watchAccount(acct);
+        const old = await retryingDelivery(acct, 'c', T0, T0 + 10_000);
+        const sent = (await store.getDelivery(old.deliveryId))!.delivery.messageIds;
+        const fresh = await publishOne(acct, 'c', T0 + 5);
+        // Coalesced into the pending delivery: nothing is superseded, nothing announced.
+        await publishOne(acct, 'c', T0 + 6);
+        expect(await watch.settled()).toEqual([
+          superseded(acct, old.deliveryId, fresh.deliveryId, T0 + 5, { messageIds: sent!, attemptNo: 1 }),
+        ]);
+
+        // The fresh one goes out and waits for a retry; a resync of the contact supersedes it in turn.
+        const [c] = await claim('first', T0 + 10);
+        const body = await build(c!, 'worker-1', T0 + 10);
+        await settle(c!, 'worker-1', T0 + 11, 'retry', T0 + 10_000);
+        const [resynced] = await store.resync(acct, ['c'], T0 + 20);
+        const outcomes = await watch.settled();
+        expect(outcomes).toHaveLength(2);
+        expect(outcomes[1]).toEqual(
+          superseded(acct, fresh.deliveryId, resynced!.deliveryId, T0 + 20, {
+            messageIds: idsOf(body),
+            attemptNo: 1,
+          }),
+        );
+        watch.off();
+      });
+
+      it('recordAttempt announces a retry it turns into a supersede, with that attempt', async () => {
+        const acct = await withWebhook();
+        const watch = watchAccount(acct);
+        const old = await publishOne(acct, 'c', T0);
+        const [c] = await claim('first', T0);
+        await build(c!, 'worker-1', T0);
+        const newer = await publishOne(acct, 'c', T0 + 1);
+        expect(await watch.settled()).toEqual([]); // the old one is in flight: not superseded yet
+        const timeout = { statusCode: null, errorKind: 'timeout' };
+        const updated = await store.recordAttempt(old.deliveryId, {
+          owner: 'worker-1',
+          attempt: attempt(c!.delivery, 'retry', T0 + 2, { ...timeout, nextAttemptAt: T0 + 50 }),
+          nextState: 'retrying',
+          reason: 'timeout',
+        });
+        expect(updated).toMatchObject({ state: 'superseded', supersededBy: newer.deliveryId });
+        // endedAt: startedAt + durationMs (12 ms in these tests).
+        expect(await watch.settled()).toEqual([
+          superseded(acct, old.deliveryId, newer.deliveryId, T0 + 2 + 12, {
+            messageIds: [old.message.id],
+            attemptNo: 1,
+            ...timeout,
+          }),
+        ]);
+        watch.off();
+      });
+
+      it('release and an expired lease taken back by claimDue announce what they supersede', async () => {
+        const acct = await withWebhook();
+        const watch = watchAccount(acct);
+        // Released: never built, never attempted.
+        const released = await publishOne(acct, 'c', T0);
+        await claim('first', T0, 'w');
+        const newer = await publishOne(acct, 'c', T0 + 1);
+        await store.release(released.deliveryId, 'w', T0 + 2);
+        // Its worker died after building it: the next claim after the lease takes it back as superseded.
+        const [next] = await claim('first', T0 + 3, 'w');
+        expect(next?.delivery.id).toBe(newer.deliveryId);
+        const body = await build(next!, 'w', T0 + 3);
+        const newest = await publishOne(acct, 'c', T0 + 4);
+        const later = T0 + 3 + LEASE + 1;
+        expect(await claim('retry', later, 'w-b')).toEqual([]);
+        expect(await watch.settled()).toEqual([
+          superseded(acct, released.deliveryId, newer.deliveryId, T0 + 2),
+          superseded(acct, newer.deliveryId, newest.deliveryId, later, { messageIds: idsOf(body) }),
+        ]);
+        watch.off();
+      });
+
+      it('retryDelivery announces the newer retrying delivery its replay supersedes', async () => {
+        const acct = await withWebhook();
+        const watch = watchAccount(acct);
+        const failed = await publishOne(acct, 'c', T0);
+        const [f] = await claim('first', T0);
+        await build(f!, 'worker-1', T0);
+        await settle(f!, 'worker-1', T0 + 1, 'failed');
+        const newer = await publishOne(acct, 'c', T0 + 5);
+        const [n] = await claim('first', T0 + 5);
+        const body = await build(n!, 'worker-1', T0 + 5);
+        await settle(n!, 'worker-1', T0 + 6, 'retry', T0 + 10_000);
+        const replay = await store.retryDelivery(failed.deliveryId, T0 + 7);
+        expect(replay?.replacedByNewer).toBe(true);
+        expect(await watch.settled()).toEqual([
+          superseded(acct, newer.deliveryId, replay!.delivery.id, T0 + 7, {
+            messageIds: idsOf(body),
+            attemptNo: 1,
+          }),
+        ]);
+        watch.off();
+      });
+    });
+
+    describe('trace context (traceparent)', () => {
+      const tp = (n: number) => `00-${n.toString(16).padStart(32, 'a')}-${n.toString(16).padStart(16, 'b')}-01`;
+
+      it("stores the publishing call's traceparent on the deliveries it creates, and null without one", async () => {
+        const acct = await withWebhook();
+        const traced = await store.publish({ accountId: acct, messages: [message('c1')], now: T0, traceparent: tp(1) });
+        const plain = await store.publish({ accountId: acct, messages: [message('c2')], now: T0 });
+        expect((await store.getDelivery(traced.deliveries[0]!.deliveryId))?.delivery.traceparent).toBe(tp(1));
+        expect((await store.getDelivery(plain.deliveries[0]!.deliveryId))?.delivery.traceparent).toBeNull();
+        // What a worker claims carries it: the attempt's span is started from it.
+        const claimed = await claim('first', T0);
+        const byContact = new Map(claimed.map((c) => [c.delivery.externalCustomerId, c.delivery.traceparent]));
+        expect(Object.fromEntries(byContact)).toEqual({ c1: tp(1), c2: null });
+      });
+
+      it('keeps the first trace of a coalesced pending delivery', async () => {
+        const acct = await withWebhook();
+        const first = await store.publish({ accountId: acct, messages: [message('c')], now: T0, traceparent: tp(2) });
+        const second = await store.publish({
+          accountId: acct,
+          messages: [message('c')],
+          now: T0 + 1,
+          traceparent: tp(3),
+        });
+        expect(second.deliveries[0]?.deliveryId).toBe(first.deliveries[0]?.deliveryId);
+        expect((await store.getDelivery(first.deliveries[0]!.deliveryId))?.delivery.traceparent).toBe(tp(2));
+      });
+
+      it("stores the resync call's traceparent on the deliveries it creates", async () => {
+        const acct = await withWebhook();
+        const [entry] = await store.resync(acct, ['nobody'], T0, { traceparent: tp(4) });
+        expect((await store.getDelivery(entry!.deliveryId))?.delivery.traceparent).toBe(tp(4));
+      });
+
+      it("moves a replayed delivery into the replay's trace, and gives a delivery created by a replay its trace", async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'c');
+        const c = (await claim('first', T0)).find((x) => x.delivery.id === deliveryId)!;
+        await build(c, 'worker-1', T0);
+        await settle(c, 'worker-1', T0 + 1, 'failed');
+        const replayed = await store.retryDelivery(deliveryId, T0 + 10, { traceparent: tp(5) });
+        expect(replayed?.delivery).toMatchObject({ id: deliveryId, traceparent: tp(5) });
+        // A replay without a trace keeps the one it has.
+        expect((await store.retryDelivery(deliveryId, T0 + 11))?.delivery.traceparent).toBe(tp(5));
+
+        const older = await retryingDelivery(acct, 'd', T0 + 20, T0 + 1_000);
+        await store.retryDelivery(older.deliveryId, T0 + 21, { traceparent: tp(6) });
+        expect((await store.getDelivery(older.deliveryId))?.delivery.traceparent).toBe(tp(6));
+        await publishOne(acct, 'd', T0 + 22); // supersedes it: the replay then creates/sends the newest state
+        const moved = await store.retryDelivery(older.deliveryId, T0 + 23, { traceparent: tp(7) });
+        expect(moved?.replacedByNewer).toBe(true);
+        // The contact's pending delivery existed already (the publish made it): it keeps its own trace.
+        expect(moved?.delivery.traceparent).toBeNull();
+      });
+
+      it('refuses a malformed traceparent, naming it, and stores nothing', async () => {
+        const acct = await withWebhook();
+        await expect(
+          store.publish({ accountId: acct, messages: [message('c')], now: T0, traceparent: 'not-a-trace' }),
+        ).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('traceparent') });
+        await expect(store.resync(acct, ['c'], T0, { traceparent: '00-zz' })).rejects.toMatchObject({
+          code: 'invalid_argument',
+        });
+        expect((await store.listDeliveries({ accountId: acct }, 10, null)).deliveries).toEqual([]);
+      });
+    });
+
+    describe('attempt reasons', () => {
+      it('keeps the reason of the last failed attempt as lastError, and refuses a malformed one', async () => {
+        const acct = await withWebhook();
+        const gaveUp = await publishOne(acct, 'gave-up');
+        const unnamed = await publishOne(acct, 'unnamed');
+        const claimed = new Map((await claim('first', T0, 'w')).map((c) => [c.delivery.id, c]));
+        const first = claimed.get(gaveUp.deliveryId)!;
+        await build(first, 'w', T0);
+        await build(claimed.get(unnamed.deliveryId)!, 'w', T0);
+        for (const reason of ['', 'x'.repeat(201)]) {
+          await expect(
+            store.recordAttempt(gaveUp.deliveryId, {
+              owner: 'w',
+              attempt: attempt(first.delivery, 'failed', T0 + 1),
+              nextState: 'failed',
+              reason,
+            }),
+          ).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('reason') });
+        }
+        expect((await store.getDelivery(gaveUp.deliveryId))?.attempts).toEqual([]);
+        const failed = await store.recordAttempt(gaveUp.deliveryId, {
+          owner: 'w',
+          attempt: attempt(first.delivery, 'failed', T0 + 1),
+          nextState: 'failed',
+          reason: 'max_attempts:http_503',
+        });
+        expect(failed).toMatchObject({ state: 'failed', lastError: 'max_attempts:http_503' });
+        // Without a reason: the status (or error kind) as before.
+        const plain = await settle(claimed.get(unnamed.deliveryId)!, 'w', T0 + 1, 'retry', T0 + 100);
+        expect(plain.lastError).toBe('http_503');
+        // A delivered attempt keeps the last failure's reason (the history says what happened before).
+        const [again] = await claim('retry', T0 + 100, 'w');
+        const done = await store.recordAttempt(unnamed.deliveryId, {
+          owner: 'w',
+          attempt: attempt(again!.delivery, 'delivered', T0 + 101),
+          nextState: 'delivered',
+          reason: 'ignored',
+        });
+        expect(done).toMatchObject({ state: 'delivered', lastError: 'http_503' });
       });
     });
 

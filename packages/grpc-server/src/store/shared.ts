@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import { StoreError } from './errors.js';
-import type { Attempt, Delivery, DeliveryOutcome, DeliveryState, WebhookRecord } from './types.js';
+import type { Attempt, AttemptResult, Delivery, DeliveryOutcome, DeliveryState, WebhookRecord } from './types.js';
 
 /** One versioned schema change; `sql` runs as one script inside the migration transaction. */
 export interface Migration {
@@ -109,6 +109,71 @@ export function failureReason(attempt: Pick<Attempt, 'statusCode' | 'errorKind'>
   return attempt.errorKind ?? 'unknown';
 }
 
+/** Longest {@link AttemptResult.reason} stored (characters); reasons are short stable codes. */
+export const MAX_REASON_LENGTH = 200;
+
+/** The `lastError` an attempt leaves: its result's reason, else {@link failureReason}. */
+export function attemptReason(result: Pick<AttemptResult, 'attempt' | 'reason'>): string {
+  if (result.reason === undefined) return failureReason(result.attempt);
+  if (typeof result.reason !== 'string' || result.reason === '' || result.reason.length > MAX_REASON_LENGTH) {
+    throw new StoreError('invalid_argument', `reason: must be a string of 1 to ${MAX_REASON_LENGTH} characters`);
+  }
+  return result.reason;
+}
+
+/** What a superseded delivery's row says about it (both engines return these columns). */
+export interface SupersededRow {
+  id: string;
+  external_customer_id: string;
+  attempt_count: number | string;
+  message_ids: string | null;
+}
+
+/**
+ * The `superseded` outcome of a delivery the store just superseded (see {@link DeliveryOutcome}: the store
+ * emits these itself). `attempt` is the attempt `recordAttempt` recorded when that is what superseded it.
+ */
+export function supersededOutcome(
+  row: SupersededRow,
+  accountId: string,
+  supersededBy: string,
+  at: number,
+  attempt?: Pick<Attempt, 'statusCode' | 'errorKind'>,
+): DeliveryOutcome {
+  return {
+    deliveryId: row.id,
+    accountId,
+    externalCustomerId: row.external_customer_id,
+    state: 'superseded',
+    messageIds: row.message_ids === null ? [] : (JSON.parse(row.message_ids) as string[]),
+    attemptNo: Number(row.attempt_count),
+    statusCode: attempt?.statusCode ?? null,
+    errorKind: attempt?.errorKind ?? null,
+    nextAttemptAt: null,
+    at,
+    supersededBy,
+  };
+}
+
+/** A W3C `traceparent` (version 00): `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`. */
+const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+/**
+ * The traceparent to store: null when absent, else a well-formed W3C `traceparent` (an `invalid_argument`
+ * otherwise, so a malformed value never reaches a row). Only the format is checked, not that the ids are
+ * non-zero: the tracing module ignores an invalid context when it reads it back.
+ */
+export function assertTraceparent(value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'string' || !TRACEPARENT.test(value)) {
+    throw new StoreError(
+      'invalid_argument',
+      'traceparent: must be a W3C traceparent (00-<trace id>-<span id>-<flags>)',
+    );
+  }
+  return value;
+}
+
 /** Checks an attempt row before it is written. */
 export function assertAttempt(attempt: Attempt): void {
   assertInt('attempt.attemptNo', attempt.attemptNo, 1);
@@ -181,6 +246,8 @@ export interface DeliveryRow {
   message_ids: string | null;
   superseded_by: string | null;
   last_error: string | null;
+  /** Absent from rows selected without it (older column lists); read as null. */
+  traceparent?: string | null;
 }
 
 const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
@@ -206,6 +273,7 @@ export function deliveryFromRow(row: DeliveryRow): Delivery {
     messageIds: row.message_ids === null ? null : (JSON.parse(row.message_ids) as string[]),
     supersededBy: row.superseded_by,
     lastError: row.last_error,
+    traceparent: row.traceparent ?? null,
   };
 }
 

@@ -37,6 +37,17 @@ export interface PublishInput {
   /** Already validated; `expiresAt` already resolved from the message's TTL or the account default. */
   messages: StoredMessage[];
   now: number;
+  /**
+   * W3C `traceparent` of the RPC publishing, stored on each delivery this call creates (a coalesced, already
+   * pending delivery keeps its own). Default null (tracing off). @see {@link Delivery.traceparent}
+   */
+  traceparent?: string | null;
+}
+
+/** Options of {@link Store.resync} and {@link Store.retryDelivery}. */
+export interface TraceOptions {
+  /** W3C `traceparent` of the calling RPC; see {@link Delivery.traceparent}. Default null (tracing off). */
+  traceparent?: string | null;
 }
 
 export interface PublishResult {
@@ -74,8 +85,18 @@ export interface Delivery {
   messageIds: string[] | null;
   /** The delivery that superseded this one, when state is superseded. */
   supersededBy: string | null;
-  /** Short reason of the last failure, e.g. `http_400`, `timeout`. */
+  /**
+   * Short reason of the last failure: the attempt's {@link AttemptResult.reason} (e.g. `http_400`, `timeout`,
+   * `max_attempts:http_503` when retries ran out), or `http_<status>` / the error kind when none was given.
+   */
   lastError: string | null;
+  /**
+   * W3C trace context (`00-<trace id>-<span id>-<flags>`) of the RPC that created the delivery (publish,
+   * resync, or the retry that created it), or that last replayed it (RetryDelivery); each attempt's span is
+   * its child, so the trace of the RPC shows the attempts made later, by any process. Null when tracing was
+   * off. @see issue 8
+   */
+  traceparent: string | null;
 }
 
 export interface Attempt {
@@ -123,6 +144,13 @@ export interface AttemptResult {
   attempt: Attempt;
   /** `delivered`, `failed`, or `retrying` (with `attempt.nextAttemptAt`). */
   nextState: 'delivered' | 'failed' | 'retrying';
+  /**
+   * Why the attempt did not deliver, stored as the delivery's `lastError` so that GetDelivery says why it
+   * failed: the classification's reason (`http_503`, `timeout`, `tls`), prefixed by the give-up reason when
+   * retries ran out (`max_attempts:http_503`, `max_age:timeout`). Ignored when `nextState` is `delivered`.
+   * Default: `http_<status>`, else the attempt's error kind.
+   */
+  reason?: string;
 }
 
 export interface DeliveryFilter {
@@ -144,7 +172,16 @@ export interface RetryResult {
   replacedByNewer: boolean;
 }
 
-/** An outcome event for WatchDeliveries; `outcomes()` sees those of every process on the store. */
+/**
+ * An outcome event for WatchDeliveries; `onOutcome` sees those of every process on the store.
+ *
+ * Who emits what: the caller of `recordAttempt` (the delivery engine) emits `delivered`, `retrying` and
+ * `failed`. The store itself emits `superseded`, once per delivery, for every delivery that any of its methods
+ * supersedes (publish, resync, claimDue, recordAttempt, release, retryDelivery), and only after the
+ * transaction that superseded it committed. A superseded outcome carries the attempt count so far as
+ * `attemptNo` (0 when it was never sent), the frozen message ids (empty when never built) and `supersededBy`;
+ * when `recordAttempt` superseded it, also that attempt's status code or error kind.
+ */
 export interface DeliveryOutcome {
   deliveryId: string;
   accountId: string;
@@ -156,6 +193,8 @@ export interface DeliveryOutcome {
   errorKind: string | null;
   nextAttemptAt: number | null;
   at: number;
+  /** The contact's newer delivery that replaced this one; only on `superseded` outcomes. */
+  supersededBy?: string;
 }
 
 export interface Store {
@@ -174,6 +213,12 @@ export interface Store {
     now: number,
   ): Promise<WebhookRecord>;
   getWebhook(accountId: string): Promise<WebhookRecord | null>;
+  /**
+   * Account ids that have a webhook, ascending, after `afterAccountId` (exclusive; null from the start), at
+   * most `limit` (keyset paging: pass the last id of a page to get the next). Used to re-seal every
+   * webhook's secrets after a key rotation (SECURITY.md).
+   */
+  listWebhookAccounts(afterAccountId: string | null, limit: number): Promise<string[]>;
   /** Deletes the webhook, the account's messages and its non-terminal deliveries. */
   deleteWebhook(accountId: string): Promise<boolean>;
 
@@ -193,6 +238,7 @@ export interface Store {
     accountId: string,
     externalCustomerIds: readonly string[] | 'all',
     now: number,
+    options?: TraceOptions,
   ): Promise<PublishResult['deliveries']>;
 
   /**
@@ -242,8 +288,10 @@ export interface Store {
    * - a newer delivery of the contact exists: the contact's pending delivery (existing or new) is what
    *   gets sent, `replacedByNewer: true`.
    * - `retrying`: made due at `now`; `pending` / `in_flight`: returned unchanged (already on its way).
+   * A replayed delivery takes `options.traceparent` (when given) so its next attempts join the replay's trace;
+   * a delivery created for the replay gets it too.
    */
-  retryDelivery(id: string, now: number): Promise<RetryResult | null>;
+  retryDelivery(id: string, now: number, options?: TraceOptions): Promise<RetryResult | null>;
 
   /**
    * Deletes expired messages and terminal deliveries (delivered, failed, superseded) last changed at or
@@ -252,7 +300,10 @@ export interface Store {
    */
   sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number>;
 
-  /** Publishes an outcome to every process watching this store (in process for SQLite, NOTIFY for PostgreSQL). */
+  /**
+   * Publishes an outcome to every process watching this store (in process for SQLite, NOTIFY for PostgreSQL).
+   * `superseded` outcomes are the store's own (see {@link DeliveryOutcome}); callers emit the others.
+   */
   emitOutcome(outcome: DeliveryOutcome): Promise<void>;
   /** Subscribes to outcomes of every process; returns the unsubscribe function. */
   onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void;

@@ -181,10 +181,12 @@ describe('sender', () => {
     expect(result.outcome).toEqual({ kind: 'error', code: 'ERR_INVALID_URL' });
   });
 
-  describe('private address guard', () => {
+  describe('private address guard (addressPolicy, @see src/security/ssrf.ts)', () => {
+    const strict = { allowPrivate: false, allowList: [] };
+
     it('refuses a loopback IP literal before connecting', async () => {
       const r = await receiver();
-      const result = await sender({ blockPrivateAddresses: true }).send(r.url, headers, body);
+      const result = await sender({ addressPolicy: strict }).send(r.url, headers, body);
       expect(result.outcome).toEqual({ kind: 'error', code: 'blocked_address' });
       expect(result.errorKind).toBe('blocked_address');
       expect(r.connections).toBe(0);
@@ -192,18 +194,14 @@ describe('sender', () => {
 
     it('refuses a name that resolves to loopback at connect time', async () => {
       const r = await receiver();
-      const result = await sender({ blockPrivateAddresses: true }).send(
-        `http://localhost:${r.port}/hook`,
-        headers,
-        body,
-      );
+      const result = await sender({ addressPolicy: strict }).send(`http://localhost:${r.port}/hook`, headers, body);
       expect(result.errorKind).toBe('blocked_address');
       expect(r.connections).toBe(0);
     });
 
     it('lets allowed hosts through', async () => {
       const r = await receiver();
-      const s = sender({ blockPrivateAddresses: true, allowedPrivateHosts: ['127.0.0.1', 'localhost'] });
+      const s = sender({ addressPolicy: { allowPrivate: false, allowList: ['127.0.0.1', 'localhost'] } });
       expect((await s.send(r.url, headers, body)).statusCode).toBe(200);
       expect((await s.send(`http://localhost:${r.port}/hook`, headers, body)).statusCode).toBe(200);
     });

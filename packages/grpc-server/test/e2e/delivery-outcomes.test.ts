@@ -5,33 +5,25 @@
 import { createMockReceiver, type MockReceiver, type RuleInput } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AttemptVerdict, DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
-import {
-  accountId,
-  deliveryIn,
-  inboxMessage,
-  removeTempDirs,
-  startTestServer,
-  storeUrls,
-  type TestServer,
-} from './harness.js';
+import { accountId, deliveryIn, inboxMessage, startTestServer, storeUrls, type TestServer } from './harness.js';
 
 const TERMINAL = [DeliveryState.DELIVERY_STATE_DELIVERED, DeliveryState.DELIVERY_STATE_FAILED];
 
-describe.each(storeUrls())('SPEC §5 receiver answers ($engine)', ({ newUrl }) => {
+describe.each(storeUrls())('SPEC §5 receiver answers ($engine)', ({ newUrl, release }) => {
   let t: TestServer;
   let receivers: MockReceiver[] = [];
 
   beforeAll(async () => {
     // A short request timeout so the timeout row takes a third of a second.
-    t = await startTestServer(newUrl(), { requestTimeoutMs: 300, backoffBaseMs: 20, backoffMaxMs: 100 });
+    t = await startTestServer(await newUrl(), { requestTimeoutMs: 300, backoffBaseMs: 20, backoffMaxMs: 100 });
   });
   afterEach(async () => {
     await Promise.all(receivers.map((r) => r.close()));
     receivers = [];
   });
   afterAll(async () => {
-    await t.stop();
-    removeTempDirs();
+    await t?.stop();
+    await release();
   });
 
   /** A receiver answering with `rules` first, the account's webhook pointing at it, and one published message. */

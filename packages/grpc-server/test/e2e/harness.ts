@@ -1,6 +1,7 @@
 /**
  * End-to-end helpers: a real server (in-process `startServer` on 127.0.0.1:0, or the real `main.ts` as a
- * child process), the generated grpc-js clients over a real socket, and store URLs to run each test on.
+ * child process), the generated grpc-js clients over a real socket, and fresh stores of both engines (SQLite
+ * and PostgreSQL) to run each test on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -43,46 +44,70 @@ import {
   type UpsertWebhookResponse,
 } from '../../src/gen/app_inbox/v1/webhook.js';
 import { startServer, type RunningServer, type StartOptions } from '../../src/server.js';
+import { createTestDatabase } from '../../src/store/postgres/test-db.js';
 
 const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
 
 /** A store engine to run the end-to-end tests on, and how to get a fresh store location for one test. */
 export interface StoreTarget {
   engine: 'sqlite' | 'postgres';
-  /** A location for a new server; servers started with the same location share their data. */
-  newUrl(): string;
+  /**
+   * A location for a new, empty store: a file in a new temporary directory (SQLite), or a new database
+   * created on `APP_INBOX_TEST_PG_URL` (PostgreSQL; rejects with a message saying how to start the test
+   * cluster when the variable is unset). Servers started on the same location share their data.
+   */
+  newUrl(): Promise<string>;
+  /** Removes every store this target created (temporary directories, databases); call in afterAll. */
+  release(): Promise<void>;
 }
 
-const tempDirs: string[] = [];
-
 /**
- * The SQLite target (a new temporary file per call), plus PostgreSQL when `APP_INBOX_TEST_PG_URL` is set.
- * Tests isolate themselves by account id, so PostgreSQL tests may share one database.
+ * Both engines, always (issue 5: the end-to-end suite runs against both stores). Each call returns new
+ * targets that track what they create, so every `describe.each(storeUrls())` block gets its own stores and
+ * frees them in its afterAll. The PostgreSQL target fails (not skips) when `APP_INBOX_TEST_PG_URL` is unset:
+ * CI always sets it (`.ci/run` sources scripts/pg-test-cluster.sh).
  */
 export function storeUrls(): StoreTarget[] {
-  const targets: StoreTarget[] = [
+  const dirs: string[] = [];
+  const databases: Array<{ drop(): Promise<void> }> = [];
+  return [
     {
       engine: 'sqlite',
       newUrl() {
         const dir = mkdtempSync(join(tmpdir(), 'app-inbox-e2e-'));
-        tempDirs.push(dir);
-        return join(dir, 'store.db');
+        dirs.push(dir);
+        return Promise.resolve(join(dir, 'store.db'));
+      },
+      release() {
+        for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+        return Promise.resolve();
+      },
+    },
+    {
+      engine: 'postgres',
+      async newUrl() {
+        const database = await createTestDatabase();
+        databases.push(database);
+        return database.url;
+      },
+      async release() {
+        // WITH (FORCE): a connection a failed test left open does not keep its database alive.
+        await Promise.all(databases.splice(0).map((d) => d.drop()));
       },
     },
   ];
-  const pg = process.env.APP_INBOX_TEST_PG_URL;
-  if (pg !== undefined && pg !== '') targets.push({ engine: 'postgres', newUrl: () => pg });
-  return targets;
-}
-
-/** Removes the temporary directories of {@link storeUrls} (call in afterAll). */
-export function removeTempDirs(): void {
-  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 }
 
 /**
+ * The secrets-at-rest key of every test server: one fixed key, so that servers sharing one PostgreSQL
+ * database (in-process or child processes) can open each other's sealed webhook secrets. Not a real secret.
+ */
+export const TEST_SECRET_KEYS = `test:${Buffer.alloc(32, 7).toString('base64')}`;
+
+/**
  * A configuration for tests: port 0, fast polling, a short request timeout and backoff so retries take
- * milliseconds, not seconds.
+ * milliseconds, not seconds; the test receivers on 127.0.0.1 allow-listed (the SSRF guard refuses loopback
+ * otherwise, @see SECURITY.md).
  */
 export function testConfig(store: string, overrides: Partial<ServerConfig> = {}): ServerConfig {
   return {
@@ -97,6 +122,11 @@ export function testConfig(store: string, overrides: Partial<ServerConfig> = {})
     maxAttempts: 5,
     logLevel: 'silent',
     shutdownDeadlineMs: 2_000,
+    webhookAllowList: ['127.0.0.1'],
+    secretKeys: TEST_SECRET_KEYS,
+    // No metrics endpoint unless a test asks for one (`metricsAddress: '127.0.0.1:0'`): the default port
+    // 9464 would be shared by every server of the run.
+    metricsAddress: '',
     ...overrides,
   };
 }
@@ -198,10 +228,12 @@ export async function startTestServer(
   overrides: Partial<ServerConfig> = {},
   options: StartOptions = {},
 ): Promise<TestServer> {
+  const { engine, ...rest } = options;
   const server = await startServer(testConfig(store, overrides), {
     logger: pino({ level: 'silent' }),
-    engine: { errorDelayMs: 50, ...options.engine, backoff: { ...TEST_BACKOFF, ...options.engine?.backoff } },
-    ...(options.clock ? { clock: options.clock } : {}),
+    // The other start options (clock, logger, resolver, circuit hook...) pass through as given.
+    ...rest,
+    engine: { errorDelayMs: 50, ...engine, backoff: { ...TEST_BACKOFF, ...engine?.backoff } },
   });
   const clients = connect(server.address);
   let stopped: Promise<void> | null = null;
@@ -294,13 +326,25 @@ export function watch(
 
 export interface ChildServer {
   address: string;
+  /** The process id (its delivery engine's claims carry it: `host:pid:random`). */
+  pid: number;
   clients: Clients;
   /** Sends `signal` (default SIGKILL) and resolves with the exit code once the process is gone. */
   kill(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/** Options of {@link spawnServer}. */
+export interface SpawnOptions {
+  /** Called with every JSON log line of the process (stdout), parsed. Default: lines are only scanned for the address. */
+  onLog?: (entry: Record<string, unknown>) => void;
+}
+
 /** Starts `src/main.ts` under tsx as a separate process on port 0 and reads its bound address from its log. */
-export async function spawnServer(store: string, extraArgs: string[]): Promise<ChildServer> {
+export async function spawnServer(
+  store: string,
+  extraArgs: string[],
+  options: SpawnOptions = {},
+): Promise<ChildServer> {
   const child: ChildProcess = spawn(
     process.execPath,
     [
@@ -315,28 +359,44 @@ export async function spawnServer(store: string, extraArgs: string[]): Promise<C
       store,
       '--log-level',
       'info',
+      // The test receivers listen on 127.0.0.1, which the SSRF guard refuses unless allow-listed.
+      '--webhook-allow-list',
+      '127.0.0.1',
+      // Several servers run at once: none takes the default metrics port (a test may pass its own).
+      '--metrics-address',
+      'off',
       ...extraArgs,
     ],
-    { cwd: PACKAGE_DIR, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } },
+    {
+      cwd: PACKAGE_DIR,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NODE_OPTIONS: '', APP_INBOX_SECRET_KEYS: TEST_SECRET_KEYS },
+    },
   );
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const exited = once(child, 'exit').then(([code]) => code as number | null);
   const address = await new Promise<string>((resolve, reject) => {
-    let buffered = '';
+    let found = false;
+    // Complete lines are parsed once each; only the unfinished last line is kept (a debug log can be large).
+    let partial = '';
     const timer = setTimeout(() => reject(new Error(`the server did not start within 20 s: ${stderr}`)), 20_000);
     child.stdout?.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString();
-      for (const line of buffered.split('\n')) {
-        if (!line.startsWith('{')) continue;
+      const lines = (partial + chunk.toString()).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.startsWith('{') || (found && options.onLog === undefined)) continue;
+        let entry: Record<string, unknown>;
         try {
-          const entry = JSON.parse(line) as { msg?: string; address?: string };
-          if (entry.msg === 'gRPC server listening' && entry.address) {
-            clearTimeout(timer);
-            resolve(entry.address);
-          }
+          entry = JSON.parse(line) as Record<string, unknown>;
         } catch {
-          // A partial line: wait for the rest.
+          continue; // not a log line of ours
+        }
+        options.onLog?.(entry);
+        if (!found && entry.msg === 'gRPC server listening' && typeof entry.address === 'string') {
+          found = true;
+          clearTimeout(timer);
+          resolve(entry.address);
         }
       }
     });
@@ -346,6 +406,7 @@ export async function spawnServer(store: string, extraArgs: string[]): Promise<C
   let killed: Promise<number | null> | null = null;
   return {
     address,
+    pid: child.pid ?? -1,
     clients,
     kill(signal = 'SIGKILL') {
       killed ??= (async () => {

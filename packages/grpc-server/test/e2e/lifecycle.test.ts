@@ -11,16 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
 import { startServer } from '../../src/server.js';
-import {
-  accountId,
-  connect,
-  eventually,
-  inboxMessage,
-  removeTempDirs,
-  storeUrls,
-  testConfig,
-  watch,
-} from './harness.js';
+import { accountId, connect, eventually, inboxMessage, storeUrls, testConfig, watch } from './harness.js';
 
 const HealthClient = makeGenericClientConstructor(healthService, 'Health');
 
@@ -54,12 +45,12 @@ function recording(store: Store, calls: string[]): Store {
   });
 }
 
-describe.each(storeUrls())('server lifecycle ($engine)', ({ newUrl }) => {
-  afterAll(() => removeTempDirs());
+describe.each(storeUrls())('server lifecycle ($engine)', ({ newUrl, release }) => {
+  afterAll(() => release());
 
   it('reports health, sweeps on its interval, and shuts down in order, ending watch streams', async () => {
     const calls: string[] = [];
-    const url = newUrl();
+    const url = await newUrl();
     const store = recording(await openStore(url), calls);
     const server = await startServer(testConfig(url, { sweepIntervalMs: 100 }), {
       logger: pino({ level: 'silent' }),
@@ -104,7 +95,7 @@ describe.each(storeUrls())('server lifecycle ($engine)', ({ newUrl }) => {
     const password = 'Tr0ub4dor-and-3-more-words';
     const signingSecret = `whsec_${Buffer.from('0123456789abcdef0123456789abcdef').toString('base64')}`;
     const receiver = await createMockReceiver({ username: 'svc', password: 'the-right-one' });
-    const server = await startServer(testConfig(newUrl(), { logLevel: 'trace' }), {
+    const server = await startServer(testConfig(await newUrl(), { logLevel: 'trace' }), {
       logger: pino({ level: 'trace' }, sink),
     });
     const clients = connect(server.address);

@@ -10,7 +10,6 @@ import {
   deliveryIn,
   eventually,
   inboxMessage,
-  removeTempDirs,
   startTestServer,
   storeUrls,
   watch,
@@ -19,20 +18,20 @@ import {
 
 const DELIVERED = [DeliveryState.DELIVERY_STATE_DELIVERED];
 
-describe.each(storeUrls())('ordering, replay and watch ($engine)', ({ newUrl }) => {
+describe.each(storeUrls())('ordering, replay and watch ($engine)', ({ newUrl, release }) => {
   let t: TestServer;
   let receiver: MockReceiver;
 
   beforeAll(async () => {
     // Retries wait 300 ms: long enough to publish a newer state while a delivery waits for its retry.
-    t = await startTestServer(newUrl(), { backoffBaseMs: 300, backoffMaxMs: 300 });
+    t = await startTestServer(await newUrl(), { backoffBaseMs: 300, backoffMaxMs: 300 });
   });
   afterEach(async () => {
     await receiver?.close();
   });
   afterAll(async () => {
-    await t.stop();
-    removeTempDirs();
+    await t?.stop();
+    await release();
   });
 
   async function account(rules: Parameters<typeof createMockReceiver>[0] = {}) {

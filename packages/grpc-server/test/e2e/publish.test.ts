@@ -14,7 +14,6 @@ import {
   eventually,
   failure,
   inboxMessage,
-  removeTempDirs,
   startTestServer,
   storeUrls,
   type TestServer,
@@ -22,19 +21,19 @@ import {
 
 const DELIVERED = [DeliveryState.DELIVERY_STATE_DELIVERED];
 
-describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl }) => {
+describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, release }) => {
   let t: TestServer;
   let receiver: MockReceiver;
 
   beforeAll(async () => {
-    t = await startTestServer(newUrl());
+    t = await startTestServer(await newUrl());
   });
   afterEach(async () => {
     await receiver?.close();
   });
   afterAll(async () => {
-    await t.stop();
-    removeTempDirs();
+    await t?.stop();
+    await release();
   });
 
   async function account(options: { maxMessagesPerContact?: number } = {}) {

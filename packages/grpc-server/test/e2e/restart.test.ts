@@ -10,14 +10,13 @@ import {
   deliveryIn,
   eventually,
   inboxMessage,
-  removeTempDirs,
   spawnServer,
   startTestServer,
   storeUrls,
   type TestServer,
 } from './harness.js';
 
-describe.each(storeUrls())('restarts ($engine)', ({ newUrl }) => {
+describe.each(storeUrls())('restarts ($engine)', ({ newUrl, release }) => {
   const cleanups: Array<() => Promise<unknown> | void> = [];
   let receiver: MockReceiver;
 
@@ -25,10 +24,10 @@ describe.each(storeUrls())('restarts ($engine)', ({ newUrl }) => {
     for (const fn of cleanups.splice(0).reverse()) await fn();
     await receiver?.close();
   });
-  afterAll(() => removeTempDirs());
+  afterAll(() => release());
 
   it('a graceful restart in the middle of retries loses nothing', async () => {
-    const store = newUrl();
+    const store = await newUrl();
     // Three 503s for every delivery, 150 ms apart: the restart falls between them.
     receiver = await createMockReceiver({ rules: [{ answers: [{ status: 503, times: 3 }], per: 'delivery' }] });
     const overrides = { backoffBaseMs: 150, backoffMaxMs: 150, maxAttempts: 10 };
@@ -59,7 +58,7 @@ describe.each(storeUrls())('restarts ($engine)', ({ newUrl }) => {
   });
 
   it('the real server process killed with SIGKILL right after an OK publish delivers after a restart', async () => {
-    const store = newUrl();
+    const store = await newUrl();
     // The first request of each delivery hangs: the kill lands while the attempt is in flight (or before).
     receiver = await createMockReceiver({ rules: [{ answers: [{ action: 'hang' }], per: 'delivery' }] });
     const args = [

@@ -24,21 +24,24 @@ import {
   assertInt,
   assertStoredMessages,
   assertTime,
+  assertTraceparent,
   attemptFromRow,
+  attemptReason,
   decodeCursor,
   deliveryFromRow,
   distinctSorted,
   emptyByState,
   encodeCursor,
-  failureReason,
   messageFromRow,
   newDeliveryId,
+  supersededOutcome,
   webhookFromRow,
   webhookToStored,
   type AttemptRow,
   type Migration,
   type DeliveryRow,
   type MessageRow,
+  type SupersededRow,
   type WebhookRow,
 } from '../shared.js';
 import type {
@@ -56,6 +59,7 @@ import type {
   PublishResult,
   RetryResult,
   Store,
+  TraceOptions,
   WebhookRecord,
 } from '../types.js';
 import { MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS } from './schema.js';
@@ -88,7 +92,7 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
 
 const DELIVERY_COLUMNS = `d.seq, d.id, d.account_id, d.external_customer_id, d.state, d.created_at, d.updated_at,
   d.next_attempt_at, d.lease_owner, d.attempt_count, d.first_attempt_at, d.body, d.message_ids, d.superseded_by,
-  d.last_error`;
+  d.last_error, d.traceparent`;
 
 /** The newest delivery of the same contact created after `d` (by sequence), or NULL. */
 const NEWER_ID = `(SELECT n.id FROM deliveries n
@@ -96,6 +100,14 @@ const NEWER_ID = `(SELECT n.id FROM deliveries n
    ORDER BY n.seq DESC LIMIT 1)`;
 
 const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
+
+/** What a `superseded` outcome needs of a delivery row (`d` or `t`). */
+const supersededColumns = (alias: string): string =>
+  ['id', 'account_id', 'external_customer_id', 'attempt_count', 'message_ids', 'superseded_by']
+    .map((c) => `${alias}.${c}`)
+    .join(', ');
+
+type SupersededDbRow = SupersededRow & { account_id: string; superseded_by: string | null };
 
 /**
  * SQLSTATEs after which the whole transaction is run again: a concurrent transaction won a race on
@@ -266,6 +278,16 @@ export class PostgresStore implements Store {
     return rows[0] === undefined ? null : webhookFromRow(rows[0]);
   }
 
+  async listWebhookAccounts(afterAccountId: string | null, limit: number): Promise<string[]> {
+    assertInt('limit', limit, 1, MAX_PAGE_SIZE);
+    // COLLATE "C": byte order, the same as SQLite's, whatever the database's collation.
+    const { rows } = await this.#query<{ account_id: string }>(
+      'SELECT account_id FROM webhooks WHERE account_id COLLATE "C" > $1 ORDER BY account_id COLLATE "C" LIMIT $2',
+      [afterAccountId ?? '', limit],
+    );
+    return rows.map((r) => r.account_id);
+  }
+
   async deleteWebhook(accountId: string): Promise<boolean> {
     assertId('accountId', accountId);
     return this.#tx(async (c) => {
@@ -285,6 +307,7 @@ export class PostgresStore implements Store {
     const accountId = assertId('accountId', input.accountId);
     const now = assertTime('now', input.now);
     assertStoredMessages(input.messages);
+    const traceparent = assertTraceparent(input.traceparent);
     // Inserting in id order makes two publishes that share ids wait on each other in the same order
     // (no deadlock); the sort is stable, so of two equal ids in one call the first still wins.
     const messages = [...input.messages].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -323,7 +346,7 @@ export class PostgresStore implements Store {
         ],
       );
       const touched = distinctSorted(rows.map((r) => r.external_customer_id));
-      const deliveries = await this.#ensurePending(c, accountId, touched, now);
+      const deliveries = await this.#ensurePending(c, accountId, touched, now, traceparent);
       return { inserted: rows.length, duplicates: messages.length - rows.length, deliveries };
     });
   }
@@ -332,9 +355,11 @@ export class PostgresStore implements Store {
     accountId: string,
     externalCustomerIds: readonly string[] | 'all',
     now: number,
+    options: TraceOptions = {},
   ): Promise<PublishResult['deliveries']> {
     assertId('accountId', accountId);
     assertTime('now', now);
+    const traceparent = assertTraceparent(options.traceparent);
     if (externalCustomerIds !== 'all') {
       if (!Array.isArray(externalCustomerIds)) {
         throw new StoreError('invalid_argument', "externalCustomerIds: must be an array or 'all'");
@@ -352,20 +377,22 @@ export class PostgresStore implements Store {
               )
             ).rows.map((r) => r.c)
           : distinctSorted(externalCustomerIds);
-      return this.#ensurePending(c, accountId, contacts, now);
+      return this.#ensurePending(c, accountId, contacts, now, traceparent);
     });
   }
 
   /**
    * Each contact's pending delivery (`contacts` sorted and distinct): the existing one, locked so that
    * no worker claims it before this transaction's messages are committed (they must be in it), or a
-   * new one due now. The contacts' retrying deliveries are superseded by them (ARCHITECTURE §2).
+   * new one due now. The contacts' retrying deliveries are superseded by them (ARCHITECTURE §2). New
+   * deliveries get `traceparent`; existing ones keep the trace of the call that created them.
    */
   async #ensurePending(
     c: Client,
     accountId: string,
     contacts: readonly string[],
     now: number,
+    traceparent: string | null,
   ): Promise<PublishResult['deliveries']> {
     if (contacts.length === 0) return [];
     const found = new Map<string, string>();
@@ -383,11 +410,12 @@ export class PostgresStore implements Store {
       missing = missing.filter((contact) => !found.has(contact));
       if (missing.length === 0) break;
       const inserted = await c.query<{ external_customer_id: string; id: string }>(
-        `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at)
-         SELECT n.id, $1, n.contact, 'pending', $4, $4, $4 FROM unnest($2::text[], $3::text[]) AS n(id, contact)
+        `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at,
+           traceparent)
+         SELECT n.id, $1, n.contact, 'pending', $4, $4, $4, $5::text FROM unnest($2::text[], $3::text[]) AS n(id, contact)
          ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending' DO NOTHING
          RETURNING external_customer_id, id`,
-        [accountId, missing.map(() => newDeliveryId(now)), missing, now],
+        [accountId, missing.map(() => newDeliveryId(now)), missing, now, traceparent],
       );
       for (const row of inserted.rows) found.set(row.external_customer_id, row.id);
       missing = missing.filter((contact) => !found.has(contact));
@@ -397,13 +425,15 @@ export class PostgresStore implements Store {
     }
     const result = contacts.map((contact) => ({ externalCustomerId: contact, deliveryId: found.get(contact)! }));
     // A waiting retry carries an older list than the pending delivery will: never send it again.
-    await c.query(
+    const superseded = await c.query<SupersededDbRow>(
       `UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL,
          lease_owner = NULL, updated_at = $4
        FROM unnest($2::text[], $3::text[]) AS p(contact, id)
-       WHERE d.account_id = $1 AND d.external_customer_id = p.contact AND d.state = 'retrying'`,
+       WHERE d.account_id = $1 AND d.external_customer_id = p.contact AND d.state = 'retrying'
+       RETURNING ${supersededColumns('d')}`,
       [accountId, result.map((r) => r.externalCustomerId), result.map((r) => r.deliveryId), now],
     );
+    await this.#announceSuperseded(c, superseded.rows, now);
     return result;
   }
 
@@ -488,11 +518,28 @@ export class PostgresStore implements Store {
   }
 
   async #supersede(c: Client, seq: string | number, newerId: string, now: number): Promise<void> {
-    await c.query(
-      `UPDATE deliveries SET state = 'superseded', superseded_by = $1, next_attempt_at = NULL, lease_owner = NULL,
-         updated_at = $2 WHERE seq = $3`,
+    const { rows } = await c.query<SupersededDbRow>(
+      `UPDATE deliveries d SET state = 'superseded', superseded_by = $1, next_attempt_at = NULL, lease_owner = NULL,
+         updated_at = $2 WHERE d.seq = $3 RETURNING ${supersededColumns('d')}`,
       [newerId, now, seq],
     );
+    await this.#announceSuperseded(c, rows, now);
+  }
+
+  /**
+   * NOTIFYs the `superseded` outcomes of rows this transaction superseded. A NOTIFY inside a transaction is
+   * delivered at its COMMIT and dropped by a ROLLBACK (also by the runs {@link PostgresStore.#tx} repeats),
+   * so an outcome is announced exactly when its change committed. @see DeliveryOutcome
+   */
+  async #announceSuperseded(c: Client, rows: readonly SupersededDbRow[], at: number, attempt?: Attempt): Promise<void> {
+    const outcomes = rows
+      .filter((r) => r.superseded_by !== null)
+      .map((r) => supersededOutcome(r, r.account_id, r.superseded_by!, at, attempt));
+    if (outcomes.length === 0) return;
+    await c.query('SELECT pg_notify($1, f) FROM unnest($2::text[]) AS f', [
+      this.#options.channel,
+      outcomes.flatMap((o) => notifyFrames(o)),
+    ]);
   }
 
   /**
@@ -500,7 +547,7 @@ export class PostgresStore implements Store {
    * supersedes it; otherwise it goes back to its lane, due at the end of its lease so it keeps its place.
    */
   async #reapExpiredLeases(c: Client, now: number): Promise<void> {
-    await c.query(
+    const { rows } = await c.query<SupersededDbRow>(
       `WITH expired AS (
          SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
          WHERE d.state = 'in_flight' AND d.next_attempt_at <= $1
@@ -510,9 +557,12 @@ export class PostgresStore implements Store {
          superseded_by = e.newer_id,
          next_attempt_at = CASE WHEN e.newer_id IS NOT NULL THEN NULL ELSE t.next_attempt_at END,
          lease_owner = NULL, updated_at = $1
-       FROM expired e WHERE t.seq = e.seq`,
+       FROM expired e WHERE t.seq = e.seq
+       RETURNING ${supersededColumns('t')}`,
       [now],
     );
+    // superseded_by is set exactly on the rows that were superseded.
+    await this.#announceSuperseded(c, rows, now);
   }
 
   async contactMessages(
@@ -562,6 +612,7 @@ export class PostgresStore implements Store {
       throw new StoreError('invalid_argument', `nextState: must be delivered, failed or retrying`);
     }
     const { attempt, nextState } = result;
+    const reason = attemptReason(result);
     const endedAt = attempt.startedAt + attempt.durationMs;
     return this.#tx(async (c) => {
       const { rows } = await c.query<{
@@ -613,18 +664,13 @@ export class PostgresStore implements Store {
            attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $3), superseded_by = $4,
            last_error = CASE WHEN $5 THEN last_error ELSE $6 END, updated_at = $7
          WHERE d.seq = $8 RETURNING ${DELIVERY_COLUMNS}`,
-        [
-          state,
-          next,
-          attempt.startedAt,
-          supersededBy,
-          nextState === 'delivered',
-          failureReason(attempt),
-          endedAt,
-          row.seq,
-        ],
+        [state, next, attempt.startedAt, supersededBy, nextState === 'delivered', reason, endedAt, row.seq],
       );
-      return deliveryFromRow(updated.rows[0]!);
+      const delivery = updated.rows[0]!;
+      if (supersededBy !== null) {
+        await this.#announceSuperseded(c, [{ ...delivery, superseded_by: supersededBy }], endedAt, attempt);
+      }
+      return deliveryFromRow(delivery);
     });
   }
 
@@ -701,9 +747,10 @@ export class PostgresStore implements Store {
 
   // ---------------------------------------------------------------- replay, sweep, stats
 
-  async retryDelivery(id: string, now: number): Promise<RetryResult | null> {
+  async retryDelivery(id: string, now: number, options: TraceOptions = {}): Promise<RetryResult | null> {
     assertId('id', id);
     assertTime('now', now);
+    const traceparent = assertTraceparent(options.traceparent);
     return this.#tx(async (c) => {
       const { rows } = await c.query<DeliveryRow & { newer_id: string | null }>(
         `SELECT ${DELIVERY_COLUMNS}, ${NEWER_ID} AS newer_id FROM deliveries d WHERE d.id = $1 FOR UPDATE OF d`,
@@ -716,9 +763,9 @@ export class PostgresStore implements Store {
       }
       if (row.state === 'retrying') {
         const updated = await c.query<DeliveryRow>(
-          `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1 WHERE d.seq = $2
-           RETURNING ${DELIVERY_COLUMNS}`,
-          [now, row.seq],
+          `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1,
+             traceparent = COALESCE($3, traceparent) WHERE d.seq = $2 RETURNING ${DELIVERY_COLUMNS}`,
+          [now, row.seq, traceparent],
         );
         return { delivery: deliveryFromRow(updated.rows[0]!), replacedByNewer: false };
       }
@@ -726,13 +773,13 @@ export class PostgresStore implements Store {
         // Still the contact's newest: the same id and the same bytes again (ARCHITECTURE §1).
         const updated = await c.query<DeliveryRow>(
           `UPDATE deliveries d SET state = $1, next_attempt_at = $2, superseded_by = NULL, lease_owner = NULL,
-             updated_at = $2 WHERE d.seq = $3 RETURNING ${DELIVERY_COLUMNS}`,
-          [row.body === null ? 'pending' : 'retrying', now, row.seq],
+             updated_at = $2, traceparent = COALESCE($4, traceparent) WHERE d.seq = $3 RETURNING ${DELIVERY_COLUMNS}`,
+          [row.body === null ? 'pending' : 'retrying', now, row.seq, traceparent],
         );
         return { delivery: deliveryFromRow(updated.rows[0]!), replacedByNewer: false };
       }
       // A newer state exists: send that, never this older list after it.
-      const [pending] = await this.#ensurePending(c, row.account_id, [row.external_customer_id], now);
+      const [pending] = await this.#ensurePending(c, row.account_id, [row.external_customer_id], now, traceparent);
       const fresh = await c.query<DeliveryRow>(`SELECT ${DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1`, [
         pending!.deliveryId,
       ]);
@@ -789,20 +836,11 @@ export class PostgresStore implements Store {
   // ---------------------------------------------------------------- outcomes
 
   async emitOutcome(outcome: DeliveryOutcome): Promise<void> {
-    const json = JSON.stringify(outcome);
-    const emitId = randomBytes(8).toString('hex');
-    const chunks: string[] = [];
-    for (let start = 0; start < json.length;) {
-      let end = Math.min(start + CHUNK_UNITS, json.length);
-      // Never split a surrogate pair across two chunks.
-      const last = json.charCodeAt(end - 1);
-      if (end < json.length && last >= 0xd800 && last <= 0xdbff) end--;
-      chunks.push(json.slice(start, end));
-      start = end;
-    }
-    const frames = chunks.map((chunk, i) => `${emitId} ${i} ${chunks.length} ${chunk}`);
     // One statement, one transaction: the chunks are delivered together, or not at all.
-    await this.#query('SELECT pg_notify($1, f) FROM unnest($2::text[]) AS f', [this.#options.channel, frames]);
+    await this.#query('SELECT pg_notify($1, f) FROM unnest($2::text[]) AS f', [
+      this.#options.channel,
+      notifyFrames(outcome),
+    ]);
   }
 
   onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void {
@@ -833,6 +871,25 @@ export class PostgresStore implements Store {
     }
     this.#listeners.dispatch(outcome);
   }
+}
+
+/**
+ * An outcome as NOTIFY payloads: `<emit id> <index> <count> <chunk>`, each under the NOTIFY size limit; the
+ * listener puts the chunks of one emit id back together.
+ */
+function notifyFrames(outcome: DeliveryOutcome): string[] {
+  const json = JSON.stringify(outcome);
+  const emitId = randomBytes(8).toString('hex');
+  const chunks: string[] = [];
+  for (let start = 0; start < json.length;) {
+    let end = Math.min(start + CHUNK_UNITS, json.length);
+    // Never split a surrogate pair across two chunks.
+    const last = json.charCodeAt(end - 1);
+    if (end < json.length && last >= 0xd800 && last <= 0xdbff) end--;
+    chunks.push(json.slice(start, end));
+    start = end;
+  }
+  return chunks.map((chunk, i) => `${emitId} ${i} ${chunks.length} ${chunk}`);
 }
 
 /** Applies the migrations newer than the database's version under the migration advisory lock. */

@@ -93,4 +93,11 @@ CREATE TABLE attempts (
 ) WITHOUT ROWID;
 `,
   },
+  {
+    version: 2,
+    name: 'delivery traceparent',
+    // The W3C traceparent of the RPC that created (or replayed) the delivery: its attempts' spans are
+    // children of it, however much later and in whichever process they run. NULL when tracing is off. @see issue 8
+    sql: `ALTER TABLE deliveries ADD COLUMN traceparent TEXT;`,
+  },
 ];

@@ -130,6 +130,67 @@ describe('SqliteStore', () => {
     await expect(store.getWebhook('a')).rejects.toMatchObject({ code: 'closed' });
   });
 
+  it('commits the writes of one turn together, in call order, and a failing write alone', async () => {
+    const path = join(dir, 'group.db');
+    const store = await openSqliteStore({ path });
+    // A second connection sees only what is committed.
+    const observer = new Database(path, { readonly: true });
+    const committed = () => (observer.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number }).n;
+    try {
+      await store.upsertWebhook('a', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      const first = store.publish({ accountId: 'a', messages: [message('m1')], now: T0 });
+      const again = store.publish({ accountId: 'a', messages: [message('m1'), message('m2')], now: T0 });
+      const other = store.publish({
+        accountId: 'a',
+        messages: [{ ...message('m3'), externalCustomerId: 'd' }],
+        now: T0,
+      });
+      // Nothing is committed until the group commits, at the end of this turn of the event loop.
+      expect(committed()).toBe(0);
+      const [a, b, c] = await Promise.all([first, again, other]);
+      expect(committed()).toBe(3);
+      // In call order: the second publish found m1 already stored by the first.
+      expect([a.inserted, a.duplicates, b.inserted, b.duplicates, c.inserted]).toEqual([1, 0, 1, 1, 1]);
+      expect(b.deliveries[0]?.deliveryId).toBe(a.deliveries[0]?.deliveryId);
+
+      const claims = await store.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 10_000, owner: 'w' });
+      expect(claims).toHaveLength(2);
+      const [one, two] = claims.map((claim) => claim.delivery.id) as [string, string];
+      // A body that throws when read inside the group: that write fails alone, the other one commits.
+      const unreadable = new Uint8Array(2);
+      Object.defineProperty(unreadable, 'buffer', {
+        get() {
+          throw new Error('unreadable body');
+        },
+      });
+      const body = new TextEncoder().encode('[]');
+      const settled = await Promise.allSettled([
+        store.freeze(one, 'w', unreadable, [], T0),
+        store.freeze(two, 'w', body, [], T0),
+      ]);
+      expect(settled[0]).toMatchObject({ status: 'rejected', reason: { message: 'unreadable body' } });
+      expect(settled[1]).toEqual({ status: 'fulfilled', value: true });
+      expect((await store.getDelivery(two))?.delivery.body).toEqual(body);
+      // The failed write left no trace: the delivery can still be frozen once.
+      expect((await store.getDelivery(one))?.delivery.body).toBeNull();
+      expect(await store.freeze(one, 'w', body, [], T0)).toBe(true);
+    } finally {
+      observer.close();
+      await store.close();
+    }
+  });
+
+  it('commits the writes still queued when it is closed', async () => {
+    const path = join(dir, 'close.db');
+    const store = await openSqliteStore({ path });
+    const published = store.publish({ accountId: 'a', messages: [message('m1')], now: T0 });
+    await store.close();
+    expect((await published).inserted).toBe(1);
+    const reopened = await openSqliteStore({ path });
+    expect((await reopened.contactMessages('a', 'c', T0, 10)).map((m) => m.id)).toEqual(['m1']);
+    await reopened.close();
+  });
+
   it('rejects bad options naming them', () => {
     expect(() => new SqliteStore({ path: '' })).toThrow(/path/);
     expect(() => new SqliteStore({ path: ':memory:', busyTimeoutMs: -1 })).toThrow(/busyTimeoutMs/);

@@ -200,7 +200,10 @@ export interface Delivery {
   supersededBy?:
     | string
     | undefined;
-  /** Short reason of the last failure, e.g. `http_400`, `timeout`. */
+  /**
+   * Short reason of the last failure, e.g. `http_400`, `timeout`, `tls`; prefixed by why retries
+   * stopped when they ran out: `max_attempts:http_503`, `max_age:timeout`.
+   */
   lastError?:
     | string
     | undefined;
@@ -299,6 +302,8 @@ export interface WatchDeliveriesResponse {
     | undefined;
   /** When the outcome happened (milliseconds since the epoch). */
   timeMs: number;
+  /** SUPERSEDED only: the contact's newer delivery that carries its state instead. */
+  supersededBy?: string | undefined;
 }
 
 function createBaseAttempt(): Attempt {
@@ -1497,6 +1502,7 @@ function createBaseWatchDeliveriesResponse(): WatchDeliveriesResponse {
     errorKind: undefined,
     nextAttemptTimeMs: undefined,
     timeMs: 0,
+    supersededBy: undefined,
   };
 }
 
@@ -1531,6 +1537,9 @@ export const WatchDeliveriesResponse: MessageFns<WatchDeliveriesResponse> = {
     }
     if (message.timeMs !== 0) {
       writer.uint32(80).int64(message.timeMs);
+    }
+    if (message.supersededBy !== undefined) {
+      writer.uint32(90).string(message.supersededBy);
     }
     return writer;
   },
@@ -1628,6 +1637,14 @@ export const WatchDeliveriesResponse: MessageFns<WatchDeliveriesResponse> = {
             message.timeMs = longToNumber(reader.int64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.supersededBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1688,6 +1705,11 @@ export const WatchDeliveriesResponse: MessageFns<WatchDeliveriesResponse> = {
         : isSet(object.time_ms)
         ? globalThis.Number(object.time_ms)
         : 0,
+      supersededBy: isSet(object.supersededBy)
+        ? globalThis.String(object.supersededBy)
+        : isSet(object.superseded_by)
+        ? globalThis.String(object.superseded_by)
+        : undefined,
     };
   },
 
@@ -1723,6 +1745,9 @@ export const WatchDeliveriesResponse: MessageFns<WatchDeliveriesResponse> = {
     if (message.timeMs !== 0) {
       obj.timeMs = Math.round(message.timeMs);
     }
+    if (message.supersededBy !== undefined) {
+      obj.supersededBy = message.supersededBy;
+    }
     return obj;
   },
 
@@ -1741,6 +1766,7 @@ export const WatchDeliveriesResponse: MessageFns<WatchDeliveriesResponse> = {
     message.errorKind = object.errorKind ?? undefined;
     message.nextAttemptTimeMs = object.nextAttemptTimeMs ?? undefined;
     message.timeMs = object.timeMs ?? 0;
+    message.supersededBy = object.supersededBy ?? undefined;
     return message;
   },
 };

@@ -25,6 +25,59 @@ export const protobufFileName = "app_inbox/v1/webhook.proto";
 
 /** The webhook of an account: where and how its App Inbox messages are pushed. @see SPEC §2 */
 
+/** Circuit breaker state of an endpoint (issue 7). */
+export enum CircuitState {
+  /** CIRCUIT_STATE_UNSPECIFIED - Not set. */
+  CIRCUIT_STATE_UNSPECIFIED = 0,
+  /** CIRCUIT_STATE_CLOSED - Deliveries flow normally. */
+  CIRCUIT_STATE_CLOSED = 1,
+  /**
+   * CIRCUIT_STATE_OPEN - Paused: the endpoint failed continuously (or answered 410 Gone); its deliveries wait, none is dropped,
+   * until the next probe.
+   */
+  CIRCUIT_STATE_OPEN = 2,
+  /** CIRCUIT_STATE_HALF_OPEN - One probe delivery is being sent: a 2xx closes the circuit, a failure opens it again for twice as long. */
+  CIRCUIT_STATE_HALF_OPEN = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function circuitStateFromJSON(object: any): CircuitState {
+  switch (object) {
+    case 0:
+    case "CIRCUIT_STATE_UNSPECIFIED":
+      return CircuitState.CIRCUIT_STATE_UNSPECIFIED;
+    case 1:
+    case "CIRCUIT_STATE_CLOSED":
+      return CircuitState.CIRCUIT_STATE_CLOSED;
+    case 2:
+    case "CIRCUIT_STATE_OPEN":
+      return CircuitState.CIRCUIT_STATE_OPEN;
+    case 3:
+    case "CIRCUIT_STATE_HALF_OPEN":
+      return CircuitState.CIRCUIT_STATE_HALF_OPEN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CircuitState.UNRECOGNIZED;
+  }
+}
+
+export function circuitStateToJSON(object: CircuitState): string {
+  switch (object) {
+    case CircuitState.CIRCUIT_STATE_UNSPECIFIED:
+      return "CIRCUIT_STATE_UNSPECIFIED";
+    case CircuitState.CIRCUIT_STATE_CLOSED:
+      return "CIRCUIT_STATE_CLOSED";
+    case CircuitState.CIRCUIT_STATE_OPEN:
+      return "CIRCUIT_STATE_OPEN";
+    case CircuitState.CIRCUIT_STATE_HALF_OPEN:
+      return "CIRCUIT_STATE_HALF_OPEN";
+    case CircuitState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** HTTP Basic authentication (RFC 7617) of the customer's endpoint, as written by the caller. */
 export interface BasicAuth {
   /** Non-empty; must not contain ':'. */
@@ -63,6 +116,28 @@ export interface Webhook {
   createTimeMs: number;
   /** Time of the last change, milliseconds since the epoch. */
   updateTimeMs: number;
+  /**
+   * The endpoint's circuit breaker, as seen by the server process that answers (each process keeps its
+   * own view). Set by GetWebhook and UpsertWebhook.
+   */
+  circuit: Circuit | undefined;
+}
+
+/** The circuit breaker's view of an endpoint. */
+export interface Circuit {
+  /** The state. */
+  state: CircuitState;
+  /**
+   * When the state began (for CLOSED: when the current run of failures began), milliseconds since the
+   * epoch; unset for an endpoint with no failure.
+   */
+  sinceMs?:
+    | number
+    | undefined;
+  /** Attempts in a row without a 2xx answer. */
+  consecutiveFailures: number;
+  /** When the next probe may be sent, milliseconds since the epoch; set only while OPEN. */
+  nextProbeAtMs?: number | undefined;
 }
 
 /** Request of WebhookService.UpsertWebhook. */
@@ -309,6 +384,7 @@ function createBaseWebhook(): Webhook {
     defaultMessageTtlSeconds: 0,
     createTimeMs: 0,
     updateTimeMs: 0,
+    circuit: undefined,
   };
 }
 
@@ -340,6 +416,9 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.updateTimeMs !== 0) {
       writer.uint32(72).int64(message.updateTimeMs);
+    }
+    if (message.circuit !== undefined) {
+      Circuit.encode(message.circuit, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -429,6 +508,14 @@ export const Webhook: MessageFns<Webhook> = {
             message.updateTimeMs = longToNumber(reader.int64());
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.circuit = Circuit.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -480,6 +567,7 @@ export const Webhook: MessageFns<Webhook> = {
         : isSet(object.update_time_ms)
         ? globalThis.Number(object.update_time_ms)
         : 0,
+      circuit: isSet(object.circuit) ? Circuit.fromJSON(object.circuit) : undefined,
     };
   },
 
@@ -512,6 +600,9 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.updateTimeMs !== 0) {
       obj.updateTimeMs = Math.round(message.updateTimeMs);
     }
+    if (message.circuit !== undefined) {
+      obj.circuit = Circuit.toJSON(message.circuit);
+    }
     return obj;
   },
 
@@ -531,6 +622,138 @@ export const Webhook: MessageFns<Webhook> = {
     message.defaultMessageTtlSeconds = object.defaultMessageTtlSeconds ?? 0;
     message.createTimeMs = object.createTimeMs ?? 0;
     message.updateTimeMs = object.updateTimeMs ?? 0;
+    message.circuit = (object.circuit !== undefined && object.circuit !== null)
+      ? Circuit.fromPartial(object.circuit)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCircuit(): Circuit {
+  return { state: 0, sinceMs: undefined, consecutiveFailures: 0, nextProbeAtMs: undefined };
+}
+
+export const Circuit: MessageFns<Circuit> = {
+  encode(message: Circuit, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.sinceMs !== undefined) {
+      writer.uint32(16).int64(message.sinceMs);
+    }
+    if (message.consecutiveFailures !== 0) {
+      writer.uint32(24).uint32(message.consecutiveFailures);
+    }
+    if (message.nextProbeAtMs !== undefined) {
+      writer.uint32(32).int64(message.nextProbeAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Circuit {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCircuit();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.consecutiveFailures = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.nextProbeAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Circuit {
+    return {
+      state: isSet(object.state) ? circuitStateFromJSON(object.state) : 0,
+      sinceMs: isSet(object.sinceMs)
+        ? globalThis.Number(object.sinceMs)
+        : isSet(object.since_ms)
+        ? globalThis.Number(object.since_ms)
+        : undefined,
+      consecutiveFailures: isSet(object.consecutiveFailures)
+        ? globalThis.Number(object.consecutiveFailures)
+        : isSet(object.consecutive_failures)
+        ? globalThis.Number(object.consecutive_failures)
+        : 0,
+      nextProbeAtMs: isSet(object.nextProbeAtMs)
+        ? globalThis.Number(object.nextProbeAtMs)
+        : isSet(object.next_probe_at_ms)
+        ? globalThis.Number(object.next_probe_at_ms)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Circuit): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = circuitStateToJSON(message.state);
+    }
+    if (message.sinceMs !== undefined) {
+      obj.sinceMs = Math.round(message.sinceMs);
+    }
+    if (message.consecutiveFailures !== 0) {
+      obj.consecutiveFailures = Math.round(message.consecutiveFailures);
+    }
+    if (message.nextProbeAtMs !== undefined) {
+      obj.nextProbeAtMs = Math.round(message.nextProbeAtMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Circuit>): Circuit {
+    return Circuit.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Circuit>): Circuit {
+    const message = createBaseCircuit();
+    message.state = object.state ?? 0;
+    message.sinceMs = object.sinceMs ?? undefined;
+    message.consecutiveFailures = object.consecutiveFailures ?? 0;
+    message.nextProbeAtMs = object.nextProbeAtMs ?? undefined;
     return message;
   },
 };
