@@ -16,6 +16,7 @@
  * @see SPEC §4, §5; ARCHITECTURE "Decisions" §1-§4
  */
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { hostname } from 'node:os';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { SpanKind, type Span, type Tracer } from '@opentelemetry/api';
@@ -307,6 +308,11 @@ export class DeliveryEngine {
     this.#metrics = deps.metrics ?? null;
     this.#tracer = deps.tracer ?? null;
     this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency);
+    // Every claim waiting for its endpoint's slot listens for stop() (removed once granted), up to
+    // `maxWaiting` of them, plus the two lanes' idle sleeps: a bounded number, not a leak, so the limit is
+    // raised to that bound (with headroom) instead of Node's default of 10, which warned
+    // MaxListenersExceededWarning under load; a real leak beyond it still warns.
+    setMaxListeners(this.options.maxWaiting + 10, this.#stopping.signal);
     this.#lanes = [
       { name: 'first', concurrency: this.options.firstLaneConcurrency, busy: 0, wakeup: new Wakeup() },
       { name: 'retry', concurrency: this.options.retryLaneConcurrency, busy: 0, wakeup: new Wakeup() },

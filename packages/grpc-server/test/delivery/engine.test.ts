@@ -405,6 +405,34 @@ describe('DeliveryEngine', () => {
     expect(r.maxActive).toBe(3);
   });
 
+  it('lets more than ten claims wait for their endpoint without a MaxListenersExceededWarning', async () => {
+    const store = await newStore();
+    const r = await receiver((_req, res) => {
+      setTimeout(() => res.end(), 20);
+    });
+    await webhook(store, 'acc', r.url);
+    await publish(
+      store,
+      'acc',
+      Array.from({ length: 60 }, (_, i) => message(`c${i}`)),
+    );
+    // Each claim after the first finds 11 of 12 slots busy and up to 12 deliveries due: 11 wait, each
+    // listening for stop() on the engine's signal (Node warns beyond 10 listeners by default).
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    cleanups.push(async () => {
+      process.off('warning', onWarning);
+    });
+    const sender = createSender({ requestTimeoutMs: 3_000, connectionsPerOrigin: 32 });
+    cleanups.push(() => sender.close());
+    const outcomes = collectOutcomes(store);
+    engine(store, { perEndpointConcurrency: 12 }, { sender }).start();
+    await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 60, 'all delivered');
+    await sleep(10); // warnings are emitted on the next tick
+    expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+  });
+
   it('stop() gives unfinished claims back and a new engine on the same store finishes them', async () => {
     const store = await newStore();
     let hang = true;

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
-import { openSqliteStore, SqliteStore } from './sqlite-store.js';
+import { migrateSqlite, openSqliteStore, SqliteStore } from './sqlite-store.js';
 import { SQLITE_MIGRATIONS } from './schema.js';
 
 let dir: string;
@@ -108,6 +108,45 @@ describe('SqliteStore', () => {
       const rows = db.prepare('SELECT version, name FROM schema_migrations ORDER BY version').all();
       expect(rows).toEqual(SQLITE_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('migrates a version 2 database with deliveries: the lease index replaces the state index', async () => {
+    const path = join(dir, 'v2.db');
+    const old = new Database(path);
+    migrateSqlite(
+      old,
+      SQLITE_MIGRATIONS.filter((m) => m.version <= 2),
+    );
+    old.close();
+    const store = await openSqliteStore({ path });
+    await store.upsertWebhook('a', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+    await store.publish({
+      accountId: 'a',
+      messages: [message('m1'), { ...message('m2'), externalCustomerId: 'd' }],
+      now: T0,
+    });
+    await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 1000, owner: 'w' });
+    expect((await store.stats(T0)).byState).toMatchObject({ pending: 1, in_flight: 1, retrying: 0, delivered: 0 });
+    // The expired lease is found through the new index and its delivery goes back to its lane.
+    await store.claimDue({ lane: 'retry', limit: 1, now: T0 + 2000, leaseMs: 1000, owner: 'w' });
+    expect((await store.stats(T0 + 2000)).byState).toMatchObject({ pending: 2, in_flight: 0 });
+    await store.close();
+    const db = new Database(path, { readonly: true });
+    try {
+      const indexes = (
+        db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'").all() as Array<{
+          name: string;
+        }>
+      ).map((r) => r.name);
+      expect(indexes).toContain('deliveries_lease_due');
+      expect(indexes).not.toContain('deliveries_state_due');
+      const plan = db
+        .prepare("EXPLAIN QUERY PLAN SELECT seq FROM deliveries WHERE state = 'in_flight' AND next_attempt_at <= 1")
+        .all() as Array<{ detail: string }>;
+      expect(plan.map((r) => r.detail).join(' ')).toContain('deliveries_lease_due');
     } finally {
       db.close();
     }

@@ -85,6 +85,9 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
   return store;
 }
 
+/** `PRAGMA wal_autocheckpoint` (pages of the WAL; see the constructor). */
+const WAL_AUTOCHECKPOINT_PAGES = 16_384;
+
 const DELIVERY_COLUMNS = `seq, id, account_key, external_customer_id, state, created_at, updated_at, next_attempt_at,
   lease_owner, attempt_count, first_attempt_at, body, message_ids, superseded_by, last_error, traceparent`;
 
@@ -95,6 +98,13 @@ type SqliteDeliveryRow = Omit<DeliveryRow, 'account_id'> & { account_key: number
 const NEWER_ID = `(SELECT n.id FROM deliveries n
    WHERE n.account_key = d.account_key AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq
    ORDER BY n.seq DESC LIMIT 1)`;
+
+/** `stats` counts, each answered from a partial index of the schema (see schema.ts, version 3). */
+const STATS_COUNTS = `
+  SELECT 'pending' AS state, COUNT(*) AS n FROM deliveries WHERE state = 'pending'
+  UNION ALL SELECT 'in_flight', COUNT(*) FROM deliveries WHERE state = 'in_flight'
+  UNION ALL SELECT 'retrying', COUNT(*) FROM deliveries WHERE state = 'retrying'
+  UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') GROUP BY state`;
 
 const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
 
@@ -142,6 +152,11 @@ export class SqliteStore implements Store {
       db.pragma(`cache_size = -${cacheSizeKiB}`);
       db.pragma('foreign_keys = ON');
       db.pragma('temp_store = MEMORY');
+      // Every commit appends each page it touched to the WAL, and the commit that takes the WAL past this
+      // many pages copies them back into the database (and syncs it) while the event loop waits. SQLite's
+      // default of 1,000 pages (4 MiB) meant a checkpoint every few dozen delivery commits; at 16,384 pages
+      // (a WAL file of up to 64 MiB) the hot index pages rewritten by many commits are copied back once.
+      db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT_PAGES}`);
     } catch (error) {
       db.close();
       throw error;
@@ -841,10 +856,8 @@ export class SqliteStore implements Store {
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
     assertTime('now', now);
     const byState = emptyByState();
-    for (const row of this.#q('SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state').all() as Array<{
-      state: DeliveryState;
-      n: number;
-    }>) {
+    // One count per state, each over that state's partial index (no index covers every row's state).
+    for (const row of this.#q(STATS_COUNTS).all() as Array<{ state: DeliveryState; n: number }>) {
       byState[row.state] = row.n;
     }
     const due = this.#q(
