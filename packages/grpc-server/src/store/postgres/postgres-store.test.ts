@@ -36,6 +36,18 @@ storeConformanceSuite('postgres', async () => {
 
 describe('PostgresStore', () => {
   const T0 = 1_700_000_000_000;
+  const outcomeBase = (): DeliveryOutcome => ({
+    deliveryId: randomUUID(),
+    accountId: 'a',
+    externalCustomerId: 'c',
+    state: 'delivered',
+    messageIds: [],
+    attemptNo: 1,
+    statusCode: 200,
+    errorKind: null,
+    nextAttemptAt: null,
+    at: T0,
+  });
 
   it('is what openStore opens for a postgres:// or postgresql:// URL', async () => {
     for (const url of [db.url, db.url.replace(/^postgres:/, 'postgresql:')]) {
@@ -99,6 +111,103 @@ describe('PostgresStore', () => {
       const end = Date.now() + 5000;
       while (seen.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
       expect(seen).toEqual([outcome]);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('sends outcomes emitted at once, in shared NOTIFY statements, each exactly once and intact', async () => {
+    const a = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const b = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      const seen: DeliveryOutcome[] = [];
+      b.onOutcome((o) => seen.push(o));
+      const outcomes: DeliveryOutcome[] = Array.from({ length: 300 }, (_, i) => ({
+        deliveryId: randomUUID(),
+        accountId: 'a',
+        externalCustomerId: `c${i}`,
+        state: 'delivered',
+        // Every tenth one needs several frames.
+        messageIds: Array.from({ length: i % 10 === 0 ? 200 : 2 }, () => randomUUID()),
+        attemptNo: 1,
+        statusCode: 200,
+        errorKind: null,
+        nextAttemptAt: null,
+        at: T0 + i,
+      }));
+      await Promise.all(outcomes.map((o) => a.emitOutcome(o)));
+      const end = Date.now() + 5000;
+      while (seen.length < outcomes.length && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 50)); // no duplicate arrives late
+      const byId = (x: DeliveryOutcome, y: DeliveryOutcome): number => x.at - y.at;
+      expect([...seen].sort(byId)).toEqual(outcomes);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+    await expect(a.emitOutcome({ ...outcomeBase(), state: 'failed' })).rejects.toMatchObject({ code: 'closed' });
+  });
+
+  it('announces what publish supersedes from inside its statement, whatever the size, with multi-byte text', async () => {
+    const a = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const b = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      const account = `acct-${randomUUID()}`;
+      await a.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true }, T0);
+      const message = (id: string) => ({
+        externalCustomerId: 'kontakt-ü',
+        id,
+        createdDate: T0,
+        title: 't',
+        content: 'c',
+        category: 'k',
+        expiresAt: T0 + 86_400_000,
+      });
+      const first = await a.publish({ accountId: account, messages: [message('m0')], now: T0 });
+      const [claimed] = await a.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+      expect(claimed?.delivery.id).toBe(first.deliveries[0]!.deliveryId);
+      // About 40,000 characters, nearly all of them 3 or 4 bytes in UTF-8: many frames, each under the NOTIFY
+      // limit of 8,000 bytes only if they are cut by bytes, not by characters alone.
+      const ids = Array.from({ length: 1000 }, (_, i) => `${i}-${'😀€'.repeat(18)}`);
+      expect(await a.freeze(claimed!.delivery.id, 'w', new Uint8Array([1]), ids, T0)).toBe(true);
+      const retried = await a.recordAttempt(claimed!.delivery.id, {
+        owner: 'w',
+        attempt: {
+          deliveryId: claimed!.delivery.id,
+          attemptNo: 1,
+          startedAt: T0,
+          durationMs: 5,
+          statusCode: 503,
+          errorKind: null,
+          verdict: 'retry',
+          nextAttemptAt: T0 + 60_000,
+        },
+        nextState: 'retrying',
+      });
+      expect(retried?.state).toBe('retrying');
+
+      const seen: DeliveryOutcome[] = [];
+      b.onOutcome((o) => seen.push(o));
+      const second = await a.publish({ accountId: account, messages: [message('m1')], now: T0 + 10 });
+      const end = Date.now() + 5000;
+      while (seen.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 50)); // announced once
+      expect(seen).toEqual([
+        {
+          deliveryId: claimed!.delivery.id,
+          accountId: account,
+          externalCustomerId: 'kontakt-ü',
+          state: 'superseded',
+          messageIds: ids,
+          attemptNo: 1,
+          statusCode: null,
+          errorKind: null,
+          nextAttemptAt: null,
+          at: T0 + 10,
+          supersededBy: second.deliveries[0]!.deliveryId,
+        },
+      ]);
+      const old = await a.getDelivery(claimed!.delivery.id);
+      expect(old?.delivery).toMatchObject({ state: 'superseded', supersededBy: second.deliveries[0]!.deliveryId });
     } finally {
       await Promise.all([a.close(), b.close()]);
     }

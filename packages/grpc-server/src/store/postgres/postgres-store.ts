@@ -10,7 +10,7 @@
  * within one statement and put back together by the listener.
  * @see ARCHITECTURE §1-§3
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import { StoreError } from '../errors.js';
@@ -99,8 +99,6 @@ const NEWER_ID = `(SELECT n.id FROM deliveries n
    WHERE n.account_id = d.account_id AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq
    ORDER BY n.seq DESC LIMIT 1)`;
 
-const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
-
 /** What a `superseded` outcome needs of a delivery row (`d` or `t`). */
 const supersededColumns = (alias: string): string =>
   ['id', 'account_id', 'external_customer_id', 'attempt_count', 'message_ids', 'superseded_by']
@@ -109,6 +107,149 @@ const supersededColumns = (alias: string): string =>
 
 type SupersededDbRow = SupersededRow & { account_id: string; superseded_by: string | null };
 
+const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
+
+/**
+ * recordAttempt in one statement (so in one transaction): `cur` locks the delivery when `$2` still holds its
+ * claim and `$3` is its next attempt number (READ COMMITTED re-checks that on the newest row version after a
+ * wait); the attempt is inserted and the delivery updated only when it is not to be superseded (`newer_id`,
+ * looked up for retries only). No row: the claim is not ours; `claimed` false: a newer delivery exists.
+ */
+const recordAttemptSql = (newerId: string): string => `WITH cur AS (
+    SELECT d.seq, ${newerId} AS newer_id FROM deliveries d
+    WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 AND d.attempt_count = $3::integer - 1
+    FOR UPDATE OF d),
+  ok AS (SELECT seq FROM cur WHERE newer_id IS NULL),
+  ins AS (
+    INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict,
+      next_attempt_at)
+    SELECT $1, $3::integer, $4::bigint, $5::bigint, $6::integer, $7::text, $8::text, $9::bigint FROM ok),
+  upd AS (
+    UPDATE deliveries d SET state = $10, next_attempt_at = $11, lease_owner = NULL, attempt_count = attempt_count + 1,
+      first_attempt_at = COALESCE(first_attempt_at, $4::bigint), superseded_by = NULL,
+      last_error = CASE WHEN $12 THEN last_error ELSE $13 END, updated_at = $14
+    FROM ok WHERE d.seq = ok.seq
+    RETURNING ${DELIVERY_COLUMNS})
+  SELECT c.newer_id, u.seq IS NOT NULL AS claimed, u.* FROM cur c LEFT JOIN upd u ON true`;
+
+/**
+ * claimDue in one statement, for the common case: no lease to take back and (retry lane) no candidate to
+ * supersede, else it changes nothing and says `slow` (then {@link PostgresStore.claimDue} does it step by step,
+ * where those outcomes are NOTIFYed in the same transaction). The same choice as the steps: accounts by oldest
+ * due delivery, up to `$3` (maxPerAccount, at most the limit) candidates each in due order, skipping locked rows
+ * and contacts in flight, the first `$4` (the limit) of them in account order claimed. Candidates past the limit
+ * are locked only until the statement ends.
+ */
+const claimSql = (lane: Lane): string => {
+  const state = LANE_STATE[lane];
+  return `WITH expired AS (
+    SELECT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'in_flight' AND e.next_attempt_at <= $1) AS found),
+  acc AS MATERIALIZED (
+    SELECT w.account_id, w.config, w.enabled, w.message_ttl_ms, w.created_at, w.updated_at, x.due FROM webhooks w
+    CROSS JOIN LATERAL (SELECT d.next_attempt_at AS due FROM deliveries d
+      WHERE d.account_id = w.account_id AND d.state = '${state}' ORDER BY d.next_attempt_at LIMIT 1) x
+    WHERE w.enabled AND x.due <= $1 AND NOT (w.account_id = ANY($2::text[])) AND NOT (SELECT found FROM expired)),
+  cand AS MATERIALIZED (
+    SELECT c.seq, c.newer_id, row_number() OVER (ORDER BY a.due, a.account_id, c.next_attempt_at, c.seq) AS rank
+    FROM acc a CROSS JOIN LATERAL (
+      SELECT d.seq, d.next_attempt_at, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
+      WHERE d.account_id = a.account_id AND d.state = '${state}' AND d.next_attempt_at <= $1
+        AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_id = d.account_id
+          AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight')
+      ORDER BY d.next_attempt_at, d.seq LIMIT $3
+      FOR UPDATE OF d SKIP LOCKED) c),
+  guard AS (
+    SELECT (SELECT found FROM expired) OR EXISTS (SELECT 1 FROM cand WHERE rank <= $4 AND newer_id IS NOT NULL)
+      AS slow),
+  upd AS (
+    UPDATE deliveries d SET state = 'in_flight', lease_owner = $5, next_attempt_at = $6, updated_at = $1
+    FROM cand p WHERE d.seq = p.seq AND p.rank <= $4 AND NOT (SELECT slow FROM guard)
+    RETURNING p.rank, ${DELIVERY_COLUMNS})
+  SELECT g.slow, u.*, a.config AS w_config, a.enabled AS w_enabled, a.message_ttl_ms AS w_message_ttl_ms,
+    a.created_at AS w_created_at, a.updated_at AS w_updated_at
+  FROM guard g LEFT JOIN (upd u JOIN acc a ON a.account_id = u.account_id) ON true
+  ORDER BY u.rank`;
+};
+
+const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry: claimSql('retry') };
+
+type ClaimDbRow = DeliveryRow & {
+  slow: boolean;
+  rank: string | null;
+  w_config: string;
+  w_enabled: boolean;
+  w_message_ttl_ms: string;
+  w_created_at: string;
+  w_updated_at: string;
+};
+
+/** Characters of an outcome per NOTIFY frame built in SQL (see notifySupersededSql). */
+const SQL_CHUNK_CHARS = 1900;
+
+/**
+ * A CTE body that NOTIFYs on channel `$<channel>` the `superseded` outcome (see `supersededOutcome` in
+ * shared.ts: the same JSON) of each row of CTE `rows` (the columns of {@link supersededColumns}), at `$<at>`,
+ * in the statement that superseded them, hence in its transaction. Chunked like {@link notifyFrames}:
+ * `substr` counts characters, and 1,900 of at most 4 bytes each keep a frame under 8,000 bytes.
+ */
+const notifySupersededSql = (rows: string, channel: number, at: number): string => `SELECT pg_notify($${channel},
+    o.emit_id || ' ' || g.i || ' ' || o.n || ' ' || substr(o.j, g.i * ${SQL_CHUNK_CHARS} + 1, ${SQL_CHUNK_CHARS})) AS sent
+  FROM (SELECT j, greatest(1, ceil(length(j) / ${SQL_CHUNK_CHARS}.0)::integer) AS n, emit_id FROM (
+    SELECT json_build_object('deliveryId', r.id, 'accountId', r.account_id, 'externalCustomerId',
+      r.external_customer_id, 'state', 'superseded', 'messageIds', COALESCE(r.message_ids::json, '[]'::json),
+      'attemptNo', r.attempt_count, 'statusCode', NULL, 'errorKind', NULL, 'nextAttemptAt', NULL, 'at', $${at}::bigint,
+      'supersededBy', r.superseded_by)::text AS j,
+      left(md5(random()::text || r.id), 16) AS emit_id
+    FROM ${rows} r) x) o
+  CROSS JOIN LATERAL generate_series(0, o.n - 1) AS g(i)`;
+
+/**
+ * publish in one statement (its own transaction): insert the messages (known ids skipped), then give each contact
+ * that got one its pending delivery: the existing one, locked (`ex`) so that no worker claims it before these
+ * messages are committed with it, or a new one (`fresh`). A pending delivery another publish inserted after this
+ * statement's snapshot is invisible to `ex`; the upsert in `fresh` waits for it and locks it too, where the
+ * step-by-step version had to look again. The contacts' retrying deliveries are superseded and announced.
+ * Contacts in order, messages in id order: two publishes lock in the same order (no deadlock). Deliveries are
+ * reached by one index probe per contact (LATERAL), whatever the planner's row estimates: in a young database
+ * they are stale, and a join then filtered every pending delivery of the account through the contact list.
+ */
+const PUBLISH_SQL = `WITH ins AS (
+    INSERT INTO messages (account_id, id, external_customer_id, created_date, expires_at, title, content, image, link,
+      category, custom_data)
+    SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[],
+      $9::text[], $10::text[], $11::text[])
+    ON CONFLICT (account_id, id) DO NOTHING
+    RETURNING external_customer_id),
+  touched AS (SELECT DISTINCT external_customer_id AS contact FROM ins),
+  ex AS (
+    SELECT x.external_customer_id, x.id FROM (SELECT contact FROM touched ORDER BY contact) t
+    CROSS JOIN LATERAL (SELECT d.external_customer_id, d.id FROM deliveries d
+      WHERE d.account_id = $1 AND d.external_customer_id = t.contact AND d.state = 'pending' FOR UPDATE) x),
+  fresh AS (
+    INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at,
+      traceparent)
+    SELECT n.id, $1, n.contact, 'pending', $14, $14, $14, $15::text FROM unnest($12::text[], $13::text[]) AS n(id, contact)
+    WHERE n.contact IN (SELECT contact FROM touched) AND n.contact NOT IN (SELECT external_customer_id FROM ex)
+    ORDER BY n.contact
+    ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending'
+      DO UPDATE SET updated_at = deliveries.updated_at
+    RETURNING external_customer_id, id),
+  pend AS (SELECT external_customer_id, id FROM ex UNION ALL SELECT external_customer_id, id FROM fresh),
+  sup AS (
+    UPDATE deliveries d SET state = 'superseded', superseded_by = x.id, next_attempt_at = NULL, lease_owner = NULL,
+      updated_at = $14
+    FROM (SELECT r.seq, p.id FROM pend p CROSS JOIN LATERAL (SELECT r.seq FROM deliveries r
+      WHERE r.account_id = $1 AND r.external_customer_id = p.external_customer_id AND r.state = 'retrying') r) x
+    -- The state again on the target itself: after waiting for a concurrent claim, READ COMMITTED re-checks the
+    -- target's conditions on its newest version, not those of the subquery.
+    WHERE d.seq = x.seq AND d.state = 'retrying'
+    RETURNING ${supersededColumns('d')}),
+  sent AS MATERIALIZED (${notifySupersededSql('sup', 16, 14)})
+  SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified, p.external_customer_id, p.id
+  FROM (SELECT 1) one LEFT JOIN pend p ON true`;
+
+const RECORD_ATTEMPT_SQL = { final: recordAttemptSql('NULL::text'), retrying: recordAttemptSql(NEWER_ID) };
+
 /**
  * SQLSTATEs after which the whole transaction is run again: a concurrent transaction won a race on
  * one of the per-contact unique indexes, or a deadlock / serialization failure was broken.
@@ -116,8 +257,29 @@ type SupersededDbRow = SupersededRow & { account_id: string; superseded_by: stri
 const RETRY_SQLSTATES: ReadonlySet<string> = new Set(['23505', '40001', '40P01']);
 const MAX_TX_RUNS = 8;
 
+/** Outcomes NOTIFYed by one statement at most (outcomes). */
+const OUTBOX_BATCH = 256;
+
 /** NOTIFY payloads must stay under 8,000 bytes: 2,400 UTF-16 units is at most 7,200 UTF-8 bytes. */
 const CHUNK_UNITS = 2400;
+
+/** Names of the hot statements, by text (see {@link named}). */
+const statementNames = new Map<string, string>();
+
+/**
+ * A named statement: each connection parses and plans it once, then only binds and executes it, where an
+ * unnamed one is parsed again at every call. The name is a digest of the text, so two texts never share a
+ * name (pg refuses that) and every process names a text alike. Only for fixed texts with explicit columns:
+ * a prepared `SELECT *` would fail after a migration changed the table.
+ */
+function named(text: string, values: unknown[]): pg.QueryConfig {
+  let name = statementNames.get(text);
+  if (name === undefined) {
+    name = `ai_${createHash('sha1').update(text).digest('hex').slice(0, 24)}`;
+    statementNames.set(text, name);
+  }
+  return { name, text, values };
+}
 
 function sqlState(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
@@ -130,6 +292,9 @@ export class PostgresStore implements Store {
   readonly #listeners = new OutcomeListeners();
   /** Chunked outcomes being put back together, by emit id. */
   readonly #assembling = new Map<string, { parts: string[]; received: number }>();
+  /** Outcomes waiting for their NOTIFY (see {@link PostgresStore.#sendOutbox}). */
+  readonly #outbox: Array<{ frames: string[]; resolve: () => void; reject: (error: unknown) => void }> = [];
+  #emitting = false;
   #listenClient: pg.Client | null = null;
   #reconnectTimer: NodeJS.Timeout | null = null;
   #closed = false;
@@ -158,6 +323,12 @@ export class PostgresStore implements Store {
   async #query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
     this.#assertOpen();
     return this.#pool.query<R>(sql, params);
+  }
+
+  /** One named statement (see {@link named}) on a pooled connection: its own transaction. */
+  async #run<R extends pg.QueryResultRow>(sql: string, params: unknown[]): Promise<pg.QueryResult<R>> {
+    this.#assertOpen();
+    return this.#pool.query<R>(named(sql, params));
   }
 
   /**
@@ -323,32 +494,52 @@ export class PostgresStore implements Store {
       category: messages.map((m) => m.category),
       custom: messages.map((m) => m.customData ?? null),
     };
-    return this.#tx(async (c) => {
-      const { rows } = await c.query<{ external_customer_id: string }>(
-        `INSERT INTO messages (account_id, id, external_customer_id, created_date, expires_at, title, content, image,
-           link, category, custom_data)
-         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-           $8::text[], $9::text[], $10::text[], $11::text[])
-         ON CONFLICT (account_id, id) DO NOTHING
-         RETURNING external_customer_id`,
-        [
-          accountId,
-          columns.id,
-          columns.contact,
-          columns.created,
-          columns.expires,
-          columns.title,
-          columns.content,
-          columns.image,
-          columns.link,
-          columns.category,
-          columns.custom,
-        ],
-      );
-      const touched = distinctSorted(rows.map((r) => r.external_customer_id));
-      const deliveries = await this.#ensurePending(c, accountId, touched, now, traceparent);
-      return { inserted: rows.length, duplicates: messages.length - rows.length, deliveries };
-    });
+    const contacts = distinctSorted(columns.contact);
+    const params = [
+      accountId,
+      columns.id,
+      columns.contact,
+      columns.created,
+      columns.expires,
+      columns.title,
+      columns.content,
+      columns.image,
+      columns.link,
+      columns.category,
+      columns.custom,
+      contacts.map(() => newDeliveryId(now)),
+      contacts,
+      now,
+      traceparent,
+      this.#options.channel,
+    ];
+    for (let run = 1; ; run++) {
+      try {
+        // Unnamed on purpose: one statement per call of up to 1,000 messages, where parsing costs little, and the
+        // generic plan a named statement falls back to made it several times slower.
+        const { rows } = await this.#query<{
+          inserted: string;
+          external_customer_id: string | null;
+          id: string | null;
+        }>(PUBLISH_SQL, params);
+        const inserted = Number(rows[0]!.inserted);
+        const deliveries = rows
+          .filter((r) => r.id !== null)
+          .map((r) => ({ externalCustomerId: r.external_customer_id!, deliveryId: r.id! }))
+          .sort((a, b) => (a.externalCustomerId < b.externalCustomerId ? -1 : 1));
+        return { inserted, duplicates: messages.length - inserted, deliveries };
+      } catch (error) {
+        // A statement that fails changes nothing: run it again after a lost race, like #tx does.
+        const state = sqlState(error);
+        if (state === undefined || !RETRY_SQLSTATES.has(state)) throw error;
+        if (run >= MAX_TX_RUNS) {
+          throw new StoreError('conflict', `publish kept conflicting with concurrent ones (${state})`, {
+            cause: error,
+          });
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 5 * run));
+    }
   }
 
   async resync(
@@ -452,6 +643,43 @@ export class PostgresStore implements Store {
     const excluded = [...(options.excludeAccounts ?? [])];
     const state = LANE_STATE[lane];
     const leaseUntil = now + leaseMs;
+
+    let rows: ClaimDbRow[] | null = null;
+    try {
+      ({ rows } = await this.#run<ClaimDbRow>(CLAIM_SQL[lane], [
+        now,
+        excluded,
+        Math.min(maxPerAccount, limit),
+        limit,
+        owner,
+        leaseUntil,
+      ]));
+    } catch (error) {
+      // Lost a race (see RETRY_SQLSTATES): the steps below run again with the retries of #tx.
+      const code = sqlState(error);
+      if (code === undefined || !RETRY_SQLSTATES.has(code)) throw error;
+    }
+    if (rows !== null && rows[0]?.slow === false) {
+      const webhooks = new Map<string, WebhookRecord>();
+      const claimed: ClaimedDelivery[] = [];
+      for (const row of rows) {
+        if (row.rank === null) continue; // nothing claimed
+        let webhook = webhooks.get(row.account_id);
+        if (webhook === undefined) {
+          webhook = webhookFromRow({
+            account_id: row.account_id,
+            config: row.w_config,
+            enabled: row.w_enabled,
+            message_ttl_ms: row.w_message_ttl_ms,
+            created_at: row.w_created_at,
+            updated_at: row.w_updated_at,
+          });
+          webhooks.set(row.account_id, webhook);
+        }
+        claimed.push({ delivery: deliveryFromRow(row), webhook, leaseUntil });
+      }
+      return claimed;
+    }
 
     return this.#tx(async (c) => {
       await this.#reapExpiredLeases(c, now);
@@ -575,8 +803,10 @@ export class PostgresStore implements Store {
     assertId('externalCustomerId', externalCustomerId);
     assertTime('now', now);
     assertInt('limit', limit, 1);
-    const { rows } = await this.#query<MessageRow>(
-      `SELECT * FROM messages WHERE account_id = $1 AND external_customer_id = $2 AND expires_at > $3
+    const { rows } = await this.#run<MessageRow>(
+      `SELECT account_id, id, external_customer_id, created_date, expires_at, title, content, image, link, category,
+         custom_data
+       FROM messages WHERE account_id = $1 AND external_customer_id = $2 AND expires_at > $3
        ORDER BY created_date DESC, id ASC LIMIT $4`,
       [accountId, externalCustomerId, now, limit],
     );
@@ -595,7 +825,7 @@ export class PostgresStore implements Store {
     assertTime('now', now);
     if (!(body instanceof Uint8Array)) throw new StoreError('invalid_argument', 'body: must be a Uint8Array');
     if (!Array.isArray(messageIds)) throw new StoreError('invalid_argument', 'messageIds: must be an array');
-    const result = await this.#query(
+    const result = await this.#run(
       `UPDATE deliveries SET body = $1, message_ids = $2, first_attempt_at = COALESCE(first_attempt_at, $3),
          updated_at = $3
        WHERE id = $4 AND state = 'in_flight' AND lease_owner = $5 AND next_attempt_at > $3 AND body IS NULL`,
@@ -611,6 +841,47 @@ export class PostgresStore implements Store {
     if (!['delivered', 'failed', 'retrying'].includes(result.nextState)) {
       throw new StoreError('invalid_argument', `nextState: must be delivered, failed or retrying`);
     }
+    const { attempt, nextState } = result;
+    const reason = attemptReason(result);
+    const endedAt = attempt.startedAt + attempt.durationMs;
+    // The common case in one statement, so one round trip and its own transaction: check the claim, insert
+    // the attempt, update the delivery. A retry whose contact has a newer delivery is superseded instead, and
+    // that outcome is NOTIFYed in the same transaction: the statement then changes nothing and
+    // #recordAttemptTx does it all.
+    let rows: Array<DeliveryRow & { newer_id: string | null; claimed: boolean | null }>;
+    try {
+      ({ rows } = await this.#run<DeliveryRow & { newer_id: string | null; claimed: boolean | null }>(
+        nextState === 'retrying' ? RECORD_ATTEMPT_SQL.retrying : RECORD_ATTEMPT_SQL.final,
+        [
+          deliveryId,
+          result.owner,
+          attempt.attemptNo,
+          attempt.startedAt,
+          attempt.durationMs,
+          attempt.statusCode,
+          attempt.errorKind,
+          attempt.verdict,
+          attempt.nextAttemptAt,
+          nextState,
+          nextState === 'retrying' ? (attempt.nextAttemptAt ?? endedAt) : null,
+          nextState === 'delivered',
+          reason,
+          endedAt,
+        ],
+      ));
+    } catch (error) {
+      const state = sqlState(error);
+      if (state === undefined || !RETRY_SQLSTATES.has(state)) throw error;
+      return this.#recordAttemptTx(deliveryId, result); // lost a race: again, with the retries of #tx
+    }
+    const row = rows[0];
+    if (row === undefined) return null; // not (or no longer) ours, or not the next attempt
+    if (row.claimed === true) return deliveryFromRow(row);
+    return this.#recordAttemptTx(deliveryId, result);
+  }
+
+  /** {@link recordAttempt} step by step in a transaction, for the case where the delivery is superseded. */
+  async #recordAttemptTx(deliveryId: string, result: AttemptResult): Promise<Delivery | null> {
     const { attempt, nextState } = result;
     const reason = attemptReason(result);
     const endedAt = attempt.startedAt + attempt.durationMs;
@@ -836,11 +1107,38 @@ export class PostgresStore implements Store {
   // ---------------------------------------------------------------- outcomes
 
   async emitOutcome(outcome: DeliveryOutcome): Promise<void> {
-    // One statement, one transaction: the chunks are delivered together, or not at all.
-    await this.#query('SELECT pg_notify($1, f) FROM unnest($2::text[]) AS f', [
-      this.#options.channel,
-      notifyFrames(outcome),
-    ]);
+    this.#assertOpen();
+    const frames = notifyFrames(outcome);
+    return new Promise<void>((resolve, reject) => {
+      this.#outbox.push({ frames, resolve, reject });
+      if (!this.#emitting) void this.#sendOutbox();
+    });
+  }
+
+  /**
+   * Sends the outcomes waiting in the outbox, one NOTIFY statement at a time: the first goes at once, and those
+   * emitted while a statement is on its way go together in the next one (one round trip for many outcomes under
+   * load). One statement is one transaction: an outcome's chunks are delivered together, or not at all, and
+   * each emitOutcome resolves once its statement committed.
+   */
+  async #sendOutbox(): Promise<void> {
+    this.#emitting = true;
+    try {
+      while (this.#outbox.length > 0) {
+        const batch = this.#outbox.splice(0, OUTBOX_BATCH);
+        try {
+          await this.#run('SELECT pg_notify($1, f) FROM unnest($2::text[]) AS f', [
+            this.#options.channel,
+            batch.flatMap((entry) => entry.frames),
+          ]);
+          for (const entry of batch) entry.resolve();
+        } catch (error) {
+          for (const entry of batch) entry.reject(error);
+        }
+      }
+    } finally {
+      this.#emitting = false;
+    }
   }
 
   onOutcome(listener: (outcome: DeliveryOutcome) => void): () => void {
