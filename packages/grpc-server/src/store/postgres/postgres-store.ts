@@ -236,13 +236,11 @@ const PUBLISH_SQL = `WITH ins AS (
     RETURNING external_customer_id, id),
   pend AS (SELECT external_customer_id, id FROM ex UNION ALL SELECT external_customer_id, id FROM fresh),
   sup AS (
-    UPDATE deliveries d SET state = 'superseded', superseded_by = x.id, next_attempt_at = NULL, lease_owner = NULL,
+    -- Every condition on the target itself: after waiting for a concurrent claim, READ COMMITTED re-checks them on
+    -- the row's newest version (a condition in a joined subquery would not be, and could supersede a claim).
+    UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL, lease_owner = NULL,
       updated_at = $14
-    FROM (SELECT r.seq, p.id FROM pend p CROSS JOIN LATERAL (SELECT r.seq FROM deliveries r
-      WHERE r.account_id = $1 AND r.external_customer_id = p.external_customer_id AND r.state = 'retrying') r) x
-    -- The state again on the target itself: after waiting for a concurrent claim, READ COMMITTED re-checks the
-    -- target's conditions on its newest version, not those of the subquery.
-    WHERE d.seq = x.seq AND d.state = 'retrying'
+    FROM pend p WHERE d.account_id = $1 AND d.external_customer_id = p.external_customer_id AND d.state = 'retrying'
     RETURNING ${supersededColumns('d')}),
   sent AS MATERIALIZED (${notifySupersededSql('sup', 16, 14)})
   SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified, p.external_customer_id, p.id
