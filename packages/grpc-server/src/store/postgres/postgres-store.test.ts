@@ -147,6 +147,55 @@ describe('PostgresStore', () => {
     await expect(a.emitOutcome({ ...outcomeBase(), state: 'failed' })).rejects.toMatchObject({ code: 'closed' });
   });
 
+  it('publishes alike with the statement named (small calls) or parsed at each call, and checks the bound', async () => {
+    const T = T0 + 1_000;
+    const message = (contact: string, id: string) => ({
+      externalCustomerId: contact,
+      id,
+      createdDate: T,
+      title: 't',
+      content: 'c',
+      category: 'k',
+      expiresAt: T + 86_400_000,
+    });
+    const ids = Array.from({ length: 80 }, () => randomUUID());
+    // Small calls (named by default), a repeat (duplicates), then a call over the bound (always parsed).
+    const calls = [
+      [message('c1', ids[0]!), message('c1', ids[1]!), message('c2', ids[2]!)],
+      [message('c1', ids[0]!), message('c2', ids[3]!)],
+      ids.slice(4).map((id, i) => message(`c${i % 3}`, id)),
+    ];
+    const seen: unknown[] = [];
+    for (const namedPublishMaxMessages of [64, 0]) {
+      const store = await openPostgresStore({ connectionString: db.url, poolSize: 1, namedPublishMaxMessages });
+      try {
+        const account = `acct-${randomUUID()}`;
+        const counts = [];
+        for (let round = 0; round < 2; round++) {
+          for (const messages of calls) {
+            const r = await store.publish({ accountId: account, messages, now: T });
+            counts.push([r.inserted, r.duplicates, r.deliveries.map((d) => d.externalCustomerId)]);
+          }
+        }
+        const lists = await Promise.all(
+          ['c0', 'c1', 'c2'].map(async (c) => (await store.contactMessages(account, c, T, 1000)).map((m) => m.id)),
+        );
+        seen.push({ counts, lists });
+      } finally {
+        await store.close();
+      }
+    }
+    expect(seen[0]).toEqual(seen[1]);
+    expect((seen[0] as { counts: unknown[] }).counts.slice(0, 3)).toEqual([
+      [3, 0, ['c1', 'c2']],
+      [1, 1, ['c2']],
+      [76, 0, ['c0', 'c1', 'c2']],
+    ]);
+    expect(() => new PostgresStore({ connectionString: db.url, namedPublishMaxMessages: -1 })).toThrow(
+      /namedPublishMaxMessages/,
+    );
+  });
+
   it('announces what publish supersedes from inside its statement, whatever the size, with multi-byte text', async () => {
     const a = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
     const b = await openPostgresStore({ connectionString: db.url, poolSize: 1 });

@@ -73,6 +73,11 @@ export interface PostgresStoreOptions {
   channel?: string;
   /** Delay before the LISTEN connection is opened again after it broke (ms). Default 1,000. */
   listenReconnectMs?: number;
+  /**
+   * Publishes of at most this many messages run as a named statement, parsed once per connection; larger ones
+   * are parsed and planned at each call (see {@link PostgresStore.publish}). Default 64; 0 parses every call.
+   */
+  namedPublishMaxMessages?: number;
 }
 
 type Client = pg.PoolClient;
@@ -308,6 +313,7 @@ export class PostgresStore implements Store {
       connectionString: options.connectionString,
       channel,
       listenReconnectMs: assertInt('listenReconnectMs', options.listenReconnectMs ?? 1000, 1),
+      namedPublishMaxMessages: assertInt('namedPublishMaxMessages', options.namedPublishMaxMessages ?? 64, 0, 10_000),
     };
     this.#pool = new pg.Pool({ connectionString: options.connectionString, max: poolSize });
     // An idle connection that breaks must not crash the process: the next query reports the problem.
@@ -513,13 +519,15 @@ export class PostgresStore implements Store {
     ];
     for (let run = 1; ; run++) {
       try {
-        // Unnamed on purpose: one statement per call of up to 1,000 messages, where parsing costs little, and the
-        // generic plan a named statement falls back to made it several times slower.
-        const { rows } = await this.#query<{
-          inserted: string;
-          external_customer_id: string | null;
-          id: string | null;
-        }>(PUBLISH_SQL, params);
+        // Small calls (the usual traffic: a few messages as they happen) run the named statement: parsed once per
+        // connection, it cost PostgreSQL about 10% less CPU per call and gave about 15% more calls per second
+        // (bench/pg-publish.ts). Large ones stay unnamed: for batches of up to 10,000 messages the generic plan a named
+        // statement falls back to made it several times slower, and parsing is little next to their work.
+        type PublishRow = { inserted: string; external_customer_id: string | null; id: string | null };
+        const { rows } =
+          messages.length <= this.#options.namedPublishMaxMessages
+            ? await this.#run<PublishRow>(PUBLISH_SQL, params)
+            : await this.#query<PublishRow>(PUBLISH_SQL, params);
         const inserted = Number(rows[0]!.inserted);
         const deliveries = rows
           .filter((r) => r.id !== null)
