@@ -26,6 +26,11 @@ export interface ServerConfig {
    * WatchDeliveries comes on top. Size the server's `max_connections` for N processes × (this + 1). Default 10.
    */
   pgPoolSize: number;
+  /**
+   * SQLite only: the page cache of the store's connection (MiB). Default 32: in the backlog benchmark (1,000,000
+   * messages) 64 MiB cost 40 MiB more peak memory for no faster ingest or drain (bench/README.md).
+   */
+  sqliteCacheMib: number;
   /** Timeout of one webhook request, connection to last body byte (milliseconds). Default 15,000. @see SPEC §5 */
   requestTimeoutMs: number;
   /**
@@ -120,6 +125,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   grpcAddress: '127.0.0.1:50051',
   store: './data/app-inbox.db',
   pgPoolSize: 10,
+  sqliteCacheMib: 32,
   requestTimeoutMs: 15_000,
   leaseMs: 45_000,
   pollIntervalMs: 200,
@@ -278,6 +284,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     1,
     1_000,
     "PostgreSQL only: connections in this process's pool; the LISTEN connection comes on top (ignored for SQLite).",
+  ),
+  intOption(
+    'sqliteCacheMib',
+    '--sqlite-cache-mib',
+    'MiB',
+    1,
+    65_536,
+    "SQLite only: the store connection's page cache (ignored for PostgreSQL).",
   ),
   intOption('requestTimeoutMs', '--request-timeout-ms', 'ms', 100, 600_000, 'Timeout of one webhook request.'),
   intOption(

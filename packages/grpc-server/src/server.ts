@@ -30,7 +30,7 @@ import { createAuthInterceptor, createTokenAuthenticator, serverCredentials } fr
 import { withSealedSecrets } from './security/sealed-store.js';
 import { grpcTokens, secretBoxForStore } from './security/setup.js';
 import type { AddressPolicy, Resolver } from './security/ssrf.js';
-import { openStore } from './store/index.js';
+import { openStore, SqliteStore } from './store/index.js';
 import type { Store } from './store/types.js';
 
 /** The fully qualified names of the API's services (health reports each, and '' for the whole server). */
@@ -180,7 +180,10 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
 
   const rawStore =
     options.store ??
-    (await openStore(prepareStoreLocation(config.store), { postgres: { poolSize: config.pgPoolSize } }));
+    (await openStore(prepareStoreLocation(config.store), {
+      postgres: { poolSize: config.pgPoolSize },
+      sqlite: { cacheSizeKiB: config.sqliteCacheMib * 1024 },
+    }));
   // Passwords and signing secrets are sealed (AES-256-GCM) before either engine writes them.
   const store = withSealedSecrets(rawStore, box, {
     onSecretError: (accountId, error) =>
@@ -333,6 +336,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       {
         address,
         store: describeStore(config.store),
+        ...(rawStore instanceof SqliteStore ? { sqliteCacheMib: rawStore.cacheSizeKiB / 1024 } : {}),
         tls: config.tlsCertFile === '' ? 'off' : config.tlsClientCaFile === '' ? 'tls' : 'mutual_tls',
         tokens: authenticator !== null,
         secretKeys: keyOrigin,

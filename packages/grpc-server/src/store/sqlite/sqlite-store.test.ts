@@ -97,6 +97,18 @@ describe('SqliteStore', () => {
     }
   });
 
+  it('gives its connection the page cache asked for, 32 MiB by default', async () => {
+    const small = await openSqliteStore({ path: join(dir, 'cache-small.db'), cacheSizeKiB: 2048 });
+    const standard = await openSqliteStore({ path: join(dir, 'cache-default.db') });
+    try {
+      expect(small.cacheSizeKiB).toBe(2048);
+      expect(standard.cacheSizeKiB).toBe(32_768);
+    } finally {
+      await Promise.all([small.close(), standard.close()]);
+    }
+    expect(() => new SqliteStore({ path: join(dir, 'cache-bad.db'), cacheSizeKiB: 0 })).toThrow(/cacheSizeKiB/);
+  });
+
   it('applies migrations once, however often it is opened', async () => {
     const path = join(dir, 'migrations.db');
     const store = await openSqliteStore({ path });
