@@ -7,44 +7,36 @@
  * and PostgreSQL's CPU per call: the user + system time of every `postgres` process in /proc, so only for a
  * server on this machine (the bench's test cluster), with nothing else using it.
  */
-import { randomUUID } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
-import { Command, InvalidArgumentError } from 'commander';
-import pg from 'pg';
-import { openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.js';
 import type { StoredMessage } from '@app-inbox/core';
+import { Command, InvalidArgumentError } from 'commander';
+import { openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.js';
+import { inboxMessage } from './lib/grpc.js';
+import { processCpuMs } from './lib/server-process.js';
 import { fmt, percentile, wallMs } from './lib/stats.js';
+import { withDatabase } from './scenarios/postgres.js';
 
-const CLOCK_TICKS_PER_S = 100;
-
-/** CPU time (ms) of every process named `postgres` so far. */
+/** CPU time (ms) of every process named `postgres` so far (those that end meanwhile count 0). */
 function postgresCpuMs(): number {
-  let ticks = 0;
+  let ms = 0;
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
-    let stat: string;
+    let comm: string;
     try {
-      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
     } catch {
       continue; // gone meanwhile
     }
-    if (!stat.includes('(postgres)')) continue;
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+    if (comm !== 'postgres') continue;
+    const cpu = processCpuMs(Number(pid));
+    if (!Number.isNaN(cpu)) ms += cpu;
   }
-  return (ticks * 1000) / CLOCK_TICKS_PER_S;
+  return ms;
 }
 
+/** The bench's usual message (about 400 bytes as JSON), as the store takes it. */
 function message(contact: string, now: number): StoredMessage {
-  return {
-    id: randomUUID(),
-    externalCustomerId: contact,
-    createdDate: now,
-    expiresAt: now + 86_400_000,
-    title: 'Your order has shipped',
-    content: 'It will arrive on Thursday.',
-    category: 'orders',
-  };
+  return { ...inboxMessage(contact, now - 60_000), expiresAt: now + 86_400_000 } as StoredMessage;
 }
 
 async function round(store: PostgresStore, calls: number, tag: string): Promise<{ perS: number; cpuUs: number }> {
@@ -85,8 +77,6 @@ async function main(): Promise<void> {
     .opts<{ pg?: string; rounds: number; calls: number }>();
   if (!opts.pg) throw new Error('--pg URL or APP_INBOX_TEST_PG_URL is required');
 
-  const admin = new pg.Client({ connectionString: opts.pg });
-  await admin.connect();
   const variants = [
     { name: 'named (default)', namedPublishMaxMessages: 64 },
     { name: 'unnamed', namedPublishMaxMessages: 0 },
@@ -94,27 +84,23 @@ async function main(): Promise<void> {
   const results = new Map<string, Array<{ perS: number; cpuUs: number }>>(variants.map((v) => [v.name, []]));
   for (let r = 0; r < opts.rounds; r++) {
     for (const variant of variants) {
-      const database = `app_inbox_pgpub_${process.pid}_${r}_${variant.namedPublishMaxMessages}`;
-      await admin.query(`CREATE DATABASE ${database}`);
-      const url = new URL(opts.pg);
-      url.pathname = `/${database}`;
-      const store = await openPostgresStore({
-        connectionString: url.toString(),
-        namedPublishMaxMessages: variant.namedPublishMaxMessages,
+      await withDatabase(opts.pg, async (url) => {
+        const store = await openPostgresStore({
+          connectionString: url,
+          namedPublishMaxMessages: variant.namedPublishMaxMessages,
+        });
+        try {
+          const result = await round(store, opts.calls, `r${r}`);
+          results.get(variant.name)!.push(result);
+          console.log(
+            `round ${r + 1} ${variant.name}: ${fmt(result.perS)} calls/s, ${fmt(result.cpuUs)} µs PostgreSQL CPU per call`,
+          );
+        } finally {
+          await store.close();
+        }
       });
-      try {
-        const result = await round(store, opts.calls, `r${r}`);
-        results.get(variant.name)!.push(result);
-        console.log(
-          `round ${r + 1} ${variant.name}: ${fmt(result.perS)} calls/s, ${fmt(result.cpuUs)} µs PostgreSQL CPU per call`,
-        );
-      } finally {
-        await store.close();
-        await admin.query(`DROP DATABASE ${database} WITH (FORCE)`);
-      }
     }
   }
-  await admin.end();
   const median = (name: string, key: 'perS' | 'cpuUs') =>
     percentile(
       results.get(name)!.map((x) => x[key]),

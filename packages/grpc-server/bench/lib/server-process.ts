@@ -37,6 +37,22 @@ export function serverFlags(): Set<string> {
   return new Set(help.match(/--[a-z][a-z0-9-]+/g) ?? []);
 }
 
+/**
+ * CPU time process `pid` has used so far, user + system (milliseconds; 10 ms resolution); NaN where /proc is not
+ * available or the process is gone.
+ */
+export function processCpuMs(pid: number): number {
+  try {
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here; in clock ticks (100 per second on Linux).
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 export class ServerProcess {
   readonly #child: ChildProcess;
   readonly #log: string[] = [];
@@ -140,15 +156,7 @@ export class ServerProcess {
    * the server's own work shows through a noisy machine.
    */
   cpuMs(): number {
-    try {
-      // Fields after the command name (which may hold spaces) start after the last ')'.
-      const stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      // utime and stime are fields 14 and 15 of the line, 12 and 13 here; in clock ticks (100 per second on Linux).
-      return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
-    } catch {
-      return Number.NaN;
-    }
+    return processCpuMs(this.pid);
   }
 
   /** Peak resident set size of the process so far (bytes); NaN where /proc is not available. */

@@ -20,7 +20,7 @@ async function admin(url: string, sql: string): Promise<void> {
 }
 
 /** A fresh database on the server of `serverUrl`, dropped after `fn`. */
-async function withDatabase<T>(serverUrl: string, fn: (url: string) => Promise<T>): Promise<T> {
+export async function withDatabase<T>(serverUrl: string, fn: (url: string) => Promise<T>): Promise<T> {
   const name = `app_inbox_bench_${randomBytes(5).toString('hex')}`;
   await admin(serverUrl, `CREATE DATABASE ${name}`);
   const url = new URL(serverUrl);
