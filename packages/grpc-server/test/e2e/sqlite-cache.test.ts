@@ -2,6 +2,7 @@
  * `--sqlite-cache-mib`: the page cache of the SQLite store's connection, as SQLite reports it, in the server's
  * start line. @see CONFIG.md, bench/README.md (why 32 MiB)
  */
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,7 +25,7 @@ describe('the SQLite page cache option', () => {
         done();
       },
     });
-    const server = await startServer(testConfig(join(dir, `${lines.length}-${Math.random()}.db`), overrides), {
+    const server = await startServer(testConfig(join(dir, `${randomUUID()}.db`), overrides), {
       logger: pino({ level: 'info' }, sink),
     });
     await server.close(500);

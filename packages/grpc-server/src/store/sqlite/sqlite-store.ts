@@ -150,7 +150,6 @@ export class SqliteStore implements Store {
       throw new StoreError('invalid_argument', `synchronous: must be full or normal, got ${String(synchronous)}`);
     }
     this.path = options.path;
-    let effectiveCacheKiB = cacheSizeKiB;
     const db = new Database(options.path);
     try {
       db.pragma('journal_mode = WAL');
@@ -158,7 +157,7 @@ export class SqliteStore implements Store {
       db.pragma(`busy_timeout = ${busyTimeoutMs}`);
       db.pragma(`cache_size = -${cacheSizeKiB}`);
       // Negative: KiB (positive would be pages).
-      effectiveCacheKiB = -(db.pragma('cache_size', { simple: true }) as number);
+      this.cacheSizeKiB = -(db.pragma('cache_size', { simple: true }) as number);
       db.pragma('foreign_keys = ON');
       db.pragma('temp_store = MEMORY');
       // Every commit appends each page it touched to the WAL, and the commit that takes the WAL past this
@@ -170,7 +169,6 @@ export class SqliteStore implements Store {
       db.close();
       throw error;
     }
-    this.cacheSizeKiB = effectiveCacheKiB;
     this.#db = db;
     this.#savepoint = db.transaction((fn: () => unknown) => fn());
   }
