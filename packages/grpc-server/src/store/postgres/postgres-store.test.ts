@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
-import { openPostgresStore, PostgresStore } from './postgres-store.js';
+import { CLAIM_SQL, openPostgresStore, PostgresStore } from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
 
@@ -194,6 +194,61 @@ describe('PostgresStore', () => {
     expect(() => new PostgresStore({ connectionString: db.url, namedPublishMaxMessages: -1 })).toThrow(
       /namedPublishMaxMessages/,
     );
+  });
+
+  it('claims through index probes even with statistics taken when the table was small', async () => {
+    // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
+    // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
+    const fresh = await createTestDatabase();
+    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+    try {
+      const account = 'acct';
+      await store.upsertWebhook(
+        account,
+        { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
+        T0,
+      );
+      const publish = (from: number, count: number) =>
+        store.publish({
+          accountId: account,
+          now: T0,
+          messages: Array.from({ length: count }, (_, i) => ({
+            externalCustomerId: `c${String(from + i).padStart(5, '0')}`,
+            id: randomUUID(),
+            createdDate: T0,
+            title: 't',
+            content: 'c',
+            category: 'k',
+            expiresAt: T0 + 86_400_000,
+          })),
+        });
+      await publish(0, 20);
+      await sql(fresh.url, 'ANALYZE deliveries');
+      await publish(20, 6000);
+      const params = [T0 + 1, [], 32, 32, 'w', T0 + 60_000];
+      for (const lane of ['first', 'retry'] as const) {
+        const { rows } = await sql(fresh.url, `EXPLAIN (FORMAT JSON) ${CLAIM_SQL[lane]}`, params);
+        const scans: string[] = [];
+        const walk = (node: Record<string, unknown>): void => {
+          if (node['Node Type'] === 'Seq Scan') scans.push(String(node['Relation Name']));
+          for (const child of (node['Plans'] as Record<string, unknown>[] | undefined) ?? []) walk(child);
+        };
+        walk((rows[0] as { 'QUERY PLAN': Array<{ Plan: Record<string, unknown> }> })['QUERY PLAN'][0]!.Plan);
+        expect(scans.filter((table) => table !== 'webhooks')).toEqual([]);
+      }
+      // And the statement itself claims what is due, in order.
+      const claimed = await store.claimDue({ lane: 'first', limit: 5, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
+      expect(claimed.map((c) => c.delivery.externalCustomerId)).toEqual([
+        'c00000',
+        'c00001',
+        'c00002',
+        'c00003',
+        'c00004',
+      ]);
+    } finally {
+      await store.close();
+      await fresh.drop();
+    }
   });
 
   it('announces what publish supersedes from inside its statement, whatever the size, with multi-byte text', async () => {
