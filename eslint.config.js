@@ -22,8 +22,23 @@ export default tseslint.config(
         'error',
         {
           patterns: [
-            { group: ['node:*', 'fs', 'net', 'http', 'https', 'crypto', 'dns', 'tls', 'child_process'], message: 'core is pure: no node I/O modules.' },
-            { group: ['undici', '@grpc/*', 'express', 'better-sqlite3', 'pg', 'pino', '@app-inbox/grpc-server', '@app-inbox/mock-receiver'], message: 'core must not depend on I/O or transport libraries.' },
+            {
+              group: ['node:*', 'fs', 'net', 'http', 'https', 'crypto', 'dns', 'tls', 'child_process'],
+              message: 'core is pure: no node I/O modules.',
+            },
+            {
+              group: [
+                'undici',
+                '@grpc/*',
+                'express',
+                'better-sqlite3',
+                'pg',
+                'pino',
+                '@app-inbox/grpc-server',
+                '@app-inbox/mock-receiver',
+              ],
+              message: 'core must not depend on I/O or transport libraries.',
+            },
           ],
         },
       ],
