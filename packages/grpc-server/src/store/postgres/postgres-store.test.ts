@@ -200,16 +200,18 @@ describe('PostgresStore', () => {
     // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
     // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
     const fresh = await createTestDatabase();
-    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+    let store: PostgresStore | null = null;
     try {
+      const opened = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+      store = opened;
       const account = 'acct';
-      await store.upsertWebhook(
+      await opened.upsertWebhook(
         account,
         { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
         T0,
       );
       const publish = (from: number, count: number) =>
-        store.publish({
+        opened.publish({
           accountId: account,
           now: T0,
           messages: Array.from({ length: count }, (_, i) => ({
@@ -237,7 +239,7 @@ describe('PostgresStore', () => {
         expect(scans.filter((table) => table !== 'webhooks')).toEqual([]);
       }
       // And the statement itself claims what is due, in order.
-      const claimed = await store.claimDue({ lane: 'first', limit: 5, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
+      const claimed = await opened.claimDue({ lane: 'first', limit: 5, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
       expect(claimed.map((c) => c.delivery.externalCustomerId)).toEqual([
         'c00000',
         'c00001',
@@ -246,7 +248,7 @@ describe('PostgresStore', () => {
         'c00004',
       ]);
     } finally {
-      await store.close();
+      await store?.close();
       await fresh.drop();
     }
   });
