@@ -228,15 +228,29 @@ describe('PostgresStore', () => {
       await sql(fresh.url, 'ANALYZE deliveries');
       await publish(20, 6000);
       const params = [T0 + 1, [], 32, 32, 'w', T0 + 60_000];
-      for (const lane of ['first', 'retry'] as const) {
-        const { rows } = await sql(fresh.url, `EXPLAIN (FORMAT JSON) ${CLAIM_SQL[lane]}`, params);
-        const scans: string[] = [];
-        const walk = (node: Record<string, unknown>): void => {
-          if (node['Node Type'] === 'Seq Scan') scans.push(String(node['Relation Name']));
-          for (const child of (node['Plans'] as Record<string, unknown>[] | undefined) ?? []) walk(child);
-        };
-        walk((rows[0] as { 'QUERY PLAN': Array<{ Plan: Record<string, unknown> }> })['QUERY PLAN'][0]!.Plan);
-        expect(scans.filter((table) => table !== 'webhooks')).toEqual([]);
+      // Both plans a named statement may run: planned for the values (its first executions) and generic.
+      for (const mode of ['force_custom_plan', 'force_generic_plan']) {
+        for (const lane of ['first', 'retry'] as const) {
+          const client = new pg.Client({ connectionString: fresh.url });
+          await client.connect();
+          try {
+            await client.query(`SET plan_cache_mode = ${mode}`);
+            const plan = await client.query(`EXPLAIN (FORMAT JSON) ${CLAIM_SQL[lane]}`, params);
+            const scans: string[] = [];
+            const walk = (node: Record<string, unknown>): void => {
+              if (node['Node Type'] === 'Seq Scan') scans.push(String(node['Relation Name']));
+              for (const child of (node['Plans'] as Record<string, unknown>[] | undefined) ?? []) walk(child);
+            };
+            walk((plan.rows[0] as { 'QUERY PLAN': Array<{ Plan: Record<string, unknown> }> })['QUERY PLAN'][0]!.Plan);
+            expect({ mode, lane, scans: scans.filter((table) => table !== 'webhooks') }).toEqual({
+              mode,
+              lane,
+              scans: [],
+            });
+          } finally {
+            await client.end();
+          }
+        }
       }
       // And the statement itself claims what is due, in order.
       const claimed = await opened.claimDue({ lane: 'first', limit: 5, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
