@@ -136,6 +136,12 @@ export interface ClaimedDelivery {
   delivery: Delivery;
   webhook: WebhookRecord;
   leaseUntil: number;
+  /**
+   * For a delivery without a frozen body, the contact's messages as {@link Store.contactMessages} gives them
+   * at the claim's `now` with the webhook's `maxMessagesPerContact`, read by the claim itself (a store whose
+   * every read is a round trip saves one per delivery). Absent: the caller reads them with `contactMessages`.
+   */
+  messages?: StoredMessage[];
 }
 
 export interface AttemptResult {

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { StoredMessage } from '@app-inbox/core';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
@@ -264,6 +265,60 @@ describe('PostgresStore', () => {
     } finally {
       await store?.close();
       await fresh.drop();
+    }
+  });
+
+  it("gives each first claim the contact's messages as contactMessages would, and none once the body is frozen", async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    try {
+      const account = `acct-${randomUUID()}`;
+      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 3, enabled: true }, T0);
+      const message = (contact: string, i: number, extra: Partial<StoredMessage> = {}): StoredMessage => ({
+        externalCustomerId: contact,
+        id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+        createdDate: T0 - 1_000 + (i % 4),
+        title: `t${i}`,
+        content: 'c',
+        category: 'k',
+        expiresAt: T0 + 86_400_000,
+        ...extra,
+      });
+      const messages = [
+        ...Array.from({ length: 5 }, (_, i) => message('c1', i, i === 1 ? { image: 'https://i.example/1.png' } : {})),
+        message('c1', 5, { expiresAt: T0 + 1 }), // expired at the claim's now
+        message('c2', 6, { link: 'https://l.example', customData: '{"a":1}' }),
+      ];
+      await store.publish({ accountId: account, messages, now: T0 });
+      const now = T0 + 10;
+      const claimed = await store.claimDue({ lane: 'first', limit: 10, now, leaseMs: 60_000, owner: 'w' });
+      expect(claimed).toHaveLength(2);
+      for (const claim of claimed) {
+        const expected = await store.contactMessages(account, claim.delivery.externalCustomerId, now, 3);
+        expect(claim.messages).toEqual(expected);
+      }
+      expect(claimed.map((c) => c.messages!.length)).toEqual([3, 1]);
+      // A retry resends its frozen body: no messages are read for it.
+      const first = claimed[0]!;
+      expect(await store.freeze(first.delivery.id, 'w', new Uint8Array([1]), ['x'], now)).toBe(true);
+      await store.recordAttempt(first.delivery.id, {
+        owner: 'w',
+        attempt: {
+          deliveryId: first.delivery.id,
+          attemptNo: 1,
+          startedAt: now,
+          durationMs: 1,
+          statusCode: 503,
+          errorKind: null,
+          verdict: 'retry',
+          nextAttemptAt: now + 1,
+        },
+        nextState: 'retrying',
+      });
+      const [retry] = await store.claimDue({ lane: 'retry', limit: 10, now: now + 2, leaseMs: 60_000, owner: 'w' });
+      expect(retry?.delivery.id).toBe(first.delivery.id);
+      expect(retry?.messages).toBeUndefined();
+    } finally {
+      await store.close();
     }
   });
 

@@ -143,7 +143,9 @@ const recordAttemptSql = (newerId: string): string => `WITH cur AS (
  * where those outcomes are NOTIFYed in the same transaction). The same choice as the steps: accounts by oldest
  * due delivery, up to `$3` (maxPerAccount, at most the limit) candidates each in due order, skipping locked rows
  * and contacts in flight, the first `$4` (the limit) of them in account order claimed. Candidates past the limit
- * are locked only until the statement ends.
+ * are locked only until the statement ends. For each claimed delivery without a frozen body it also reads the
+ * contact's messages as contactMessages would (same order, the webhook's maxMessagesPerContact), so the engine
+ * does not need a round trip per delivery for them.
  *
  * Written so that every step is an index probe whatever the planner believes of the table sizes: in a young or
  * fast-growing database (statistics taken when `deliveries` held a few thousand rows, autovacuum's analyze a
@@ -177,7 +179,14 @@ const claimSql = (lane: Lane): string => {
     WHERE d.seq = ANY (ARRAY(SELECT p.seq FROM cand p WHERE p.rank <= $4)) AND NOT (SELECT slow FROM guard)
     RETURNING ${DELIVERY_COLUMNS})
   SELECT g.slow, c.rank, u.*, a.config AS w_config, a.enabled AS w_enabled, a.message_ttl_ms AS w_message_ttl_ms,
-    a.created_at AS w_created_at, a.updated_at AS w_updated_at
+    a.created_at AS w_created_at, a.updated_at AS w_updated_at,
+    CASE WHEN u.body IS NULL THEN (
+      SELECT COALESCE(json_agg(json_build_array(m.id, m.created_date, m.expires_at, m.title, m.content, m.image, m.link,
+          m.category, m.custom_data) ORDER BY m.created_date DESC, m.id ASC), '[]'::json)
+      FROM (SELECT * FROM messages m WHERE m.account_id = u.account_id
+          AND m.external_customer_id = u.external_customer_id AND m.expires_at > $1
+        ORDER BY m.created_date DESC, m.id ASC LIMIT (a.config::json ->> 'maxMessagesPerContact')::integer) m)
+    END AS messages_json
   FROM guard g LEFT JOIN (upd u JOIN cand c ON c.seq = u.seq JOIN acc a ON a.account_id = u.account_id) ON true
   ORDER BY c.rank`;
 };
@@ -188,6 +197,11 @@ export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry
 type ClaimDbRow = DeliveryRow & {
   slow: boolean;
   rank: string | null;
+  /** The contact's messages for a delivery without a body: [id, created_date, expires_at, title, content, image,
+   * link, category, custom_data] each, newest first (see claimSql). */
+  messages_json: Array<
+    [string, number, number, string, string, string | null, string | null, string, string | null]
+  > | null;
   w_config: string;
   w_enabled: boolean;
   w_message_ttl_ms: string;
@@ -701,7 +715,27 @@ export class PostgresStore implements Store {
           });
           webhooks.set(row.account_id, webhook);
         }
-        claimed.push({ delivery: deliveryFromRow(row), webhook, leaseUntil });
+        const delivery = deliveryFromRow(row);
+        const claim: ClaimedDelivery = { delivery, webhook, leaseUntil };
+        if (row.messages_json !== null) {
+          claim.messages = row.messages_json.map(
+            ([id, createdDate, expiresAt, title, content, image, link, category, customData]) =>
+              messageFromRow({
+                account_id: delivery.accountId,
+                external_customer_id: delivery.externalCustomerId,
+                id,
+                created_date: createdDate,
+                expires_at: expiresAt,
+                title,
+                content,
+                image,
+                link,
+                category,
+                custom_data: customData,
+              }),
+          );
+        }
+        claimed.push(claim);
       }
       return claimed;
     }
