@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { StoredMessage } from '@app-inbox/core';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
@@ -319,6 +319,64 @@ describe('PostgresStore', () => {
       expect(retry?.messages).toBeUndefined();
     } finally {
       await store.close();
+    }
+  });
+
+  it('freezes the deliveries of one turn together, each call answered for its own delivery', async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const account = `acct-${randomUUID()}`;
+    try {
+      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.publish({
+        accountId: account,
+        now: T0,
+        messages: ['a', 'b', 'c', 'd'].map((contact) => ({
+          externalCustomerId: contact,
+          id: randomUUID(),
+          createdDate: T0,
+          title: 't',
+          content: 'c',
+          category: 'k',
+          expiresAt: T0 + 86_400_000,
+        })),
+      });
+      const [a, b, c, d] = await store.claimDue({ lane: 'first', limit: 4, now: T0, leaseMs: 60_000, owner: 'w' });
+      // Count the statements the store sends (every query goes through its pool).
+      const query = vi.spyOn(pg.Pool.prototype, 'query');
+      const freezeStatements = () =>
+        query.mock.calls.filter((args) =>
+          /^UPDATE deliveries d SET body/.test(String((args[0] as { text?: string }).text)),
+        ).length;
+      const body = (n: number) => new Uint8Array([n]);
+      const answers = await Promise.all([
+        store.freeze(a!.delivery.id, 'w', body(1), ['m1'], T0 + 1),
+        store.freeze(b!.delivery.id, 'someone-else', body(2), ['m2'], T0 + 1), // not its claim
+        store.freeze(c!.delivery.id, 'w', body(3), ['m3'], T0 + 1),
+        store.freeze(c!.delivery.id, 'w', body(4), ['m4'], T0 + 1), // frozen already by the call before
+        store.freeze(d!.delivery.id, 'w', body(5), ['m5'], T0 + 60_001), // its lease has ended
+      ]);
+      expect(answers).toEqual([true, false, true, false, false]);
+      const bodies = await Promise.all(
+        [a, b, c, d].map(async (x) => (await store.getDelivery(x!.delivery.id))!.delivery.body),
+      );
+      expect(bodies.map((bytes) => (bytes === null ? null : [...bytes]))).toEqual([[1], null, [3], null]);
+      expect((await store.getDelivery(c!.delivery.id))!.delivery.messageIds).toEqual(['m3']);
+      // Two statements (the second for the delivery asked twice), not five.
+      expect(freezeStatements()).toBe(2);
+      query.mockRestore();
+      // Queued freezes are sent by close(), not dropped.
+      const pending = store.freeze(b!.delivery.id, 'w', body(6), ['m6'], T0 + 2);
+      await store.close();
+      expect(await pending).toBe(true);
+    } finally {
+      await store.close();
+    }
+    const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
+      expect(b?.body === null ? null : [...b!.body!]).toEqual([6]);
+    } finally {
+      await reopened.close();
     }
   });
 

@@ -272,6 +272,29 @@ const PUBLISH_SQL = `WITH ins AS (
   SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified, p.external_customer_id, p.id
   FROM (SELECT 1) one LEFT JOIN pend p ON true`;
 
+/**
+ * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each is
+ * frozen when it is still claimed by that owner, unexpired and without a body; the ids of those frozen come back.
+ * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql).
+ */
+const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.message_ids,
+    first_attempt_at = COALESCE(d.first_attempt_at, f.now), updated_at = f.now
+  FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[]) AS f(id, owner, body, message_ids, now)
+  WHERE d.id = ANY ($1::text[]) AND d.id = f.id AND d.state = 'in_flight' AND d.lease_owner = f.owner
+    AND d.next_attempt_at > f.now AND d.body IS NULL
+  RETURNING d.id`;
+
+/** A freeze call waiting in {@link PostgresStore.freeze}'s queue. */
+interface QueuedFreeze {
+  id: string;
+  owner: string;
+  body: Buffer;
+  messageIds: string;
+  now: number;
+  resolve: (frozen: boolean) => void;
+  reject: (error: unknown) => void;
+}
+
 const RECORD_ATTEMPT_SQL = { final: recordAttemptSql('NULL::text'), retrying: recordAttemptSql(NEWER_ID) };
 
 /**
@@ -322,6 +345,9 @@ export class PostgresStore implements Store {
   #listenClient: pg.Client | null = null;
   #reconnectTimer: NodeJS.Timeout | null = null;
   #closed = false;
+  /** Freezes waiting for the next turn of the event loop (see {@link PostgresStore.#flushFreezes}). */
+  readonly #freezes: QueuedFreeze[] = [];
+  #freezeScheduled = false;
 
   constructor(options: PostgresStoreOptions) {
     assertId('connectionString', options.connectionString);
@@ -450,6 +476,8 @@ export class PostgresStore implements Store {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    // Freezes already accepted are sent, not dropped.
+    if (this.#freezes.length > 0) await this.#flushFreezes();
     this.#closed = true;
     if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
@@ -884,13 +912,61 @@ export class PostgresStore implements Store {
     assertTime('now', now);
     if (!(body instanceof Uint8Array)) throw new StoreError('invalid_argument', 'body: must be a Uint8Array');
     if (!Array.isArray(messageIds)) throw new StoreError('invalid_argument', 'messageIds: must be an array');
-    const result = await this.#run(
-      `UPDATE deliveries SET body = $1, message_ids = $2, first_attempt_at = COALESCE(first_attempt_at, $3),
-         updated_at = $3
-       WHERE id = $4 AND state = 'in_flight' AND lease_owner = $5 AND next_attempt_at > $3 AND body IS NULL`,
-      [Buffer.from(body.buffer, body.byteOffset, body.byteLength), JSON.stringify(messageIds), now, deliveryId, owner],
-    );
-    return (result.rowCount ?? 0) > 0;
+    this.#assertOpen();
+    return new Promise<boolean>((resolve, reject) => {
+      this.#freezes.push({
+        id: deliveryId,
+        owner,
+        body: Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+        messageIds: JSON.stringify(messageIds),
+        now,
+        resolve,
+        reject,
+      });
+      if (!this.#freezeScheduled) {
+        this.#freezeScheduled = true;
+        setImmediate(() => {
+          this.#freezeScheduled = false;
+          void this.#flushFreezes();
+        });
+      }
+    });
+  }
+
+  /**
+   * Sends the freezes queued since the last turn of the event loop as one statement (the deliveries of one
+   * claim are frozen together: one round trip and one transaction instead of one each). A delivery queued
+   * twice goes in a later statement, so each call still gets its own answer. A failed statement fails the
+   * calls it carried, as each call's own statement would have.
+   */
+  async #flushFreezes(): Promise<void> {
+    let queued = this.#freezes.splice(0);
+    while (queued.length > 0) {
+      const seen = new Set<string>();
+      const batch: QueuedFreeze[] = [];
+      const later: QueuedFreeze[] = [];
+      for (const f of queued) {
+        if (seen.has(f.id)) later.push(f);
+        else {
+          seen.add(f.id);
+          batch.push(f);
+        }
+      }
+      queued = later;
+      try {
+        const { rows } = await this.#run<{ id: string }>(FREEZE_SQL, [
+          batch.map((f) => f.id),
+          batch.map((f) => f.owner),
+          batch.map((f) => f.body),
+          batch.map((f) => f.messageIds),
+          batch.map((f) => f.now),
+        ]);
+        const frozen = new Set(rows.map((r) => r.id));
+        for (const f of batch) f.resolve(frozen.has(f.id));
+      } catch (error) {
+        for (const f of batch) f.reject(error);
+      }
+    }
   }
 
   async recordAttempt(deliveryId: string, result: AttemptResult): Promise<Delivery | null> {
