@@ -510,11 +510,12 @@ export class DeliveryEngine {
       // contact, so the expired messages disappear there too (SPEC §4).
       const now = this.#clock();
       const max = webhook.maxMessagesPerContact;
-      // Read by the claim itself when the store can (PostgreSQL: one round trip less per delivery); messages
-      // that expired since are dropped by buildPayload, and newer ones go to the contact's next delivery.
+      // Read with the claim when the store can (PostgreSQL: one statement per claim instead of one per delivery);
+      // messages that expired since are dropped by buildPayload, and newer ones go to the contact's next delivery.
       const messages =
         claim.messages ??
         (await this.#store.contactMessages(delivery.accountId, delivery.externalCustomerId, now, max));
+      delete claim.messages; // not kept alive through the attempt: a list can be large
       const payload = buildPayload({
         contacts: [{ externalCustomerId: delivery.externalCustomerId, messages }],
         now,

@@ -138,8 +138,9 @@ export interface ClaimedDelivery {
   leaseUntil: number;
   /**
    * For a delivery without a frozen body, the contact's messages as {@link Store.contactMessages} gives them
-   * at the claim's `now` with the webhook's `maxMessagesPerContact`, read by the claim itself (a store whose
-   * every read is a round trip saves one per delivery). Absent: the caller reads them with `contactMessages`.
+   * at the claim's `now` with the webhook's `maxMessagesPerContact`, read once the claim has taken effect (so
+   * every message committed with the delivery is in it) by the store for the whole claim at once: a store whose
+   * every read is a round trip saves one per delivery. Absent: the caller reads them with `contactMessages`.
    */
   messages?: StoredMessage[];
 }

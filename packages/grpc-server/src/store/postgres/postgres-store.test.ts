@@ -273,20 +273,24 @@ describe('PostgresStore', () => {
     try {
       const account = `acct-${randomUUID()}`;
       await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 3, enabled: true }, T0);
-      const message = (contact: string, i: number, extra: Partial<StoredMessage> = {}): StoredMessage => ({
+      const message = (contact: string, i: number, createdDate: number, extra: Partial<StoredMessage> = {}) => ({
         externalCustomerId: contact,
         id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
-        createdDate: T0 - 1_000 + (i % 4),
+        createdDate,
         title: `t${i}`,
         content: 'c',
         category: 'k',
         expiresAt: T0 + 86_400_000,
         ...extra,
       });
-      const messages = [
-        ...Array.from({ length: 5 }, (_, i) => message('c1', i, i === 1 ? { image: 'https://i.example/1.png' } : {})),
-        message('c1', 5, { expiresAt: T0 + 1 }), // expired at the claim's now
-        message('c2', 6, { link: 'https://l.example', customData: '{"a":1}' }),
+      const messages: StoredMessage[] = [
+        message('c1', 0, T0 - 10),
+        message('c1', 2, T0 - 5), // ties with 1 on createdDate: 1 comes first (ids ascending)
+        message('c1', 1, T0 - 5, { image: 'https://i.example/1.png' }),
+        message('c1', 3, T0 - 20),
+        message('c1', 4, T0 - 30),
+        message('c1', 5, T0 - 1, { expiresAt: T0 + 1 }), // the newest, but expired at the claim's now
+        message('c2', 6, T0 - 1, { link: 'https://l.example', customData: '{"a":1}' }),
       ];
       await store.publish({ accountId: account, messages, now: T0 });
       const now = T0 + 10;
@@ -296,7 +300,8 @@ describe('PostgresStore', () => {
         const expected = await store.contactMessages(account, claim.delivery.externalCustomerId, now, 3);
         expect(claim.messages).toEqual(expected);
       }
-      expect(claimed.map((c) => c.messages!.length)).toEqual([3, 1]);
+      expect(claimed[0]!.messages!.map((m) => m.title)).toEqual(['t1', 't2', 't0']);
+      expect(claimed[1]!.messages!.map((m) => m.title)).toEqual(['t6']);
       // A retry resends its frozen body: no messages are read for it.
       const first = claimed[0]!;
       expect(await store.freeze(first.delivery.id, 'w', new Uint8Array([1]), ['x'], now)).toBe(true);

@@ -143,9 +143,7 @@ const recordAttemptSql = (newerId: string): string => `WITH cur AS (
  * where those outcomes are NOTIFYed in the same transaction). The same choice as the steps: accounts by oldest
  * due delivery, up to `$3` (maxPerAccount, at most the limit) candidates each in due order, skipping locked rows
  * and contacts in flight, the first `$4` (the limit) of them in account order claimed. Candidates past the limit
- * are locked only until the statement ends. For each claimed delivery without a frozen body it also reads the
- * contact's messages as contactMessages would (same order, the webhook's maxMessagesPerContact), so the engine
- * does not need a round trip per delivery for them.
+ * are locked only until the statement ends.
  *
  * Written so that every step is an index probe whatever the planner believes of the table sizes: in a young or
  * fast-growing database (statistics taken when `deliveries` held a few thousand rows, autovacuum's analyze a
@@ -179,14 +177,7 @@ const claimSql = (lane: Lane): string => {
     WHERE d.seq = ANY (ARRAY(SELECT p.seq FROM cand p WHERE p.rank <= $4)) AND NOT (SELECT slow FROM guard)
     RETURNING ${DELIVERY_COLUMNS})
   SELECT g.slow, c.rank, u.*, a.config AS w_config, a.enabled AS w_enabled, a.message_ttl_ms AS w_message_ttl_ms,
-    a.created_at AS w_created_at, a.updated_at AS w_updated_at,
-    CASE WHEN u.body IS NULL THEN (
-      SELECT COALESCE(json_agg(json_build_array(m.id, m.created_date, m.expires_at, m.title, m.content, m.image, m.link,
-          m.category, m.custom_data) ORDER BY m.created_date DESC, m.id ASC), '[]'::json)
-      FROM (SELECT * FROM messages m WHERE m.account_id = u.account_id
-          AND m.external_customer_id = u.external_customer_id AND m.expires_at > $1
-        ORDER BY m.created_date DESC, m.id ASC LIMIT (a.config::json ->> 'maxMessagesPerContact')::integer) m)
-    END AS messages_json
+    a.created_at AS w_created_at, a.updated_at AS w_updated_at
   FROM guard g LEFT JOIN (upd u JOIN cand c ON c.seq = u.seq JOIN acc a ON a.account_id = u.account_id) ON true
   ORDER BY c.rank`;
 };
@@ -197,11 +188,6 @@ export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry
 type ClaimDbRow = DeliveryRow & {
   slow: boolean;
   rank: string | null;
-  /** The contact's messages for a delivery without a body: [id, created_date, expires_at, title, content, image,
-   * link, category, custom_data] each, newest first (see claimSql). */
-  messages_json: Array<
-    [string, number, number, string, string, string | null, string | null, string, string | null]
-  > | null;
   w_config: string;
   w_enabled: boolean;
   w_message_ttl_ms: string;
@@ -271,6 +257,18 @@ const PUBLISH_SQL = `WITH ins AS (
   sent AS MATERIALIZED (${notifySupersededSql('sup', 16, 14)})
   SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified, p.external_customer_id, p.id
   FROM (SELECT 1) one LEFT JOIN pend p ON true`;
+
+/**
+ * contactMessages for several contacts at once ($1 account ids, $2 contacts, $3 limits, $4 now): the rows of each
+ * with the 1-based position of its contact in the arrays (`i`), in contactMessages' order.
+ */
+const CLAIMED_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_customer_id, m.created_date, m.expires_at, m.title,
+    m.content, m.image, m.link, m.category, m.custom_data
+  FROM unnest($1::text[], $2::text[], $3::integer[]) WITH ORDINALITY AS r(account_id, contact, lim, i)
+  CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.account_id = r.account_id
+      AND m.external_customer_id = r.contact AND m.expires_at > $4
+    ORDER BY m.created_date DESC, m.id ASC LIMIT r.lim) m
+  ORDER BY r.i, m.created_date DESC, m.id ASC`;
 
 /**
  * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each is
@@ -743,28 +741,9 @@ export class PostgresStore implements Store {
           });
           webhooks.set(row.account_id, webhook);
         }
-        const delivery = deliveryFromRow(row);
-        const claim: ClaimedDelivery = { delivery, webhook, leaseUntil };
-        if (row.messages_json !== null) {
-          claim.messages = row.messages_json.map(
-            ([id, createdDate, expiresAt, title, content, image, link, category, customData]) =>
-              messageFromRow({
-                account_id: delivery.accountId,
-                external_customer_id: delivery.externalCustomerId,
-                id,
-                created_date: createdDate,
-                expires_at: expiresAt,
-                title,
-                content,
-                image,
-                link,
-                category,
-                custom_data: customData,
-              }),
-          );
-        }
-        claimed.push(claim);
+        claimed.push({ delivery: deliveryFromRow(row), webhook, leaseUntil });
       }
+      await this.#attachMessages(claimed, now);
       return claimed;
     }
 
@@ -930,6 +909,29 @@ export class PostgresStore implements Store {
           void this.#flushFreezes();
         });
       }
+    });
+  }
+
+  /**
+   * Gives each claimed delivery without a frozen body its contact's messages (`ClaimedDelivery.messages`), read
+   * in one statement for the whole claim instead of one contactMessages call per delivery. Read after the claim
+   * committed, never by the claim statement itself: a publish that attached messages to a pending delivery may
+   * commit after the claim's snapshot was taken and before the claim locks that delivery, so only a later
+   * statement is sure to see them (a message seen by no delivery would wait for the contact's next publish).
+   */
+  async #attachMessages(claimed: ClaimedDelivery[], now: number): Promise<void> {
+    const first = claimed.filter((c) => c.delivery.body === null);
+    if (first.length === 0) return;
+    const { rows } = await this.#run<MessageRow & { i: string }>(CLAIMED_MESSAGES_SQL, [
+      first.map((c) => c.delivery.accountId),
+      first.map((c) => c.delivery.externalCustomerId),
+      first.map((c) => Math.min(c.webhook.maxMessagesPerContact, 2_147_483_647)),
+      now,
+    ]);
+    const lists = first.map((): StoredMessage[] => []);
+    for (const row of rows) lists[Number(row.i) - 1]!.push(messageFromRow(row));
+    first.forEach((c, k) => {
+      c.messages = lists[k];
     });
   }
 
