@@ -322,6 +322,7 @@ describe('PostgresStore', () => {
       const [retry] = await store.claimDue({ lane: 'retry', limit: 10, now: now + 2, leaseMs: 60_000, owner: 'w' });
       expect(retry?.delivery.id).toBe(first.delivery.id);
       expect(retry?.messages).toBeUndefined();
+      await store.deleteWebhook(account);
     } finally {
       await store.close();
     }
@@ -380,8 +381,86 @@ describe('PostgresStore', () => {
     try {
       const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
       expect(b?.body === null ? null : [...b!.body!]).toEqual([6]);
+      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
     } finally {
       await reopened.close();
+    }
+  });
+
+  it('still answers a claim whose messages could not be read, leaving them to contactMessages', async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const account = `acct-${randomUUID()}`;
+    const original = pg.Pool.prototype.query;
+    const query = vi.spyOn(pg.Pool.prototype, 'query').mockImplementation(function (this: pg.Pool, ...args: unknown[]) {
+      const text = String((args[0] as { text?: string } | undefined)?.text ?? args[0]);
+      if (text.startsWith('SELECT r.i, m.account_id')) return Promise.reject(new Error('connection lost'));
+      return (original as (...a: unknown[]) => unknown).apply(this, args);
+    } as typeof original);
+    try {
+      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.publish({
+        accountId: account,
+        now: T0,
+        messages: [
+          {
+            externalCustomerId: 'a',
+            id: randomUUID(),
+            createdDate: T0,
+            title: 't',
+            content: 'c',
+            category: 'k',
+            expiresAt: T0 + 86_400_000,
+          },
+        ],
+      });
+      const claimed = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+      expect(claimed).toHaveLength(1);
+      expect(claimed[0]!.messages).toBeUndefined();
+      await store.deleteWebhook(account);
+    } finally {
+      query.mockRestore();
+      await store.close();
+    }
+  });
+
+  it('settles a freeze whose statement waits for a connection when the store closes', async () => {
+    // A database of its own: the 5,000 deliveries it leaves pending must not be claimed by other tests.
+    const fresh = await createTestDatabase();
+    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
+    const account = `acct-${randomUUID()}`;
+    const message = (contact: string) => ({
+      externalCustomerId: contact,
+      id: randomUUID(),
+      createdDate: T0,
+      title: 't',
+      content: 'c',
+      category: 'k',
+      expiresAt: T0 + 86_400_000,
+    });
+    try {
+      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.publish({ accountId: account, now: T0, messages: [message('a')] });
+      const [a] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+      // The pool's only connection is busy with a large publish while the freeze's statement is sent.
+      const busy = store.publish({
+        accountId: account,
+        now: T0,
+        messages: Array.from({ length: 5_000 }, (_, i) => message(`x${i}`)),
+      });
+      const frozen = store.freeze(a!.delivery.id, 'w', new Uint8Array([1]), ['m'], T0 + 1);
+      await new Promise((resolve) => setImmediate(resolve)); // the flush has started and waits for the connection
+      await new Promise((resolve) => setImmediate(resolve));
+      const closed = store.close();
+      const outcome = await Promise.race([
+        frozen,
+        new Promise((resolve) => setTimeout(() => resolve('still waiting'), 10_000)),
+      ]);
+      expect(outcome).toBe(true);
+      await busy;
+      await closed;
+    } finally {
+      await store.close();
+      await fresh.drop();
     }
   });
 

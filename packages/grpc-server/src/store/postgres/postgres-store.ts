@@ -346,6 +346,9 @@ export class PostgresStore implements Store {
   /** Freezes waiting for the next turn of the event loop (see {@link PostgresStore.#flushFreezes}). */
   readonly #freezes: QueuedFreeze[] = [];
   #freezeScheduled = false;
+  /** Flushes of queued freezes whose statements are on their way (close() waits for them). */
+  readonly #freezeFlushes = new Set<Promise<void>>();
+  #closing: Promise<void> | null = null;
 
   constructor(options: PostgresStoreOptions) {
     assertId('connectionString', options.connectionString);
@@ -473,9 +476,17 @@ export class PostgresStore implements Store {
   }
 
   async close(): Promise<void> {
-    if (this.#closed) return;
-    // Freezes already accepted are sent, not dropped.
-    if (this.#freezes.length > 0) await this.#flushFreezes();
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    // Freezes already accepted are sent, not dropped: those queued and those on their way (pool.end() would
+    // leave a query still waiting for a connection unsettled forever).
+    while (this.#freezes.length > 0 || this.#freezeFlushes.size > 0) {
+      if (this.#freezes.length > 0) this.#startFreezeFlush();
+      await Promise.allSettled([...this.#freezeFlushes]);
+    }
     this.#closed = true;
     if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
@@ -906,7 +917,7 @@ export class PostgresStore implements Store {
         this.#freezeScheduled = true;
         setImmediate(() => {
           this.#freezeScheduled = false;
-          void this.#flushFreezes();
+          this.#startFreezeFlush();
         });
       }
     });
@@ -922,12 +933,19 @@ export class PostgresStore implements Store {
   async #attachMessages(claimed: ClaimedDelivery[], now: number): Promise<void> {
     const first = claimed.filter((c) => c.delivery.body === null);
     if (first.length === 0) return;
-    const { rows } = await this.#run<MessageRow & { i: string }>(CLAIMED_MESSAGES_SQL, [
-      first.map((c) => c.delivery.accountId),
-      first.map((c) => c.delivery.externalCustomerId),
-      first.map((c) => Math.min(c.webhook.maxMessagesPerContact, 2_147_483_647)),
-      now,
-    ]);
+    let rows: Array<MessageRow & { i: string }>;
+    try {
+      ({ rows } = await this.#run<MessageRow & { i: string }>(CLAIMED_MESSAGES_SQL, [
+        first.map((c) => c.delivery.accountId),
+        first.map((c) => c.delivery.externalCustomerId),
+        first.map((c) => Math.min(c.webhook.maxMessagesPerContact, 2_147_483_647)),
+        now,
+      ]));
+    } catch {
+      // The claim has committed: failing claimDue now would leave these deliveries in flight until their lease
+      // ends. Without `messages` the engine reads each contact's list itself and handles a failure per delivery.
+      return;
+    }
     const lists = first.map((): StoredMessage[] => []);
     for (const row of rows) lists[Number(row.i) - 1]!.push(messageFromRow(row));
     first.forEach((c, k) => {
@@ -941,6 +959,12 @@ export class PostgresStore implements Store {
    * twice goes in a later statement, so each call still gets its own answer. A failed statement fails the
    * calls it carried, as each call's own statement would have.
    */
+  #startFreezeFlush(): void {
+    const flush = this.#flushFreezes();
+    this.#freezeFlushes.add(flush);
+    void flush.finally(() => this.#freezeFlushes.delete(flush));
+  }
+
   async #flushFreezes(): Promise<void> {
     let queued = this.#freezes.splice(0);
     while (queued.length > 0) {
