@@ -9,9 +9,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { StoredMessage } from '@app-inbox/core';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import pg from 'pg';
 import { CLAIM_SQL, openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.js';
+import { positiveInt } from './lib/cli.js';
 import { fmt, percentile, wallMs } from './lib/stats.js';
 import { withDatabase } from './scenarios/postgres.js';
 
@@ -57,15 +58,10 @@ async function timeClaims(client: pg.Client, claims: number, now: number): Promi
 }
 
 async function main(): Promise<void> {
-  const positive = (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
-    return n;
-  };
   const opts = new Command()
     .option('--pg <url>', 'PostgreSQL server (a database is created and dropped)', process.env.APP_INBOX_TEST_PG_URL)
-    .option('--contacts <n>', 'pending deliveries published after the statistics were taken', positive, 40_000)
-    .option('--claims <n>', 'claims timed in each state of the statistics', positive, 200)
+    .option('--contacts <n>', 'pending deliveries published after the statistics were taken', positiveInt, 40_000)
+    .option('--claims <n>', 'claims timed in each state of the statistics', positiveInt, 200)
     .parse()
     .opts<{ pg?: string; contacts: number; claims: number }>();
   if (!opts.pg) throw new Error('--pg URL or APP_INBOX_TEST_PG_URL is required');

@@ -9,10 +9,11 @@
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import type { StoredMessage } from '@app-inbox/core';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.js';
 import { inboxMessage } from './lib/grpc.js';
 import { processCpuMs } from './lib/server-process.js';
+import { positiveInt } from './lib/cli.js';
 import { fmt, percentile, wallMs } from './lib/stats.js';
 import { withDatabase } from './scenarios/postgres.js';
 
@@ -60,19 +61,14 @@ async function round(store: PostgresStore, calls: number, tag: string): Promise<
 }
 
 async function main(): Promise<void> {
-  const positive = (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
-    return n;
-  };
   const opts = new Command()
     .option(
       '--pg <url>',
       'PostgreSQL server (a database is created and dropped per variant)',
       process.env.APP_INBOX_TEST_PG_URL,
     )
-    .option('--rounds <n>', 'rounds of each variant', positive, 3)
-    .option('--calls <n>', 'publish calls per round', positive, 1000)
+    .option('--rounds <n>', 'rounds of each variant', positiveInt, 3)
+    .option('--calls <n>', 'publish calls per round', positiveInt, 1000)
     .parse()
     .opts<{ pg?: string; rounds: number; calls: number }>();
   if (!opts.pg) throw new Error('--pg URL or APP_INBOX_TEST_PG_URL is required');

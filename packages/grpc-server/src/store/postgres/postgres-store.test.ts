@@ -37,6 +37,17 @@ storeConformanceSuite('postgres', async () => {
 
 describe('PostgresStore', () => {
   const T0 = 1_700_000_000_000;
+  /** A message for `contact`, published at T0 and available for a day. */
+  const storedMessage = (contact: string, extra: Partial<StoredMessage> = {}): StoredMessage => ({
+    externalCustomerId: contact,
+    id: randomUUID(),
+    createdDate: T0,
+    title: 't',
+    content: 'c',
+    category: 'k',
+    expiresAt: T0 + 86_400_000,
+    ...extra,
+  });
   const outcomeBase = (): DeliveryOutcome => ({
     deliveryId: randomUUID(),
     accountId: 'a',
@@ -215,15 +226,7 @@ describe('PostgresStore', () => {
         opened.publish({
           accountId: account,
           now: T0,
-          messages: Array.from({ length: count }, (_, i) => ({
-            externalCustomerId: `c${String(from + i).padStart(5, '0')}`,
-            id: randomUUID(),
-            createdDate: T0,
-            title: 't',
-            content: 'c',
-            category: 'k',
-            expiresAt: T0 + 86_400_000,
-          })),
+          messages: Array.from({ length: count }, (_, i) => storedMessage(`c${String(from + i).padStart(5, '0')}`)),
         });
       await publish(0, 20);
       await sql(fresh.url, 'ANALYZE deliveries');
@@ -273,16 +276,13 @@ describe('PostgresStore', () => {
     try {
       const account = `acct-${randomUUID()}`;
       await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 3, enabled: true }, T0);
-      const message = (contact: string, i: number, createdDate: number, extra: Partial<StoredMessage> = {}) => ({
-        externalCustomerId: contact,
-        id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
-        createdDate,
-        title: `t${i}`,
-        content: 'c',
-        category: 'k',
-        expiresAt: T0 + 86_400_000,
-        ...extra,
-      });
+      const message = (contact: string, i: number, createdDate: number, extra: Partial<StoredMessage> = {}) =>
+        storedMessage(contact, {
+          id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+          createdDate,
+          title: `t${i}`,
+          ...extra,
+        });
       const messages: StoredMessage[] = [
         message('c1', 0, T0 - 10),
         message('c1', 2, T0 - 5), // ties with 1 on createdDate: 1 comes first (ids ascending)
@@ -336,15 +336,7 @@ describe('PostgresStore', () => {
       await store.publish({
         accountId: account,
         now: T0,
-        messages: ['a', 'b', 'c', 'd'].map((contact) => ({
-          externalCustomerId: contact,
-          id: randomUUID(),
-          createdDate: T0,
-          title: 't',
-          content: 'c',
-          category: 'k',
-          expiresAt: T0 + 86_400_000,
-        })),
+        messages: ['a', 'b', 'c', 'd'].map((contact) => storedMessage(contact)),
       });
       const [a, b, c, d] = await store.claimDue({ lane: 'first', limit: 4, now: T0, leaseMs: 60_000, owner: 'w' });
       // Count the statements the store sends (every query goes through its pool).
@@ -401,17 +393,7 @@ describe('PostgresStore', () => {
       await store.publish({
         accountId: account,
         now: T0,
-        messages: [
-          {
-            externalCustomerId: 'a',
-            id: randomUUID(),
-            createdDate: T0,
-            title: 't',
-            content: 'c',
-            category: 'k',
-            expiresAt: T0 + 86_400_000,
-          },
-        ],
+        messages: [storedMessage('a')],
       });
       const claimed = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
       expect(claimed).toHaveLength(1);
@@ -428,24 +410,15 @@ describe('PostgresStore', () => {
     const fresh = await createTestDatabase();
     const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
     const account = `acct-${randomUUID()}`;
-    const message = (contact: string) => ({
-      externalCustomerId: contact,
-      id: randomUUID(),
-      createdDate: T0,
-      title: 't',
-      content: 'c',
-      category: 'k',
-      expiresAt: T0 + 86_400_000,
-    });
     try {
       await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
-      await store.publish({ accountId: account, now: T0, messages: [message('a')] });
+      await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
       const [a] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
       // The pool's only connection is busy with a large publish while the freeze's statement is sent.
       const busy = store.publish({
         accountId: account,
         now: T0,
-        messages: Array.from({ length: 5_000 }, (_, i) => message(`x${i}`)),
+        messages: Array.from({ length: 5_000 }, (_, i) => storedMessage(`x${i}`)),
       });
       const frozen = store.freeze(a!.delivery.id, 'w', new Uint8Array([1]), ['m'], T0 + 1);
       await new Promise((resolve) => setImmediate(resolve)); // the flush has started and waits for the connection
