@@ -1228,9 +1228,10 @@ export class PostgresStore implements Store {
       const messages =
         (
           await c.query(
-            `DELETE FROM messages m USING (
-               SELECT account_id, id FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) g
-             WHERE m.account_id = g.account_id AND m.id = g.id`,
+            // By row address (a TID scan), not a join on the key: a join was planned as a hash join over a
+            // sequential scan of every message when many had expired, to delete `limit` of them.
+            `DELETE FROM messages WHERE ctid = ANY (ARRAY(
+               SELECT ctid FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`,
             [now, limit],
           )
         ).rowCount ?? 0;
@@ -1238,9 +1239,9 @@ export class PostgresStore implements Store {
       const deliveries =
         (
           await c.query(
-            `DELETE FROM deliveries WHERE seq IN (
+            `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
                SELECT seq FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') AND updated_at <= $1
-               LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+               LIMIT $2 FOR UPDATE SKIP LOCKED))`,
             [now - retention, limit - messages],
           )
         ).rowCount ?? 0;
