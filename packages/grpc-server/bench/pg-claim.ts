@@ -7,12 +7,12 @@
  * transaction that is rolled back, so every call sees the same pending deliveries. Equal medians mean the plan
  * does not depend on the statistics (the point of its primary-key probes: see `claimSql` in postgres-store.ts).
  */
-import { randomUUID } from 'node:crypto';
 import type { StoredMessage } from '@app-inbox/core';
 import { Command } from 'commander';
 import pg from 'pg';
 import { CLAIM_SQL, openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.js';
 import { positiveInt } from './lib/cli.js';
+import { storedMessage } from './lib/publish.js';
 import { fmt, percentile, wallMs } from './lib/stats.js';
 import { withDatabase } from './scenarios/postgres.js';
 
@@ -23,17 +23,8 @@ async function publishContacts(store: PostgresStore, from: number, count: number
   for (let start = from; start < from + count; start += 1_000) {
     const messages: StoredMessage[] = [];
     for (let c = start; c < Math.min(from + count, start + 1_000); c++) {
-      for (let k = 0; k < 3; k++) {
-        messages.push({
-          externalCustomerId: `contact-${String(c).padStart(7, '0')}`,
-          id: randomUUID(),
-          createdDate: now - 60_000 + k,
-          title: 'Order shipped',
-          content: 'Your order is on its way.',
-          category: 'orders',
-          expiresAt: now + 86_400_000,
-        });
-      }
+      const contact = `contact-${String(c).padStart(7, '0')}`;
+      messages.push(storedMessage(contact, now), storedMessage(contact, now), storedMessage(contact, now));
     }
     await store.publish({ accountId: 'bench', now, messages });
   }

@@ -8,10 +8,9 @@
  * server on this machine (the bench's test cluster), with nothing else using it.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import type { StoredMessage } from '@app-inbox/core';
 import { Command } from 'commander';
 import { openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.js';
-import { inboxMessage } from './lib/grpc.js';
+import { storedMessage } from './lib/publish.js';
 import { processCpuMs } from './lib/server-process.js';
 import { positiveInt } from './lib/cli.js';
 import { fmt, percentile, wallMs } from './lib/stats.js';
@@ -35,16 +34,11 @@ function postgresCpuMs(): number {
   return ms;
 }
 
-/** The bench's usual message (about 400 bytes as JSON), as the store takes it. */
-function message(contact: string, now: number): StoredMessage {
-  return { ...inboxMessage(contact, now - 60_000), expiresAt: now + 86_400_000 } as StoredMessage;
-}
-
 async function round(store: PostgresStore, calls: number, tag: string): Promise<{ perS: number; cpuUs: number }> {
   const publish = (i: number) => {
     const now = Date.now();
     const [a, b] = [`${tag}-${2 * i}`, `${tag}-${2 * i + 1}`];
-    const messages = [a, a, a, b, b, b].map((c) => message(c, now));
+    const messages = [a, a, a, b, b, b].map((c) => storedMessage(c, now));
     return store.publish({ accountId: 'bench', now, messages });
   };
   for (let i = 0; i < 50; i++) await publish(calls + i); // warm the connections (and their named statement)

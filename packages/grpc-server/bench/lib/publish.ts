@@ -2,6 +2,7 @@
  * Publishing for the scenarios: a stream of encoded PublishMessages requests sent with a few calls in
  * flight (round-robin over the servers' clients), timed per call.
  */
+import type { StoredMessage } from '@app-inbox/core';
 import type { InboxMessage, PublishMessagesResponse } from '../../src/gen/app_inbox/v1/message.js';
 import { encodePublish, inboxMessage, type BenchClient } from './grpc.js';
 import { wallMs } from './stats.js';
@@ -75,4 +76,9 @@ export function* messageBatches(
 /** Contact `c` of a run, zero-padded so ids sort like numbers. */
 export function contactId(prefix: string, c: number): string {
   return `${prefix}-${String(c).padStart(7, '0')}`;
+}
+
+/** The bench's usual message (about 400 bytes as JSON) for `contact`, as a store takes it: a day to live. */
+export function storedMessage(contact: string, now: number): StoredMessage {
+  return { ...inboxMessage(contact, now - 60_000), expiresAt: now + 86_400_000 } as StoredMessage;
 }

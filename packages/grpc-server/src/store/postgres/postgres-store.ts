@@ -259,10 +259,11 @@ const PUBLISH_SQL = `WITH ins AS (
   FROM (SELECT 1) one LEFT JOIN pend p ON true`;
 
 /**
- * contactMessages for several contacts at once ($1 account ids, $2 contacts, $3 limits, $4 now): the rows of each
- * with the 1-based position of its contact in the arrays (`i`), in contactMessages' order.
+ * The messages of several contacts ($1 account ids, $2 contacts, $3 limits, $4 now): those available at `now`,
+ * newest first with ties by id (SPEC §4), at most the contact's limit; each row with the 1-based position of its
+ * contact in the arrays (`i`). contactMessages and the claims' reads both use it.
  */
-const CLAIMED_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_customer_id, m.created_date, m.expires_at, m.title,
+const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_customer_id, m.created_date, m.expires_at, m.title,
     m.content, m.image, m.link, m.category, m.custom_data
   FROM unnest($1::text[], $2::text[], $3::integer[]) WITH ORDINALITY AS r(account_id, contact, lim, i)
   CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.account_id = r.account_id
@@ -880,14 +881,28 @@ export class PostgresStore implements Store {
     assertId('externalCustomerId', externalCustomerId);
     assertTime('now', now);
     assertInt('limit', limit, 1);
-    const { rows } = await this.#run<MessageRow>(
-      `SELECT account_id, id, external_customer_id, created_date, expires_at, title, content, image, link, category,
-         custom_data
-       FROM messages WHERE account_id = $1 AND external_customer_id = $2 AND expires_at > $3
-       ORDER BY created_date DESC, id ASC LIMIT $4`,
-      [accountId, externalCustomerId, now, limit],
-    );
-    return rows.map(messageFromRow);
+    const [messages] = await this.#messagesOf([{ accountId, externalCustomerId, limit }], now);
+    return messages!;
+  }
+
+  /**
+   * The messages of each contact available at `now`, newest first (ties by id), at most its `limit`: one
+   * statement however many contacts ({@link CONTACT_MESSAGES_SQL}).
+   */
+  async #messagesOf(
+    contacts: ReadonlyArray<{ accountId: string; externalCustomerId: string; limit: number }>,
+    now: number,
+  ): Promise<StoredMessage[][]> {
+    const { rows } = await this.#run<MessageRow & { i: string }>(CONTACT_MESSAGES_SQL, [
+      contacts.map((c) => c.accountId),
+      contacts.map((c) => c.externalCustomerId),
+      // The statement's limits are `integer`; no list comes near that many messages.
+      contacts.map((c) => Math.min(c.limit, 2_147_483_647)),
+      now,
+    ]);
+    const lists = contacts.map((): StoredMessage[] => []);
+    for (const row of rows) lists[Number(row.i) - 1]!.push(messageFromRow(row));
+    return lists;
   }
 
   async freeze(
@@ -925,7 +940,7 @@ export class PostgresStore implements Store {
 
   /**
    * Gives each claimed delivery without a frozen body its contact's messages (`ClaimedDelivery.messages`), read
-   * in one statement for the whole claim instead of one contactMessages call per delivery. Read after the claim
+   * in one statement for the whole claim instead of one per delivery. Read after the claim
    * committed, never by the claim statement itself: a publish that attached messages to a pending delivery may
    * commit after the claim's snapshot was taken and before the claim locks that delivery, so only a later
    * statement is sure to see them (a message seen by no delivery would wait for the contact's next publish).
@@ -933,21 +948,21 @@ export class PostgresStore implements Store {
   async #attachMessages(claimed: ClaimedDelivery[], now: number): Promise<void> {
     const first = claimed.filter((c) => c.delivery.body === null);
     if (first.length === 0) return;
-    let rows: Array<MessageRow & { i: string }>;
+    let lists: StoredMessage[][];
     try {
-      ({ rows } = await this.#run<MessageRow & { i: string }>(CLAIMED_MESSAGES_SQL, [
-        first.map((c) => c.delivery.accountId),
-        first.map((c) => c.delivery.externalCustomerId),
-        first.map((c) => Math.min(c.webhook.maxMessagesPerContact, 2_147_483_647)),
+      lists = await this.#messagesOf(
+        first.map((c) => ({
+          accountId: c.delivery.accountId,
+          externalCustomerId: c.delivery.externalCustomerId,
+          limit: c.webhook.maxMessagesPerContact,
+        })),
         now,
-      ]));
+      );
     } catch {
       // The claim has committed: failing claimDue now would leave these deliveries in flight until their lease
       // ends. Without `messages` the engine reads each contact's list itself and handles a failure per delivery.
       return;
     }
-    const lists = first.map((): StoredMessage[] => []);
-    for (const row of rows) lists[Number(row.i) - 1]!.push(messageFromRow(row));
     first.forEach((c, k) => {
       c.messages = lists[k];
     });
