@@ -208,6 +208,25 @@ describe('PostgresStore', () => {
     );
   });
 
+  it('runs its sessions without JIT', async () => {
+    // The server's default is on; the store's own connections must say off.
+    expect((await sql(db.url, 'SHOW jit')).rows[0].jit).toBe('on');
+    let pool: pg.Pool | null = null;
+    const query = vi.spyOn(pg.Pool.prototype, 'query');
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      expect(await store.getWebhook('nobody')).toBeNull();
+      pool = query.mock.contexts[0] as pg.Pool;
+      query.mockRestore();
+      // The pool's only connection, asked on its own session.
+      const { rows } = await pool.query<{ jit: string }>('SHOW jit');
+      expect(rows[0]!.jit).toBe('off');
+    } finally {
+      query.mockRestore();
+      await store.close();
+    }
+  });
+
   it('claims through index probes even with statistics taken when the table was small', async () => {
     // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
     // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
