@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
-import { CLAIM_SQL, openPostgresStore, PostgresStore } from './postgres-store.js';
+import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL } from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
 
@@ -34,6 +34,49 @@ storeConformanceSuite('postgres', async () => {
   await sql(db.url, 'TRUNCATE webhooks, messages, deliveries, attempts RESTART IDENTITY');
   return { store, cleanup: () => store.close() };
 });
+
+/** Both plans a named statement may run: planned for the values (its first executions) and generic. */
+const PLAN_MODES = ['force_custom_plan', 'force_generic_plan'] as const;
+
+interface PlanNode {
+  type: string;
+  relation: string | undefined;
+  /** How the node feeds its parent ('Outer', 'Inner', 'Member', 'InitPlan', ...); undefined at the top. */
+  parentRelationship: string | undefined;
+  children: PlanNode[];
+}
+
+/** The plan PostgreSQL would run for `text` with `params` in `mode`, its nodes depth first. */
+async function planNodes(
+  url: string,
+  text: string,
+  params: unknown[],
+  mode: (typeof PLAN_MODES)[number],
+): Promise<PlanNode[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`SET plan_cache_mode = ${mode}`);
+    const plan = await client.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
+    const nodes: PlanNode[] = [];
+    const walk = (raw: Record<string, unknown>): PlanNode => {
+      const node: PlanNode = {
+        type: String(raw['Node Type']),
+        relation: raw['Relation Name'] as string | undefined,
+        parentRelationship: raw['Parent Relationship'] as string | undefined,
+        children: [],
+      };
+      nodes.push(node);
+      for (const child of (raw['Plans'] as Record<string, unknown>[] | undefined) ?? [])
+        node.children.push(walk(child));
+      return node;
+    };
+    walk((plan.rows[0] as { 'QUERY PLAN': Array<{ Plan: Record<string, unknown> }> })['QUERY PLAN'][0]!.Plan);
+    return nodes;
+  } finally {
+    await client.end();
+  }
+}
 
 describe('PostgresStore', () => {
   const T0 = 1_700_000_000_000;
@@ -227,7 +270,7 @@ describe('PostgresStore', () => {
     }
   });
 
-  it('claims through index probes even with statistics taken when the table was small', async () => {
+  it('claims and records through index probes even with statistics taken when the table was small', async () => {
     // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
     // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
     const fresh = await createTestDatabase();
@@ -250,29 +293,35 @@ describe('PostgresStore', () => {
       await publish(0, 20);
       await sql(fresh.url, 'ANALYZE deliveries');
       await publish(20, 6000);
-      const params = [T0 + 1, [], 32, 32, 'w', T0 + 60_000];
+      const ids = Array.from({ length: 8 }, () => randomUUID());
+      const statements = {
+        'claim first': [CLAIM_SQL.first, [T0 + 1, [], 32, 32, 'w', T0 + 60_000]],
+        'claim retry': [CLAIM_SQL.retry, [T0 + 1, [], 32, 32, 'w', T0 + 60_000]],
+        'record final': [
+          RECORD_FINAL_SQL,
+          [
+            ids,
+            ids.map(() => 'w'),
+            ids.map(() => 1),
+            ids.map(() => T0),
+            ids.map(() => 5),
+            ids.map(() => 200),
+            ids.map(() => null),
+            ids.map(() => 'delivered'),
+            ids.map(() => null),
+            ids.map(() => 'delivered'),
+            ids.map(() => null),
+            ids.map(() => T0 + 5),
+          ],
+        ],
+      } as const;
       // Both plans a named statement may run: planned for the values (its first executions) and generic.
-      for (const mode of ['force_custom_plan', 'force_generic_plan']) {
-        for (const lane of ['first', 'retry'] as const) {
-          const client = new pg.Client({ connectionString: fresh.url });
-          await client.connect();
-          try {
-            await client.query(`SET plan_cache_mode = ${mode}`);
-            const plan = await client.query(`EXPLAIN (FORMAT JSON) ${CLAIM_SQL[lane]}`, params);
-            const scans: string[] = [];
-            const walk = (node: Record<string, unknown>): void => {
-              if (node['Node Type'] === 'Seq Scan') scans.push(String(node['Relation Name']));
-              for (const child of (node['Plans'] as Record<string, unknown>[] | undefined) ?? []) walk(child);
-            };
-            walk((plan.rows[0] as { 'QUERY PLAN': Array<{ Plan: Record<string, unknown> }> })['QUERY PLAN'][0]!.Plan);
-            expect({ mode, lane, scans: scans.filter((table) => table !== 'webhooks') }).toEqual({
-              mode,
-              lane,
-              scans: [],
-            });
-          } finally {
-            await client.end();
-          }
+      for (const mode of PLAN_MODES) {
+        for (const [lane, [text, params]] of Object.entries(statements)) {
+          const scans = (await planNodes(fresh.url, text, [...params], mode))
+            .filter((node) => node.type === 'Seq Scan' && node.relation !== 'webhooks')
+            .map((node) => node.relation);
+          expect({ mode, lane, scans }).toEqual({ mode, lane, scans: [] });
         }
       }
       // And the statement itself claims what is due, in order.
@@ -392,6 +441,85 @@ describe('PostgresStore', () => {
     try {
       const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
       expect(b?.body === null ? null : [...b!.body!]).toEqual([6]);
+      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
+    } finally {
+      await reopened.close();
+    }
+  });
+
+  it('records the final attempts of one turn together, each call answered for its own delivery', async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const account = `acct-${randomUUID()}`;
+    try {
+      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.publish({
+        accountId: account,
+        now: T0,
+        messages: ['a', 'b', 'c', 'd', 'e'].map((contact) => storedMessage(contact)),
+      });
+      const [a, b, c, d, e] = await store.claimDue({ lane: 'first', limit: 5, now: T0, leaseMs: 60_000, owner: 'w' });
+      const query = vi.spyOn(pg.Pool.prototype, 'query');
+      const statements = (pattern: RegExp) =>
+        query.mock.calls.filter((args) => pattern.test(String((args[0] as { text?: string }).text))).length;
+      const attempt = (x: ClaimedDelivery | undefined, statusCode: number, attemptNo = 1) => ({
+        deliveryId: x!.delivery.id,
+        attemptNo,
+        startedAt: T0 + 10,
+        durationMs: 5,
+        statusCode,
+        errorKind: null,
+        verdict:
+          statusCode === 200 ? ('delivered' as const) : statusCode === 503 ? ('retry' as const) : ('failed' as const),
+        nextAttemptAt: statusCode === 503 ? T0 + 1_000 : null,
+      });
+      const answers = await Promise.all([
+        store.recordAttempt(a!.delivery.id, { owner: 'w', attempt: attempt(a, 200), nextState: 'delivered' }),
+        store.recordAttempt(b!.delivery.id, { owner: 'other', attempt: attempt(b, 200), nextState: 'delivered' }),
+        store.recordAttempt(c!.delivery.id, { owner: 'w', attempt: attempt(c, 400), nextState: 'failed' }),
+        // The same delivery again: attempt 1 is recorded by the call before, so this one is not the next.
+        store.recordAttempt(c!.delivery.id, { owner: 'w', attempt: attempt(c, 200), nextState: 'delivered' }),
+        store.recordAttempt(d!.delivery.id, { owner: 'w', attempt: attempt(d, 200, 2), nextState: 'delivered' }),
+        // A retry goes by its own statement (it may be superseded), in the same turn.
+        store.recordAttempt(e!.delivery.id, { owner: 'w', attempt: attempt(e, 503), nextState: 'retrying' }),
+      ]);
+      expect(answers.map((x) => x && { state: x.state, attemptCount: x.attemptCount, lastError: x.lastError })).toEqual(
+        [
+          { state: 'delivered', attemptCount: 1, lastError: null },
+          null,
+          { state: 'failed', attemptCount: 1, lastError: 'http_400' },
+          null,
+          null,
+          { state: 'retrying', attemptCount: 1, lastError: 'http_503' },
+        ],
+      );
+      // Two statements for the five final calls (the second for the delivery asked twice), one for the retry.
+      expect(statements(/^WITH f AS/)).toBe(2);
+      expect(statements(/^WITH cur AS/)).toBe(1);
+      query.mockRestore();
+      const stored = await Promise.all([a, b, c, d].map(async (x) => (await store.getDelivery(x!.delivery.id))!));
+      expect(
+        stored.map((x) => [x.delivery.state, x.attempts.map((t) => [t.attemptNo, t.statusCode, t.verdict])]),
+      ).toEqual([
+        ['delivered', [[1, 200, 'delivered']]],
+        ['in_flight', []],
+        ['failed', [[1, 400, 'failed']]],
+        ['in_flight', []],
+      ]);
+      // Queued records are sent by close(), not dropped.
+      const pending = store.recordAttempt(b!.delivery.id, {
+        owner: 'w',
+        attempt: attempt(b, 200),
+        nextState: 'delivered',
+      });
+      await store.close();
+      expect((await pending)?.state).toBe('delivered');
+    } finally {
+      await store.close();
+    }
+    const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
+      expect(b?.state).toBe('delivered');
       await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
     } finally {
       await reopened.close();

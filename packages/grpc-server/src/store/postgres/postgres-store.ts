@@ -14,6 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import { StoreError } from '../errors.js';
+import { TurnBatch } from './turn-batch.js';
 import {
   DELIVERY_STATES,
   MAX_PAGE_SIZE,
@@ -115,13 +116,13 @@ type SupersededDbRow = SupersededRow & { account_id: string; superseded_by: stri
 const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
 
 /**
- * recordAttempt in one statement (so in one transaction): `cur` locks the delivery when `$2` still holds its
- * claim and `$3` is its next attempt number (READ COMMITTED re-checks that on the newest row version after a
- * wait); the attempt is inserted and the delivery updated only when it is not to be superseded (`newer_id`,
- * looked up for retries only). No row: the claim is not ours; `claimed` false: a newer delivery exists.
+ * recordAttempt of an attempt to be retried, in one statement (so in one transaction): `cur` locks the delivery
+ * when `$2` still holds its claim and `$3` is its next attempt number (READ COMMITTED re-checks that on the
+ * newest row version after a wait); the attempt is inserted and the delivery updated only when it is not to be
+ * superseded (`newer_id`). No row: the claim is not ours; `claimed` false: a newer delivery exists.
  */
-const recordAttemptSql = (newerId: string): string => `WITH cur AS (
-    SELECT d.seq, ${newerId} AS newer_id FROM deliveries d
+const RECORD_RETRY_SQL = `WITH cur AS (
+    SELECT d.seq, ${NEWER_ID} AS newer_id FROM deliveries d
     WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 AND d.attempt_count = $3::integer - 1
     FOR UPDATE OF d),
   ok AS (SELECT seq FROM cur WHERE newer_id IS NULL),
@@ -136,6 +137,36 @@ const recordAttemptSql = (newerId: string): string => `WITH cur AS (
     FROM ok WHERE d.seq = ok.seq
     RETURNING ${DELIVERY_COLUMNS})
   SELECT c.newer_id, u.seq IS NOT NULL AS claimed, u.* FROM cur c LEFT JOIN upd u ON true`;
+
+/**
+ * recordAttempt for several attempts that end their deliveries (delivered or failed), in one statement: those
+ * that ended in one turn of the event loop (see {@link TurnBatch}). Each is recorded when its delivery is still
+ * claimed by that owner and the attempt is its next one (READ COMMITTED re-checks that after a wait, as in
+ * {@link RECORD_RETRY_SQL}); the deliveries recorded come back. A final state is never superseded, so there is
+ * no newer delivery to look for. Rows are named by `id = ANY($1)` (unique-index probes, whatever the
+ * statistics: see claimSql) and locked in `seq` order, so two of these statements never deadlock.
+ * `last_error` NULL keeps the delivery's own (a delivered attempt leaves the last failure as it was).
+ */
+export const RECORD_FINAL_SQL = `WITH f AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::bigint[], $6::integer[], $7::text[],
+        $8::text[], $9::bigint[], $10::text[], $11::text[], $12::bigint[])
+      AS f(id, owner, attempt_no, started_at, duration_ms, status_code, error_kind, verdict, next_attempt_at, state,
+        last_error, ended_at)),
+  cur AS (
+    SELECT d.seq, f.* FROM deliveries d JOIN f ON f.id = d.id
+    WHERE d.id = ANY ($1::text[]) AND d.state = 'in_flight' AND d.lease_owner = f.owner
+      AND d.attempt_count = f.attempt_no - 1
+    ORDER BY d.seq
+    FOR UPDATE OF d),
+  ins AS (
+    INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict,
+      next_attempt_at)
+    SELECT id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict, next_attempt_at FROM cur)
+  UPDATE deliveries d SET state = c.state, next_attempt_at = NULL, lease_owner = NULL,
+    attempt_count = d.attempt_count + 1, first_attempt_at = COALESCE(d.first_attempt_at, c.started_at),
+    superseded_by = NULL, last_error = COALESCE(c.last_error, d.last_error), updated_at = c.ended_at
+  FROM cur c WHERE d.seq = ANY (ARRAY(SELECT seq FROM cur)) AND d.seq = c.seq
+  RETURNING ${DELIVERY_COLUMNS}`;
 
 /**
  * claimDue in one statement, for the common case: no lease to take back and (retry lane) no candidate to
@@ -283,18 +314,21 @@ const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.messa
     AND d.next_attempt_at > f.now AND d.body IS NULL
   RETURNING d.id`;
 
-/** A freeze call waiting in {@link PostgresStore.freeze}'s queue. */
+/** A freeze call waiting for its statement (see {@link PostgresStore.freeze}). */
 interface QueuedFreeze {
   id: string;
   owner: string;
   body: Buffer;
   messageIds: string;
   now: number;
-  resolve: (frozen: boolean) => void;
-  reject: (error: unknown) => void;
 }
 
-const RECORD_ATTEMPT_SQL = { final: recordAttemptSql('NULL::text'), retrying: recordAttemptSql(NEWER_ID) };
+/** A recordAttempt call ending its delivery, waiting for its statement (see {@link PostgresStore.recordAttempt}). */
+interface QueuedRecord {
+  deliveryId: string;
+  result: AttemptResult;
+  reason: string;
+}
 
 /**
  * SQLSTATEs after which the whole transaction is run again: a concurrent transaction won a race on
@@ -344,11 +378,16 @@ export class PostgresStore implements Store {
   #listenClient: pg.Client | null = null;
   #reconnectTimer: NodeJS.Timeout | null = null;
   #closed = false;
-  /** Freezes waiting for the next turn of the event loop (see {@link PostgresStore.#flushFreezes}). */
-  readonly #freezes: QueuedFreeze[] = [];
-  #freezeScheduled = false;
-  /** Flushes of queued freezes whose statements are on their way (close() waits for them). */
-  readonly #freezeFlushes = new Set<Promise<void>>();
+  /** The freezes of one turn of the event loop, sent as one statement (see {@link PostgresStore.#sendFreezes}). */
+  readonly #freezes = new TurnBatch<QueuedFreeze, boolean>({
+    key: (f) => f.id,
+    send: (batch) => this.#sendFreezes(batch),
+  });
+  /** The final attempts of one turn, recorded by one statement (see {@link PostgresStore.#sendRecords}). */
+  readonly #records = new TurnBatch<QueuedRecord, Delivery | null>({
+    key: (r) => r.deliveryId,
+    send: (batch) => this.#sendRecords(batch),
+  });
   #closing: Promise<void> | null = null;
 
   constructor(options: PostgresStoreOptions) {
@@ -482,12 +521,9 @@ export class PostgresStore implements Store {
   }
 
   async #close(): Promise<void> {
-    // Freezes already accepted are sent, not dropped: those queued and those on their way (pool.end() would
-    // leave a query still waiting for a connection unsettled forever).
-    while (this.#freezes.length > 0 || this.#freezeFlushes.size > 0) {
-      if (this.#freezes.length > 0) this.#startFreezeFlush();
-      await Promise.allSettled([...this.#freezeFlushes]);
-    }
+    // Freezes and records already accepted are sent, not dropped: those queued and those on their way
+    // (pool.end() would leave a query still waiting for a connection unsettled forever).
+    await Promise.all([this.#freezes.drain(), this.#records.drain()]);
     this.#closed = true;
     if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
@@ -918,23 +954,12 @@ export class PostgresStore implements Store {
     if (!(body instanceof Uint8Array)) throw new StoreError('invalid_argument', 'body: must be a Uint8Array');
     if (!Array.isArray(messageIds)) throw new StoreError('invalid_argument', 'messageIds: must be an array');
     this.#assertOpen();
-    return new Promise<boolean>((resolve, reject) => {
-      this.#freezes.push({
-        id: deliveryId,
-        owner,
-        body: Buffer.from(body.buffer, body.byteOffset, body.byteLength),
-        messageIds: JSON.stringify(messageIds),
-        now,
-        resolve,
-        reject,
-      });
-      if (!this.#freezeScheduled) {
-        this.#freezeScheduled = true;
-        setImmediate(() => {
-          this.#freezeScheduled = false;
-          this.#startFreezeFlush();
-        });
-      }
+    return this.#freezes.add({
+      id: deliveryId,
+      owner,
+      body: Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+      messageIds: JSON.stringify(messageIds),
+      now,
     });
   }
 
@@ -969,45 +994,19 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Sends the freezes queued since the last turn of the event loop as one statement (the deliveries of one
-   * claim are frozen together: one round trip and one transaction instead of one each). A delivery queued
-   * twice goes in a later statement, so each call still gets its own answer. A failed statement fails the
-   * calls it carried, as each call's own statement would have.
+   * The freezes of one turn as one statement (the deliveries of one claim are frozen together: one round trip
+   * and one transaction instead of one each), each answered for its own delivery.
    */
-  #startFreezeFlush(): void {
-    const flush = this.#flushFreezes();
-    this.#freezeFlushes.add(flush);
-    void flush.finally(() => this.#freezeFlushes.delete(flush));
-  }
-
-  async #flushFreezes(): Promise<void> {
-    let queued = this.#freezes.splice(0);
-    while (queued.length > 0) {
-      const seen = new Set<string>();
-      const batch: QueuedFreeze[] = [];
-      const later: QueuedFreeze[] = [];
-      for (const f of queued) {
-        if (seen.has(f.id)) later.push(f);
-        else {
-          seen.add(f.id);
-          batch.push(f);
-        }
-      }
-      queued = later;
-      try {
-        const { rows } = await this.#run<{ id: string }>(FREEZE_SQL, [
-          batch.map((f) => f.id),
-          batch.map((f) => f.owner),
-          batch.map((f) => f.body),
-          batch.map((f) => f.messageIds),
-          batch.map((f) => f.now),
-        ]);
-        const frozen = new Set(rows.map((r) => r.id));
-        for (const f of batch) f.resolve(frozen.has(f.id));
-      } catch (error) {
-        for (const f of batch) f.reject(error);
-      }
-    }
+  async #sendFreezes(batch: QueuedFreeze[]): Promise<boolean[]> {
+    const { rows } = await this.#run<{ id: string }>(FREEZE_SQL, [
+      batch.map((f) => f.id),
+      batch.map((f) => f.owner),
+      batch.map((f) => f.body),
+      batch.map((f) => f.messageIds),
+      batch.map((f) => f.now),
+    ]);
+    const frozen = new Set(rows.map((r) => r.id));
+    return batch.map((f) => frozen.has(f.id));
   }
 
   async recordAttempt(deliveryId: string, result: AttemptResult): Promise<Delivery | null> {
@@ -1020,14 +1019,18 @@ export class PostgresStore implements Store {
     const { attempt, nextState } = result;
     const reason = attemptReason(result);
     const endedAt = attempt.startedAt + attempt.durationMs;
-    // The common case in one statement, so one round trip and its own transaction: check the claim, insert
-    // the attempt, update the delivery. A retry whose contact has a newer delivery is superseded instead, and
-    // that outcome is NOTIFYed in the same transaction: the statement then changes nothing and
-    // #recordAttemptTx does it all.
+    if (nextState !== 'retrying') {
+      // Delivered or failed: recorded with the other attempts that ended in this turn (one statement).
+      this.#assertOpen();
+      return this.#records.add({ deliveryId, result, reason });
+    }
+    // A retry in one statement, so one round trip and its own transaction: check the claim, insert the attempt,
+    // update the delivery. A retry whose contact has a newer delivery is superseded instead, and that outcome
+    // is NOTIFYed in the same transaction: the statement then changes nothing and #recordAttemptTx does it all.
     let rows: Array<DeliveryRow & { newer_id: string | null; claimed: boolean | null }>;
     try {
       ({ rows } = await this.#run<DeliveryRow & { newer_id: string | null; claimed: boolean | null }>(
-        nextState === 'retrying' ? RECORD_ATTEMPT_SQL.retrying : RECORD_ATTEMPT_SQL.final,
+        RECORD_RETRY_SQL,
         [
           deliveryId,
           result.owner,
@@ -1039,8 +1042,8 @@ export class PostgresStore implements Store {
           attempt.verdict,
           attempt.nextAttemptAt,
           nextState,
-          nextState === 'retrying' ? (attempt.nextAttemptAt ?? endedAt) : null,
-          nextState === 'delivered',
+          attempt.nextAttemptAt ?? endedAt,
+          false,
           reason,
           endedAt,
         ],
@@ -1054,6 +1057,40 @@ export class PostgresStore implements Store {
     if (row === undefined) return null; // not (or no longer) ours, or not the next attempt
     if (row.claimed === true) return deliveryFromRow(row);
     return this.#recordAttemptTx(deliveryId, result);
+  }
+
+  /**
+   * The final attempts of one turn (see {@link RECORD_FINAL_SQL}), each answered with its delivery as recorded,
+   * or null when it was not recorded (the claim is no longer its owner's, or not the next attempt). After a
+   * lost race (a deadlock with another statement, say) each goes again on its own, with the retries of #tx.
+   */
+  async #sendRecords(batch: QueuedRecord[]): Promise<Array<Delivery | null | Promise<Delivery | null>>> {
+    let rows: DeliveryRow[];
+    try {
+      ({ rows } = await this.#run<DeliveryRow>(RECORD_FINAL_SQL, [
+        batch.map((r) => r.deliveryId),
+        batch.map((r) => r.result.owner),
+        batch.map((r) => r.result.attempt.attemptNo),
+        batch.map((r) => r.result.attempt.startedAt),
+        batch.map((r) => r.result.attempt.durationMs),
+        batch.map((r) => r.result.attempt.statusCode),
+        batch.map((r) => r.result.attempt.errorKind),
+        batch.map((r) => r.result.attempt.verdict),
+        batch.map((r) => r.result.attempt.nextAttemptAt),
+        batch.map((r) => r.result.nextState),
+        batch.map((r) => (r.result.nextState === 'delivered' ? null : r.reason)),
+        batch.map((r) => r.result.attempt.startedAt + r.result.attempt.durationMs),
+      ]));
+    } catch (error) {
+      const state = sqlState(error);
+      if (state === undefined || !RETRY_SQLSTATES.has(state)) throw error;
+      return batch.map((r) => this.#recordAttemptTx(r.deliveryId, r.result));
+    }
+    const recorded = new Map(rows.map((row) => [row.id, row]));
+    return batch.map((r) => {
+      const row = recorded.get(r.deliveryId);
+      return row === undefined ? null : deliveryFromRow(row);
+    });
   }
 
   /** {@link recordAttempt} step by step in a transaction, for the case where the delivery is superseded. */
