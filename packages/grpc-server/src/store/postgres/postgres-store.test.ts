@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
-import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL } from './postgres-store.js';
+import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL, SWEEP_SQL } from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
 
@@ -444,6 +444,49 @@ describe('PostgresStore', () => {
       await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
     } finally {
       await reopened.close();
+    }
+  });
+
+  it('sweeps by row address and primary key, never a join over the whole table, whatever the statistics', async () => {
+    // The delete of expired messages once joined a LIMITed subquery to `messages` on the key: with many
+    // messages expired, a hash join over a sequential scan of every one of them, to delete `limit`.
+    const fresh = await createTestDatabase();
+    let store: PostgresStore | null = null;
+    try {
+      const opened = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+      store = opened;
+      const publish = (from: number, count: number, expiresAt: number) =>
+        opened.publish({
+          accountId: 'acct',
+          now: T0,
+          messages: Array.from({ length: count }, (_, i) => storedMessage(`c${from + i}`, { expiresAt })),
+        });
+      await publish(0, 20, T0 + 86_400_000);
+      await sql(fresh.url, 'ANALYZE messages');
+      await sql(fresh.url, 'ANALYZE deliveries');
+      await publish(20, 6000, T0 + 1); // expired from T0 + 1 on
+      await sql(fresh.url, "UPDATE deliveries SET state = 'delivered', updated_at = $1", [T0]);
+      const statements = {
+        messages: [SWEEP_SQL.messages, [T0 + 10, 500], 'Tid Scan'],
+        deliveries: [SWEEP_SQL.deliveries, [T0 + 10, 500], 'Index Scan'],
+      } as const;
+      for (const mode of PLAN_MODES) {
+        for (const [table, [text, params, scan]] of Object.entries(statements)) {
+          const nodes = await planNodes(fresh.url, text, [...params], mode);
+          // The rows to delete are reached directly (the Delete's own scan); the subquery that names them stops
+          // at the limit, and nothing joins.
+          const target = nodes[0]!.children.find((child) => child.relation === table);
+          const joins = nodes.filter((node) => /Join|Nested Loop/.test(node.type)).map((node) => node.type);
+          expect({ mode, table, target: target?.type, joins }).toEqual({ mode, table, target: scan, joins: [] });
+        }
+      }
+      // And the sweep deletes what it should, within its limit.
+      expect(await opened.sweep(T0 + 10, { terminalRetentionMs: 0, limit: 500 })).toBe(500);
+      const left = await sql(fresh.url, 'SELECT count(*)::int AS n FROM messages WHERE expires_at <= $1', [T0 + 10]);
+      expect(left.rows[0].n).toBe(5500);
+    } finally {
+      await store?.close();
+      await fresh.drop();
     }
   });
 

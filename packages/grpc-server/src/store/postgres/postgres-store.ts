@@ -216,6 +216,20 @@ const claimSql = (lane: Lane): string => {
 /** @internal exported for the plan test in postgres-store.test.ts. */
 export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry: claimSql('retry') };
 
+/**
+ * sweep's deletes ($1 a time, $2 the limit): messages expired at `$1`, then deliveries finished before `$1`. Rows
+ * are named by their address (a TID scan) or primary key, not by a join on the key: a join was planned as a hash
+ * join over a sequential scan of every message when many had expired, to delete `limit` of them. SKIP LOCKED:
+ * several processes may sweep at once without waiting on each other.
+ */
+export const SWEEP_SQL = {
+  messages: `DELETE FROM messages WHERE ctid = ANY (ARRAY(
+      SELECT ctid FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`,
+  deliveries: `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
+      SELECT seq FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') AND updated_at <= $1
+      LIMIT $2 FOR UPDATE SKIP LOCKED))`,
+} as const;
+
 type ClaimDbRow = DeliveryRow & {
   slow: boolean;
   rank: string | null;
@@ -1276,27 +1290,9 @@ export class PostgresStore implements Store {
     const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
     const limit = assertInt('limit', options.limit, 1);
     return this.#tx(async (c) => {
-      // SKIP LOCKED: several processes may sweep at once without waiting on each other.
-      const messages =
-        (
-          await c.query(
-            // By row address (a TID scan), not a join on the key: a join was planned as a hash join over a
-            // sequential scan of every message when many had expired, to delete `limit` of them.
-            `DELETE FROM messages WHERE ctid = ANY (ARRAY(
-               SELECT ctid FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`,
-            [now, limit],
-          )
-        ).rowCount ?? 0;
+      const messages = (await c.query(SWEEP_SQL.messages, [now, limit])).rowCount ?? 0;
       if (messages >= limit) return messages;
-      const deliveries =
-        (
-          await c.query(
-            `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
-               SELECT seq FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') AND updated_at <= $1
-               LIMIT $2 FOR UPDATE SKIP LOCKED))`,
-            [now - retention, limit - messages],
-          )
-        ).rowCount ?? 0;
+      const deliveries = (await c.query(SWEEP_SQL.deliveries, [now - retention, limit - messages])).rowCount ?? 0;
       return messages + deliveries;
     });
   }
