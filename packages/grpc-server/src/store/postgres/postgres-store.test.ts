@@ -43,27 +43,36 @@ interface PlanNode {
   relation: string | undefined;
   /** How the node feeds its parent ('Outer', 'Inner', 'Member', 'InitPlan', ...); undefined at the top. */
   parentRelationship: string | undefined;
+  /** Rows the node read and its filter dropped, over all its loops (`analyze` only; 0 otherwise). */
+  removedByFilter: number;
   children: PlanNode[];
 }
 
-/** The plan PostgreSQL would run for `text` with `params` in `mode`, its nodes depth first. */
+/**
+ * The plan PostgreSQL would run for `text` with `params` in `mode`, its nodes depth first. With `analyze` the
+ * statement runs (EXPLAIN ANALYZE), in a transaction rolled back afterwards.
+ */
 async function planNodes(
   url: string,
   text: string,
   params: unknown[],
   mode: (typeof PLAN_MODES)[number],
+  { analyze = false } = {},
 ): Promise<PlanNode[]> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    await client.query(`SET plan_cache_mode = ${mode}`);
-    const plan = await client.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
+    await client.query('BEGIN');
+    await client.query(`SET LOCAL plan_cache_mode = ${mode}`);
+    const plan = await client.query(`EXPLAIN (${analyze ? 'ANALYZE, ' : ''}FORMAT JSON) ${text}`, params);
+    await client.query('ROLLBACK');
     const nodes: PlanNode[] = [];
     const walk = (raw: Record<string, unknown>): PlanNode => {
       const node: PlanNode = {
         type: String(raw['Node Type']),
         relation: raw['Relation Name'] as string | undefined,
         parentRelationship: raw['Parent Relationship'] as string | undefined,
+        removedByFilter: Number(raw['Rows Removed by Filter'] ?? 0) * Number(raw['Actual Loops'] ?? 1),
         children: [],
       };
       nodes.push(node);
@@ -91,6 +100,27 @@ describe('PostgresStore', () => {
     expiresAt: T0 + 86_400_000,
     ...extra,
   });
+  /**
+   * A fresh account (its webhook on) with one message for each of `contacts`, their deliveries claimed by `w`
+   * at T0 in contact order, and a counter of the statements the store sends from then on whose text matches a
+   * pattern (every query goes through its pool; call `restore` when done counting).
+   */
+  async function claimedFresh(store: PostgresStore, contacts: string[]) {
+    const account = `acct-${randomUUID()}`;
+    await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+    await store.publish({ accountId: account, now: T0, messages: contacts.map((contact) => storedMessage(contact)) });
+    const claimed = await store.claimDue({
+      lane: 'first',
+      limit: contacts.length,
+      now: T0,
+      leaseMs: 60_000,
+      owner: 'w',
+    });
+    const query = vi.spyOn(pg.Pool.prototype, 'query');
+    const statements = (pattern: RegExp) =>
+      query.mock.calls.filter((args) => pattern.test(String((args[0] as { text?: string }).text))).length;
+    return { account, claimed, statements, restore: () => query.mockRestore() };
+  }
   const outcomeBase = (): DeliveryOutcome => ({
     deliveryId: randomUUID(),
     accountId: 'a',
@@ -270,7 +300,7 @@ describe('PostgresStore', () => {
     }
   });
 
-  it('claims and records through index probes even with statistics taken when the table was small', async () => {
+  it('claims, publishes and records through index probes even with statistics taken when the table was small', async () => {
     // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
     // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
     const fresh = await createTestDatabase();
@@ -284,13 +314,15 @@ describe('PostgresStore', () => {
         { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
         T0,
       );
-      const publish = (from: number, count: number) =>
+      const publish = (from: number, count: number, accountId = account) =>
         opened.publish({
-          accountId: account,
+          accountId,
           now: T0,
           messages: Array.from({ length: count }, (_, i) => storedMessage(`c${String(from + i).padStart(5, '0')}`)),
         });
-      await publish(0, 20);
+      // Statistics taken when the table held deliveries of another account only: this account is new to the planner,
+      // as an account that starts with a burst is until autovacuum's next analyze.
+      await publish(0, 1000, 'other');
       await sql(fresh.url, 'ANALYZE deliveries');
       await publish(20, 6000);
       const ids = Array.from({ length: 8 }, () => randomUUID());
@@ -324,14 +356,32 @@ describe('PostgresStore', () => {
           expect({ mode, lane, scans }).toEqual({ mode, lane, scans: [] });
         }
       }
+      // A publish of 50 messages to contacts that each have a pending delivery already (the usual case for a busy
+      // contact), run for real in a transaction rolled back: it reads no pending delivery of another contact. The
+      // lookup it had planned on the first-lane index read all 6,000 of them for each contact.
+      const query = vi.spyOn(pg.Pool.prototype, 'query');
+      await publish(100, 50);
+      const captured = query.mock.calls
+        .map((args) => args[0] as unknown as pg.QueryConfig)
+        .find((config) => /^WITH ins AS/.test(String(config?.text)));
+      query.mockRestore();
+      for (const mode of PLAN_MODES) {
+        const values = [...captured!.values!];
+        values[1] = (values[1] as string[]).map(() => randomUUID()); // new message ids, so they are inserted again
+        const nodes = await planNodes(fresh.url, captured!.text, values, mode, { analyze: true });
+        const removed = nodes
+          .filter((node) => node.relation === 'deliveries')
+          .reduce((sum, node) => sum + node.removedByFilter, 0);
+        expect({ mode, removed }).toEqual({ mode, removed: 0 });
+      }
       // And the statement itself claims what is due, in order.
       const claimed = await opened.claimDue({ lane: 'first', limit: 5, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
       expect(claimed.map((c) => c.delivery.externalCustomerId)).toEqual([
-        'c00000',
-        'c00001',
-        'c00002',
-        'c00003',
-        'c00004',
+        'c00020',
+        'c00021',
+        'c00022',
+        'c00023',
+        'c00024',
       ]);
     } finally {
       await store?.close();
@@ -398,21 +448,9 @@ describe('PostgresStore', () => {
 
   it('freezes the deliveries of one turn together, each call answered for its own delivery', async () => {
     const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
-    const account = `acct-${randomUUID()}`;
+    const { account, claimed, statements, restore } = await claimedFresh(store, ['a', 'b', 'c', 'd']);
     try {
-      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
-      await store.publish({
-        accountId: account,
-        now: T0,
-        messages: ['a', 'b', 'c', 'd'].map((contact) => storedMessage(contact)),
-      });
-      const [a, b, c, d] = await store.claimDue({ lane: 'first', limit: 4, now: T0, leaseMs: 60_000, owner: 'w' });
-      // Count the statements the store sends (every query goes through its pool).
-      const query = vi.spyOn(pg.Pool.prototype, 'query');
-      const freezeStatements = () =>
-        query.mock.calls.filter((args) =>
-          /^UPDATE deliveries d SET body/.test(String((args[0] as { text?: string }).text)),
-        ).length;
+      const [a, b, c, d] = claimed;
       const body = (n: number) => new Uint8Array([n]);
       const answers = await Promise.all([
         store.freeze(a!.delivery.id, 'w', body(1), ['m1'], T0 + 1),
@@ -428,13 +466,14 @@ describe('PostgresStore', () => {
       expect(bodies.map((bytes) => (bytes === null ? null : [...bytes]))).toEqual([[1], null, [3], null]);
       expect((await store.getDelivery(c!.delivery.id))!.delivery.messageIds).toEqual(['m3']);
       // Two statements (the second for the delivery asked twice), not five.
-      expect(freezeStatements()).toBe(2);
-      query.mockRestore();
+      expect(statements(/^UPDATE deliveries d SET body/)).toBe(2);
+      restore();
       // Queued freezes are sent by close(), not dropped.
       const pending = store.freeze(b!.delivery.id, 'w', body(6), ['m6'], T0 + 2);
       await store.close();
       expect(await pending).toBe(true);
     } finally {
+      restore();
       await store.close();
     }
     const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
@@ -492,18 +531,9 @@ describe('PostgresStore', () => {
 
   it('records the final attempts of one turn together, each call answered for its own delivery', async () => {
     const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
-    const account = `acct-${randomUUID()}`;
+    const { account, claimed, statements, restore } = await claimedFresh(store, ['a', 'b', 'c', 'd', 'e']);
     try {
-      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
-      await store.publish({
-        accountId: account,
-        now: T0,
-        messages: ['a', 'b', 'c', 'd', 'e'].map((contact) => storedMessage(contact)),
-      });
-      const [a, b, c, d, e] = await store.claimDue({ lane: 'first', limit: 5, now: T0, leaseMs: 60_000, owner: 'w' });
-      const query = vi.spyOn(pg.Pool.prototype, 'query');
-      const statements = (pattern: RegExp) =>
-        query.mock.calls.filter((args) => pattern.test(String((args[0] as { text?: string }).text))).length;
+      const [a, b, c, d, e] = claimed;
       const attempt = (x: ClaimedDelivery | undefined, statusCode: number, attemptNo = 1) => ({
         deliveryId: x!.delivery.id,
         attemptNo,
@@ -538,7 +568,7 @@ describe('PostgresStore', () => {
       // Two statements for the five final calls (the second for the delivery asked twice), one for the retry.
       expect(statements(/^WITH f AS/)).toBe(2);
       expect(statements(/^WITH cur AS/)).toBe(1);
-      query.mockRestore();
+      restore();
       const stored = await Promise.all([a, b, c, d].map(async (x) => (await store.getDelivery(x!.delivery.id))!));
       expect(
         stored.map((x) => [x.delivery.state, x.attempts.map((t) => [t.attemptNo, t.statusCode, t.verdict])]),
@@ -557,6 +587,7 @@ describe('PostgresStore', () => {
       await store.close();
       expect((await pending)?.state).toBe('delivered');
     } finally {
+      restore();
       await store.close();
     }
     const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
