@@ -536,7 +536,10 @@ export class PostgresStore implements Store {
   async #close(): Promise<void> {
     // Freezes and records already accepted are sent, not dropped: those queued and those on their way
     // (pool.end() would leave a query still waiting for a connection unsettled forever).
-    await Promise.all([this.#freezes.drain(), this.#records.drain()]);
+    // A call made while the other queue drained (a record after its freeze settled) is waited for too.
+    while (!this.#freezes.idle || !this.#records.idle) {
+      await Promise.all([this.#freezes.drain(), this.#records.drain()]);
+    }
     this.#closed = true;
     if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;

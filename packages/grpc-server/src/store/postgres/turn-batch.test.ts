@@ -43,7 +43,7 @@ describe('TurnBatch', () => {
     expect(sent).toEqual([['a:1', 'b:3'], ['a:2'], ['a:4']]);
   });
 
-  it('fails every call of a failed statement, and only those', async () => {
+  it('fails a call whose own statement failed, and only that call', async () => {
     const { batch } = recording((items) => items.some((c) => c.n === 2));
     const answers = await Promise.allSettled([
       batch.add({ key: 'a', n: 1 }),
@@ -68,10 +68,51 @@ describe('TurnBatch', () => {
     ]);
   });
 
+  it('sends each call of a failed statement again alone, so that only the call that fails is failed', async () => {
+    const { batch, sent } = recording((items) => items.some((c) => c.key === 'b'));
+    const answers = await Promise.allSettled([batch.add({ key: 'a', n: 1 }), batch.add({ key: 'b', n: 2 })]);
+    expect(answers.map((a) => (a.status === 'fulfilled' ? a.value : (a.reason as Error).message))).toEqual([
+      'a:1',
+      'refused 1',
+    ]);
+    expect(sent).toEqual([['a:1', 'b:2'], ['a:1'], ['b:2']]);
+  });
+
   it('fails the calls rather than answering them wrongly when the statement answers another count', async () => {
-    const batch = new TurnBatch<Call, string>({ key: (c) => c.key, send: async () => ['one'] });
+    const batch = new TurnBatch<Call, string>({ key: (c) => c.key, send: async () => [] });
     const answers = await Promise.allSettled([batch.add({ key: 'a', n: 1 }), batch.add({ key: 'b', n: 2 })]);
     expect(answers.map((a) => a.status)).toEqual(['rejected', 'rejected']);
+  });
+
+  it('waits for an answer that is a promise before the batch is done: drain() and the next statement wait too', async () => {
+    const events: string[] = [];
+    let release: () => void = () => undefined;
+    const slow = new Promise<string>((resolve) => {
+      release = () => {
+        events.push('released');
+        resolve('slow');
+      };
+    });
+    const batch = new TurnBatch<Call, string>({
+      key: (c) => c.key,
+      send: async (items) => {
+        events.push(`sent ${items.map((c) => c.n).join(',')}`);
+        return items.map((c) => (c.n === 1 ? slow : `n${c.n}`));
+      },
+    });
+    const first = batch.add({ key: 'a', n: 1 });
+    const second = batch.add({ key: 'a', n: 2 }); // same key: must not overtake the first
+    let drained = false;
+    const draining = batch.drain().then(() => {
+      drained = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect({ drained, idle: batch.idle, events }).toEqual({ drained: false, idle: false, events: ['sent 1'] });
+    release();
+    await draining;
+    expect([await first, await second]).toEqual(['slow', 'n2']);
+    expect(events).toEqual(['sent 1', 'released', 'sent 2']);
+    expect(batch.idle).toBe(true);
   });
 
   it('drain() sends what is queued at once and settles every call, those already on their way included', async () => {

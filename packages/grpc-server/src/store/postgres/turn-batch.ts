@@ -9,8 +9,9 @@ export interface TurnBatchOptions<T, R> {
   /** What makes two calls conflict (they then go in successive statements). */
   key: (item: T) => string;
   /**
-   * Sends one batch and answers each of its items, in order (a promise to adopt is allowed, for an item that
-   * needs a way of its own). A rejection fails every call of the batch, as each call's own statement would.
+   * Sends one batch and answers each of its items, in order (a promise is allowed, for an item that needs a way
+   * of its own: it is waited for before the batch counts as done). When a batch of several items is rejected,
+   * each of them is sent again alone, so that a call fails only for its own item, as with a statement of its own.
    */
   send: (items: T[]) => Promise<ReadonlyArray<R | PromiseLike<R>>>;
 }
@@ -46,6 +47,11 @@ export class TurnBatch<T, R> {
     });
   }
 
+  /** No call queued or on its way. */
+  get idle(): boolean {
+    return this.#queue.length === 0 && this.#flushes.size === 0;
+  }
+
   /**
    * Sends what is queued now and waits until every call made so far has settled, those whose statement waits
    * for a connection included (a pool that ends first would leave them unsettled forever).
@@ -66,27 +72,43 @@ export class TurnBatch<T, R> {
 
   async #flush(queued: Array<Queued<T, R>>): Promise<void> {
     while (queued.length > 0) {
-      const seen = new Set<string>();
       const batch: Array<Queued<T, R>> = [];
       const later: Array<Queued<T, R>> = [];
-      for (const q of queued) {
-        const key = this.#options.key(q.item);
-        if (seen.has(key)) later.push(q);
-        else {
-          seen.add(key);
-          batch.push(q);
+      try {
+        const seen = new Set<string>();
+        for (const q of queued) {
+          const key = this.#options.key(q.item);
+          if (seen.has(key)) later.push(q);
+          else {
+            seen.add(key);
+            batch.push(q);
+          }
         }
+      } catch (error) {
+        for (const q of queued) q.reject(error);
+        return;
       }
       queued = later;
       try {
-        const answers = await this.#options.send(batch.map((q) => q.item));
-        if (answers.length !== batch.length) {
-          throw new Error(`turn batch: ${answers.length} answers for ${batch.length} calls`);
-        }
-        batch.forEach((q, i) => q.resolve(answers[i]!));
+        await this.#answer(batch);
       } catch (error) {
-        for (const q of batch) q.reject(error);
+        if (batch.length === 1) batch[0]!.reject(error);
+        // Which item made the statement fail is unknown: each goes again alone and gets its own answer.
+        else for (const q of batch) await this.#answer([q]).catch((alone: unknown) => q.reject(alone));
       }
     }
+  }
+
+  /** Sends `batch` and settles each call with its answer, once every answer (promises too) has settled. */
+  async #answer(batch: Array<Queued<T, R>>): Promise<void> {
+    const answers = await this.#options.send(batch.map((q) => q.item));
+    if (answers.length !== batch.length) {
+      throw new Error(`turn batch: ${answers.length} answers for ${batch.length} calls`);
+    }
+    const settled = await Promise.allSettled(answers.map((answer) => Promise.resolve(answer)));
+    settled.forEach((outcome, i) => {
+      if (outcome.status === 'fulfilled') batch[i]!.resolve(outcome.value);
+      else batch[i]!.reject(outcome.reason);
+    });
   }
 }
