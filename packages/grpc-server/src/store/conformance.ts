@@ -1224,6 +1224,34 @@ export function storeConformanceSuite(
     });
 
     describe('attempt reasons', () => {
+      it('refuses an attempt whose number or error kind cannot be stored, naming the field', async () => {
+        const acct = await withWebhook();
+        const published = await publishOne(acct, 'bad-attempt');
+        const [claimed] = await claim('first', T0, 'w');
+        await build(claimed!, 'w', T0);
+        const bad: Array<[Partial<Attempt>, string]> = [
+          [{ attemptNo: 2 ** 31 }, 'attempt.attemptNo'],
+          [{ errorKind: 'Time out\u0000' }, 'attempt.errorKind'],
+          [{ errorKind: '' }, 'attempt.errorKind'],
+        ];
+        for (const [extra, field] of bad) {
+          await expect(
+            store.recordAttempt(published.deliveryId, {
+              owner: 'w',
+              attempt: attempt(claimed!.delivery, 'failed', T0 + 1, extra),
+              nextState: 'failed',
+            }),
+          ).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringContaining(field) });
+        }
+        expect((await store.getDelivery(published.deliveryId))?.attempts).toEqual([]);
+        const recorded = await store.recordAttempt(published.deliveryId, {
+          owner: 'w',
+          attempt: attempt(claimed!.delivery, 'failed', T0 + 1, { statusCode: null, errorKind: 'body_too_large' }),
+          nextState: 'failed',
+        });
+        expect(recorded?.state).toBe('failed');
+      });
+
       it('keeps the reason of the last failed attempt as lastError, and refuses a malformed one', async () => {
         const acct = await withWebhook();
         const gaveUp = await publishOne(acct, 'gave-up');

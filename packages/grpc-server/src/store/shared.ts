@@ -174,12 +174,21 @@ export function assertTraceparent(value: unknown): string | null {
   return value;
 }
 
+const MAX_INT32 = 2_147_483_647;
+/** An error kind as the classification table names them (`timeout`, `body_too_large`, ...). */
+const ERROR_KIND = /^[a-z][a-z0-9_]{0,63}$/;
+
 /** Checks an attempt row before it is written. */
 export function assertAttempt(attempt: Attempt): void {
-  assertInt('attempt.attemptNo', attempt.attemptNo, 1);
+  // Bounded by the columns of both engines (PostgreSQL's `integer`), so that a bad value is refused here rather
+  // than failing a statement that records other calls' attempts with it (PostgreSQL's batched records).
+  assertInt('attempt.attemptNo', attempt.attemptNo, 1, MAX_INT32);
   assertTime('attempt.startedAt', attempt.startedAt);
   assertInt('attempt.durationMs', attempt.durationMs, 0);
   if (attempt.statusCode !== null) assertInt('attempt.statusCode', attempt.statusCode, 100, 999);
+  if (attempt.errorKind !== null && (typeof attempt.errorKind !== 'string' || !ERROR_KIND.test(attempt.errorKind))) {
+    throw new StoreError('invalid_argument', `attempt.errorKind: must be null or a lowercase code such as 'timeout'`);
+  }
   if (!['delivered', 'retry', 'failed'].includes(attempt.verdict)) {
     throw new StoreError('invalid_argument', `attempt.verdict: must be delivered, retry or failed`);
   }

@@ -391,8 +391,8 @@ describe('PostgresStore', () => {
 
   it("gives each first claim the contact's messages as contactMessages would, and none once the body is frozen", async () => {
     const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const account = `acct-${randomUUID()}`;
     try {
-      const account = `acct-${randomUUID()}`;
       await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 3, enabled: true }, T0);
       const message = (contact: string, i: number, createdDate: number, extra: Partial<StoredMessage> = {}) =>
         storedMessage(contact, {
@@ -440,8 +440,8 @@ describe('PostgresStore', () => {
       const [retry] = await store.claimDue({ lane: 'retry', limit: 10, now: now + 2, leaseMs: 60_000, owner: 'w' });
       expect(retry?.delivery.id).toBe(first.delivery.id);
       expect(retry?.messages).toBeUndefined();
-      await store.deleteWebhook(account);
     } finally {
+      await store.deleteWebhook(account); // its deliveries still in flight are not left to other tests
       await store.close();
     }
   });
@@ -480,8 +480,8 @@ describe('PostgresStore', () => {
     try {
       const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
       expect(b?.body === null ? null : [...b!.body!]).toEqual([6]);
-      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
     } finally {
+      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
       await reopened.close();
     }
   });
@@ -633,9 +633,56 @@ describe('PostgresStore', () => {
     try {
       const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
       expect(b?.state).toBe('delivered');
-      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
     } finally {
+      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
       await reopened.close();
+    }
+  });
+
+  it('records each attempt on its own when the batched statement lost a race, answering every call', async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const { account, claimed, restore } = await claimedFresh(store, ['a', 'b']);
+    restore();
+    const original = pg.Pool.prototype.query;
+    let refused = 0;
+    const query = vi.spyOn(pg.Pool.prototype, 'query').mockImplementation(function (this: pg.Pool, ...args: unknown[]) {
+      const text = String((args[0] as { text?: string } | undefined)?.text ?? args[0]);
+      if (text.startsWith('WITH f AS') && refused++ === 0) {
+        return Promise.reject(Object.assign(new Error('deadlock detected'), { code: '40P01' }));
+      }
+      return (original as (...a: unknown[]) => unknown).apply(this, args);
+    } as typeof original);
+    try {
+      const answers = await Promise.all(
+        claimed.map((c) =>
+          store.recordAttempt(c.delivery.id, {
+            owner: 'w',
+            attempt: {
+              deliveryId: c.delivery.id,
+              attemptNo: 1,
+              startedAt: T0 + 1,
+              durationMs: 2,
+              statusCode: 200,
+              errorKind: null,
+              verdict: 'delivered',
+              nextAttemptAt: null,
+            },
+            nextState: 'delivered',
+          }),
+        ),
+      );
+      expect({ refused, states: answers.map((d) => d?.state) }).toEqual({
+        refused: 1,
+        states: ['delivered', 'delivered'],
+      });
+      const stored = await Promise.all(
+        claimed.map(async (c) => (await store.getDelivery(c.delivery.id))!.attempts.length),
+      );
+      expect(stored).toEqual([1, 1]);
+    } finally {
+      query.mockRestore();
+      await store.deleteWebhook(account);
+      await store.close();
     }
   });
 
@@ -658,9 +705,9 @@ describe('PostgresStore', () => {
       const claimed = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
       expect(claimed).toHaveLength(1);
       expect(claimed[0]!.messages).toBeUndefined();
-      await store.deleteWebhook(account);
     } finally {
       query.mockRestore();
+      await store.deleteWebhook(account); // its delivery still in flight is not left to other tests
       await store.close();
     }
   });
