@@ -639,6 +639,59 @@ describe('PostgresStore', () => {
     }
   });
 
+  it('records re-check the claim after waiting for a row: one taken over meanwhile is not recorded', async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const { account, claimed, restore } = await claimedFresh(store, ['x', 'y', 'z']);
+    restore();
+    const other = new pg.Client({ connectionString: db.url });
+    await other.connect();
+    try {
+      // Another process takes y's claim over and holds its row while the records are sent.
+      await other.query('BEGIN');
+      await other.query("UPDATE deliveries SET lease_owner = 'other' WHERE id = $1", [claimed[1]!.delivery.id]);
+      const recorded = Promise.all(
+        claimed.map((c) =>
+          store.recordAttempt(c.delivery.id, {
+            owner: 'w',
+            attempt: {
+              deliveryId: c.delivery.id,
+              attemptNo: 1,
+              startedAt: T0 + 1,
+              durationMs: 2,
+              statusCode: 200,
+              errorKind: null,
+              verdict: 'delivered',
+              nextAttemptAt: null,
+            },
+            nextState: 'delivered',
+          }),
+        ),
+      );
+      // Commit the takeover only once the record statement waits for that row's lock.
+      for (let waited = 0; ; waited += 20) {
+        const { rows } = await other.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH f AS%'",
+        );
+        if (rows[0].n > 0) break;
+        if (waited > 10_000) throw new Error('the record statement never waited for the row');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await other.query('COMMIT');
+      expect((await recorded).map((d) => d?.state ?? null)).toEqual(['delivered', null, 'delivered']);
+      const y = await store.getDelivery(claimed[1]!.delivery.id);
+      const { rows } = await other.query('SELECT lease_owner FROM deliveries WHERE id = $1', [claimed[1]!.delivery.id]);
+      expect({ state: y?.delivery.state, owner: rows[0].lease_owner, attempts: y?.attempts.length }).toEqual({
+        state: 'in_flight',
+        owner: 'other',
+        attempts: 0,
+      });
+    } finally {
+      await other.end();
+      await store.deleteWebhook(account);
+      await store.close();
+    }
+  });
+
   it('records each attempt on its own when the batched statement lost a race, answering every call', async () => {
     const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
     const { account, claimed, restore } = await claimedFresh(store, ['a', 'b']);
