@@ -462,20 +462,8 @@ export class DeliveryEngine {
   async #attemptWithSlot(claim: ClaimedDelivery, lane: LaneState): Promise<void> {
     const controller = new AbortController();
     this.#attempts.add(controller);
-    // The endpoint's slot bounds its requests in flight: it is given back as soon as the answer is in, not after
-    // the store has recorded it. With PostgreSQL the record (and the outcome's NOTIFY) are round trips to a busy
-    // server; holding the slot through them capped an endpoint's throughput at `perEndpointConcurrency` divided
-    // by the whole attempt's time, and queued the rest (issue 6, bench/README "Fifth round"). The contact's order
-    // does not depend on it: the store keeps one delivery per contact in flight until it is recorded.
-    let slotHeld = true;
-    const releaseSlot = (): void => {
-      if (!slotHeld) return;
-      slotHeld = false;
-      this.#limiter.release(claim.delivery.accountId);
-      this.wake();
-    };
     try {
-      await this.#attempt(claim, controller.signal, releaseSlot);
+      await this.#attempt(claim, controller.signal);
     } catch (err) {
       // A store or build error for this delivery: give the claim back a little later instead of crashing.
       this.#log.error(
@@ -485,14 +473,14 @@ export class DeliveryEngine {
       await this.#release(claim, 'error', this.#clock() + this.options.errorDelayMs);
     } finally {
       this.#attempts.delete(controller);
-      releaseSlot();
+      this.#limiter.release(claim.delivery.accountId);
       lane.busy -= 1;
       // A slot is free (in this lane and for this endpoint): both lanes may claim again.
       this.wake();
     }
   }
 
-  async #attempt(claim: ClaimedDelivery, signal: AbortSignal, releaseSlot: () => void): Promise<void> {
+  async #attempt(claim: ClaimedDelivery, signal: AbortSignal): Promise<void> {
     const { delivery, webhook } = claim;
     const { requestTimeoutMs, leaseMs, owner } = this.options;
     const log = { deliveryId: delivery.id, accountId: delivery.accountId };
@@ -550,7 +538,7 @@ export class DeliveryEngine {
     }
     const tracer = this.#tracer;
     if (tracer === null) {
-      await this.#sendAndRecord(claim, body, messageIds, signal, null, releaseSlot);
+      await this.#sendAndRecord(claim, body, messageIds, signal, null);
       return;
     }
     // The span is the child of the RPC that created (or replayed) the delivery, however long ago and in
@@ -564,22 +552,18 @@ export class DeliveryEngine {
         [SPAN_ATTRIBUTES.accountId]: delivery.accountId,
         [SPAN_ATTRIBUTES.attemptNo]: delivery.attemptCount + 1,
       },
-      (span) => this.#sendAndRecord(claim, body, messageIds, signal, span, releaseSlot),
+      (span) => this.#sendAndRecord(claim, body, messageIds, signal, span),
       { kind: SpanKind.CLIENT },
     );
   }
 
-  /**
-   * Sends the frozen body, gives the endpoint's slot back (`releaseSlot`), classifies the answer, records the
-   * attempt, and reports it (log, metrics, span).
-   */
+  /** Sends the frozen body, classifies the answer, records the attempt, and reports it (log, metrics, span). */
   async #sendAndRecord(
     claim: ClaimedDelivery,
     body: Uint8Array,
     messageIds: string[],
     signal: AbortSignal,
     span: Span | null,
-    releaseSlot: () => void,
   ): Promise<void> {
     const { delivery, webhook } = claim;
     const { owner } = this.options;
@@ -598,7 +582,6 @@ export class DeliveryEngine {
       result = await this.#sender.send(webhook.url, headers, body, signal);
     } finally {
       this.#sending -= 1;
-      releaseSlot();
     }
     if (signal.aborted && result.outcome.kind === 'error') {
       // Cut by the stop deadline, not answered by the receiver: not an attempt; due again at once.
@@ -635,22 +618,6 @@ export class DeliveryEngine {
         !decision.retry && decision.reason !== 'not_retryable'
           ? `${decision.reason}:${classification.reason}`
           : classification.reason;
-    }
-
-    // The endpoint's health learns of the answer before anything else can use the slot just given back (no await
-    // between them), so an opening circuit stops the next request rather than one after the record.
-    try {
-      this.#health.onAttempt({
-        accountId: delivery.accountId,
-        deliveryId: delivery.id,
-        classification,
-        statusCode: result.statusCode,
-        errorKind: result.errorKind,
-        durationMs: result.durationMs,
-        at: now,
-      });
-    } catch (err) {
-      this.#log.error({ err, ...log }, 'endpoint health hook failed');
     }
 
     const updated = await this.#store.recordAttempt(delivery.id, {
@@ -696,6 +663,19 @@ export class DeliveryEngine {
       span,
     );
 
+    try {
+      this.#health.onAttempt({
+        accountId: delivery.accountId,
+        deliveryId: delivery.id,
+        classification,
+        statusCode: result.statusCode,
+        errorKind: result.errorKind,
+        durationMs: result.durationMs,
+        at: now,
+      });
+    } catch (err) {
+      this.#log.error({ err, ...log }, 'endpoint health hook failed');
+    }
     if (classification.pauseEndpoint === true) {
       // 410 Gone: the receiver asks us to stop. The circuit breaker (EndpointHealth) pauses the endpoint; this
       // delivery fails (kept for replay) and the others wait until a probe succeeds.

@@ -405,42 +405,6 @@ describe('DeliveryEngine', () => {
     expect(r.maxActive).toBe(3);
   });
 
-  it("gives the endpoint's slot back once the answer is in, not once the store has recorded it", async () => {
-    const inner = await newStore();
-    // Records wait at a gate: with the slot held until the record, the second request could not go out.
-    let openGate: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => {
-      openGate = resolve;
-    });
-    let recordsWaiting = 0;
-    const store = new Proxy(inner, {
-      get(target, prop, receiver) {
-        if (prop === 'recordAttempt') {
-          return async (...args: Parameters<Store['recordAttempt']>) => {
-            recordsWaiting += 1;
-            await gate;
-            return target.recordAttempt(...args);
-          };
-        }
-        const value: unknown = Reflect.get(target, prop, receiver);
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    const r = await receiver();
-    await webhook(inner, 'acc', r.url);
-    await publish(inner, 'acc', [message('c1'), message('c2'), message('c3')]);
-    const outcomes = collectOutcomes(inner);
-    engine(store, { perEndpointConcurrency: 1 }).start();
-    await waitFor(() => r.requests.length === 3, 'every request while the records wait', 5_000);
-    expect({ recordsWaiting, maxActive: r.maxActive, recorded: outcomes.length }).toEqual({
-      recordsWaiting: 3,
-      maxActive: 1,
-      recorded: 0,
-    });
-    openGate();
-    await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 3, 'all recorded');
-  });
-
   it('lets more than ten claims wait for their endpoint without a MaxListenersExceededWarning', async () => {
     const store = await newStore();
     const r = await receiver((_req, res) => {
