@@ -669,6 +669,8 @@ describe('PostgresStore', () => {
       );
       // Commit the takeover only once the record statement waits for that row's lock.
       for (let waited = 0; ; waited += 20) {
+        // Inside a transaction pg_stat_activity is read once and kept: read it afresh each time.
+        await other.query('SELECT pg_stat_clear_snapshot()');
         const { rows } = await other.query(
           "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH f AS%'",
         );
