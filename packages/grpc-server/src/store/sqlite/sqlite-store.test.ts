@@ -7,7 +7,7 @@ import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { migrateSqlite, openSqliteStore, SqliteStore } from './sqlite-store.js';
-import { SQLITE_MIGRATIONS } from './schema.js';
+import { messageIdKey, SQLITE_MIGRATIONS } from './schema.js';
 
 let dir: string;
 beforeEach(() => {
@@ -162,6 +162,61 @@ describe('SqliteStore', () => {
     } finally {
       db.close();
     }
+  });
+
+  it('migrates a version 3 database with messages: each gets its key, and ids stay unique per account', async () => {
+    const path = join(dir, 'v3.db');
+    const old = new Database(path);
+    migrateSqlite(
+      old,
+      SQLITE_MIGRATIONS.filter((m) => m.version <= 3),
+    );
+    old.prepare("INSERT INTO accounts (account_id) VALUES ('a')").run();
+    const stored = old.prepare(
+      `INSERT INTO messages (account_key, id, external_customer_id, created_date, expires_at, title, content, category)
+       VALUES (1, ?, 'c', ?, ?, 't', 'x', 'k')`,
+    );
+    stored.run('00000000-0000-4000-8000-000000000001', T0, T0 + 86_400_000);
+    stored.run('00000000-0000-4000-8000-000000000002', T0 + 1, T0 + 86_400_000);
+    old.close();
+    const store = await openSqliteStore({ path });
+    try {
+      const known = { ...message('dup'), id: '00000000-0000-4000-8000-000000000001', externalCustomerId: 'c' };
+      const fresh = { ...message('new'), externalCustomerId: 'c' };
+      const result = await store.publish({ accountId: 'a', messages: [known, fresh, fresh], now: T0 + 2 });
+      expect({ inserted: result.inserted, duplicates: result.duplicates }).toEqual({ inserted: 1, duplicates: 2 });
+      // The same id in another account is another message.
+      expect((await store.publish({ accountId: 'b', messages: [known], now: T0 + 2 })).inserted).toBe(1);
+      const ids = (await store.contactMessages('a', 'c', T0 + 2, 10)).map((m) => m.id);
+      expect(ids.sort()).toEqual(
+        ['00000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002', fresh.id].sort(),
+      );
+    } finally {
+      await store.close();
+    }
+    const db = new Database(path, { readonly: true });
+    try {
+      const rows = db.prepare('SELECT id, id_key FROM messages').all() as Array<{ id: string; id_key: number }>;
+      expect(rows.length).toBe(4);
+      expect(rows.every((r) => r.id_key === messageIdKey(r.id))).toBe(true);
+      const plan = db
+        .prepare('EXPLAIN QUERY PLAN SELECT 1 FROM messages WHERE id_key = ? AND account_key = ? AND id = ?')
+        .all(1, 1, 'x') as Array<{ detail: string }>;
+      expect(plan.map((r) => r.detail).join(' ')).toContain('messages_id_key');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('keys message ids into 52-bit safe integers that differ for ids one character apart', () => {
+    const base = '6f1c2a9e-0b7d-4c51-9e3a-2f8d4b6c1a70';
+    const keys = new Set<number>([messageIdKey(base)]);
+    for (let i = 0; i < base.length; i++) {
+      if (base[i] === '-') continue;
+      keys.add(messageIdKey(base.slice(0, i) + (base[i] === '0' ? '1' : '0') + base.slice(i + 1)));
+    }
+    expect(keys.size).toBe(33);
+    for (const key of keys) expect(Number.isSafeInteger(key) && key >= 0 && key < 2 ** 52).toBe(true);
   });
 
   it('refuses a database migrated by a newer version of the service', async () => {
