@@ -4,7 +4,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
-import type { ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
+import type { AttemptResult, ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
 import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL, SWEEP_SQL } from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
@@ -121,6 +121,21 @@ describe('PostgresStore', () => {
       query.mock.calls.filter((args) => pattern.test(String((args[0] as { text?: string }).text))).length;
     return { account, claimed, statements, restore: () => query.mockRestore() };
   }
+  /** A first attempt of `c` by owner `w`, answered 200 at T0 + 1. */
+  const deliveredFirstTime = (c: ClaimedDelivery): AttemptResult => ({
+    owner: 'w',
+    attempt: {
+      deliveryId: c.delivery.id,
+      attemptNo: 1,
+      startedAt: T0 + 1,
+      durationMs: 2,
+      statusCode: 200,
+      errorKind: null,
+      verdict: 'delivered',
+      nextAttemptAt: null,
+    },
+    nextState: 'delivered',
+  });
   const outcomeBase = (): DeliveryOutcome => ({
     deliveryId: randomUUID(),
     accountId: 'a',
@@ -649,24 +664,7 @@ describe('PostgresStore', () => {
       // Another process takes y's claim over and holds its row while the records are sent.
       await other.query('BEGIN');
       await other.query("UPDATE deliveries SET lease_owner = 'other' WHERE id = $1", [claimed[1]!.delivery.id]);
-      const recorded = Promise.all(
-        claimed.map((c) =>
-          store.recordAttempt(c.delivery.id, {
-            owner: 'w',
-            attempt: {
-              deliveryId: c.delivery.id,
-              attemptNo: 1,
-              startedAt: T0 + 1,
-              durationMs: 2,
-              statusCode: 200,
-              errorKind: null,
-              verdict: 'delivered',
-              nextAttemptAt: null,
-            },
-            nextState: 'delivered',
-          }),
-        ),
-      );
+      const recorded = Promise.all(claimed.map((c) => store.recordAttempt(c.delivery.id, deliveredFirstTime(c))));
       // Commit the takeover only once the record statement waits for that row's lock.
       for (let waited = 0; ; waited += 20) {
         // Inside a transaction pg_stat_activity is read once and kept: read it afresh each time.
@@ -708,24 +706,7 @@ describe('PostgresStore', () => {
       return (original as (...a: unknown[]) => unknown).apply(this, args);
     } as typeof original);
     try {
-      const answers = await Promise.all(
-        claimed.map((c) =>
-          store.recordAttempt(c.delivery.id, {
-            owner: 'w',
-            attempt: {
-              deliveryId: c.delivery.id,
-              attemptNo: 1,
-              startedAt: T0 + 1,
-              durationMs: 2,
-              statusCode: 200,
-              errorKind: null,
-              verdict: 'delivered',
-              nextAttemptAt: null,
-            },
-            nextState: 'delivered',
-          }),
-        ),
-      );
+      const answers = await Promise.all(claimed.map((c) => store.recordAttempt(c.delivery.id, deliveredFirstTime(c))));
       expect({ refused, states: answers.map((d) => d?.state) }).toEqual({
         refused: 1,
         states: ['delivered', 'delivered'],
