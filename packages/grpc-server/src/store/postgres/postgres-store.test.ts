@@ -87,6 +87,22 @@ async function planNodes(
   }
 }
 
+/**
+ * Runs `fn` with a store on a database of its own (statistics and rows that no other test touches), then closes
+ * the store and drops the database, whatever happened.
+ */
+async function withOwnDatabase(fn: (store: PostgresStore, url: string) => Promise<void>): Promise<void> {
+  const fresh = await createTestDatabase();
+  let store: PostgresStore | null = null;
+  try {
+    store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+    await fn(store, fresh.url);
+  } finally {
+    await store?.close();
+    await fresh.drop();
+  }
+}
+
 describe('PostgresStore', () => {
   const T0 = 1_700_000_000_000;
   /** A message for `contact`, published at T0 and available for a day. */
@@ -318,11 +334,7 @@ describe('PostgresStore', () => {
   it('claims, publishes and records through index probes even with statistics taken when the table was small', async () => {
     // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
     // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
-    const fresh = await createTestDatabase();
-    let store: PostgresStore | null = null;
-    try {
-      const opened = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
-      store = opened;
+    await withOwnDatabase(async (opened, url) => {
       const account = 'acct';
       await opened.upsertWebhook(
         account,
@@ -338,7 +350,7 @@ describe('PostgresStore', () => {
       // Statistics taken when the table held deliveries of another account only: this account is new to the planner,
       // as an account that starts with a burst is until autovacuum's next analyze.
       await publish(0, 1000, 'other');
-      await sql(fresh.url, 'ANALYZE deliveries');
+      await sql(url, 'ANALYZE deliveries');
       await publish(20, 6000);
       const ids = Array.from({ length: 8 }, () => randomUUID());
       const statements = {
@@ -365,7 +377,7 @@ describe('PostgresStore', () => {
       // Both plans a named statement may run: planned for the values (its first executions) and generic.
       for (const mode of PLAN_MODES) {
         for (const [lane, [text, params]] of Object.entries(statements)) {
-          const scans = (await planNodes(fresh.url, text, [...params], mode))
+          const scans = (await planNodes(url, text, [...params], mode))
             .filter((node) => node.type === 'Seq Scan' && node.relation !== 'webhooks')
             .map((node) => node.relation);
           expect({ mode, lane, scans }).toEqual({ mode, lane, scans: [] });
@@ -383,7 +395,7 @@ describe('PostgresStore', () => {
       for (const mode of PLAN_MODES) {
         const values = [...captured!.values!];
         values[1] = (values[1] as string[]).map(() => randomUUID()); // new message ids, so they are inserted again
-        const nodes = await planNodes(fresh.url, captured!.text, values, mode, { analyze: true });
+        const nodes = await planNodes(url, captured!.text, values, mode, { analyze: true });
         const removed = nodes
           .filter((node) => node.relation === 'deliveries')
           .reduce((sum, node) => sum + node.removedByFilter, 0);
@@ -398,10 +410,7 @@ describe('PostgresStore', () => {
         'c00023',
         'c00024',
       ]);
-    } finally {
-      await store?.close();
-      await fresh.drop();
-    }
+    });
   });
 
   it("gives each first claim the contact's messages as contactMessages would, and none once the body is frozen", async () => {
@@ -543,11 +552,7 @@ describe('PostgresStore', () => {
   it('sweeps by row address and primary key, never a join over the whole table, whatever the statistics', async () => {
     // The delete of expired messages once joined a LIMITed subquery to `messages` on the key: with many
     // messages expired, a hash join over a sequential scan of every one of them, to delete `limit`.
-    const fresh = await createTestDatabase();
-    let store: PostgresStore | null = null;
-    try {
-      const opened = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
-      store = opened;
+    await withOwnDatabase(async (opened, url) => {
       const publish = (from: number, count: number, expiresAt: number) =>
         opened.publish({
           accountId: 'acct',
@@ -555,17 +560,17 @@ describe('PostgresStore', () => {
           messages: Array.from({ length: count }, (_, i) => storedMessage(`c${from + i}`, { expiresAt })),
         });
       await publish(0, 20, T0 + 86_400_000);
-      await sql(fresh.url, 'ANALYZE messages');
-      await sql(fresh.url, 'ANALYZE deliveries');
+      await sql(url, 'ANALYZE messages');
+      await sql(url, 'ANALYZE deliveries');
       await publish(20, 6000, T0 + 1); // expired from T0 + 1 on
-      await sql(fresh.url, "UPDATE deliveries SET state = 'delivered', updated_at = $1", [T0]);
+      await sql(url, "UPDATE deliveries SET state = 'delivered', updated_at = $1", [T0]);
       const statements = {
         messages: [SWEEP_SQL.messages, [T0 + 10, 500], 'Tid Scan'],
         deliveries: [SWEEP_SQL.deliveries, [T0 + 10, 500], 'Index Scan'],
       } as const;
       for (const mode of PLAN_MODES) {
         for (const [table, [text, params, scan]] of Object.entries(statements)) {
-          const nodes = await planNodes(fresh.url, text, [...params], mode);
+          const nodes = await planNodes(url, text, [...params], mode);
           // The rows to delete are reached directly (the Delete's own scan); the subquery that names them stops
           // at the limit, and nothing joins.
           const target = nodes[0]!.children.find((child) => child.relation === table);
@@ -575,12 +580,9 @@ describe('PostgresStore', () => {
       }
       // And the sweep deletes what it should, within its limit.
       expect(await opened.sweep(T0 + 10, { terminalRetentionMs: 0, limit: 500 })).toBe(500);
-      const left = await sql(fresh.url, 'SELECT count(*)::int AS n FROM messages WHERE expires_at <= $1', [T0 + 10]);
+      const left = await sql(url, 'SELECT count(*)::int AS n FROM messages WHERE expires_at <= $1', [T0 + 10]);
       expect(left.rows[0].n).toBe(5500);
-    } finally {
-      await store?.close();
-      await fresh.drop();
-    }
+    });
   });
 
   it('records the final attempts of one turn together, each call answered for its own delivery', async () => {
