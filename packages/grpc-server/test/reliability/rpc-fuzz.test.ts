@@ -284,9 +284,17 @@ describe('bad input over every RPC (fuzzed)', () => {
           }
         },
       ),
-      { numRuns: RUNS },
+      // About one generated request in thirteen is wholly valid, so 60 runs missed every one about once in 100
+      // (a CI run failed so): two valid requests always run as well, ahead of the generated ones.
+      {
+        numRuns: RUNS,
+        examples: [
+          [publishAccount, [validMessage(PLACEHOLDER)]],
+          [publishAccount, [validMessage(PLACEHOLDER), validMessage(PLACEHOLDER)]],
+        ],
+      },
     );
-    // The generators reach both sides (FAILED_PRECONDITION, for an account without a webhook, only sometimes).
+    // Both sides are reached (FAILED_PRECONDITION, for an account without a webhook, only sometimes).
     expect(codes).toContain(status.OK);
     expect(codes).toContain(status.INVALID_ARGUMENT);
   });
