@@ -131,9 +131,9 @@ const RECORD_RETRY_SQL = `WITH cur AS (
       next_attempt_at)
     SELECT $1, $3::integer, $4::bigint, $5::bigint, $6::integer, $7::text, $8::text, $9::bigint FROM ok),
   upd AS (
-    UPDATE deliveries d SET state = $10, next_attempt_at = $11, lease_owner = NULL, attempt_count = attempt_count + 1,
-      first_attempt_at = COALESCE(first_attempt_at, $4::bigint), superseded_by = NULL,
-      last_error = CASE WHEN $12 THEN last_error ELSE $13 END, updated_at = $14
+    UPDATE deliveries d SET state = 'retrying', next_attempt_at = $10, lease_owner = NULL,
+      attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $4::bigint), superseded_by = NULL,
+      last_error = $11, updated_at = $12
     FROM ok WHERE d.seq = ok.seq
     RETURNING ${DELIVERY_COLUMNS})
   SELECT c.newer_id, u.seq IS NOT NULL AS claimed, u.* FROM cur c LEFT JOIN upd u ON true`;
@@ -1034,12 +1034,12 @@ export class PostgresStore implements Store {
     }
     const { attempt, nextState } = result;
     const reason = attemptReason(result);
-    const endedAt = attempt.startedAt + attempt.durationMs;
     if (nextState !== 'retrying') {
       // Delivered or failed: recorded with the other attempts that ended in this turn (one statement).
       this.#assertOpen();
       return this.#records.add({ deliveryId, result, reason });
     }
+    const endedAt = attempt.startedAt + attempt.durationMs;
     // A retry in one statement, so one round trip and its own transaction: check the claim, insert the attempt,
     // update the delivery. A retry whose contact has a newer delivery is superseded instead, and that outcome
     // is NOTIFYed in the same transaction: the statement then changes nothing and #recordAttemptTx does it all.
@@ -1057,9 +1057,7 @@ export class PostgresStore implements Store {
           attempt.errorKind,
           attempt.verdict,
           attempt.nextAttemptAt,
-          nextState,
           attempt.nextAttemptAt ?? endedAt,
-          false,
           reason,
           endedAt,
         ],
