@@ -4,7 +4,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
-import type { AttemptResult, ClaimedDelivery, DeliveryOutcome, Lane } from '../types.js';
+import type { AttemptResult, ClaimedDelivery, Delivery, DeliveryOutcome, Lane } from '../types.js';
 import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL, SWEEP_SQL } from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
@@ -152,6 +152,20 @@ describe('PostgresStore', () => {
     },
     nextState: 'delivered',
   });
+  /**
+   * The newest delivery of `contact` as another store on the database sees it (after the one under test closed);
+   * the account's unsent deliveries are then deleted, so that no other test claims them.
+   */
+  async function reopenedDelivery(account: string, contact: string): Promise<Delivery | undefined> {
+    const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+    try {
+      return (await reopened.listDeliveries({ accountId: account, externalCustomerId: contact }, 1, null))
+        .deliveries[0];
+    } finally {
+      await reopened.deleteWebhook(account);
+      await reopened.close();
+    }
+  }
   const outcomeBase = (): DeliveryOutcome => ({
     deliveryId: randomUUID(),
     accountId: 'a',
@@ -500,14 +514,8 @@ describe('PostgresStore', () => {
       restore();
       await store.close();
     }
-    const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
-    try {
-      const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
-      expect(b?.body === null ? null : [...b!.body!]).toEqual([6]);
-    } finally {
-      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
-      await reopened.close();
-    }
+    const b = await reopenedDelivery(account, 'b');
+    expect(b?.body === null ? null : [...b!.body!]).toEqual([6]);
   });
 
   it('publishes to contacts with a pending delivery by updates that mostly stay on their page (HOT)', async () => {
@@ -646,14 +654,7 @@ describe('PostgresStore', () => {
       restore();
       await store.close();
     }
-    const reopened = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
-    try {
-      const [b] = (await reopened.listDeliveries({ accountId: account, externalCustomerId: 'b' }, 1, null)).deliveries;
-      expect(b?.state).toBe('delivered');
-    } finally {
-      await reopened.deleteWebhook(account); // its deliveries still in flight are not left to other tests
-      await reopened.close();
-    }
+    expect((await reopenedDelivery(account, 'b'))?.state).toBe('delivered');
   });
 
   it('records re-check the claim after waiting for a row: one taken over meanwhile is not recorded', async () => {
