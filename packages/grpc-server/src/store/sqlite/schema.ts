@@ -148,29 +148,6 @@ CREATE INDEX messages_contact ON messages (account_key, external_customer_id, cr
 CREATE INDEX messages_expiry ON messages (expires_at);
 `,
   },
-  {
-    version: 5,
-    name: 'frozen bodies in a table of their own',
-    // The freeze wrote the body (about 1 KB for three messages, up to the cap's size) into the delivery's row, which
-    // the record then rewrote whole, and which crowded the rows of the deliveries claimed with it off their pages. A
-    // body is written once and never changes (ARCHITECTURE §1): it goes into a table keyed by the delivery's seq
-    // (the table's own B-tree, no index of its own), deleted with its delivery. frozen_at is the freeze's time: the
-    // delivery's first attempt until an attempt is recorded. As PostgreSQL's migration 4 (issue 6, bench/README
-    // "Sixth round").
-    sql: `
-CREATE TABLE delivery_bodies (
-  seq         INTEGER PRIMARY KEY REFERENCES deliveries (seq) ON DELETE CASCADE,
-  body        BLOB NOT NULL,
-  message_ids TEXT NOT NULL, -- JSON array
-  frozen_at   INTEGER NOT NULL
-);
-INSERT INTO delivery_bodies (seq, body, message_ids, frozen_at)
-  SELECT seq, body, COALESCE(message_ids, '[]'), COALESCE(first_attempt_at, updated_at) FROM deliveries
-  WHERE body IS NOT NULL;
-ALTER TABLE deliveries DROP COLUMN body;
-ALTER TABLE deliveries DROP COLUMN message_ids;
-`,
-  },
 ];
 
 /**

@@ -208,50 +208,6 @@ describe('SqliteStore', () => {
     }
   });
 
-  it('moves the frozen bodies of a version 4 database to their own table, deleted with their deliveries', async () => {
-    const path = join(dir, 'v4.db');
-    const old = new Database(path);
-    old.function('app_inbox_id_key', { deterministic: true }, (id: unknown) => messageIdKey(String(id)));
-    migrateSqlite(
-      old,
-      SQLITE_MIGRATIONS.filter((m) => m.version <= 4),
-    );
-    old.prepare("INSERT INTO accounts (account_id) VALUES ('a')").run();
-    // Delivered once; frozen and never recorded (its process died); not frozen yet.
-    old.exec(`INSERT INTO deliveries (id, account_key, external_customer_id, state, created_at, updated_at,
-        next_attempt_at, attempt_count, first_attempt_at, body, message_ids) VALUES
-      ('d-delivered', 1, 'c1', 'delivered', ${T0}, ${T0 + 9}, NULL, 1, ${T0 + 5}, x'5b315d', '["m1"]'),
-      ('d-frozen', 1, 'c2', 'retrying', ${T0}, ${T0 + 7}, ${T0 + 60}, 0, ${T0 + 7}, x'5b5d', '[]'),
-      ('d-new', 1, 'c3', 'pending', ${T0}, ${T0}, ${T0}, 0, NULL, NULL, NULL)`);
-    old.close();
-    const store = await openSqliteStore({ path });
-    try {
-      const read = async (id: string) => (await store.getDelivery(id))!.delivery;
-      expect(await read('d-delivered')).toMatchObject({
-        body: new Uint8Array(Buffer.from('[1]')),
-        messageIds: ['m1'],
-        firstAttemptAt: T0 + 5,
-        state: 'delivered',
-      });
-      expect(await read('d-frozen')).toMatchObject({ body: new Uint8Array(Buffer.from('[]')), firstAttemptAt: T0 + 7 });
-      expect(await read('d-new')).toMatchObject({ body: null, messageIds: null, firstAttemptAt: null });
-      // The sweep deletes the delivered one: its body goes with it.
-      expect(await store.sweep(T0 + 10, { terminalRetentionMs: 0, limit: 10 })).toBeGreaterThanOrEqual(1);
-      expect(await store.getDelivery('d-delivered')).toBeNull();
-    } finally {
-      await store.close();
-    }
-    const db = new Database(path, { readonly: true });
-    try {
-      expect(db.prepare('SELECT seq FROM delivery_bodies').all()).toHaveLength(1);
-      const columns = (db.prepare('PRAGMA table_info(deliveries)').all() as Array<{ name: string }>).map((c) => c.name);
-      expect(columns).not.toContain('body');
-      expect(columns).not.toContain('message_ids');
-    } finally {
-      db.close();
-    }
-  });
-
   it('keys message ids into 52-bit safe integers that differ for ids one character apart', () => {
     const base = '6f1c2a9e-0b7d-4c51-9e3a-2f8d4b6c1a70';
     const keys = new Set<number>([messageIdKey(base)]);

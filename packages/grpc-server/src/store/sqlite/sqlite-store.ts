@@ -92,20 +92,8 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
 /** `PRAGMA wal_autocheckpoint` (pages of the WAL; see the constructor). */
 const WAL_AUTOCHECKPOINT_PAGES = 16_384;
 
-/** The frozen body's column `column` of the delivery row `t` (schema version 5), NULL before the freeze. */
-const frozen = (column: 'body' | 'message_ids' | 'frozen_at', t = 'deliveries'): string =>
-  `(SELECT b.${column} FROM delivery_bodies b WHERE b.seq = ${t}.seq)`;
-
-/**
- * A delivery as `deliveryFromRow` reads it, from the row `t` of `deliveries` (a name or an alias) and its frozen
- * body. Until an attempt is recorded the first attempt's time is the freeze's.
- */
-const deliveryColumns = (t = 'deliveries'): string =>
-  `${t}.seq, ${t}.id, ${t}.account_key, ${t}.external_customer_id, ${t}.state, ${t}.created_at, ${t}.updated_at,
-  ${t}.next_attempt_at, ${t}.lease_owner, ${t}.attempt_count,
-  COALESCE(${t}.first_attempt_at, ${frozen('frozen_at', t)}) AS first_attempt_at, ${frozen('body', t)} AS body,
-  ${frozen('message_ids', t)} AS message_ids, ${t}.superseded_by, ${t}.last_error, ${t}.traceparent`;
-const DELIVERY_COLUMNS = deliveryColumns();
+const DELIVERY_COLUMNS = `seq, id, account_key, external_customer_id, state, created_at, updated_at, next_attempt_at,
+  lease_owner, attempt_count, first_attempt_at, body, message_ids, superseded_by, last_error, traceparent`;
 
 /** A delivery row of this engine: the account by its key. */
 type SqliteDeliveryRow = Omit<DeliveryRow, 'account_id'> & { account_key: number };
@@ -125,7 +113,7 @@ const STATS_COUNTS = `
 const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
 
 /** What a `superseded` outcome needs of a delivery row. */
-const SUPERSEDED_COLUMNS = `id, account_key, external_customer_id, attempt_count, ${frozen('message_ids')} AS message_ids`;
+const SUPERSEDED_COLUMNS = 'id, account_key, external_customer_id, attempt_count, message_ids';
 
 /** A write queued for the next group commit, and how to settle its caller's promise. */
 interface GroupedWrite {
@@ -619,8 +607,7 @@ export class SqliteStore implements Store {
    */
   #reapExpiredLeases(now: number): void {
     const expired = this.#q(
-      `SELECT d.seq, EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.seq = d.seq) AS frozen, ${NEWER_ID} AS newer_id
-       FROM deliveries d
+      `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
        WHERE d.state = 'in_flight' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ${REAP_BATCH}`,
     ).all(now) as Array<{ seq: number; frozen: number; newer_id: string | null }>;
     for (const row of expired) {
@@ -665,14 +652,13 @@ export class SqliteStore implements Store {
     if (!(body instanceof Uint8Array)) throw new StoreError('invalid_argument', 'body: must be a Uint8Array');
     if (!Array.isArray(messageIds)) throw new StoreError('invalid_argument', 'messageIds: must be an array');
     return this.#grouped(() => {
-      // Written once into a table of its own (schema version 5): the delivery's row is not rewritten with it.
       const changes = this.#q(
-        `INSERT INTO delivery_bodies (seq, body, message_ids, frozen_at)
-           SELECT seq, ?, ?, ? FROM deliveries WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND next_attempt_at > ?
-         ON CONFLICT (seq) DO NOTHING`,
+        `UPDATE deliveries SET body = ?, message_ids = ?, first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ?
+       WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND next_attempt_at > ? AND body IS NULL`,
       ).run(
         Buffer.from(body.buffer, body.byteOffset, body.byteLength),
         JSON.stringify(messageIds),
+        now,
         now,
         deliveryId,
         owner,
@@ -738,7 +724,7 @@ export class SqliteStore implements Store {
       }
       const updated = this.#q(
         `UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, attempt_count = attempt_count + 1,
-           first_attempt_at = COALESCE(first_attempt_at, ${frozen('frozen_at')}, ?), superseded_by = ?,
+           first_attempt_at = COALESCE(first_attempt_at, ?), superseded_by = ?,
            last_error = CASE WHEN ? THEN last_error ELSE ? END, updated_at = ?
          WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
       ).get(
@@ -762,8 +748,7 @@ export class SqliteStore implements Store {
     assertTime('dueAt', dueAt);
     return this.#grouped(() => {
       const row = this.#q(
-        `SELECT d.seq, EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.seq = d.seq) AS frozen, ${NEWER_ID} AS newer_id
-       FROM deliveries d
+        `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
          WHERE d.id = ? AND d.state = 'in_flight' AND d.lease_owner = ?`,
       ).get(deliveryId, owner) as { seq: number; frozen: number; newer_id: string | null } | undefined;
       if (row === undefined) return;
@@ -834,9 +819,9 @@ export class SqliteStore implements Store {
     assertTime('now', now);
     const traceparent = assertTraceparent(options.traceparent);
     return this.#tx(() => {
-      const row = this.#q(
-        `SELECT ${deliveryColumns('d')}, ${NEWER_ID} AS newer_id FROM deliveries d WHERE d.id = ?`,
-      ).get(id) as (SqliteDeliveryRow & { newer_id: string | null }) | undefined;
+      const row = this.#q(`SELECT ${DELIVERY_COLUMNS}, ${NEWER_ID} AS newer_id FROM deliveries d WHERE d.id = ?`).get(
+        id,
+      ) as (SqliteDeliveryRow & { newer_id: string | null }) | undefined;
       if (row === undefined) return null;
       const seq = Number(row.seq);
       if (row.state === 'pending' || row.state === 'in_flight') {
