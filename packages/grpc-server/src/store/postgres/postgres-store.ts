@@ -338,9 +338,7 @@ const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_custome
  * body is inserted into `delivery_bodies` when its delivery is still claimed by that owner and unexpired, and
  * kept as it is when one is there already; the ids of those frozen come back. The delivery rows are share-locked
  * (READ COMMITTED re-checks the claim on the newest row version after a wait, so a takeover that commits first
- * wins) and get no new version: a row update here made a new version of a wide row with an entry in every index
- * (schema version 4). Because of that, whoever decides by the body whether a claimed delivery was frozen reads it
- * in a statement started after it locked the row (see #reapExpiredLeases).
+ * wins) and not written: a row update here made a new version of a wide row in every index (schema version 4).
  * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql).
  */
 export const FREEZE_SQL = `INSERT INTO delivery_bodies (delivery_id, body, message_ids, frozen_at)
@@ -929,32 +927,21 @@ export class PostgresStore implements Store {
   /**
    * Takes back claims whose lease ended (the worker died or stalled): a newer delivery of the contact
    * supersedes it; otherwise it goes back to its lane, due at the end of its lease so it keeps its place.
-   *
-   * Two statements: the rows are locked first, and whether each is frozen is read by the second, whose snapshot
-   * is taken after the locks are held. A freeze only share-locks the delivery (it inserts into `delivery_bodies`),
-   * so a freeze that committed while one statement was running would not make it re-read the row: that statement
-   * would see no body and put a frozen delivery back as pending. A freeze that has not committed by the time the
-   * rows are locked either holds its lock (the row is skipped) or waits and then finds the claim gone.
    */
   async #reapExpiredLeases(c: Client, now: number): Promise<void> {
-    const locked = await c.query<{ seq: string }>(
-      `SELECT d.seq FROM deliveries d WHERE d.state = 'in_flight' AND d.next_attempt_at <= $1
-       ORDER BY d.next_attempt_at LIMIT ${REAP_BATCH} FOR UPDATE OF d SKIP LOCKED`,
-      [now],
-    );
-    if (locked.rows.length === 0) return;
     const { rows } = await c.query<SupersededDbRow>(
       `WITH expired AS (
          SELECT d.seq, ${IS_FROZEN('d')} AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
-         WHERE d.seq = ANY ($2::bigint[]))
+         WHERE d.state = 'in_flight' AND d.next_attempt_at <= $1
+         ORDER BY d.next_attempt_at LIMIT ${REAP_BATCH} FOR UPDATE OF d SKIP LOCKED)
        UPDATE deliveries t SET
          state = CASE WHEN e.newer_id IS NOT NULL THEN 'superseded' WHEN e.frozen THEN 'retrying' ELSE 'pending' END,
          superseded_by = e.newer_id,
          next_attempt_at = CASE WHEN e.newer_id IS NOT NULL THEN NULL ELSE t.next_attempt_at END,
          lease_owner = NULL, updated_at = $1
-       FROM expired e WHERE t.seq = e.seq AND t.seq = ANY ($2::bigint[])
+       FROM expired e WHERE t.seq = e.seq AND t.seq = ANY (ARRAY(SELECT seq FROM expired))
        RETURNING ${supersededColumns('t')}`,
-      [now, locked.rows.map((r) => r.seq)],
+      [now],
     );
     // superseded_by is set exactly on the rows that were superseded.
     await this.#announceSuperseded(c, rows, now);
@@ -1214,8 +1201,8 @@ export class PostgresStore implements Store {
     assertId('owner', owner);
     assertTime('dueAt', dueAt);
     await this.#tx(async (c) => {
-      const { rows } = await c.query<{ seq: string; newer_id: string | null }>(
-        `SELECT d.seq, ${NEWER_ID} AS newer_id FROM deliveries d
+      const { rows } = await c.query<{ seq: string; frozen: boolean; newer_id: string | null }>(
+        `SELECT d.seq, ${IS_FROZEN('d')} AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
          WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 FOR UPDATE OF d`,
         [deliveryId, owner],
       );
@@ -1223,11 +1210,9 @@ export class PostgresStore implements Store {
       if (row === undefined) return;
       if (row.newer_id !== null) await this.#supersede(c, row.seq, row.newer_id, dueAt);
       else {
-        // Frozen or not is read here, after the lock (see #reapExpiredLeases).
         await c.query(
-          `UPDATE deliveries d SET state = CASE WHEN ${IS_FROZEN('d')} THEN 'retrying' ELSE 'pending' END,
-             next_attempt_at = $1, lease_owner = NULL, updated_at = $1 WHERE d.seq = $2`,
-          [dueAt, row.seq],
+          'UPDATE deliveries SET state = $1, next_attempt_at = $2, lease_owner = NULL, updated_at = $2 WHERE seq = $3',
+          [row.frozen ? 'retrying' : 'pending', dueAt, row.seq],
         );
       }
     });
