@@ -5,15 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { AttemptResult, ClaimedDelivery, Delivery, DeliveryOutcome, Lane } from '../types.js';
-import {
-  CLAIM_SQL,
-  FREEZE_SQL,
-  migratePostgres,
-  openPostgresStore,
-  PostgresStore,
-  RECORD_FINAL_SQL,
-  SWEEP_SQL,
-} from './postgres-store.js';
+import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL, SWEEP_SQL } from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
 
@@ -39,7 +31,7 @@ async function sql(url: string, text: string, params: unknown[] = []): Promise<p
 storeConformanceSuite('postgres', async () => {
   const store = await openPostgresStore({ connectionString: db.url, poolSize: 4 });
   // A clean database per test, one CREATE DATABASE per file.
-  await sql(db.url, 'TRUNCATE webhooks, messages, deliveries, delivery_bodies, attempts RESTART IDENTITY');
+  await sql(db.url, 'TRUNCATE webhooks, messages, deliveries, attempts RESTART IDENTITY');
   return { store, cleanup: () => store.close() };
 });
 
@@ -214,53 +206,6 @@ describe('PostgresStore', () => {
     }
   });
 
-  it('moves the frozen bodies of a version 3 database to their own table, first attempt times kept', async () => {
-    const fresh = await createTestDatabase();
-    try {
-      const client = new pg.Client({ connectionString: fresh.url });
-      await client.connect();
-      try {
-        await migratePostgres(
-          client,
-          POSTGRES_MIGRATIONS.filter((m) => m.version <= 3),
-        );
-        // Frozen and recorded once; frozen and never recorded (its process died); not frozen yet.
-        await client.query(`INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at,
-            next_attempt_at, attempt_count, first_attempt_at, body, message_ids) VALUES
-          ('d-recorded', 'a', 'c1', 'retrying', ${T0}, ${T0 + 9}, ${T0 + 50}, 1, ${T0 + 5}, '\\x5b315d', '["m1"]'),
-          ('d-frozen', 'a', 'c2', 'retrying', ${T0}, ${T0 + 7}, ${T0 + 60}, 0, ${T0 + 7}, '\\x5b5d', '[]'),
-          ('d-new', 'a', 'c3', 'pending', ${T0}, ${T0}, ${T0}, 0, NULL, NULL, NULL)`);
-      } finally {
-        await client.end();
-      }
-      const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
-      try {
-        const read = async (id: string) => (await store.getDelivery(id))!.delivery;
-        expect(await read('d-recorded')).toMatchObject({
-          body: new Uint8Array(Buffer.from('[1]')),
-          messageIds: ['m1'],
-          firstAttemptAt: T0 + 5,
-          attemptCount: 1,
-        });
-        expect(await read('d-frozen')).toMatchObject({
-          body: new Uint8Array(Buffer.from('[]')),
-          firstAttemptAt: T0 + 7,
-        });
-        expect(await read('d-new')).toMatchObject({ body: null, firstAttemptAt: null, state: 'pending' });
-        const { rows } = await sql(
-          fresh.url,
-          `SELECT count(*)::int AS n FROM information_schema.columns
-           WHERE table_name = 'deliveries' AND column_name IN ('body', 'message_ids')`,
-        );
-        expect(rows[0]).toEqual({ n: 0 });
-      } finally {
-        await store.close();
-      }
-    } finally {
-      await fresh.drop();
-    }
-  });
-
   it('refuses a database migrated by a newer version of the service', async () => {
     const fresh = await createTestDatabase();
     try {
@@ -400,7 +345,7 @@ describe('PostgresStore', () => {
     }
   });
 
-  it('claims, publishes, freezes and records through index probes even with statistics taken when the table was small', async () => {
+  it('claims, publishes and records through index probes even with statistics taken when the table was small', async () => {
     // Autovacuum analyzes a minute or more after a burst: until then the planner believed `deliveries` held a
     // handful of rows and joined the claimed rows to it by a sequential scan of the whole table, in every claim.
     await withOwnDatabase(async (opened, url) => {
@@ -425,10 +370,6 @@ describe('PostgresStore', () => {
       const statements = {
         'claim first': [CLAIM_SQL.first, [T0 + 1, [], 32, 32, 'w', T0 + 60_000]],
         'claim retry': [CLAIM_SQL.retry, [T0 + 1, [], 32, 32, 'w', T0 + 60_000]],
-        freeze: [
-          FREEZE_SQL,
-          [ids, ids.map(() => 'w'), ids.map(() => Buffer.from('[]')), ids.map(() => '[]'), ids.map(() => T0 + 1)],
-        ],
         'record final': [
           RECORD_FINAL_SQL,
           [
@@ -563,7 +504,7 @@ describe('PostgresStore', () => {
       expect(bodies.map((bytes) => (bytes === null ? null : [...bytes]))).toEqual([[1], null, [3], null]);
       expect((await store.getDelivery(c!.delivery.id))!.delivery.messageIds).toEqual(['m3']);
       // Two statements (the second for the delivery asked twice), not five.
-      expect(statements(/^INSERT INTO delivery_bodies/)).toBe(2);
+      expect(statements(/^UPDATE deliveries d SET body/)).toBe(2);
       restore();
       // Queued freezes are sent by close(), not dropped.
       const pending = store.freeze(b!.delivery.id, 'w', body(6), ['m6'], T0 + 2);

@@ -96,25 +96,9 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   return store;
 }
 
-/** The frozen body's column `column` of delivery `alias` (schema version 4), NULL before the freeze. */
-const frozen = (column: 'body' | 'message_ids' | 'frozen_at', alias = 'd'): string =>
-  `(SELECT b.${column} FROM delivery_bodies b WHERE b.delivery_id = ${alias}.id)`;
-
-/** Whether delivery `alias` has a frozen body. */
-const IS_FROZEN = (alias: string): string =>
-  `EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.delivery_id = ${alias}.id)`;
-
-/** The first attempt's time to record on delivery `d`: its own, else its freeze's, else `started`. */
-const firstAttemptAt = (started: string): string => `COALESCE(d.first_attempt_at, ${frozen('frozen_at')}, ${started})`;
-
-/**
- * A delivery as `deliveryFromRow` reads it, from `deliveries d` and its frozen body (a statement may name `d` in
- * its RETURNING list, where no join is possible: hence subqueries, each a primary-key probe). Until an attempt is
- * recorded the first attempt's time is the freeze's.
- */
 const DELIVERY_COLUMNS = `d.seq, d.id, d.account_id, d.external_customer_id, d.state, d.created_at, d.updated_at,
-  d.next_attempt_at, d.lease_owner, d.attempt_count, COALESCE(d.first_attempt_at, ${frozen('frozen_at')}) AS first_attempt_at,
-  ${frozen('body')} AS body, ${frozen('message_ids')} AS message_ids, d.superseded_by, d.last_error, d.traceparent`;
+  d.next_attempt_at, d.lease_owner, d.attempt_count, d.first_attempt_at, d.body, d.message_ids, d.superseded_by,
+  d.last_error, d.traceparent`;
 
 /** The newest delivery of the same contact created after `d` (by sequence), or NULL. */
 const NEWER_ID = `(SELECT n.id FROM deliveries n
@@ -123,11 +107,9 @@ const NEWER_ID = `(SELECT n.id FROM deliveries n
 
 /** What a `superseded` outcome needs of a delivery row (`d` or `t`). */
 const supersededColumns = (alias: string): string =>
-  [
-    ...['id', 'account_id', 'external_customer_id', 'attempt_count'].map((c) => `${alias}.${c}`),
-    `${frozen('message_ids', alias)} AS message_ids`,
-    `${alias}.superseded_by`,
-  ].join(', ');
+  ['id', 'account_id', 'external_customer_id', 'attempt_count', 'message_ids', 'superseded_by']
+    .map((c) => `${alias}.${c}`)
+    .join(', ');
 
 type SupersededDbRow = SupersededRow & { account_id: string; superseded_by: string | null };
 
@@ -150,7 +132,7 @@ const RECORD_RETRY_SQL = `WITH cur AS (
     SELECT $1, $3::integer, $4::bigint, $5::bigint, $6::integer, $7::text, $8::text, $9::bigint FROM ok),
   upd AS (
     UPDATE deliveries d SET state = 'retrying', next_attempt_at = $10, lease_owner = NULL,
-      attempt_count = attempt_count + 1, first_attempt_at = ${firstAttemptAt('$4::bigint')}, superseded_by = NULL,
+      attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $4::bigint), superseded_by = NULL,
       last_error = $11, updated_at = $12
     FROM ok WHERE d.seq = ok.seq
     RETURNING ${DELIVERY_COLUMNS})
@@ -181,7 +163,7 @@ export const RECORD_FINAL_SQL = `WITH f AS (
       next_attempt_at)
     SELECT id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict, next_attempt_at FROM cur)
   UPDATE deliveries d SET state = c.state, next_attempt_at = NULL, lease_owner = NULL,
-    attempt_count = d.attempt_count + 1, first_attempt_at = ${firstAttemptAt('c.started_at')},
+    attempt_count = d.attempt_count + 1, first_attempt_at = COALESCE(d.first_attempt_at, c.started_at),
     superseded_by = NULL, last_error = COALESCE(c.last_error, d.last_error), updated_at = c.ended_at
   FROM cur c WHERE d.seq = ANY (ARRAY(SELECT seq FROM cur)) AND d.seq = c.seq
   RETURNING ${DELIVERY_COLUMNS}`;
@@ -334,22 +316,16 @@ const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_custome
   ORDER BY r.i, m.created_date DESC, m.id ASC`;
 
 /**
- * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each
- * body is inserted into `delivery_bodies` when its delivery is still claimed by that owner and unexpired, and
- * kept as it is when one is there already; the ids of those frozen come back. The delivery rows are share-locked
- * (READ COMMITTED re-checks the claim on the newest row version after a wait, so a takeover that commits first
- * wins) and not written: a row update here made a new version of a wide row in every index (schema version 4).
+ * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each is
+ * frozen when it is still claimed by that owner, unexpired and without a body; the ids of those frozen come back.
  * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql).
  */
-export const FREEZE_SQL = `INSERT INTO delivery_bodies (delivery_id, body, message_ids, frozen_at)
-  SELECT d.id, f.body, f.message_ids, f.now
+const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.message_ids,
+    first_attempt_at = COALESCE(d.first_attempt_at, f.now), updated_at = f.now
   FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[]) AS f(id, owner, body, message_ids, now)
-  JOIN deliveries d ON d.id = f.id
-  WHERE d.id = ANY ($1::text[]) AND d.state = 'in_flight' AND d.lease_owner = f.owner AND d.next_attempt_at > f.now
-  ORDER BY d.seq
-  FOR SHARE OF d
-  ON CONFLICT (delivery_id) DO NOTHING
-  RETURNING delivery_id AS id`;
+  WHERE d.id = ANY ($1::text[]) AND d.id = f.id AND d.state = 'in_flight' AND d.lease_owner = f.owner
+    AND d.next_attempt_at > f.now AND d.body IS NULL
+  RETURNING d.id`;
 
 /** A freeze call waiting for its statement (see {@link PostgresStore.freeze}). */
 interface QueuedFreeze {
@@ -931,7 +907,7 @@ export class PostgresStore implements Store {
   async #reapExpiredLeases(c: Client, now: number): Promise<void> {
     const { rows } = await c.query<SupersededDbRow>(
       `WITH expired AS (
-         SELECT d.seq, ${IS_FROZEN('d')} AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
+         SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
          WHERE d.state = 'in_flight' AND d.next_attempt_at <= $1
          ORDER BY d.next_attempt_at LIMIT ${REAP_BATCH} FOR UPDATE OF d SKIP LOCKED)
        UPDATE deliveries t SET
@@ -1183,7 +1159,7 @@ export class PostgresStore implements Store {
       }
       const updated = await c.query<DeliveryRow>(
         `UPDATE deliveries d SET state = $1, next_attempt_at = $2, lease_owner = NULL,
-           attempt_count = attempt_count + 1, first_attempt_at = ${firstAttemptAt('$3::bigint')}, superseded_by = $4,
+           attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $3), superseded_by = $4,
            last_error = CASE WHEN $5 THEN last_error ELSE $6 END, updated_at = $7
          WHERE d.seq = $8 RETURNING ${DELIVERY_COLUMNS}`,
         [state, next, attempt.startedAt, supersededBy, nextState === 'delivered', reason, endedAt, row.seq],
@@ -1202,7 +1178,7 @@ export class PostgresStore implements Store {
     assertTime('dueAt', dueAt);
     await this.#tx(async (c) => {
       const { rows } = await c.query<{ seq: string; frozen: boolean; newer_id: string | null }>(
-        `SELECT d.seq, ${IS_FROZEN('d')} AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
+        `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
          WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 FOR UPDATE OF d`,
         [deliveryId, owner],
       );

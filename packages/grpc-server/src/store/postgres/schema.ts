@@ -102,26 +102,4 @@ CREATE TABLE attempts (
     // are; new ones keep 30% free.
     sql: `ALTER TABLE deliveries SET (fillfactor = 70);`,
   },
-  {
-    version: 4,
-    name: 'frozen bodies in a table of their own',
-    // The freeze wrote the body (about 1 KB for three messages, up to the cap's size) and the message ids into the
-    // delivery's row: an update that grew the row off its page, a new entry in every index of the table, and a row
-    // that the record's update then copied whole again. A body is written once and never changes (ARCHITECTURE §1),
-    // so it is inserted into a narrow table keyed by the delivery instead; the delivery's row is not written by
-    // the freeze at all. frozen_at is the freeze's time: the delivery's first attempt until an attempt is recorded.
-    // Scenario 6 at 1,000 deliveries/s (issue 6, bench/README "Sixth round").
-    sql: `
-CREATE TABLE delivery_bodies (
-  delivery_id text COLLATE "C" PRIMARY KEY REFERENCES deliveries (id) ON DELETE CASCADE,
-  body        bytea NOT NULL,
-  message_ids text NOT NULL,  -- JSON array
-  frozen_at   bigint NOT NULL
-);
-INSERT INTO delivery_bodies (delivery_id, body, message_ids, frozen_at)
-  SELECT id, body, COALESCE(message_ids, '[]'), COALESCE(first_attempt_at, updated_at) FROM deliveries
-  WHERE body IS NOT NULL;
-ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
-`,
-  },
 ];
