@@ -251,7 +251,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     });
     const api: Api = createApi({
       store,
-      wake: () => engine.wake(),
+      wake: (lane) => engine.wake(lane),
       now: clock,
       logger: logger.child({ component: 'api' }),
       defaultMessageTtlSeconds: config.defaultMessageTtlSeconds,

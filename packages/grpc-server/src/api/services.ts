@@ -17,7 +17,7 @@ import type { CircuitBreaker } from '../delivery/circuit.js';
 import { currentTraceparent } from '../observability/tracing.js';
 import { DEFAULT_ADDRESS_POLICY, checkUrlAtConfigTime, type AddressPolicy, type Resolver } from '../security/ssrf.js';
 import { isStoreError } from '../store/errors.js';
-import type { Store, WebhookRecord } from '../store/types.js';
+import type { Lane, Store, WebhookRecord } from '../store/types.js';
 import type {
   DeliveryServiceServer,
   WatchDeliveriesRequest,
@@ -39,8 +39,11 @@ import {
 
 export interface ApiDependencies {
   store: Store;
-  /** Tells the delivery engine that new work was committed (publish, resync, retry, webhook change). */
-  wake: () => void;
+  /**
+   * Tells the delivery engine that new work was committed (publish, resync, retry, webhook change); `lane` when
+   * only that lane has new work.
+   */
+  wake: (lane?: Lane) => void;
   /** The clock (milliseconds since the epoch). */
   now: () => number;
   logger: Logger;
@@ -186,7 +189,8 @@ export function createApi(deps: ApiDependencies): Api {
           ? { inserted: 0, duplicates: 0, deliveries: [] }
           : // The RPC's span (tracing on) is stored on the deliveries: their attempts' spans become its children.
             await store.publish({ accountId: input.accountId, messages, now, traceparent: currentTraceparent() });
-      if (result.deliveries.length > 0) deps.wake();
+      // New or coalesced pending deliveries: first-lane work only.
+      if (result.deliveries.length > 0) deps.wake('first');
       return {
         accepted: result.inserted,
         duplicates: result.duplicates,
@@ -206,7 +210,7 @@ export function createApi(deps: ApiDependencies): Api {
       const deliveries = await store.resync(input.accountId, input.contacts, deps.now(), {
         traceparent: currentTraceparent(),
       });
-      if (deliveries.length > 0) deps.wake();
+      if (deliveries.length > 0) deps.wake('first');
       return {
         deliveries: deliveries.map((d) => ({ externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId })),
       };

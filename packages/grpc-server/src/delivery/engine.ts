@@ -253,6 +253,12 @@ interface LaneState {
   /** Claims of this lane holding an endpoint slot (preparing, sending or recording). */
   busy: number;
   wakeup: Wakeup;
+  /**
+   * Whether the lane's last claim may have left due work behind for want of a slot (the lane was full, it
+   * claimed its whole limit, or accounts were excluded as saturated or paused): then a slot given back by either
+   * lane wakes it. A lane whose last claim found all it could is woken by new work (`wake`) and its poll only.
+   */
+  constrained: boolean;
 }
 
 /** Activity counters, for metrics and tests. */
@@ -279,6 +285,9 @@ export class DeliveryEngine {
   readonly #metrics: Pick<Metrics, 'recordAttempt'> | null;
   readonly #tracer: Tracer | null;
   readonly #limiter: EndpointLimiter;
+  /** When the retry lane is to be woken for a retry this process recorded (see {@link DeliveryEngine.#wakeRetryLaneAt}). */
+  #retryWakeAt = Infinity;
+  #retryTimer: NodeJS.Timeout | null = null;
   readonly #lanes: readonly [LaneState, LaneState];
   /** Aborted when stop() begins: ends waits for endpoint slots and the error back-off sleeps. */
   readonly #stopping = new AbortController();
@@ -314,8 +323,20 @@ export class DeliveryEngine {
     // MaxListenersExceededWarning under load; a real leak beyond it still warns.
     setMaxListeners(this.options.maxWaiting + 10, this.#stopping.signal);
     this.#lanes = [
-      { name: 'first', concurrency: this.options.firstLaneConcurrency, busy: 0, wakeup: new Wakeup() },
-      { name: 'retry', concurrency: this.options.retryLaneConcurrency, busy: 0, wakeup: new Wakeup() },
+      {
+        name: 'first',
+        concurrency: this.options.firstLaneConcurrency,
+        busy: 0,
+        wakeup: new Wakeup(),
+        constrained: false,
+      },
+      {
+        name: 'retry',
+        concurrency: this.options.retryLaneConcurrency,
+        busy: 0,
+        wakeup: new Wakeup(),
+        constrained: false,
+      },
     ];
   }
 
@@ -330,10 +351,12 @@ export class DeliveryEngine {
 
   /**
    * Claims again at once instead of at the next poll: the API calls it after a publish, resync or retry so
-   * that first attempts go out immediately.
+   * that first attempts go out immediately. `lane`: only that lane has new work (a publish makes pending
+   * deliveries only, so it wakes the first lane: waking the retry lane too cost an empty claim, a store
+   * statement, per publish). Without it, both lanes.
    */
-  wake(): void {
-    for (const lane of this.#lanes) lane.wakeup.notify();
+  wake(lane?: Lane): void {
+    for (const l of this.#lanes) if (lane === undefined || l.name === lane) l.wakeup.notify();
   }
 
   /**
@@ -358,6 +381,7 @@ export class DeliveryEngine {
 
   async #stop(deadlineMs: number): Promise<void> {
     this.#stopping.abort();
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.wake();
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => {
@@ -408,10 +432,34 @@ export class DeliveryEngine {
     }
   }
 
+  /**
+   * Wakes the retry lane when a retry this process just recorded falls due, if that is sooner than the lane's poll
+   * (a short backoff): the lane is no longer woken by every publish and every attempt, which cost a store statement
+   * each. One timer, for the earliest such retry; later ones are found by that claim or the poll.
+   */
+  #wakeRetryLaneAt(at: number): void {
+    const delay = at - this.#clock();
+    if (delay >= this.options.pollIntervalMs || at >= this.#retryWakeAt) return;
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryWakeAt = at;
+    this.#retryTimer = setTimeout(
+      () => {
+        this.#retryTimer = null;
+        this.#retryWakeAt = Infinity;
+        this.wake('retry');
+      },
+      Math.max(0, delay),
+    );
+    this.#retryTimer.unref();
+  }
+
   /** One claim for `lane`; says whether more work may be due right away. */
   async #claimOnce(lane: LaneState): Promise<'again' | 'idle'> {
     const free = lane.concurrency - lane.busy;
-    if (free <= 0) return 'idle';
+    if (free <= 0) {
+      lane.constrained = true;
+      return 'idle';
+    }
     const limit = Math.min(free, this.options.claimBatch);
     const now = this.#clock();
     const exclude = new Set(this.#limiter.saturated());
@@ -432,6 +480,7 @@ export class DeliveryEngine {
       return 'idle';
     }
     for (const claim of claims) this.#dispatch(claim, lane);
+    lane.constrained = claims.length >= limit || exclude.size > 0;
     return claims.length >= limit ? 'again' : 'idle';
   }
 
@@ -475,8 +524,9 @@ export class DeliveryEngine {
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
       lane.busy -= 1;
-      // A slot is free (in this lane and for this endpoint): both lanes may claim again.
-      this.wake();
+      // A slot is free (in this lane and for this endpoint): this lane may claim again, and the other if its last
+      // claim was held back by a full lane or endpoint. A lane that found nothing due need not ask again now.
+      for (const l of this.#lanes) if (l === lane || l.constrained) l.wakeup.notify();
     }
   }
 
@@ -649,6 +699,7 @@ export class DeliveryEngine {
       return;
     }
     this.#log.debug({ ...attemptLog, state: updated.state, nextAttemptAt: updated.nextAttemptAt }, 'attempt recorded');
+    if (updated.state === 'retrying' && updated.nextAttemptAt !== null) this.#wakeRetryLaneAt(updated.nextAttemptAt);
     this.#observe(
       {
         deliveryId: delivery.id,

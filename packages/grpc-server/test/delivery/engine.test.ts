@@ -127,6 +127,57 @@ describe('DeliveryEngine', () => {
     expect(Date.now() - woke).toBeLessThan(2_000);
   });
 
+  it('wakes only the lane with new work: publishes and their attempts cost the idle retry lane no claim', async () => {
+    const real = await newStore();
+    const r = await receiver();
+    await webhook(real, 'acc', r.url);
+    const claims = { first: 0, retry: 0 };
+    const counting = new Proxy(real, {
+      get(target, prop, receiverObj) {
+        if (prop === 'claimDue') {
+          return (options: Parameters<Store['claimDue']>[0]) => {
+            claims[options.lane] += 1;
+            return target.claimDue(options);
+          };
+        }
+        const value = Reflect.get(target, prop, receiverObj) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    // Polls 10 s apart: every claim below is a wake's.
+    const e = engine(counting, { pollIntervalMs: 10_000, perEndpointConcurrency: 4 });
+    e.start();
+    await waitFor(() => claims.first === 1 && claims.retry === 1, 'the first claim of each lane');
+    for (let i = 0; i < 20; i++) {
+      await publish(real, 'acc', [message(`c${i}`)]);
+      e.wake('first');
+    }
+    await waitFor(() => r.requests.length === 20, 'the 20 requests', 5_000);
+    expect(claims.retry).toBe(1);
+    expect(claims.first).toBeGreaterThan(1);
+    // A wake for every lane (a replay, a webhook enabled) still reaches the retry lane.
+    e.wake();
+    await waitFor(() => claims.retry === 2, 'a retry-lane claim after wake()', 2_000);
+  });
+
+  it('sends a retry when its backoff ends, not at the next poll', async () => {
+    const store = await newStore();
+    let calls = 0;
+    const r = await receiver((_req, res) => {
+      calls += 1;
+      res.statusCode = calls === 1 ? 503 : 200;
+      res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    await publish(store, 'acc', [message('c1')]);
+    // Polls 10 s apart, backoff 20-40 ms, nothing else published: only the retry's own timer can wake the lane.
+    engine(store, { pollIntervalMs: 10_000 }).start();
+    await waitFor(() => r.requests.length === 1, 'the first attempt', 2_000);
+    const first = Date.now();
+    await waitFor(() => r.requests.length === 2, 'the retry', 3_000);
+    expect(Date.now() - first).toBeLessThan(3_000);
+  });
+
   it('retries a 503 and then delivers the same bytes with the same webhook-id', async () => {
     const store = await newStore();
     let calls = 0;
