@@ -208,6 +208,11 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
   return options;
 }
 
+/** Due times of recorded retries are grouped in buckets of this many milliseconds for the retry lane's timer. */
+const RETRY_BUCKET_MS = 5;
+/** Retries due further ahead than this (milliseconds) are left to the retry lane's poll. */
+const RETRY_HORIZON_MS = 5_000;
+
 /** A wake-up flag: `wait` ends at its timeout or at the next `notify`, and a notify while nobody waits is kept. */
 class Wakeup {
   #pending = false;
@@ -259,6 +264,8 @@ interface LaneState {
    * lane wakes it. A lane whose last claim found all it could is woken by new work (`wake`) and its poll only.
    */
   constrained: boolean;
+  /** A claim of this lane is on its way: a slot given back meanwhile may be one it excluded, so it is told. */
+  claiming: boolean;
 }
 
 /** Activity counters, for metrics and tests. */
@@ -285,9 +292,10 @@ export class DeliveryEngine {
   readonly #metrics: Pick<Metrics, 'recordAttempt'> | null;
   readonly #tracer: Tracer | null;
   readonly #limiter: EndpointLimiter;
-  /** When the retry lane is to be woken for a retry this process recorded (see {@link DeliveryEngine.#wakeRetryLaneAt}). */
-  #retryWakeAt = Infinity;
+  /** Due times of retries this process recorded, in buckets (see {@link DeliveryEngine.#wakeRetryLaneAt}). */
+  readonly #retryDue = new Set<number>();
   #retryTimer: NodeJS.Timeout | null = null;
+  #retryTimerAt = Infinity;
   readonly #lanes: readonly [LaneState, LaneState];
   /** Aborted when stop() begins: ends waits for endpoint slots and the error back-off sleeps. */
   readonly #stopping = new AbortController();
@@ -329,6 +337,7 @@ export class DeliveryEngine {
         busy: 0,
         wakeup: new Wakeup(),
         constrained: false,
+        claiming: false,
       },
       {
         name: 'retry',
@@ -336,6 +345,7 @@ export class DeliveryEngine {
         busy: 0,
         wakeup: new Wakeup(),
         constrained: false,
+        claiming: false,
       },
     ];
   }
@@ -382,6 +392,7 @@ export class DeliveryEngine {
   async #stop(deadlineMs: number): Promise<void> {
     this.#stopping.abort();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryDue.clear();
     this.wake();
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => {
@@ -433,24 +444,41 @@ export class DeliveryEngine {
   }
 
   /**
-   * Wakes the retry lane when a retry this process just recorded falls due, if that is sooner than the lane's poll
-   * (a short backoff): the lane is no longer woken by every publish and every attempt, which cost a store statement
-   * each. One timer, for the earliest such retry; later ones are found by that claim or the poll.
+   * Wakes the retry lane when a retry this process just recorded falls due: the lane is not woken by every publish
+   * and every attempt any more (that cost a store statement each), and its poll alone would send a retry up to a
+   * poll interval late. Due times are kept in buckets of {@link RETRY_BUCKET_MS}, up to {@link RETRY_HORIZON_MS}
+   * ahead (later ones are found by the poll); one timer, for the earliest, re-armed for the next when it fires.
    */
   #wakeRetryLaneAt(at: number): void {
-    const delay = at - this.#clock();
-    if (delay >= this.options.pollIntervalMs || at >= this.#retryWakeAt) return;
+    if (this.#stopping.signal.aborted || at - this.#clock() > RETRY_HORIZON_MS) return;
+    const bucket = Math.ceil(at / RETRY_BUCKET_MS) * RETRY_BUCKET_MS;
+    this.#retryDue.add(bucket);
+    if (bucket < this.#retryTimerAt) this.#armRetryTimer(bucket);
+  }
+
+  #armRetryTimer(at: number): void {
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
-    this.#retryWakeAt = at;
-    this.#retryTimer = setTimeout(
-      () => {
-        this.#retryTimer = null;
-        this.#retryWakeAt = Infinity;
-        this.wake('retry');
-      },
-      Math.max(0, delay),
-    );
+    this.#retryTimerAt = at;
+    // +1: Node's timers may fire a little before the wall clock reaches `at`; #onRetryTimer re-arms if they do.
+    this.#retryTimer = setTimeout(() => this.#onRetryTimer(), Math.max(0, at - this.#clock()) + 1);
     this.#retryTimer.unref();
+  }
+
+  #onRetryTimer(): void {
+    this.#retryTimer = null;
+    this.#retryTimerAt = Infinity;
+    if (this.#stopping.signal.aborted) return;
+    const now = this.#clock();
+    let due = false;
+    let next = Infinity;
+    for (const at of this.#retryDue) {
+      if (at <= now) {
+        this.#retryDue.delete(at);
+        due = true;
+      } else if (at < next) next = at;
+    }
+    if (due) this.wake('retry');
+    if (next !== Infinity) this.#armRetryTimer(next);
   }
 
   /** One claim for `lane`; says whether more work may be due right away. */
@@ -464,16 +492,22 @@ export class DeliveryEngine {
     const now = this.#clock();
     const exclude = new Set(this.#limiter.saturated());
     for (const account of this.#health.pausedAccounts(now)) exclude.add(account);
-    const claims = await this.#store.claimDue({
-      lane: lane.name,
-      limit,
-      now,
-      leaseMs: this.options.leaseMs,
-      owner: this.options.owner,
-      excludeAccounts: [...exclude],
-      // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
-      maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
-    });
+    lane.claiming = true;
+    let claims: ClaimedDelivery[];
+    try {
+      claims = await this.#store.claimDue({
+        lane: lane.name,
+        limit,
+        now,
+        leaseMs: this.options.leaseMs,
+        owner: this.options.owner,
+        excludeAccounts: [...exclude],
+        // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
+        maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
+      });
+    } finally {
+      lane.claiming = false;
+    }
     if (this.#stopping.signal.aborted) {
       // Claimed while stop() began: give them straight back.
       for (const claim of claims) this.#track(this.#release(claim, 'stopping'));
@@ -524,9 +558,15 @@ export class DeliveryEngine {
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
       lane.busy -= 1;
-      // A slot is free (in this lane and for this endpoint): this lane may claim again, and the other if its last
-      // claim was held back by a full lane or endpoint. A lane that found nothing due need not ask again now.
-      for (const l of this.#lanes) if (l === lane || l.constrained) l.wakeup.notify();
+      // A slot is free (in this lane and for this endpoint): this lane may claim again; the other too if its last
+      // claim was held back by a full lane or endpoint, or if a claim of it is on its way (it may have excluded this
+      // endpoint). A finished retry also wakes the first lane: a pending delivery of its contact may have waited for
+      // it (a contact has one delivery in flight at a time). A lane that found all it could need not ask again now.
+      for (const l of this.#lanes) {
+        if (l === lane || l.constrained || l.claiming || (lane.name === 'retry' && l.name === 'first')) {
+          l.wakeup.notify();
+        }
+      }
     }
   }
 
