@@ -330,24 +330,15 @@ export class DeliveryEngine {
     // raised to that bound (with headroom) instead of Node's default of 10, which warned
     // MaxListenersExceededWarning under load; a real leak beyond it still warns.
     setMaxListeners(this.options.maxWaiting + 10, this.#stopping.signal);
-    this.#lanes = [
-      {
-        name: 'first',
-        concurrency: this.options.firstLaneConcurrency,
-        busy: 0,
-        wakeup: new Wakeup(),
-        constrained: false,
-        claiming: false,
-      },
-      {
-        name: 'retry',
-        concurrency: this.options.retryLaneConcurrency,
-        busy: 0,
-        wakeup: new Wakeup(),
-        constrained: false,
-        claiming: false,
-      },
-    ];
+    const lane = (name: Lane, concurrency: number): LaneState => ({
+      name,
+      concurrency,
+      busy: 0,
+      wakeup: new Wakeup(),
+      constrained: false,
+      claiming: false,
+    });
+    this.#lanes = [lane('first', this.options.firstLaneConcurrency), lane('retry', this.options.retryLaneConcurrency)];
   }
 
   /** Starts both lanes. Idempotent; throws after `stop()`. */

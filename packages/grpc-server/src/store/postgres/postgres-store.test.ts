@@ -91,11 +91,14 @@ async function planNodes(
  * Runs `fn` with a store on a database of its own (statistics and rows that no other test touches), then closes
  * the store and drops the database, whatever happened.
  */
-async function withOwnDatabase(fn: (store: PostgresStore, url: string) => Promise<void>): Promise<void> {
+async function withOwnDatabase(
+  fn: (store: PostgresStore, url: string) => Promise<void>,
+  { poolSize = 2 } = {},
+): Promise<void> {
   const fresh = await createTestDatabase();
   let store: PostgresStore | null = null;
   try {
-    store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+    store = await openPostgresStore({ connectionString: fresh.url, poolSize });
     await fn(store, fresh.url);
   } finally {
     await store?.close();
@@ -349,46 +352,47 @@ describe('PostgresStore', () => {
     // A named statement run a few times on a connection gets a generic plan, kept until the table is analyzed again.
     // One made while deliveries held a handful of rows updated the claimed rows by a sequential scan of the whole
     // table in every claim (issue 6 bench: 13,374 pages read to claim 32, 8 ms a claim instead of 0.4).
-    const fresh = await createTestDatabase();
-    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
-    // The store's pool (one connection: the one that claims), as the `this` of its calls.
-    const spy = vi.spyOn(pg.Pool.prototype, 'query');
-    try {
-      const account = 'acct';
-      await store.upsertWebhook(
-        account,
-        { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
-        T0,
-      );
-      const claim = (limit: number) =>
-        store.claimDue({ lane: 'first', limit, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
-      for (let i = 0; i < 8; i++) {
-        await store.publish({ accountId: account, now: T0, messages: [storedMessage(`early${i}`)] });
-        await claim(1);
-      }
-      for (let k = 0; k < 12; k++) {
-        const messages = Array.from({ length: 1000 }, (_, i) => storedMessage(`c${k}-${i}`));
-        await store.publish({ accountId: account, now: T0, messages });
-      }
-      /** Sequential scans of deliveries so far, the store connection's own flushed first. */
-      const pool = spy.mock.contexts[0] as pg.Pool;
-      const seqScans = async () => {
-        await pool.query('SELECT pg_stat_force_next_flush()');
-        await pool.query('SELECT 1'); // the flush happens as the connection goes idle after the line above
-        const { rows } = await sql(
-          fresh.url,
-          "SELECT pg_stat_clear_snapshot(), seq_scan FROM pg_stat_user_tables WHERE relname = 'deliveries'",
-        );
-        return Number((rows[0] as { seq_scan: string }).seq_scan);
-      };
-      const before = await seqScans();
-      expect(await claim(32)).toHaveLength(32);
-      expect(await seqScans()).toBe(before);
-    } finally {
-      spy.mockRestore();
-      await store.close();
-      await fresh.drop();
-    }
+    await withOwnDatabase(
+      async (store, url) => {
+        // The store's pool (one connection: the one that claims), as the `this` of its calls.
+        const spy = vi.spyOn(pg.Pool.prototype, 'query');
+        try {
+          const account = 'acct';
+          await store.upsertWebhook(
+            account,
+            { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
+            T0,
+          );
+          const claim = (limit: number) =>
+            store.claimDue({ lane: 'first', limit, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
+          for (let i = 0; i < 8; i++) {
+            await store.publish({ accountId: account, now: T0, messages: [storedMessage(`early${i}`)] });
+            await claim(1);
+          }
+          for (let k = 0; k < 12; k++) {
+            const messages = Array.from({ length: 1000 }, (_, i) => storedMessage(`c${k}-${i}`));
+            await store.publish({ accountId: account, now: T0, messages });
+          }
+          /** Sequential scans of deliveries so far, the store connection's own flushed first. */
+          const pool = spy.mock.contexts[0] as pg.Pool;
+          const seqScans = async () => {
+            await pool.query('SELECT pg_stat_force_next_flush()');
+            await pool.query('SELECT 1'); // the flush happens as the connection goes idle after the line above
+            const { rows } = await sql(
+              url,
+              "SELECT pg_stat_clear_snapshot(), seq_scan FROM pg_stat_user_tables WHERE relname = 'deliveries'",
+            );
+            return Number((rows[0] as { seq_scan: string }).seq_scan);
+          };
+          const before = await seqScans();
+          expect(await claim(32)).toHaveLength(32);
+          expect(await seqScans()).toBe(before);
+        } finally {
+          spy.mockRestore();
+        }
+      },
+      { poolSize: 1 },
+    );
   });
 
   it('claims, publishes and records through index probes even with statistics taken when the table was small', async () => {
