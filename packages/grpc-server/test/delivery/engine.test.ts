@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { StoredMessage } from '@app-inbox/core';
 import { createSender, DeliveryEngine, type EngineOptions, type Sender } from '../../src/delivery/index.js';
-import type { DeliveryOutcome, Store } from '../../src/store/types.js';
+import type { ClaimedDelivery, ClaimOptions, DeliveryOutcome, Store } from '../../src/store/types.js';
 import { createTestStore, FAST_BACKOFF, message, sleep, waitFor } from './engine-fixtures.js';
 import { startReceiver, type Handler, type ReceivedRequest, type TestReceiver } from './http-receiver.js';
 
@@ -45,6 +45,20 @@ function engine(
   });
   cleanups.push(() => e.stop(200));
   return e;
+}
+
+/** `store` with its claimDue replaced by `claimDue`, which is given the real one. */
+function withClaimDue(
+  store: Store,
+  claimDue: (real: Store['claimDue'], options: ClaimOptions) => Promise<ClaimedDelivery[]>,
+): Store {
+  return new Proxy(store, {
+    get(target, prop, receiverObj) {
+      if (prop === 'claimDue') return (options: ClaimOptions) => claimDue((o) => target.claimDue(o), options);
+      const value = Reflect.get(target, prop, receiverObj) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
 }
 
 /** A receiver that answers 503 to its first request and 200 to every other. */
@@ -142,17 +156,9 @@ describe('DeliveryEngine', () => {
     const r = await receiver();
     await webhook(real, 'acc', r.url);
     const claims = { first: 0, retry: 0 };
-    const counting = new Proxy(real, {
-      get(target, prop, receiverObj) {
-        if (prop === 'claimDue') {
-          return (options: Parameters<Store['claimDue']>[0]) => {
-            claims[options.lane] += 1;
-            return target.claimDue(options);
-          };
-        }
-        const value = Reflect.get(target, prop, receiverObj) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const counting = withClaimDue(real, (claimDue, options) => {
+      claims[options.lane] += 1;
+      return claimDue(options);
     });
     // Polls 10 s apart: every claim below is a wake's.
     const e = engine(counting, { pollIntervalMs: 10_000, perEndpointConcurrency: 4 });
@@ -201,7 +207,10 @@ describe('DeliveryEngine', () => {
     await waitFor(() => r.requests.length === 3, 'the new list, well before the next poll', 3_000);
   });
 
-  it('tells a lane whose claim is on its way of a slot given back meanwhile', async () => {
+  it.each([
+    ['whose claim is on its way', 400],
+    ['that last found it saturated', 0],
+  ])('tells a lane %s of a slot given back', async (_when, claimDelayMs) => {
     const real = await newStore();
     const r = await receiver(async (_req, res, received) => {
       const [first] = JSON.parse(received.body.toString('utf8')) as Array<{ externalCustomerId: string }>;
@@ -211,19 +220,12 @@ describe('DeliveryEngine', () => {
       res.end();
     });
     await webhook(real, 'acc', r.url);
-    // The retry lane's claims that exclude the (saturated) endpoint take 400 ms: c1's slot is given back during one.
-    const slowed = new Proxy(real, {
-      get(target, prop, receiverObj) {
-        if (prop === 'claimDue') {
-          return async (options: Parameters<Store['claimDue']>[0]) => {
-            const claimed = await target.claimDue(options);
-            if (options.lane === 'retry' && (options.excludeAccounts?.length ?? 0) > 0) await sleep(400);
-            return claimed;
-          };
-        }
-        const value = Reflect.get(target, prop, receiverObj) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    // The retry lane's claims that exclude the (saturated) endpoint take `claimDelayMs`: with 400 ms, c1's slot is
+    // given back during one; with 0, after it ended.
+    const slowed = withClaimDue(real, async (claimDue, options) => {
+      const claimed = await claimDue(options);
+      if (options.lane === 'retry' && (options.excludeAccounts?.length ?? 0) > 0) await sleep(claimDelayMs);
+      return claimed;
     });
     await publish(real, 'acc', [message('c2')]);
     const e = engine(slowed, {
@@ -620,20 +622,12 @@ describe('DeliveryEngine', () => {
     await webhook(real, 'acc', r.url);
     await publish(real, 'acc', [message('c1')]);
     let failures = 2;
-    const flaky = new Proxy(real, {
-      get(target, prop, receiverObj) {
-        if (prop === 'claimDue') {
-          return (options: Parameters<Store['claimDue']>[0]) => {
-            if (options.lane === 'first' && failures > 0) {
-              failures -= 1;
-              return Promise.reject(new Error('database is locked'));
-            }
-            return target.claimDue(options);
-          };
-        }
-        const value = Reflect.get(target, prop, receiverObj) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const flaky = withClaimDue(real, (claimDue, options) => {
+      if (options.lane === 'first' && failures > 0) {
+        failures -= 1;
+        return Promise.reject(new Error('database is locked'));
+      }
+      return claimDue(options);
     });
     const lines: string[] = [];
     const logger = pino(
