@@ -5,7 +5,14 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { AttemptResult, ClaimedDelivery, Delivery, DeliveryOutcome, Lane } from '../types.js';
-import { CLAIM_SQL, openPostgresStore, PostgresStore, RECORD_FINAL_SQL, SWEEP_SQL } from './postgres-store.js';
+import {
+  CLAIM_SQL,
+  FREEZE_SQL,
+  openPostgresStore,
+  PostgresStore,
+  RECORD_FINAL_SQL,
+  SWEEP_SQL,
+} from './postgres-store.js';
 import { POSTGRES_MIGRATIONS } from './schema.js';
 import { createTestDatabase } from './test-db.js';
 
@@ -45,6 +52,10 @@ interface PlanNode {
   parentRelationship: string | undefined;
   /** Rows the node read and its filter dropped, over all its loops (`analyze` only; 0 otherwise). */
   removedByFilter: number;
+  /** Rows the node read, kept or dropped by its filter, over all its loops (`analyze` only; 0 otherwise). */
+  rowsRead: number;
+  /** Pairs of rows a join node formed and its join filter dropped, over all its loops (`analyze` only). */
+  removedByJoinFilter: number;
   children: PlanNode[];
 }
 
@@ -68,11 +79,14 @@ async function planNodes(
     await client.query('ROLLBACK');
     const nodes: PlanNode[] = [];
     const walk = (raw: Record<string, unknown>): PlanNode => {
+      const loops = Number(raw['Actual Loops'] ?? 1);
       const node: PlanNode = {
         type: String(raw['Node Type']),
         relation: raw['Relation Name'] as string | undefined,
         parentRelationship: raw['Parent Relationship'] as string | undefined,
-        removedByFilter: Number(raw['Rows Removed by Filter'] ?? 0) * Number(raw['Actual Loops'] ?? 1),
+        removedByFilter: Number(raw['Rows Removed by Filter'] ?? 0) * loops,
+        rowsRead: (Number(raw['Actual Rows'] ?? 0) + Number(raw['Rows Removed by Filter'] ?? 0)) * loops,
+        removedByJoinFilter: Number(raw['Rows Removed by Join Filter'] ?? 0) * loops,
         children: [],
       };
       nodes.push(node);
@@ -437,6 +451,10 @@ describe('PostgresStore', () => {
             ids.map(() => T0 + 5),
           ],
         ],
+        freeze: [
+          FREEZE_SQL,
+          [ids, ids.map(() => 'w'), ids.map(() => Buffer.from('{}')), ids.map(() => '[]'), ids.map(() => T0)],
+        ],
       } as const;
       // Both plans a named statement may run: planned for the values (its first executions) and generic.
       for (const mode of PLAN_MODES) {
@@ -474,6 +492,69 @@ describe('PostgresStore', () => {
         'c00023',
         'c00024',
       ]);
+    });
+  });
+
+  it('claims with one probe per candidate for its contact in flight, however many are in flight unseen by the planner', async () => {
+    // Statistics taken when nothing was in flight (the planner then believes an in-flight check finds nothing
+    // wherever it looks), then 500 in flight and 3,000 index entries left by deliveries that were in flight: the
+    // check that a candidate's contact is not in flight read every in-flight delivery of the account for each
+    // candidate (32,000 rows for 64), the expired-lease check read all 500, and the oldest due delivery of each
+    // account was found by walking the pending deliveries of every account (issue 6, bench/README "Seventh round").
+    await withOwnDatabase(async (opened, url) => {
+      await sql(url, 'ALTER TABLE deliveries SET (autovacuum_enabled = false)'); // keep the dead entries
+      for (const account of ['acct', 'other']) {
+        await opened.upsertWebhook(
+          account,
+          { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
+          T0,
+        );
+      }
+      const contacts = (prefix: string, count: number) =>
+        Array.from({ length: count }, (_, i) => storedMessage(`${prefix}${String(i).padStart(5, '0')}`));
+      await opened.publish({ accountId: 'other', now: T0, messages: contacts('o', 1000) });
+      await sql(url, 'ANALYZE deliveries');
+      for (let k = 0; k < 10; k++)
+        await opened.publish({ accountId: 'acct', now: T0, messages: contacts(`c${k}-`, 1000) });
+      const move = (count: number, from: string, to: string, due: number | null) =>
+        sql(
+          url,
+          `UPDATE deliveries SET state = $3, lease_owner = CASE WHEN $3 = 'in_flight' THEN 'x' END, next_attempt_at = $4
+           WHERE seq = ANY (ARRAY(SELECT seq FROM deliveries WHERE account_id = 'acct' AND state = $2 ORDER BY seq LIMIT $1))`,
+          [count, from, to, due],
+        );
+      await move(3000, 'pending', 'in_flight', T0 + 60_000);
+      await move(3000, 'in_flight', 'delivered', null);
+      await move(500, 'pending', 'in_flight', T0 + 60_000);
+      await move(500, 'pending', 'retrying', T0);
+      for (const lane of ['first', 'retry'] as const) {
+        for (const mode of PLAN_MODES) {
+          const nodes = await planNodes(url, CLAIM_SQL[lane], [T0 + 1, [], 64, 64, 'w', T0 + 60_000], mode, {
+            analyze: true,
+          });
+          // Rows of deliveries read by its scans, and in-flight rows a join paired with candidates to drop them.
+          const read = nodes.reduce(
+            (sum, n) => sum + n.removedByJoinFilter + (n.relation === 'deliveries' ? n.rowsRead : 0),
+            0,
+          );
+          // Candidates (64 an account) read, their contacts checked, 64 updated, the first due of 2 accounts.
+          expect(read, `${lane} lane, ${mode}`).toBeLessThanOrEqual(1000);
+        }
+        const claimed = await opened.claimDue({ lane, limit: 64, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
+        expect(claimed).toHaveLength(64);
+      }
+      const stats = await opened.stats(T0 + 1);
+      expect(stats).toEqual({
+        byState: {
+          pending: 10_000 - 4000 - 64 + 1000,
+          in_flight: 628,
+          retrying: 436,
+          delivered: 3000,
+          failed: 0,
+          superseded: 0,
+        },
+        oldestDueAt: T0,
+      });
     });
   });
 

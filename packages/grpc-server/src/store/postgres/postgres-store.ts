@@ -105,6 +105,16 @@ const NEWER_ID = `(SELECT n.id FROM deliveries n
    WHERE n.account_id = d.account_id AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq
    ORDER BY n.seq DESC LIMIT 1)`;
 
+/**
+ * True when no delivery of `d`'s contact is in flight (ARCHITECTURE §2: one in flight per contact). A subquery run
+ * for each candidate (`OFFSET 0` keeps the planner from turning it into a join), answered by a probe of
+ * deliveries_one_in_flight by both its columns: no other index can answer it (see migration 4). As a join it was
+ * planned, with statistics taken when nothing was in flight, as a scan of every in-flight delivery of the account for
+ * each candidate (500 in flight, 64 candidates: 32,000 rows read; issue 6).
+ */
+const CONTACT_NOT_IN_FLIGHT = `NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_id = d.account_id
+          AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight' OFFSET 0)`;
+
 /** What a `superseded` outcome needs of a delivery row (`d` or `t`). */
 const supersededColumns = (alias: string): string =>
   ['id', 'account_id', 'external_customer_id', 'attempt_count', 'message_ids', 'superseded_by']
@@ -196,8 +206,7 @@ const claimSql = (lane: Lane): string => {
     FROM acc a CROSS JOIN LATERAL (
       SELECT d.seq, d.next_attempt_at, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
       WHERE d.account_id = a.account_id AND d.state = '${state}' AND d.next_attempt_at <= $1
-        AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_id = d.account_id
-          AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight')
+        AND ${CONTACT_NOT_IN_FLIGHT}
       ORDER BY d.next_attempt_at, d.seq LIMIT $3
       FOR UPDATE OF d SKIP LOCKED) c),
   guard AS (
@@ -212,6 +221,26 @@ const claimSql = (lane: Lane): string => {
   FROM guard g LEFT JOIN (upd u JOIN cand c ON c.seq = u.seq JOIN acc a ON a.account_id = u.account_id) ON true
   ORDER BY c.rank`;
 };
+
+/** `stats` counts, each answered from an index of its state alone (the partial indexes of the schema). */
+const STATS_COUNTS_SQL = `
+  SELECT 'pending' AS state, COUNT(*) AS n FROM deliveries WHERE state = 'pending'
+  UNION ALL SELECT 'in_flight', COUNT(*) FROM deliveries WHERE state = 'in_flight'
+  UNION ALL SELECT 'retrying', COUNT(*) FROM deliveries WHERE state = 'retrying'
+  UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') GROUP BY state`;
+
+/**
+ * `stats`' oldest due delivery: the first due of each account in each lane, one probe of the lane's index per
+ * account, as claims find it (no index orders every account's due deliveries together since migration 4). Deliveries
+ * belong to an account with a webhook: the service creates them for such accounts and deletes them with it.
+ */
+const STATS_OLDEST_DUE_SQL = `SELECT MIN(x.due) AS t FROM webhooks w CROSS JOIN LATERAL (
+    (SELECT d.next_attempt_at AS due FROM deliveries d WHERE d.account_id = w.account_id AND d.state = 'pending'
+     ORDER BY d.next_attempt_at LIMIT 1)
+    UNION ALL
+    (SELECT d.next_attempt_at FROM deliveries d WHERE d.account_id = w.account_id AND d.state = 'retrying'
+     ORDER BY d.next_attempt_at LIMIT 1)) x
+  WHERE x.due <= $1`;
 
 /** @internal exported for the plan test in postgres-store.test.ts. */
 export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry: claimSql('retry') };
@@ -319,8 +348,9 @@ const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_custome
  * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each is
  * frozen when it is still claimed by that owner, unexpired and without a body; the ids of those frozen come back.
  * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql).
+ * @internal exported for the plan test in postgres-store.test.ts.
  */
-const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.message_ids,
+export const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.message_ids,
     first_attempt_at = COALESCE(d.first_attempt_at, f.now), updated_at = f.now
   FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[]) AS f(id, owner, body, message_ids, now)
   WHERE d.id = ANY ($1::text[]) AND d.id = f.id AND d.state = 'in_flight' AND d.lease_owner = f.owner
@@ -848,8 +878,7 @@ export class PostgresStore implements Store {
           const { rows } = await c.query<{ seq: string; newer_id: string | null }>(
             `SELECT d.seq, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
              WHERE d.account_id = $1 AND d.state = '${state}' AND d.next_attempt_at <= $2
-               AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_id = d.account_id
-                 AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight')
+               AND ${CONTACT_NOT_IN_FLIGHT}
              ORDER BY d.next_attempt_at, d.seq LIMIT $3
              FOR UPDATE OF d SKIP LOCKED`,
             [accountId, now, want],
@@ -1303,16 +1332,9 @@ export class PostgresStore implements Store {
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
     assertTime('now', now);
     const byState = emptyByState();
-    const counts = await this.#query<{ state: DeliveryState; n: string }>(
-      'SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state',
-    );
+    const counts = await this.#query<{ state: DeliveryState; n: string }>(STATS_COUNTS_SQL);
     for (const row of counts.rows) byState[row.state] = Number(row.n);
-    const due = await this.#query<{ t: string | null }>(
-      `SELECT LEAST(
-         (SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1),
-         (SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' AND next_attempt_at <= $1)) AS t`,
-      [now],
-    );
+    const due = await this.#query<{ t: string | null }>(STATS_OLDEST_DUE_SQL, [now]);
     const t = due.rows[0]?.t ?? null;
     return { byState, oldestDueAt: t === null ? null : Number(t) };
   }

@@ -102,4 +102,21 @@ CREATE TABLE attempts (
     // are; new ones keep 30% free.
     sql: `ALTER TABLE deliveries SET (fillfactor = 70);`,
   },
+  {
+    version: 4,
+    name: 'lease index only over in-flight deliveries',
+    // deliveries_state_due indexed every row by (state, next_attempt_at), and the planner used it where it was not
+    // meant to: with statistics taken when nothing was in flight, a claim's check that a candidate's contact is not in
+    // flight scanned every in-flight delivery (and the entries left by those that moved on) for each candidate, and
+    // the oldest due delivery of an account was looked for by walking every account's pending deliveries (issue 6,
+    // bench/README "Seventh round"). Its readers: the expired-lease check and reap, which need in-flight rows alone,
+    // as SQLite's migration 3 did. `next_attempt_at IS NOT NULL` (always true of an in-flight row, and implied by the
+    // reap's `next_attempt_at <= $1`) keeps this index out of the claim's per-contact check, which then has one
+    // index to answer it: deliveries_one_in_flight, by both its columns. Terminal rows are no longer indexed by
+    // state and due time at all.
+    sql: `
+DROP INDEX deliveries_state_due;
+CREATE INDEX deliveries_lease_due ON deliveries (next_attempt_at) WHERE state = 'in_flight' AND next_attempt_at IS NOT NULL;
+`,
+  },
 ];
