@@ -115,6 +115,14 @@ const NEWER_ID = `(SELECT n.id FROM deliveries n
 const CONTACT_NOT_IN_FLIGHT = `NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_id = d.account_id
           AND f.external_customer_id = d.external_customer_id AND f.state = 'in_flight' OFFSET 0)`;
 
+/*
+ * Claimed rows are named by key and owner: `d.lease_owner = <owner>` without `d.state = 'in_flight'`. A lease owner is
+ * set exactly while a delivery is in flight (constraint deliveries_leased_in_flight, migration 5), so the owner says
+ * it; naming the state too let the planner read these few rows from a partial index of in-flight deliveries instead
+ * of by key (freeze, record: the whole index, 39,085 entries, believed near empty by statistics taken when nothing
+ * was in flight; issue 6, bench/README "Seventh round").
+ */
+
 /** What a `superseded` outcome needs of a delivery row (`d` or `t`). */
 const supersededColumns = (alias: string): string =>
   ['id', 'account_id', 'external_customer_id', 'attempt_count', 'message_ids', 'superseded_by']
@@ -133,7 +141,7 @@ const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', ret
  */
 const RECORD_RETRY_SQL = `WITH cur AS (
     SELECT d.seq, ${NEWER_ID} AS newer_id FROM deliveries d
-    WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 AND d.attempt_count = $3::integer - 1
+    WHERE d.id = $1 AND d.lease_owner = $2 AND d.attempt_count = $3::integer - 1
     FOR UPDATE OF d),
   ok AS (SELECT seq FROM cur WHERE newer_id IS NULL),
   ins AS (
@@ -164,7 +172,7 @@ export const RECORD_FINAL_SQL = `WITH f AS (
         last_error, ended_at)),
   cur AS (
     SELECT d.seq, f.* FROM deliveries d JOIN f ON f.id = d.id
-    WHERE d.id = ANY ($1::text[]) AND d.state = 'in_flight' AND d.lease_owner = f.owner
+    WHERE d.id = ANY ($1::text[]) AND d.lease_owner = f.owner
       AND d.attempt_count = f.attempt_no - 1
     ORDER BY d.seq
     FOR UPDATE OF d),
@@ -353,7 +361,7 @@ const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_custome
 export const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.message_ids,
     first_attempt_at = COALESCE(d.first_attempt_at, f.now), updated_at = f.now
   FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[]) AS f(id, owner, body, message_ids, now)
-  WHERE d.id = ANY ($1::text[]) AND d.id = f.id AND d.state = 'in_flight' AND d.lease_owner = f.owner
+  WHERE d.id = ANY ($1::text[]) AND d.id = f.id AND d.lease_owner = f.owner
     AND d.next_attempt_at > f.now AND d.body IS NULL
   RETURNING d.id`;
 
@@ -1211,7 +1219,7 @@ export class PostgresStore implements Store {
     await this.#tx(async (c) => {
       const { rows } = await c.query<{ seq: string; frozen: boolean; newer_id: string | null }>(
         `SELECT d.seq, d.body IS NOT NULL AS frozen, ${NEWER_ID} AS newer_id FROM deliveries d
-         WHERE d.id = $1 AND d.state = 'in_flight' AND d.lease_owner = $2 FOR UPDATE OF d`,
+         WHERE d.id = $1 AND d.lease_owner = $2 FOR UPDATE OF d`,
         [deliveryId, owner],
       );
       const row = rows[0];

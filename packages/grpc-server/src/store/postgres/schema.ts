@@ -119,4 +119,15 @@ DROP INDEX deliveries_state_due;
 CREATE INDEX deliveries_lease_due ON deliveries (next_attempt_at) WHERE state = 'in_flight' AND next_attempt_at IS NOT NULL;
 `,
   },
+  {
+    version: 5,
+    name: 'a lease owner exactly while in flight',
+    // Every statement already kept this (a claim sets the owner with the state, every way out of in_flight clears it);
+    // now it is a constraint, because the statements that name a claimed row rely on it: they check the owner and not
+    // the state, which would let the planner read a partial index of in-flight rows instead of the row's key (see
+    // postgres-store.ts). Checked once over the table here.
+    sql: `
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_leased_in_flight CHECK ((state = 'in_flight') = (lease_owner IS NOT NULL));
+`,
+  },
 ];
