@@ -394,6 +394,9 @@ const OUTBOX_BATCH = 256;
 /** NOTIFY payloads must stay under 8,000 bytes: 2,400 UTF-16 units is at most 7,200 UTF-8 bytes. */
 const CHUNK_UNITS = 2400;
 
+/** The planner settings of the store's sessions (see the constructor). @internal exported for the plan tests. */
+export const SESSION_SETTINGS = ['SET jit = off', 'SET enable_seqscan = off'] as const;
+
 /** Names of the hot statements, by text (see {@link named}). */
 const statementNames = new Map<string, string>();
 
@@ -454,17 +457,22 @@ export class PostgresStore implements Store {
       listenReconnectMs: assertInt('listenReconnectMs', options.listenReconnectMs ?? 1000, 1),
       namedPublishMaxMessages: assertInt('namedPublishMaxMessages', options.namedPublishMaxMessages ?? 64, 0, 10_000),
     };
-    // JIT off for this store's sessions: every statement here is a short index-probe statement, and when stale
-    // statistics push a plan's estimated cost past jit_above_cost PostgreSQL spends up to a second compiling it
-    // (seen in the issue 6 bench with a variant of the claim: 0.9 s of JIT, then 0.1 ms of execution). Set by
-    // the pool's hook on each new connection before its first use; not by the `options` startup parameter, which
-    // a connection string's own `options` would silently replace and which PgBouncer refuses unless configured
-    // for it. Best effort: a server that refuses it keeps its default.
+    // Planner settings of this store's sessions. Every statement here is a short statement that names its rows by a
+    // key or reads an index in order, and the planner was wrong about them only when its statistics lagged behind
+    // `deliveries`, which grows and churns fast (issue 6):
+    // - JIT off: when stale statistics pushed a plan's estimated cost past jit_above_cost, PostgreSQL spent up to a
+    //   second compiling it (a variant of the claim: 0.9 s of JIT, then 0.1 ms of execution).
+    // - Sequential scans off (a last resort for the planner, still used where no index serves): a named statement's
+    //   generic plan made while `deliveries` held a handful of rows scanned the whole table in every later claim
+    //   (13,374 pages for 32 rows, 8 ms a claim), a plan kept until the table's next analyze, a minute or more away.
+    // Set by the pool's hook on each new connection before its first use; not by the `options` startup parameter,
+    // which a connection string's own `options` would silently replace and which PgBouncer refuses unless configured
+    // for it. Best effort: a server that refuses one keeps its default.
     this.#pool = new pg.Pool({
       connectionString: options.connectionString,
       max: poolSize,
       onConnect: async (client) => {
-        await client.query('SET jit = off').catch(() => undefined);
+        for (const setting of SESSION_SETTINGS) await client.query(setting).catch(() => undefined);
       },
     });
     // An idle connection that breaks must not crash the process: the next query reports the problem.
@@ -813,10 +821,11 @@ export class PostgresStore implements Store {
 
     let rows: ClaimDbRow[] | null = null;
     try {
-      // Not a named statement: planned for its values at each run. A named one gets a generic plan after a few runs
-      // on a connection, kept until the next analyze; made while `deliveries` was small, it updated the claimed rows by
-      // a sequential scan of the whole table in every claim (issue 6 bench: 13,374 pages for 32 rows, 8 ms a claim).
-      ({ rows } = await this.#query<ClaimDbRow>(CLAIM_SQL[lane], [
+      // A named statement: planning it cost more than running it (0.46 ms against 0.68 ms a claim at 1,000
+      // deliveries/s, issue 6). Its generic plan, made after a few runs on a connection and kept until the table is
+      // analyzed again, may be made while `deliveries` is small; the sessions' `enable_seqscan = off` keeps that plan
+      // on the indexes it was written for (see the constructor).
+      ({ rows } = await this.#run<ClaimDbRow>(CLAIM_SQL[lane], [
         now,
         excluded,
         Math.min(maxPerAccount, limit),
