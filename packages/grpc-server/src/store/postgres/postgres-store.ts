@@ -618,7 +618,12 @@ export class PostgresStore implements Store {
 
   async getWebhook(accountId: string): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
-    const { rows } = await this.#query<WebhookRow>('SELECT * FROM webhooks WHERE account_id = $1', [accountId]);
+    // Named, so its columns are listed (a prepared `SELECT *` fails once a migration changes the table): it runs
+    // once per publish statement, and planning it cost four times its run (issue 6: 168 ms against 41 ms in 10 s).
+    const { rows } = await this.#run<WebhookRow>(
+      'SELECT account_id, config, enabled, message_ttl_ms, created_at, updated_at FROM webhooks WHERE account_id = $1',
+      [accountId],
+    );
     return rows[0] === undefined ? null : webhookFromRow(rows[0]);
   }
 
