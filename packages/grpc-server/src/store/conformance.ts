@@ -936,6 +936,30 @@ export function storeConformanceSuite(
         expect(stats.oldestDueAt).toBe(T0 + 200);
         expect((await store.stats(T0 + 199)).oldestDueAt).toBeNull();
       });
+
+      it('counts and dates the due deliveries of an account without a webhook, which no claim takes', async () => {
+        // Replayed after the account's webhook was deleted (its finished deliveries stay): due, never sent.
+        const acct = await withWebhook();
+        const frozen = await publishOne(acct, 'f');
+        const plain = await publishOne(acct, 'p');
+        const claimed = await claim('first', T0);
+        const byId = (id: string) => claimed.find((c) => c.delivery.id === id)!;
+        await build(byId(frozen.deliveryId), 'worker-1', T0);
+        await settle(byId(frozen.deliveryId), 'worker-1', T0 + 1, 'failed');
+        await settle(byId(plain.deliveryId), 'worker-1', T0 + 1, 'failed');
+        expect(await store.deleteWebhook(acct)).toBe(true);
+        const replays = [
+          await store.retryDelivery(frozen.deliveryId, T0 + 50),
+          await store.retryDelivery(plain.deliveryId, T0 + 40),
+        ];
+        expect(replays.map((r) => r?.delivery.state)).toEqual(['retrying', 'pending']);
+        expect([...(await claim('first', T0 + 60)), ...(await claim('retry', T0 + 60))]).toEqual([]);
+        expect(await store.stats(T0 + 60)).toEqual({
+          byState: { pending: 1, in_flight: 0, retrying: 1, delivered: 0, failed: 0, superseded: 0 },
+          oldestDueAt: T0 + 40,
+        });
+        expect((await store.stats(T0 + 39)).oldestDueAt).toBeNull();
+      });
     });
 
     // ------------------------------------------------------------ outcomes

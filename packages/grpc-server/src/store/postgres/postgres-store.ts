@@ -108,7 +108,8 @@ const NEWER_ID = `(SELECT n.id FROM deliveries n
 /**
  * True when no delivery of `d`'s contact is in flight (ARCHITECTURE §2: one in flight per contact). A subquery run
  * for each candidate (`OFFSET 0` keeps the planner from turning it into a join), answered by a probe of
- * deliveries_one_in_flight by both its columns: no other index can answer it (see migration 4). As a join it was
+ * deliveries_one_in_flight by both its columns: a unique index, so the planner expects one row at most, and the lease
+ * index cannot serve it (see migration 4); the contact's other indexes would read its past deliveries too. As a join it was
  * planned, with statistics taken when nothing was in flight, as a scan of every in-flight delivery of the account for
  * each candidate (500 in flight, 64 candidates: 32,000 rows read; issue 6).
  */
@@ -238,16 +239,22 @@ const STATS_COUNTS_SQL = `
   UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') GROUP BY state`;
 
 /**
- * `stats`' oldest due delivery: the first due of each account in each lane, one probe of the lane's index per
- * account, as claims find it (no index orders every account's due deliveries together since migration 4). Deliveries
- * belong to an account with a webhook: the service creates them for such accounts and deletes them with it.
+ * `stats`' oldest due delivery: the first due of each account with due work in each lane, found by skipping from
+ * account to account along the lane's index (a recursive probe per account, as no index orders every account's due
+ * deliveries together since migration 4). From `deliveries`, not `webhooks`: a delivery replayed after its account's
+ * webhook was deleted is due and never claimed, and must show.
  */
-const STATS_OLDEST_DUE_SQL = `SELECT MIN(x.due) AS t FROM webhooks w CROSS JOIN LATERAL (
-    (SELECT d.next_attempt_at AS due FROM deliveries d WHERE d.account_id = w.account_id AND d.state = 'pending'
-     ORDER BY d.next_attempt_at LIMIT 1)
+const oldestDueOf = (state: 'pending' | 'retrying', name: string): string => `${name} AS (
+    (SELECT d.account_id, d.next_attempt_at FROM deliveries d WHERE d.state = '${state}'
+     ORDER BY d.account_id, d.next_attempt_at LIMIT 1)
     UNION ALL
-    (SELECT d.next_attempt_at FROM deliveries d WHERE d.account_id = w.account_id AND d.state = 'retrying'
-     ORDER BY d.next_attempt_at LIMIT 1)) x
+    SELECT n.account_id, n.next_attempt_at FROM ${name} CROSS JOIN LATERAL (
+      SELECT d.account_id, d.next_attempt_at FROM deliveries d
+      WHERE d.state = '${state}' AND d.account_id > ${name}.account_id
+      ORDER BY d.account_id, d.next_attempt_at LIMIT 1) n)`;
+/** @internal exported for the plan test in postgres-store.test.ts. */
+export const STATS_OLDEST_DUE_SQL = `WITH RECURSIVE ${oldestDueOf('pending', 'p')}, ${oldestDueOf('retrying', 'r')}
+  SELECT MIN(x.due) AS t FROM (SELECT next_attempt_at AS due FROM p UNION ALL SELECT next_attempt_at FROM r) x
   WHERE x.due <= $1`;
 
 /** @internal exported for the plan test in postgres-store.test.ts. */

@@ -130,4 +130,13 @@ CREATE INDEX deliveries_lease_due ON deliveries (next_attempt_at) WHERE state = 
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_leased_in_flight CHECK ((state = 'in_flight') = (lease_owner IS NOT NULL));
 `,
   },
+  {
+    version: 6,
+    name: 'enabled webhooks by index',
+    // The store's sessions plan sequential scans only where no index serves (enable_seqscan = off, see
+    // postgres-store.ts); the claim's walk over the enabled webhooks had none, so its plan carried the planner's
+    // penalty for a forced sequential scan (10^10), and every cost compared above that node lost its meaning. With
+    // this index no statement of the store needs a sequential scan.
+    sql: `CREATE INDEX webhooks_enabled ON webhooks (account_id) WHERE enabled;`,
+  },
 ];
