@@ -636,6 +636,44 @@ describe('PostgresStore', () => {
     });
   });
 
+  it('claims from as many due accounts as it takes, not from every due account', async () => {
+    // 200 accounts with work due: a claim of 32 read and locked 32 candidates in each (6,400 rows, 12 ms) to rank them
+    // all and keep the first 32 (issue 6 review).
+    await withOwnDatabase(async (opened, url) => {
+      for (let a = 0; a < 200; a++) {
+        const account = `a${String(a).padStart(3, '0')}`;
+        await opened.upsertWebhook(
+          account,
+          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+          T0,
+        );
+        const messages = Array.from({ length: 50 }, (_, i) => storedMessage(`c${String(i).padStart(2, '0')}`));
+        await opened.publish({ accountId: account, now: T0 + a, messages });
+      }
+      await sql(url, 'ANALYZE');
+      for (const mode of PLAN_MODES) {
+        const nodes = await planNodes(url, CLAIM_SQL.first, [T0 + 1000, [], 20, 32, 'w', T0 + 60_000], mode, {
+          analyze: true,
+        });
+        // The first due delivery of each of the 200 accounts, 33 candidates of the first 2, 32 updated.
+        expect(deliveryRowsRead(nodes), mode).toBeLessThanOrEqual(400);
+      }
+      // The same choice as ranking them all: the oldest account's 20 (its limit), then the next account's 12.
+      const claimed = await opened.claimDue({
+        lane: 'first',
+        limit: 32,
+        maxPerAccount: 20,
+        now: T0 + 1000,
+        leaseMs: 60_000,
+        owner: 'w',
+      });
+      expect(claimed.map((c) => `${c.delivery.accountId}/${c.delivery.externalCustomerId}`)).toEqual([
+        ...Array.from({ length: 20 }, (_, i) => `a000/c${String(i).padStart(2, '0')}`),
+        ...Array.from({ length: 12 }, (_, i) => `a001/c${String(i).padStart(2, '0')}`),
+      ]);
+    });
+  });
+
   it('refuses a lease owner outside in_flight and an in-flight delivery without one (migration 5)', async () => {
     // The statements that name a claimed row check its owner and not its state: they rely on this.
     await withOwnDatabase(async (opened, url) => {

@@ -192,8 +192,15 @@ export const RECORD_FINAL_SQL = `WITH f AS (
  * supersede, else it changes nothing and says `slow` (then {@link PostgresStore.claimDue} does it step by step,
  * where those outcomes are NOTIFYed in the same transaction). The same choice as the steps: accounts by oldest
  * due delivery, up to `$3` (maxPerAccount, at most the limit) candidates each in due order, skipping locked rows
- * and contacts in flight, the first `$4` (the limit) of them in account order claimed. Candidates past the limit
- * are locked only until the statement ends.
+ * and contacts in flight, the first `$4` (the limit) of them in account order claimed. The accounts are visited in
+ * that order and no further than the limit needs (the LIMIT over an incremental sort stops pulling): with every
+ * account's candidates read and locked, then ranked, a claim of 32 among 200 due accounts read 6,400 rows (12 ms
+ * instead of 1.6). Candidates read past the limit are locked only until the statement ends.
+ *
+ * Its values reach the planner only through `v`, as values of a subquery: every plan of the statement is then the
+ * same plan, so PostgreSQL's plan cache keeps the generic one after five runs instead of planning each claim for its
+ * values (planning cost more than running it: 0.46 ms against 0.40). Known values made the custom plans of a few
+ * small first claims look cheaper than the generic plan, and some connections planned every claim.
  *
  * Written so that every step is an index probe whatever the planner believes of the table sizes: in a young or
  * fast-growing database (statistics taken when `deliveries` held a few thousand rows, autovacuum's analyze a
@@ -203,27 +210,31 @@ export const RECORD_FINAL_SQL = `WITH f AS (
  */
 const claimSql = (lane: Lane): string => {
   const state = LANE_STATE[lane];
-  return `WITH expired AS (
-    SELECT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'in_flight' AND e.next_attempt_at <= $1) AS found),
+  return `WITH v AS (SELECT $1::bigint AS now, $3::integer AS per_account, $4::integer AS lim),
+  expired AS (
+    SELECT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'in_flight' AND e.next_attempt_at <= (SELECT now FROM v))
+      AS found),
   acc AS MATERIALIZED (
     SELECT w.account_id, w.config, w.enabled, w.message_ttl_ms, w.created_at, w.updated_at, x.due FROM webhooks w
     CROSS JOIN LATERAL (SELECT d.next_attempt_at AS due FROM deliveries d
       WHERE d.account_id = w.account_id AND d.state = '${state}' ORDER BY d.next_attempt_at LIMIT 1) x
-    WHERE w.enabled AND x.due <= $1 AND NOT (w.account_id = ANY($2::text[])) AND NOT (SELECT found FROM expired)),
+    WHERE w.enabled AND x.due <= (SELECT now FROM v) AND NOT (w.account_id = ANY($2::text[]))
+      AND NOT (SELECT found FROM expired)),
   cand AS MATERIALIZED (
-    SELECT c.seq, c.newer_id, row_number() OVER (ORDER BY a.due, a.account_id, c.next_attempt_at, c.seq) AS rank
-    FROM acc a CROSS JOIN LATERAL (
-      SELECT d.seq, d.next_attempt_at, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
-      WHERE d.account_id = a.account_id AND d.state = '${state}' AND d.next_attempt_at <= $1
-        AND ${CONTACT_NOT_IN_FLIGHT}
-      ORDER BY d.next_attempt_at, d.seq LIMIT $3
-      FOR UPDATE OF d SKIP LOCKED) c),
+    SELECT s.seq, s.newer_id, row_number() OVER (ORDER BY s.due, s.account_id, s.next_attempt_at, s.seq) AS rank
+    FROM (SELECT a.due, a.account_id, c.seq, c.next_attempt_at, c.newer_id
+      FROM (SELECT account_id, due FROM acc ORDER BY due, account_id) a CROSS JOIN LATERAL (
+        SELECT d.seq, d.next_attempt_at, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
+        WHERE d.account_id = a.account_id AND d.state = '${state}' AND d.next_attempt_at <= (SELECT now FROM v)
+          AND ${CONTACT_NOT_IN_FLIGHT}
+        ORDER BY d.next_attempt_at, d.seq LIMIT (SELECT per_account FROM v)
+        FOR UPDATE OF d SKIP LOCKED) c
+      ORDER BY a.due, a.account_id, c.next_attempt_at, c.seq LIMIT (SELECT lim FROM v)) s),
   guard AS (
-    SELECT (SELECT found FROM expired) OR EXISTS (SELECT 1 FROM cand WHERE rank <= $4 AND newer_id IS NOT NULL)
-      AS slow),
+    SELECT (SELECT found FROM expired) OR EXISTS (SELECT 1 FROM cand WHERE newer_id IS NOT NULL) AS slow),
   upd AS (
     UPDATE deliveries d SET state = 'in_flight', lease_owner = $5, next_attempt_at = $6, updated_at = $1
-    WHERE d.seq = ANY (ARRAY(SELECT p.seq FROM cand p WHERE p.rank <= $4)) AND NOT (SELECT slow FROM guard)
+    WHERE d.seq = ANY (ARRAY(SELECT p.seq FROM cand p)) AND NOT (SELECT slow FROM guard)
     RETURNING ${DELIVERY_COLUMNS})
   SELECT g.slow, c.rank, u.*, a.config AS w_config, a.enabled AS w_enabled, a.message_ttl_ms AS w_message_ttl_ms,
     a.created_at AS w_created_at, a.updated_at AS w_updated_at
