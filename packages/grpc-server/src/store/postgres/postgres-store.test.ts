@@ -655,8 +655,31 @@ describe('PostgresStore', () => {
         const nodes = await planNodes(url, CLAIM_SQL.first, [T0 + 1000, [], 20, 32, 'w', T0 + 60_000], mode, {
           analyze: true,
         });
-        // The first due delivery of each of the 200 accounts, 33 candidates of the first 2, 32 updated.
+        // The first due delivery of each of the 200 accounts, about 41 candidates of the first 3, 32 updated.
         expect(deliveryRowsRead(nodes), mode).toBeLessThanOrEqual(400);
+      }
+      // A connection keeps the generic plan, also when claims exclude many accounts (saturated or paused): with the
+      // excluded list known to the planner, 50 or more made every claim's custom plan look cheaper, planned each time.
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      try {
+        for (const setting of SESSION_SETTINGS) await client.query(setting);
+        const excluded = Array.from({ length: 60 }, (_, i) => `a${100 + i}`);
+        for (let run = 0; run < 8; run++) {
+          await client.query('BEGIN');
+          await client.query({
+            name: 'claim_first',
+            text: CLAIM_SQL.first,
+            values: [T0 + 1000, excluded, 20, 1 + run, 'w', T0 + 60_000],
+          });
+          await client.query('ROLLBACK');
+        }
+        const { rows } = await client.query(
+          "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'claim_first'",
+        );
+        expect(rows[0]).toEqual({ generic_plans: '3', custom_plans: '5' });
+      } finally {
+        await client.end();
       }
       // The same choice as ranking them all: the oldest account's 20 (its limit), then the next account's 12.
       const claimed = await opened.claimDue({
