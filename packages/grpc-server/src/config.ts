@@ -83,6 +83,12 @@ export interface ServerConfig {
   /** Largest gRPC request accepted (bytes); a PublishMessages of 10,000 messages needs several MiB. Default 67,108,864 (64 MiB). */
   maxRequestBytes: number;
   /**
+   * HTTP/2 receive window of each gRPC connection and stream (bytes): how much a client may send before the
+   * server acknowledges it. Node's default of 64 KiB made large PublishMessages calls wait on the event loop.
+   * Default 4,194,304 (4 MiB). @see src/api/receive-window.ts
+   */
+  grpcReceiveWindowBytes: number;
+  /**
    * Also allow webhook URLs on private networks (RFC 1918, unique local fc00::/7, CGNAT 100.64.0.0/10).
    * Loopback, link-local, cloud metadata and reserved addresses stay refused. Default false. @see SECURITY.md
    */
@@ -146,6 +152,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   sweepIntervalMs: 60_000,
   terminalRetentionMs: 604_800_000,
   maxRequestBytes: 64 * 1024 * 1024,
+  grpcReceiveWindowBytes: 4 * 1024 * 1024,
   // Secure by default (issue 7): no private destination, no key or token on a command line.
   webhookAllowPrivate: false,
   webhookAllowList: Object.freeze([]) as unknown as string[],
@@ -435,6 +442,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     1024 * 1024,
     1024 * 1024 * 1024,
     'Largest gRPC request accepted (a PublishMessages of 10,000 messages needs several MiB).',
+  ),
+  intOption(
+    'grpcReceiveWindowBytes',
+    '--grpc-receive-window-bytes',
+    'bytes',
+    65_535,
+    2 ** 31 - 1,
+    'HTTP/2 receive window of each gRPC connection and stream: how much a client may send before the server acknowledges it.',
   ),
   {
     key: 'webhookAllowPrivate',

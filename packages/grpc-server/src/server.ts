@@ -13,6 +13,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { DEFAULT_BACKOFF, type BackoffOptions } from '@app-inbox/core';
 import type { Logger } from 'pino';
 import { decodeFailuresAsInvalidArgument } from './api/decoding.js';
+import { raiseReceiveWindow } from './api/receive-window.js';
 import { createApi, type Api } from './api/services.js';
 import type { ServerConfig } from './config.js';
 import { CircuitBreaker, type CircuitStateListener } from './delivery/circuit.js';
@@ -264,6 +265,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       // Bearer tokens: every call but health ends UNAUTHENTICATED without a valid one.
       ...(authenticator ? { interceptors: [createAuthInterceptor(authenticator)] } : {}),
     });
+    raiseReceiveWindow(server, config.grpcReceiveWindowBytes);
     // A request that cannot be decoded (an int64 beyond 2^53, bytes that are not protobuf) is INVALID_ARGUMENT
     // naming the field, not grpc-js's INTERNAL.
     const apiLog = logger.child({ component: 'api' });
