@@ -109,6 +109,15 @@ describe('parsePublishMessages', () => {
     );
   });
 
+  it('names a bad message by its index among valid ones, with or without a contact', () => {
+    const valid = Array.from({ length: 5 }, () => message());
+    const badContact = [...valid];
+    badContact.splice(3, 0, message({ title: 'x'.repeat(1001) }));
+    expect(fields(parsePublishMessages({ accountId: 'a', messages: badContact }, NOW))).toEqual(['messages[3].title']);
+    const badSkipped = [...valid, message({ externalCustomerId: ' ', id: 'nope' })];
+    expect(fields(parsePublishMessages({ accountId: 'a', messages: badSkipped }, NOW))).toEqual(['messages[5].id']);
+  });
+
   it('refuses an empty list and more than 10,000 messages', () => {
     expect(fields(parsePublishMessages({ accountId: 'a', messages: [] }, NOW))).toEqual(['messages']);
     const many = Array.from({ length: MAX_MESSAGES_PER_PUBLISH + 1 }, () => message());

@@ -5,6 +5,7 @@
  * @see SPEC §2-§4
  */
 import {
+  messageListSchema,
   messageSchema,
   validate,
   validateWebhookConfig,
@@ -118,6 +119,24 @@ export interface PublishInput {
   skippedIndices: number[];
 }
 
+/** A message in the seed's format, for the schema: no externalCustomerId when it is blank (SPEC §3). */
+function wireMessage(m: InboxMessage): Record<string, unknown> {
+  const wire: Record<string, unknown> = {
+    id: m.id,
+    createdDate: m.createdDate,
+    title: m.title,
+    content: m.content,
+    category: m.category,
+  };
+  if (hasExternalCustomerId(m)) wire.externalCustomerId = m.externalCustomerId;
+  if (m.image !== undefined) wire.image = m.image;
+  if (m.link !== undefined) wire.link = m.link;
+  if (m.customData !== undefined) wire.customData = m.customData;
+  return wire;
+}
+
+const VALID = { ok: true } as const;
+
 /**
  * Validates a PublishMessages request. Every message is validated (also the ones that will be skipped,
  * except for their missing externalCustomerId), and its expiry resolved: `expires_at_ms`, else now +
@@ -138,23 +157,21 @@ export function parsePublishMessages(request: PublishMessagesRequest, now: numbe
   const messages: ParsedMessage[] = [];
   const skippedIndices: number[] = [];
   const latest = now + MAX_TTL_SECONDS * 1000;
+  const wires = request.messages.map(wireMessage);
+  // One parse of every message with a contact, the common case, costs about 60% of one parse per message (the
+  // publish hot path, issue 6); only when it fails is each message parsed on its own, so that every violation
+  // is named by its message's index.
+  const contacts = wires.filter((wire) => wire.externalCustomerId !== undefined);
+  const allValid = validate(messageListSchema, contacts).ok;
   request.messages.forEach((m, i) => {
     const prefix = `messages[${i}]`;
-    const withContact = hasExternalCustomerId(m);
-    const wire: Record<string, unknown> = {
-      id: m.id,
-      createdDate: m.createdDate,
-      title: m.title,
-      content: m.content,
-      category: m.category,
-    };
-    if (withContact) wire.externalCustomerId = m.externalCustomerId;
-    if (m.image !== undefined) wire.image = m.image;
-    if (m.link !== undefined) wire.link = m.link;
-    if (m.customData !== undefined) wire.customData = m.customData;
-    const checked = withContact
-      ? validate(messageSchema, wire, prefix)
-      : validate(messageWithoutContactSchema, wire, prefix);
+    const wire = wires[i]!;
+    const withContact = wire.externalCustomerId !== undefined;
+    const checked = !withContact
+      ? validate(messageWithoutContactSchema, wire, prefix)
+      : allValid
+        ? VALID
+        : validate(messageSchema, wire, prefix);
     if (!checked.ok) violations.push(...fromCore(checked.violations));
 
     let expiresAt: number | null = null;
