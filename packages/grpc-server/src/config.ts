@@ -448,7 +448,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     '--grpc-receive-window-bytes',
     'bytes',
     65_535,
-    2 ** 31 - 1,
+    64 * 1024 * 1024,
     'HTTP/2 receive window of each gRPC connection and stream: how much a client may send before the server acknowledges it.',
   ),
   {

@@ -11,9 +11,10 @@
  * 50,231 / 48,299 messages/s, bench/README "Eighth round").
  *
  * Until grpc-js has the option, the window is raised on each HTTP/2 server grpc-js creates (TCP and TLS
- * alike): every new session advertises `initialWindowSize` for its streams and grants the connection window.
- * The bytes a client may send ahead are still bounded: per connection by this window, per message by
- * `grpc.max_receive_message_length`. The window is `--grpc-receive-window-bytes` (default 4 MiB; 1 to 16 MiB
+ * alike, and connections handed to a connection injector): every new session advertises `initialWindowSize` for
+ * its streams and grants the connection window. What a client may send ahead is bounded per stream by this window
+ * (Node gives the connection's credit back as data arrives, so per connection only by its streams, each up to
+ * `grpc.max_receive_message_length`: as before, only reached sooner). The window is `--grpc-receive-window-bytes` (default 4 MiB; 1 to 16 MiB
  * measured alike).
  */
 import type { Http2Server, Http2SecureServer, ServerHttp2Session } from 'node:http2';
@@ -39,8 +40,8 @@ export function raiseReceiveWindow(server: Server, bytes: number): void {
   if (typeof create !== 'function') {
     throw new Error('receive window: this @grpc/grpc-js has no Server.createHttp2Server to extend');
   }
-  hooked.createHttp2Server = function (this: Server, credentials: ServerCredentials) {
-    const http2Server = create.call(this, credentials);
+  hooked.createHttp2Server = function (this: Server, ...args: Parameters<CreateHttp2Server>) {
+    const http2Server = create.apply(this, args);
     http2Server.on('session', (session: ServerHttp2Session) => widen(session, bytes));
     return http2Server;
   };
@@ -51,7 +52,8 @@ function widen(session: ServerHttp2Session, bytes: number): void {
     // Streams opened from now on get `bytes` (a SETTINGS frame); the connection gets it by a WINDOW_UPDATE.
     session.settings({ initialWindowSize: bytes });
     session.setLocalWindowSize(bytes);
-  } catch {
-    // The session is already closing: its window no longer matters.
+  } catch (error) {
+    // A session already closing (the client went at once) throws: its window no longer matters.
+    if (!session.destroyed && !session.closed) throw error;
   }
 }

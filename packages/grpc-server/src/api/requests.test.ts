@@ -116,6 +116,12 @@ describe('parsePublishMessages', () => {
     expect(fields(parsePublishMessages({ accountId: 'a', messages: badContact }, NOW))).toEqual(['messages[3].title']);
     const badSkipped = [...valid, message({ externalCustomerId: ' ', id: 'nope' })];
     expect(fields(parsePublishMessages({ accountId: 'a', messages: badSkipped }, NOW))).toEqual(['messages[5].id']);
+    // Index 2 of the request is index 1 among the messages with a contact: named by the request's, in order.
+    const mixed = [message({ externalCustomerId: '' }), message(), message({ title: 'x'.repeat(1001), ttlSeconds: 0 })];
+    expect(fields(parsePublishMessages({ accountId: 'a', messages: mixed }, NOW))).toEqual([
+      'messages[2].title',
+      'messages[2].ttl_seconds',
+    ]);
   });
 
   it('refuses an empty list and more than 10,000 messages', () => {

@@ -160,7 +160,7 @@ export function parsePublishMessages(request: PublishMessagesRequest, now: numbe
   const wires = request.messages.map(wireMessage);
   // One parse of every message with a contact, the common case, costs about 60% of one parse per message (the
   // publish hot path, issue 6); only when it fails is each message parsed on its own, so that every violation
-  // is named by its message's index.
+  // is named by its message's index (a refused request pays both, about 1.6 times one parse per message).
   const contacts = wires.filter((wire) => wire.externalCustomerId !== undefined);
   const allValid = validate(messageListSchema, contacts).ok;
   request.messages.forEach((m, i) => {

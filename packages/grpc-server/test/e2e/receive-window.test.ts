@@ -3,7 +3,8 @@
  * from a real HTTP/2 client connected to it. @see src/api/receive-window.ts
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createTcpServer } from 'node:net';
 import http2 from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,13 +13,17 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { raiseReceiveWindow } from '../../src/api/receive-window.js';
 import { loadConfig } from '../../src/config.js';
 import { startServer } from '../../src/server.js';
+import { makeTestCerts } from '../security/certs.js';
 import { testConfig } from './harness.js';
 
 const NODE_DEFAULT_WINDOW = 65_535;
 
 /** What the server at `port` lets this client send: per new stream, and on the connection. */
-async function windowsGranted(port: number): Promise<{ stream: number; connection: number }> {
-  const session = http2.connect(`http://127.0.0.1:${port}`);
+async function windowsGranted(port: number, tls?: { ca: Buffer }): Promise<{ stream: number; connection: number }> {
+  // The test server certificate names `localhost`.
+  const session = tls
+    ? http2.connect(`https://localhost:${port}`, { ca: tls.ca })
+    : http2.connect(`http://127.0.0.1:${port}`);
   try {
     await new Promise<void>((resolve, reject) => {
       session.once('remoteSettings', () => resolve());
@@ -63,6 +68,22 @@ describe('raiseReceiveWindow', () => {
     }
   });
 
+  it('grants it on a connection handed to a connection injector', async () => {
+    const server = new Server();
+    raiseReceiveWindow(server, 2 * 1024 * 1024);
+    const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+    const tcp = createTcpServer((socket) => injector.injectConnection(socket));
+    await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = tcp.address() as { port: number };
+      expect(await windowsGranted(port)).toEqual({ stream: 2 * 1024 * 1024, connection: 2 * 1024 * 1024 });
+    } finally {
+      injector.destroy();
+      tcp.close();
+      server.forceShutdown();
+    }
+  });
+
   it('refuses a window HTTP/2 cannot grant, naming the value', () => {
     expect(() => raiseReceiveWindow(new Server(), 1000)).toThrow(/from 65535 to 2147483647 bytes, got 1000/);
     expect(() => raiseReceiveWindow(new Server(), 2 ** 31)).toThrow(/got 2147483648/);
@@ -77,6 +98,9 @@ describe('the gRPC receive window option', () => {
     expect(loadConfig([], {}).grpcReceiveWindowBytes).toBe(4 * 1024 * 1024);
     expect(loadConfig(['--grpc-receive-window-bytes', '1048576'], {}).grpcReceiveWindowBytes).toBe(1_048_576);
     expect(loadConfig([], { APP_INBOX_GRPC_RECEIVE_WINDOW_BYTES: '65535' }).grpcReceiveWindowBytes).toBe(65_535);
+    expect(() => loadConfig(['--grpc-receive-window-bytes', String(64 * 1024 * 1024 + 1)], {})).toThrow(
+      /--grpc-receive-window-bytes \(flag\) must be an integer/,
+    );
     expect(() => loadConfig(['--grpc-receive-window-bytes', '65534'], {})).toThrow(
       /--grpc-receive-window-bytes \(flag\) must be an integer/,
     );
@@ -93,6 +117,30 @@ describe('the gRPC receive window option', () => {
       } finally {
         await server.close(500);
       }
+    }
+  });
+
+  it("reaches the server's TLS connections", async () => {
+    const certs = makeTestCerts('app-inbox-window-tls-');
+    try {
+      const server = await startServer(
+        testConfig(join(dir, `${randomUUID()}.db`), {
+          tlsCertFile: certs.file('server.crt'),
+          tlsKeyFile: certs.file('server.key'),
+          grpcReceiveWindowBytes: 2 * 1024 * 1024,
+        }),
+      );
+      try {
+        const ca = readFileSync(certs.file('ca.crt'));
+        expect(await windowsGranted(server.port, { ca })).toEqual({
+          stream: 2 * 1024 * 1024,
+          connection: 2 * 1024 * 1024,
+        });
+      } finally {
+        await server.close(500);
+      }
+    } finally {
+      certs.remove();
     }
   });
 });
