@@ -10,12 +10,12 @@
  * requests are already in the socket when the loop is free (issue 6, scenario 1: 41,333 / 41,973 ->
  * 50,231 / 48,299 messages/s, bench/README "Eighth round").
  *
- * Until grpc-js has the option, the window is raised on each HTTP/2 server grpc-js creates (TCP and TLS
- * alike, and connections handed to a connection injector): every new session advertises `initialWindowSize` for
- * its streams and grants the connection window. What a client may send ahead is bounded per stream by this window
+ * Until grpc-js has the option, the window is raised on each HTTP/2 server grpc-js creates (TCP and TLS alike,
+ * and connections handed to a connection injector): every new session advertises `initialWindowSize` for its
+ * streams and grants the connection window. What a client may send ahead is bounded per stream by this window
  * (Node gives the connection's credit back as data arrives, so per connection only by its streams, each up to
- * `grpc.max_receive_message_length`: as before, only reached sooner). The window is `--grpc-receive-window-bytes` (default 4 MiB; 1 to 16 MiB
- * measured alike).
+ * `grpc.max_receive_message_length`: as before, only reached sooner). The window is
+ * `--grpc-receive-window-bytes` (default 4 MiB; 1 to 16 MiB measured alike).
  */
 import type { Http2Server, Http2SecureServer, ServerHttp2Session } from 'node:http2';
 import type { Server, ServerCredentials } from '@grpc/grpc-js';
