@@ -715,6 +715,92 @@ describe('PostgresStore', () => {
     });
   });
 
+  describe('a migration behind a lock', () => {
+    // The last migration builds an index on `webhooks` (it needs a SHARE lock); another session holds ROW EXCLUSIVE
+    // on that table in an open transaction, as any transaction that wrote a webhook does until it ends.
+    const last = POSTGRES_MIGRATIONS.at(-1)!;
+    const before = POSTGRES_MIGRATIONS.filter((m) => m.version < last.version);
+
+    async function withHeldTable(
+      fn: (held: {
+        migrator: pg.Client;
+        writer: pg.Client;
+        url: string;
+        release: () => Promise<unknown>;
+      }) => Promise<void>,
+    ): Promise<void> {
+      const fresh = await createTestDatabase();
+      const [migrator, holder, writer] = [1, 2, 3].map(() => new pg.Client({ connectionString: fresh.url }));
+      try {
+        for (const c of [migrator!, holder!, writer!]) await c.connect();
+        await migratePostgres(migrator!, before);
+        // Bounds the test should a migration ever wait for the lock without end again.
+        await migrator!.query('SET statement_timeout = 10000');
+        await holder!.query('BEGIN');
+        await holder!.query('LOCK TABLE webhooks IN ROW EXCLUSIVE MODE');
+        await fn({ migrator: migrator!, writer: writer!, url: fresh.url, release: () => holder!.query('COMMIT') });
+      } finally {
+        for (const c of [migrator, holder, writer]) await c?.end().catch(() => undefined);
+        await fresh.drop();
+      }
+    }
+
+    const version = async (client: pg.Client) =>
+      (await client.query<{ v: number }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0]!.v;
+
+    it('does not hold up the writes queued behind it, and is applied once the lock is free', async () => {
+      await withHeldTable(async ({ migrator, writer, url, release }) => {
+        const { rows } = await migrator.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+        const migratorPid = rows[0]!.pid;
+        const migrating = migratePostgres(migrator, POSTGRES_MIGRATIONS, {
+          lockTimeoutMs: 100,
+          attempts: 1_000,
+          retryDelayMs: 20,
+        });
+        // Seen waiting for the lock (bounded: 5 s).
+        for (let i = 0; ; i++) {
+          const { rows } = await sql(
+            url,
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+            [migratorPid],
+          );
+          if (rows[0].n === 1) break;
+          if (i >= 500) throw new Error('the migration never waited for the table');
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        // A write conflicts with the SHARE lock the migration waits for: without lock_timeout it would queue behind
+        // that wait until the holder ends (here: never, so statement_timeout fails it after 5 s).
+        await writer.query('SET statement_timeout = 5000');
+        await writer.query('BEGIN');
+        await writer.query('LOCK TABLE webhooks IN ROW EXCLUSIVE MODE');
+        await writer.query('COMMIT');
+        expect(await version(writer)).toBe(before.at(-1)!.version);
+        // The holder's transaction ends: the next try applies the migration.
+        await release();
+        await migrating;
+        expect(await version(writer)).toBe(last.version);
+      });
+    });
+
+    it('gives up after its tries with a conflict naming the migration, having applied nothing', async () => {
+      await withHeldTable(async ({ migrator, writer }) => {
+        const failed = await migratePostgres(migrator, POSTGRES_MIGRATIONS, {
+          lockTimeoutMs: 50,
+          attempts: 3,
+          retryDelayMs: 10,
+        }).then(
+          () => null,
+          (error: unknown) => error,
+        );
+        expect(failed).toMatchObject({ name: 'StoreError', code: 'conflict' });
+        expect((failed as Error).message).toMatch(
+          new RegExp(`^migration ${last.version} \\(${last.name}\\) could not lock its table in 3 tries of 50 ms`),
+        );
+        expect(await version(writer)).toBe(before.at(-1)!.version);
+      });
+    });
+  });
+
   it('upgrades a database of version 3 holding deliveries in every state, then goes on with them', async () => {
     // Migrations 4 and 5 on rows left by a running service: the CHECK of 5 holds for them, and the claims, records
     // and counts that rely on both work on those rows.

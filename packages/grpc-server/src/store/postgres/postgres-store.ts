@@ -1468,8 +1468,63 @@ function notifyFrames(outcome: DeliveryOutcome): string[] {
   return chunks.map((chunk, i) => `${emitId} ${i} ${chunks.length} ${chunk}`);
 }
 
-/** Applies the migrations newer than the database's version under the migration advisory lock. */
-export async function migratePostgres(client: pg.ClientBase, migrations: readonly Migration[]): Promise<void> {
+/** How {@link migratePostgres} waits for the table locks its DDL needs. */
+export interface MigrationLockOptions {
+  /** Longest wait for one lock (`lock_timeout`, ms). Default 2,000. */
+  lockTimeoutMs?: number;
+  /** Tries of the pending migrations before giving up. Default 10. */
+  attempts?: number;
+  /** Pause between tries (ms). Default 1,000. */
+  retryDelayMs?: number;
+}
+
+/** SQLSTATE of a lock wait that reached `lock_timeout`. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/**
+ * Applies the migrations newer than the database's version under the migration advisory lock.
+ *
+ * A migration's DDL waits for its table's lock at most `lockTimeoutMs` at a time, and the whole transaction is tried
+ * again after a pause: while a DDL statement waits for a lock, PostgreSQL queues every later conflicting request
+ * behind it, so a migration stuck behind one long transaction (a report, a process of the previous version in the
+ * middle of a statement) would stop every write to the table for as long. After `attempts` tries the start fails
+ * with a `conflict` error naming the migration; nothing of it was applied.
+ */
+export async function migratePostgres(
+  client: pg.ClientBase,
+  migrations: readonly Migration[],
+  options: MigrationLockOptions = {},
+): Promise<void> {
+  const lockTimeoutMs = assertInt('lockTimeoutMs', options.lockTimeoutMs ?? 2_000, 1);
+  const attempts = assertInt('attempts', options.attempts ?? 10, 1);
+  const retryDelayMs = assertInt('retryDelayMs', options.retryDelayMs ?? 1_000, 0);
+  for (let attempt = 1; ; attempt++) {
+    const waiting: { migration: Migration | null } = { migration: null };
+    try {
+      await migrateOnce(client, migrations, lockTimeoutMs, waiting);
+      return;
+    } catch (error) {
+      if (sqlState(error) !== LOCK_NOT_AVAILABLE || waiting.migration === null) throw error;
+      if (attempt >= attempts) {
+        const { version, name } = waiting.migration;
+        throw new StoreError(
+          'conflict',
+          `migration ${version} (${name}) could not lock its table in ${attempts} tries of ${lockTimeoutMs} ms: ` +
+            'another session holds a conflicting lock on it (see pg_locks); nothing was applied, start again',
+          { cause: error },
+        );
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
+  }
+}
+
+async function migrateOnce(
+  client: pg.ClientBase,
+  migrations: readonly Migration[],
+  lockTimeoutMs: number,
+  waiting: { migration: Migration | null },
+): Promise<void> {
   await client.query('BEGIN');
   try {
     // Held until COMMIT: a second process starting now waits here, then sees the new version.
@@ -1485,8 +1540,11 @@ export async function migratePostgres(client: pg.ClientBase, migrations: readonl
         `the database is at schema version ${current}, this build knows up to ${latest}: upgrade the service`,
       );
     }
+    // After the advisory lock, which processes starting together wait on for as long as the migrations take.
+    await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
     for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
       if (m.version <= current) continue;
+      waiting.migration = m;
       await client.query(m.sql);
       await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
     }
