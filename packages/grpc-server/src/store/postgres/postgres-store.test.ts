@@ -716,14 +716,17 @@ describe('PostgresStore', () => {
   });
 
   describe('a migration behind a lock', () => {
-    // The last migration builds an index on `webhooks` (it needs a SHARE lock); another session holds ROW EXCLUSIVE
-    // on that table in an open transaction, as any transaction that wrote a webhook does until it ends.
-    const last = POSTGRES_MIGRATIONS.at(-1)!;
-    const before = POSTGRES_MIGRATIONS.filter((m) => m.version < last.version);
+    // Migration 6 builds an index on `webhooks` (it needs a SHARE lock); another session holds ROW EXCLUSIVE on that
+    // table in an open transaction, as any transaction that wrote a webhook does until it ends.
+    const indexing = POSTGRES_MIGRATIONS.find((m) => m.version === 6)!;
+    const upTo = (version: number) => POSTGRES_MIGRATIONS.filter((m) => m.version <= version);
 
+    /** A database at `from`, `webhooks` held by another session, and the session that will migrate it. */
     async function withHeldTable(
+      from: number,
       fn: (held: {
         migrator: pg.Client;
+        migratorPid: number;
         writer: pg.Client;
         url: string;
         release: () => Promise<unknown>;
@@ -733,12 +736,19 @@ describe('PostgresStore', () => {
       const [migrator, holder, writer] = [1, 2, 3].map(() => new pg.Client({ connectionString: fresh.url }));
       try {
         for (const c of [migrator!, holder!, writer!]) await c.connect();
-        await migratePostgres(migrator!, before);
+        await migratePostgres(migrator!, upTo(from));
+        const { rows } = await migrator!.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
         // Bounds the test should a migration ever wait for the lock without end again.
         await migrator!.query('SET statement_timeout = 10000');
         await holder!.query('BEGIN');
         await holder!.query('LOCK TABLE webhooks IN ROW EXCLUSIVE MODE');
-        await fn({ migrator: migrator!, writer: writer!, url: fresh.url, release: () => holder!.query('COMMIT') });
+        await fn({
+          migrator: migrator!,
+          migratorPid: rows[0]!.pid,
+          writer: writer!,
+          url: fresh.url,
+          release: () => holder!.query('COMMIT'),
+        });
       } finally {
         for (const c of [migrator, holder, writer]) await c?.end().catch(() => undefined);
         await fresh.drop();
@@ -748,43 +758,62 @@ describe('PostgresStore', () => {
     const version = async (client: pg.Client) =>
       (await client.query<{ v: number }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0]!.v;
 
+    /** Until the migrating session waits for a lock (bounded: 5 s). */
+    async function waitingForLock(url: string, pid: number): Promise<void> {
+      for (let i = 0; ; i++) {
+        const { rows } = await sql(
+          url,
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+          [pid],
+        );
+        if (rows[0].n === 1) return;
+        if (i >= 500) throw new Error('the migration never waited for the table');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+
     it('does not hold up the writes queued behind it, and is applied once the lock is free', async () => {
-      await withHeldTable(async ({ migrator, writer, url, release }) => {
-        const { rows } = await migrator.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-        const migratorPid = rows[0]!.pid;
-        const migrating = migratePostgres(migrator, POSTGRES_MIGRATIONS, {
-          lockTimeoutMs: 100,
-          attempts: 1_000,
-          retryDelayMs: 20,
-        });
-        // Seen waiting for the lock (bounded: 5 s).
-        for (let i = 0; ; i++) {
-          const { rows } = await sql(
-            url,
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
-            [migratorPid],
-          );
-          if (rows[0].n === 1) break;
-          if (i >= 500) throw new Error('the migration never waited for the table');
-          await new Promise((resolve) => setTimeout(resolve, 10));
-        }
+      await withHeldTable(5, async ({ migrator, migratorPid, writer, url, release }) => {
+        const migrating = migratePostgres(migrator, upTo(6), { lockTimeoutMs: 100, attempts: 1_000, retryDelayMs: 20 });
+        migrating.catch(() => undefined); // awaited below; reported there if it fails
+        await waitingForLock(url, migratorPid);
         // A write conflicts with the SHARE lock the migration waits for: without lock_timeout it would queue behind
         // that wait until the holder ends (here: never, so statement_timeout fails it after 5 s).
         await writer.query('SET statement_timeout = 5000');
         await writer.query('BEGIN');
         await writer.query('LOCK TABLE webhooks IN ROW EXCLUSIVE MODE');
         await writer.query('COMMIT');
-        expect(await version(writer)).toBe(before.at(-1)!.version);
+        expect(await version(writer)).toBe(5);
         // The holder's transaction ends: the next try applies the migration.
         await release();
         await migrating;
-        expect(await version(writer)).toBe(last.version);
+        expect(await version(writer)).toBe(6);
       });
     });
 
-    it('gives up after its tries with a conflict naming the migration, having applied nothing', async () => {
-      await withHeldTable(async ({ migrator, writer }) => {
-        const failed = await migratePostgres(migrator, POSTGRES_MIGRATIONS, {
+    it('commits each version on its own: an applied one holds no lock while the next one waits', async () => {
+      // From version 3: migrations 4 and 5 lock `deliveries` (an index dropped and built, a constraint checked).
+      await withHeldTable(3, async ({ migrator, migratorPid, writer, url, release }) => {
+        const migrating = migratePostgres(migrator, upTo(6), {
+          lockTimeoutMs: 3_000,
+          attempts: 1_000,
+          retryDelayMs: 20,
+        });
+        migrating.catch(() => undefined);
+        await waitingForLock(url, migratorPid);
+        expect(await version(writer)).toBe(5);
+        // Within a third of one lock wait: with the versions in one transaction it waited for the whole try.
+        await writer.query('SET statement_timeout = 1000');
+        await writer.query('UPDATE deliveries SET updated_at = updated_at WHERE seq = -1');
+        await release();
+        await migrating;
+        expect(await version(writer)).toBe(6);
+      });
+    });
+
+    it('gives up after its tries with a conflict naming the migration, the versions before it applied', async () => {
+      await withHeldTable(3, async ({ migrator, writer }) => {
+        const failed = await migratePostgres(migrator, upTo(6), {
           lockTimeoutMs: 50,
           attempts: 3,
           retryDelayMs: 10,
@@ -794,9 +823,9 @@ describe('PostgresStore', () => {
         );
         expect(failed).toMatchObject({ name: 'StoreError', code: 'conflict' });
         expect((failed as Error).message).toMatch(
-          new RegExp(`^migration ${last.version} \\(${last.name}\\) could not lock its table in 3 tries of 50 ms`),
+          new RegExp(`^migration 6 \\(${indexing.name}\\) could not lock its table in 3 tries of 50 ms`),
         );
-        expect(await version(writer)).toBe(before.at(-1)!.version);
+        expect(await version(writer)).toBe(5);
       });
     });
   });

@@ -1478,53 +1478,66 @@ export interface MigrationLockOptions {
   retryDelayMs?: number;
 }
 
-/** SQLSTATE of a lock wait that reached `lock_timeout`. */
-const LOCK_NOT_AVAILABLE = '55P03';
+/**
+ * SQLSTATEs after which a migration is tried again: a lock wait that reached `lock_timeout`, and a deadlock (a
+ * transaction of the service that wrote `webhooks` then `deliveries` while a migration locked them the other way).
+ */
+const MIGRATION_RETRY_SQLSTATES = new Set(['55P03', '40P01']);
 
 /**
- * Applies the migrations newer than the database's version under the migration advisory lock.
+ * Applies the migrations newer than the database's version, each in a transaction of its own under the migration
+ * advisory lock (a version is all or nothing; processes starting together queue on the lock, and each version is
+ * applied once).
  *
- * A migration's DDL waits for its table's lock at most `lockTimeoutMs` at a time, and the whole transaction is tried
- * again after a pause: while a DDL statement waits for a lock, PostgreSQL queues every later conflicting request
- * behind it, so a migration stuck behind one long transaction (a report, a process of the previous version in the
- * middle of a statement) would stop every write to the table for as long. After `attempts` tries the start fails
- * with a `conflict` error naming the migration; nothing of it was applied.
+ * A migration's DDL waits for its table's lock at most `lockTimeoutMs` at a time, and its transaction is tried again
+ * after a pause: while a DDL statement waits for a lock, PostgreSQL queues every later conflicting request behind
+ * it, so a migration stuck behind one long transaction (a report, a process of the previous version in the middle
+ * of a statement) would stop every write to the table for as long. One transaction per version keeps the locks an
+ * applied version took from being held while the next one waits. After `attempts` tries the start fails with a
+ * `conflict` error naming the migration; the versions before it stay applied.
  */
 export async function migratePostgres(
   client: pg.ClientBase,
   migrations: readonly Migration[],
   options: MigrationLockOptions = {},
 ): Promise<void> {
-  const lockTimeoutMs = assertInt('lockTimeoutMs', options.lockTimeoutMs ?? 2_000, 1);
+  const lockTimeoutMs = assertInt('lockTimeoutMs', options.lockTimeoutMs ?? 2_000, 1, 2_147_483_647);
   const attempts = assertInt('attempts', options.attempts ?? 10, 1);
   const retryDelayMs = assertInt('retryDelayMs', options.retryDelayMs ?? 1_000, 0);
-  for (let attempt = 1; ; attempt++) {
-    const waiting: { migration: Migration | null } = { migration: null };
-    try {
-      await migrateOnce(client, migrations, lockTimeoutMs, waiting);
-      return;
-    } catch (error) {
-      if (sqlState(error) !== LOCK_NOT_AVAILABLE || waiting.migration === null) throw error;
-      if (attempt >= attempts) {
-        const { version, name } = waiting.migration;
-        throw new StoreError(
-          'conflict',
-          `migration ${version} (${name}) could not lock its table in ${attempts} tries of ${lockTimeoutMs} ms: ` +
-            'another session holds a conflicting lock on it (see pg_locks); nothing was applied, start again',
-          { cause: error },
-        );
+  const sorted = [...migrations].sort((a, b) => a.version - b.version);
+  for (;;) {
+    let applied: Migration | null = null;
+    for (let attempt = 1; ; attempt++) {
+      const waiting: { migration: Migration | null } = { migration: null };
+      try {
+        applied = await migrateNext(client, sorted, lockTimeoutMs, waiting);
+        break;
+      } catch (error) {
+        const state = sqlState(error);
+        if (state === undefined || !MIGRATION_RETRY_SQLSTATES.has(state) || waiting.migration === null) throw error;
+        if (attempt >= attempts) {
+          const { version, name } = waiting.migration;
+          throw new StoreError(
+            'conflict',
+            `migration ${version} (${name}) could not lock its table in ${attempts} tries of ${lockTimeoutMs} ms: ` +
+              'another session holds a conflicting lock on it (see pg_locks); it was not applied, start again',
+            { cause: error },
+          );
+        }
       }
+      await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
     }
-    await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
+    if (applied === null) return;
   }
 }
 
-async function migrateOnce(
+/** Applies the first migration newer than the database's version, in one transaction; null when there is none. */
+async function migrateNext(
   client: pg.ClientBase,
-  migrations: readonly Migration[],
+  sorted: readonly Migration[],
   lockTimeoutMs: number,
   waiting: { migration: Migration | null },
-): Promise<void> {
+): Promise<Migration | null> {
   await client.query('BEGIN');
   try {
     // Held until COMMIT: a second process starting now waits here, then sees the new version.
@@ -1533,22 +1546,23 @@ async function migrateOnce(
       version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
     const { rows } = await client.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
     const current = rows[0]?.v ?? 0;
-    const latest = migrations.reduce((max, m) => Math.max(max, m.version), 0);
+    const latest = sorted.at(-1)?.version ?? 0;
     if (current > latest) {
       throw new StoreError(
         'schema_too_new',
         `the database is at schema version ${current}, this build knows up to ${latest}: upgrade the service`,
       );
     }
-    // After the advisory lock, which processes starting together wait on for as long as the migrations take.
-    await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
-    for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
-      if (m.version <= current) continue;
-      waiting.migration = m;
-      await client.query(m.sql);
-      await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+    const next = sorted.find((m) => m.version > current) ?? null;
+    if (next !== null) {
+      // After the advisory lock, which processes starting together wait on for as long as the migrations take.
+      await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
+      waiting.migration = next;
+      await client.query(next.sql);
+      await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [next.version, next.name]);
     }
     await client.query('COMMIT');
+    return next;
   } catch (error) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw error;
