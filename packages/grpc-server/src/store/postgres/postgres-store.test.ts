@@ -727,6 +727,7 @@ describe('PostgresStore', () => {
       fn: (held: {
         migrator: pg.Client;
         migratorPid: number;
+        holder: pg.Client;
         writer: pg.Client;
         url: string;
         release: () => Promise<unknown>;
@@ -745,6 +746,7 @@ describe('PostgresStore', () => {
         await fn({
           migrator: migrator!,
           migratorPid: rows[0]!.pid,
+          holder: holder!,
           writer: writer!,
           url: fresh.url,
           release: () => holder!.query('COMMIT'),
@@ -808,6 +810,36 @@ describe('PostgresStore', () => {
         await release();
         await migrating;
         expect(await version(writer)).toBe(6);
+      });
+    });
+
+    it('is tried again after a deadlock with a transaction of the service', async () => {
+      // A transaction that wrote `webhooks` and then writes `deliveries` (as deleteWebhook does), against a migration
+      // that locks them the other way round (a made-up version 7: none of the real ones locks both).
+      const both = {
+        version: 7,
+        name: 'deliveries then webhooks',
+        sql: 'LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE; LOCK TABLE webhooks IN SHARE MODE;',
+      };
+      await withHeldTable(6, async ({ migrator, migratorPid, holder, writer, url, release }) => {
+        // The migration is to be the one PostgreSQL ends: its deadlock check comes after 1 s of waiting (the default
+        // deadlock_timeout), the holder's after 20 s (superusers only: elsewhere a slow machine may pick the holder).
+        await holder.query('SET deadlock_timeout = 20000').catch(() => undefined);
+        // Longer than deadlock_timeout (1 s): PostgreSQL finds the deadlock before the lock wait times out.
+        const migrating = migratePostgres(migrator, [...upTo(6), both], {
+          lockTimeoutMs: 8_000,
+          attempts: 3,
+          retryDelayMs: 20,
+        });
+        migrating.catch(() => undefined);
+        await waitingForLock(url, migratorPid);
+        // The holder now writes deliveries, which the waiting migration has locked: a deadlock. PostgreSQL ends the
+        // migration's statement (it has waited longer), the holder's write goes through, and once it commits the
+        // migration's next try is applied.
+        await holder.query('UPDATE deliveries SET updated_at = updated_at WHERE seq = -1');
+        await release();
+        await migrating;
+        expect(await version(writer)).toBe(7);
       });
     });
 
