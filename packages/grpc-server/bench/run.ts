@@ -39,16 +39,17 @@ function parseOnly(value: string): Set<number> {
   return new Set(numbers);
 }
 
-function parseConnections(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 1_000) throw new InvalidArgumentError('must be an integer from 1 to 1,000');
-  return n;
-}
-
-function parseSettle(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 600) throw new InvalidArgumentError('must be an integer from 0 to 600');
-  return n;
+/** A parser of an integer option from `min` to `max`. */
+function integerFrom(min: number, max: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(
+        `must be an integer from ${min.toLocaleString('en-US')} to ${max.toLocaleString('en-US')}`,
+      );
+    }
+    return n;
+  };
 }
 
 function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number; out: string } {
@@ -61,13 +62,13 @@ function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number
     .option(
       '--connections <n>',
       'connections to the receiver (server per-endpoint concurrency and raw pool)',
-      parseConnections,
+      integerFrom(1, 1_000),
       32,
     )
     .option(
       '--settle <seconds>',
       'before each scenario: flush the page cache to disk (sync), then wait this long (default: 10, quick 2)',
-      parseSettle,
+      integerFrom(0, 600),
     )
     .option('--skip-build', 'use the existing dist/ instead of building first', false)
     .option('--server-stderr', "echo the servers' stderr as it comes (nx keeps --verbose for itself)", false)

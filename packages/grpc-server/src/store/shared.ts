@@ -195,6 +195,16 @@ export function assertAttempt(attempt: Attempt): void {
   if (attempt.nextAttemptAt !== null) assertTime('attempt.nextAttemptAt', attempt.nextAttemptAt);
 }
 
+/**
+ * `stats` counts by state, the same SQL for both engines: each count is answered from an index of its state alone
+ * (the partial indexes of both schemas: SQLite's migration 3, PostgreSQL's 4).
+ */
+export const STATS_COUNTS_SQL = `
+  SELECT 'pending' AS state, COUNT(*) AS n FROM deliveries WHERE state = 'pending'
+  UNION ALL SELECT 'in_flight', COUNT(*) FROM deliveries WHERE state = 'in_flight'
+  UNION ALL SELECT 'retrying', COUNT(*) FROM deliveries WHERE state = 'retrying'
+  UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') GROUP BY state`;
+
 /** Zero for every state. */
 export function emptyByState(): Record<DeliveryState, number> {
   return { pending: 0, in_flight: 0, retrying: 0, delivered: 0, failed: 0, superseded: 0 };

@@ -90,6 +90,16 @@ function nodesOf(plan: pg.QueryResult): PlanNode[] {
   return nodes;
 }
 
+/** The schema version a database was migrated to. */
+async function schemaVersion(client: pg.Client): Promise<number> {
+  return (await client.query<{ v: number }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0]!.v;
+}
+
+/** The planner settings the store's sessions run with (see the PostgresStore constructor). */
+async function applySessionSettings(client: pg.Client): Promise<void> {
+  for (const setting of SESSION_SETTINGS) await client.query(setting);
+}
+
 /**
  * The plan PostgreSQL would run for `text` with `params` in `mode` on a session of the store (its settings; without
  * them with `storeSettings` false), its nodes depth first. With `analyze` the statement runs (EXPLAIN ANALYZE), in a
@@ -105,7 +115,7 @@ async function planNodes(
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    if (storeSettings) for (const setting of SESSION_SETTINGS) await client.query(setting);
+    if (storeSettings) await applySessionSettings(client);
     await client.query('BEGIN');
     await client.query(`SET LOCAL plan_cache_mode = ${mode}`);
     const plan = await client.query(`EXPLAIN (${analyze ? 'ANALYZE, ' : ''}FORMAT JSON) ${text}`, params);
@@ -663,7 +673,7 @@ describe('PostgresStore', () => {
       const client = new pg.Client({ connectionString: url });
       await client.connect();
       try {
-        for (const setting of SESSION_SETTINGS) await client.query(setting);
+        await applySessionSettings(client);
         const excluded = Array.from({ length: 60 }, (_, i) => `a${100 + i}`);
         for (let run = 0; run < 8; run++) {
           await client.query('BEGIN');
@@ -757,9 +767,6 @@ describe('PostgresStore', () => {
       }
     }
 
-    const version = async (client: pg.Client) =>
-      (await client.query<{ v: number }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0]!.v;
-
     /** Until the migrating session waits for a lock (bounded: 5 s). */
     async function waitingForLock(url: string, pid: number): Promise<void> {
       for (let i = 0; ; i++) {
@@ -785,11 +792,11 @@ describe('PostgresStore', () => {
         await writer.query('BEGIN');
         await writer.query('LOCK TABLE webhooks IN ROW EXCLUSIVE MODE');
         await writer.query('COMMIT');
-        expect(await version(writer)).toBe(5);
+        expect(await schemaVersion(writer)).toBe(5);
         // The holder's transaction ends: the next try applies the migration.
         await release();
         await migrating;
-        expect(await version(writer)).toBe(6);
+        expect(await schemaVersion(writer)).toBe(6);
       });
     });
 
@@ -803,13 +810,13 @@ describe('PostgresStore', () => {
         });
         migrating.catch(() => undefined);
         await waitingForLock(url, migratorPid);
-        expect(await version(writer)).toBe(5);
+        expect(await schemaVersion(writer)).toBe(5);
         // Within a third of one lock wait: with the versions in one transaction it waited for the whole try.
         await writer.query('SET statement_timeout = 1000');
         await writer.query('UPDATE deliveries SET updated_at = updated_at WHERE seq = -1');
         await release();
         await migrating;
-        expect(await version(writer)).toBe(6);
+        expect(await schemaVersion(writer)).toBe(6);
       });
     });
 
@@ -839,7 +846,7 @@ describe('PostgresStore', () => {
         await holder.query('UPDATE deliveries SET updated_at = updated_at WHERE seq = -1');
         await release();
         await migrating;
-        expect(await version(writer)).toBe(7);
+        expect(await schemaVersion(writer)).toBe(7);
       });
     });
 
@@ -857,7 +864,7 @@ describe('PostgresStore', () => {
         expect((failed as Error).message).toMatch(
           new RegExp(`^migration 6 \\(${indexing.name}\\) could not lock its table in 3 tries of 50 ms`),
         );
-        expect(await version(writer)).toBe(5);
+        expect(await schemaVersion(writer)).toBe(5);
       });
     });
   });
@@ -901,8 +908,7 @@ describe('PostgresStore', () => {
       await old.close();
 
       store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
-      const { rows } = await client.query('SELECT MAX(version) AS v FROM schema_migrations');
-      expect(rows[0].v).toBe(POSTGRES_MIGRATIONS.at(-1)!.version);
+      expect(await schemaVersion(client)).toBe(POSTGRES_MIGRATIONS.at(-1)!.version);
       expect(await store.stats(T0 + 10)).toEqual({
         byState: { pending: 1, in_flight: 1, retrying: 1, delivered: 1, failed: 0, superseded: 0 },
         oldestDueAt: T0,

@@ -20,6 +20,7 @@ import {
   MAX_PAGE_SIZE,
   OutcomeListeners,
   REAP_BATCH,
+  STATS_COUNTS_SQL,
   assertAttempt,
   assertId,
   assertInt,
@@ -244,13 +245,6 @@ const claimSql = (lane: Lane): string => {
   FROM guard g LEFT JOIN (upd u JOIN cand c ON c.seq = u.seq JOIN acc a ON a.account_id = u.account_id) ON true
   ORDER BY c.rank`;
 };
-
-/** `stats` counts, each answered from an index of its state alone (the partial indexes of the schema). */
-const STATS_COUNTS_SQL = `
-  SELECT 'pending' AS state, COUNT(*) AS n FROM deliveries WHERE state = 'pending'
-  UNION ALL SELECT 'in_flight', COUNT(*) FROM deliveries WHERE state = 'in_flight'
-  UNION ALL SELECT 'retrying', COUNT(*) FROM deliveries WHERE state = 'retrying'
-  UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') GROUP BY state`;
 
 /**
  * `stats`' oldest due delivery: the first due of each account with due work in each lane, found by skipping from

@@ -13,6 +13,7 @@ import {
   MAX_PAGE_SIZE,
   OutcomeListeners,
   REAP_BATCH,
+  STATS_COUNTS_SQL,
   assertAttempt,
   assertId,
   assertInt,
@@ -102,13 +103,6 @@ type SqliteDeliveryRow = Omit<DeliveryRow, 'account_id'> & { account_key: number
 const NEWER_ID = `(SELECT n.id FROM deliveries n
    WHERE n.account_key = d.account_key AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq
    ORDER BY n.seq DESC LIMIT 1)`;
-
-/** `stats` counts, each answered from a partial index of the schema (see schema.ts, version 3). */
-const STATS_COUNTS = `
-  SELECT 'pending' AS state, COUNT(*) AS n FROM deliveries WHERE state = 'pending'
-  UNION ALL SELECT 'in_flight', COUNT(*) FROM deliveries WHERE state = 'in_flight'
-  UNION ALL SELECT 'retrying', COUNT(*) FROM deliveries WHERE state = 'retrying'
-  UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('delivered', 'failed', 'superseded') GROUP BY state`;
 
 const LANE_STATE: Record<Lane, 'pending' | 'retrying'> = { first: 'pending', retry: 'retrying' };
 
@@ -872,7 +866,7 @@ export class SqliteStore implements Store {
     assertTime('now', now);
     const byState = emptyByState();
     // One count per state, each over that state's partial index (no index covers every row's state).
-    for (const row of this.#q(STATS_COUNTS).all() as Array<{ state: DeliveryState; n: number }>) {
+    for (const row of this.#q(STATS_COUNTS_SQL).all() as Array<{ state: DeliveryState; n: number }>) {
       byState[row.state] = row.n;
     }
     const due = this.#q(
