@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { format, resolveConfig } from 'prettier';
 import { describe, expect, it } from 'vitest';
 import { configMarkdown } from './config-docs.js';
-import { ConfigError, DEFAULT_CONFIG, HelpShown, OPTION_SPECS, loadConfig } from './config.js';
+import { ConfigError, DEFAULT_CONFIG, HelpShown, OPTION_SPECS, loadConfig, redactCredentials } from './config.js';
 
 function problems(argv: string[], env: NodeJS.ProcessEnv = {}): string[] {
   try {
@@ -119,6 +119,29 @@ describe('security and circuit options (issue 7)', () => {
     const found = problems([], { APP_INBOX_GRPC_TOKENS: 'good-token-0123456789,short-secret' });
     expect(found).toEqual(['APP_INBOX_GRPC_TOKENS entry 2 must be at least 16 characters without spaces']);
     expect(found.join()).not.toContain('short-secret');
+  });
+
+  it('shows a refused store URL without its password (DATABASE_URL is often shared with other tools)', () => {
+    expect(problems([], { DATABASE_URL: 'postgresql+psycopg2://app:hunter2@db/inbox' })).toEqual([
+      '--store (from env DATABASE_URL) must be a file path, sqlite:PATH, or a postgres:// URL; got "postgresql+psycopg2://app:***@db/inbox"',
+    ]);
+    expect(problems(['--store', 'mysql://root:hunter2@db:3306/x'])[0]).toMatch(
+      /got "mysql:\/\/root:\*\*\*@db:3306\/x"$/,
+    );
+    // Not URL-shaped, no password: shown as given.
+    expect(problems(['--store', 'a:b:c'])[0]).toMatch(/got "a:b:c"$/);
+  });
+
+  it('redacts the password of a URL of any scheme and case, and leaves paths alone', () => {
+    expect(redactCredentials('postgres://app:hunter2@db:5432/inbox')).toBe('postgres://app:***@db:5432/inbox');
+    // The store opens POSTGRES:// as well as postgres://.
+    expect(redactCredentials('POSTGRES://app:hunter2@db/inbox')).not.toContain('hunter2');
+    expect(redactCredentials('PostgreSQL://app:hunter2@db/inbox')).not.toContain('hunter2');
+    // Not parsable as a URL (a bad port), still cut.
+    expect(redactCredentials('postgres://app:hunter2@db:99999999/inbox')).toBe('postgres://app:***@db:99999999/inbox');
+    expect(redactCredentials('postgres://app@db/inbox')).toBe('postgres://app@db/inbox');
+    expect(redactCredentials('/var/lib/app-inbox/inbox.db')).toBe('/var/lib/app-inbox/inbox.db');
+    expect(redactCredentials('sqlite:/tmp/x.db')).toBe('sqlite:/tmp/x.db');
   });
 
   it('names the bad allow-list entry and the incomplete TLS or circuit settings', () => {

@@ -189,6 +189,25 @@ export interface OptionSpec {
   envOnly?: boolean;
   /** A switch: `--flag` alone means true (`--flag false` also works). Default false. */
   isSwitch?: boolean;
+  /** How a refused value is shown in the error (default: as given); for values that may hold a password. */
+  shown?: (raw: string) => string;
+}
+
+/**
+ * `value` with the password of a `scheme://user:password@host` URL replaced by `***` (any scheme, any case:
+ * `POSTGRES://` opens a store as well as `postgres://`); anything else as it is. For logs and error messages.
+ */
+export function redactCredentials(value: string): string {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
+  try {
+    const parsed = new URL(value);
+    if (parsed.password !== '') parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    // Not a URL the parser takes, yet it may carry `user:password@`: everything after the first ':' of the
+    // authority is cut.
+    return value.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):[^/]*@/i, '$1:***@');
+  }
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -283,6 +302,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
       'The durable store: a SQLite file (a path or `sqlite:PATH`; its directory is created) or a PostgreSQL URL (`postgres://user:pass@host:5432/db`).',
     bound: 'a file path, sqlite:PATH, or a postgres:// URL',
     schema: z.string().min(1).regex(STORE),
+    shown: redactCredentials,
   },
   intOption(
     'pgPoolSize',
@@ -624,7 +644,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Ser
       config[spec.key] = result.data;
     } else {
       problems.push(
-        `${spec.envOnly === true ? (spec.env[0] ?? spec.flag) : spec.flag} (${describeSource(source)}) must be ${spec.bound}${spec.unit && spec.unit !== 'count' ? ` (${spec.unit})` : ''}; got ${spec.envOnly === true ? 'a value (not shown: it is secret)' : JSON.stringify(source.raw)}`,
+        `${spec.envOnly === true ? (spec.env[0] ?? spec.flag) : spec.flag} (${describeSource(source)}) must be ${spec.bound}${spec.unit && spec.unit !== 'count' ? ` (${spec.unit})` : ''}; got ${spec.envOnly === true ? 'a value (not shown: it is secret)' : JSON.stringify(typeof source.raw === 'string' && spec.shown !== undefined ? spec.shown(source.raw) : source.raw)}`,
       );
     }
   }

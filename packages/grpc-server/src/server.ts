@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { decodeFailuresAsInvalidArgument } from './api/decoding.js';
 import { raiseReceiveWindow } from './api/receive-window.js';
 import { createApi, type Api } from './api/services.js';
-import type { ServerConfig } from './config.js';
+import { redactCredentials, type ServerConfig } from './config.js';
 import { CircuitBreaker, type CircuitStateListener } from './delivery/circuit.js';
 import { DeliveryEngine, resolveEngineOptions, type EngineOptions } from './delivery/engine.js';
 import { createSender } from './delivery/sender.js';
@@ -392,16 +392,9 @@ function shutdownGrpc(server: Server, deadlineMs: number): Promise<void> {
   });
 }
 
-/** The store location for the logs: a PostgreSQL URL without its password. */
+/** The store location for the logs: a URL without its password (see {@link redactCredentials}). */
 export function describeStore(url: string): string {
-  if (!/^postgres(ql)?:\/\//.test(url)) return url;
-  try {
-    const parsed = new URL(url);
-    if (parsed.password !== '') parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return 'postgres://(unparsable URL)';
-  }
+  return redactCredentials(url);
 }
 
 interface Sweeper {
