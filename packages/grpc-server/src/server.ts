@@ -217,7 +217,6 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     const sender = createSender({
       requestTimeoutMs: config.requestTimeoutMs,
       maxResponseBytes: config.maxResponseBytes,
-      connectionsPerOrigin: config.perEndpointConcurrency,
       addressPolicy,
       ...(options.resolve ? { resolve: options.resolve } : {}),
     });

@@ -11,8 +11,9 @@
  * - A contact whose messages have all expired (or a resync of a contact without messages) is sent the empty
  *   list `[]`, not skipped: the receiver replaces what it stored for the contact (SPEC §4), so the expired
  *   messages disappear there too.
- * - Accounts sharing one origin share the sender's connection pool for that origin
- *   (`perEndpointConcurrency` connections); the limiter itself counts per account.
+ * - The limiter counts attempts in flight per account, and so bounds each account's connections: the sender
+ *   has no cap per origin, so accounts whose webhooks share a host do not share a connection budget (one that
+ *   hangs cannot make the others wait for a connection and time out).
  * @see SPEC §4, §5; ARCHITECTURE "Decisions" §1-§4
  */
 import { randomBytes } from 'node:crypto';
@@ -316,7 +317,6 @@ export class DeliveryEngine {
       createSender({
         requestTimeoutMs: this.options.requestTimeoutMs,
         maxResponseBytes: this.options.maxResponseBytes,
-        connectionsPerOrigin: this.options.perEndpointConcurrency,
       });
     this.#log = deps.logger ?? pino({ enabled: false });
     this.#clock = deps.clock ?? Date.now;

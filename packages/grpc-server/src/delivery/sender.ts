@@ -31,7 +31,12 @@ export interface SenderOptions {
   requestTimeoutMs?: number;
   /** At most this many bytes of a response body are read; the rest is discarded (bytes). Default 65,536. */
   maxResponseBytes?: number;
-  /** Keep-alive connections per origin (scheme://host:port); further requests queue in the pool. Default 16. */
+  /**
+   * Connections per origin (scheme://host:port); further requests queue in the pool, their timeout running.
+   * Default: no cap. The delivery engine bounds each account's attempts in flight itself (its endpoint limiter);
+   * a cap here would be shared by every account whose webhook is on the same host, so that one hanging
+   * endpoint would hold the connections and time out the attempts of the others (issue 7, isolation).
+   */
   connectionsPerOrigin?: number;
   /** How long an idle keep-alive connection is kept (milliseconds). Default 4,000 (below Node's 5 s server default). */
   keepAliveTimeoutMs?: number;
@@ -121,12 +126,15 @@ function errorOutcome(code: string, durationMs: number): AttemptOutcomeWithTimin
 export function createSender(options: SenderOptions = {}): Sender {
   const requestTimeoutMs = positiveInt('requestTimeoutMs', options.requestTimeoutMs, 15_000);
   const maxResponseBytes = positiveInt('maxResponseBytes', options.maxResponseBytes, 64 * 1024);
-  const connections = positiveInt('connectionsPerOrigin', options.connectionsPerOrigin, 16);
+  const connections =
+    options.connectionsPerOrigin === undefined
+      ? null
+      : positiveInt('connectionsPerOrigin', options.connectionsPerOrigin, 1);
   const keepAliveTimeout = positiveInt('keepAliveTimeoutMs', options.keepAliveTimeoutMs, 4_000);
   const policy = options.addressPolicy;
 
-  // An Agent keeps one Pool per origin, each with at most `connections` keep-alive sockets and one request
-  // per socket (no pipelining). undici 7 follows no redirect unless a redirect interceptor is composed in, and
+  // An Agent keeps one Pool per origin, each with keep-alive sockets (at most `connections` when given) and one
+  // request per socket (no pipelining). undici 7 follows no redirect unless a redirect interceptor is composed in, and
   // none is: a 3xx is just a status for the classifier.
   // The attempt's own timer (below) is the authority on the whole-request timeout, so its code is stable;
   // undici's connect/headers/body timeouts are a backstop set just beyond it.

@@ -465,6 +465,33 @@ describe('DeliveryEngine', () => {
     expect(slow.requests.length).toBeGreaterThan(0);
   });
 
+  it('keeps an endpoint fast while another account on the same host hangs', async () => {
+    const store = await newStore();
+    // One server for both accounts (one origin): /slow never answers, /fast answers at once.
+    const host = await receiver((request, response) => {
+      if (request.url === '/fast') response.end('ok');
+    });
+    const origin = `http://127.0.0.1:${host.port}`;
+    await webhook(store, 'slow', `${origin}/slow`);
+    await webhook(store, 'fast', `${origin}/fast`);
+    await publish(store, 'slow', [message('s1'), message('s2')]);
+    await sleep(5);
+    const { deliveries } = await publish(store, 'fast', [message('f1')]);
+    // The engine's own sender, as the server's: the slow account fills its two slots, and so would every
+    // connection to the host if the sender capped them per origin.
+    engine(store, { perEndpointConcurrency: 2, requestTimeoutMs: 1_000 }).start();
+    const fast = await waitFor(
+      async () => {
+        const found = await store.getDelivery(deliveries[0]!.deliveryId);
+        return found !== null && found.attempts.length > 0 ? found : undefined;
+      },
+      'the first attempt of the fast account',
+      5_000,
+    );
+    expect(fast.attempts[0]).toMatchObject({ attemptNo: 1, statusCode: 200, verdict: 'delivered' });
+    expect(host.requests.filter((r) => r.path === '/slow')).toHaveLength(2);
+  });
+
   it('keeps first attempts of one account on time during a retry storm on another', async () => {
     const store = await newStore();
     let slow = false;

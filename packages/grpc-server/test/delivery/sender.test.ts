@@ -164,6 +164,17 @@ describe('sender', () => {
     expect(r.maxActive).toBe(2);
   });
 
+  it('has no cap per origin by default: requests in flight never wait for a connection', async () => {
+    const r = await receiver((_req, res) => {
+      setTimeout(() => res.end('ok'), 60);
+    });
+    const s = sender();
+    const results = await Promise.all(Array.from({ length: 40 }, () => s.send(r.url, headers, body)));
+    expect(results.map((x) => x.statusCode)).toEqual(Array(40).fill(200));
+    expect(r.connections).toBe(40);
+    expect(r.maxActive).toBe(40);
+  });
+
   it('gives up at once when the caller aborts', async () => {
     const r = await receiver(() => {
       // never answers
