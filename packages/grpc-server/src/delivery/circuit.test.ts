@@ -75,11 +75,36 @@ describe('CircuitBreaker', () => {
     expect(circuit.view('a').state).toBe('open');
   });
 
-  it('410 Gone opens the circuit at once', () => {
+  it('410 Gone opens the circuit at once, without probes, until it is reset', () => {
     const { circuit, changes, attempt } = breaker();
     attempt('a', T0, status(410));
-    expect(circuit.view('a')).toMatchObject({ state: 'open', consecutiveFailures: 1, nextProbeAt: T0 + 100 });
+    expect(circuit.view('a')).toMatchObject({ state: 'open', consecutiveFailures: 1, nextProbeAt: null });
     expect(changes).toEqual([['a', 'open']]);
+    // Long after any probe interval: still paused, nothing admitted (a probe answered 410 would fail for good).
+    expect(circuit.pausedAccounts(T0 + 1e9)).toEqual(['a']);
+    expect(circuit.admit('a', T0 + 1e9)).toBe(false);
+    circuit.reset('a');
+    expect(circuit.admit('a', T0 + 1e9)).toBe(true);
+  });
+
+  it('a 410 on an endpoint already open for other failures stops its probes too', () => {
+    const { circuit, changes, attempt } = breaker({ openAfterMs: 0, minFailures: 1 });
+    attempt('a', T0, status(503));
+    expect(circuit.view('a').nextProbeAt).toBe(T0 + 100);
+    // An attempt that started before the circuit opened comes back 410.
+    attempt('a', T0 + 10, status(410));
+    expect(circuit.view('a')).toMatchObject({ state: 'open', nextProbeAt: null });
+    expect(circuit.admit('a', T0 + 1e9)).toBe(false);
+    // The probe that was out when the 410 came: its failure keeps the circuit open, still without probes.
+    attempt('a', T0, status(503));
+    attempt('b', T0, status(503));
+    expect(circuit.admit('b', T0 + 100)).toBe(true);
+    attempt('b', T0 + 101, status(410));
+    expect(circuit.view('b')).toMatchObject({ state: 'open', nextProbeAt: null });
+    expect(changes.filter(([account]) => account === 'a')).toEqual([
+      ['a', 'open'],
+      ['a', 'open'],
+    ]);
   });
 
   it('lets exactly one probe through when the probe interval has passed, and a 2xx closes the circuit', () => {

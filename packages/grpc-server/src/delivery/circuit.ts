@@ -2,7 +2,8 @@
  * Circuit breaking per endpoint (issue 7 "Circuit breaking"): an endpoint that keeps failing is paused,
  * so it stops costing requests, lane slots and log lines, and is probed until it recovers.
  *
- *   closed ──(no 2xx for openAfterMs AND minFailures attempts in a row, or one 410 Gone)──▶ open
+ *   closed ──(no 2xx for openAfterMs AND minFailures attempts in a row)──▶ open
+ *   any state ──(410 Gone)──▶ open without probes, until the webhook is saved again ({@link CircuitBreaker.reset})
  *   open ──(probe interval passed: ONE claimed delivery is let through)──▶ half_open
  *   half_open ──2xx──▶ closed          half_open ──failure──▶ open (probe interval ×2, up to the maximum)
  *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed)
@@ -64,7 +65,7 @@ export interface CircuitView {
   consecutiveFailures: number;
   /** Time of the first failure of the current run (ms since the epoch), null when the last attempt succeeded. */
   failingSince: number | null;
-  /** When the next probe may be sent (ms since the epoch), while open; null otherwise. */
+  /** When the next probe may be sent (ms since the epoch), while open; null otherwise, and while open after a 410. */
   nextProbeAt: number | null;
 }
 
@@ -121,6 +122,7 @@ interface Entry {
   failingSince: number | null;
   /** The wait used for the current (or next) probe. */
   probeIntervalMs: number;
+  /** When the next probe may go out; null while open after a 410 Gone (no probe until reset). */
   nextProbeAt: number | null;
   /** When the probe now out was let through (half_open), null when none is out. */
   probeAt: number | null;
@@ -144,7 +146,7 @@ export class CircuitBreaker implements EndpointHealth {
   pausedAccounts(now: number): string[] {
     const paused: string[] = [];
     for (const [account, entry] of this.#entries) {
-      if (entry.state === 'open' && entry.nextProbeAt !== null && now < entry.nextProbeAt) paused.push(account);
+      if (entry.state === 'open' && (entry.nextProbeAt === null || now < entry.nextProbeAt)) paused.push(account);
       else if (entry.state === 'half_open' && this.#probeOut(entry, now)) paused.push(account);
     }
     return paused;
@@ -159,7 +161,7 @@ export class CircuitBreaker implements EndpointHealth {
     const entry = this.#entries.get(accountId);
     if (entry === undefined || entry.state === 'closed') return true;
     if (entry.state === 'open') {
-      if (entry.nextProbeAt !== null && now < entry.nextProbeAt) return false;
+      if (entry.nextProbeAt === null || now < entry.nextProbeAt) return false;
       entry.probeAt = now;
       this.#transition(accountId, entry, 'half_open', now);
       return true;
@@ -192,15 +194,18 @@ export class CircuitBreaker implements EndpointHealth {
     if (entry === undefined) this.#entries.set(accountId, current);
     current.failures += 1;
     current.failingSince ??= at;
-    // 410 Gone: the receiver asks us to stop (Standard Webhooks), so the circuit opens at once.
-    const gone = event.classification.pauseEndpoint === true;
-    if (current.state === 'half_open') {
+    if (event.classification.pauseEndpoint === true) {
+      // 410 Gone: the receiver asks us to stop (Standard Webhooks: the endpoint is disabled), so the circuit opens
+      // at once, and without probes: a probe answered 410 would fail one more delivery for good (a 410 is final)
+      // at every interval. It stays open until the webhook is saved again (reset).
+      if (current.state !== 'open' || current.nextProbeAt !== null) this.#open(accountId, current, at, null);
+    } else if (current.state === 'half_open') {
       // The probe failed (or another attempt did while it was out): wait twice as long for the next one.
       const interval = Math.min(current.probeIntervalMs * 2, this.options.maxProbeIntervalMs);
       this.#open(accountId, current, at, interval);
     } else if (current.state === 'closed') {
       const longEnough = at - (current.failingSince ?? at) >= this.options.openAfterMs;
-      if (gone || (longEnough && current.failures >= this.options.minFailures)) {
+      if (longEnough && current.failures >= this.options.minFailures) {
         this.#open(accountId, current, at, this.options.probeIntervalMs);
       }
     }
@@ -242,9 +247,10 @@ export class CircuitBreaker implements EndpointHealth {
     return entry.probeAt !== null && now - entry.probeAt < this.options.probeTimeoutMs;
   }
 
-  #open(accountId: string, entry: Entry, at: number, intervalMs: number): void {
-    entry.probeIntervalMs = intervalMs;
-    entry.nextProbeAt = at + intervalMs;
+  /** Opens the circuit with its next probe `intervalMs` after `at`; with null, no probe (410 Gone). */
+  #open(accountId: string, entry: Entry, at: number, intervalMs: number | null): void {
+    if (intervalMs !== null) entry.probeIntervalMs = intervalMs;
+    entry.nextProbeAt = intervalMs === null ? null : at + intervalMs;
     entry.probeAt = null;
     this.#transition(accountId, entry, 'open', at);
   }

@@ -134,13 +134,14 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     expect(attempts).toBe(receiver.records.list().length);
   });
 
-  it('a 410 Gone opens the circuit at once; re-saving the webhook closes it and the rest is delivered', async () => {
+  it('a 410 Gone opens the circuit at once, with no probe; re-saving the webhook closes it and the rest is delivered', async () => {
     const account = accountId('gone');
     receiver = await createMockReceiver({ rules: [{ answers: [{ status: 410 }] }] });
+    // Probes every 100-200 ms if there were any: each would fail a waiting delivery for good (a 410 is final).
     t = await startTestServer(await target.newUrl(), {
       circuitOpenAfterMs: 60_000,
-      circuitProbeIntervalMs: 60_000,
-      circuitProbeMaxIntervalMs: 60_000,
+      circuitProbeIntervalMs: 100,
+      circuitProbeMaxIntervalMs: 200,
     });
     const { clients } = t;
     const url = `${receiver.url}/hook`;
@@ -153,10 +154,10 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     const { webhook } = await clients.getWebhook({ accountId: account });
     expect(webhook?.circuit).toMatchObject({ state: CircuitState.CIRCUIT_STATE_OPEN, consecutiveFailures: 1 });
 
-    // Paused: a new message waits (not sent, not dropped).
+    // Paused: a new message waits (not sent, not dropped), over many probe intervals.
     const second = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-2')] });
     const waitingId = second.deliveries[0]?.deliveryId ?? '';
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
     expect(receiver.records.list()).toHaveLength(1);
     const { delivery: waiting } = await clients.getDelivery({ deliveryId: waitingId });
     expect(waiting?.state).toBe(DeliveryState.DELIVERY_STATE_PENDING);

@@ -136,7 +136,10 @@ export interface Circuit {
     | undefined;
   /** Attempts in a row without a 2xx answer. */
   consecutiveFailures: number;
-  /** When the next probe may be sent, milliseconds since the epoch; set only while OPEN. */
+  /**
+   * When the next probe may be sent, milliseconds since the epoch; set only while OPEN, and not after a 410 Gone
+   * (no probe then: the circuit stays open until the webhook is saved again).
+   */
   nextProbeAtMs?: number | undefined;
 }
 
