@@ -1355,6 +1355,77 @@ describe('PostgresStore', () => {
     }
   });
 
+  describe('deleteWebhook while a publish commits', () => {
+    /**
+     * Runs deleteWebhook with its `DELETE FROM messages` held up (another session holds a row of the account's
+     * messages; any slow statement would do), publishes `contacts` while it waits, then lets it go on. Returns what
+     * is left of the account: its messages (by contact) and its unsent deliveries, and the publish's answer.
+     */
+    async function deleteAroundPublish(contacts: string[]) {
+      let found: { messages: string[]; open: Delivery[]; published: string[] } | null = null;
+      await withOwnDatabase(
+        async (store, url) => {
+          const account = 'acct';
+          const hook = { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true };
+          await store.upsertWebhook(account, hook, T0);
+          const held = storedMessage('c');
+          await store.publish({ accountId: account, messages: [held], now: T0 });
+          const blocker = new pg.Client({ connectionString: url });
+          await blocker.connect();
+          try {
+            await blocker.query('BEGIN');
+            await blocker.query('SELECT 1 FROM messages WHERE id = $1 FOR UPDATE', [held.id]);
+            const deleting = store.deleteWebhook(account);
+            for (let waiting = 0; waiting === 0;) {
+              await new Promise((resolve) => setTimeout(resolve, 10));
+              const { rows } = await blocker.query<{ n: number }>(
+                `SELECT count(*)::int AS n FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM messages%'`,
+              );
+              waiting = rows[0]!.n;
+            }
+            const published = await store.publish({
+              accountId: account,
+              messages: contacts.map((c) => storedMessage(c)),
+              now: T0 + 1,
+            });
+            await blocker.query('COMMIT');
+            expect(await deleting).toBe(true);
+            const messages: string[] = [];
+            for (const contact of ['c', 'd']) {
+              for (const m of await store.contactMessages(account, contact, T0 + 2, 1000)) {
+                messages.push(m.externalCustomerId);
+              }
+            }
+            const open = (
+              await store.listDeliveries({ accountId: account, states: ['pending', 'in_flight', 'retrying'] }, 10, null)
+            ).deliveries;
+            found = { messages, open, published: published.deliveries.map((d) => d.deliveryId) };
+          } finally {
+            await blocker.end();
+          }
+        },
+        { poolSize: 4 },
+      );
+      return found!;
+    }
+
+    it('deletes a publish coalesced into a pending delivery it deletes, messages and all', async () => {
+      // The publish locked and changed the pending delivery of `c` after deleteWebhook's snapshot: the delete ran
+      // again and took the new message too. With a snapshot per statement the message stayed, its delivery gone.
+      const left = await deleteAroundPublish(['c']);
+      expect(left).toEqual({ messages: [], open: [], published: [expect.any(String)] });
+    });
+
+    it('leaves a publish committed after its snapshot whole: the messages with their pending delivery', async () => {
+      const left = await deleteAroundPublish(['d']);
+      expect(left.messages).toEqual(['d']);
+      expect(left.open.map((d) => [d.id, d.externalCustomerId, d.state])).toEqual([
+        [left.published[0], 'd', 'pending'],
+      ]);
+    });
+  });
+
   it('two processes claiming at once: no delivery or contact twice in flight, nothing lost', async () => {
     const stores = [
       await openPostgresStore({ connectionString: db.url, poolSize: 3 }),

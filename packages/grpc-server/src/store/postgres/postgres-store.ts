@@ -510,16 +510,19 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Runs `fn` in a READ COMMITTED transaction, again from the start when it lost a race (see
+   * Runs `fn` in a transaction (READ COMMITTED unless told), again from the start when it lost a race (see
    * {@link RETRY_SQLSTATES}), with a short random pause so that racing processes spread out.
    */
-  async #tx<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  async #tx<T>(
+    fn: (client: Client) => Promise<T>,
+    isolation: 'read committed' | 'repeatable read' = 'read committed',
+  ): Promise<T> {
     this.#assertOpen();
     for (let run = 1; ; run++) {
       const client = await this.#pool.connect();
       let broken: Error | undefined;
       try {
-        await client.query('BEGIN');
+        await client.query(isolation === 'read committed' ? 'BEGIN' : 'BEGIN ISOLATION LEVEL REPEATABLE READ');
         const result = await fn(client);
         await client.query('COMMIT');
         return result;
@@ -654,6 +657,11 @@ export class PostgresStore implements Store {
 
   async deleteWebhook(accountId: string): Promise<boolean> {
     assertId('accountId', accountId);
+    // One snapshot for the three statements (REPEATABLE READ). With one per statement (READ COMMITTED), a publish
+    // committing between the messages and the deliveries was cut in two: its messages kept (committed after the
+    // first delete), its pending delivery deleted by the second, so nothing would send them once the webhook came
+    // back. Now a publish committed after the snapshot is left whole (its messages and their pending delivery), and
+    // one that changed a delivery this deletes is a serialization failure: the transaction runs again (#tx).
     return this.#tx(async (c) => {
       const existed = ((await c.query('DELETE FROM webhooks WHERE account_id = $1', [accountId])).rowCount ?? 0) > 0;
       await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
@@ -662,7 +670,7 @@ export class PostgresStore implements Store {
         accountId,
       ]);
       return existed;
-    });
+    }, 'repeatable read');
   }
 
   // ---------------------------------------------------------------- publish / resync
