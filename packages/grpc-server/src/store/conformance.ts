@@ -908,6 +908,28 @@ export function storeConformanceSuite(
         expect(await store.sweep(T0 + 10_000, { terminalRetentionMs: 1000, limit: 100 })).toBe(1);
         expect(await store.getDelivery(recent.deliveryId)).toBeNull();
       });
+
+      it("deletes a contact's older deliveries first, so that a replay never finds an older list the newest", async () => {
+        const acct = await withWebhook();
+        // The older list failed (kept for replay), the newer one was delivered; retention has passed for both.
+        const older = await publishOne(acct, 'c', T0);
+        const [first] = await claim('first', T0, 'w');
+        await build(first!, 'w', T0);
+        await settle(first!, 'w', T0 + 1, 'failed');
+        const newer = await publishOne(acct, 'c', T0 + 10);
+        const [second] = await claim('first', T0 + 10, 'w');
+        await build(second!, 'w', T0 + 10);
+        await settle(second!, 'w', T0 + 11, 'delivered');
+        const later = T0 + 10_000;
+        // One at a time (the sweeper works through a backlog in batches): the older goes first.
+        expect(await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).toBe(1);
+        expect(await store.getDelivery(older.deliveryId)).toBeNull();
+        expect((await store.getDelivery(newer.deliveryId))?.delivery.state).toBe('delivered');
+        // Had the newer gone first, replaying the older would have resent the older list after the newer one.
+        expect(await store.retryDelivery(older.deliveryId, later)).toBeNull();
+        expect(await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).toBe(1);
+        expect(await store.getDelivery(newer.deliveryId)).toBeNull();
+      });
     });
 
     describe('stats', () => {

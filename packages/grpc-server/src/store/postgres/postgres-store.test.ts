@@ -1090,6 +1090,11 @@ describe('PostgresStore', () => {
           const target = nodes[0]!.children.find((child) => child.relation === table);
           const joins = nodes.filter((node) => /Join|Nested Loop/.test(node.type)).map((node) => node.type);
           expect({ mode, table, target: target?.type, joins }).toEqual({ mode, table, target: scan, joins: [] });
+          if (table === 'deliveries') {
+            // "No older delivery of the contact left": one probe per candidate, on the contact index.
+            const probes = nodes.filter((node) => node.parentRelationship === 'SubPlan').map((node) => node.index);
+            expect({ mode, probes }).toEqual({ mode, probes: ['deliveries_contact'] });
+          }
         }
       }
       // And the sweep deletes what it should, within its limit.
