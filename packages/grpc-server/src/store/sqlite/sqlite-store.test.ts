@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { storeConformanceSuite } from '../conformance.js';
 import { migrateSqlite, openSqliteStore, SqliteStore } from './sqlite-store.js';
 import { messageIdKey, SQLITE_MIGRATIONS } from './schema.js';
@@ -282,6 +282,37 @@ describe('SqliteStore', () => {
       expect(await store.freeze(one, 'w', body, [], T0)).toBe(true);
     } finally {
       observer.close();
+      await store.close();
+    }
+  });
+
+  it('rejects every write of a group that SQLite rolled back whole (disk full), and runs none after it', async () => {
+    const path = join(dir, 'full.db');
+    // The store's own connection, to give it a small disk: max_page_count stands for a full one.
+    const transaction = vi.spyOn(Database.prototype, 'transaction');
+    const store = await openSqliteStore({ path });
+    const conn = transaction.mock.contexts[0] as Database.Database;
+    transaction.mockRestore();
+    try {
+      await store.publish({ accountId: 'a', messages: [message('m0')], now: T0 });
+      conn.pragma(`max_page_count = ${(conn.pragma('page_count', { simple: true }) as number) + 40}`);
+      const contact = (id: string, c: string, content = 'x') => ({ ...message(id), externalCustomerId: c, content });
+      const results = await Promise.allSettled([
+        store.publish({ accountId: 'a', messages: [contact('m1', 'c1')], now: T0 }),
+        store.publish({ accountId: 'a', messages: [contact('m2', 'c2', 'x'.repeat(1_000_000))], now: T0 }),
+        store.publish({ accountId: 'a', messages: [contact('m3', 'c3')], now: T0 }),
+      ]);
+      // All three refused with the disk's error (not "cannot commit - no transaction is active"), and none stored:
+      // the third had committed on its own before.
+      expect(
+        results.map((r) => (r.status === 'rejected' ? (r.reason as { code?: string }).code : 'fulfilled')),
+      ).toEqual(['SQLITE_FULL', 'SQLITE_FULL', 'SQLITE_FULL']);
+      const stored = async (c: string) => (await store.contactMessages('a', c, T0, 10)).length;
+      expect([await stored('c1'), await stored('c2'), await stored('c3')]).toEqual([0, 0, 0]);
+      // And the store goes on once there is room.
+      conn.pragma('max_page_count = 1073741823');
+      expect((await store.publish({ accountId: 'a', messages: [contact('m3', 'c3')], now: T0 })).inserted).toBe(1);
+    } finally {
       await store.close();
     }
   });
