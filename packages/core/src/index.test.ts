@@ -21,6 +21,7 @@ describe('@app-inbox/core public API', () => {
       'DEFAULT_MAX_MESSAGES_PER_CONTACT',
       'MAX_MESSAGES_PER_CONTACT_LIMIT',
       'LIMITS',
+      'NUL_CHARACTER_MESSAGE',
       'availableMessages',
       'toWireMessage',
       'serializeMessages',

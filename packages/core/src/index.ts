@@ -14,6 +14,7 @@ export {
   DEFAULT_MAX_MESSAGES_PER_CONTACT,
   MAX_MESSAGES_PER_CONTACT_LIMIT,
   LIMITS,
+  NUL_CHARACTER_MESSAGE,
   messageSchema,
   messageListSchema,
   basicAuthSchema,

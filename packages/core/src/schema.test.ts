@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   DEFAULT_MAX_MESSAGES_PER_CONTACT,
   LIMITS,
+  NUL_CHARACTER_MESSAGE,
   MAX_MESSAGES_PER_CONTACT_LIMIT,
   formatPath,
   utf8ByteLength,
@@ -96,6 +97,17 @@ describe('messageSchema', () => {
       { field: 'expiresAt', description: 'is not a known field' },
       { field: 'Title', description: 'is not a known field' },
     ]);
+  });
+
+  it('refuses the NUL character (U+0000) in every text field, naming the field', () => {
+    for (const field of ['externalCustomerId', 'title', 'content', 'category', 'image', 'link'] as const) {
+      const value = field === 'image' || field === 'link' ? 'https://example.com/a\u0000b' : 'a\u0000b';
+      expect(violations(validateMessage(seedMessage({ [field]: value })))).toEqual([
+        { field, description: NUL_CHARACTER_MESSAGE },
+      ]);
+    }
+    // Escaped in customData's JSON text it is only text: accepted.
+    expect(validateMessage(seedMessage({ customData: '{"a":"\\u0000"}' })).ok).toBe(true);
   });
 
   describe('externalCustomerId', () => {

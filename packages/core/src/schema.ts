@@ -89,6 +89,10 @@ type UrlRule = { allowEmpty: boolean; allowCredentials: boolean };
 function httpUrl(rule: UrlRule) {
   return z.string().superRefine((value, ctx) => {
     if (value === '' && rule.allowEmpty) return;
+    if (value.includes('\u0000')) {
+      ctx.addIssue({ code: 'custom', message: NUL_CHARACTER_MESSAGE });
+      return;
+    }
     if (value.length > LIMITS.urlLength) {
       ctx.addIssue({ code: 'custom', message: `must be at most ${LIMITS.urlLength} characters` });
       return;
@@ -132,9 +136,18 @@ export function unlessMissing(message: string) {
   return (issue: { input?: unknown }) => (issue.input === undefined ? undefined : message);
 }
 
-/** A bounded string; `nonBlank` also rejects strings of only whitespace. */
+/**
+ * Why a string with U+0000 is refused: PostgreSQL's `text` cannot hold it, so a message that one store takes would
+ * fail in the other; and receivers written in C-family languages often cut a string there.
+ */
+export const NUL_CHARACTER_MESSAGE = 'must not contain the NUL character (U+0000)';
+
+/** A bounded string without U+0000; `nonBlank` also rejects strings of only whitespace. */
 function boundedString(max: number, nonBlank = false) {
-  const base = z.string().max(max, { error: `must be at most ${max} characters` });
+  const base = z
+    .string()
+    .max(max, { error: `must be at most ${max} characters` })
+    .refine((s) => !s.includes('\u0000'), { error: NUL_CHARACTER_MESSAGE });
   return nonBlank ? base.refine((s) => s.trim() !== '', { error: 'must not be empty' }) : base;
 }
 

@@ -5,6 +5,8 @@
  * @see SPEC §2-§4
  */
 import {
+  LIMITS,
+  NUL_CHARACTER_MESSAGE,
   messageListSchema,
   messageSchema,
   validate,
@@ -62,10 +64,20 @@ export function checkAccountId(accountId: string, field = 'account_id'): FieldVi
   return [];
 }
 
-/** A delivery id: non-empty and bounded (an unknown one is NOT_FOUND, not a bad argument). */
+/** A delivery id: non-empty, bounded, no control characters (an unknown one is NOT_FOUND, not a bad argument). */
 export function checkDeliveryId(id: string, field = 'delivery_id'): FieldViolation[] {
   if (id.trim() === '') return [{ field, description: 'is required' }];
   if (id.length > MAX_ID_LENGTH) return [{ field, description: `must be at most ${MAX_ID_LENGTH} characters` }];
+  if (CONTROL.test(id)) return [{ field, description: 'must not contain control characters' }];
+  return [];
+}
+
+/** A contact's id where a request names one (not inside a message): as core checks a message's. */
+function checkContactId(id: string, field: string): FieldViolation[] {
+  if (id.trim() === '') return [{ field, description: 'must not be empty' }];
+  if (id.length > LIMITS.externalCustomerIdLength)
+    return [{ field, description: `must be at most ${LIMITS.externalCustomerIdLength} characters` }];
+  if (id.includes('\u0000')) return [{ field, description: NUL_CHARACTER_MESSAGE }];
   return [];
 }
 
@@ -234,11 +246,7 @@ export function parseResyncContacts(request: ResyncContactsRequest): Result<Resy
       description: `must name at most ${MAX_CONTACTS_PER_RESYNC} contacts`,
     });
   } else {
-    ids.forEach((id, i) => {
-      if (id.trim() === '') violations.push({ field: `external_customer_ids[${i}]`, description: 'must not be empty' });
-      else if (id.length > 256)
-        violations.push({ field: `external_customer_ids[${i}]`, description: 'must be at most 256 characters' });
-    });
+    ids.forEach((id, i) => violations.push(...checkContactId(id, `external_customer_ids[${i}]`)));
   }
   if (violations.length > 0) return { ok: false, violations };
   return { ok: true, value: { accountId: request.accountId, contacts: request.all ? 'all' : [...new Set(ids)] } };
@@ -250,6 +258,9 @@ export interface ListInput {
   cursor: string | null;
 }
 
+/** Unknown entries of ListDeliveries' `states` named in one error, at most. */
+const MAX_NAMED_STATE_ERRORS = 10;
+
 export function parseListDeliveries(request: ListDeliveriesRequest): Result<ListInput> {
   const violations: FieldViolation[] = [];
   const filter: DeliveryFilter = {};
@@ -257,16 +268,22 @@ export function parseListDeliveries(request: ListDeliveriesRequest): Result<List
     violations.push(...checkAccountId(request.accountId));
     filter.accountId = request.accountId;
   }
-  if (request.externalCustomerId !== '') filter.externalCustomerId = request.externalCustomerId;
+  if (request.externalCustomerId !== '') {
+    violations.push(...checkContactId(request.externalCustomerId, 'external_customer_id'));
+    filter.externalCustomerId = request.externalCustomerId;
+  }
   if (request.states.length > 0) {
-    const states: StoreDeliveryState[] = [];
+    // Each state once: a filter of 100,000 repeats reached the store as as many SQL parameters (INTERNAL). Unknown
+    // entries are named by index, the first few of them.
+    const states = new Set<StoreDeliveryState>();
+    let unknown = 0;
     request.states.forEach((s, i) => {
       const state = stateFromProto(s);
-      if (state === null)
+      if (state !== null) states.add(state);
+      else if (unknown++ < MAX_NAMED_STATE_ERRORS)
         violations.push({ field: `states[${i}]`, description: 'must be a known DeliveryState other than UNSPECIFIED' });
-      else states.push(state);
     });
-    filter.states = states;
+    filter.states = [...states];
   }
   if (request.pageToken.length > 1024)
     violations.push({ field: 'page_token', description: 'is not a token from a previous page' });

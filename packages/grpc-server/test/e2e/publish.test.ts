@@ -146,6 +146,67 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(again).toMatchObject({ accepted: 1, duplicates: 0 });
   });
 
+  it('refuses the NUL character in any text it would store or look up, naming the field (never INTERNAL)', async () => {
+    // PostgreSQL's text cannot hold U+0000: it reached the store and came back as INTERNAL.
+    const acc = await account();
+    const fieldsOf = async (call: Promise<unknown>) => {
+      const failed = await failure(call);
+      expect({ code: failed.code, details: failed.details }).toMatchObject({ code: status.INVALID_ARGUMENT });
+      return failed.rich?.badRequest?.fieldViolations.map((v) => [v.field, v.description]);
+    };
+    const nul = 'must not contain the NUL character (U+0000)';
+    expect(
+      await fieldsOf(
+        t.clients.publishMessages({
+          accountId: acc,
+          messages: [inboxMessage('c1', { title: 'a\u0000b' }), inboxMessage('c\u0000'), inboxMessage('c2')],
+        }),
+      ),
+    ).toEqual([
+      ['messages[0].title', nul],
+      ['messages[1].external_customer_id', nul],
+    ]);
+    expect(
+      await fieldsOf(t.clients.resyncContacts({ accountId: acc, externalCustomerIds: ['c1', 'c-\u0000'], all: false })),
+    ).toEqual([['external_customer_ids[1]', nul]]);
+    expect(
+      await fieldsOf(
+        t.clients.listDeliveries({
+          accountId: acc,
+          externalCustomerId: 'c\u0000',
+          states: [],
+          pageSize: 0,
+          pageToken: '',
+        }),
+      ),
+    ).toEqual([['external_customer_id', nul]]);
+    expect(await fieldsOf(t.clients.getDelivery({ deliveryId: 'x\u0000' }))).toEqual([
+      ['delivery_id', 'must not contain control characters'],
+    ]);
+    // Nothing of the refused publish was stored.
+    expect((await t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('c2')] })).accepted).toBe(1);
+  });
+
+  it('takes a states filter of any length, each state once, and names the first unknown entries', async () => {
+    const acc = await account();
+    await t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('c1')] });
+    const list = (states: DeliveryState[]) =>
+      t.clients.listDeliveries({ accountId: acc, externalCustomerId: '', states, pageSize: 0, pageToken: '' });
+    // 100,000 repeats were as many SQL parameters on SQLite: INTERNAL.
+    const every = [1, 2, 3, 4, 5, 6] as DeliveryState[];
+    const repeated = await list([
+      ...new Array<DeliveryState>(100_000).fill(DeliveryState.DELIVERY_STATE_FAILED),
+      ...every,
+    ]);
+    expect(repeated.deliveries).toHaveLength(1);
+    // 100,000 unknown entries: the first ten named.
+    const failed = await failure(list(new Array<DeliveryState>(100_000).fill(99 as DeliveryState)));
+    expect(failed.code).toBe(status.INVALID_ARGUMENT);
+    expect(failed.rich?.badRequest?.fieldViolations.map((v) => v.field)).toEqual(
+      Array.from({ length: 10 }, (_, i) => `states[${i}]`),
+    );
+  });
+
   it('refuses more than 10,000 messages with INVALID_ARGUMENT on `messages`', async () => {
     const acc = await account();
     const messages = Array.from({ length: 10_001 }, () => inboxMessage('c'));
