@@ -495,8 +495,16 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     record(finished ? 'answered' : 'aborted', res.headersSent ? reply.status : null);
   });
 
-  // Express's own handler would print a stack trace; the receiver answers a plain JSON 500 instead.
+  // Express's own handler would print a stack trace; the receiver answers a plain JSON 500 instead. An error Express
+  // marks as the client's (a 4xx `status`, e.g. a path parameter with a malformed percent-escape) is answered with
+  // that status: the request is at fault, not the receiver.
   app.use((error: unknown, _req: Request, res: Response, _next: express.NextFunction) => {
+    const status = (error as { status?: unknown } | null)?.status;
+    if (typeof status === 'number' && Number.isInteger(status) && status >= 400 && status < 500 && !res.headersSent) {
+      const message = error instanceof Error ? error.message : 'bad request';
+      json(res, status, { error: status === 400 ? 'bad_request' : 'client_error', message });
+      return;
+    }
     resolved.onError(error);
     if (res.headersSent) {
       res.destroy();

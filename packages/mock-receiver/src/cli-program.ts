@@ -207,6 +207,9 @@ function flagOf(field: string): string {
     slowDelayMs: '--slow-delay',
     maxBodyBytes: '--max-body-bytes',
   };
+  // The rules come from repeated --rule flags: rules[1] is the second one.
+  const rule = /^rules\[(\d+)\]/.exec(field);
+  if (rule !== null) return `--rule #${Number(rule[1]) + 1}${field.slice(rule[0].length)}`;
   const top = field.split(/[.[]/)[0] ?? field;
   return flags[top] ?? (top === '' ? '' : `--${top}`);
 }

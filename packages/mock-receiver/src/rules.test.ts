@@ -161,6 +161,19 @@ describe('RuleBook', () => {
     book.append([{ answers: [{ status: 202 }] }]);
     expect(book.state().rules.map((r) => r.id)).toEqual(['scenario:unavailable', 'mine', 'rule-1']);
     expect(() => book.append([{ id: 'mine', answers: [{}] }])).toThrow(/is used by another rule/);
+    // A clash is named where the request has it: its own rules counted without the scenario's.
+    const violations = (input: Parameters<RuleBook['set']>[0]) => {
+      try {
+        book.set(input);
+      } catch (error) {
+        return (error as { violations: Array<{ field: string }> }).violations.map((v) => v.field);
+      }
+      return [];
+    };
+    expect(violations({ append: true, scenario: 'server-error', rules: [{ id: 'mine', answers: [{}] }] })).toEqual([
+      'rules[0].id',
+    ]);
+    expect(violations({ append: true, scenario: 'unavailable' })).toEqual(['scenario']);
     expect(() => book.set({ rules: [{ answers: [] }] })).toThrow(/must list at least one answer/);
     expect(book.state().rules).toHaveLength(3);
     book.set({ rules: [] });

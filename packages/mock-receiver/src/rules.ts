@@ -381,16 +381,21 @@ export class RuleBook {
   /** Replaces (or with `append`, extends) the rules. Validates first; on error nothing changes. */
   set(input: ControlInput): ControlState {
     const parsed = parseControlInput(input);
-    const incoming = [
-      ...(parsed.scenario === undefined ? [] : scenarioRules(parsed.scenario, this.settings)),
-      ...(parsed.rules ?? []),
-    ];
+    const fromScenario = parsed.scenario === undefined ? [] : scenarioRules(parsed.scenario, this.settings);
+    const incoming = [...fromScenario, ...(parsed.rules ?? [])];
     const kept = parsed.append === true ? this.active : [];
     const taken = new Set(kept.map((a) => a.rule.id));
     const clashes: FieldViolation[] = [];
     incoming.forEach((rule, i) => {
       if (rule.id === undefined) return;
-      if (taken.has(rule.id)) clashes.push({ field: `rules[${i}].id`, description: 'is used by another rule' });
+      if (taken.has(rule.id)) {
+        // Named where the request has it: the scenario's own rules, or `rules[j]` of the request.
+        clashes.push(
+          i < fromScenario.length
+            ? { field: 'scenario', description: `is active already (its rule ${JSON.stringify(rule.id)})` }
+            : { field: `rules[${i - fromScenario.length}].id`, description: 'is used by another rule' },
+        );
+      }
       taken.add(rule.id);
     });
     if (clashes.length > 0) throw invalid(clashes);

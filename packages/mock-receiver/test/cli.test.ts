@@ -125,4 +125,11 @@ describe('mock-receiver CLI', () => {
     expect(await r.exited).toBe(2);
     expect(r.stderr()).toContain('--password is required when username is set');
   });
+
+  it('names the repeated --rule whose id another one uses', async () => {
+    const rule = JSON.stringify({ id: 'outage', answers: [{ status: 503 }] });
+    const r = run(['--port', '0', '--rule', rule, '--rule', rule]);
+    expect(await r.exited).toBe(2);
+    expect(r.stderr()).toContain('--rule #2.id is used by another rule');
+  });
 });

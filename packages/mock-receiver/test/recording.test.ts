@@ -94,6 +94,21 @@ describe('recording', () => {
     ]);
   });
 
+  it('answers 400 with JSON, not 500, for a path parameter with a malformed percent-escape', async () => {
+    const errors: unknown[] = [];
+    const receiver = await startReceiver({ onError: (error) => errors.push(error) });
+    for (const path of ['/__contacts/%E0%A4%A', '/__received/%ZZ']) {
+      const bad = await getJson(receiver, path);
+      expect({ path, status: bad.status, error: (bad.json as { error: string }).error }).toEqual({
+        path,
+        status: 400,
+        error: 'bad_request',
+      });
+    }
+    // Not the receiver's failure: nothing reported as one.
+    expect(errors).toEqual([]);
+  });
+
   it('keeps the last recordLimit requests and counts the rest', async () => {
     const receiver = await startReceiver({ recordLimit: 3 });
     for (let i = 1; i <= 5; i++) await post(receiver, { deliveryId: `d-${i}`, body: [message('c-1')] });
