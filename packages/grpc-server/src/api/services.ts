@@ -18,10 +18,11 @@ import { currentTraceparent } from '../observability/tracing.js';
 import { DEFAULT_ADDRESS_POLICY, checkUrlAtConfigTime, type AddressPolicy, type Resolver } from '../security/ssrf.js';
 import { isStoreError } from '../store/errors.js';
 import type { Lane, Store, WebhookRecord } from '../store/types.js';
-import type {
-  DeliveryServiceServer,
-  WatchDeliveriesRequest,
-  WatchDeliveriesResponse,
+import {
+  Delivery as DeliveryMessage,
+  type DeliveryServiceServer,
+  type WatchDeliveriesRequest,
+  type WatchDeliveriesResponse,
 } from '../gen/app_inbox/v1/delivery.js';
 import type { MessageServiceServer } from '../gen/app_inbox/v1/message.js';
 import type { WebhookServiceServer } from '../gen/app_inbox/v1/webhook.js';
@@ -36,6 +37,12 @@ import {
   parseUpsertWebhook,
   type Result,
 } from './requests.js';
+
+/**
+ * Encoded bytes of one ListDeliveries page at most (one delivery may be more): under grpc-js's default 4 MiB limit
+ * on what a client receives, with room for the rest of the response.
+ */
+export const MAX_PAGE_BYTES = 3 * 1024 * 1024;
 
 export interface ApiDependencies {
   store: Store;
@@ -266,21 +273,32 @@ export function createApi(deps: ApiDependencies): Api {
     }),
     listDeliveries: unary('ListDeliveries', async (request) => {
       const input = valid(parseListDeliveries(request));
-      const page = await store.listDeliveries(input.filter, input.pageSize, input.cursor).catch((error: unknown) => {
-        // The only argument the caller controls that the store can reject is the cursor.
-        if (isStoreError(error, 'invalid_argument')) {
-          throw invalidArgument([
-            { field: 'page_token', description: 'is not a token from a previous page of this listing' },
-          ]);
+      // page_size counts deliveries, but a delivery carries its message ids (up to 10,000 of them, ~380 KB): a page
+      // is cut to what fits in MAX_PAGE_BYTES, so that a client with gRPC's default 4 MiB receive limit can read
+      // every page (twelve such deliveries were RESOURCE_EXHAUSTED, with no token to go on). The store is asked
+      // again for the shorter page, which gives its token; each round is shorter, at least one delivery a page.
+      for (let limit = input.pageSize; ;) {
+        const page = await store.listDeliveries(input.filter, limit, input.cursor).catch((error: unknown) => {
+          // The only argument the caller controls that the store can reject is the cursor.
+          if (isStoreError(error, 'invalid_argument')) {
+            throw invalidArgument([
+              { field: 'page_token', description: 'is not a token from a previous page of this listing' },
+            ]);
+          }
+          throw error;
+        });
+        const deliveries = [];
+        let bytes = 0;
+        for (const d of page.deliveries) {
+          const full = await store.getDelivery(d.id);
+          const proto = deliveryToProto(d, full?.attempts ?? [], false);
+          bytes += DeliveryMessage.encode(proto).finish().length;
+          if (deliveries.length > 0 && bytes > MAX_PAGE_BYTES) break;
+          deliveries.push(proto);
         }
-        throw error;
-      });
-      const deliveries = [];
-      for (const d of page.deliveries) {
-        const full = await store.getDelivery(d.id);
-        deliveries.push(deliveryToProto(d, full?.attempts ?? [], false));
+        if (deliveries.length === page.deliveries.length) return { deliveries, nextPageToken: page.nextCursor ?? '' };
+        limit = deliveries.length;
       }
-      return { deliveries, nextPageToken: page.nextCursor ?? '' };
     }),
     retryDelivery: unary('RetryDelivery', async (request) => {
       check(checkDeliveryId(request.deliveryId));

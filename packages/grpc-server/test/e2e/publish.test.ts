@@ -366,6 +366,39 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(badToken.rich?.badRequest?.fieldViolations.map((v) => v.field)).toEqual(['page_token']);
   });
 
+  it('cuts a page of deliveries with many message ids to what a default client can receive, losing none', async () => {
+    // Twelve deliveries of 10,000 message ids each (~380 KB apiece) in one page of 100 were over grpc-js's default
+    // 4 MiB receive limit: RESOURCE_EXHAUSTED, and no token to go on.
+    const acc = await account({ maxMessagesPerContact: 10_000 });
+    const first = await t.clients.publishMessages({
+      accountId: acc,
+      messages: Array.from({ length: 10_000 }, () => inboxMessage('big', { title: '', content: '' })),
+    });
+    const ids = [first.deliveries[0]!.deliveryId];
+    await deliveryIn(t.clients, ids[0]!, DELIVERED);
+    for (let round = 1; round < 12; round++) {
+      const resynced = await t.clients.resyncContacts({ accountId: acc, externalCustomerIds: ['big'], all: false });
+      ids.push(resynced.deliveries[0]!.deliveryId);
+      await deliveryIn(t.clients, ids[round]!, DELIVERED);
+    }
+    const pages: string[][] = [];
+    let pageToken = '';
+    do {
+      const page = await t.clients.listDeliveries({
+        accountId: acc,
+        externalCustomerId: '',
+        states: [],
+        pageSize: 100,
+        pageToken,
+      });
+      for (const d of page.deliveries) expect(d.messageIds).toHaveLength(10_000);
+      pages.push(page.deliveries.map((d) => d.id));
+      pageToken = page.nextPageToken;
+    } while (pageToken !== '');
+    expect(pages.length).toBeGreaterThan(1);
+    expect(pages.flat()).toEqual([...ids].reverse());
+  });
+
   it('resyncs every contact of an account with all=true', async () => {
     const acc = await account();
     const published = await t.clients.publishMessages({

@@ -238,7 +238,10 @@ export interface ListDeliveriesRequest {
   externalCustomerId: string;
   /** Only deliveries in one of these states (optional). */
   states: DeliveryState[];
-  /** 1-100; default 50 when 0. */
+  /**
+   * 1-100; default 50 when 0. A page may hold fewer (with a next_page_token) so that it stays under 3 MiB encoded:
+   * a delivery carries its message ids, up to 10,000 of them.
+   */
   pageSize: number;
   /** `next_page_token` of the previous page; empty for the first page. */
   pageToken: string;
