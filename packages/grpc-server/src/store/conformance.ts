@@ -930,6 +930,23 @@ export function storeConformanceSuite(
         expect(await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).toBe(1);
         expect(await store.getDelivery(newer.deliveryId)).toBeNull();
       });
+
+      it("deletes all but a busy contact's newest delivery in one sweep, and the newest in the next", async () => {
+        const acct = await withWebhook();
+        const ids: string[] = [];
+        for (let i = 0; i < 5; i++) {
+          ids.push((await publishOne(acct, 'busy', T0 + i * 10)).deliveryId);
+          const [c] = await claim('first', T0 + i * 10, 'w');
+          await build(c!, 'w', T0 + i * 10);
+          await settle(c!, 'w', T0 + i * 10 + 1, 'delivered');
+        }
+        const options = { terminalRetentionMs: 1000, limit: 1000 };
+        // Not one per contact per sweep: a contact with more than one delivery per sweep interval would pile up.
+        expect(await store.sweep(T0 + 10_000, options)).toBe(4);
+        expect((await store.getDelivery(ids[4]!))?.delivery.state).toBe('delivered');
+        expect(await store.sweep(T0 + 10_000, options)).toBe(1);
+        expect(await store.sweep(T0 + 10_000, options)).toBe(0);
+      });
     });
 
     describe('stats', () => {

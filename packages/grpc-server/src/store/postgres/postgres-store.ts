@@ -272,18 +272,21 @@ export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry
  * sweep's deletes ($1 a time, $2 the limit): messages expired at `$1`, then deliveries finished before `$1`. Rows
  * are named by their address (a TID scan) or primary key, not by a join on the key: a join was planned as a hash
  * join over a sequential scan of every message when many had expired, to delete `limit` of them. SKIP LOCKED:
- * several processes may sweep at once without waiting on each other. A contact's deliveries go oldest first (none
- * while an older one of its contact is left, probed per candidate on deliveries_contact; `OFFSET 0` keeps it a
- * probe, not a join): "is there a newer delivery" (retryDelivery, claims) sees only rows still here, so with the
- * newer list gone first a replay of the older one would send it after the newer.
+ * several processes may sweep at once without waiting on each other. A contact's newest delivery goes last (only
+ * once no older one of its contact is left; the older ones go whenever due; probed per candidate on
+ * deliveries_contact, `OFFSET 0` keeping each a probe, not a join): "is there a newer delivery" (retryDelivery,
+ * claims) sees only rows still here, so with the newer list gone first a replay of the older one would send it
+ * after the newer.
  */
 export const SWEEP_SQL = {
   messages: `DELETE FROM messages WHERE ctid = ANY (ARRAY(
       SELECT ctid FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`,
   deliveries: `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
       SELECT d.seq FROM deliveries d WHERE d.state IN ('delivered', 'failed', 'superseded') AND d.updated_at <= $1
-        AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.account_id = d.account_id
-          AND o.external_customer_id = d.external_customer_id AND o.seq < d.seq OFFSET 0)
+        AND (EXISTS (SELECT 1 FROM deliveries n WHERE n.account_id = d.account_id
+               AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq OFFSET 0)
+          OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.account_id = d.account_id
+               AND o.external_customer_id = d.external_customer_id AND o.seq < d.seq OFFSET 0))
       LIMIT $2 FOR UPDATE OF d SKIP LOCKED))`,
 } as const;
 

@@ -870,14 +870,16 @@ export class SqliteStore implements Store {
         'DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE expires_at <= ? LIMIT ?)',
       ).run(now, limit).changes;
       if (messages >= limit) return messages;
-      // A contact's deliveries go oldest first (none while an older one of its contact is left): "is there a newer
-      // delivery" (retryDelivery, claims) sees only rows still here, so with the newer list gone first a replay of
-      // the older one would send it after the newer.
+      // A contact's newest delivery goes last (only once no older one of its contact is left; the older ones go
+      // whenever due): "is there a newer delivery" (retryDelivery, claims) sees only rows still here, so with the
+      // newer list gone first a replay of the older one would send it after the newer.
       const deliveries = this.#q(
         `DELETE FROM deliveries WHERE seq IN (SELECT d.seq FROM deliveries d
            WHERE d.state IN ('delivered', 'failed', 'superseded') AND d.updated_at <= ?
-             AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.account_key = d.account_key
-               AND o.external_customer_id = d.external_customer_id AND o.seq < d.seq)
+             AND (EXISTS (SELECT 1 FROM deliveries n WHERE n.account_key = d.account_key
+                    AND n.external_customer_id = d.external_customer_id AND n.seq > d.seq)
+               OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.account_key = d.account_key
+                    AND o.external_customer_id = d.external_customer_id AND o.seq < d.seq))
            LIMIT ?)`,
       ).run(now - retention, limit - messages).changes;
       return messages + deliveries;
