@@ -1361,10 +1361,16 @@ describe('PostgresStore', () => {
   });
 
   describe('deleteWebhook while a publish commits', () => {
+    /** Polls `check` every 10 ms until it holds. */
+    async function until(check: () => Promise<boolean>): Promise<void> {
+      while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+
     /**
-     * Runs deleteWebhook with its `DELETE FROM messages` held up (another session holds a row of the account's
-     * messages; any slow statement would do), publishes `contacts` while it waits, then lets it go on. Returns what
-     * is left of the account: its messages (by contact) and its unsent deliveries, and the publish's answer.
+     * Runs deleteWebhook with its last statement (`DELETE FROM messages`) held up by another session holding a row
+     * of the account's messages (any slow statement would do), publishes `contacts` meanwhile, then lets it go on.
+     * Returns what is left of the account: its messages (by contact), its unsent deliveries, and the publish's
+     * answer.
      */
     async function deleteAroundPublish(contacts: string[]) {
       let found: { messages: string[]; open: Delivery[]; published: string[] } | null = null;
@@ -1377,25 +1383,29 @@ describe('PostgresStore', () => {
           await store.publish({ accountId: account, messages: [held], now: T0 });
           const blocker = new pg.Client({ connectionString: url });
           await blocker.connect();
+          const waiting = async (statement: string) => {
+            // The blocker is inside its transaction, where pg_stat_activity is read once and kept: read it afresh.
+            await blocker.query('SELECT pg_stat_clear_snapshot()');
+            const { rows } = await blocker.query<{ n: number }>(
+              `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
+              [`${statement}%`],
+            );
+            return rows[0]!.n > 0;
+          };
           try {
             await blocker.query('BEGIN');
             await blocker.query('SELECT 1 FROM messages WHERE id = $1 FOR UPDATE', [held.id]);
             const deleting = store.deleteWebhook(account);
-            for (let waiting = 0; waiting === 0;) {
-              await new Promise((resolve) => setTimeout(resolve, 10));
-              const { rows } = await blocker.query<{ n: number }>(
-                `SELECT count(*)::int AS n FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM messages%'`,
-              );
-              waiting = rows[0]!.n;
-            }
-            const published = await store.publish({
-              accountId: account,
-              messages: contacts.map((c) => storedMessage(c)),
-              now: T0 + 1,
-            });
+            await until(() => waiting('DELETE FROM messages'));
+            let settled = false;
+            const publishing = store
+              .publish({ accountId: account, messages: contacts.map((c) => storedMessage(c)), now: T0 + 1 })
+              .finally(() => (settled = true));
+            // The publish commits, or waits for a pending delivery the delete has taken.
+            await until(async () => settled || (await waiting('WITH ins AS')));
             await blocker.query('COMMIT');
             expect(await deleting).toBe(true);
+            const published = await publishing;
             const messages: string[] = [];
             for (const contact of ['c', 'd']) {
               for (const m of await store.contactMessages(account, contact, T0 + 2, 1000)) {
@@ -1415,19 +1425,45 @@ describe('PostgresStore', () => {
       return found!;
     }
 
-    it('deletes a publish coalesced into a pending delivery it deletes, messages and all', async () => {
-      // The publish locked and changed the pending delivery of `c` after deleteWebhook's snapshot: the delete ran
-      // again and took the new message too. With a snapshot per statement the message stayed, its delivery gone.
-      const left = await deleteAroundPublish(['c']);
-      expect(left).toEqual({ messages: [], open: [], published: [expect.any(String)] });
-    });
+    for (const [what, contact] of [
+      ['that joined a pending delivery the delete took', 'c'],
+      ['of a new contact', 'd'],
+    ] as const) {
+      it(`leaves a publish ${what} whole: its message with the pending delivery it was answered`, async () => {
+        // Messages deleted before the deliveries, such a publish lost its pending delivery and kept its message.
+        const left = await deleteAroundPublish([contact]);
+        expect(left.messages).toEqual([contact]);
+        expect(left.open.map((d) => [d.id, d.externalCustomerId, d.state])).toEqual([
+          [left.published[0], contact, 'pending'],
+        ]);
+      });
+    }
 
-    it('leaves a publish committed after its snapshot whole: the messages with their pending delivery', async () => {
-      const left = await deleteAroundPublish(['d']);
-      expect(left.messages).toEqual(['d']);
-      expect(left.open.map((d) => [d.id, d.externalCustomerId, d.state])).toEqual([
-        [left.published[0], 'd', 'pending'],
-      ]);
+    it('deletes the webhook of an account that keeps publishing (no serialization failure)', async () => {
+      await withOwnDatabase(
+        async (store) => {
+          const account = 'busy';
+          await store.upsertWebhook(
+            account,
+            { url: 'https://r.example/h', maxMessagesPerContact: 1000, enabled: true },
+            T0,
+          );
+          const contacts = Array.from({ length: 200 }, (_, i) => `c${i}`);
+          await store.publish({ accountId: account, messages: contacts.map((c) => storedMessage(c)), now: T0 });
+          let stop = false;
+          const loop = async (offset: number) => {
+            for (let i = offset; !stop; i += 3) {
+              await store.publish({ accountId: account, messages: [storedMessage(contacts[i % 200]!)], now: T0 + 1 });
+            }
+          };
+          const loops = [loop(0), loop(1), loop(2)];
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          await expect(store.deleteWebhook(account)).resolves.toBe(true);
+          stop = true;
+          await Promise.all(loops);
+        },
+        { poolSize: 6 },
+      );
     });
   });
 

@@ -518,19 +518,16 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Runs `fn` in a transaction (READ COMMITTED unless told), again from the start when it lost a race (see
+   * Runs `fn` in a READ COMMITTED transaction, again from the start when it lost a race (see
    * {@link RETRY_SQLSTATES}), with a short random pause so that racing processes spread out.
    */
-  async #tx<T>(
-    fn: (client: Client) => Promise<T>,
-    isolation: 'read committed' | 'repeatable read' = 'read committed',
-  ): Promise<T> {
+  async #tx<T>(fn: (client: Client) => Promise<T>): Promise<T> {
     this.#assertOpen();
     for (let run = 1; ; run++) {
       const client = await this.#pool.connect();
       let broken: Error | undefined;
       try {
-        await client.query(isolation === 'read committed' ? 'BEGIN' : 'BEGIN ISOLATION LEVEL REPEATABLE READ');
+        await client.query('BEGIN');
         const result = await fn(client);
         await client.query('COMMIT');
         return result;
@@ -665,20 +662,23 @@ export class PostgresStore implements Store {
 
   async deleteWebhook(accountId: string): Promise<boolean> {
     assertId('accountId', accountId);
-    // One snapshot for the three statements (REPEATABLE READ). With one per statement (READ COMMITTED), a publish
-    // committing between the messages and the deliveries was cut in two: its messages kept (committed after the
-    // first delete), its pending delivery deleted by the second, so nothing would send them once the webhook came
-    // back. Now a publish committed after the snapshot is left whole (its messages and their pending delivery), and
-    // one that changed a delivery this deletes is a serialization failure: the transaction runs again (#tx).
+    // The unsent deliveries go before the messages. The other way round, a publish committing between the two
+    // statements was cut in two: its messages kept (committed after the messages' delete began), the pending
+    // delivery it had joined deleted by the next statement, so nothing would send them once the webhook came back.
+    // This way a publish that joined a pending delivery this deletes waits for it (the row is locked) and then
+    // inserts a new one, and its messages are either deleted with the account's (committed before the messages'
+    // delete began) or kept with that delivery; at worst a pending delivery is left without messages, which sends
+    // the empty list if the webhook comes back. (REPEATABLE READ, one snapshot, was tried: every claim, record or
+    // publish on the account meanwhile was a serialization failure, and a busy account could not be deleted.)
     return this.#tx(async (c) => {
       const existed = ((await c.query('DELETE FROM webhooks WHERE account_id = $1', [accountId])).rowCount ?? 0) > 0;
-      await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
       // Terminal deliveries stay for inspection until swept; nothing will send the others any more.
       await c.query(`DELETE FROM deliveries WHERE account_id = $1 AND state IN ('pending', 'in_flight', 'retrying')`, [
         accountId,
       ]);
+      await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
       return existed;
-    }, 'repeatable read');
+    });
   }
 
   // ---------------------------------------------------------------- publish / resync
