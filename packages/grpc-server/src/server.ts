@@ -16,7 +16,7 @@ import { decodeFailuresAsInvalidArgument } from './api/decoding.js';
 import { raiseReceiveWindow } from './api/receive-window.js';
 import { createApi, type Api } from './api/services.js';
 import { redactCredentials, type ServerConfig } from './config.js';
-import { CircuitBreaker, type CircuitStateListener } from './delivery/circuit.js';
+import { CircuitBreaker, resumeSavedEndpoints, type CircuitStateListener } from './delivery/circuit.js';
 import { DeliveryEngine, resolveEngineOptions, type EngineOptions } from './delivery/engine.js';
 import { createSender } from './delivery/sender.js';
 import { DeliveryServiceService } from './gen/app_inbox/v1/delivery.js';
@@ -303,6 +303,17 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     cleanup.unshift(() => new Promise<void>((resolve) => server.tryShutdown(() => resolve())));
     engine.start();
     const sweeper = startSweeper(store, config, clock, logger.child({ component: 'sweeper' }));
+    // Endpoints paused by a 410 Gone resume once their webhook is saved again, also when another process saved it.
+    const resumer = every(
+      config.circuitProbeIntervalMs,
+      async () => {
+        await resumeSavedEndpoints(
+          circuit,
+          async (accountId) => (await store.getWebhook(accountId))?.updatedAt ?? null,
+        );
+      },
+      (error) => circuitLog.error({ err: error }, 'checking the webhooks of endpoints paused by 410 failed'),
+    );
     for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, 'SERVING');
     const address = boundAddress(config.grpcAddress, port);
 
@@ -325,6 +336,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       await step('engine', () => engine.stop(deadlineMs));
       // 3. The sweeper finishes its current batch; the sender's connections close.
       await step('sweeper', () => sweeper.stop());
+      await step('circuit', () => resumer.stop());
       await step('sender', () => sender.close());
       // 4. Observability: the metrics endpoint stops, the spans ended so far are exported.
       if (metricsServer !== null) await step('metrics', () => metricsServer.close());
@@ -402,28 +414,43 @@ interface Sweeper {
 
 /** Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded. */
 function startSweeper(store: Store, config: ServerConfig, clock: () => number, logger: Logger): Sweeper {
+  return every(
+    config.sweepIntervalMs,
+    async (stopped) => {
+      let total = 0;
+      for (let i = 0; i < SWEEP_BATCHES_PER_TICK && !stopped(); i++) {
+        const removed = await store.sweep(clock(), {
+          terminalRetentionMs: config.terminalRetentionMs,
+          limit: SWEEP_BATCH,
+        });
+        total += removed;
+        if (removed < SWEEP_BATCH) break;
+      }
+      if (total > 0) logger.info({ removed: total }, 'swept expired messages and old deliveries');
+    },
+    (error) => logger.error({ err: error }, 'sweep failed; trying again at the next interval'),
+  );
+}
+
+/**
+ * Runs `task` every `intervalMs` (never two at once; a tick that comes while one runs is skipped); `stop()` ends the
+ * ticks and waits for the one running. The timer does not keep the process alive.
+ */
+function every(
+  intervalMs: number,
+  task: (stopped: () => boolean) => Promise<void>,
+  onError: (error: unknown) => void,
+): Sweeper {
   let running: Promise<void> | null = null;
   let stopped = false;
-  const tick = async () => {
-    let total = 0;
-    for (let i = 0; i < SWEEP_BATCHES_PER_TICK && !stopped; i++) {
-      const removed = await store.sweep(clock(), {
-        terminalRetentionMs: config.terminalRetentionMs,
-        limit: SWEEP_BATCH,
-      });
-      total += removed;
-      if (removed < SWEEP_BATCH) break;
-    }
-    if (total > 0) logger.info({ removed: total }, 'swept expired messages and old deliveries');
-  };
   const timer = setInterval(() => {
     if (running !== null || stopped) return;
-    running = tick()
-      .catch((error: unknown) => logger.error({ err: error }, 'sweep failed; trying again at the next interval'))
+    running = task(() => stopped)
+      .catch(onError)
       .finally(() => {
         running = null;
       });
-  }, config.sweepIntervalMs);
+  }, intervalMs);
   timer.unref();
   return {
     async stop() {

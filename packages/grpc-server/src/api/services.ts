@@ -73,7 +73,7 @@ export interface ApiDependencies {
    * (URL, credentials, secret, re-enabled) or a deleted webhook starts closed again. Default: none (no
    * `circuit` in the answers).
    */
-  circuit?: Pick<CircuitBreaker, 'view' | 'reset'>;
+  circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'goneSince'>;
 }
 
 /**
@@ -155,7 +155,10 @@ export function createApi(deps: ApiDependencies): Api {
         { ...input.config, messageTtlMs: input.messageTtlMs },
         deps.now(),
       );
-      if (endpointChanged(before, record)) deps.circuit?.reset(input.accountId);
+      // A save that changed nothing resumes an endpoint paused by its 410 Gone too.
+      if (endpointChanged(before, record) || deps.circuit?.goneSince().has(input.accountId) === true) {
+        deps.circuit?.reset(input.accountId);
+      }
       // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
       deps.wake();
       return { webhook: webhookToProto(record, deps.circuit?.view(input.accountId)), created: before === null };

@@ -3,7 +3,8 @@
  * so it stops costing requests, lane slots and log lines, and is probed until it recovers.
  *
  *   closed ──(no 2xx for openAfterMs AND minFailures attempts in a row)──▶ open
- *   any state ──(410 Gone)──▶ open without probes, until the webhook is saved again ({@link CircuitBreaker.reset})
+ *   any state ──(410 Gone)──▶ open without probes, until the webhook is saved again: reset by the process that
+ *     saves it, and by every process whose {@link resumeSavedEndpoints} sees the stored webhook saved since the 410
  *   open ──(probe interval passed: ONE claimed delivery is let through)──▶ half_open
  *   half_open ──2xx──▶ closed          half_open ──failure──▶ open (probe interval ×2, up to the maximum)
  *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed)
@@ -124,6 +125,8 @@ interface Entry {
   probeIntervalMs: number;
   /** When the next probe may go out; null while open after a 410 Gone (no probe until reset). */
   nextProbeAt: number | null;
+  /** When a 410 Gone opened the circuit (it waits for the webhook to be saved again); null otherwise. */
+  goneAt: number | null;
   /** When the probe now out was let through (half_open), null when none is out. */
   probeAt: number | null;
 }
@@ -189,6 +192,7 @@ export class CircuitBreaker implements EndpointHealth {
       failingSince: at,
       probeIntervalMs: this.options.probeIntervalMs,
       nextProbeAt: null,
+      goneAt: null,
       probeAt: null,
     };
     if (entry === undefined) this.#entries.set(accountId, current);
@@ -198,7 +202,10 @@ export class CircuitBreaker implements EndpointHealth {
       // 410 Gone: the receiver asks us to stop (Standard Webhooks: the endpoint is disabled), so the circuit opens
       // at once, and without probes: a probe answered 410 would fail one more delivery for good (a 410 is final)
       // at every interval. It stays open until the webhook is saved again (reset).
-      if (current.state !== 'open' || current.nextProbeAt !== null) this.#open(accountId, current, at, null);
+      if (current.state !== 'open' || current.nextProbeAt !== null) {
+        current.goneAt = at;
+        this.#open(accountId, current, at, null);
+      }
     } else if (current.state === 'half_open') {
       // The probe failed (or another attempt did while it was out): wait twice as long for the next one.
       const interval = Math.min(current.probeIntervalMs * 2, this.options.maxProbeIntervalMs);
@@ -223,6 +230,13 @@ export class CircuitBreaker implements EndpointHealth {
       failingSince: entry.failingSince,
       nextProbeAt: entry.state === 'open' ? entry.nextProbeAt : null,
     };
+  }
+
+  /** The accounts whose circuit a 410 Gone opened, with when: they wait for their webhook to be saved again. */
+  goneSince(): Map<string, number> {
+    const gone = new Map<string, number>();
+    for (const [account, entry] of this.#entries) if (entry.goneAt !== null) gone.set(account, entry.goneAt);
+    return gone;
   }
 
   /** Every account whose circuit is not closed, with its view (for metrics and logs). */
@@ -272,4 +286,26 @@ export class CircuitBreaker implements EndpointHealth {
 
 function closedView(): CircuitView {
   return { state: 'closed', since: null, consecutiveFailures: 0, failingSince: null, nextProbeAt: null };
+}
+
+/**
+ * Closes the circuits a 410 Gone opened whose webhook was saved since (its `updatedAt` later than the 410) or
+ * deleted. The process that answers UpsertWebhook resets its own circuit at once; with PostgreSQL the other
+ * processes learn it here (the server runs this every probe interval), and a save that changed nothing counts too:
+ * saving the webhook is how an operator resumes an endpoint that answered 410.
+ * @returns the accounts whose circuit was closed
+ */
+export async function resumeSavedEndpoints(
+  circuit: Pick<CircuitBreaker, 'goneSince' | 'reset'>,
+  webhookUpdatedAt: (accountId: string) => Promise<number | null>,
+): Promise<string[]> {
+  const resumed: string[] = [];
+  for (const [account, goneAt] of circuit.goneSince()) {
+    const updatedAt = await webhookUpdatedAt(account);
+    if (updatedAt === null || updatedAt > goneAt) {
+      circuit.reset(account);
+      resumed.push(account);
+    }
+  }
+  return resumed;
 }

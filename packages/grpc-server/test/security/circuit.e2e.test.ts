@@ -163,12 +163,39 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     expect(waiting?.state).toBe(DeliveryState.DELIVERY_STATE_PENDING);
     expect(waiting?.attempts).toEqual([]);
 
-    // The customer fixes the endpoint; the operator re-saves the webhook (Standard Webhooks: 410 disables).
-    const saved = await clients.upsertWebhook({ accountId: account, url, enabled: false });
-    expect(saved.webhook?.circuit?.state).toBe(CircuitState.CIRCUIT_STATE_OPEN);
-    const resumed = await clients.upsertWebhook({ accountId: account, url, enabled: true });
+    // The customer fixes the endpoint; the operator saves the webhook again, unchanged (Standard Webhooks: 410
+    // disables it; saving it is how it is resumed).
+    const resumed = await clients.upsertWebhook({ accountId: account, url });
     expect(resumed.webhook?.circuit?.state).toBe(CircuitState.CIRCUIT_STATE_CLOSED);
     await deliveryIn(clients, waitingId, [DeliveryState.DELIVERY_STATE_DELIVERED]);
     expect(receiver.records.lastAccepted('c-2')?.messages).toHaveLength(1);
+  });
+
+  it('a webhook saved by another process resumes the endpoint paused by its 410 here, at the next probe interval', async () => {
+    const account = accountId('gone-elsewhere');
+    receiver = await createMockReceiver({ rules: [{ answers: [{ status: 410 }] }] });
+    t = await startTestServer(await target.newUrl(), {
+      circuitOpenAfterMs: 60_000,
+      circuitProbeIntervalMs: 100,
+      circuitProbeMaxIntervalMs: 200,
+    });
+    const { clients } = t;
+    const url = `${receiver.url}/hook`;
+    await clients.upsertWebhook({ accountId: account, url });
+    const first = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
+    await deliveryIn(clients, first.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_FAILED]);
+    const second = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-2')] });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect((await clients.getWebhook({ accountId: account })).webhook?.circuit?.state).toBe(
+      CircuitState.CIRCUIT_STATE_OPEN,
+    );
+    receiver.control.clear();
+    // Saved through the shared store, as another server process would (this one's API is not called).
+    const stored = await t.server.store.getWebhook(account);
+    await t.server.store.upsertWebhook(account, { ...stored!, messageTtlMs: stored!.messageTtlMs }, Date.now());
+    await deliveryIn(clients, second.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_DELIVERED]);
+    expect((await clients.getWebhook({ accountId: account })).webhook?.circuit?.state).toBe(
+      CircuitState.CIRCUIT_STATE_CLOSED,
+    );
   });
 });
