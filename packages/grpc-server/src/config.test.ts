@@ -3,7 +3,8 @@ import { fileURLToPath } from 'node:url';
 import { format, resolveConfig } from 'prettier';
 import { describe, expect, it } from 'vitest';
 import { configMarkdown } from './config-docs.js';
-import { ConfigError, DEFAULT_CONFIG, HelpShown, OPTION_SPECS, loadConfig, redactCredentials } from './config.js';
+import { ConfigError, DEFAULT_CONFIG, HelpShown, OPTION_SPECS, loadConfig } from './config.js';
+import { redactCredentials } from './security/redact.js';
 
 function problems(argv: string[], env: NodeJS.ProcessEnv = {}): string[] {
   try {
@@ -130,6 +131,10 @@ describe('security and circuit options (issue 7)', () => {
     );
     // Not URL-shaped, no password: shown as given.
     expect(problems(['--store', 'a:b:c'])[0]).toMatch(/got "a:b:c"$/);
+    // The collector URL too.
+    expect(problems(['--otlp-endpoint', 'ftp://user:s3cret@collector:4318'])).toEqual([
+      '--otlp-endpoint (flag) must be an http(s) URL, or empty; got "ftp://user:***@collector:4318/"',
+    ]);
   });
 
   it('redacts the password of a URL of any scheme and case, and leaves paths alone', () => {

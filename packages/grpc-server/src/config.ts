@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { DEFAULT_BACKOFF } from '@app-inbox/core';
 import { MIN_TOKEN_LENGTH } from './security/grpc-auth.js';
 import { validateAddressPolicy } from './security/ssrf.js';
+import { redactCredentials } from './security/redact.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -191,23 +192,6 @@ export interface OptionSpec {
   isSwitch?: boolean;
   /** How a refused value is shown in the error (default: as given); for values that may hold a password. */
   shown?: (raw: string) => string;
-}
-
-/**
- * `value` with the password of a `scheme://user:password@host` URL replaced by `***` (any scheme, any case:
- * `POSTGRES://` opens a store as well as `postgres://`); anything else as it is. For logs and error messages.
- */
-export function redactCredentials(value: string): string {
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
-  try {
-    const parsed = new URL(value);
-    if (parsed.password !== '') parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    // Not a URL the parser takes, yet it may carry `user:password@`: everything after the first ':' of the
-    // authority is cut.
-    return value.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):[^/]*@/i, '$1:***@');
-  }
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -430,6 +414,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
       .string()
       .trim()
       .refine((s) => s === '' || /^https?:\/\/[^\s/]+/i.test(s)),
+    shown: redactCredentials,
   },
   intOption(
     'shutdownDeadlineMs',

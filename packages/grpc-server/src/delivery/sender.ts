@@ -1,7 +1,8 @@
 /**
- * The HTTP side of a delivery: one undici Agent (a keep-alive Pool per origin with a bounded number of
- * connections), a request timeout, a capped response-body read, no redirects followed, and thrown errors
- * mapped to stable codes that the core classifier understands. @see SPEC §5
+ * The HTTP side of a delivery: one undici Agent (a keep-alive Pool per origin, without a cap on its connections
+ * unless asked: the engine bounds each account's attempts in flight), a request timeout, a capped response-body
+ * read, no redirects followed, and thrown errors mapped to stable codes that the core classifier understands.
+ * @see SPEC §5
  */
 import { performance } from 'node:perf_hooks';
 import { Agent } from 'undici';

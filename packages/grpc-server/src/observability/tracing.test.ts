@@ -76,6 +76,29 @@ describe('resolveTracesUrl', () => {
       /OTEL_EXPORTER_OTLP_ENDPOINT/,
     );
   });
+
+  it('never shows the password of a collector URL, refused or taken', () => {
+    let refused: unknown;
+    try {
+      resolveTracesUrl({ otlpEndpoint: 'ftp://user:s3cret@collector:4318', env: {} });
+    } catch (error) {
+      refused = error;
+    }
+    expect(String(refused)).toContain('ftp://user:***@collector:4318');
+    expect(String(refused)).not.toContain('s3cret');
+    const tracing = initTracing({
+      serviceName: 's',
+      serviceVersion: '1',
+      otlpEndpoint: 'http://u:s3cret@127.0.0.1:9',
+      env: {},
+    });
+    try {
+      // What the start-up log shows.
+      expect(tracing.exportUrl).toBe('http://u:***@127.0.0.1:9/v1/traces');
+    } finally {
+      void tracing.shutdown();
+    }
+  });
 });
 
 describe('tracing off', () => {

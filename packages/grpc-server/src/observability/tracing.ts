@@ -38,6 +38,7 @@ import {
   ATTR_SERVICE_NAME,
   ATTR_SERVICE_VERSION,
 } from '@opentelemetry/semantic-conventions';
+import { redactCredentials } from '../security/redact.js';
 import { statusClass, type AttemptEvent } from './attempt.js';
 
 export interface TracingOptions {
@@ -94,10 +95,10 @@ function checkHttpUrl(value: string, option: string): string {
   try {
     url = new URL(value);
   } catch {
-    throw new TracingOptionError(option, `must be an http(s) URL, got ${JSON.stringify(value)}`);
+    throw new TracingOptionError(option, `must be an http(s) URL, got ${JSON.stringify(redactCredentials(value))}`);
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new TracingOptionError(option, `must be an http(s) URL, got ${JSON.stringify(value)}`);
+    throw new TracingOptionError(option, `must be an http(s) URL, got ${JSON.stringify(redactCredentials(value))}`);
   }
   return value;
 }
@@ -164,7 +165,7 @@ export function initTracing(options: TracingOptions): Tracing {
   return {
     enabled: true,
     tracer: provider.getTracer(INSTRUMENTATION_SCOPE),
-    exportUrl: url ?? 'custom exporter',
+    exportUrl: url === null ? 'custom exporter' : redactCredentials(url),
     forceFlush: () => provider.forceFlush(),
     shutdown() {
       closing ??= provider.shutdown().finally(() => {
