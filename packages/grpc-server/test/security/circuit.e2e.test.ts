@@ -134,10 +134,13 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     expect(attempts).toBe(receiver.records.list().length);
   });
 
-  it('a 410 Gone opens the circuit at once, with no probe; re-saving the webhook closes it and the rest is delivered', async () => {
-    const account = accountId('gone');
+  /**
+   * A server whose account's endpoint answered 410 to its first delivery (failed), with probes every 100-200 ms if
+   * there were any (each would fail a waiting delivery for good: a 410 is final).
+   */
+  async function goneEndpoint(label: string) {
+    const account = accountId(label);
     receiver = await createMockReceiver({ rules: [{ answers: [{ status: 410 }] }] });
-    // Probes every 100-200 ms if there were any: each would fail a waiting delivery for good (a 410 is final).
     t = await startTestServer(await target.newUrl(), {
       circuitOpenAfterMs: 60_000,
       circuitProbeIntervalMs: 100,
@@ -150,6 +153,11 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     const gone = await deliveryIn(clients, first.deliveries[0]?.deliveryId ?? '', [
       DeliveryState.DELIVERY_STATE_FAILED,
     ]);
+    return { account, clients, url, gone, server: t.server, mock: receiver };
+  }
+
+  it('a 410 Gone opens the circuit at once, with no probe; re-saving the webhook closes it and the rest is delivered', async () => {
+    const { account, clients, url, gone, mock } = await goneEndpoint('gone');
     expect(gone.attempts.map((a) => a.statusCode)).toEqual([410]);
     const { webhook } = await clients.getWebhook({ accountId: account });
     expect(webhook?.circuit).toMatchObject({ state: CircuitState.CIRCUIT_STATE_OPEN, consecutiveFailures: 1 });
@@ -158,7 +166,7 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     const second = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-2')] });
     const waitingId = second.deliveries[0]?.deliveryId ?? '';
     await new Promise((resolve) => setTimeout(resolve, 1_000));
-    expect(receiver.records.list()).toHaveLength(1);
+    expect(mock.records.list()).toHaveLength(1);
     const { delivery: waiting } = await clients.getDelivery({ deliveryId: waitingId });
     expect(waiting?.state).toBe(DeliveryState.DELIVERY_STATE_PENDING);
     expect(waiting?.attempts).toEqual([]);
@@ -168,31 +176,19 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     const resumed = await clients.upsertWebhook({ accountId: account, url });
     expect(resumed.webhook?.circuit?.state).toBe(CircuitState.CIRCUIT_STATE_CLOSED);
     await deliveryIn(clients, waitingId, [DeliveryState.DELIVERY_STATE_DELIVERED]);
-    expect(receiver.records.lastAccepted('c-2')?.messages).toHaveLength(1);
+    expect(mock.records.lastAccepted('c-2')?.messages).toHaveLength(1);
   });
 
   it('a webhook saved by another process resumes the endpoint paused by its 410 here, at the next probe interval', async () => {
-    const account = accountId('gone-elsewhere');
-    receiver = await createMockReceiver({ rules: [{ answers: [{ status: 410 }] }] });
-    t = await startTestServer(await target.newUrl(), {
-      circuitOpenAfterMs: 60_000,
-      circuitProbeIntervalMs: 100,
-      circuitProbeMaxIntervalMs: 200,
-    });
-    const { clients } = t;
-    const url = `${receiver.url}/hook`;
-    await clients.upsertWebhook({ accountId: account, url });
-    const first = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
-    await deliveryIn(clients, first.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_FAILED]);
+    const { account, clients, server } = await goneEndpoint('gone-elsewhere');
     const second = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-2')] });
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect((await clients.getWebhook({ accountId: account })).webhook?.circuit?.state).toBe(
       CircuitState.CIRCUIT_STATE_OPEN,
     );
-    receiver.control.clear();
     // Saved through the shared store, as another server process would (this one's API is not called).
-    const stored = await t.server.store.getWebhook(account);
-    await t.server.store.upsertWebhook(account, { ...stored!, messageTtlMs: stored!.messageTtlMs }, Date.now());
+    const stored = await server.store.getWebhook(account);
+    await server.store.upsertWebhook(account, { ...stored!, messageTtlMs: stored!.messageTtlMs }, Date.now());
     await deliveryIn(clients, second.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_DELIVERED]);
     expect((await clients.getWebhook({ accountId: account })).webhook?.circuit?.state).toBe(
       CircuitState.CIRCUIT_STATE_CLOSED,
