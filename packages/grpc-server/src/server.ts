@@ -307,10 +307,11 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     // Endpoints paused by a 410 Gone resume once their webhook is saved again, also when another process saved it.
     const resumer = every(
       config.circuitProbeIntervalMs,
-      async () => {
+      async (stopped) => {
         await resumeSavedEndpoints(
           circuit,
           async (accountId) => (await store.getWebhook(accountId))?.updatedAt ?? null,
+          stopped,
         );
       },
       (error) => circuitLog.error({ err: error }, 'checking the webhooks of endpoints paused by 410 failed'),

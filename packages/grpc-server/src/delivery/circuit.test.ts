@@ -3,7 +3,13 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestStore, FAST_BACKOFF, message, sleep, waitFor } from '../../test/delivery/engine-fixtures.js';
 import { startReceiver } from '../../test/delivery/http-receiver.js';
-import { CircuitBreaker, CircuitOptionError, resolveCircuitOptions, type CircuitOptions } from './circuit.js';
+import {
+  CircuitBreaker,
+  CircuitOptionError,
+  resolveCircuitOptions,
+  resumeSavedEndpoints,
+  type CircuitOptions,
+} from './circuit.js';
 import { DeliveryEngine } from './engine.js';
 import type { CircuitState } from '../store/types.js';
 
@@ -85,6 +91,40 @@ describe('CircuitBreaker', () => {
     expect(circuit.admit('a', T0 + 1e9)).toBe(false);
     circuit.reset('a');
     expect(circuit.admit('a', T0 + 1e9)).toBe(true);
+  });
+
+  it('resumes a 410-paused endpoint once its stored webhook is another save than the one the 410 answered', async () => {
+    const { circuit } = breaker();
+    const gone = (accountId: string, at: number, webhookUpdatedAt: number) =>
+      circuit.onAttempt({
+        accountId,
+        deliveryId: 'd',
+        classification: status(410),
+        statusCode: 410,
+        errorKind: null,
+        durationMs: 1,
+        at,
+        webhookUpdatedAt,
+      });
+    gone('same', T0, 500);
+    gone('older-clock', T0, 500);
+    gone('deleted', T0, 500);
+    const stored: Record<string, number | null> = { same: 500, 'older-clock': 400, deleted: null };
+    // A save by a process whose clock is behind still counts: saves are told apart, not clocks compared.
+    expect(await resumeSavedEndpoints(circuit, async (a) => stored[a] ?? null)).toEqual(['older-clock', 'deleted']);
+    expect(circuit.view('same').state).toBe('open');
+    expect(circuit.view('older-clock').state).toBe('closed');
+
+    // Paused again meanwhile by a 410 answering the newer save: the check that read the older one leaves it paused.
+    gone('again', T0, 500);
+    const checking = resumeSavedEndpoints(circuit, async (a) => {
+      if (a !== 'again') return stored[a] ?? null;
+      circuit.reset('again');
+      gone('again', T0 + 1, 600);
+      return 600;
+    });
+    expect(await checking).toEqual([]);
+    expect(circuit.view('again')).toMatchObject({ state: 'open', nextProbeAt: null });
   });
 
   it('a 410 on an endpoint already open for other failures stops its probes too', () => {

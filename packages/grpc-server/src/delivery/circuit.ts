@@ -4,7 +4,8 @@
  *
  *   closed ──(no 2xx for openAfterMs AND minFailures attempts in a row)──▶ open
  *   any state ──(410 Gone)──▶ open without probes, until the webhook is saved again: reset by the process that
- *     saves it, and by every process whose {@link resumeSavedEndpoints} sees the stored webhook saved since the 410
+ *     saves it, and by every process whose {@link resumeSavedEndpoints} finds the stored webhook other than the
+ *     one the 410 answered
  *   open ──(probe interval passed: ONE claimed delivery is let through)──▶ half_open
  *   half_open ──2xx──▶ closed          half_open ──failure──▶ open (probe interval ×2, up to the maximum)
  *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed)
@@ -125,8 +126,11 @@ interface Entry {
   probeIntervalMs: number;
   /** When the next probe may go out; null while open after a 410 Gone (no probe until reset). */
   nextProbeAt: number | null;
-  /** When a 410 Gone opened the circuit (it waits for the webhook to be saved again); null otherwise. */
-  goneAt: number | null;
+  /**
+   * After a 410 Gone (the circuit waits for the webhook to be saved again): the `updatedAt` of the webhook the 410
+   * answered (null when the attempt did not say); undefined otherwise.
+   */
+  goneWith: number | null | undefined;
   /** When the probe now out was let through (half_open), null when none is out. */
   probeAt: number | null;
 }
@@ -192,7 +196,7 @@ export class CircuitBreaker implements EndpointHealth {
       failingSince: at,
       probeIntervalMs: this.options.probeIntervalMs,
       nextProbeAt: null,
-      goneAt: null,
+      goneWith: undefined,
       probeAt: null,
     };
     if (entry === undefined) this.#entries.set(accountId, current);
@@ -202,10 +206,8 @@ export class CircuitBreaker implements EndpointHealth {
       // 410 Gone: the receiver asks us to stop (Standard Webhooks: the endpoint is disabled), so the circuit opens
       // at once, and without probes: a probe answered 410 would fail one more delivery for good (a 410 is final)
       // at every interval. It stays open until the webhook is saved again (reset).
-      if (current.state !== 'open' || current.nextProbeAt !== null) {
-        current.goneAt = at;
-        this.#open(accountId, current, at, null);
-      }
+      current.goneWith = event.webhookUpdatedAt ?? null;
+      if (current.state !== 'open' || current.nextProbeAt !== null) this.#open(accountId, current, at, null);
     } else if (current.state === 'half_open') {
       // The probe failed (or another attempt did while it was out): wait twice as long for the next one.
       const interval = Math.min(current.probeIntervalMs * 2, this.options.maxProbeIntervalMs);
@@ -232,11 +234,22 @@ export class CircuitBreaker implements EndpointHealth {
     };
   }
 
-  /** The accounts whose circuit a 410 Gone opened, with when: they wait for their webhook to be saved again. */
-  goneSince(): Map<string, number> {
-    const gone = new Map<string, number>();
-    for (const [account, entry] of this.#entries) if (entry.goneAt !== null) gone.set(account, entry.goneAt);
+  /**
+   * The accounts whose circuit a 410 Gone opened (they wait for their webhook to be saved again), each with the
+   * `updatedAt` of the webhook the 410 answered (null when unknown).
+   */
+  goneWith(): Map<string, number | null> {
+    const gone = new Map<string, number | null>();
+    for (const [account, entry] of this.#entries) if (entry.goneWith !== undefined) gone.set(account, entry.goneWith);
     return gone;
+  }
+
+  /** Closes the account's circuit if a 410 paused it and it still waits for the webhook `goneWith` names. */
+  resumeIfGoneWith(accountId: string, goneWith: number | null): boolean {
+    const entry = this.#entries.get(accountId);
+    if (entry?.goneWith === undefined || entry.goneWith !== goneWith) return false;
+    this.reset(accountId);
+    return true;
   }
 
   /** Every account whose circuit is not closed, with its view (for metrics and logs). */
@@ -289,21 +302,23 @@ function closedView(): CircuitView {
 }
 
 /**
- * Closes the circuits a 410 Gone opened whose webhook was saved since (its `updatedAt` later than the 410) or
- * deleted. The process that answers UpsertWebhook resets its own circuit at once; with PostgreSQL the other
- * processes learn it here (the server runs this every probe interval), and a save that changed nothing counts too:
- * saving the webhook is how an operator resumes an endpoint that answered 410.
+ * Closes the circuits a 410 Gone opened whose webhook was saved since (its stored `updatedAt` is not the one the 410
+ * answered: no clock of another process is compared) or deleted. The process that answers UpsertWebhook resets its
+ * own circuit at once; with PostgreSQL the other processes learn it here (the server runs this every probe
+ * interval), and a save that changed nothing counts too: saving the webhook is how an operator resumes an endpoint
+ * that answered 410. A circuit paused again meanwhile (another 410, answering a newer save) is left as it is.
  * @returns the accounts whose circuit was closed
  */
 export async function resumeSavedEndpoints(
-  circuit: Pick<CircuitBreaker, 'goneSince' | 'reset'>,
+  circuit: Pick<CircuitBreaker, 'goneWith' | 'resumeIfGoneWith'>,
   webhookUpdatedAt: (accountId: string) => Promise<number | null>,
+  stopped: () => boolean = () => false,
 ): Promise<string[]> {
   const resumed: string[] = [];
-  for (const [account, goneAt] of circuit.goneSince()) {
+  for (const [account, goneWith] of circuit.goneWith()) {
+    if (stopped()) break;
     const updatedAt = await webhookUpdatedAt(account);
-    if (updatedAt === null || updatedAt > goneAt) {
-      circuit.reset(account);
+    if ((updatedAt === null || updatedAt !== goneWith) && circuit.resumeIfGoneWith(account, goneWith)) {
       resumed.push(account);
     }
   }

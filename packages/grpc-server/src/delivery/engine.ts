@@ -87,6 +87,8 @@ export interface EndpointAttemptEvent {
   errorKind: string | null;
   durationMs: number;
   at: number;
+  /** `updatedAt` of the webhook the attempt was sent with (as claimed): which save of it the result judges. */
+  webhookUpdatedAt?: number;
 }
 
 /**
@@ -754,6 +756,7 @@ export class DeliveryEngine {
         errorKind: result.errorKind,
         durationMs: result.durationMs,
         at: now,
+        webhookUpdatedAt: webhook.updatedAt,
       });
     } catch (err) {
       this.#log.error({ err, ...log }, 'endpoint health hook failed');
