@@ -145,6 +145,9 @@ describe('security and circuit options (issue 7)', () => {
     // Not parsable as a URL (a bad port), still cut.
     expect(redactCredentials('postgres://app:hunter2@db:99999999/inbox')).toBe('postgres://app:***@db:99999999/inbox');
     expect(redactCredentials('postgres://app@db/inbox')).toBe('postgres://app@db/inbox');
+    // A raw '/' in the password (refused by the URL parser) and blanks around the value.
+    expect(redactCredentials('http://u:pa/ss@c:4318')).toBe('http://u:***@c:4318');
+    expect(redactCredentials('  ftp://u:s3cret@c:4318 ')).not.toContain('s3cret');
     expect(redactCredentials('/var/lib/app-inbox/inbox.db')).toBe('/var/lib/app-inbox/inbox.db');
     expect(redactCredentials('sqlite:/tmp/x.db')).toBe('sqlite:/tmp/x.db');
   });
