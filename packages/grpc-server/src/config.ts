@@ -84,6 +84,11 @@ export interface ServerConfig {
   /** Largest gRPC request accepted (bytes); a PublishMessages of 10,000 messages needs several MiB. Default 67,108,864 (64 MiB). */
   maxRequestBytes: number;
   /**
+   * WatchDeliveries streams open at once (count); one more is RESOURCE_EXHAUSTED. Every stream is told every outcome
+   * (and filters it), so each one costs work per delivery. Default 1,000.
+   */
+  maxWatchStreams: number;
+  /**
    * HTTP/2 receive window of each gRPC connection and stream (bytes): how much a client may send before the
    * server acknowledges it. Node's default of 64 KiB made large PublishMessages calls wait on the event loop.
    * Default 4,194,304 (4 MiB). @see src/api/receive-window.ts
@@ -153,6 +158,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   sweepIntervalMs: 60_000,
   terminalRetentionMs: 604_800_000,
   maxRequestBytes: 64 * 1024 * 1024,
+  maxWatchStreams: 1_000,
   grpcReceiveWindowBytes: 4 * 1024 * 1024,
   // Secure by default (issue 7): no private destination, no key or token on a command line.
   webhookAllowPrivate: false,
@@ -447,6 +453,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     1024 * 1024,
     1024 * 1024 * 1024,
     'Largest gRPC request accepted (a PublishMessages of 10,000 messages needs several MiB).',
+  ),
+  intOption(
+    'maxWatchStreams',
+    '--max-watch-streams',
+    'count',
+    1,
+    100_000,
+    'WatchDeliveries streams open at once; one more is refused with RESOURCE_EXHAUSTED (each stream is told every outcome).',
   ),
   intOption(
     'grpcReceiveWindowBytes',

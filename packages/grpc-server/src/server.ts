@@ -256,6 +256,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       now: clock,
       logger: logger.child({ component: 'api' }),
       defaultMessageTtlSeconds: config.defaultMessageTtlSeconds,
+      maxWatchStreams: config.maxWatchStreams,
       addressPolicy,
       ...(options.resolve ? { resolve: options.resolve } : {}),
       circuit,

@@ -61,6 +61,8 @@ export interface ApiDependencies {
    * stalled client must not make the server buffer without bound. Default 10,000.
    */
   watchBufferLimit?: number;
+  /** WatchDeliveries streams open at once; one more is RESOURCE_EXHAUSTED. Default 1,000. */
+  maxWatchStreams?: number;
   /**
    * Which destinations a webhook URL may resolve to, checked when the webhook is saved (the sender checks
    * again when connecting, so DNS rebinding fails). Default: public addresses only. @see SECURITY.md
@@ -113,6 +115,7 @@ function check(violations: FieldViolation[]): void {
 export function createApi(deps: ApiDependencies): Api {
   const { store, logger } = deps;
   const watchBufferLimit = deps.watchBufferLimit ?? 10_000;
+  const maxWatchStreams = deps.maxWatchStreams ?? 1_000;
   const addressPolicy = deps.addressPolicy ?? DEFAULT_ADDRESS_POLICY;
   /** Open watch streams and how to end each one (unsubscribe + forget). */
   const watches = new Map<ServerWritableStream<WatchDeliveriesRequest, WatchDeliveriesResponse>, () => void>();
@@ -236,6 +239,15 @@ export function createApi(deps: ApiDependencies): Api {
           ? invalidArgument(violations)
           : new ApiError('shutting_down', 'the server is shutting down');
       call.emit('error', toServiceError(error));
+      return;
+    }
+    if (watches.size >= maxWatchStreams) {
+      // Every stream is told every outcome: an unbounded number of them would cost every delivery without bound.
+      logger.warn({ method: 'WatchDeliveries', open: watches.size }, 'watch refused: too many streams open');
+      call.emit('error', {
+        code: status.RESOURCE_EXHAUSTED,
+        details: `${watches.size} WatchDeliveries streams are open, the most this server keeps (--max-watch-streams); close one, or filter one stream by account and share it`,
+      });
       return;
     }
     let done = false;

@@ -1,0 +1,44 @@
+/**
+ * `--max-watch-streams`: WatchDeliveries streams open at once. Every stream is told every outcome, so their number is
+ * bounded; one more is refused with RESOURCE_EXHAUSTED, and a closed stream makes room again.
+ */
+import { status } from '@grpc/grpc-js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { accountId, startTestServer, storeUrls, watch, type TestServer } from './harness.js';
+
+describe('the number of WatchDeliveries streams', () => {
+  const [sqlite] = storeUrls();
+  let t: TestServer | undefined;
+  afterAll(async () => {
+    await t?.stop();
+    await sqlite!.release();
+  });
+
+  it('is read from --max-watch-streams, 1,000 by default, 1 to 100,000', () => {
+    expect(loadConfig([], {}).maxWatchStreams).toBe(1_000);
+    expect(loadConfig(['--max-watch-streams', '2'], {}).maxWatchStreams).toBe(2);
+    expect(() => loadConfig(['--max-watch-streams', '0'], {})).toThrow(/--max-watch-streams/);
+  });
+
+  it('refuses one stream more than the limit with RESOURCE_EXHAUSTED, and takes one again once one closed', async () => {
+    t = await startTestServer(await sqlite!.newUrl(), { maxWatchStreams: 2 });
+    const first = watch(t.clients, accountId());
+    const second = watch(t.clients, '');
+    await Promise.all([first.ready, second.ready]);
+    const third = watch(t.clients, accountId());
+    expect(await third.ended).toBe(status.RESOURCE_EXHAUSTED);
+    first.cancel();
+    expect(await first.ended).toBe(status.CANCELLED);
+    // The server learns of the cancel a moment later: a new watch is taken within a second.
+    let taken = false;
+    for (const deadline = Date.now() + 2_000; !taken && Date.now() < deadline;) {
+      const next = watch(t.clients, accountId());
+      taken = await Promise.race([next.ready.then(() => true), next.ended.then(() => false)]);
+      if (!taken) await new Promise((resolve) => setTimeout(resolve, 50));
+      else next.cancel();
+    }
+    expect(taken).toBe(true);
+    second.cancel();
+  });
+});
