@@ -311,8 +311,11 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       async (stopped) => {
         await resumeSavedEndpoints(
           circuit,
-          async (accountId) => (await store.getWebhook(accountId))?.updatedAt ?? null,
+          // The raw store: only updatedAt is needed, so a secret that cannot be opened does not stop the check.
+          async (accountId) => (await rawStore.getWebhook(accountId))?.updatedAt ?? null,
           stopped,
+          (accountId, error) =>
+            circuitLog.error({ err: error, accountId }, 'reading the webhook of a paused endpoint failed'),
         );
       },
       (error) => circuitLog.error({ err: error }, 'checking the webhooks of endpoints paused by 410 failed'),

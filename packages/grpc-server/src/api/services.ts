@@ -75,7 +75,7 @@ export interface ApiDependencies {
    * (URL, credentials, secret, re-enabled) or a deleted webhook starts closed again. Default: none (no
    * `circuit` in the answers).
    */
-  circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'goneWith'>;
+  circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'goneAccounts'>;
 }
 
 /**
@@ -159,7 +159,7 @@ export function createApi(deps: ApiDependencies): Api {
         deps.now(),
       );
       // A save that changed nothing resumes an endpoint paused by its 410 Gone too.
-      if (endpointChanged(before, record) || deps.circuit?.goneWith().has(input.accountId) === true) {
+      if (endpointChanged(before, record) || deps.circuit?.goneAccounts().includes(input.accountId) === true) {
         deps.circuit?.reset(input.accountId);
       }
       // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.

@@ -109,9 +109,33 @@ describe('CircuitBreaker', () => {
     gone('same', T0, 500);
     gone('older-clock', T0, 500);
     gone('deleted', T0, 500);
-    const stored: Record<string, number | null> = { same: 500, 'older-clock': 400, deleted: null };
-    // A save by a process whose clock is behind still counts: saves are told apart, not clocks compared.
-    expect(await resumeSavedEndpoints(circuit, async (a) => stored[a] ?? null)).toEqual(['older-clock', 'deleted']);
+    // A late 410 answering an older save than the one that paused it: the newer one is still answered.
+    gone('late', T0, 500);
+    gone('late', T0 + 1, 300);
+    gone('unreadable', T0, 500);
+    const stored: Record<string, number | null> = {
+      same: 500,
+      'older-clock': 400,
+      deleted: null,
+      late: 500,
+      unreadable: 500,
+    };
+    const errors: string[] = [];
+    // A save by a process whose clock is behind still counts: saves are told apart, not clocks compared. One
+    // account's read failing does not stop the others.
+    expect(
+      await resumeSavedEndpoints(
+        circuit,
+        async (a) => {
+          if (a === 'unreadable') throw new Error('secret cannot be opened');
+          return stored[a] ?? null;
+        },
+        () => false,
+        (a) => errors.push(a),
+      ),
+    ).toEqual(['older-clock', 'deleted']);
+    expect(errors).toEqual(['unreadable']);
+    expect(circuit.view('late').state).toBe('open');
     expect(circuit.view('same').state).toBe('open');
     expect(circuit.view('older-clock').state).toBe('closed');
 

@@ -127,10 +127,11 @@ interface Entry {
   /** When the next probe may go out; null while open after a 410 Gone (no probe until reset). */
   nextProbeAt: number | null;
   /**
-   * After a 410 Gone (the circuit waits for the webhook to be saved again): the `updatedAt` of the webhook the 410
-   * answered (null when the attempt did not say); undefined otherwise.
+   * After a 410 Gone (the circuit waits for the webhook to be saved again): the `updatedAt` of each save of the
+   * webhook a 410 answered while paused (a late 410 may answer an older save than the one that paused it); null
+   * otherwise.
    */
-  goneWith: number | null | undefined;
+  goneWith: Set<number> | null;
   /** When the probe now out was let through (half_open), null when none is out. */
   probeAt: number | null;
 }
@@ -196,7 +197,7 @@ export class CircuitBreaker implements EndpointHealth {
       failingSince: at,
       probeIntervalMs: this.options.probeIntervalMs,
       nextProbeAt: null,
-      goneWith: undefined,
+      goneWith: null,
       probeAt: null,
     };
     if (entry === undefined) this.#entries.set(accountId, current);
@@ -206,7 +207,8 @@ export class CircuitBreaker implements EndpointHealth {
       // 410 Gone: the receiver asks us to stop (Standard Webhooks: the endpoint is disabled), so the circuit opens
       // at once, and without probes: a probe answered 410 would fail one more delivery for good (a 410 is final)
       // at every interval. It stays open until the webhook is saved again (reset).
-      current.goneWith = event.webhookUpdatedAt ?? null;
+      current.goneWith ??= new Set();
+      if (event.webhookUpdatedAt !== undefined) current.goneWith.add(event.webhookUpdatedAt);
       if (current.state !== 'open' || current.nextProbeAt !== null) this.#open(accountId, current, at, null);
     } else if (current.state === 'half_open') {
       // The probe failed (or another attempt did while it was out): wait twice as long for the next one.
@@ -234,20 +236,21 @@ export class CircuitBreaker implements EndpointHealth {
     };
   }
 
-  /**
-   * The accounts whose circuit a 410 Gone opened (they wait for their webhook to be saved again), each with the
-   * `updatedAt` of the webhook the 410 answered (null when unknown).
-   */
-  goneWith(): Map<string, number | null> {
-    const gone = new Map<string, number | null>();
-    for (const [account, entry] of this.#entries) if (entry.goneWith !== undefined) gone.set(account, entry.goneWith);
+  /** The accounts whose circuit a 410 Gone opened: they wait for their webhook to be saved again. */
+  goneAccounts(): string[] {
+    const gone: string[] = [];
+    for (const [account, entry] of this.#entries) if (entry.goneWith !== null) gone.push(account);
     return gone;
   }
 
-  /** Closes the account's circuit if a 410 paused it and it still waits for the webhook `goneWith` names. */
-  resumeIfGoneWith(accountId: string, goneWith: number | null): boolean {
-    const entry = this.#entries.get(accountId);
-    if (entry?.goneWith === undefined || entry.goneWith !== goneWith) return false;
+  /**
+   * Closes the account's circuit if a 410 paused it and `storedUpdatedAt` (the webhook as stored now; null when
+   * deleted) is a save no 410 answered; false when it stays as it is.
+   */
+  resumeIfSavedSince(accountId: string, storedUpdatedAt: number | null): boolean {
+    const answered = this.#entries.get(accountId)?.goneWith;
+    if (answered === undefined || answered === null) return false;
+    if (storedUpdatedAt !== null && answered.has(storedUpdatedAt)) return false;
     this.reset(accountId);
     return true;
   }
@@ -302,25 +305,31 @@ function closedView(): CircuitView {
 }
 
 /**
- * Closes the circuits a 410 Gone opened whose webhook was saved since (its stored `updatedAt` is not the one the 410
+ * Closes the circuits a 410 Gone opened whose webhook was saved since (its stored `updatedAt` is none that a 410
  * answered: no clock of another process is compared) or deleted. The process that answers UpsertWebhook resets its
  * own circuit at once; with PostgreSQL the other processes learn it here (the server runs this every probe
  * interval), and a save that changed nothing counts too: saving the webhook is how an operator resumes an endpoint
- * that answered 410. A circuit paused again meanwhile (another 410, answering a newer save) is left as it is.
+ * that answered 410. A circuit paused again meanwhile by a 410 answering the stored save is left as it is.
  * @returns the accounts whose circuit was closed
  */
 export async function resumeSavedEndpoints(
-  circuit: Pick<CircuitBreaker, 'goneWith' | 'resumeIfGoneWith'>,
+  circuit: Pick<CircuitBreaker, 'goneAccounts' | 'resumeIfSavedSince'>,
   webhookUpdatedAt: (accountId: string) => Promise<number | null>,
   stopped: () => boolean = () => false,
+  onError: (accountId: string, error: unknown) => void = () => undefined,
 ): Promise<string[]> {
   const resumed: string[] = [];
-  for (const [account, goneWith] of circuit.goneWith()) {
+  for (const account of circuit.goneAccounts()) {
     if (stopped()) break;
-    const updatedAt = await webhookUpdatedAt(account);
-    if ((updatedAt === null || updatedAt !== goneWith) && circuit.resumeIfGoneWith(account, goneWith)) {
-      resumed.push(account);
+    let updatedAt: number | null;
+    try {
+      updatedAt = await webhookUpdatedAt(account);
+    } catch (error) {
+      // One account's read failing does not keep the others paused.
+      onError(account, error);
+      continue;
     }
+    if (circuit.resumeIfSavedSince(account, updatedAt)) resumed.push(account);
   }
   return resumed;
 }
