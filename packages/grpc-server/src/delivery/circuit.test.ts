@@ -151,6 +151,28 @@ describe('CircuitBreaker', () => {
     expect(circuit.view('again')).toMatchObject({ state: 'open', nextProbeAt: null });
   });
 
+  it('keeps a 410 pause when a late 2xx for the same save of the webhook arrives, not for a newer save', () => {
+    const { circuit } = breaker();
+    const answered = (code: number, at: number, webhookUpdatedAt: number) =>
+      circuit.onAttempt({
+        accountId: 'a',
+        deliveryId: 'd',
+        classification: status(code),
+        statusCode: code,
+        errorKind: null,
+        durationMs: 1,
+        at,
+        webhookUpdatedAt,
+      });
+    answered(410, T0, 500);
+    // An attempt sent before the 410 (same save) comes back 200: the endpoint said it is gone since.
+    answered(200, T0 + 1, 500);
+    expect(circuit.view('a')).toMatchObject({ state: 'open', nextProbeAt: null });
+    // One sent with a newer save (another process's) succeeds: that endpoint is back.
+    answered(200, T0 + 2, 600);
+    expect(circuit.view('a').state).toBe('closed');
+  });
+
   it('a 410 on an endpoint already open for other failures stops its probes too', () => {
     const { circuit, changes, attempt } = breaker({ openAfterMs: 0, minFailures: 1 });
     attempt('a', T0, status(503));

@@ -8,7 +8,8 @@
  *     one the 410 answered
  *   open ──(probe interval passed: ONE claimed delivery is let through)──▶ half_open
  *   half_open ──2xx──▶ closed          half_open ──failure──▶ open (probe interval ×2, up to the maximum)
- *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed)
+ *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed), except a 2xx
+ *     for a save of the webhook that a 410 answered: the 410 pause stands
  *
  * Pausing drops nothing: a paused account's deliveries are simply not claimed (the engine passes
  * {@link CircuitBreaker.pausedAccounts} as `excludeAccounts`), and a claim that slips through (taken just
@@ -186,6 +187,9 @@ export class CircuitBreaker implements EndpointHealth {
     const entry = this.#entries.get(accountId);
     if (event.classification.verdict === 'delivered') {
       if (entry === undefined) return;
+      // A 2xx that answered a save of the webhook a 410 answered too was sent before it (a late answer): the
+      // endpoint has said it is gone since, so the pause stands.
+      if (event.webhookUpdatedAt !== undefined && entry.goneWith?.has(event.webhookUpdatedAt) === true) return;
       this.#entries.delete(accountId);
       if (entry.state !== 'closed') this.#notify(accountId, 'closed', closedView());
       return;
