@@ -41,4 +41,50 @@ describe('the number of WatchDeliveries streams', () => {
     expect(taken).toBe(true);
     second.cancel();
   });
+
+  it('ends a stream whose reader fell 10,000 outcomes behind with RESOURCE_EXHAUSTED, and keeps serving others', async () => {
+    const own = await startTestServer(await sqlite!.newUrl(), { maxWatchStreams: 1 });
+    try {
+      await slowReaderIsCut(own);
+    } finally {
+      await own.stop();
+    }
+  });
 });
+
+/** Opens a watch that stops reading while 20,000 outcomes of its account are emitted; checks how it ends. */
+async function slowReaderIsCut(t: TestServer): Promise<void> {
+  const account = accountId('slow-reader');
+  const stream = t.clients.delivery.watchDeliveries({ accountId: account });
+  const ended = new Promise<{ code: status; details: string }>((resolve) =>
+    stream.on('status', (s: { code: status; details: string }) => resolve(s)),
+  );
+  stream.on('error', () => undefined);
+  await new Promise<void>((resolve) => stream.once('metadata', () => resolve()));
+  // The reader stops reading: HTTP/2 flow control soon stops the server's writes, which then queue.
+  stream.pause();
+  for (let i = 0; i < 20_000; i++) {
+    await t.server.store.emitOutcome({
+      deliveryId: `d-${i}`,
+      accountId: account,
+      externalCustomerId: 'c',
+      state: 'delivered',
+      messageIds: [],
+      attemptNo: 1,
+      statusCode: 200,
+      errorKind: null,
+      nextAttemptAt: null,
+      at: Date.now(),
+    });
+  }
+  // Read again: the queued outcomes, then the status.
+  stream.on('data', () => undefined);
+  stream.resume();
+  const final = await ended;
+  expect(final.code).toBe(status.RESOURCE_EXHAUSTED);
+  expect(final.details).toMatch(/read too slowly/);
+  // The slot (the only one) is free again.
+  const next = watch(t.clients, accountId());
+  await next.ready;
+  next.cancel();
+}
