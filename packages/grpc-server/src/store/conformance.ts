@@ -52,6 +52,23 @@ function message(contact: string, overrides: Partial<StoredMessage> = {}): Store
   };
 }
 
+/** A `delivered` outcome of one attempt of a new delivery id, at T0 (what a test emits); `overrides` on top. */
+export function deliveredOutcome(overrides: Partial<DeliveryOutcome> = {}): DeliveryOutcome {
+  return {
+    deliveryId: randomUUID(),
+    accountId: 'acct',
+    externalCustomerId: 'c',
+    state: 'delivered',
+    messageIds: [],
+    attemptNo: 1,
+    statusCode: 200,
+    errorKind: null,
+    nextAttemptAt: null,
+    at: T0,
+    ...overrides,
+  };
+}
+
 function bytesOf(value: unknown): Uint8Array {
   return encoder.encode(JSON.stringify(value));
 }
@@ -1005,19 +1022,7 @@ export function storeConformanceSuite(
 
     describe('outcomes', () => {
       function outcome(overrides: Partial<DeliveryOutcome> = {}): DeliveryOutcome {
-        return {
-          deliveryId: randomUUID(),
-          accountId: 'acct',
-          externalCustomerId: 'c',
-          state: 'delivered',
-          messageIds: [randomUUID(), randomUUID()],
-          attemptNo: 1,
-          statusCode: 200,
-          errorKind: null,
-          nextAttemptAt: null,
-          at: T0,
-          ...overrides,
-        };
+        return deliveredOutcome({ messageIds: [randomUUID(), randomUUID()], ...overrides });
       }
 
       it('delivers emitted outcomes to every subscriber until it unsubscribes', async () => {
@@ -1074,18 +1079,9 @@ export function storeConformanceSuite(
            */
           async settled(): Promise<DeliveryOutcome[]> {
             const marker = `marker-${randomUUID()}`;
-            await store.emitOutcome({
-              deliveryId: marker,
-              accountId: acct,
-              externalCustomerId: 'marker',
-              state: 'delivered',
-              messageIds: [],
-              attemptNo: 1,
-              statusCode: 200,
-              errorKind: null,
-              nextAttemptAt: null,
-              at: T0,
-            });
+            await store.emitOutcome(
+              deliveredOutcome({ deliveryId: marker, accountId: acct, externalCustomerId: 'marker' }),
+            );
             await waitFor(() => seen.some((o) => o.deliveryId === marker), 'the marker outcome');
             return seen.filter((o) => !o.deliveryId.startsWith('marker-'));
           },

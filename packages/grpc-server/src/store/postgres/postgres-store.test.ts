@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { StoredMessage } from '@app-inbox/core';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { storeConformanceSuite } from '../conformance.js';
+import { deliveredOutcome, storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { AttemptResult, ClaimedDelivery, Delivery, DeliveryOutcome, Lane } from '../types.js';
 import {
@@ -241,18 +241,7 @@ describe('PostgresStore', () => {
       await reopened.close();
     }
   }
-  const outcomeBase = (): DeliveryOutcome => ({
-    deliveryId: randomUUID(),
-    accountId: 'a',
-    externalCustomerId: 'c',
-    state: 'delivered',
-    messageIds: [],
-    attemptNo: 1,
-    statusCode: 200,
-    errorKind: null,
-    nextAttemptAt: null,
-    at: T0,
-  });
+  const outcomeBase = (): DeliveryOutcome => deliveredOutcome({ accountId: 'a', at: T0 });
 
   it('is what openStore opens for a postgres:// or postgresql:// URL', async () => {
     for (const url of [db.url, db.url.replace(/^postgres:/, 'postgresql:')]) {
