@@ -268,8 +268,6 @@ export class SqliteStore implements Store {
     if (this.#group.length === 0) return;
     const batch = this.#group.splice(0);
     const outcomes: Array<{ ok: true; value: unknown } | { ok: false; error: unknown }> = [];
-    /** Set to the error after which SQLite had rolled back the whole transaction, not only the write's savepoint. */
-    const abandoned: { by?: unknown } = {};
     this.#flushing = true;
     try {
       const conn = this.#conn;
@@ -281,28 +279,21 @@ export class SqliteStore implements Store {
             } catch (error) {
               // Some errors (a full disk, an I/O error, out of memory) make SQLite roll back the transaction itself:
               // the writes before are gone with it, and a write run now would commit on its own (the savepoint
-              // would open a transaction of its own) while the group is reported failed. None of the rest runs.
-              if (!conn.inTransaction) {
-                abandoned.by = error;
-                break;
-              }
+              // would open a transaction of its own) while the group is reported failed. None of the rest runs:
+              // the error ends the group, as a failed COMMIT does.
+              if (!conn.inTransaction) throw error;
               outcomes.push({ ok: false, error });
             }
           }
         })
         .immediate();
     } catch (error) {
-      // BEGIN or COMMIT failed (closed, busy, disk), or the transaction was rolled back under the group (its COMMIT
-      // then fails for want of a transaction): nothing of the group is durable. The first cause is the one told.
-      const cause = 'by' in abandoned ? abandoned.by : error;
-      for (const write of batch) write.reject(cause);
+      // BEGIN or COMMIT failed (closed, busy, disk), or SQLite rolled the transaction back under the group: nothing
+      // of the group is durable.
+      for (const write of batch) write.reject(error);
       return;
     } finally {
       this.#flushing = false;
-    }
-    if ('by' in abandoned) {
-      for (const write of batch) write.reject(abandoned.by);
-      return;
     }
     batch.forEach((write, i) => {
       const outcome = outcomes[i]!;
