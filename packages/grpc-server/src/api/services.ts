@@ -75,7 +75,7 @@ export interface ApiDependencies {
    * (URL, credentials, secret, re-enabled) or a deleted webhook starts closed again. Default: none (no
    * `circuit` in the answers).
    */
-  circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'goneAccounts'>;
+  circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'resumeIfSavedSince'>;
 }
 
 /**
@@ -158,10 +158,9 @@ export function createApi(deps: ApiDependencies): Api {
         { ...input.config, messageTtlMs: input.messageTtlMs },
         deps.now(),
       );
-      // A save that changed nothing resumes an endpoint paused by its 410 Gone too.
-      if (endpointChanged(before, record) || deps.circuit?.goneAccounts().includes(input.accountId) === true) {
-        deps.circuit?.reset(input.accountId);
-      }
+      if (endpointChanged(before, record)) deps.circuit?.reset(input.accountId);
+      // A save that changed nothing resumes an endpoint paused by its 410 Gone too: no 410 answered this save.
+      else deps.circuit?.resumeIfSavedSince(input.accountId, record.updatedAt);
       // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
       deps.wake();
       return { webhook: webhookToProto(record, deps.circuit?.view(input.accountId)), created: before === null };

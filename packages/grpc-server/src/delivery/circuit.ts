@@ -211,9 +211,10 @@ export class CircuitBreaker implements EndpointHealth {
       // 410 Gone: the receiver asks us to stop (Standard Webhooks: the endpoint is disabled), so the circuit opens
       // at once, and without probes: a probe answered 410 would fail one more delivery for good (a 410 is final)
       // at every interval. It stays open until the webhook is saved again (reset).
+      const pausedBefore = current.goneWith !== null;
       current.goneWith ??= new Set();
       if (event.webhookUpdatedAt !== undefined) current.goneWith.add(event.webhookUpdatedAt);
-      if (current.state !== 'open' || current.nextProbeAt !== null) this.#open(accountId, current, at, null);
+      if (!pausedBefore) this.#open(accountId, current, at, null);
     } else if (current.state === 'half_open') {
       // The probe failed (or another attempt did while it was out): wait twice as long for the next one.
       const interval = Math.min(current.probeIntervalMs * 2, this.options.maxProbeIntervalMs);
