@@ -414,12 +414,13 @@ export function describeStore(url: string): string {
   return redactCredentials(url);
 }
 
-interface Sweeper {
+/** A task run every interval (see {@link every}). */
+interface Periodic {
   stop(): Promise<void>;
 }
 
 /** Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded. */
-function startSweeper(store: Store, config: ServerConfig, clock: () => number, logger: Logger): Sweeper {
+function startSweeper(store: Store, config: ServerConfig, clock: () => number, logger: Logger): Periodic {
   return every(
     config.sweepIntervalMs,
     async (stopped) => {
@@ -446,7 +447,7 @@ function every(
   intervalMs: number,
   task: (stopped: () => boolean) => Promise<void>,
   onError: (error: unknown) => void,
-): Sweeper {
+): Periodic {
   let running: Promise<void> | null = null;
   let stopped = false;
   const timer = setInterval(() => {

@@ -5,8 +5,6 @@
  * @see SPEC §2-§4
  */
 import {
-  LIMITS,
-  NUL_CHARACTER_MESSAGE,
   messageListSchema,
   messageSchema,
   validate,
@@ -72,13 +70,10 @@ export function checkDeliveryId(id: string, field = 'delivery_id'): FieldViolati
   return [];
 }
 
-/** A contact's id where a request names one (not inside a message): as core checks a message's. */
+/** A contact's id where a request names one (not inside a message): by core's rule for a message's. */
 function checkContactId(id: string, field: string): FieldViolation[] {
-  if (id.trim() === '') return [{ field, description: 'must not be empty' }];
-  if (id.length > LIMITS.externalCustomerIdLength)
-    return [{ field, description: `must be at most ${LIMITS.externalCustomerIdLength} characters` }];
-  if (id.includes('\u0000')) return [{ field, description: NUL_CHARACTER_MESSAGE }];
-  return [];
+  const checked = validate(messageSchema.shape.externalCustomerId, id, field);
+  return checked.ok ? [] : fromCore(checked.violations);
 }
 
 /** The webhook part of an UpsertWebhook request, with its defaults applied. */

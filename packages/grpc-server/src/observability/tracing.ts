@@ -91,13 +91,8 @@ const INSTRUMENTATION_SCOPE = '@app-inbox/grpc-server';
 const w3c = new W3CTraceContextPropagator();
 
 function checkHttpUrl(value: string, option: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new TracingOptionError(option, `must be an http(s) URL, got ${JSON.stringify(redactCredentials(value))}`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+  const protocol = URL.canParse(value) ? new URL(value).protocol : null;
+  if (protocol !== 'http:' && protocol !== 'https:') {
     throw new TracingOptionError(option, `must be an http(s) URL, got ${JSON.stringify(redactCredentials(value))}`);
   }
   return value;
