@@ -15,10 +15,13 @@ import {
   deliveryIn,
   eventually,
   inboxMessage,
+  spawnServer,
   startTestServer,
   storeUrls,
+  type ChildServer,
   type TestServer,
 } from '../e2e/harness.js';
+import { createTestDatabase } from '../../src/store/postgres/test-db.js';
 
 const OPEN_AFTER_MS = 300;
 const PROBE_MS = 400;
@@ -193,5 +196,46 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
     expect((await clients.getWebhook({ accountId: account })).webhook?.circuit?.state).toBe(
       CircuitState.CIRCUIT_STATE_CLOSED,
     );
+  });
+});
+
+describe('circuit breaker across processes (PostgreSQL)', () => {
+  it('resumes an endpoint paused by its 410 in this process when another process saves the webhook', async () => {
+    const database = await createTestDatabase();
+    const receiver = await createMockReceiver({ rules: [{ answers: [{ status: 410 }] }] });
+    let here: TestServer | undefined;
+    let other: ChildServer | undefined;
+    try {
+      here = await startTestServer(database.url, {
+        circuitOpenAfterMs: 60_000,
+        circuitProbeIntervalMs: 100,
+        circuitProbeMaxIntervalMs: 200,
+      });
+      const account = accountId('gone-other-process');
+      const url = `${receiver.url}/hook`;
+      await here.clients.upsertWebhook({ accountId: account, url });
+      const first = await here.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
+      await deliveryIn(here.clients, first.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_FAILED]);
+      expect((await here.clients.getWebhook({ accountId: account })).webhook?.circuit?.state).toBe(
+        CircuitState.CIRCUIT_STATE_OPEN,
+      );
+      // Another server process on the same database takes the save, over its own gRPC API.
+      other = await spawnServer(database.url, []);
+      await other.clients.upsertWebhook({ accountId: account, url });
+      await eventually(
+        async () =>
+          (await here!.clients.getWebhook({ accountId: account })).webhook?.circuit?.state ===
+          CircuitState.CIRCUIT_STATE_CLOSED
+            ? true
+            : undefined,
+        5_000,
+        'the circuit of this process closed',
+      );
+    } finally {
+      await other?.kill('SIGTERM');
+      await here?.stop();
+      await receiver.close();
+      await database.drop();
+    }
   });
 });
