@@ -152,6 +152,17 @@ describe('security and circuit options (issue 7)', () => {
     expect(redactCredentials('sqlite:/tmp/x.db')).toBe('sqlite:/tmp/x.db');
   });
 
+  it('redacts a password that the URL parser reads as a port, a path or a fragment', () => {
+    // A raw '#' or '/' in the password: the parser takes `u:12` as host and port and finds no password at all.
+    expect(redactCredentials('http://u:12#ss@c:4318')).toBe('http://u:***@c:4318');
+    expect(redactCredentials('postgres://app:123/abc@db/inbox')).toBe('postgres://app:***@db/inbox');
+    expect(redactCredentials('postgres://app:123?x@db/inbox')).toBe('postgres://app:***@db/inbox');
+    // Without a password nothing is cut: a user alone, a port, an '@' with no `user:` before it.
+    expect(redactCredentials('postgres://app@db:5432/inbox')).toBe('postgres://app@db:5432/inbox');
+    expect(redactCredentials('http://collector:4318/v1/traces')).toBe('http://collector:4318/v1/traces');
+    expect(redactCredentials('http://collector/v1/a@b')).toBe('http://collector/v1/a@b');
+  });
+
   it('names the bad allow-list entry and the incomplete TLS or circuit settings', () => {
     expect(problems(['--webhook-allow-list', '127.0.0.1,not a host'])).toEqual([
       '--webhook-allow-list: entry 2: "not a host" is not an IP address, CIDR block or host name',

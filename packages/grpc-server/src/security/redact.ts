@@ -1,18 +1,31 @@
 /** Secrets out of what is shown: logs and error messages. @see SECURITY.md */
 
+/** `scheme://user:` … up to the last '@': what may be a password when the URL parser does not say. */
+const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i;
+
 /**
  * `value` with the password of a `scheme://user:password@host` URL replaced by `***` (any scheme, any case:
  * `POSTGRES://` opens a store as well as `postgres://`); anything else as it is. For logs and error messages.
+ *
+ * When the parser finds no password yet the value has an '@' after a `user:`, the cut is made on the text:
+ * a password with a raw '#' or '/' makes the parser read `http://u:12#ss@c:4318` as host `u`, port 12 and
+ * `postgres://app:123/abc@db` as host `app` with a path, and it refuses others outright. This over-cuts a
+ * URL with a port and an '@' further on (`http://c:4318/a@b` shows as `http://c:***@b`): hiding too much of a
+ * malformed value is the side to err on.
  */
 export function redactCredentials(value: string): string {
   if (!/^\s*[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
+  const trimmed = value.trim();
+  let parsed: URL | undefined;
   try {
-    const parsed = new URL(value.trim());
-    if (parsed.password !== '') parsed.password = '***';
-    return parsed.toString();
+    parsed = new URL(trimmed);
   } catch {
-    // Not a URL the parser takes (a password with a raw '/' or '#'), yet it may carry `user:password@`: everything
-    // from the first ':' after the user to the last '@' is cut.
-    return value.trim().replace(/^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i, '$1:***@');
+    parsed = undefined;
   }
+  if (parsed !== undefined && parsed.password !== '') {
+    parsed.password = '***';
+    return parsed.toString();
+  }
+  if (!USERINFO_PASSWORD.test(trimmed)) return parsed === undefined ? trimmed : parsed.toString();
+  return trimmed.replace(USERINFO_PASSWORD, '$1:***@');
 }
