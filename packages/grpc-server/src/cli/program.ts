@@ -354,7 +354,7 @@ Examples:
     );
   webhook
     .command('delete <account>')
-    .description('delete the webhook of an account, its stored messages and its deliveries not finished yet')
+    .description('delete the webhook of an account, its stored messages and all its deliveries')
     .action(
       act(async (ctx, account: string) => {
         await ctx.client.deleteWebhook({ accountId: account });

@@ -257,7 +257,7 @@ export function storeConformanceSuite(
         expect(String((err as Error).message)).not.toContain('s3cret-password');
       });
 
-      it('deletes the webhook, its messages and its unsent deliveries, keeping finished ones', async () => {
+      it('deletes the webhook, its messages and all its deliveries, finished ones with their attempts', async () => {
         const acct = await withWebhook();
         const done = await publishOne(acct, 'c-done');
         const [c] = await claim('first', T0);
@@ -271,7 +271,10 @@ export function storeConformanceSuite(
         expect(await store.getWebhook(acct)).toBeNull();
         expect(await store.contactMessages(acct, 'c-wait', T0, 10)).toEqual([]);
         expect(await store.getDelivery(waiting.deliveryId)).toBeNull();
-        expect((await store.getDelivery(done.deliveryId))?.delivery.state).toBe('delivered');
+        // Its body holds the deleted message: kept, a replay would send it once the account has a webhook again.
+        expect(await store.getDelivery(done.deliveryId)).toBeNull();
+        expect(await store.retryDelivery(done.deliveryId, T0 + 1)).toBeNull();
+        expect((await store.listDeliveries({ accountId: acct }, 10, null)).deliveries).toEqual([]);
         expect((await store.getDelivery(kept.deliveryId))?.delivery.state).toBe('pending');
         expect(await store.contactMessages(other, 'c-other', T0, 10)).toHaveLength(1);
         expect(await store.deleteWebhook(acct)).toBe(false);
@@ -994,24 +997,14 @@ export function storeConformanceSuite(
       });
 
       it('counts and dates the due deliveries of an account without a webhook, which no claim takes', async () => {
-        // Replayed after the account's webhook was deleted (its finished deliveries stay): due, never sent.
-        const acct = await withWebhook();
-        const frozen = await publishOne(acct, 'f');
-        const plain = await publishOne(acct, 'p');
-        const claimed = await claim('first', T0);
-        const byId = (id: string) => claimed.find((c) => c.delivery.id === id)!;
-        await build(byId(frozen.deliveryId), 'worker-1', T0);
-        await settle(byId(frozen.deliveryId), 'worker-1', T0 + 1, 'failed');
-        await settle(byId(plain.deliveryId), 'worker-1', T0 + 1, 'failed');
-        expect(await store.deleteWebhook(acct)).toBe(true);
-        const replays = [
-          await store.retryDelivery(frozen.deliveryId, T0 + 50),
-          await store.retryDelivery(plain.deliveryId, T0 + 40),
-        ];
-        expect(replays.map((r) => r?.delivery.state)).toEqual(['retrying', 'pending']);
+        // The API refuses a publish without a webhook; the store takes one (and a publish racing DeleteWebhook
+        // on PostgreSQL can leave such a delivery behind): due, never sent.
+        const acct = account();
+        await publishOne(acct, 'p1', T0 + 50);
+        await publishOne(acct, 'p2', T0 + 40);
         expect([...(await claim('first', T0 + 60)), ...(await claim('retry', T0 + 60))]).toEqual([]);
         expect(await store.stats(T0 + 60)).toEqual({
-          byState: { pending: 1, in_flight: 0, retrying: 1, delivered: 0, failed: 0, superseded: 0 },
+          byState: { pending: 2, in_flight: 0, retrying: 0, delivered: 0, failed: 0, superseded: 0 },
           oldestDueAt: T0 + 40,
         });
         expect((await store.stats(T0 + 39)).oldestDueAt).toBeNull();

@@ -226,7 +226,10 @@ export interface Store {
    * webhook's secrets after a key rotation (SECURITY.md).
    */
   listWebhookAccounts(afterAccountId: string | null, limit: number): Promise<string[]>;
-  /** Deletes the webhook, the account's messages and its non-terminal deliveries. */
+  /**
+   * Deletes the webhook, the account's messages and all its deliveries with their attempts (finished ones too:
+   * their frozen bodies hold the messages).
+   */
   deleteWebhook(accountId: string): Promise<boolean>;
 
   /**

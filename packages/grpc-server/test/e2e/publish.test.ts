@@ -258,6 +258,35 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     );
   });
 
+  it('DeleteWebhook deletes every delivery: a failed one cannot be replayed to a webhook saved later', async () => {
+    // A failed delivery's body holds the account's messages; kept after DeleteWebhook, a replay would have sent
+    // the deleted messages to whatever URL the account saved next.
+    const old = await createMockReceiver({ rules: [{ answers: [{ status: 400 }], repeat: true }] });
+    const acc = accountId('deleted');
+    try {
+      await t.clients.upsertWebhook({ accountId: acc, url: `${old.url}/old`, signingSecret: '' });
+      const deleted = inboxMessage('contact-del');
+      const published = await t.clients.publishMessages({ accountId: acc, messages: [deleted] });
+      const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+      const failed = await deliveryIn(t.clients, deliveryId, [DeliveryState.DELIVERY_STATE_FAILED]);
+      expect(failed.messageIds).toEqual([deleted.id]);
+
+      await t.clients.deleteWebhook({ accountId: acc });
+      expect((await failure(t.clients.retryDelivery({ deliveryId }))).code).toBe(status.NOT_FOUND);
+      expect((await failure(t.clients.getDelivery({ deliveryId, includeBody: true }))).code).toBe(status.NOT_FOUND);
+      expect((await t.clients.listDeliveries({ accountId: acc, pageSize: 10, pageToken: '' })).deliveries).toEqual([]);
+
+      receiver = await createMockReceiver();
+      await t.clients.upsertWebhook({ accountId: acc, url: `${receiver.url}/new`, signingSecret: '' });
+      const fresh = inboxMessage('contact-del');
+      const next = await t.clients.publishMessages({ accountId: acc, messages: [fresh] });
+      await deliveryIn(t.clients, next.deliveries[0]?.deliveryId ?? '', DELIVERED);
+      expect(listsOf('contact-del').map((list) => list.map((m) => m.id))).toEqual([[fresh.id]]);
+    } finally {
+      await old.close();
+    }
+  });
+
   it('never returns the Basic auth password or the signing secret', async () => {
     receiver = await createMockReceiver({ username: 'u1', password: 'pa55-w0rd-never-shown' });
     const acc = accountId();

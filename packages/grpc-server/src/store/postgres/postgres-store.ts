@@ -662,7 +662,7 @@ export class PostgresStore implements Store {
 
   async deleteWebhook(accountId: string): Promise<boolean> {
     assertId('accountId', accountId);
-    // The unsent deliveries go before the messages. The other way round, a publish committing between the two
+    // The deliveries go before the messages. The other way round, a publish committing between the two
     // statements was cut in two: its messages kept (committed after the messages' delete began), the pending
     // delivery it had joined deleted by the next statement, so nothing would send them once the webhook came back.
     // This way a publish that joined a pending delivery this deletes waits for it (the row is locked) and then
@@ -672,10 +672,9 @@ export class PostgresStore implements Store {
     // publish on the account meanwhile was a serialization failure, and a busy account could not be deleted.)
     return this.#tx(async (c) => {
       const existed = ((await c.query('DELETE FROM webhooks WHERE account_id = $1', [accountId])).rowCount ?? 0) > 0;
-      // Terminal deliveries stay for inspection until swept; nothing will send the others any more.
-      await c.query(`DELETE FROM deliveries WHERE account_id = $1 AND state IN ('pending', 'in_flight', 'retrying')`, [
-        accountId,
-      ]);
+      // Every delivery goes, finished ones with their attempts: their frozen bodies hold the deleted messages, and a
+      // replay of one once the account has a webhook again would send them (to whatever URL it has then).
+      await c.query('DELETE FROM deliveries WHERE account_id = $1', [accountId]);
       await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
       return existed;
     });

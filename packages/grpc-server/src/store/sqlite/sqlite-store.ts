@@ -400,10 +400,9 @@ export class SqliteStore implements Store {
     return this.#tx(() => {
       const existed = this.#q('DELETE FROM webhooks WHERE account_id = ?').run(accountId).changes > 0;
       this.#q('DELETE FROM messages WHERE account_key = ?').run(key);
-      // Terminal deliveries stay for inspection until swept; nothing will send the others any more.
-      for (const state of ['pending', 'in_flight', 'retrying']) {
-        this.#q(`DELETE FROM deliveries WHERE account_key = ? AND state = '${state}'`).run(key);
-      }
+      // Every delivery goes too, finished ones with their attempts: their frozen bodies hold the deleted messages,
+      // and a replay of one once the account has a webhook again would send them (to whatever URL it has then).
+      this.#q('DELETE FROM deliveries WHERE account_key = ?').run(key);
       return existed;
     });
   }

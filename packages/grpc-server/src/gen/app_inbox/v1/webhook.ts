@@ -1341,7 +1341,8 @@ export const WebhookServiceService = {
     responseDeserialize: (value: Buffer): GetWebhookResponse => GetWebhookResponse.decode(value),
   },
   /**
-   * Deletes the account's webhook, its stored messages and its deliveries not yet finished.
+   * Deletes the account's webhook, its stored messages and all its deliveries with their attempts (finished
+   * ones too: their bodies hold the messages; a replay must not send them to a webhook saved later).
    * NOT_FOUND when the account has no webhook.
    */
   deleteWebhook: {
@@ -1368,7 +1369,8 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
    */
   getWebhook: handleUnaryCall<GetWebhookRequest, GetWebhookResponse>;
   /**
-   * Deletes the account's webhook, its stored messages and its deliveries not yet finished.
+   * Deletes the account's webhook, its stored messages and all its deliveries with their attempts (finished
+   * ones too: their bodies hold the messages; a replay must not send them to a webhook saved later).
    * NOT_FOUND when the account has no webhook.
    */
   deleteWebhook: handleUnaryCall<DeleteWebhookRequest, DeleteWebhookResponse>;
@@ -1414,7 +1416,8 @@ export interface WebhookServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetWebhookResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Deletes the account's webhook, its stored messages and its deliveries not yet finished.
+   * Deletes the account's webhook, its stored messages and all its deliveries with their attempts (finished
+   * ones too: their bodies hold the messages; a replay must not send them to a webhook saved later).
    * NOT_FOUND when the account has no webhook.
    */
   deleteWebhook(
