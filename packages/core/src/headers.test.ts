@@ -2,6 +2,7 @@ import { createHmac } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  CONTACT_HEADER,
   DELIVERY_ID_HEADER,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
@@ -9,6 +10,7 @@ import {
   basicAuthorization,
   buildRequestHeaders,
   bytesToBase64,
+  percentEncode,
   signStandardWebhook,
 } from './headers.js';
 import { VERSION } from './version.js';
@@ -135,17 +137,44 @@ describe('signStandardWebhook', () => {
 
 describe('buildRequestHeaders', () => {
   it('sends the content type, ids, timestamp and user agent', async () => {
-    expect(await buildRequestHeaders({ deliveryId: 'dlv_1', body: '[]', timestampSeconds: 1700000000 })).toEqual({
+    expect(
+      await buildRequestHeaders({
+        deliveryId: 'dlv_1',
+        externalCustomerId: 'c-1',
+        body: '[]',
+        timestampSeconds: 1700000000,
+      }),
+    ).toEqual({
       'content-type': 'application/json',
       'user-agent': USER_AGENT,
       'webhook-id': 'dlv_1',
       'webhook-timestamp': '1700000000',
+      'app-inbox-contact': 'c-1',
     });
+  });
+
+  it('names the contact percent-encoded, so that any externalCustomerId fits in a header and decodes back', async () => {
+    const contacts = ['c-1', 'a b/c?d=e&f', 'Zoë 🦊', 'tab\there', 'line\r\nbreak', '%41', "~._-!*'()"];
+    for (const contact of contacts) {
+      const headers = await buildRequestHeaders({
+        deliveryId: 'd',
+        externalCustomerId: contact,
+        body: '[]',
+        timestampSeconds: 1,
+      });
+      const value = headers[CONTACT_HEADER] ?? '';
+      expect(value).toMatch(/^[A-Za-z0-9._~%-]+$/);
+      expect(decodeURIComponent(value)).toBe(contact);
+    }
+    expect(percentEncode('Zoë')).toBe('Zo%C3%AB');
+    // A lone surrogate (not in any valid input) still encodes, as U+FFFD.
+    expect(percentEncode('\ud800')).toBe('%EF%BF%BD');
   });
 
   it('adds Basic auth and the signature when configured', async () => {
     const headers = await buildRequestHeaders({
       deliveryId: VECTOR.msgId,
+      externalCustomerId: 'c-1',
       body: VECTOR.payload,
       timestampSeconds: VECTOR.timestamp,
       auth: { type: 'basic', username: 'Aladdin', password: 'open sesame' },
@@ -158,11 +187,16 @@ describe('buildRequestHeaders', () => {
   });
 
   it('rejects an empty delivery id and a bad timestamp', async () => {
-    await expect(buildRequestHeaders({ deliveryId: '', body: '[]', timestampSeconds: 1 })).rejects.toMatchObject({
+    const input = { deliveryId: 'd', externalCustomerId: 'c', body: '[]', timestampSeconds: 1 };
+    await expect(buildRequestHeaders({ ...input, deliveryId: '' })).rejects.toMatchObject({
       code: 'invalid_argument',
       message: 'deliveryId must not be empty',
     });
-    await expect(buildRequestHeaders({ deliveryId: 'd', body: '[]', timestampSeconds: 1.5 })).rejects.toMatchObject({
+    await expect(buildRequestHeaders({ ...input, externalCustomerId: '' })).rejects.toMatchObject({
+      code: 'invalid_argument',
+      message: 'externalCustomerId must not be empty',
+    });
+    await expect(buildRequestHeaders({ ...input, timestampSeconds: 1.5 })).rejects.toMatchObject({
       code: 'invalid_argument',
     });
   });

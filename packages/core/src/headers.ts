@@ -15,6 +15,13 @@ export const DELIVERY_ID_HEADER = 'webhook-id';
 export const TIMESTAMP_HEADER = 'webhook-timestamp';
 /** `v1,<base64 HMAC-SHA256>` when the webhook has a signing secret. */
 export const SIGNATURE_HEADER = 'webhook-signature';
+/**
+ * The contact the list is for: its externalCustomerId, percent-encoded UTF-8 (RFC 3986; unreserved characters as
+ * they are). The body names the contact in each message, but the empty list `[]` (every message of the contact
+ * expired) names nobody, and a receiver that replaces its copy of the contact needs to know whose copy it is.
+ * Not covered by `webhook-signature`, which signs the id, the timestamp and the body (Standard Webhooks).
+ */
+export const CONTACT_HEADER = 'app-inbox-contact';
 /** The User-Agent of every request. */
 export const USER_AGENT = `app-inbox-webhooks/${VERSION}`;
 
@@ -91,10 +98,25 @@ export async function signStandardWebhook(
   return `v1,${bytesToBase64(new Uint8Array(mac))}`;
 }
 
+const UNRESERVED = /^[A-Za-z0-9._~-]*$/;
+
+/** RFC 3986 percent-encoding of the UTF-8 bytes of `value`, unreserved characters left as they are. */
+export function percentEncode(value: string): string {
+  if (UNRESERVED.test(value)) return value;
+  let out = '';
+  for (const byte of utf8.encode(value)) {
+    const char = String.fromCharCode(byte);
+    out += UNRESERVED.test(char) ? char : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
 /** Input of {@link buildRequestHeaders}. */
 export interface RequestHeadersInput {
   /** The delivery's stable id (same on every retry). */
   deliveryId: string;
+  /** The contact of the delivery (the {@link CONTACT_HEADER} header). */
+  externalCustomerId: string;
   /** The exact body that is sent. */
   body: string | Uint8Array;
   /** Unix time of this attempt (seconds, integer). */
@@ -107,12 +129,13 @@ export interface RequestHeadersInput {
 
 /**
  * The headers of one attempt, names in lower case: `content-type: application/json`, `user-agent`,
- * `webhook-id`, `webhook-timestamp`, plus `authorization` with Basic auth and `webhook-signature` with a
- * signing secret.
+ * `webhook-id`, `webhook-timestamp`, `app-inbox-contact`, plus `authorization` with Basic auth and
+ * `webhook-signature` with a signing secret.
  * @see SPEC §4 (POST, JSON, stable delivery identifier)
  */
 export async function buildRequestHeaders(input: RequestHeadersInput): Promise<Record<string, string>> {
   if (input.deliveryId === '') throw new CoreError('invalid_argument', 'deliveryId must not be empty');
+  if (input.externalCustomerId === '') throw new CoreError('invalid_argument', 'externalCustomerId must not be empty');
   if (!Number.isSafeInteger(input.timestampSeconds) || input.timestampSeconds < 0) {
     throw new CoreError('invalid_argument', 'timestampSeconds must be a non-negative integer');
   }
@@ -121,6 +144,7 @@ export async function buildRequestHeaders(input: RequestHeadersInput): Promise<R
     'user-agent': USER_AGENT,
     [DELIVERY_ID_HEADER]: input.deliveryId,
     [TIMESTAMP_HEADER]: String(input.timestampSeconds),
+    [CONTACT_HEADER]: percentEncode(input.externalCustomerId),
   };
   if (input.auth !== undefined) headers.authorization = basicAuthorization(input.auth.username, input.auth.password);
   if (input.signingSecret !== undefined) {

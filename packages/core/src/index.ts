@@ -65,6 +65,7 @@ export {
 export type { BackoffOptions, DecideRetryInput, RetryDecision } from './backoff.js';
 
 export {
+  CONTACT_HEADER,
   DELIVERY_ID_HEADER,
   TIMESTAMP_HEADER,
   SIGNATURE_HEADER,
@@ -72,6 +73,7 @@ export {
   basicAuthorization,
   buildRequestHeaders,
   bytesToBase64,
+  percentEncode,
   signStandardWebhook,
 } from './headers.js';
 export type { RequestHeadersInput } from './headers.js';

@@ -12,7 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type Express, type Request, type Response } from 'express';
-import { DELIVERY_ID_HEADER, type AppInboxMessage } from '@app-inbox/core';
+import { CONTACT_HEADER, DELIVERY_ID_HEADER, type AppInboxMessage } from '@app-inbox/core';
 import { checkCredentials, redactHeaders } from './auth.js';
 import {
   checkBody,
@@ -150,6 +150,21 @@ async function wait(ms: number, signal: AbortSignal): Promise<boolean> {
 function headerValue(req: IncomingMessage, name: string): string | undefined {
   const value = req.headers[name];
   return Array.isArray(value) ? value.join(', ') : value;
+}
+
+/**
+ * The contact of an empty list: the `app-inbox-contact` header, percent-decoded (the body `[]` names nobody);
+ * undefined when the body is anything else, or the header is missing or not valid percent-encoded UTF-8.
+ */
+function emptyListContact(req: IncomingMessage, body: ParsedBody): string | undefined {
+  if (body.kind !== 'json' || !Array.isArray(body.value) || body.value.length > 0) return undefined;
+  const raw = headerValue(req, CONTACT_HEADER);
+  if (raw === undefined || raw === '') return undefined;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return undefined;
+  }
 }
 
 function errorSlug(status: number): string {
@@ -387,7 +402,8 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     const body: ParsedBody =
       read.state === 'too_large' ? { kind: 'too_large', limitBytes: resolved.maxBodyBytes } : parseBody(read.bytes);
     const bodyCheck = checkBody(body, resolved.strict);
-    const contacts = contactsOf(body);
+    const emptyFor = emptyListContact(req, body);
+    const contacts = emptyFor === undefined ? contactsOf(body) : [emptyFor];
     const deliveryId = headerValue(req, DELIVERY_ID_HEADER) ?? null;
     const contract = decide(
       {
@@ -416,7 +432,8 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
       recorded = true;
       let accepted: Map<string, AppInboxMessage[]> | undefined;
       if (outcome === 'answered' && status !== null && status >= 200 && status < 300 && bodyCheck.ok) {
-        accepted = groupByContact(bodyCheck.messages);
+        // An empty list accepted for a contact empties its copy, as the sender means it to.
+        accepted = emptyFor === undefined ? groupByContact(bodyCheck.messages) : new Map([[emptyFor, []]]);
       }
       const text =
         body.kind === 'json' || read.total === 0 ? undefined : read.bytes.subarray(0, BODY_TEXT_LIMIT).toString('utf8');

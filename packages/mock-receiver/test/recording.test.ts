@@ -177,6 +177,24 @@ describe('recording', () => {
     });
   });
 
+  it('an empty list empties the copy of the contact its app-inbox-contact header names, and only that one', async () => {
+    const receiver = await startReceiver();
+    const contact = 'Zoë 1';
+    await post(receiver, { deliveryId: 'd-1', body: messages(contact, 2) });
+    await post(receiver, { deliveryId: 'd-2', body: [message('bob')] });
+    await post(receiver, { deliveryId: 'd-3', body: [], headers: { 'app-inbox-contact': 'Zo%C3%AB%201' } });
+    // Without the header, or with one that does not decode, an empty list names nobody: nothing changes.
+    await post(receiver, { deliveryId: 'd-4', body: [] });
+    await post(receiver, { deliveryId: 'd-5', body: [], headers: { 'app-inbox-contact': 'bob%E0%A4%A' } });
+
+    expect(receiver.records.lastAccepted(contact)).toMatchObject({ deliveryId: 'd-3', messages: [] });
+    expect(receiver.records.lastAccepted('bob')?.deliveryId).toBe('d-2');
+    expect(receiver.records.list({ externalCustomerId: contact }).map((r) => r.deliveryId)).toEqual(['d-1', 'd-3']);
+    expect(receiver.records.list().map((r) => r.externalCustomerIds)).toEqual([[contact], ['bob'], [contact], [], []]);
+    const viaHttp = await getJson(receiver, `/__contacts/${encodeURIComponent(contact)}`);
+    expect(viaHttp).toMatchObject({ status: 200, json: { deliveryId: 'd-3', messages: [] } });
+  });
+
   it('a forced 2xx with a valid list counts as accepted; a forced error does not', async () => {
     const receiver = await startReceiver({ rules: [{ answers: [{ status: 500 }, { status: 202 }] }] });
     await post(receiver, { body: [message('c-1')] });

@@ -654,6 +654,7 @@ export class DeliveryEngine {
     const startedAt = this.#clock();
     const headers = await buildRequestHeaders({
       deliveryId: delivery.id,
+      externalCustomerId: delivery.externalCustomerId,
       body,
       timestampSeconds: Math.floor(startedAt / 1000),
       ...(webhook.auth ? { auth: webhook.auth } : {}),

@@ -120,6 +120,7 @@ describe('DeliveryEngine', () => {
     const [req] = r.requests;
     expect(webhookId(req)).toBe(deliveryId);
     expect(req?.headers['content-type']).toBe('application/json');
+    expect(req?.headers['app-inbox-contact']).toBe('c1');
     expect(req?.headers.authorization).toBe(`Basic ${Buffer.from('u:pw').toString('base64')}`);
     expect(ids(req)).toEqual([newer.id, older.id]);
     expect(outcome).toMatchObject({
@@ -388,16 +389,18 @@ describe('DeliveryEngine', () => {
     expect(ids(r.requests[0])).toEqual([msgs[2]?.id, msgs[1]?.id]);
   });
 
-  it('sends an empty list to a contact with no available messages', async () => {
+  it('sends an empty list to a contact with no available messages, naming the contact in a header', async () => {
     const store = await newStore();
     const r = await receiver();
     await webhook(store, 'acc', r.url);
-    const [delivery] = await store.resync('acc', ['ghost'], Date.now());
+    const [delivery] = await store.resync('acc', ['ghost of Zoë'], Date.now());
     const outcomes = collectOutcomes(store);
     engine(store).start();
     const outcome = await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered');
     expect(r.requests[0]?.body.toString('utf8')).toBe('[]');
     expect(webhookId(r.requests[0])).toBe(delivery?.deliveryId);
+    // The body names nobody: without the header a receiver could not tell whose copy to empty.
+    expect(r.requests[0]?.headers['app-inbox-contact']).toBe('ghost%20of%20Zo%C3%AB');
     expect(outcome.messageIds).toEqual([]);
   });
 

@@ -246,6 +246,25 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(listsOf('ttl')[2]?.map((m) => m.id)).toEqual([lasting.id]);
   });
 
+  it("empties the receiver's copy of a contact whose messages all expired: [] with the contact in a header", async () => {
+    const acc = await account();
+    const contact = 'all expired é';
+    const shortLived = inboxMessage(contact, { expiresAtMs: Date.now() + 300 });
+    const first = await t.clients.publishMessages({ accountId: acc, messages: [shortLived] });
+    await deliveryIn(t.clients, first.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    expect(receiver.records.lastAccepted(contact)?.messages.map((m) => m.id)).toEqual([shortLived.id]);
+    await new Promise((r) => setTimeout(r, Math.max(0, (shortLived.expiresAtMs ?? 0) - Date.now() + 50)));
+
+    const resync = await t.clients.resyncContacts({ accountId: acc, externalCustomerIds: [contact], all: false });
+    const deliveryId = resync.deliveries[0]?.deliveryId ?? '';
+    await deliveryIn(t.clients, deliveryId, DELIVERED);
+    const request = await receiver.records.waitFor((r) => r.deliveryId === deliveryId);
+    expect(request.body).toEqual([]);
+    // The body names nobody; the header does, and the receiver's copy of that contact is now empty.
+    expect(request.headers['app-inbox-contact']).toBe(encodeURIComponent(contact));
+    expect(receiver.records.lastAccepted(contact)).toMatchObject({ deliveryId, messages: [] });
+  });
+
   it('answers FAILED_PRECONDITION for an account without a webhook, NOT_FOUND on reads', async () => {
     const acc = accountId('nohook');
     const failed = await failure(t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('c')] }));
