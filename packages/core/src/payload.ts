@@ -70,8 +70,8 @@ export interface PayloadContact {
 /** Input of {@link buildPayload}. */
 export interface BuildPayloadInput {
   /**
-   * The contacts that go into this one request, in this order. The server's `contactsPerRequest`
-   * setting (default 1, one contact per request) decides how many.
+   * The contacts that go into this one request, in this order. The server sends one contact per request
+   * (a delivery is one contact's list, named by the `app-inbox-contact` header).
    */
   contacts: ReadonlyArray<PayloadContact>;
   /** The clock, ms since the epoch; messages with `expiresAt <= now` are left out. */

@@ -212,12 +212,13 @@ function buildReply(
 }
 
 function intParam(value: unknown, field: string, violations: { field: string; description: string }[]) {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'string' || !/^\d{1,15}$/.test(value)) {
+  const text = stringParam(value, field, violations);
+  if (text === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(text)) {
     violations.push({ field, description: 'must be a non-negative integer' });
     return undefined;
   }
-  return Number(value);
+  return Number(text);
 }
 
 function stringParam(value: unknown, field: string, violations: { field: string; description: string }[]) {

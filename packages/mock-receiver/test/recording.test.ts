@@ -92,6 +92,9 @@ describe('recording', () => {
       'status',
       'limit',
     ]);
+    const repeated = await getJson(receiver, '/__received?limit=5&limit=6');
+    expect(repeated.status).toBe(400);
+    expect(repeated.json).toMatchObject({ violations: [{ field: 'limit', description: 'must be given once' }] });
   });
 
   it('answers 400 with JSON, not 500, for a path parameter with a malformed percent-escape', async () => {
