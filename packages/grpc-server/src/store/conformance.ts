@@ -780,6 +780,38 @@ export function storeConformanceSuite(
         const exact = await store.listDeliveries({ accountId: acct, externalCustomerId: 'c00' }, 1, null);
         expect(exact.nextCursor).toBeNull();
       });
+
+      it('takes a cursor only with the filter it was made for (AIP-158), states in any order', async () => {
+        const a = await withWebhook();
+        const b = await withWebhook();
+        const [a1, a2] = [await publishOne(a, 'c1'), await publishOne(a, 'c2')];
+        const [b1, b2] = [await publishOne(b, 'c1'), await publishOne(b, 'c2')];
+        const ofB = await store.listDeliveries({ accountId: b }, 1, null);
+        expect(ofB.deliveries.map((d) => d.id)).toEqual([b2.deliveryId]);
+        // B's cursor positions after b2, which is newer than a1 and a2: with A's filter it would skip both.
+        for (const other of [
+          { accountId: a },
+          { accountId: b, externalCustomerId: 'c1' },
+          { accountId: b, states: ['failed' as const] },
+          {},
+          { accountId: `acct-${randomUUID()}` }, // an account with no deliveries at all
+        ]) {
+          await expect(store.listDeliveries(other, 10, ofB.nextCursor), JSON.stringify(other)).rejects.toMatchObject({
+            code: 'invalid_argument',
+            message: expect.stringContaining('cursor'),
+          });
+        }
+        const next = await store.listDeliveries({ accountId: b }, 10, ofB.nextCursor);
+        expect(next.deliveries.map((d) => d.id)).toEqual([b1.deliveryId]);
+        // The same states, in another order or repeated, are the same listing.
+        const byStates = await store.listDeliveries({ accountId: a, states: ['pending', 'failed'] }, 1, null);
+        const rest = await store.listDeliveries(
+          { accountId: a, states: ['failed', 'pending', 'failed'] },
+          10,
+          byStates.nextCursor,
+        );
+        expect([...byStates.deliveries, ...rest.deliveries].map((d) => d.id)).toEqual([a2.deliveryId, a1.deliveryId]);
+      });
     });
 
     // ------------------------------------------------------------ replay

@@ -2,10 +2,18 @@
  * Pieces both engines share: ids, cursors, argument checks, row mapping and the outcome fan-out.
  * Both engines use the same column names, so one mapper reads a row of either.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import { StoreError } from './errors.js';
-import type { Attempt, AttemptResult, Delivery, DeliveryOutcome, DeliveryState, WebhookRecord } from './types.js';
+import type {
+  Attempt,
+  AttemptResult,
+  Delivery,
+  DeliveryFilter,
+  DeliveryOutcome,
+  DeliveryState,
+  WebhookRecord,
+} from './types.js';
 
 /** One versioned schema change; `sql` runs as one script inside the migration transaction. */
 export interface Migration {
@@ -49,17 +57,60 @@ export function newDeliveryId(now: number): string {
   return `${ts.slice(0, 8)}-${ts.slice(8, 12)}-7${random.slice(15)}`;
 }
 
-const CURSOR_PREFIX = 'd1:';
+/**
+ * Cursors of version 2 carry a digest of the filter they were made for (AIP-158: a page token is good only for
+ * the listing that gave it). Version 1 (`d1:<seq>`) had the position only, so a token of one filter was taken
+ * with another and silently skipped that listing's rows newer than the position.
+ */
+const CURSOR_V2 = 'd2:';
+/**
+ * Version 1 cursors are still read, without a filter check (a choice): during a rolling upgrade a client paging
+ * through a listing may get its next page from an upgraded process, and refusing the old process's token would
+ * break every listing in flight. Such a token is as unchecked as it always was. The reverse (a d2 token read by
+ * a process of the previous release) is refused there as malformed: the client starts its listing again. This
+ * branch can go once no process of the previous release runs (a d1 token kept past that is then refused).
+ */
+const CURSOR_V1 = 'd1:';
+const CURSOR_V2_TEXT = /^d2:(\d{1,16}):([\w-]{11})$/;
 
-/** An opaque cursor: the sequence number of the last delivery of the page (pages go newest first). */
-export function encodeCursor(seq: number): string {
-  return Buffer.from(`${CURSOR_PREFIX}${seq}`, 'utf8').toString('base64url');
+/**
+ * A short digest of everything a listing is filtered by (states in any order and repeated mean the same):
+ * 66 bits of SHA-256, enough to tell the listings of one caller apart. Not a secret nor a signature: a caller
+ * could make a token for another filter, but a token only positions a listing whose rows the caller's own
+ * filter already selects.
+ */
+function filterDigest(filter: DeliveryFilter): string {
+  const states = [...new Set(filter.states ?? [])].sort();
+  const canonical = JSON.stringify([filter.accountId ?? null, filter.externalCustomerId ?? null, states]);
+  return createHash('sha256').update(canonical, 'utf8').digest('base64url').slice(0, 11);
 }
 
-/** Reads a cursor of {@link encodeCursor}; a malformed one is an `invalid_argument` naming `cursor`. */
-export function decodeCursor(cursor: string): number {
+/**
+ * An opaque cursor: the sequence number of the last delivery of the page (pages go newest first) and the
+ * digest of the listing's `filter`.
+ */
+export function encodeCursor(seq: number, filter: DeliveryFilter): string {
+  return Buffer.from(`${CURSOR_V2}${seq}:${filterDigest(filter)}`, 'utf8').toString('base64url');
+}
+
+/**
+ * Reads a cursor of {@link encodeCursor} for a listing of `filter`; a malformed one, or one made for another
+ * filter, is an `invalid_argument` naming `cursor`.
+ */
+export function decodeCursor(cursor: string, filter: DeliveryFilter): number {
   const text = Buffer.from(cursor, 'base64url').toString('utf8');
-  const seq = text.startsWith(CURSOR_PREFIX) ? Number(text.slice(CURSOR_PREFIX.length)) : NaN;
+  let seq = NaN;
+  if (text.startsWith(CURSOR_V2)) {
+    const match = CURSOR_V2_TEXT.exec(text);
+    if (match !== null) {
+      if (match[2] !== filterDigest(filter)) {
+        throw new StoreError('invalid_argument', 'cursor: returned by a listDeliveries with another filter');
+      }
+      seq = Number(match[1]);
+    }
+  } else if (text.startsWith(CURSOR_V1)) {
+    seq = Number(text.slice(CURSOR_V1.length));
+  }
   if (!Number.isSafeInteger(seq) || seq < 0) {
     throw new StoreError('invalid_argument', 'cursor: not a cursor returned by listDeliveries');
   }

@@ -168,7 +168,7 @@ export interface DeliveryFilter {
 
 export interface DeliveryPage {
   deliveries: Delivery[];
-  /** Opaque cursor of the next page, null at the end. */
+  /** Opaque cursor of the next page, null at the end; `listDeliveries` takes it only with the same filter. */
   nextCursor: string | null;
 }
 

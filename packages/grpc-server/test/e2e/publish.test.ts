@@ -414,6 +414,41 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(badToken.rich?.badRequest?.fieldViolations.map((v) => v.field)).toEqual(['page_token']);
   });
 
+  it('refuses a page_token of a listing with another filter (AIP-158), which skipped rows', async () => {
+    const accA = await account();
+    const accB = accountId();
+    await t.clients.upsertWebhook({ accountId: accB, url: `${receiver.url}/in`, signingSecret: '' });
+    const published = [
+      await t.clients.publishMessages({ accountId: accA, messages: ['a1', 'a2', 'a3'].map((c) => inboxMessage(c)) }),
+      await t.clients.publishMessages({ accountId: accB, messages: ['b1', 'b2', 'b3'].map((c) => inboxMessage(c)) }),
+    ];
+    for (const d of published.flatMap((p) => p.deliveries)) await deliveryIn(t.clients, d.deliveryId, DELIVERED);
+    const list = (filter: { accountId?: string; externalCustomerId?: string; states?: DeliveryState[] }, token = '') =>
+      t.clients.listDeliveries({ externalCustomerId: '', states: [], ...filter, pageSize: 1, pageToken: token });
+
+    // B's token positions after B's newest delivery, newer than all of A's: with A's filter it skipped them all.
+    const pageB = await list({ accountId: accB });
+    expect(pageB.nextPageToken).not.toBe('');
+    for (const other of [
+      { accountId: accA },
+      { accountId: accB, externalCustomerId: 'b1' },
+      { accountId: accB, states: [DeliveryState.DELIVERY_STATE_FAILED] },
+      {},
+    ]) {
+      const mixed = await failure(list(other, pageB.nextPageToken));
+      expect(mixed.code, JSON.stringify(other)).toBe(status.INVALID_ARGUMENT);
+      expect(mixed.rich?.badRequest?.fieldViolations.map((v) => [v.field, v.description])).toEqual([
+        ['page_token', 'is not a token from a previous page of this listing'],
+      ]);
+    }
+    // With its own filter the token goes on (states in another order are the same filter).
+    expect((await list({ accountId: accB }, pageB.nextPageToken)).deliveries).toHaveLength(1);
+    const states = [DeliveryState.DELIVERY_STATE_DELIVERED, DeliveryState.DELIVERY_STATE_FAILED];
+    const first = await list({ accountId: accA, states });
+    const second = await list({ accountId: accA, states: [...states].reverse() }, first.nextPageToken);
+    expect([...first.deliveries, ...second.deliveries].map((d) => d.externalCustomerId)).toEqual(['a3', 'a2']);
+  });
+
   it('cuts a page of deliveries with many message ids to what a default client can receive, losing none', async () => {
     // Twelve deliveries of 10,000 message ids each (~380 KB apiece) in one page of 100 were over grpc-js's default
     // 4 MiB receive limit: RESOURCE_EXHAUSTED, and no token to go on.

@@ -1295,6 +1295,7 @@ export class PostgresStore implements Store {
 
   async listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage> {
     assertInt('limit', limit, 1, MAX_PAGE_SIZE);
+    const after = cursor === null ? null : decodeCursor(cursor, filter);
     const where: string[] = [];
     const params: unknown[] = [];
     const param = (value: unknown): string => {
@@ -1313,7 +1314,7 @@ export class PostgresStore implements Store {
       });
       where.push(`d.state = ANY(${param([...filter.states])}::text[])`);
     }
-    if (cursor !== null) where.push(`d.seq < ${param(decodeCursor(cursor))}`);
+    if (after !== null) where.push(`d.seq < ${param(after)}`);
     const { rows } = await this.#query<DeliveryRow>(
       `SELECT ${DELIVERY_COLUMNS} FROM deliveries d ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
        ORDER BY d.seq DESC LIMIT ${param(limit + 1)}`,
@@ -1323,7 +1324,7 @@ export class PostgresStore implements Store {
     const last = page[page.length - 1];
     return {
       deliveries: page.map(deliveryFromRow),
-      nextCursor: rows.length > limit && last !== undefined ? encodeCursor(Number(last.seq)) : null,
+      nextCursor: rows.length > limit && last !== undefined ? encodeCursor(Number(last.seq), filter) : null,
     };
   }
 

@@ -776,6 +776,8 @@ export class SqliteStore implements Store {
 
   async listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage> {
     assertInt('limit', limit, 1, MAX_PAGE_SIZE);
+    // Read first: a token of another listing is refused even when this one is empty (an unknown account).
+    const after = cursor === null ? null : decodeCursor(cursor, filter);
     const where: string[] = [];
     const params: unknown[] = [];
     if (filter.accountId !== undefined) {
@@ -796,9 +798,9 @@ export class SqliteStore implements Store {
       where.push(`state IN (${filter.states.map(() => '?').join(', ')})`);
       params.push(...filter.states);
     }
-    if (cursor !== null) {
+    if (after !== null) {
       where.push('seq < ?');
-      params.push(decodeCursor(cursor));
+      params.push(after);
     }
     const rows = this.#q(
       `SELECT ${DELIVERY_COLUMNS} FROM deliveries ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
@@ -808,7 +810,7 @@ export class SqliteStore implements Store {
     const last = page[page.length - 1];
     return {
       deliveries: page.map((row) => this.#delivery(row)),
-      nextCursor: rows.length > limit && last !== undefined ? encodeCursor(Number(last.seq)) : null,
+      nextCursor: rows.length > limit && last !== undefined ? encodeCursor(Number(last.seq), filter) : null,
     };
   }
 
