@@ -243,7 +243,11 @@ export interface ListDeliveriesRequest {
    * a delivery carries its message ids, up to 10,000 of them.
    */
   pageSize: number;
-  /** `next_page_token` of the previous page; empty for the first page. */
+  /**
+   * `next_page_token` of the previous page; empty for the first page. Good only with the same account_id,
+   * external_customer_id and states (in any order) as that page's request (AIP-158); with another filter it is
+   * INVALID_ARGUMENT on `page_token`. page_size may change from page to page.
+   */
   pageToken: string;
 }
 
