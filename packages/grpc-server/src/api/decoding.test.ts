@@ -1,12 +1,19 @@
 import { status, type ServerUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { describe, expect, it } from 'vitest';
-import { decodeFailuresAsInvalidArgument, describeUndecodable } from './decoding.js';
+import { decodeFailuresAsInvalidArgument, decodeStrictly, describeUndecodable } from './decoding.js';
 import { decodeStatusDetails } from './errors.js';
-import { MessageServiceService, PublishMessagesRequest, type InboxMessage } from '../gen/app_inbox/v1/message.js';
-import { UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
+import { DeliveryServiceService } from '../gen/app_inbox/v1/delivery.js';
+import {
+  MessageServiceService,
+  PublishMessagesRequest,
+  ResyncContactsRequest,
+  type InboxMessage,
+} from '../gen/app_inbox/v1/message.js';
+import { UpsertWebhookRequest, WebhookServiceService } from '../gen/app_inbox/v1/webhook.js';
 
 const PUBLISH = '/app_inbox.v1.MessageService/PublishMessages';
+const RESYNC = '/app_inbox.v1.MessageService/ResyncContacts';
 const UPSERT = '/app_inbox.v1.WebhookService/UpsertWebhook';
 
 /** A 64-bit value the generated encoder writes as given (it takes bigints too). */
@@ -28,6 +35,18 @@ function publishBytes(messages: InboxMessage[]): Uint8Array {
   return PublishMessagesRequest.encode({ accountId: 'acct', messages }).finish();
 }
 
+/**
+ * `bytes` with the first string of one ASCII character `from` replaced by `to` (not UTF-8 when 0x80-0xFF).
+ * A string of one byte is `<tag> 01 <byte>`; `tag` is the field's (field 1: 0x0a).
+ */
+function withByte(bytes: Uint8Array, tag: number, from: string, to: number): Uint8Array {
+  const copy = Uint8Array.from(bytes);
+  const at = Buffer.from(copy).indexOf(Buffer.from([tag, 0x01, from.charCodeAt(0)]));
+  if (at < 0) throw new Error(`no one-byte string ${from} in the bytes`);
+  copy[at + 2] = to;
+  return copy;
+}
+
 describe('describeUndecodable', () => {
   it('names the 64-bit field a JavaScript number cannot hold, with its index', () => {
     const bytes = publishBytes([message(), message(), message({ expiresAtMs: big(2n ** 60n) })]);
@@ -45,6 +64,29 @@ describe('describeUndecodable', () => {
       defaultMessageTtlSeconds: big(2n ** 53n),
     }).finish();
     expect(describeUndecodable(UPSERT, upsert)[0]?.field).toBe('default_message_ttl_seconds');
+  });
+
+  it('names the string field that is not UTF-8, nested and repeated ones with their index', () => {
+    const publish = withByte(
+      publishBytes([message(), message({ externalCustomerId: '\u0001' })]),
+      0x0a,
+      '\u0001',
+      0xff,
+    );
+    expect(describeUndecodable(PUBLISH, publish)).toEqual([
+      { field: 'messages[1].external_customer_id', description: expect.stringContaining('not valid UTF-8') },
+    ]);
+    // A lone continuation byte, an overlong encoding and a UTF-16 surrogate are not UTF-8 either.
+    const resync = ResyncContactsRequest.encode({
+      accountId: 'a',
+      externalCustomerIds: ['x', 'y', 'z'],
+      all: false,
+    }).finish();
+    for (const bad of [0x80, 0xc0, 0xed]) {
+      expect(describeUndecodable(RESYNC, withByte(resync, 0x12, 'z', bad))[0]?.field).toBe('external_customer_ids[2]');
+    }
+    const title = withByte(publishBytes([message({ title: '\u0002' })]), 0x22, '\u0002', 0xfe);
+    expect(describeUndecodable(PUBLISH, title)[0]?.field).toBe('messages[0].title');
   });
 
   it('skips unknown fields and says "not protobuf" for bytes that do not parse', () => {
@@ -86,6 +128,53 @@ describe('decodeFailuresAsInvalidArgument', () => {
 
   it('hands a decodable request to the handler unchanged', async () => {
     expect(await call(publishBytes([message(), message()]))).toEqual({ error: null, response: { handled: 2 } });
+  });
+
+  it('decodes UTF-8 text as it is, a leading U+FEFF included, in one pass', async () => {
+    const text = ['\uFEFFc', 'Zoë 😀', 'x'.repeat(100_000) + 'é'];
+    const bytes = publishBytes(text.map((externalCustomerId) => message({ externalCustomerId })));
+    const decoded = definition.publishMessages!.requestDeserialize(Buffer.from(bytes)) as PublishMessagesRequest;
+    expect(decoded.messages.map((m) => m.externalCustomerId)).toEqual(text);
+  });
+
+  it('refuses a string that is not UTF-8 (the generated decoder put U+FFFD in its place), naming it', async () => {
+    // Two contacts, bytes FF and FE: both were read as "\uFFFD", one contact.
+    const bytes = withByte(
+      withByte(
+        publishBytes([message({ externalCustomerId: '\u0001' }), message({ externalCustomerId: '\u0002' })]),
+        0x0a,
+        '\u0001',
+        0xff,
+      ),
+      0x0a,
+      '\u0002',
+      0xfe,
+    );
+    expect(PublishMessagesRequest.decode(bytes).messages.map((m) => m.externalCustomerId)).toEqual([
+      '\uFFFD',
+      '\uFFFD',
+    ]);
+    const { error } = await call(bytes);
+    expect(error?.code).toBe(status.INVALID_ARGUMENT);
+    const rich = decodeStatusDetails(error?.metadata);
+    expect(rich?.badRequest?.fieldViolations.map((v) => v.field)).toEqual(['messages[0].external_customer_id']);
+  });
+
+  it('decodes the request of every method of every service strictly', () => {
+    // Field 1 of every request is a string (an account or delivery id).
+    const notUtf8 = Buffer.from([0x0a, 0x01, 0xff]);
+    const methods = [WebhookServiceService, MessageServiceService, DeliveryServiceService].flatMap((service) =>
+      Object.values(service),
+    );
+    expect(methods).toHaveLength(9);
+    for (const method of methods) {
+      expect(() => method.requestDeserialize(notUtf8), method.path).not.toThrow(); // lenient: U+FFFD
+      expect(() => decodeStrictly(method, notUtf8), method.path).toThrow(TypeError);
+      expect(describeUndecodable(method.path, notUtf8)[0]?.description, method.path).toContain('UTF-8');
+      expect(decodeStrictly(method, Buffer.from([0x0a, 0x02, 0xc3, 0xa9])), method.path).toEqual(
+        method.requestDeserialize(Buffer.from([0x0a, 0x02, 0xc3, 0xa9])),
+      );
+    }
   });
 
   it('answers INVALID_ARGUMENT with a BadRequest instead of throwing in the deserializer', async () => {

@@ -2,12 +2,13 @@
  * Requests that cannot be decoded are the caller's fault: INVALID_ARGUMENT naming the field, not INTERNAL.
  *
  * grpc-js answers `INTERNAL: Error deserializing request` whenever a service's `requestDeserialize` throws,
- * whatever the thrown error says (server-interceptors.ts, grpc-js 1.14). Two things make the generated
+ * whatever the thrown error says (server-interceptors.ts, grpc-js 1.14). Three things make the generated
  * (ts-proto, `forceLong=number`) decoders throw: a 64-bit integer field beyond ±(2^53 − 1), which a
- * JavaScript number cannot hold (e.g. `created_date: 2^63 − 1`), and bytes that are not protobuf at all.
- * So the wrapped deserializer never throws: it hands the handler a marker, and the wrapped handler answers
- * INVALID_ARGUMENT with a `google.rpc.BadRequest`, the field path found by walking the wire bytes with the
- * message's descriptor (from the same .proto files the code was generated from).
+ * JavaScript number cannot hold (e.g. `created_date: 2^63 − 1`), a string field that is not UTF-8 (see
+ * {@link decodeStrictly}: only because requests are decoded here with a strict UTF-8 decoder), and bytes that
+ * are not protobuf at all. So the wrapped deserializer never throws: it hands the handler a marker, and the
+ * wrapped handler answers INVALID_ARGUMENT with a `google.rpc.BadRequest`, the field path found by walking the
+ * wire bytes with the message's descriptor (from the same .proto files the code was generated from).
  * @see CONVENTIONS §6 (typed errors; bad input gets a clear error naming the field)
  */
 import { fileURLToPath } from 'node:url';
@@ -56,6 +57,39 @@ interface MessageDescriptor {
   field: FieldDescriptor[];
 }
 
+/**
+ * proto3 string fields hold UTF-8. The generated decoders' default (`TextDecoder` without `fatal`) puts U+FFFD
+ * in place of bytes that are not, so two different contact ids (bytes FF and FE) became the same contact.
+ * This one throws instead. `ignoreBOM`: a leading U+FEFF is text, as in the default decoder.
+ */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const decodeUtf8Strictly = (bytes: Uint8Array): string => strictUtf8.decode(bytes);
+
+/**
+ * `method`'s request decoded from `bytes` with strict UTF-8 strings, in the one pass of the generated decoder:
+ * ts-proto's `requestDeserialize` is `(value) => Request.decode(value)`, and `decode` reads from a
+ * `BinaryReader` it is given (the generated code's own way of decoding nested messages), so the reader is
+ * handed to it in place of the bytes. Throws where the generated decoder would, and on a string that is not
+ * UTF-8. The reader must end at the end of the bytes: a deserializer that did not read from it (another code
+ * generator) would fail every request here, in every test, rather than go on decoding strings leniently.
+ */
+export function decodeStrictly(method: MethodDefinition<unknown, unknown>, bytes: Uint8Array): unknown {
+  const reader = new BinaryReader(bytes, decodeUtf8Strictly);
+  const request = method.requestDeserialize(reader as unknown as Buffer);
+  if (reader.pos !== reader.len) throw new Error(`${method.path}: the request decoder did not read its bytes`);
+  return request;
+}
+
+/** Whether `bytes` are UTF-8. */
+function isUtf8(bytes: Uint8Array): boolean {
+  try {
+    strictUtf8.decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const SIXTY_FOUR_BIT: Readonly<Record<string, (r: BinaryReader) => bigint | string>> = {
   TYPE_INT64: (r) => r.int64(),
   TYPE_UINT64: (r) => r.uint64(),
@@ -87,17 +121,21 @@ function unsafe(value: bigint | string): boolean {
   return n > MAX_SAFE || n < -MAX_SAFE;
 }
 
+const UNSAFE_INTEGER = `must be an integer from -${Number.MAX_SAFE_INTEGER} to ${Number.MAX_SAFE_INTEGER} (2^53 - 1)`;
+const NOT_UTF8 = 'must be UTF-8 text (a protobuf string): these bytes are not valid UTF-8';
+
 /**
- * The path (proto field names, `messages[3].created_date`) of the first 64-bit integer field whose value a
- * JavaScript number cannot hold, or null when there is none (or the bytes do not parse).
+ * The first field the generated decoders refuse, with why, or null when there is none (or the bytes do not
+ * parse): a 64-bit integer whose value a JavaScript number cannot hold, or a string that is not UTF-8. The
+ * field is named by its path (proto field names, `messages[3].created_date`).
  */
-export function findUnsafeInteger(
+export function findUndecodableField(
   bytes: Uint8Array,
   descriptor: MessageDescriptor,
   packageName: string,
   prefix = '',
   depth = 0,
-): string | null {
+): FieldViolation | null {
   if (depth > MAX_DEPTH) return null;
   const reader = new BinaryReader(bytes);
   const seen = new Map<number, number>();
@@ -117,18 +155,22 @@ export function findUnsafeInteger(
       const packed = new BinaryReader(reader.bytes());
       let i = index;
       while (packed.pos < packed.len) {
-        if (unsafe(read(packed))) return path(i);
+        if (unsafe(read(packed))) return { field: path(i), description: UNSAFE_INTEGER };
         i++;
       }
       seen.set(number, i);
     } else if (read !== undefined) {
       seen.set(number, index + 1);
-      if (unsafe(read(reader))) return path(index);
+      if (unsafe(read(reader))) return { field: path(index), description: UNSAFE_INTEGER };
+    } else if (field.type === 'TYPE_STRING' && wireType === WireType.LengthDelimited) {
+      seen.set(number, index + 1);
+      if (!isUtf8(reader.bytes())) return { field: path(index), description: NOT_UTF8 };
     } else if (field.type === 'TYPE_MESSAGE' && wireType === WireType.LengthDelimited) {
       seen.set(number, index + 1);
       const nested = resolveType(field.typeName, packageName);
       const sub = reader.bytes();
-      const found = nested === null ? null : findUnsafeInteger(sub, nested, packageName, `${path(index)}.`, depth + 1);
+      const found =
+        nested === null ? null : findUndecodableField(sub, nested, packageName, `${path(index)}.`, depth + 1);
       if (found !== null) return found;
     } else {
       seen.set(number, index + 1);
@@ -143,26 +185,19 @@ export function describeUndecodable(path: string, bytes: Uint8Array): FieldViola
   const [, service = '', method = ''] = path.split('/');
   const packageName = service.slice(0, service.lastIndexOf('.'));
   let requestType = 'request';
-  let field: string | null = null;
+  let found: FieldViolation | null = null;
   try {
     const definition = packageDefinition()[service] as
       Record<string, { requestType?: { type?: MessageDescriptor & { name?: string } } }> | undefined;
     const descriptor = definition?.[method]?.requestType?.type;
     if (descriptor?.field !== undefined) {
       requestType = `${packageName}.${descriptor.name ?? 'request'}`;
-      field = findUnsafeInteger(bytes, descriptor, packageName);
+      found = findUndecodableField(bytes, descriptor, packageName);
     }
   } catch {
     // Not protobuf at all: the generic answer below.
   }
-  if (field !== null) {
-    return [
-      {
-        field,
-        description: `must be an integer from -${Number.MAX_SAFE_INTEGER} to ${Number.MAX_SAFE_INTEGER} (2^53 - 1)`,
-      },
-    ];
-  }
+  if (found !== null) return [found];
   return [{ field: '', description: `is not a valid ${requestType} message: the bytes are not well-formed protobuf` }];
 }
 
@@ -189,7 +224,7 @@ export function decodeFailuresAsInvalidArgument(
       ...method,
       requestDeserialize: (bytes: Buffer): unknown => {
         try {
-          return method.requestDeserialize(bytes);
+          return decodeStrictly(method, bytes);
         } catch {
           return { [UNDECODABLE]: describeUndecodable(method.path, bytes) } satisfies Undecodable;
         }

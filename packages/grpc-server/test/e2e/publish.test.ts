@@ -7,7 +7,9 @@ import { status } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import { PublishMessagesRequest, PublishMessagesResponse } from '../../src/gen/app_inbox/v1/message.js';
 import { GetWebhookResponse, UpsertWebhookResponse } from '../../src/gen/app_inbox/v1/webhook.js';
+import { RawClient } from '../reliability/raw-grpc.js';
 import {
   accountId,
   deliveryIn,
@@ -185,6 +187,40 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     ]);
     // Nothing of the refused publish was stored.
     expect((await t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('c2')] })).accepted).toBe(1);
+  });
+
+  it('refuses string fields that are not UTF-8, naming the field, instead of merging two contacts into one', async () => {
+    // proto3 strings hold UTF-8. The generated decoder put U+FFFD in place of bad bytes: contacts with the ids FF
+    // and FE both became "\uFFFD", and their messages went out in one list to that made-up contact.
+    const acc = await account();
+    const bytes = Buffer.from(
+      PublishMessagesRequest.encode({
+        accountId: acc,
+        messages: [inboxMessage('\u0001'), inboxMessage('\u0002')],
+      }).finish(),
+    );
+    // Field 1 (external_customer_id) of each message is `0a 01 <byte>`: an invalid UTF-8 byte in its place.
+    for (const [from, to] of [
+      [0x01, 0xff],
+      [0x02, 0xfe],
+    ] as const) {
+      const at = bytes.indexOf(Buffer.from([0x0a, 0x01, from]));
+      expect(at).toBeGreaterThan(0);
+      bytes[at + 2] = to;
+    }
+    const raw = new RawClient(t.server.address);
+    const answer = await raw.unary('/app_inbox.v1.MessageService/PublishMessages', bytes).finally(() => raw.close());
+    const accepted = answer.response === null ? null : PublishMessagesResponse.decode(answer.response);
+    expect(
+      { code: answer.code, contacts: accepted?.deliveries.map((d) => d.externalCustomerId) },
+      'two different contacts were merged into one',
+    ).toEqual({ code: status.INVALID_ARGUMENT, contacts: undefined });
+    expect(answer.rich?.badRequest?.fieldViolations.map((v) => [v.field, v.description])).toEqual([
+      ['messages[0].external_customer_id', 'must be UTF-8 text (a protobuf string): these bytes are not valid UTF-8'],
+    ]);
+    // Nothing was stored.
+    const listed = await t.clients.listDeliveries({ accountId: acc, states: [], pageSize: 0, pageToken: '' });
+    expect(listed.deliveries).toEqual([]);
   });
 
   it('takes a states filter of any length, each state once, and names the first unknown entries', async () => {
