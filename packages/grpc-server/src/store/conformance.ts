@@ -528,6 +528,30 @@ export function storeConformanceSuite(
         expect((await store.getDelivery(deliveryId))?.attempts).toHaveLength(1);
       });
 
+      it('checkClaim: the claim still held and the webhook as it is now, null once the claim is gone', async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'c', T0);
+        const [a] = await claim('first', T0, 'w-a');
+        const claimedWith = a!.webhook.updatedAt;
+        expect(await store.checkClaim(deliveryId, 'w-a')).toEqual({
+          webhookUpdatedAt: claimedWith,
+          webhookEnabled: true,
+        });
+        expect(await store.checkClaim(deliveryId, 'w-b')).toBeNull();
+        expect(await store.checkClaim('no-such-delivery', 'w-a')).toBeNull();
+        // Saved again (disabled) while the claim is held: the check says so.
+        await store.upsertWebhook(acct, webhook({ enabled: false }), T0 + 5);
+        expect(await store.checkClaim(deliveryId, 'w-a')).toEqual({ webhookUpdatedAt: T0 + 5, webhookEnabled: false });
+        // Taken back after its lease by another owner: gone for the first.
+        await store.upsertWebhook(acct, webhook(), T0 + 6);
+        const [b] = await claim('first', T0 + LEASE, 'w-b');
+        expect(b?.delivery.id).toBe(deliveryId);
+        expect(await store.checkClaim(deliveryId, 'w-a')).toBeNull();
+        expect(await store.checkClaim(deliveryId, 'w-b')).toEqual({ webhookUpdatedAt: T0 + 6, webhookEnabled: true });
+        await settle(b!, 'w-b', T0 + LEASE + 1, 'failed');
+        expect(await store.checkClaim(deliveryId, 'w-b')).toBeNull();
+      });
+
       it('retries an expired frozen claim with the same bytes, or supersedes it when the contact moved on', async () => {
         const acct = await withWebhook();
         const kept = await publishOne(acct, 'kept', T0);

@@ -145,6 +145,14 @@ export interface ClaimedDelivery {
   messages?: StoredMessage[];
 }
 
+/** What {@link Store.checkClaim} says of a claim still held. */
+export interface ClaimCheck {
+  /** The `updatedAt` of the account's webhook now, or null when it has none. */
+  webhookUpdatedAt: number | null;
+  /** Whether that webhook is enabled (false when there is none). */
+  webhookEnabled: boolean;
+}
+
 export interface AttemptResult {
   owner: string;
   /** `attempt.attemptNo` must be the delivery's `attemptCount + 1`, so an attempt is never recorded twice. */
@@ -262,6 +270,14 @@ export interface Store {
    * whose contact has a newer delivery is superseded instead of claimed (ARCHITECTURE §2).
    */
   claimDue(options: ClaimOptions): Promise<ClaimedDelivery[]>;
+
+  /**
+   * Whether `owner` still holds its claim of the delivery, and the account's webhook as it is now: null when the
+   * claim is gone (lease taken back, delivery deleted); else the webhook's `updatedAt` and `enabled`, or
+   * `webhookUpdatedAt: null` when the account has no webhook any more. For a claim that waited before its attempt
+   * (for a slot of its endpoint): the webhook it was claimed with may have been changed, disabled or deleted since.
+   */
+  checkClaim(deliveryId: string, owner: string): Promise<ClaimCheck | null>;
 
   /** The contact's available messages: not expired at `now`, newest first (createdDate desc, id), at most `limit`. */
   contactMessages(accountId: string, externalCustomerId: string, now: number, limit: number): Promise<StoredMessage[]>;

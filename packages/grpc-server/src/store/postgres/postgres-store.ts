@@ -49,6 +49,7 @@ import {
 import type {
   Attempt,
   AttemptResult,
+  ClaimCheck,
   ClaimOptions,
   ClaimedDelivery,
   Delivery,
@@ -1039,6 +1040,23 @@ export class PostgresStore implements Store {
     const lists = contacts.map((): StoredMessage[] => []);
     for (const row of rows) lists[Number(row.i) - 1]!.push(messageFromRow(row));
     return lists;
+  }
+
+  async checkClaim(deliveryId: string, owner: string): Promise<ClaimCheck | null> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', owner);
+    // By key and owner, as the other statements of a claim (see above).
+    const { rows } = await this.#run<{ updated_at: string | null; enabled: boolean | null }>(
+      `SELECT w.updated_at, w.enabled FROM deliveries d LEFT JOIN webhooks w ON w.account_id = d.account_id
+       WHERE d.id = $1 AND d.lease_owner = $2`,
+      [deliveryId, owner],
+    );
+    const row = rows[0];
+    if (row === undefined) return null;
+    return {
+      webhookUpdatedAt: row.updated_at === null ? null : Number(row.updated_at),
+      webhookEnabled: row.enabled === true,
+    };
   }
 
   async freeze(

@@ -42,6 +42,7 @@ import {
 import type {
   Attempt,
   AttemptResult,
+  ClaimCheck,
   ClaimOptions,
   ClaimedDelivery,
   Delivery,
@@ -637,6 +638,20 @@ export class SqliteStore implements Store {
        ORDER BY created_date DESC, id ASC LIMIT ?`,
     ).all(key, externalCustomerId, now, limit) as MessageRow[];
     return rows.map(messageFromRow);
+  }
+
+  async checkClaim(deliveryId: string, owner: string): Promise<ClaimCheck | null> {
+    assertId('deliveryId', deliveryId);
+    assertId('owner', owner);
+    const row = this.#q(
+      `SELECT w.updated_at, w.enabled FROM deliveries d LEFT JOIN webhooks w ON w.account_key = d.account_key
+       WHERE d.id = ? AND d.state = 'in_flight' AND d.lease_owner = ?`,
+    ).get(deliveryId, owner) as { updated_at: number | null; enabled: number | null } | undefined;
+    if (row === undefined) return null;
+    return {
+      webhookUpdatedAt: row.updated_at === null ? null : Number(row.updated_at),
+      webhookEnabled: row.enabled === 1,
+    };
   }
 
   async freeze(
