@@ -211,6 +211,15 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
   return options;
 }
 
+/**
+ * A claim and the owner it is held under: the process's owner plus the number of the claimDue call, so that each
+ * claim of a delivery has its own. A process that claims a delivery again after its own lease on it ran out (its
+ * event loop stalled, its wall clock stepped forward) holds a new claim, and an attempt of the old one cannot
+ * record or release under it (the store compares owners), unless the new claim handed it over: see
+ * {@link DeliveryEngine.#attemptWithSlot}. Read at each store call, never kept from before.
+ */
+type Held = ClaimedDelivery & { owner: string };
+
 /** Due times of recorded retries are grouped in buckets of this many milliseconds for the retry lane's timer. */
 const RETRY_BUCKET_MS = 5;
 /** Retries due further ahead than this (milliseconds) are left to the retry lane's poll. */
@@ -305,6 +314,9 @@ export class DeliveryEngine {
   /** One controller per attempt that may send; aborted when the stop deadline passes. */
   readonly #attempts = new Set<AbortController>();
   readonly #tasks = new Set<Promise<void>>();
+  /** The attempt under way of each delivery this process has one of (see {@link DeliveryEngine.#attemptWithSlot}). */
+  readonly #underway = new Map<string, { claim: Held; ended: Promise<void> }>();
+  #claimSeq = 0;
   #loops: Promise<void>[] = [];
   #started = false;
   #stopPromise: Promise<void> | null = null;
@@ -485,19 +497,22 @@ export class DeliveryEngine {
     const now = this.#clock();
     const exclude = new Set(this.#limiter.saturated());
     for (const account of this.#health.pausedAccounts(now)) exclude.add(account);
+    const owner = `${this.options.owner}#${(this.#claimSeq += 1)}`;
     lane.claiming = true;
-    let claims: ClaimedDelivery[];
+    let claims: Held[];
     try {
-      claims = await this.#store.claimDue({
-        lane: lane.name,
-        limit,
-        now,
-        leaseMs: this.options.leaseMs,
-        owner: this.options.owner,
-        excludeAccounts: [...exclude],
-        // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
-        maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
-      });
+      claims = await this.#store
+        .claimDue({
+          lane: lane.name,
+          limit,
+          now,
+          leaseMs: this.options.leaseMs,
+          owner,
+          excludeAccounts: [...exclude],
+          // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
+          maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
+        })
+        .then((taken) => taken.map((claim) => Object.assign(claim, { owner })));
     } finally {
       lane.claiming = false;
     }
@@ -511,11 +526,11 @@ export class DeliveryEngine {
     return claims.length >= limit ? 'again' : 'idle';
   }
 
-  #dispatch(claim: ClaimedDelivery, lane: LaneState): void {
+  #dispatch(claim: Held, lane: LaneState): void {
     const account = claim.delivery.accountId;
     if (this.#limiter.tryAcquire(account)) {
       lane.busy += 1;
-      this.#track(this.#attemptWithSlot(claim, lane));
+      this.#track(this.#attemptWithSlot(claim, lane, false));
     } else if (this.#limiter.totalWaiting >= this.options.maxWaiting) {
       this.#track(this.#release(claim, 'endpoint busy'));
     } else {
@@ -525,21 +540,45 @@ export class DeliveryEngine {
     }
   }
 
-  async #waitForSlot(claim: ClaimedDelivery, lane: LaneState): Promise<void> {
+  async #waitForSlot(claim: Held, lane: LaneState): Promise<void> {
     const granted = await this.#limiter.acquire(claim.delivery.accountId, this.#stopping.signal);
     if (!granted) {
       await this.#release(claim, 'stopping');
       return;
     }
     lane.busy += 1;
-    await this.#attemptWithSlot(claim, lane);
+    await this.#attemptWithSlot(claim, lane, true);
   }
 
-  async #attemptWithSlot(claim: ClaimedDelivery, lane: LaneState): Promise<void> {
+  /**
+   * One attempt with its endpoint slot held. `waited`: the claim waited for the slot, so the store is asked whether
+   * it still holds the claim and what the webhook is now before anything is sent.
+   *
+   * A delivery of which this process already has an attempt under way (it took its own claim back after the lease
+   * ran out under it: see {@link Held}) is not sent again alongside it. The new claim is handed to the attempt under
+   * way, which records its outcome under it (the attempt number is still the next one: a claim taken back records
+   * nothing); once that attempt has ended, the store says whether the new claim is still held: not when the outcome
+   * was recorded under it (one request, recorded), yes when the record had already gone out under the old claim and
+   * was refused (then this claim is sent, after the other: one request of a delivery at a time).
+   */
+  async #attemptWithSlot(claim: Held, lane: LaneState, waited: boolean): Promise<void> {
     const controller = new AbortController();
     this.#attempts.add(controller);
+    const id = claim.delivery.id;
+    const earlier = this.#underway.get(id);
+    let end!: () => void;
+    const underway = { claim, ended: new Promise<void>((resolve) => (end = resolve)) };
+    this.#underway.set(id, underway);
     try {
-      await this.#attempt(claim, controller.signal);
+      if (earlier !== undefined) {
+        this.#log.warn(
+          { deliveryId: id, accountId: claim.delivery.accountId },
+          'claimed again while an attempt of it is under way (its lease ran out in this process): handed to that attempt',
+        );
+        earlier.claim.owner = claim.owner;
+        await earlier.ended;
+      }
+      await this.#attempt(claim, controller.signal, waited || earlier !== undefined);
     } catch (err) {
       // A store or build error for this delivery: give the claim back a little later instead of crashing.
       this.#log.error(
@@ -548,6 +587,8 @@ export class DeliveryEngine {
       );
       await this.#release(claim, 'error', this.#clock() + this.options.errorDelayMs);
     } finally {
+      end();
+      if (this.#underway.get(id) === underway) this.#underway.delete(id);
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
       lane.busy -= 1;
@@ -563,9 +604,9 @@ export class DeliveryEngine {
     }
   }
 
-  async #attempt(claim: ClaimedDelivery, signal: AbortSignal): Promise<void> {
+  async #attempt(claim: Held, signal: AbortSignal, waited: boolean): Promise<void> {
     const { delivery, webhook } = claim;
-    const { requestTimeoutMs, leaseMs, owner } = this.options;
+    const { requestTimeoutMs, leaseMs } = this.options;
     const log = { deliveryId: delivery.id, accountId: delivery.accountId };
 
     if (this.#stopping.signal.aborted) {
@@ -584,6 +625,7 @@ export class DeliveryEngine {
       await this.#release(claim, 'lease too short');
       return;
     }
+    if (waited && !(await this.#stillCurrent(claim))) return;
 
     let body: Uint8Array;
     let messageIds: string[];
@@ -606,7 +648,7 @@ export class DeliveryEngine {
       });
       body = utf8(payload.body);
       messageIds = payload.messageIds;
-      if (!(await this.#store.freeze(delivery.id, owner, body, messageIds, now))) {
+      if (!(await this.#store.freeze(delivery.id, claim.owner, body, messageIds, now))) {
         this.#log.warn(log, 'claim lost before the first attempt; dropped');
         return;
       }
@@ -640,16 +682,36 @@ export class DeliveryEngine {
     );
   }
 
+  /**
+   * Whether a claim that waited may be sent as claimed. The wait may have been long (up to the lease minus the
+   * request timeout): meanwhile DeleteWebhook may have deleted the delivery, the lease may have been taken back,
+   * or the webhook saved again (disabled, another URL or password). Sending it then would reach an endpoint that
+   * was told to get nothing, or put an older list after a newer one another process delivered. Gone: dropped.
+   * Webhook saved since the claim: given back, to be claimed again with the webhook as it is (or not at all).
+   */
+  async #stillCurrent(claim: Held): Promise<boolean> {
+    const log = { deliveryId: claim.delivery.id, accountId: claim.delivery.accountId };
+    const check = await this.#store.checkClaim(claim.delivery.id, claim.owner);
+    if (check === null) {
+      this.#log.info(log, 'claim lost while it waited (lease taken back or delivery deleted); dropped');
+      return false;
+    }
+    if (!check.webhookEnabled || check.webhookUpdatedAt !== claim.webhook.updatedAt) {
+      await this.#release(claim, 'webhook saved, disabled or deleted while the claim waited');
+      return false;
+    }
+    return true;
+  }
+
   /** Sends the frozen body, classifies the answer, records the attempt, and reports it (log, metrics, span). */
   async #sendAndRecord(
-    claim: ClaimedDelivery,
+    claim: Held,
     body: Uint8Array,
     messageIds: string[],
     signal: AbortSignal,
     span: Span | null,
   ): Promise<void> {
     const { delivery, webhook } = claim;
-    const { owner } = this.options;
     const log = { deliveryId: delivery.id, accountId: delivery.accountId };
     const startedAt = this.#clock();
     const headers = await buildRequestHeaders({
@@ -705,7 +767,8 @@ export class DeliveryEngine {
     }
 
     const updated = await this.#store.recordAttempt(delivery.id, {
-      owner,
+      // Read now: a claim of this delivery taken since may have been handed to this attempt.
+      owner: claim.owner,
       nextState,
       ...(reason === undefined ? {} : { reason }),
       attempt: {
@@ -807,9 +870,9 @@ export class DeliveryEngine {
   }
 
   /** Gives a claim back; never throws (the lease expires anyway if the store is unreachable). */
-  async #release(claim: ClaimedDelivery, why: string, dueAt = this.#clock()): Promise<void> {
+  async #release(claim: Held, why: string, dueAt = this.#clock()): Promise<void> {
     try {
-      await this.#store.release(claim.delivery.id, this.options.owner, dueAt);
+      await this.#store.release(claim.delivery.id, claim.owner, dueAt);
       this.#log.debug({ deliveryId: claim.delivery.id, why }, 'claim released');
     } catch (err) {
       this.#log.error({ err, deliveryId: claim.delivery.id, why }, 'releasing a claim failed; its lease will expire');
