@@ -124,13 +124,18 @@ describe('security and circuit options (issue 7)', () => {
 
   it('shows a refused store URL without its password (DATABASE_URL is often shared with other tools)', () => {
     expect(problems([], { DATABASE_URL: 'postgresql+psycopg2://app:hunter2@db/inbox' })).toEqual([
-      '--store (from env DATABASE_URL) must be a file path, sqlite:PATH, or a postgres:// URL; got "postgresql+psycopg2://app:***@db/inbox"',
+      '--store (from env DATABASE_URL) must be a file path, sqlite:PATH (not :memory:), or a postgres:// URL; got "postgresql+psycopg2://app:***@db/inbox"',
     ]);
     expect(problems(['--store', 'mysql://root:hunter2@db:3306/x'])[0]).toMatch(
       /got "mysql:\/\/root:\*\*\*@db:3306\/x"$/,
     );
     // Not URL-shaped, no password: shown as given.
     expect(problems(['--store', 'a:b:c'])[0]).toMatch(/got "a:b:c"$/);
+    // An in-memory database would lose everything the server answered OK for at the next restart.
+    expect(problems(['--store', 'sqlite::memory:'])).toEqual([
+      '--store (flag) must be a file path, sqlite:PATH (not :memory:), or a postgres:// URL; got "sqlite::memory:"',
+    ]);
+    expect(problems([], { APP_INBOX_STORE: 'SQLite::memory:' })).toHaveLength(1);
     // The collector URL too.
     expect(problems(['--otlp-endpoint', 'ftp://user:s3cret@collector:4318'])).toEqual([
       '--otlp-endpoint (flag) must be an http(s) URL, or empty; got "ftp://user:***@collector:4318/"',

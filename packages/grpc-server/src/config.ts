@@ -290,8 +290,12 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     unit: '',
     description:
       'The durable store: a SQLite file (a path or `sqlite:PATH`; its directory is created) or a PostgreSQL URL (`postgres://user:pass@host:5432/db`).',
-    bound: 'a file path, sqlite:PATH, or a postgres:// URL',
-    schema: z.string().min(1).regex(STORE),
+    bound: 'a file path, sqlite:PATH (not :memory:), or a postgres:// URL',
+    schema: z
+      .string()
+      .min(1)
+      .regex(STORE)
+      .refine((s) => !/^sqlite::memory:$/i.test(s.trim())),
     shown: redactCredentials,
   },
   intOption(
