@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSecretBox, generateKeyLine, loadSecretBoxFromEnv, parseKeyList, SecretBoxError } from './secrets.js';
@@ -182,6 +182,8 @@ describe('loadSecretBoxFromEnv', () => {
     const first = loadSecretBoxFromEnv({}, { defaultKeyFile: file, onWarning: (m) => warnings.push(m) });
     expect(first.source).toBe('generated_file');
     expect(statSync(file).mode & 0o777).toBe(0o600);
+    // Written under a temporary name and linked whole: nothing else is left in the directory.
+    expect(readdirSync(dirname(file))).toEqual(['secret.key']);
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toContain(file);
     const content = readFileSync(file, 'utf8');

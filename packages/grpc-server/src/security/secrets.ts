@@ -14,7 +14,18 @@
  * Errors never contain a plaintext, a sealed value or key material.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  fsyncSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 
 const PREFIX = 'enc:v1:';
@@ -253,14 +264,10 @@ export function loadSecretBoxFromEnv(
   let created = false;
   try {
     mkdirSync(dirname(fallback), { recursive: true });
-    // `wx`: fails when the file exists, so two processes starting at once never overwrite each other's key.
-    writeFileSync(
+    createFileDurably(
       fallback,
       `# App Inbox secrets-at-rest keys: id:base64key, first is primary. Keep it safe.\n${generateKeyLine('k1')}\n`,
-      {
-        flag: 'wx',
-        mode: 0o600,
-      },
+      0o600,
     );
     created = true;
   } catch (error) {
@@ -274,6 +281,41 @@ export function loadSecretBoxFromEnv(
     );
   }
   return { box: readKeyFile(fallback, fallback, options), source: 'generated_file', file: fallback };
+}
+
+/**
+ * Creates `path` holding `content`, whole or not at all, and on disk before it returns: written and synced under
+ * a temporary name in the same directory, then linked to `path`, which fails with EEXIST when `path` exists (two
+ * processes starting at once never overwrite each other's key), then the directory synced. A crash leaves no
+ * empty or half-written key file (written in place, one would stop every later start), and a power loss cannot
+ * take the key while the database keeps the secrets sealed with it.
+ */
+function createFileDurably(path: string, content: string, mode: number): void {
+  const temp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  const fd = openSync(temp, 'wx', mode);
+  try {
+    writeSync(fd, content);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    linkSync(temp, path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    // A file system without hard links: created in place (`wx` still refuses to overwrite).
+    if (code === 'EEXIST' || (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP')) throw error;
+    writeFileSync(path, content, { flag: 'wx', mode });
+  } finally {
+    rmSync(temp, { force: true });
+  }
+  if (process.platform === 'win32') return; // no directory sync there
+  const dir = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
 }
 
 function readKeyFile(path: string, source: string, options: LoadSecretBoxOptions): SecretBox {
