@@ -48,6 +48,11 @@ export interface ServerConfig {
   /** Requests in flight at once to one endpoint (one account's webhook). Default 16. */
   perEndpointConcurrency: number;
   /**
+   * An attempt running longer than this stops counting against its lane's concurrency (not its endpoint's):
+   * endpoints that hang cannot hold every slot; a lane has at most 4 times its concurrency in flight (ms). Default 2,000.
+   */
+  slowAttemptMs: number;
+  /**
    * Message time-to-live given to a webhook upserted without `default_message_ttl_seconds`; it applies to
    * that account's messages published without their own TTL or expiry (seconds). Default 86,400 (1 day).
    */
@@ -144,6 +149,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   firstLaneConcurrency: 64,
   retryLaneConcurrency: 32,
   perEndpointConcurrency: 16,
+  slowAttemptMs: 2_000,
   defaultMessageTtlSeconds: 86_400,
   maxResponseBytes: 65_536,
   // The retry schedule is the core's (SPEC §5); see the README for the delays it gives.
@@ -354,6 +360,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     1,
     1_000,
     'Requests in flight at once to one webhook endpoint.',
+  ),
+  intOption(
+    'slowAttemptMs',
+    '--slow-attempt-ms',
+    'ms',
+    10,
+    600_000,
+    "An attempt running longer than this stops counting against its lane's concurrency (still against its endpoint's), so endpoints that hang cannot hold every slot; a lane has at most 4 times its concurrency in flight.",
   ),
   intOption(
     'defaultMessageTtlSeconds',

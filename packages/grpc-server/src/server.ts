@@ -121,6 +121,7 @@ export function engineOptionsFromConfig(config: ServerConfig, overrides: EngineO
     firstLaneConcurrency: config.firstLaneConcurrency,
     retryLaneConcurrency: config.retryLaneConcurrency,
     perEndpointConcurrency: config.perEndpointConcurrency,
+    slowAttemptMs: config.slowAttemptMs,
     maxResponseBytes: config.maxResponseBytes,
     backoff: {
       ...DEFAULT_BACKOFF,

@@ -60,6 +60,13 @@ export interface EngineOptions {
   retryLaneConcurrency: number;
   /** Attempts in flight at once per endpoint (account), over both lanes. Default 16. */
   perEndpointConcurrency: number;
+  /**
+   * An attempt running longer than this stops counting against its lane's concurrency (it still counts against
+   * its endpoint's), so that endpoints that hang cannot hold every slot of a lane until their requests time out:
+   * with 64 slots and 16 per endpoint, four would. A lane has at most {@link SLOW_LANE_FACTOR} times its
+   * concurrency attempts in flight, slow ones included (milliseconds). Default 2,000.
+   */
+  slowAttemptMs: number;
   /** At most this many deliveries claimed by one `claimDue` call. Default 64. */
   claimBatch: number;
   /** Response bytes read per attempt; the rest is discarded (bytes). Default 65,536. */
@@ -165,6 +172,7 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
     firstLaneConcurrency,
     retryLaneConcurrency,
     perEndpointConcurrency: partial.perEndpointConcurrency ?? 16,
+    slowAttemptMs: partial.slowAttemptMs ?? 2_000,
     claimBatch: partial.claimBatch ?? 64,
     maxResponseBytes: partial.maxResponseBytes ?? 65_536,
     backoff: partial.backoff ?? { ...DEFAULT_BACKOFF },
@@ -179,6 +187,7 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
     'firstLaneConcurrency',
     'retryLaneConcurrency',
     'perEndpointConcurrency',
+    'slowAttemptMs',
     'claimBatch',
     'maxResponseBytes',
     'errorDelayMs',
@@ -219,6 +228,9 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
  * {@link DeliveryEngine.#attemptWithSlot}. Read at each store call, never kept from before.
  */
 type Held = ClaimedDelivery & { owner: string };
+
+/** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
+export const SLOW_LANE_FACTOR = 4;
 
 /** Due times of recorded retries are grouped in buckets of this many milliseconds for the retry lane's timer. */
 const RETRY_BUCKET_MS = 5;
@@ -267,8 +279,10 @@ class Wakeup {
 interface LaneState {
   name: Lane;
   concurrency: number;
-  /** Claims of this lane holding an endpoint slot (preparing, sending or recording). */
+  /** Claims of this lane holding an endpoint slot (preparing, sending or recording) for less than `slowAttemptMs`. */
   busy: number;
+  /** Attempts of this lane running for longer than `slowAttemptMs`: not counted in `busy`. */
+  slow: number;
   wakeup: Wakeup;
   /**
    * Whether the lane's last claim may have left due work behind for want of a slot (the lane was full, it
@@ -288,6 +302,8 @@ export interface EngineActivity {
   waiting: number;
   /** Attempts whose request is being sent right now. */
   sending: number;
+  /** Attempts of both lanes running for longer than `slowAttemptMs` (not counted as busy). */
+  slow: number;
 }
 
 const utf8 = (s: string): Uint8Array => Buffer.from(s, 'utf8');
@@ -348,6 +364,7 @@ export class DeliveryEngine {
       name,
       concurrency,
       busy: 0,
+      slow: 0,
       wakeup: new Wakeup(),
       constrained: false,
       claiming: false,
@@ -391,6 +408,7 @@ export class DeliveryEngine {
       retryLaneBusy: this.#lanes[1].busy,
       waiting: this.#limiter.totalWaiting,
       sending: this.#sending,
+      slow: this.#lanes[0].slow + this.#lanes[1].slow,
     };
   }
 
@@ -488,7 +506,7 @@ export class DeliveryEngine {
 
   /** One claim for `lane`; says whether more work may be due right away. */
   async #claimOnce(lane: LaneState): Promise<'again' | 'idle'> {
-    const free = lane.concurrency - lane.busy;
+    const free = Math.min(lane.concurrency - lane.busy, lane.concurrency * SLOW_LANE_FACTOR - lane.busy - lane.slow);
     if (free <= 0) {
       lane.constrained = true;
       return 'idle';
@@ -569,6 +587,15 @@ export class DeliveryEngine {
     let end!: () => void;
     const underway = { claim, ended: new Promise<void>((resolve) => (end = resolve)) };
     this.#underway.set(id, underway);
+    // Past slowAttemptMs the attempt gives its lane slot back (the endpoint's stays held): see `slowAttemptMs`.
+    let slow = false;
+    const slowTimer = setTimeout(() => {
+      slow = true;
+      lane.busy -= 1;
+      lane.slow += 1;
+      lane.wakeup.notify();
+    }, this.options.slowAttemptMs);
+    slowTimer.unref();
     try {
       if (earlier !== undefined) {
         this.#log.warn(
@@ -591,7 +618,9 @@ export class DeliveryEngine {
       if (this.#underway.get(id) === underway) this.#underway.delete(id);
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
-      lane.busy -= 1;
+      clearTimeout(slowTimer);
+      if (slow) lane.slow -= 1;
+      else lane.busy -= 1;
       // A slot is free (in this lane and for this endpoint): this lane may claim again; the other too if its last
       // claim was held back by a full lane or endpoint, or if a claim of it is on its way (it may have excluded this
       // endpoint). A finished retry also wakes the first lane: a pending delivery of its contact may have waited for

@@ -468,6 +468,62 @@ describe('DeliveryEngine', () => {
     expect(slow.requests.length).toBeGreaterThan(0);
   });
 
+  it('keeps an endpoint fast while as many endpoints hang as would fill the lane', async () => {
+    const store = await newStore();
+    const hanging = await receiver(() => {
+      // hangs: answers nothing until the test ends
+    });
+    const fast = await receiver();
+    // Four accounts whose endpoint hangs, two slots each: together every slot of the first lane (8).
+    for (const account of ['h1', 'h2', 'h3', 'h4']) {
+      await webhook(store, account, `${hanging.url}/${account}`);
+      await publish(
+        store,
+        account,
+        Array.from({ length: 4 }, (_, i) => message(`${account}-${i}`)),
+      );
+    }
+    await webhook(store, 'fast', fast.url);
+    const sender = createSender({ requestTimeoutMs: 8_000, connectionsPerOrigin: 64 });
+    cleanups.push(() => sender.close());
+    engine(
+      store,
+      { perEndpointConcurrency: 2, firstLaneConcurrency: 8, claimBatch: 8, slowAttemptMs: 200 },
+      { sender },
+    ).start();
+    await waitFor(() => hanging.requests.length === 8, 'every slot taken by a hanging endpoint', 2_000);
+
+    // Published once the lane is full of hanging attempts: sent once they have run slowAttemptMs, not after
+    // the request timeout (8 s) ends them.
+    const started = Date.now();
+    await publish(store, 'fast', [message('f1')]);
+    await waitFor(() => fast.requests.length === 1, 'the fast delivery', 3_000);
+    expect(Date.now() - started).toBeLessThan(3_000);
+    // Each hanging endpoint still has at most its own two requests.
+    expect(hanging.maxActive).toBe(8);
+  });
+
+  it('has at most four times the lane concurrency in flight, slow attempts included', async () => {
+    const store = await newStore();
+    const hanging = await receiver(() => {
+      // hangs: answers nothing until the test ends
+    });
+    const accounts = Array.from({ length: 10 }, (_, i) => `h${i}`);
+    for (const account of accounts) {
+      await webhook(store, account, `${hanging.url}/${account}`);
+      await publish(store, account, [message(`${account}-a`), message(`${account}-b`)]);
+    }
+    const sender = createSender({ requestTimeoutMs: 8_000, connectionsPerOrigin: 64 });
+    cleanups.push(() => sender.close());
+    const e = engine(store, { perEndpointConcurrency: 2, firstLaneConcurrency: 2, slowAttemptMs: 50 }, { sender });
+    e.start();
+    // 20 deliveries of 10 endpoints that hang: every 50 ms two more slots free up, until the cap (2 x 4).
+    await waitFor(() => hanging.requests.length === 8, 'the lane at its cap', 3_000);
+    await sleep(300);
+    expect(hanging.requests).toHaveLength(8);
+    expect(e.activity).toMatchObject({ firstLaneBusy: 0, slow: 8 });
+  });
+
   it('keeps an endpoint fast while another account on the same host hangs', async () => {
     const store = await newStore();
     // One server for both accounts (one origin): /slow never answers, /fast answers at once.
