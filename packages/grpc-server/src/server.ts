@@ -192,7 +192,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     onSecretError: (accountId, error) =>
       securityLog.error(
         { accountId, code: (error as { code?: unknown }).code },
-        'a webhook secret cannot be opened (key missing or value altered); its delivery is postponed',
+        'a webhook secret cannot be opened (key missing or value altered): its deliveries are postponed until the webhook is saved again',
       ),
   });
   const cleanup: Array<() => Promise<void>> = [() => store.close()];

@@ -122,6 +122,24 @@ describe('withSealedSecrets over the SQLite store', () => {
     expect(page.deliveries[0]).toMatchObject({ state: 'pending', nextAttemptAt: T0 + 5_000 });
   });
 
+  it('reads a webhook whose secret cannot be opened with that secret still sealed, and says so', async () => {
+    const errors: string[] = [];
+    const store = withSealedSecrets(raw, box, { onSecretError: (accountId) => errors.push(accountId) });
+    await withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' })).upsertWebhook(
+      'lost-key',
+      config(),
+      T0,
+    );
+    // The account stays manageable (GetWebhook shows only whether a secret is set; a re-save replaces it).
+    const read = await store.getWebhook('lost-key');
+    expect(read?.auth?.password).toMatch(/^enc:v1:k2:/);
+    expect(read?.signingSecret).toMatch(/^enc:v1:k2:/);
+    expect(errors).toEqual(['lost-key']);
+    const resaved = await store.upsertWebhook('lost-key', config('a new password'), T0 + 1);
+    expect(resaved.auth?.password).toBe('a new password');
+    expect((await store.getWebhook('lost-key'))?.auth?.password).toBe('a new password');
+  });
+
   it('rotates: an old-key secret still opens, and resealWebhookSecrets moves it to the new primary', async () => {
     await withSealedSecrets(raw, box).upsertWebhook('acct-1', config(), T0);
     const rotated = createSecretBox({ keys: [k2, k1], primaryKeyId: 'k2' });

@@ -57,7 +57,7 @@ export interface SealedStoreOptions {
 
 /**
  * Wraps a store so that `upsertWebhook` seals, and `upsertWebhook`, `getWebhook` and `claimDue` open, the
- * webhook's secrets; every other method is the store's own. Callers keep seeing plaintext; the database
+ * webhook's secrets (`getWebhook` leaves one it cannot open sealed); every other method is the store's own. Callers keep seeing plaintext; the database
  * only sees `enc:v1:...`. A method added to Store later that returns a WebhookRecord must be added here.
  */
 export function withSealedSecrets<S extends Store>(store: S, box: SecretBox, options: SealedStoreOptions = {}): S {
@@ -68,7 +68,17 @@ export function withSealedSecrets<S extends Store>(store: S, box: SecretBox, opt
     },
     async getWebhook(accountId) {
       const record = await store.getWebhook(accountId);
-      return record === null ? null : openWebhookSecrets(record, box);
+      if (record === null) return null;
+      try {
+        return openWebhookSecrets(record, box);
+      } catch (error) {
+        // Its key is lost or was removed too early. The account must stay manageable: the read RPCs show only
+        // whether a secret is set, publishing needs none, and a re-save (the documented recovery) replaces it.
+        // What is returned keeps that secret sealed (`enc:v1:…`, never usable as a password); claims, the one
+        // path that sends, refuse it (above).
+        options.onSecretError?.(accountId, error);
+        return record;
+      }
     },
     async claimDue(claim) {
       const claimed = await store.claimDue(claim);

@@ -889,7 +889,7 @@ export function storeConformanceSuite(
         expect(again?.delivery.id).not.toBe(newer.deliveryId);
       });
 
-      it('leaves deliveries already on their way as they are, and makes a waiting retry due now', async () => {
+      it('leaves deliveries already on their way as they are, and makes a waiting retry or pending one due now', async () => {
         const acct = await withWebhook();
         const retrying = await retryingDelivery(acct, 'r', T0, T0 + 90_000);
         const pending = await publishOne(acct, 'p');
@@ -900,6 +900,14 @@ export function storeConformanceSuite(
         expect(await store.retryDelivery(retrying.deliveryId, T0 + 2)).toMatchObject({
           replacedByNewer: false,
           delivery: { id: retrying.deliveryId, state: 'retrying', nextAttemptAt: T0 + 2 },
+        });
+        // Given back for later without an attempt (its webhook's secret could not be opened): due now again.
+        const postponed = await publishOne(acct, 'q', T0 + 3);
+        const [claimed] = (await claim('first', T0 + 3)).filter((c) => c.delivery.id === postponed.deliveryId);
+        await store.release(claimed!.delivery.id, 'worker-1', T0 + 60_000);
+        expect(await store.retryDelivery(postponed.deliveryId, T0 + 4)).toMatchObject({
+          replacedByNewer: false,
+          delivery: { id: postponed.deliveryId, state: 'pending', nextAttemptAt: T0 + 4 },
         });
         expect(await store.retryDelivery(randomUUID(), T0)).toBeNull();
       });

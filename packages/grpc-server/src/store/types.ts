@@ -313,7 +313,8 @@ export interface Store {
    *   `now` with the same id and bytes (attempt history and count kept).
    * - a newer delivery of the contact exists: the contact's pending delivery (existing or new) is what
    *   gets sent, `replacedByNewer: true`.
-   * - `retrying`: made due at `now`; `pending` / `in_flight`: returned unchanged (already on its way).
+   * - `retrying` or `pending`: made due at `now` when it was due later (a backoff, a claim given back for later);
+   *   `in_flight`: returned unchanged (already on its way).
    * A replayed delivery takes `options.traceparent` (when given) so its next attempts join the replay's trace;
    * a delivery created for the replay gets it too.
    */

@@ -282,6 +282,50 @@ describe('key rotation (SECURITY.md): new key first, re-seal, drop the old key',
   });
 });
 
+describe('a lost key (SECURITY.md): the account stays usable and a re-save recovers it', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'app-inbox-lost-key-'));
+  const dbFile = join(dir, 'store.db');
+  let receiver: MockReceiver;
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    await receiver.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('takes messages and shows the webhook without its key, and delivers once the webhook is saved again', async () => {
+    receiver = await createMockReceiver({ username: 'lost-user', password: 'new-password' });
+    const account = accountId('lost');
+    const first = await startTestServer(dbFile, { secretKeys: `k2:${randomBytes(32).toString('base64')}` });
+    servers.push(first);
+    await first.clients.upsertWebhook({
+      accountId: account,
+      url: `${receiver.url}/hook`,
+      basicAuth: { username: 'lost-user', password: 'sealed-with-k2' },
+    });
+    await first.stop();
+
+    // k2 is gone (SECURITY.md rotation step 4 once named the wrong key to remove; a lost secret.key is the same).
+    const second = await startTestServer(dbFile, { secretKeys: `k1:${randomBytes(32).toString('base64')}` });
+    servers.push(second);
+    const shown = await second.clients.getWebhook({ accountId: account });
+    expect(shown.webhook).toMatchObject({ basicAuth: { username: 'lost-user', hasPassword: true } });
+    const published = await second.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    expect(deliveryId).not.toBe('');
+    // Re-saved with its password: the postponed delivery goes out, sealed with the key now loaded.
+    const saved = await second.clients.upsertWebhook({
+      accountId: account,
+      url: `${receiver.url}/hook`,
+      basicAuth: { username: 'lost-user', password: 'new-password' },
+    });
+    expect(saved.created).toBe(false);
+    await second.clients.retryDelivery({ deliveryId });
+    await deliveryIn(second.clients, deliveryId, [DeliveryState.DELIVERY_STATE_DELIVERED], 10_000);
+    expect(receiver.records.list().map((r) => r.answer.status)).toEqual([200]);
+  });
+});
+
 describe('a shared PostgreSQL store requires a key', () => {
   const url = 'postgres://app:unused@127.0.0.1:1/none';
 

@@ -1359,10 +1359,9 @@ export class PostgresStore implements Store {
       );
       const row = rows[0];
       if (row === undefined) return null;
-      if (row.state === 'pending' || row.state === 'in_flight') {
-        return { delivery: deliveryFromRow(row), replacedByNewer: false };
-      }
-      if (row.state === 'retrying') {
+      if (row.state === 'in_flight') return { delivery: deliveryFromRow(row), replacedByNewer: false };
+      if (row.state === 'retrying' || row.state === 'pending') {
+        // Made due now when it was waiting (a retry's backoff, a claim given back for later).
         const updated = await c.query<DeliveryRow>(
           `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1,
              traceparent = COALESCE($3, traceparent) WHERE d.seq = $2 RETURNING ${DELIVERY_COLUMNS}`,

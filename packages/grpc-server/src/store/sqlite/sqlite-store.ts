@@ -841,10 +841,9 @@ export class SqliteStore implements Store {
       ) as (SqliteDeliveryRow & { newer_id: string | null }) | undefined;
       if (row === undefined) return null;
       const seq = Number(row.seq);
-      if (row.state === 'pending' || row.state === 'in_flight') {
-        return { delivery: this.#delivery(row), replacedByNewer: false };
-      }
-      if (row.state === 'retrying') {
+      if (row.state === 'in_flight') return { delivery: this.#delivery(row), replacedByNewer: false };
+      if (row.state === 'retrying' || row.state === 'pending') {
+        // Made due now when it was waiting (a retry's backoff, a claim given back for later).
         const updated = this.#q(
           `UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?,
              traceparent = COALESCE(?, traceparent) WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,

@@ -1807,8 +1807,9 @@ export const DeliveryServiceService = {
    * Replays a delivery now, typically a failed one: the same id and bytes while it is still the
    * contact's newest state (its attempt history is kept); otherwise the contact's newer delivery is
    * what gets sent, and the answer says so, so a replay never puts an older list after a newer one.
-   * A retrying delivery is made due now; a pending or in-flight one is already on its way and is
-   * returned unchanged. NOT_FOUND when unknown.
+   * A retrying or pending delivery is made due now (a pending one is due later only when its claim was
+   * given back for later, e.g. its webhook's secret could not be opened); an in-flight one is already on
+   * its way and is returned unchanged. NOT_FOUND when unknown.
    */
   retryDelivery: {
     path: "/app_inbox.v1.DeliveryService/RetryDelivery" as const,
@@ -1846,8 +1847,9 @@ export interface DeliveryServiceServer extends UntypedServiceImplementation {
    * Replays a delivery now, typically a failed one: the same id and bytes while it is still the
    * contact's newest state (its attempt history is kept); otherwise the contact's newer delivery is
    * what gets sent, and the answer says so, so a replay never puts an older list after a newer one.
-   * A retrying delivery is made due now; a pending or in-flight one is already on its way and is
-   * returned unchanged. NOT_FOUND when unknown.
+   * A retrying or pending delivery is made due now (a pending one is due later only when its claim was
+   * given back for later, e.g. its webhook's secret could not be opened); an in-flight one is already on
+   * its way and is returned unchanged. NOT_FOUND when unknown.
    */
   retryDelivery: handleUnaryCall<RetryDeliveryRequest, RetryDeliveryResponse>;
   /**
@@ -1894,8 +1896,9 @@ export interface DeliveryServiceClient extends Client {
    * Replays a delivery now, typically a failed one: the same id and bytes while it is still the
    * contact's newest state (its attempt history is kept); otherwise the contact's newer delivery is
    * what gets sent, and the answer says so, so a replay never puts an older list after a newer one.
-   * A retrying delivery is made due now; a pending or in-flight one is already on its way and is
-   * returned unchanged. NOT_FOUND when unknown.
+   * A retrying or pending delivery is made due now (a pending one is due later only when its claim was
+   * given back for later, e.g. its webhook's secret could not be opened); an in-flight one is already on
+   * its way and is returned unchanged. NOT_FOUND when unknown.
    */
   retryDelivery(
     request: RetryDeliveryRequest,
