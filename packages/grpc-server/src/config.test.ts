@@ -157,6 +157,22 @@ describe('security and circuit options (issue 7)', () => {
     expect(redactCredentials('sqlite:/tmp/x.db')).toBe('sqlite:/tmp/x.db');
   });
 
+  it('redacts secrets given as query parameters: node-postgres passwords, collector tokens and keys', () => {
+    expect(redactCredentials('postgres://app@db/inbox?password=hunter2&sslmode=require')).toBe(
+      'postgres://app@db/inbox?password=***&sslmode=require',
+    );
+    expect(redactCredentials('postgres://app:pw@db/inbox?sslpassword=k3y&application_name=x')).toBe(
+      'postgres://app:***@db/inbox?sslpassword=***&application_name=x',
+    );
+    expect(redactCredentials('http://c:4318/v1/traces?api_key=otlpPW3')).toBe('http://c:4318/v1/traces?api_key=***');
+    expect(redactCredentials('https://c/v1/traces?x=1&Access_Token=abc#frag')).toBe(
+      'https://c/v1/traces?x=1&Access_Token=***#frag',
+    );
+    expect(redactCredentials('postgres://db/inbox?sslmode=require&connect_timeout=5')).toBe(
+      'postgres://db/inbox?sslmode=require&connect_timeout=5',
+    );
+  });
+
   it('redacts a password that the URL parser reads as a port, a path or a fragment', () => {
     // A raw '#' or '/' in the password: the parser takes `u:12` as host and port and finds no password at all.
     expect(redactCredentials('http://u:12#ss@c:4318')).toBe('http://u:***@c:4318');

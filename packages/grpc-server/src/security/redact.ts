@@ -4,8 +4,16 @@
 const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i;
 
 /**
+ * A query parameter whose value is a secret: `password` and `sslpassword` (node-postgres takes them in the URL),
+ * tokens and API keys (an OTLP collector's `?api_key=`), signatures.
+ */
+const SECRET_PARAMETER =
+  /([?&](?:[a-z0-9_.-]*(?:pass(?:word)?|passwd|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|signature|sig|auth)[a-z0-9_.-]*)=)[^&#]*/gi;
+
+/**
  * `value` with the password of a `scheme://user:password@host` URL replaced by `***` (any scheme, any case:
- * `POSTGRES://` opens a store as well as `postgres://`); anything else as it is. For logs and error messages.
+ * `POSTGRES://` opens a store as well as `postgres://`), and so the value of each query parameter named like a
+ * secret (`?password=`, `?api_key=`, `?token=`); anything else as it is. For logs and error messages.
  *
  * When the parser finds no password yet the value has an '@' after a `user:`, the cut is made on the text:
  * a password with a raw '#' or '/' makes the parser read `http://u:12#ss@c:4318` as host `u`, port 12 and
@@ -15,6 +23,10 @@ const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i;
  */
 export function redactCredentials(value: string): string {
   if (!/^\s*[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
+  return redactUserinfo(value).replace(SECRET_PARAMETER, '$1***');
+}
+
+function redactUserinfo(value: string): string {
   const trimmed = value.trim();
   let parsed: URL | undefined;
   try {

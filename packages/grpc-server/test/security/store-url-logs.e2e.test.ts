@@ -1,6 +1,7 @@
 /**
  * The store URL in the start-up log: a PostgreSQL URL opens a store whatever the case of its scheme, and its
- * password never reaches the log (the test server trusts every password, so one can be given).
+ * password (in the userinfo or as `?password=`) never reaches the log (the test server trusts every password,
+ * so one can be given).
  */
 import { Writable } from 'node:stream';
 import { status } from '@grpc/grpc-js';
@@ -15,12 +16,19 @@ describe('the store URL in the logs', () => {
     for (const fn of cleanups.splice(0).reverse()) await fn();
   });
 
-  for (const scheme of ['postgres', 'POSTGRES', 'PostgreSQL']) {
-    it(`leaves out the password of a ${scheme}:// URL`, async () => {
+  for (const [scheme, where] of [
+    ['postgres', 'userinfo'],
+    ['POSTGRES', 'userinfo'],
+    ['PostgreSQL', 'userinfo'],
+    ['postgres', 'query'],
+  ] as const) {
+    it(`leaves out the password of a ${scheme}:// URL given in its ${where}`, async () => {
       const database = await createTestDatabase();
       cleanups.push(() => database.drop());
       const url = new URL(database.url);
-      url.password = 'hunter2-secret';
+      // node-postgres takes the password from the userinfo or from a `password` query parameter.
+      if (where === 'userinfo') url.password = 'hunter2-secret';
+      else url.searchParams.set('password', 'hunter2-secret');
       const withScheme = `${scheme}${url.toString().slice(url.protocol.length - 1)}`;
       const lines: string[] = [];
       const destination = new Writable({
