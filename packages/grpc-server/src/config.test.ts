@@ -60,6 +60,39 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('refuses an empty, hexadecimal or exponent value of an integer option instead of reading it as a number', () => {
+    // z.coerce.number() took '' as 0: `--terminal-retention-ms "$UNSET"` deleted every finished delivery.
+    for (const [flag, value] of [
+      ['--terminal-retention-ms', ''],
+      ['--shutdown-deadline-ms', ''],
+      ['--max-response-bytes', ' '],
+      ['--circuit-open-after-ms', ''],
+      ['--request-timeout-ms', '0x1388'],
+      ['--max-attempts', '1e1'],
+      ['--max-attempts', '0b11'],
+      ['--max-attempts', '5.0'],
+      ['--max-attempts', '1_000'],
+      ['--lease-ms', '60,000'],
+    ] as const) {
+      expect(problems([flag, value]), `${flag} ${JSON.stringify(value)}`).toEqual([
+        expect.stringMatching(
+          new RegExp(`^${flag} \\(flag\\) must be an integer from .*; got ${JSON.stringify(value)}$`),
+        ),
+      ]);
+    }
+    expect(problems(['--store', ' '])[0]).toMatch(/^--store \(flag\) must be a file path/);
+    // Plain decimals, blanks around them ignored; an empty variable still counts as unset.
+    expect(loadConfig(['--max-attempts', ' 7 ', '--terminal-retention-ms', '0'], {})).toMatchObject({
+      maxAttempts: 7,
+      terminalRetentionMs: 0,
+    });
+    expect(loadConfig([], { APP_INBOX_TERMINAL_RETENTION_MS: '' }).terminalRetentionMs).toBe(
+      DEFAULT_CONFIG.terminalRetentionMs,
+    );
+    // An empty --metrics-address is documented as off.
+    expect(loadConfig(['--metrics-address', ''], {}).metricsAddress).toBe('');
+  });
+
   it('checks rules between options', () => {
     expect(problems(['--lease-ms', '5000', '--request-timeout-ms', '5000'])).toEqual([
       '--lease-ms (5000) must be greater than --request-timeout-ms (5000), or another worker could take over a live attempt',

@@ -208,8 +208,22 @@ export interface OptionSpec {
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
+/**
+ * An integer option: a number (the defaults) or plain decimal digits, blanks around them ignored. Not
+ * `z.coerce.number()`: it took an empty value as 0 (`--terminal-retention-ms "$UNSET"` deleted every finished
+ * delivery at the next sweep) and read `0x1388`, `1e1` or `0b11` as numbers. No `_` or `,` separators.
+ */
 function int(min: number, max: number): z.ZodType {
-  return z.coerce.number().int().min(min).max(max);
+  return z
+    .union([
+      z.number(),
+      z
+        .string()
+        .trim()
+        .regex(/^-?\d+$/)
+        .transform(Number),
+    ])
+    .pipe(z.number().int().min(min).max(max));
 }
 
 const fmt = (n: number): string => n.toLocaleString('en-US');
@@ -299,9 +313,9 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     bound: 'a file path, sqlite:PATH (not :memory:), or a postgres:// URL',
     schema: z
       .string()
-      .min(1)
       .regex(STORE)
-      .refine((s) => !/^sqlite::memory:$/i.test(s.trim())),
+      // A blank value (`--store ' '`) is no path: it would open a file named by the blanks.
+      .refine((s) => s.trim() !== '' && !/^sqlite::memory:$/i.test(s.trim())),
     shown: redactCredentials,
   },
   intOption(
