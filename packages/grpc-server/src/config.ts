@@ -564,7 +564,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   fileOption(
     'grpcTokenFile',
     '--grpc-token-file',
-    'File of bearer tokens, one per line (`#` comments); added to APP_INBOX_GRPC_TOKENS.',
+    'File of bearer tokens, one per line (a line starting with `#` is a comment; a `#` inside a token is part of it); added to APP_INBOX_GRPC_TOKENS.',
   ),
   intOption(
     'circuitOpenAfterMs',

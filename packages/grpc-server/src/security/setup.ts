@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { GrpcAuthConfigError } from './grpc-auth.js';
+import { GrpcAuthConfigError, MIN_TOKEN_LENGTH } from './grpc-auth.js';
 import {
   SecretBoxError,
   createSecretBox,
@@ -72,9 +72,12 @@ export function secretBoxForStore(setup: SecretBoxSetup): { box: SecretBox; orig
 }
 
 /**
- * The accepted bearer tokens: the listed ones plus those of the token file (one per line, blank lines and
- * `#` comments ignored). Empty when neither is set (then no token is asked for).
- * @throws GrpcAuthConfigError naming the file when it cannot be read or holds no token
+ * The accepted bearer tokens: the listed ones plus those of the token file (one per line; blank lines and
+ * lines whose first non-blank character is `#` ignored). A `#` inside a line is part of the token: cutting
+ * the line there would accept a shorter prefix than the operator wrote. Empty when neither is set (then no
+ * token is asked for).
+ * @throws GrpcAuthConfigError naming `--grpc-token-file`, the file and the line (never the token) when the file
+ * cannot be read, holds no token, or a line is not a valid token
  */
 export function grpcTokens(tokens: readonly string[], tokenFile: string): string[] {
   const all = tokens.map((t) => t.trim()).filter((t) => t !== '');
@@ -84,12 +87,19 @@ export function grpcTokens(tokens: readonly string[], tokenFile: string): string
     text = readFileSync(tokenFile, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
-    throw new GrpcAuthConfigError(`grpcTokenFile: cannot read ${tokenFile} (${code})`, { cause: error });
+    throw new GrpcAuthConfigError(`--grpc-token-file: cannot read ${tokenFile} (${code})`, { cause: error });
   }
-  const fromFile = text
-    .split('\n')
-    .map((line) => line.replace(/#.*$/, '').trim())
-    .filter((line) => line !== '');
-  if (fromFile.length === 0) throw new GrpcAuthConfigError(`grpcTokenFile: ${tokenFile} holds no token`);
+  const fromFile: string[] = [];
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    if (line.length < MIN_TOKEN_LENGTH || /\s/.test(line)) {
+      throw new GrpcAuthConfigError(
+        `--grpc-token-file: ${tokenFile} line ${i + 1}: a token must be at least ${MIN_TOKEN_LENGTH} characters without spaces (openssl rand -hex 32; a comment is a line of its own starting with #)`,
+      );
+    }
+    fromFile.push(line);
+  });
+  if (fromFile.length === 0) throw new GrpcAuthConfigError(`--grpc-token-file: ${tokenFile} holds no token`);
   return [...all, ...fromFile];
 }

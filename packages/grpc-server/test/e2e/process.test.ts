@@ -3,6 +3,9 @@
  * its help. (Crash and restart of the process: restart.test.ts.)
  */
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
@@ -31,6 +34,25 @@ describe('app-inbox-server process', () => {
     );
     // Nothing started: no log line on stdout.
     expect(result.stdout).toBe('');
+  });
+
+  it('refuses a bad token file naming --grpc-token-file, the file and the line (exit 2, the token not shown)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'process-tokens-'));
+    try {
+      const file = join(dir, 'tokens.txt');
+      writeFileSync(file, '# callers\nshort-token\n', { mode: 0o600 });
+      const result = runMain(
+        ['--grpc-address', '127.0.0.1:0', '--metrics-address', 'off', '--store', join(dir, 'x.db')],
+        { APP_INBOX_GRPC_TOKENS: 'env-token-0123456789abcdef', APP_INBOX_GRPC_TOKEN_FILE: file },
+      );
+      expect(result.status).toBe(2);
+      expect(result.stderr).toContain(
+        `app-inbox-server: --grpc-token-file: ${file} line 2: a token must be at least 16`,
+      );
+      expect(result.stderr).not.toContain('short-token');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('prints every option with its variable and default on --help', () => {

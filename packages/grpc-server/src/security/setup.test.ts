@@ -1,0 +1,65 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { GrpcAuthConfigError } from './grpc-auth.js';
+import { grpcTokens } from './setup.js';
+
+const TOKEN = 'file-token-0123456789abcdef';
+const ENV_TOKEN = 'env-token-0123456789abcdef';
+
+describe('grpcTokens (--grpc-token-file)', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+
+  function tokenFile(text: string): string {
+    const dir = mkdtempSync(join(tmpdir(), 'grpc-tokens-'));
+    dirs.push(dir);
+    const file = join(dir, 'tokens.txt');
+    writeFileSync(file, text, { mode: 0o600 });
+    return file;
+  }
+
+  /** The error grpcTokens throws for `text` as the token file. */
+  function refusal(text: string, file = tokenFile(text)): { message: string; file: string } {
+    try {
+      grpcTokens([ENV_TOKEN], file);
+    } catch (error) {
+      expect(error).toBeInstanceOf(GrpcAuthConfigError);
+      return { message: (error as Error).message, file };
+    }
+    throw new Error('expected a GrpcAuthConfigError');
+  }
+
+  it('adds the tokens of the file to the listed ones, skipping blank lines and comment lines', () => {
+    const file = tokenFile(`# rotation: the old one goes once callers moved\n\n  ${TOKEN}  \n   # indented comment\n`);
+    expect(grpcTokens([ENV_TOKEN], file)).toEqual([ENV_TOKEN, TOKEN]);
+    expect(grpcTokens([ENV_TOKEN], '')).toEqual([ENV_TOKEN]);
+  });
+
+  it('keeps a # inside a line as part of the token instead of cutting the line there', () => {
+    // Cut at the '#', the server accepted the 16-character prefix `abcdefghijklmnop` instead of the token.
+    const file = tokenFile('abcdefghijklmnop#qrstuvwx0123\n');
+    expect(grpcTokens([], file)).toEqual(['abcdefghijklmnop#qrstuvwx0123']);
+    // A trailing comment is not a comment: the line has spaces, so it is refused rather than shortened.
+    expect(refusal(`${TOKEN} # the new one\n`).message).toMatch(/line 1: a token must be at least 16 characters/);
+  });
+
+  it('names --grpc-token-file, the file and the line of a bad token, counting lines of the file only', () => {
+    const { message, file } = refusal(`# tokens\n${TOKEN}\n\nshort-token\n`);
+    expect(message).toBe(
+      `--grpc-token-file: ${file} line 4: a token must be at least 16 characters without spaces (openssl rand -hex 32; a comment is a line of its own starting with #)`,
+    );
+    expect(message).not.toContain('short-token');
+    expect(refusal('has a space in it 0123').message).not.toContain('has a space');
+  });
+
+  it('names --grpc-token-file when the file cannot be read or holds no token', () => {
+    const missing = join(tmpdir(), 'no-such-dir-grpc-tokens', 'tokens.txt');
+    expect(refusal('', missing).message).toBe(`--grpc-token-file: cannot read ${missing} (ENOENT)`);
+    const { message, file } = refusal('# nothing yet\n\n');
+    expect(message).toBe(`--grpc-token-file: ${file} holds no token`);
+  });
+});
