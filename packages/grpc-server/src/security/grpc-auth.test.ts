@@ -260,20 +260,28 @@ describe('TLS and mutual TLS (certificates made by openssl in a temp dir)', () =
     expect(running.handlerCalls).toBe(0);
   });
 
-  it('rejects incomplete or unreadable TLS options, naming the option', () => {
-    expect(() => serverCredentials({ tlsCertFile: file('server.crt') })).toThrow(/tlsKeyFile: required/);
-    expect(() => serverCredentials({ tlsKeyFile: file('server.key') })).toThrow(/tlsCertFile: required/);
-    expect(() => serverCredentials({ tlsClientCaFile: file('ca.crt') })).toThrow(/tlsClientCaFile: mutual TLS needs/);
+  it('rejects incomplete or unreadable TLS options, naming the option by its flag', () => {
+    expect(() => serverCredentials({ tlsCertFile: file('server.crt') })).toThrow(
+      /^--tls-key-file: required when --tls-cert-file is set$/,
+    );
+    expect(() => serverCredentials({ tlsKeyFile: file('server.key') })).toThrow(/^--tls-cert-file: required/);
+    expect(() => serverCredentials({ tlsClientCaFile: file('ca.crt') })).toThrow(
+      /^--tls-client-ca-file: mutual TLS needs --tls-cert-file and --tls-key-file$/,
+    );
     expect(() => serverCredentials({ ...tls(), tlsClientCaFile: file('nope.crt') })).toThrow(
-      /tlsClientCaFile: cannot read .*ENOENT/,
+      /^--tls-client-ca-file: cannot read .*ENOENT/,
+    );
+    expect(() => serverCredentials({ tlsCertFile: file('nope.crt'), tlsKeyFile: file('server.key') })).toThrow(
+      /^--tls-cert-file: cannot read .*nope\.crt \(ENOENT\)$/,
     );
     expect(() => serverCredentials({ tlsCertFile: file('server.key'), tlsKeyFile: file('server.crt') })).toThrow(
-      /tlsCertFile\/tlsKeyFile: not a matching PEM/,
+      /^--tls-cert-file\/--tls-key-file: not a matching PEM/,
     );
     expect(() => serverCredentials({ ...tls(), tlsClientCaFile: file('client.ext') })).toThrow(
-      /tlsClientCaFile: not a PEM/,
+      /^--tls-client-ca-file: not a PEM/,
     );
-    expect(() => clientCredentials({ certFile: file('client.crt') })).toThrow(/keyFile: required/);
-    expect(() => clientCredentials({ caFile: file('missing.crt') })).toThrow(/caFile: cannot read/);
+    // The client's options are named by the app-inbox flags.
+    expect(() => clientCredentials({ certFile: file('client.crt') })).toThrow(/^--key-file: required/);
+    expect(() => clientCredentials({ caFile: file('missing.crt') })).toThrow(/^--ca-file: cannot read/);
   });
 });

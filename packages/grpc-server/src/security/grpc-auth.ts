@@ -8,7 +8,10 @@ import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 
-/** Raised for invalid access options; names the option, never prints a token or key. */
+/**
+ * Raised for invalid access options; names the option by its flag (`--tls-cert-file` on the server, `--ca-file`
+ * in the `app-inbox` client), never prints a token or key.
+ */
 export class GrpcAuthConfigError extends Error {
   override readonly name = 'GrpcAuthConfigError';
   readonly code = 'invalid_argument';
@@ -50,18 +53,22 @@ export interface ServerTlsOptions {
 export function serverCredentials(options: ServerTlsOptions = {}): grpc.ServerCredentials {
   const { tlsCertFile, tlsKeyFile, tlsClientCaFile } = options;
   if (!tlsCertFile && !tlsKeyFile) {
-    if (tlsClientCaFile) throw new GrpcAuthConfigError('tlsClientCaFile: mutual TLS needs tlsCertFile and tlsKeyFile');
+    if (tlsClientCaFile)
+      throw new GrpcAuthConfigError('--tls-client-ca-file: mutual TLS needs --tls-cert-file and --tls-key-file');
     return grpc.ServerCredentials.createInsecure();
   }
-  if (!tlsCertFile) throw new GrpcAuthConfigError('tlsCertFile: required when tlsKeyFile is set');
-  if (!tlsKeyFile) throw new GrpcAuthConfigError('tlsKeyFile: required when tlsCertFile is set');
-  const pair = { cert_chain: readPem('tlsCertFile', tlsCertFile), private_key: readPem('tlsKeyFile', tlsKeyFile) };
-  const clientCa = tlsClientCaFile ? readPem('tlsClientCaFile', tlsClientCaFile) : null;
+  if (!tlsCertFile) throw new GrpcAuthConfigError('--tls-cert-file: required when --tls-key-file is set');
+  if (!tlsKeyFile) throw new GrpcAuthConfigError('--tls-key-file: required when --tls-cert-file is set');
+  const pair = {
+    cert_chain: readPem('--tls-cert-file', tlsCertFile),
+    private_key: readPem('--tls-key-file', tlsKeyFile),
+  };
+  const clientCa = tlsClientCaFile ? readPem('--tls-client-ca-file', tlsClientCaFile) : null;
   // grpc-js only parses the PEM when binding; building a context now makes a bad file fail at start, by name.
   try {
     createSecureContext({ cert: pair.cert_chain, key: pair.private_key });
   } catch (error) {
-    throw new GrpcAuthConfigError('tlsCertFile/tlsKeyFile: not a matching PEM certificate and private key', {
+    throw new GrpcAuthConfigError('--tls-cert-file/--tls-key-file: not a matching PEM certificate and private key', {
       cause: error,
     });
   }
@@ -70,7 +77,7 @@ export function serverCredentials(options: ServerTlsOptions = {}): grpc.ServerCr
       // A CA bundle that is not PEM would be ignored silently (and then no client could connect).
       new X509Certificate(clientCa);
     } catch (error) {
-      throw new GrpcAuthConfigError('tlsClientCaFile: not a PEM CA certificate bundle', { cause: error });
+      throw new GrpcAuthConfigError('--tls-client-ca-file: not a PEM CA certificate bundle', { cause: error });
     }
   }
   // checkClientCertificate: with a client CA, a client must present a certificate that chains to it.
@@ -216,8 +223,8 @@ export interface ClientAccess {
  */
 export function clientCredentials(options: ClientAccessOptions = {}): ClientAccess {
   const { caFile, certFile, keyFile, token } = options;
-  if (certFile && !keyFile) throw new GrpcAuthConfigError('keyFile: required when certFile is set');
-  if (keyFile && !certFile) throw new GrpcAuthConfigError('certFile: required when keyFile is set');
+  if (certFile && !keyFile) throw new GrpcAuthConfigError('--key-file: required when --cert-file is set');
+  if (keyFile && !certFile) throw new GrpcAuthConfigError('--cert-file: required when --key-file is set');
   const useTls = options.tls === true || Boolean(caFile || certFile);
   const metadataFor = (t: string) => {
     const metadata = new grpc.Metadata();
@@ -240,9 +247,9 @@ export function clientCredentials(options: ClientAccessOptions = {}): ClientAcce
     return { credentials: grpc.credentials.createInsecure(), interceptors };
   }
   const channel = grpc.credentials.createSsl(
-    caFile ? readPem('caFile', caFile) : null,
-    keyFile ? readPem('keyFile', keyFile) : null,
-    certFile ? readPem('certFile', certFile) : null,
+    caFile ? readPem('--ca-file', caFile) : null,
+    keyFile ? readPem('--key-file', keyFile) : null,
+    certFile ? readPem('--cert-file', certFile) : null,
   );
   if (!token) return { credentials: channel, interceptors: [] };
   const call = grpc.credentials.createFromMetadataGenerator((_params, callback) => callback(null, metadataFor(token)));

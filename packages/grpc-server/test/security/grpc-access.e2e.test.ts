@@ -172,6 +172,6 @@ describe('TLS and mutual TLS (--tls-cert-file, --tls-key-file, --tls-client-ca-f
   it('refuses to start on a missing certificate file, naming the option', async () => {
     await expect(
       startTestServer(await sqlite.newUrl(), { tlsCertFile: f('nope.crt'), tlsKeyFile: f('server.key') }),
-    ).rejects.toThrow(/tlsCertFile: cannot read .*nope\.crt/);
+    ).rejects.toThrow(/--tls-cert-file: cannot read .*nope\.crt/);
   });
 });
