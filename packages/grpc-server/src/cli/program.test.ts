@@ -3,7 +3,7 @@
  * code 2 before any call. The commands against a real server: test/cli/cli.e2e.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { runCli, type CliIo } from './program.js';
+import { runCli, serverAddress, type CliIo } from './program.js';
 
 function fakeIo(env: Record<string, string> = {}, stdin = '') {
   let stdout = '';
@@ -57,12 +57,43 @@ describe('app-inbox commands', () => {
       [['deliveries', 'list', '--state', 'sent'], /"sent" is not one of/],
       [['--timeout', '-1', 'watch'], /--timeout must be a positive integer/],
       [['frobnicate'], /unknown command 'frobnicate'/],
+      // grpc-js threw "Could not parse target name" on an empty address: an unexpected error, exit 1.
+      [
+        ['--address', '', 'webhook', 'get', 'a'],
+        /^app-inbox: --address: empty is not a server address: give host:port/,
+      ],
+      [
+        ['webhook', 'get', 'a'],
+        /^app-inbox: APP_INBOX_ADDRESS: empty is not a server address/,
+        { APP_INBOX_ADDRESS: '' },
+      ],
+      [['--address', ' ', 'publish', 'a', '-'], /--address: empty is not a server address/],
+      [
+        ['--address', 'http://127.0.0.1:50051', 'webhook', 'get', 'a'],
+        /--address: "http:\/\/127\.0\.0\.1:50051" is not/,
+      ],
+      [['--address', '127.0.0.1:99999', 'webhook', 'get', 'a'], /a port from 1 to 65,535/],
+      [['--address', 'a b:1', 'webhook', 'get', 'a'], /--address: "a b:1" is not a server address/],
     ];
     for (const [args, message, env] of cases) {
       const f = fakeIo(env);
       expect(await runCli(args, f.io), args.join(' ')).toBe(2);
       expect(f.err(), args.join(' ')).toMatch(message);
       expect(f.out()).toBe('');
+    }
+  });
+
+  it('takes host:port, a bare host or a gRPC target as the address, from --address, APP_INBOX_ADDRESS or the default', () => {
+    expect(serverAddress(undefined, undefined)).toBe('127.0.0.1:50051');
+    expect(serverAddress(undefined, 'inbox.internal:443')).toBe('inbox.internal:443');
+    expect(serverAddress('[::1]:50051', 'ignored:1')).toBe('[::1]:50051');
+    for (const address of [
+      'localhost',
+      'dns:///inbox.internal:50051',
+      'unix:/run/app-inbox.sock',
+      'ipv4:10.0.0.1:50051',
+    ]) {
+      expect(serverAddress(address, undefined)).toBe(address);
     }
   });
 

@@ -76,6 +76,38 @@ function positiveInt(what: string) {
   };
 }
 
+/** A target with a gRPC name-resolver scheme (`dns:///host:port`, `unix:/path`, ...), passed on as is. */
+const GRPC_TARGET = /^(?:dns|unix|unix-abstract|ipv4|ipv6|vsock):\S+$/i;
+/** `host` or `host:port`: a name, an IPv4 address or a bracketed IPv6 address; gRPC's default port is 443. */
+const HOST_PORT = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$/;
+
+/**
+ * The server address from `--address`, else `APP_INBOX_ADDRESS`, else the default. An empty or unparsable one
+ * is a usage error (exit 2, nothing sent): grpc-js threw "Could not parse target name" on an empty one (an
+ * unexpected error with a stack trace, exit 1) and took the others as names that never resolve (UNAVAILABLE).
+ * An empty variable is refused rather than taken as unset: `APP_INBOX_ADDRESS="$UNSET"` must not quietly
+ * send to whatever server listens on the default address.
+ */
+export function serverAddress(flag: string | undefined, variable: string | undefined): string {
+  const [source, address] =
+    flag !== undefined
+      ? ['--address', flag]
+      : variable !== undefined
+        ? ['APP_INBOX_ADDRESS', variable]
+        : ['default', CLI_DEFAULTS.address];
+  const port = HOST_PORT.exec(address)?.[1];
+  const valid =
+    GRPC_TARGET.test(address) ||
+    (HOST_PORT.test(address) && (port === undefined || (Number(port) >= 1 && Number(port) <= 65_535)));
+  if (!valid) {
+    throw new CliError(
+      'usage',
+      `${source}: ${address.trim() === '' ? 'empty' : JSON.stringify(address)} is not a server address: give host:port, e.g. ${CLI_DEFAULTS.address} (a port from 1 to 65,535)`,
+    );
+  }
+  return address;
+}
+
 /** What one command needs: output, the JSON switch, and the client (created on first use, closed at the end). */
 class Context {
   readonly json: boolean;
@@ -92,9 +124,10 @@ class Context {
     if (this.#client === null) {
       const g = this.globals;
       const env = this.io.env;
+      const address = serverAddress(g.address, env.APP_INBOX_ADDRESS);
       try {
         this.#client = new ApiClient({
-          address: g.address ?? env.APP_INBOX_ADDRESS ?? CLI_DEFAULTS.address,
+          address,
           timeoutMs: (g.timeout ?? CLI_DEFAULTS.timeoutSeconds) * 1000,
           token: g.token ?? env.APP_INBOX_TOKEN,
           tls: g.tls,
@@ -104,6 +137,17 @@ class Context {
         });
       } catch (error) {
         if (error instanceof GrpcAuthConfigError) throw new CliError('usage', error.message, [], { cause: error });
+        // grpc-js's own parse of the target, for what serverAddress let through.
+        if (error instanceof Error && /could not parse target/i.test(error.message)) {
+          throw new CliError(
+            'usage',
+            `${g.address !== undefined ? '--address' : 'APP_INBOX_ADDRESS'}: ${error.message}`,
+            [],
+            {
+              cause: error,
+            },
+          );
+        }
         throw error;
       }
     }
@@ -263,6 +307,8 @@ Examples:
     async (...args: unknown[]): Promise<void> => {
       const command = args[args.length - 1] as Command;
       const ctx = new Context(io, command.optsWithGlobals<GlobalOptions>());
+      // A bad address is refused before a file or standard input is read, like any other usage mistake.
+      serverAddress(ctx.globals.address, io.env.APP_INBOX_ADDRESS);
       contexts.push(ctx);
       await fn(ctx, ...(args.slice(0, -1) as A));
     };

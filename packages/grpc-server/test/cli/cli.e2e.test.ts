@@ -287,6 +287,17 @@ describe('app-inbox command-line client', () => {
     const unreachable = await runCli(['--address', '127.0.0.1:1', '--timeout', '5', 'webhook', 'get', 'a']);
     expect(unreachable.code).toBe(1);
     expect(unreachable.stderr).toContain('UNAVAILABLE: cannot reach the server at 127.0.0.1:1');
+    // An empty address (a variable left unset): grpc-js threw, the client printed a stack trace and exited 1.
+    for (const [args, env, name] of [
+      [['--address', '', 'webhook', 'get', 'a'], {}, '--address'],
+      [['webhook', 'get', 'a'], { APP_INBOX_ADDRESS: '' }, 'APP_INBOX_ADDRESS'],
+    ] as const) {
+      const empty = await runCli(args, { env });
+      expect(empty.code).toBe(2);
+      expect(empty.stderr).toBe(
+        `app-inbox: ${name}: empty is not a server address: give host:port, e.g. 127.0.0.1:50051 (a port from 1 to 65,535)\n`,
+      );
+    }
     const badOption = await runCli(cli('webhook', 'set', 'a', '--url', 'http://x', '--max-messages', 'lots'));
     expect(badOption.code).toBe(2);
     expect(badOption.stderr).toContain("option '--max-messages <n>' argument 'lots' is invalid");

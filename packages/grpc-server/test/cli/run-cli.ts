@@ -33,6 +33,11 @@ export interface CliProcess {
   done: Promise<CliResult>;
 }
 
+function withoutClientVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { APP_INBOX_ADDRESS: _address, APP_INBOX_TOKEN: _token, ...rest } = env;
+  return rest;
+}
+
 export function startCli(args: readonly string[], options: CliRunOptions = {}): CliProcess {
   const child = spawn(
     process.execPath,
@@ -40,12 +45,11 @@ export function startCli(args: readonly string[], options: CliRunOptions = {}): 
     {
       cwd: PACKAGE_DIR,
       stdio: ['pipe', 'pipe', 'pipe'],
-      // The variables of the machine running the tests must not change the client's address or token.
+      // The variables of the machine running the tests must not change the client's address or token (unset,
+      // not empty: an empty APP_INBOX_ADDRESS is refused).
       env: {
-        ...process.env,
+        ...withoutClientVariables(process.env),
         NODE_OPTIONS: '',
-        APP_INBOX_ADDRESS: '',
-        APP_INBOX_TOKEN: '',
         ...options.env,
       },
     },
