@@ -304,6 +304,34 @@ describe('app-inbox command-line client', () => {
     expect(badOption.stderr).toContain('--max-messages must be a positive integer');
   });
 
+  it("ends quietly when its output is closed early (| head -1): no EPIPE stack trace, the command's exit code", async () => {
+    // The reader is gone before the client writes: its first write fails with EPIPE, as behind `| head -1`.
+    const closedOutput = (args: string[]) => {
+      const run = startCli(args);
+      run.child.stdout!.destroy();
+      return run.done;
+    };
+    const help = await closedOutput(['--help']);
+    expect(help).toMatchObject({ code: 0, stderr: '' });
+
+    // A publish the server accepted is not reported as failed because nobody read its summary.
+    const acct = await accountWithReceiver();
+    const published = await closedOutput(
+      cli('publish', acct, file('m5.json', [seedMessage('p-1'), seedMessage('p-2')])),
+    );
+    expect(published).toMatchObject({ code: 0, stderr: '' });
+    await eventually(() => (receiver.records.list().length === 2 ? true : undefined), 10_000, 'two deliveries');
+
+    // A watch ends at its first outcome, as `watch | head -1` should, instead of running on unheard.
+    const watcher = startCli(cli('watch', '--account', acct));
+    watcher.child.stdout!.destroy();
+    await eventually(() => (watcher.stderr().includes('watching outcomes') ? true : undefined), 20_000, 'the watch');
+    await t.clients.publishMessages({ accountId: acct, messages: [inboxMessage('w')] });
+    const watched = await watcher.done;
+    expect(watched.code).toBe(0);
+    expect(watched.stderr).not.toContain('EPIPE');
+  });
+
   it('prints help for the program and its commands', async () => {
     const root = await runCli(['--help']);
     expect(root.code).toBe(0);
