@@ -10,7 +10,7 @@ import { MetricsServerOptionError } from './observability/metrics-server.js';
 import { TracingOptionError } from './observability/tracing.js';
 import { GrpcAuthConfigError } from './security/grpc-auth.js';
 import { SecretBoxError } from './security/secrets.js';
-import { startServer } from './server.js';
+import { StoreOpenError, startServer } from './server.js';
 
 /** Exit code of a refused configuration (like sysexits' EX_USAGE family: not a crash). */
 const EXIT_BAD_CONFIG = 2;
@@ -52,6 +52,11 @@ async function main(): Promise<void> {
       process.stderr.write(`app-inbox-server: ${error.message}\nSee ${doc}.\n`);
       process.exit(EXIT_BAD_CONFIG);
     }
+    // Anything else (the store cannot be opened, the address is taken) is said on stderr as well: the log line
+    // above is on stdout, and absent with --log-level silent. Exit code 1: the options are valid, the
+    // environment is not (yet): a restart may succeed once the database is up or the directory writable.
+    const reason = error instanceof StoreOpenError ? error.message : `the server could not start: ${String(error)}`;
+    process.stderr.write(`app-inbox-server: ${reason}\n`);
     process.exit(1);
   }
 

@@ -181,12 +181,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const tracingEnv = options.env ?? process.env;
   resolveTracesUrl({ otlpEndpoint: config.otlpEndpoint, env: tracingEnv });
 
-  const rawStore =
-    options.store ??
-    (await openStore(prepareStoreLocation(config.store), {
-      postgres: { poolSize: config.pgPoolSize },
-      sqlite: { cacheSizeKiB: config.sqliteCacheMib * 1024 },
-    }));
+  const rawStore = options.store ?? (await openConfiguredStore(config));
   // Passwords and signing secrets are sealed (AES-256-GCM) before either engine writes them.
   const store = withSealedSecrets(rawStore, box, {
     onSecretError: (accountId, error) =>
@@ -382,6 +377,40 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   } catch (error) {
     for (const fn of cleanup) await fn().catch(() => undefined);
     throw error;
+  }
+}
+
+/**
+ * The store could not be opened at start: a SQLite file in a directory this user cannot write, a path under a
+ * regular file, PostgreSQL unreachable or refusing the login. The message names `--store` and its location
+ * (without a password) and the cause; the driver's own ("unable to open database file") names neither.
+ */
+export class StoreOpenError extends Error {
+  override readonly name = 'StoreOpenError';
+  readonly code = 'store_unavailable' as const;
+  constructor(store: string, cause: unknown) {
+    const error = cause as { message?: unknown; code?: unknown };
+    const shown = redactCredentials(store);
+    // A driver quoting the URL it was given must not show the password either.
+    const message = (typeof error?.message === 'string' ? error.message : String(cause)).replaceAll(store, shown);
+    const code = typeof error?.code === 'string' && !message.includes(error.code) ? ` (${error.code})` : '';
+    const hint = /^(SQLITE_CANTOPEN|SQLITE_READONLY|EACCES|EPERM|EROFS)/.test(String(error?.code))
+      ? '; can this user create and write files in its directory?'
+      : /^(EEXIST|ENOTDIR)$/.test(String(error?.code))
+        ? '; a part of its directory path is a file, not a directory'
+        : '';
+    super(`--store ${shown}: cannot open the store: ${message}${code}${hint}`, { cause });
+  }
+}
+
+async function openConfiguredStore(config: ServerConfig): Promise<Store> {
+  try {
+    return await openStore(prepareStoreLocation(config.store), {
+      postgres: { poolSize: config.pgPoolSize },
+      sqlite: { cacheSizeKiB: config.sqliteCacheMib * 1024 },
+    });
+  } catch (error) {
+    throw new StoreOpenError(config.store, error);
   }
 }
 

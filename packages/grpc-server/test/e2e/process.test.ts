@@ -3,7 +3,7 @@
  * its help. (Crash and restart of the process: restart.test.ts.)
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,14 +11,18 @@ import { describe, expect, it } from 'vitest';
 
 const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
 
-function runMain(args: string[], env: NodeJS.ProcessEnv = {}) {
+function runMain(args: string[], env: NodeJS.ProcessEnv = {}, user: { uid?: number; gid?: number } = {}) {
   return spawnSync(process.execPath, ['--conditions=@app-inbox/source', '--import', 'tsx', 'src/main.ts', ...args], {
     cwd: PACKAGE_DIR,
     env: { ...process.env, NODE_OPTIONS: '', ...env },
     encoding: 'utf8',
     timeout: 20_000,
+    ...user,
   });
 }
+
+const KEYS = { APP_INBOX_SECRET_KEYS: `k1:${Buffer.alloc(32, 7).toString('base64')}` };
+const START = ['--grpc-address', '127.0.0.1:0', '--metrics-address', 'off', '--log-level', 'silent'];
 
 describe('app-inbox-server process', () => {
   it('refuses to start on a bad configuration, naming every bad option and its bound', () => {
@@ -50,6 +54,46 @@ describe('app-inbox-server process', () => {
         `app-inbox-server: --grpc-token-file: ${file} line 2: a token must be at least 16`,
       );
       expect(result.stderr).not.toContain('short-token');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('names the store on stderr when it cannot be opened, even with --log-level silent (exit 1)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'process-store-'));
+    try {
+      // A path under a regular file: refused to root as well.
+      const file = join(dir, 'not-a-dir');
+      writeFileSync(file, '');
+      const underFile = runMain([...START, '--store', join(file, 'x.db')], KEYS);
+      expect(underFile.status).toBe(1);
+      expect(underFile.stdout).toBe('');
+      expect(underFile.stderr).toMatch(
+        new RegExp(`^app-inbox-server: --store ${join(file, 'x.db')}: cannot open the store: .*\n$`),
+      );
+
+      // A directory this user cannot write (run as nobody when the tests run as root, who may write anywhere).
+      const readOnly = join(dir, 'read-only');
+      mkdirSync(readOnly, { mode: 0o555 });
+      chmodSync(dir, 0o755);
+      const asRoot = process.getuid?.() === 0;
+      const denied = runMain(
+        [...START, '--store', join(readOnly, 'x.db')],
+        KEYS,
+        asRoot ? { uid: 65534, gid: 65534 } : {},
+      );
+      expect(denied.status).toBe(1);
+      expect(denied.stderr).toBe(
+        `app-inbox-server: --store ${join(readOnly, 'x.db')}: cannot open the store: unable to open database file (SQLITE_CANTOPEN); can this user create and write files in its directory?\n`,
+      );
+
+      // A PostgreSQL URL is shown without its password.
+      const pg = runMain([...START, '--store', 'postgres://app:hunter2-secret@127.0.0.1:1/none'], KEYS);
+      expect(pg.status).toBe(1);
+      expect(pg.stderr).toMatch(
+        /^app-inbox-server: --store postgres:\/\/app:\*\*\*@127\.0\.0\.1:1\/none: cannot open the store: /,
+      );
+      expect(pg.stderr).not.toContain('hunter2-secret');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
