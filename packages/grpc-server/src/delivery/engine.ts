@@ -221,13 +221,13 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
 }
 
 /**
- * A claim and the owner it is held under: the process's owner plus the number of the claimDue call, so that each
- * claim of a delivery has its own. A process that claims a delivery again after its own lease on it ran out (its
- * event loop stalled, its wall clock stepped forward) holds a new claim, and an attempt of the old one cannot
- * record or release under it (the store compares owners), unless the new claim handed it over: see
- * {@link DeliveryEngine.#attemptWithSlot}. Read at each store call, never kept from before.
+ * A claim and the owner it is held under: the process's owner plus `seq`, the number of the claimDue call, so that
+ * each claim of a delivery has its own. A process that claims a delivery again after its own lease on it ran out
+ * (its event loop stalled, its wall clock stepped forward) holds a new claim, and an attempt of the old one cannot
+ * record or release under it (the store compares owners), unless the new claim was handed to it: see
+ * {@link DeliveryEngine.#handOver}. `owner` and `leaseUntil` are read at each use, never kept from before.
  */
-type Held = ClaimedDelivery & { owner: string };
+type Held = ClaimedDelivery & { owner: string; seq: number; handedOver?: boolean };
 
 /** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
 export const SLOW_LANE_FACTOR = 4;
@@ -330,8 +330,8 @@ export class DeliveryEngine {
   /** One controller per attempt that may send; aborted when the stop deadline passes. */
   readonly #attempts = new Set<AbortController>();
   readonly #tasks = new Set<Promise<void>>();
-  /** The attempt under way of each delivery this process has one of (see {@link DeliveryEngine.#attemptWithSlot}). */
-  readonly #underway = new Map<string, { claim: Held; ended: Promise<void> }>();
+  /** The claim of each delivery with an attempt under way in this process (see {@link DeliveryEngine.#handOver}). */
+  readonly #underway = new Map<string, Held>();
   #claimSeq = 0;
   #loops: Promise<void>[] = [];
   #started = false;
@@ -515,7 +515,8 @@ export class DeliveryEngine {
     const now = this.#clock();
     const exclude = new Set(this.#limiter.saturated());
     for (const account of this.#health.pausedAccounts(now)) exclude.add(account);
-    const owner = `${this.options.owner}#${(this.#claimSeq += 1)}`;
+    const seq = (this.#claimSeq += 1);
+    const owner = `${this.options.owner}#${seq}`;
     lane.claiming = true;
     let claims: Held[];
     try {
@@ -530,7 +531,7 @@ export class DeliveryEngine {
           // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
           maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
         })
-        .then((taken) => taken.map((claim) => Object.assign(claim, { owner })));
+        .then((taken) => taken.map((claim) => Object.assign(claim, { owner, seq })));
     } finally {
       lane.claiming = false;
     }
@@ -545,6 +546,7 @@ export class DeliveryEngine {
   }
 
   #dispatch(claim: Held, lane: LaneState): void {
+    if (this.#handOver(claim)) return;
     const account = claim.delivery.accountId;
     if (this.#limiter.tryAcquire(account)) {
       lane.busy += 1;
@@ -564,29 +566,53 @@ export class DeliveryEngine {
       await this.#release(claim, 'stopping');
       return;
     }
+    // An attempt of the delivery may have begun while this claim waited (this one is then older or newer).
+    if (this.#handOver(claim)) {
+      this.#limiter.release(claim.delivery.accountId);
+      this.#slotFreed(lane);
+      return;
+    }
     lane.busy += 1;
     await this.#attemptWithSlot(claim, lane, true);
   }
 
   /**
+   * Whether this process has an attempt of the claim's delivery under way; if so the claim is not attempted beside
+   * it (one request of a delivery at a time from a process). That happens when the process took its own claim back
+   * after the lease ran out under it (see {@link Held}). A newer claim is handed to the attempt under way, which then
+   * records its outcome under it (the attempt number is still the next one: a claim taken back recorded nothing):
+   * one request, recorded once. If that record had already gone out under the old claim and been refused, or the
+   * claim came after the record (a retry due at once), the attempt gives the claim back when it ends, to be claimed
+   * and sent again (see {@link DeliveryEngine.#attemptWithSlot}). An older claim than the one the attempt holds has
+   * been taken over in the store already: dropped.
+   */
+  #handOver(claim: Held): boolean {
+    const current = this.#underway.get(claim.delivery.id);
+    if (current === undefined) return false;
+    if (claim.seq > current.seq) {
+      this.#log.warn(
+        { deliveryId: claim.delivery.id, accountId: claim.delivery.accountId },
+        'claimed again while an attempt of it is under way (its lease ran out in this process): handed to that attempt',
+      );
+      current.owner = claim.owner;
+      current.seq = claim.seq;
+      current.leaseUntil = claim.leaseUntil;
+      current.handedOver = true;
+    }
+    return true;
+  }
+
+  /**
    * One attempt with its endpoint slot held. `waited`: the claim waited for the slot, so the store is asked whether
-   * it still holds the claim and what the webhook is now before anything is sent.
-   *
-   * A delivery of which this process already has an attempt under way (it took its own claim back after the lease
-   * ran out under it: see {@link Held}) is not sent again alongside it. The new claim is handed to the attempt under
-   * way, which records its outcome under it (the attempt number is still the next one: a claim taken back records
-   * nothing); once that attempt has ended, the store says whether the new claim is still held: not when the outcome
-   * was recorded under it (one request, recorded), yes when the record had already gone out under the old claim and
-   * was refused (then this claim is sent, after the other: one request of a delivery at a time).
+   * it still holds the claim and what the webhook is now before anything is sent. A claim handed to this attempt
+   * meanwhile ({@link DeliveryEngine.#handOver}) is given back at the end: a no-op when the outcome was recorded
+   * under it, else it makes the delivery due again at once.
    */
   async #attemptWithSlot(claim: Held, lane: LaneState, waited: boolean): Promise<void> {
     const controller = new AbortController();
     this.#attempts.add(controller);
     const id = claim.delivery.id;
-    const earlier = this.#underway.get(id);
-    let end!: () => void;
-    const underway = { claim, ended: new Promise<void>((resolve) => (end = resolve)) };
-    this.#underway.set(id, underway);
+    this.#underway.set(id, claim);
     // Past slowAttemptMs the attempt gives its lane slot back (the endpoint's stays held): see `slowAttemptMs`.
     let slow = false;
     const slowTimer = setTimeout(() => {
@@ -597,15 +623,7 @@ export class DeliveryEngine {
     }, this.options.slowAttemptMs);
     slowTimer.unref();
     try {
-      if (earlier !== undefined) {
-        this.#log.warn(
-          { deliveryId: id, accountId: claim.delivery.accountId },
-          'claimed again while an attempt of it is under way (its lease ran out in this process): handed to that attempt',
-        );
-        earlier.claim.owner = claim.owner;
-        await earlier.ended;
-      }
-      await this.#attempt(claim, controller.signal, waited || earlier !== undefined);
+      await this.#attempt(claim, controller.signal, waited);
     } catch (err) {
       // A store or build error for this delivery: give the claim back a little later instead of crashing.
       this.#log.error(
@@ -614,21 +632,27 @@ export class DeliveryEngine {
       );
       await this.#release(claim, 'error', this.#clock() + this.options.errorDelayMs);
     } finally {
-      end();
-      if (this.#underway.get(id) === underway) this.#underway.delete(id);
+      this.#underway.delete(id);
+      if (claim.handedOver === true) await this.#release(claim, 'handed to an attempt that did not record under it');
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
       clearTimeout(slowTimer);
       if (slow) lane.slow -= 1;
       else lane.busy -= 1;
-      // A slot is free (in this lane and for this endpoint): this lane may claim again; the other too if its last
-      // claim was held back by a full lane or endpoint, or if a claim of it is on its way (it may have excluded this
-      // endpoint). A finished retry also wakes the first lane: a pending delivery of its contact may have waited for
-      // it (a contact has one delivery in flight at a time). A lane that found all it could need not ask again now.
-      for (const l of this.#lanes) {
-        if (l === lane || l.constrained || l.claiming || (lane.name === 'retry' && l.name === 'first')) {
-          l.wakeup.notify();
-        }
+      this.#slotFreed(lane);
+    }
+  }
+
+  /**
+   * A slot is free (in `lane` and for an endpoint): this lane may claim again; the other too if its last claim was
+   * held back by a full lane or endpoint, or if a claim of it is on its way (it may have excluded this endpoint). A
+   * finished retry also wakes the first lane: a pending delivery of its contact may have waited for it (a contact
+   * has one delivery in flight at a time). A lane that found all it could need not ask again now.
+   */
+  #slotFreed(lane: LaneState): void {
+    for (const l of this.#lanes) {
+      if (l === lane || l.constrained || l.claiming || (lane.name === 'retry' && l.name === 'first')) {
+        l.wakeup.notify();
       }
     }
   }
