@@ -232,6 +232,27 @@ type Held = ClaimedDelivery & { owner: string; seq: number; handedOver?: boolean
 /** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
 export const SLOW_LANE_FACTOR = 4;
 
+/**
+ * After the stop deadline, how long `stop()` waits at most for the attempts it aborted to give their claims back
+ * and for the other store calls on their way (milliseconds): see {@link DeliveryEngine.stop}.
+ */
+export const STOP_GIVE_BACK_MS = 1_000;
+
+/** `promise`'s value, or `timedOut` once `ms` have passed first (the timer is cleared when `promise` settles first). */
+async function within<T, U>(promise: Promise<T>, ms: number, timedOut: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<U>((resolve) => {
+        timer = setTimeout(() => resolve(timedOut), Math.max(0, ms));
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Due times of recorded retries are grouped in buckets of this many milliseconds for the retry lane's timer. */
 const RETRY_BUCKET_MS = 5;
 /** Retries due further ahead than this (milliseconds) are left to the retry lane's poll. */
@@ -394,10 +415,12 @@ export class DeliveryEngine {
   /**
    * Stops claiming, lets attempts in flight finish until `deadlineMs` (milliseconds) has passed, then aborts
    * the rest and gives their claims back to the store (due again at once, so the next worker sends them).
-   * Resolves when nothing of the engine is running any more. Idempotent.
+   * Resolves when nothing of the engine is running any more, or at the latest `giveBackMs` after the deadline
+   * (default {@link STOP_GIVE_BACK_MS}): store calls still pending then (a store that stopped answering) are
+   * abandoned, their claims come back when their leases expire. Idempotent (the first call's bounds hold).
    */
-  stop(deadlineMs = 10_000): Promise<void> {
-    this.#stopPromise ??= this.#stop(deadlineMs);
+  stop(deadlineMs = 10_000, giveBackMs = STOP_GIVE_BACK_MS): Promise<void> {
+    this.#stopPromise ??= this.#stop(deadlineMs, giveBackMs);
     return this.#stopPromise;
   }
 
@@ -412,23 +435,31 @@ export class DeliveryEngine {
     };
   }
 
-  async #stop(deadlineMs: number): Promise<void> {
+  async #stop(deadlineMs: number, giveBackMs: number): Promise<void> {
     this.#stopping.abort();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.#retryDue.clear();
     this.wake();
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'deadline'>((resolve) => {
-      timer = setTimeout(() => resolve('deadline'), Math.max(0, deadlineMs));
-    });
     const drained = Promise.allSettled([...this.#loops, this.#drainTasks()]).then(() => 'drained' as const);
-    const first = await Promise.race([drained, deadline]);
-    clearTimeout(timer);
+    const first = await within(drained, deadlineMs, 'deadline' as const);
     if (first === 'deadline') {
       this.#log.warn({ attempts: this.#attempts.size }, 'stop deadline passed: aborting attempts in flight');
       for (const controller of this.#attempts) controller.abort();
+      // The aborted attempts give their claims back: a store call each, like the claims, freezes and records still
+      // on their way. A store that stopped answering (a network partition) would keep them, and so stop(), waiting
+      // for ever: past `giveBackMs` they are abandoned. Nothing is lost: what the store accepted stays in it (the
+      // store is the queue), and the claims abandoned come back to the queue when their leases expire.
+      if ((await within(drained, giveBackMs, 'abandoned' as const)) === 'abandoned') {
+        this.#log.warn(
+          {
+            tasks: this.#tasks.size,
+            claiming: this.#lanes.filter((lane) => lane.claiming).map((lane) => lane.name),
+            giveBackMs,
+          },
+          'store calls still pending after the stop deadline: abandoned (their claims come back when their leases expire)',
+        );
+      }
     }
-    await drained;
     if (this.#ownsSender) await this.#sender.close();
     this.#log.info({ owner: this.options.owner }, 'delivery engine stopped');
   }

@@ -702,6 +702,37 @@ describe('DeliveryEngine', () => {
     expect(stored?.attempts).toHaveLength(1);
   });
 
+  it('stop() returns soon after its deadline when the store stops answering (a claim and a give-back hang)', async () => {
+    const real = await newStore();
+    const r = await receiver(() => undefined); // never answers: the attempt is in flight at the deadline
+    await webhook(real, 'acc', r.url);
+    await publish(real, 'acc', [message('c1')]);
+    // Then the store stops answering (a network partition): claims and give-backs never settle.
+    let partitioned = false;
+    const never = new Promise<never>(() => undefined);
+    const store = new Proxy(
+      withClaimDue(real, (claimDue, options) => (partitioned ? never : claimDue(options))),
+      {
+        get(target, prop, receiverObj) {
+          if (prop === 'release' && partitioned) return () => never;
+          return Reflect.get(target, prop, receiverObj) as unknown;
+        },
+      },
+    );
+    const e = engine(store, { requestTimeoutMs: 5_000 });
+    e.start();
+    await waitFor(() => r.active === 1, 'the request in flight');
+    partitioned = true;
+    e.wake(); // a claim on its way when stop() comes
+    await sleep(20);
+    const stopping = Date.now();
+    await e.stop(100, 200);
+    const took = Date.now() - stopping;
+    // The deadline (100 ms), then at most the give-back time (200 ms): not for ever.
+    expect(took).toBeGreaterThanOrEqual(290);
+    expect(took).toBeLessThan(1_000);
+  });
+
   it('survives store errors in the claim loop, logging them', async () => {
     const real = await newStore();
     const r = await receiver();
