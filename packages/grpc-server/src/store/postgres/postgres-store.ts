@@ -77,6 +77,18 @@ export interface PostgresStoreOptions {
   /** Delay before the LISTEN connection is opened again after it broke (ms). Default 1,000. */
   listenReconnectMs?: number;
   /**
+   * Longest wait for a connection, new or from the pool (ms): a database that does not answer fails the call
+   * after this instead of at the system's TCP connect timeout (about two minutes). Default 10,000.
+   */
+  connectTimeoutMs?: number;
+  /**
+   * How long `close()` waits for the statements still on their way (ms); then it cuts the connections, so that a
+   * database that stopped answering (a network partition) cannot keep it waiting for ever: those statements fail
+   * (what they would have written is not lost work: a claim not recorded comes back when its lease expires).
+   * Default 1,000.
+   */
+  closeTimeoutMs?: number;
+  /**
    * Publishes of at most this many messages run as a named statement, parsed once per connection; larger ones
    * are parsed and planned at each call (see {@link PostgresStore.publish}). Default 64; 0 parses every call.
    */
@@ -439,6 +451,27 @@ function named(text: string, values: unknown[]): pg.QueryConfig {
   return { name, text, values };
 }
 
+/** After close() cut the connections, how long it waits at most for the pool to end (ms). */
+const CUT_SETTLE_MS = 500;
+
+/** Destroys a connection's socket at once (no Terminate message: the database may not be answering). */
+function cut(client: pg.ClientBase): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}
+
+/** `promise`'s value, or `timedOut` once `ms` have passed first (the timer is cleared when `promise` settles first). */
+async function within<T, U>(promise: Promise<T>, ms: number, timedOut: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<U>((resolve) => (timer = setTimeout(() => resolve(timedOut), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function sqlState(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : undefined;
@@ -467,6 +500,8 @@ export class PostgresStore implements Store {
     send: (batch) => this.#sendRecords(batch),
   });
   #closing: Promise<void> | null = null;
+  /** The pool's connections (to cut them if `close()` times out: see {@link PostgresStoreOptions.closeTimeoutMs}). */
+  readonly #connections = new Set<pg.PoolClient>();
 
   constructor(options: PostgresStoreOptions) {
     assertId('connectionString', options.connectionString);
@@ -479,6 +514,8 @@ export class PostgresStore implements Store {
       connectionString: options.connectionString,
       channel,
       listenReconnectMs: assertInt('listenReconnectMs', options.listenReconnectMs ?? 1000, 1),
+      connectTimeoutMs: assertInt('connectTimeoutMs', options.connectTimeoutMs ?? 10_000, 1),
+      closeTimeoutMs: assertInt('closeTimeoutMs', options.closeTimeoutMs ?? 1_000, 0),
       namedPublishMaxMessages: assertInt('namedPublishMaxMessages', options.namedPublishMaxMessages ?? 64, 0, 10_000),
     };
     // Planner settings of this store's sessions. Every statement here is a short statement that names its rows by a
@@ -492,15 +529,25 @@ export class PostgresStore implements Store {
     // Set by the pool's hook on each new connection before its first use; not by the `options` startup parameter,
     // which a connection string's own `options` would silently replace and which PgBouncer refuses unless configured
     // for it. Best effort: a server that refuses one keeps its default.
+    //
+    // Timeouts: connecting (and waiting for a pooled connection) is bounded by `connectTimeoutMs`. Statements are
+    // not: a server-side statement_timeout changes nothing when the database is unreachable (it cannot answer
+    // either way) and would cut legitimate long work (the migrations, which wait on the migration lock for as long
+    // as another process's take; a sweep or a claim behind a long lock); a client-side query_timeout gives up on a
+    // statement the server may still commit (a recorded attempt reported as failed). A store that stops answering
+    // cannot stop a shutdown: the engine abandons its calls after the deadline and close() cuts the connections.
     this.#pool = new pg.Pool({
       connectionString: options.connectionString,
       max: poolSize,
+      connectionTimeoutMillis: this.#options.connectTimeoutMs,
       onConnect: async (client) => {
         for (const setting of SESSION_SETTINGS) await client.query(setting).catch(() => undefined);
       },
     });
     // An idle connection that breaks must not crash the process: the next query reports the problem.
     this.#pool.on('error', () => undefined);
+    this.#pool.on('connect', (client) => this.#connections.add(client));
+    this.#pool.on('remove', (client) => this.#connections.delete(client));
   }
 
   #assertOpen(): void {
@@ -564,7 +611,10 @@ export class PostgresStore implements Store {
   async listen(): Promise<void> {
     this.#assertOpen();
     if (this.#listenClient !== null) return;
-    const client = new pg.Client({ connectionString: this.#options.connectionString });
+    const client = new pg.Client({
+      connectionString: this.#options.connectionString,
+      connectionTimeoutMillis: this.#options.connectTimeoutMs,
+    });
     const broke = (): void => {
       if (this.#listenClient !== client) return;
       this.#listenClient = null;
@@ -604,6 +654,24 @@ export class PostgresStore implements Store {
   }
 
   async #close(): Promise<void> {
+    const listenClient = this.#listenClient;
+    const graceful = this.#closeGracefully();
+    if ((await within(graceful, this.#options.closeTimeoutMs, 'timeout')) !== 'timeout') return;
+    // Statements still on their way after closeTimeoutMs: the database stopped answering (a partition leaves the
+    // sockets open, no byte passing) or is overloaded. The connections are cut, so that those statements fail
+    // instead of hanging and the pool can end. A call still waiting for a connection is left unsettled (pool.end()
+    // does not settle it), so close() does not wait for `graceful` itself but for the pool, briefly.
+    this.#closed = true;
+    if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#listeners.clear();
+    for (const client of new Set([...this.#connections, listenClient, this.#listenClient])) if (client) cut(client);
+    this.#listenClient = null;
+    const ended = this.#pool.ending ? Promise.resolve() : this.#pool.end().catch(() => undefined);
+    await within(Promise.allSettled([graceful, ended]), CUT_SETTLE_MS, 'timeout');
+  }
+
+  async #closeGracefully(): Promise<void> {
     // Freezes and records already accepted are sent, not dropped: those queued and those on their way
     // (pool.end() would leave a query still waiting for a connection unsettled forever).
     // A call made while the other queue drained (a record after its freeze settled) is waited for too.
@@ -616,7 +684,7 @@ export class PostgresStore implements Store {
     this.#listeners.clear();
     const listenClient = this.#listenClient;
     this.#listenClient = null;
-    await Promise.allSettled([listenClient?.end(), this.#pool.end()]);
+    await Promise.allSettled([listenClient?.end(), this.#pool.ending ? undefined : this.#pool.end()]);
   }
 
   // ---------------------------------------------------------------- webhooks
