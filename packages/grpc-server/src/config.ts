@@ -460,7 +460,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     'ms',
     0,
     600_000,
-    'On SIGTERM/SIGINT, how long in-flight deliveries may finish before they are returned to the queue.',
+    'On SIGTERM/SIGINT, the one deadline of the whole shutdown, counted from the signal: gRPC calls in progress and in-flight deliveries may finish until then (together, not one after the other); then the calls are cut and the deliveries still in flight are returned to the queue. The process exits at most about 3.5 s after it, even when the database stops answering (see OPERATIONS.md, Shutdown).',
   ),
   intOption(
     'sweepIntervalMs',

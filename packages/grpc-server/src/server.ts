@@ -18,7 +18,7 @@ import { createApi, type Api } from './api/services.js';
 import type { ServerConfig } from './config.js';
 import { redactCredentials } from './security/redact.js';
 import { CircuitBreaker, resumeSavedEndpoints, type CircuitStateListener } from './delivery/circuit.js';
-import { DeliveryEngine, resolveEngineOptions, type EngineOptions } from './delivery/engine.js';
+import { DeliveryEngine, STOP_GIVE_BACK_MS, resolveEngineOptions, type EngineOptions } from './delivery/engine.js';
 import { createSender } from './delivery/sender.js';
 import { DeliveryServiceService } from './gen/app_inbox/v1/delivery.js';
 import { MessageServiceService } from './gen/app_inbox/v1/message.js';
@@ -100,9 +100,11 @@ export interface RunningServer {
   /** Where spans are exported (the OTLP traces URL), null when tracing is off. */
   readonly tracesUrl: string | null;
   /**
-   * Ordered, idempotent shutdown: health NOT_SERVING and watch streams ended; no new calls, calls in progress
-   * finish (forced after `deadlineMs`); the engine stops (attempts in flight get `deadlineMs` to finish, then
-   * go back to the queue); the sweeper stops; the store closes. Errors are collected and thrown together.
+   * Ordered, idempotent shutdown against one deadline, `deadlineMs` from the call: health NOT_SERVING and watch
+   * streams ended; no new calls, calls in progress finish (cut at the deadline); at the same time the engine stops
+   * claiming and its attempts in flight finish until that deadline, then go back to the queue; the sweeper stops;
+   * the store closes. Past the deadline nothing waits long for a store that stopped answering: close() resolves at
+   * most about 3.5 s after it. Errors are collected and thrown together.
    */
   close(deadlineMs?: number): Promise<void>;
 }
@@ -329,21 +331,40 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
           errors.push(error);
         }
       };
-      // 1. Stop intake: report NOT_SERVING (load balancers drain), end watch streams, refuse new calls
-      //    and let the calls in progress finish, forced after the deadline.
+      // One deadline for the whole shutdown, from now: the calls in progress and the deliveries in flight share it
+      // (waiting for the one, then again for the other, doubled it). Past it, what is left waits a bounded time:
+      // the engine STOP_GIVE_BACK_MS for claims to go back, the steps after it FINAL_STEP_MS, the store its
+      // closeTimeoutMs; a store that stopped answering is not waited for beyond those (nothing accepted is lost:
+      // the store is the queue, claims abandoned come back when their leases expire).
+      const began = performance.now();
+      const msUntil = (sinceBeganMs: number) => Math.max(0, began + sinceBeganMs - performance.now());
+      const giveBackEnd = deadlineMs + STOP_GIVE_BACK_MS;
+      const bounded = async (what: string, fn: () => Promise<void>, ms: number) => {
+        if ((await within(step(what, fn), ms, 'timeout')) === 'timeout') {
+          logger.warn({ step: what, waitedMs: ms }, 'shutdown step still running at its bound: not waited for');
+        }
+      };
+      // 1. Stop intake and deliveries together: report NOT_SERVING (load balancers drain), end watch streams,
+      //    refuse new calls and let the calls in progress finish, cut at the deadline; meanwhile the engine stops
+      //    claiming, its deliveries in flight finish until the same deadline, the rest go back to the queue; the
+      //    sweeper and the circuit's check finish their current store call.
       for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, 'NOT_SERVING');
       api.endWatches();
-      await step('grpc', () => shutdownGrpc(server, deadlineMs));
-      // 2. Deliveries in flight finish until the deadline, the rest go back to the queue.
-      await step('engine', () => engine.stop(deadlineMs));
-      // 3. The sweeper finishes its current batch; the sender's connections close.
-      await step('sweeper', () => sweeper.stop());
-      await step('circuit', () => resumer.stop());
-      await step('sender', () => sender.close());
-      // 4. Observability: the metrics endpoint stops, the spans ended so far are exported.
-      if (metricsServer !== null) await step('metrics', () => metricsServer.close());
-      await step('tracing', () => tracing.shutdown());
-      // 5. The store last: everything above may still write to it.
+      await Promise.all([
+        step('grpc', () => shutdownGrpc(server, deadlineMs)),
+        step('engine', () => engine.stop(deadlineMs, STOP_GIVE_BACK_MS)),
+        bounded('sweeper', () => sweeper.stop(), msUntil(giveBackEnd)),
+        bounded('circuit', () => resumer.stop(), msUntil(giveBackEnd)),
+      ]);
+      // 2. The sender's connections close; observability: the metrics endpoint stops, the spans ended so far are
+      //    exported.
+      const finalMs = Math.max(msUntil(giveBackEnd), FINAL_STEP_MS);
+      await Promise.all([
+        bounded('sender', () => sender.close(), finalMs),
+        ...(metricsServer !== null ? [bounded('metrics', () => metricsServer.close(), finalMs)] : []),
+        bounded('tracing', () => tracing.shutdown(), finalMs),
+      ]);
+      // 3. The store last: everything above may still write to it (PostgreSQL: bounded by its closeTimeoutMs).
       await step('store', () => store.close());
       if (errors.length > 0) throw new AggregateError(errors, 'shutdown finished with errors');
     };
@@ -423,6 +444,25 @@ export function prepareStoreLocation(url: string): string {
   const path = url.startsWith('sqlite:') ? url.slice('sqlite:'.length) : url;
   if (path !== '' && path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
   return url;
+}
+
+/**
+ * How long each shutdown step after the engine's (sender, metrics, tracing, run together) may take at least, when
+ * the deadline and the engine's give-back time have already passed (milliseconds).
+ */
+const FINAL_STEP_MS = 1_000;
+
+/** `promise`'s value, or `timedOut` once `ms` have passed first (the timer is cleared when `promise` settles first). */
+async function within<T, U>(promise: Promise<T>, ms: number, timedOut: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<U>((resolve) => (timer = setTimeout(() => resolve(timedOut), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Stops accepting calls; calls in progress get `deadlineMs`, then every connection is cut. */
