@@ -1254,7 +1254,8 @@ describe('PostgresStore', () => {
   it('settles a freeze whose statement waits for a connection when the store closes', async () => {
     // A database of its own: the 5,000 deliveries it leaves pending must not be claimed by other tests.
     const fresh = await createTestDatabase();
-    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
+    // Waited for however long it takes here (the bound on close() is tested below).
+    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1, closeTimeoutMs: 60_000 });
     const account = `acct-${randomUUID()}`;
     try {
       await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
@@ -1280,6 +1281,44 @@ describe('PostgresStore', () => {
     } finally {
       await store.close();
       await fresh.drop();
+    }
+  });
+
+  it('closes within closeTimeoutMs when a statement does not return, cutting the connections', async () => {
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2, closeTimeoutMs: 300 });
+    // Another session holds the webhooks table: the store's statement waits for it (as it would for a database that
+    // stopped answering) until its connection is cut.
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE webhooks IN ACCESS EXCLUSIVE MODE');
+      const stuck = store.upsertWebhook(
+        `acct-${randomUUID()}`,
+        {
+          url: 'https://r.example/h',
+          maxMessagesPerContact: 10,
+          enabled: true,
+        },
+        T0,
+      );
+      const settled = stuck.then(
+        () => 'written',
+        () => 'failed',
+      );
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the statement waits for the lock
+      expect(await Promise.race([settled, 'waiting'])).toBe('waiting');
+      const closing = Date.now();
+      await store.close();
+      const took = Date.now() - closing;
+      expect(took).toBeGreaterThanOrEqual(250);
+      expect(took).toBeLessThan(300 + 1_000);
+      expect(await settled).toBe('failed');
+      await expect(store.getWebhook('x')).rejects.toMatchObject({ code: 'closed' });
+    } finally {
+      await locker.query('ROLLBACK').catch(() => undefined);
+      await locker.end();
+      await store.close();
     }
   });
 
