@@ -201,6 +201,10 @@ describe('security and circuit options (issue 7)', () => {
     expect(redactCredentials('https://c/v1/traces?x=1&Access_Token=abc#frag')).toBe(
       'https://c/v1/traces?x=1&Access_Token=***#frag',
     );
+    // node-postgres decodes the names: pass%77ord is password.
+    expect(redactCredentials('postgres://db:5432/inbox?user=app&pass%77ord=hunter2')).toBe(
+      'postgres://db:5432/inbox?user=app&pass%77ord=***',
+    );
     expect(redactCredentials('postgres://db/inbox?sslmode=require&connect_timeout=5')).toBe(
       'postgres://db/inbox?sslmode=require&connect_timeout=5',
     );

@@ -4,11 +4,23 @@
 const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i;
 
 /**
- * A query parameter whose value is a secret: `password` and `sslpassword` (node-postgres takes them in the URL),
- * tokens and API keys (an OTLP collector's `?api_key=`), signatures.
+ * A query parameter name (percent-decoded, as node-postgres reads it) whose value is a secret: `password` and
+ * `sslpassword` (node-postgres takes them in the URL), tokens and API keys (an OTLP collector's `?api_key=`),
+ * signatures.
  */
-const SECRET_PARAMETER =
-  /([?&](?:[a-z0-9_.-]*(?:pass(?:word)?|passwd|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|signature|sig|auth)[a-z0-9_.-]*)=)[^&#]*/gi;
+const SECRET_NAME = /pass(?:word)?|passwd|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|signature|sig|auth/i;
+/** One `?name=value` or `&name=value` of a URL. */
+const QUERY_PARAMETER = /([?&])([^=&#]*)=([^&#]*)/g;
+
+function isSecretName(raw: string): boolean {
+  let name = raw;
+  try {
+    name = decodeURIComponent(raw.replace(/\+/g, ' '));
+  } catch {
+    // Not valid percent-encoding: judged as written.
+  }
+  return SECRET_NAME.test(name);
+}
 
 /**
  * `value` with the password of a `scheme://user:password@host` URL replaced by `***` (any scheme, any case:
@@ -23,7 +35,9 @@ const SECRET_PARAMETER =
  */
 export function redactCredentials(value: string): string {
   if (!/^\s*[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
-  return redactUserinfo(value).replace(SECRET_PARAMETER, '$1***');
+  return redactUserinfo(value).replace(QUERY_PARAMETER, (whole, sep: string, name: string) =>
+    isSecretName(name) ? `${sep}${name}=***` : whole,
+  );
 }
 
 function redactUserinfo(value: string): string {

@@ -1,7 +1,9 @@
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSecretBox, generateKeyLine, loadSecretBoxFromEnv, parseKeyList, SecretBoxError } from './secrets.js';
@@ -200,6 +202,33 @@ describe('loadSecretBoxFromEnv', () => {
     expect(second.box.open(sealed)).toBe('survives a restart');
     expect(warnings).toHaveLength(1);
     expect(readFileSync(file, 'utf8')).toBe(content);
+  });
+
+  it('reads the generated key from a directory it cannot write (no temporary file made when the key exists)', () => {
+    const dir = tempDir();
+    const file = join(dir, 'data', 'secret.key');
+    const sealed = loadSecretBoxFromEnv({}, { defaultKeyFile: file }).box.seal('kept');
+    // The data directory read-only to the reader: run as nobody when the tests run as root (who may write anywhere).
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) chownSync(file, 65534, 65534);
+    chmodSync(dir, 0o755);
+    chmodSync(dirname(file), 0o555);
+    const script = [
+      `import { loadSecretBoxFromEnv } from ${JSON.stringify(fileURLToPath(new URL('./secrets.ts', import.meta.url)))};`,
+      `const { box } = loadSecretBoxFromEnv({}, { defaultKeyFile: ${JSON.stringify(file)} });`,
+      `process.stdout.write(box.open(${JSON.stringify(sealed)}));`,
+    ].join('\n');
+    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '' },
+      ...(asRoot ? { uid: 65534, gid: 65534 } : {}),
+    });
+    chmodSync(dirname(file), 0o755); // so that the clean-up may remove it
+    expect({ status: child.status, stdout: child.stdout, stderr: child.stderr }).toEqual({
+      status: 0,
+      stdout: 'kept',
+      stderr: '',
+    });
   });
 
   it('prefers the environment over the default file', () => {

@@ -16,6 +16,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import {
   closeSync,
+  existsSync,
   fsyncSync,
   linkSync,
   mkdirSync,
@@ -262,17 +263,21 @@ export function loadSecretBoxFromEnv(
     );
   }
   let created = false;
-  try {
-    mkdirSync(dirname(fallback), { recursive: true });
-    createFileDurably(
-      fallback,
-      `# App Inbox secrets-at-rest keys: id:base64key, first is primary. Keep it safe.\n${generateKeyLine('k1')}\n`,
-      0o600,
-    );
-    created = true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
-      throw new SecretBoxError('secret_key_invalid', `cannot create the key file ${fallback}`, { cause: error });
+  // Created only when missing (on a read-only data directory the existing key is read, no temporary file made);
+  // EEXIST: another process created it meanwhile.
+  if (!existsSync(fallback)) {
+    try {
+      mkdirSync(dirname(fallback), { recursive: true });
+      createFileDurably(
+        fallback,
+        `# App Inbox secrets-at-rest keys: id:base64key, first is primary. Keep it safe.\n${generateKeyLine('k1')}\n`,
+        0o600,
+      );
+      created = true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new SecretBoxError('secret_key_invalid', `cannot create the key file ${fallback}`, { cause: error });
+      }
     }
   }
   if (created) {
