@@ -227,7 +227,15 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
  * record or release under it (the store compares owners), unless the new claim was handed to it: see
  * {@link DeliveryEngine.#handOver}. `owner` and `leaseUntil` are read at each use, never kept from before.
  */
-type Held = ClaimedDelivery & { owner: string; seq: number; handedOver?: boolean };
+type Held = ClaimedDelivery & { owner: string; seq: number; handedOver: boolean };
+
+/**
+ * A claim that waited this long for a slot of its endpoint is checked against the store before it is sent (see
+ * {@link DeliveryEngine.#stillCurrent}). Shorter waits are the common case of a busy endpoint (a claim returns up
+ * to `perEndpointConcurrency` deliveries of an account that has one slot free) and add no more to the race with a
+ * DeleteWebhook or a disable than the claim itself: checking each cost a store read per delivery (issue 6).
+ */
+const CHECK_AFTER_WAIT_MS = 250;
 
 /** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
 export const SLOW_LANE_FACTOR = 4;
@@ -353,6 +361,9 @@ export class DeliveryEngine {
   readonly #tasks = new Set<Promise<void>>();
   /** The claim of each delivery with an attempt under way in this process (see {@link DeliveryEngine.#handOver}). */
   readonly #underway = new Map<string, Held>();
+  /** Each attempt under way: its lane, when it began (performance.now()) and whether it counts as slow yet. */
+  readonly #running = new Set<{ lane: LaneState; startedAt: number; slow: boolean }>();
+  #slowSweep: NodeJS.Timeout | null = null;
   #claimSeq = 0;
   #loops: Promise<void>[] = [];
   #started = false;
@@ -399,6 +410,12 @@ export class DeliveryEngine {
     if (this.#started) return;
     this.#started = true;
     this.#loops = this.#lanes.map((lane) => this.#runLane(lane));
+    // One sweep for every attempt rather than a timer each: an attempt turns slow within a quarter of slowAttemptMs.
+    this.#slowSweep = setInterval(
+      () => this.#markSlowAttempts(),
+      Math.max(5, Math.floor(this.options.slowAttemptMs / 4)),
+    );
+    this.#slowSweep.unref();
     this.#log.info({ owner: this.options.owner }, 'delivery engine started');
   }
 
@@ -438,6 +455,7 @@ export class DeliveryEngine {
   async #stop(deadlineMs: number, giveBackMs: number): Promise<void> {
     this.#stopping.abort();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    if (this.#slowSweep) clearInterval(this.#slowSweep);
     this.#retryDue.clear();
     this.wake();
     const drained = Promise.allSettled([...this.#loops, this.#drainTasks()]).then(() => 'drained' as const);
@@ -562,7 +580,7 @@ export class DeliveryEngine {
           // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
           maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
         })
-        .then((taken) => taken.map((claim) => Object.assign(claim, { owner, seq })));
+        .then((taken) => taken.map((claim): Held => ({ ...claim, owner, seq, handedOver: false })));
     } finally {
       lane.claiming = false;
     }
@@ -592,6 +610,7 @@ export class DeliveryEngine {
   }
 
   async #waitForSlot(claim: Held, lane: LaneState): Promise<void> {
+    const waitStarted = performance.now();
     const granted = await this.#limiter.acquire(claim.delivery.accountId, this.#stopping.signal);
     if (!granted) {
       await this.#release(claim, 'stopping');
@@ -604,7 +623,7 @@ export class DeliveryEngine {
       return;
     }
     lane.busy += 1;
-    await this.#attemptWithSlot(claim, lane, true);
+    await this.#attemptWithSlot(claim, lane, performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS);
   }
 
   /**
@@ -634,8 +653,9 @@ export class DeliveryEngine {
   }
 
   /**
-   * One attempt with its endpoint slot held. `waited`: the claim waited for the slot, so the store is asked whether
-   * it still holds the claim and what the webhook is now before anything is sent. A claim handed to this attempt
+   * One attempt with its endpoint slot held. `waited`: the claim waited long for the slot (see
+   * {@link CHECK_AFTER_WAIT_MS}), so the store is asked whether it still holds the claim and what the webhook is now
+   * before anything is sent. A claim handed to this attempt
    * meanwhile ({@link DeliveryEngine.#handOver}) is given back at the end: a no-op when the outcome was recorded
    * under it, else it makes the delivery due again at once.
    */
@@ -645,14 +665,8 @@ export class DeliveryEngine {
     const id = claim.delivery.id;
     this.#underway.set(id, claim);
     // Past slowAttemptMs the attempt gives its lane slot back (the endpoint's stays held): see `slowAttemptMs`.
-    let slow = false;
-    const slowTimer = setTimeout(() => {
-      slow = true;
-      lane.busy -= 1;
-      lane.slow += 1;
-      lane.wakeup.notify();
-    }, this.options.slowAttemptMs);
-    slowTimer.unref();
+    const running = { lane, startedAt: performance.now(), slow: false };
+    this.#running.add(running);
     try {
       await this.#attempt(claim, controller.signal, waited);
     } catch (err) {
@@ -667,10 +681,24 @@ export class DeliveryEngine {
       if (claim.handedOver === true) await this.#release(claim, 'handed to an attempt that did not record under it');
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
-      clearTimeout(slowTimer);
-      if (slow) lane.slow -= 1;
+      this.#running.delete(running);
+      if (running.slow) lane.slow -= 1;
       else lane.busy -= 1;
       this.#slotFreed(lane);
+    }
+  }
+
+  /** Attempts running for slowAttemptMs or longer give their lane slot back (see `slowAttemptMs`). */
+  #markSlowAttempts(): void {
+    const since = performance.now() - this.options.slowAttemptMs;
+    // In the order they began: the first one too recent ends the sweep.
+    for (const running of this.#running) {
+      if (running.startedAt > since) break;
+      if (running.slow) continue;
+      running.slow = true;
+      running.lane.busy -= 1;
+      running.lane.slow += 1;
+      running.lane.wakeup.notify();
     }
   }
 
@@ -724,7 +752,7 @@ export class DeliveryEngine {
       const messages =
         claim.messages ??
         (await this.#store.contactMessages(delivery.accountId, delivery.externalCustomerId, now, max));
-      delete claim.messages; // not kept alive through the attempt: a list can be large
+      claim.messages = undefined; // not kept alive through the attempt: a list can be large
       const payload = buildPayload({
         contacts: [{ externalCustomerId: delivery.externalCustomerId, messages }],
         now,
