@@ -34,6 +34,7 @@ import { grpcTokens, secretBoxForStore } from './security/setup.js';
 import type { AddressPolicy, Resolver } from './security/ssrf.js';
 import { openStore, SqliteStore } from './store/index.js';
 import type { Store } from './store/types.js';
+import { within } from './within.js';
 
 /** The fully qualified names of the API's services (health reports each, and '' for the whole server). */
 export const SERVICE_NAMES = [
@@ -451,19 +452,6 @@ export function prepareStoreLocation(url: string): string {
  * the deadline and the engine's give-back time have already passed (milliseconds).
  */
 const FINAL_STEP_MS = 1_000;
-
-/** `promise`'s value, or `timedOut` once `ms` have passed first (the timer is cleared when `promise` settles first). */
-async function within<T, U>(promise: Promise<T>, ms: number, timedOut: U): Promise<T | U> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<U>((resolve) => (timer = setTimeout(() => resolve(timedOut), ms))),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Stops accepting calls; calls in progress get `deadlineMs`, then every connection is cut. */
 function shutdownGrpc(server: Server, deadlineMs: number): Promise<void> {

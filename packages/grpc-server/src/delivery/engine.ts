@@ -39,6 +39,7 @@ import { SPAN_ATTRIBUTES, annotateAttemptSpan, withLinkedSpan } from '../observa
 import type { AttemptResult, ClaimedDelivery, Delivery, Lane, Store } from '../store/types.js';
 import { EndpointLimiter } from './limiter.js';
 import { createSender, type Sender } from './sender.js';
+import { within } from '../within.js';
 
 /** Options of the {@link DeliveryEngine}. */
 export interface EngineOptions {
@@ -245,21 +246,6 @@ export const SLOW_LANE_FACTOR = 4;
  * and for the other store calls on their way (milliseconds): see {@link DeliveryEngine.stop}.
  */
 export const STOP_GIVE_BACK_MS = 1_000;
-
-/** `promise`'s value, or `timedOut` once `ms` have passed first (the timer is cleared when `promise` settles first). */
-async function within<T, U>(promise: Promise<T>, ms: number, timedOut: U): Promise<T | U> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<U>((resolve) => {
-        timer = setTimeout(() => resolve(timedOut), Math.max(0, ms));
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Due times of recorded retries are grouped in buckets of this many milliseconds for the retry lane's timer. */
 const RETRY_BUCKET_MS = 5;

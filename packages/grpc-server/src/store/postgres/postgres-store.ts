@@ -66,6 +66,7 @@ import type {
   WebhookRecord,
 } from '../types.js';
 import { MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS } from './schema.js';
+import { within } from '../../within.js';
 
 export interface PostgresStoreOptions {
   /** `postgres://user:password@host:port/database`. */
@@ -457,19 +458,6 @@ const CUT_SETTLE_MS = 500;
 /** Destroys a connection's socket at once (no Terminate message: the database may not be answering). */
 function cut(client: pg.ClientBase): void {
   (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
-}
-
-/** `promise`'s value, or `timedOut` once `ms` have passed first (the timer is cleared when `promise` settles first). */
-async function within<T, U>(promise: Promise<T>, ms: number, timedOut: U): Promise<T | U> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<U>((resolve) => (timer = setTimeout(() => resolve(timedOut), ms))),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function sqlState(error: unknown): string | undefined {
