@@ -6,7 +6,7 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.js';
 import { createTestDatabase } from '../../src/store/postgres/test-db.js';
-import { accountId, startTestServer, type TestServer } from '../e2e/harness.js';
+import { accountId, inboxMessage, startTestServer, type TestServer } from '../e2e/harness.js';
 
 describe('the PostgreSQL pool size option', () => {
   const cleanups: Array<() => Promise<void>> = [];
@@ -58,4 +58,33 @@ describe('the PostgreSQL pool size option', () => {
     expect(peak).toBeGreaterThanOrEqual(2);
     expect(peak).toBeLessThanOrEqual(3);
   });
+
+  it('makes a call wait for a free connection behind a long statement, not fail after the connect timeout', async () => {
+    // The connect timeout (10 s) bounds opening a connection only: on the pool it also bounded the wait for a free
+    // one, and a publish waiting behind a statement held up by a lock failed with INTERNAL after 10 s.
+    const database = await createTestDatabase();
+    cleanups.push(() => database.drop());
+    const t = await startTestServer(database.url, { pgPoolSize: 1 });
+    cleanups.push(() => t.stop());
+    const account = accountId();
+    await t.clients.upsertWebhook({ accountId: account, url: 'http://127.0.0.1:9/in', signingSecret: '' });
+
+    const locker = new pg.Client({ connectionString: database.url });
+    await locker.connect();
+    cleanups.push(() => locker.end());
+    await locker.query('BEGIN');
+    await locker.query('LOCK TABLE webhooks IN ACCESS EXCLUSIVE MODE');
+    const outcome = (call: Promise<unknown>) =>
+      call.then(
+        () => 'ok',
+        (error: { code?: number; details?: string }) => `error ${error.code}: ${error.details}`,
+      );
+    // The pool's only connection waits for the lock; the publish waits for that connection.
+    const first = outcome(t.clients.getWebhook({ accountId: account }));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const publish = outcome(t.clients.publishMessages({ accountId: account, messages: [inboxMessage('c1')] }));
+    setTimeout(() => void locker.query('ROLLBACK'), 11_000);
+    expect(await first).toBe('ok');
+    expect(await publish).toBe('ok');
+  }, 40_000);
 });

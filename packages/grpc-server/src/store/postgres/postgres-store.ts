@@ -78,8 +78,9 @@ export interface PostgresStoreOptions {
   /** Delay before the LISTEN connection is opened again after it broke (ms). Default 1,000. */
   listenReconnectMs?: number;
   /**
-   * Longest wait for a connection, new or from the pool (ms): a database that does not answer fails the call
-   * after this instead of at the system's TCP connect timeout (about two minutes). Default 10,000.
+   * Longest wait for a new connection to open (ms): a database that does not answer fails the call after this
+   * instead of at the system's TCP connect timeout (about two minutes). Not a bound on waiting for a pooled
+   * connection: a call waits for one as long as the statements holding them take. Default 10,000.
    */
   connectTimeoutMs?: number;
   /**
@@ -518,16 +519,23 @@ export class PostgresStore implements Store {
     // which a connection string's own `options` would silently replace and which PgBouncer refuses unless configured
     // for it. Best effort: a server that refuses one keeps its default.
     //
-    // Timeouts: connecting (and waiting for a pooled connection) is bounded by `connectTimeoutMs`. Statements are
-    // not: a server-side statement_timeout changes nothing when the database is unreachable (it cannot answer
+    // Timeouts: opening a connection is bounded by `connectTimeoutMs`, set on each client (the pool's own
+    // connectionTimeoutMillis would also bound the wait for a free connection: a publish waiting behind statements
+    // held up by a lock failed as INTERNAL after 10 s, and a 200's record failed and the delivery was sent again).
+    // Statements are not: a server-side statement_timeout changes nothing when the database is unreachable (it cannot answer
     // either way) and would cut legitimate long work (the migrations, which wait on the migration lock for as long
     // as another process's take; a sweep or a claim behind a long lock); a client-side query_timeout gives up on a
     // statement the server may still commit (a recorded attempt reported as failed). A store that stops answering
     // cannot stop a shutdown: the engine abandons its calls after the deadline and close() cuts the connections.
+    const connectTimeoutMs = this.#options.connectTimeoutMs;
     this.#pool = new pg.Pool({
       connectionString: options.connectionString,
       max: poolSize,
-      connectionTimeoutMillis: this.#options.connectTimeoutMs,
+      Client: class extends pg.Client {
+        constructor(config?: pg.ClientConfig) {
+          super({ ...config, connectionTimeoutMillis: connectTimeoutMs });
+        }
+      },
       onConnect: async (client) => {
         for (const setting of SESSION_SETTINGS) await client.query(setting).catch(() => undefined);
       },
