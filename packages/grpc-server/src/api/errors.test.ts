@@ -57,4 +57,29 @@ describe('API errors', () => {
     const own = new ApiError('delivery_not_found', 'no delivery "x"');
     expect(toApiError(own)).toBe(own);
   });
+
+  it('answers UNAVAILABLE (retryable), without the driver text, when the database cannot be reached', () => {
+    const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.0.5:5432'), { code: 'ECONNREFUSED' });
+    const adminShutdown = Object.assign(new Error('terminating connection due to administrator command'), {
+      code: '57P01',
+    });
+    const cannotConnect = Object.assign(new Error('the database system is starting up'), { code: '57P03' });
+    const connectionFailure = Object.assign(new Error('connection failure'), { code: '08006' });
+    for (const error of [
+      refused,
+      adminShutdown,
+      cannotConnect,
+      connectionFailure,
+      new Error('Connection terminated unexpectedly'),
+      new Error('timeout exceeded when trying to connect'),
+    ]) {
+      const mapped = toApiError(error);
+      expect(mapped.code).toBe('store_unavailable');
+      const service = toServiceError(mapped);
+      expect(service.code).toBe(status.UNAVAILABLE);
+      expect(service.details).toBe('the store cannot be reached; try again');
+    }
+    // Other driver errors stay INTERNAL.
+    expect(toApiError(Object.assign(new Error('deadlock'), { code: '40P01' })).code).toBe('internal');
+  });
 });

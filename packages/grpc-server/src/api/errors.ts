@@ -21,6 +21,7 @@ export const API_ERROR_CODES = [
   'delivery_not_found',
   'conflict',
   'shutting_down',
+  'store_unavailable',
   'internal',
 ] as const;
 export type ApiErrorCode = (typeof API_ERROR_CODES)[number];
@@ -36,6 +37,8 @@ export const GRPC_STATUS_BY_CODE: Readonly<Record<ApiErrorCode, status>> = {
   // A transaction kept conflicting with concurrent ones (PostgreSQL): the client may retry the call.
   conflict: status.ABORTED,
   shutting_down: status.UNAVAILABLE,
+  // The database cannot be reached (refused, reset or timed-out connection; shutting down): the caller may retry.
+  store_unavailable: status.UNAVAILABLE,
   internal: status.INTERNAL,
 };
 
@@ -82,12 +85,48 @@ const API_CODE_BY_STORE_CODE: Readonly<Record<StoreErrorCode, ApiErrorCode>> = {
   schema_too_new: 'internal',
 };
 
-/** Any thrown value as an ApiError: ApiErrors pass through, store errors are mapped, the rest is `internal`. */
+/** Socket errors of a database connection that cannot be made or was lost. */
+const UNREACHABLE_ERRNO = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+]);
+/** PostgreSQL SQLSTATEs of a server that cannot serve now: shutting down, starting, out of connections. */
+const UNAVAILABLE_SQLSTATE = new Set(['57P01', '57P02', '57P03', '53300']);
+
+/**
+ * Whether `error` says the database cannot be reached (node-postgres passes socket errors and its own connection
+ * errors through as they are): the call failed for want of the store, not because of the request.
+ */
+function isStoreUnreachable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string') {
+    // Class 08: connection exception.
+    if (UNREACHABLE_ERRNO.has(code) || UNAVAILABLE_SQLSTATE.has(code) || code.startsWith('08')) return true;
+  }
+  const message = error instanceof Error ? error.message : '';
+  return /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/.test(
+    message,
+  );
+}
+
+/**
+ * Any thrown value as an ApiError: ApiErrors pass through, store errors are mapped, a database that cannot be
+ * reached is `store_unavailable` (UNAVAILABLE: the caller may retry), the rest is `internal`. The text of an
+ * unexpected error is never shown (a driver's message may name the host or worse).
+ */
 export function toApiError(error: unknown): ApiError {
   if (error instanceof ApiError) return error;
   if (isStoreError(error)) {
     const code = API_CODE_BY_STORE_CODE[error.code];
     return new ApiError(code, code === 'internal' ? 'internal error' : error.message, { cause: error });
+  }
+  if (isStoreUnreachable(error)) {
+    return new ApiError('store_unavailable', 'the store cannot be reached; try again', { cause: error });
   }
   return new ApiError('internal', 'internal error', { cause: error });
 }

@@ -135,7 +135,10 @@ export function createApi(deps: ApiDependencies): Api {
           const fields = { method, code: apiError.code, durationMs: Math.round(performance.now() - started) };
           // Only the typed message is logged: it is built from field names and bounds, never from values.
           if (apiError.code === 'internal') logger.error({ ...fields, err: describeCause(error) }, 'rpc failed');
-          else logger.info({ ...fields, message: apiError.message }, 'rpc refused');
+          else if (apiError.code === 'store_unavailable') {
+            // The operator's problem, not the caller's: the driver's error (its host, never a password) is logged.
+            logger.error({ ...fields, err: describeCause(error) }, 'rpc failed: the store cannot be reached');
+          } else logger.info({ ...fields, message: apiError.message }, 'rpc refused');
           callback(toServiceError(apiError));
         },
       );
