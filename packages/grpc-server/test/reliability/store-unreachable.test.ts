@@ -1,0 +1,67 @@
+/**
+ * A database that cannot be reached answers UNAVAILABLE (the caller may retry), not INTERNAL: a real server on
+ * PostgreSQL behind a TCP relay that then goes away (its connections reset, new ones refused); once the database is
+ * reachable again, the same call succeeds.
+ */
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { status } from '@grpc/grpc-js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { accountId, failure, startTestServer, storeUrls, type TestServer } from '../e2e/harness.js';
+
+/** A TCP relay to `target` on a fixed local port: `stop()` resets every connection and refuses new ones. */
+async function relay(target: URL, port = 0) {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = connect(Number(target.port || 5432), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => sockets.delete(s));
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    stop: () => {
+      for (const s of sockets) s.resetAndDestroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+const pg = storeUrls().find((t) => t.engine === 'postgres')!;
+
+describe('a PostgreSQL store that cannot be reached', () => {
+  const cleanups: Array<() => Promise<void>> = [];
+  afterAll(async () => {
+    for (const fn of cleanups.splice(0).reverse()) await fn();
+    await pg.release();
+  });
+
+  it('answers UNAVAILABLE while it is down, and serves again once it is back', async () => {
+    const url = new URL(await pg.newUrl());
+    const first = await relay(url);
+    const viaRelay = new URL(url);
+    viaRelay.port = String(first.port);
+    const t: TestServer = await startTestServer(viaRelay.toString());
+    cleanups.push(() => t.stop());
+    const account = accountId();
+    await t.clients.upsertWebhook({ accountId: account, url: 'http://127.0.0.1:9/in', signingSecret: '' });
+
+    await first.stop();
+    const down = await failure(t.clients.getWebhook({ accountId: account }));
+    expect({ code: down.code, details: down.details }).toEqual({
+      code: status.UNAVAILABLE,
+      details: 'the store cannot be reached; try again',
+    });
+    expect(down.rich?.errorInfo?.reason).toBe('STORE_UNAVAILABLE');
+
+    // Back on the same port: the pool opens new connections.
+    const again = await relay(url, first.port);
+    cleanups.push(() => again.stop());
+    const back = await t.clients.getWebhook({ accountId: account });
+    expect(back.webhook?.accountId).toBe(account);
+  });
+});
