@@ -31,16 +31,17 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
   async function scenario(stop: (clients: TestServer['clients'], acc: string, url: string) => Promise<unknown>) {
     receiver = await createMockReceiver({
       rules: [
-        // 'slow' holds one of the endpoint's two slots for 2.5 s.
-        { match: { externalCustomerId: 'slow' }, answers: [{ delayMs: 2_500 }], repeat: true },
+        // 'slow' holds one of the endpoint's two slots for 6 s: long enough for the set-up below on a busy machine
+        // (with 2.5 s it was sometimes over before the claim could wait).
+        { match: { externalCustomerId: 'slow' }, answers: [{ delayMs: 6_000 }], repeat: true },
         // r1 and r2: 400 first (failed, kept for replay), then a slow 200.
         { match: { externalCustomerId: 'r1' }, answers: [{ status: 400 }, { delayMs: 1_500 }] },
         { match: { externalCustomerId: 'r2' }, answers: [{ status: 400 }, { delayMs: 1_500 }] },
       ],
     });
     server = await startTestServer(await newUrl(), {
-      requestTimeoutMs: 4_000,
-      leaseMs: 8_000,
+      requestTimeoutMs: 8_000,
+      leaseMs: 16_000,
       perEndpointConcurrency: 2,
     });
     const { clients } = server;
@@ -54,7 +55,7 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
     const ids = published.deliveries.map((d) => d.deliveryId);
     for (const id of ids) await deliveryIn(clients, id, [DeliveryState.DELIVERY_STATE_FAILED]);
 
-    // One slot busy for 2.5 s; then, with the webhook disabled, both failed deliveries are replayed, and the
+    // One slot busy for 6 s; then, with the webhook disabled, both failed deliveries are replayed, and the
     // webhook enabled again: one claim of the retry lane takes both, one gets the free slot, the other waits.
     await clients.publishMessages({ accountId: acc, messages: [inboxMessage('slow')] });
     await eventually(() => (server!.server.engine.activity.sending === 1 ? true : undefined), 5_000, 'slow in flight');
@@ -66,7 +67,16 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
     await stop(clients, acc, url);
     const stoppedAt = new Date().toISOString();
 
-    await sleep(4_000);
+    // Until the waiting claim has had its slot (once 'slow' is answered) and has been dealt with, and a little more.
+    await eventually(
+      () => {
+        const { waiting, sending } = server!.server.engine.activity;
+        return waiting === 0 && sending === 0 ? true : undefined;
+      },
+      15_000,
+      'the waiting claim dealt with',
+    );
+    await sleep(1_000);
     const after = receiver.records.list().filter((r) => r.receivedAt > stoppedAt);
     expect(
       after.map((r) => ({ receivedAt: r.receivedAt, contacts: r.externalCustomerIds, deliveryId: r.deliveryId })),
