@@ -345,10 +345,12 @@ export class DeliveryEngine {
   /** One controller per attempt that may send; aborted when the stop deadline passes. */
   readonly #attempts = new Set<AbortController>();
   readonly #tasks = new Set<Promise<void>>();
-  /** The claim of each delivery with an attempt under way in this process (see {@link DeliveryEngine.#handOver}). */
-  readonly #underway = new Map<string, Held>();
-  /** Each attempt under way: its lane, when it began (performance.now()) and whether it counts as slow yet. */
-  readonly #running = new Set<{ lane: LaneState; startedAt: number; slow: boolean }>();
+  /**
+   * Each attempt under way in this process, by delivery id, in the order they began: its claim (see
+   * {@link DeliveryEngine.#handOver}), its lane, when it began (performance.now()) and whether it counts as slow yet
+   * (see {@link DeliveryEngine.#markSlowAttempts}).
+   */
+  readonly #underway = new Map<string, { claim: Held; lane: LaneState; startedAt: number; slow: boolean }>();
   #slowSweep: NodeJS.Timeout | null = null;
   #claimSeq = 0;
   #loops: Promise<void>[] = [];
@@ -623,7 +625,7 @@ export class DeliveryEngine {
    * been taken over in the store already: dropped.
    */
   #handOver(claim: Held): boolean {
-    const current = this.#underway.get(claim.delivery.id);
+    const current = this.#underway.get(claim.delivery.id)?.claim;
     if (current === undefined) return false;
     if (claim.seq > current.seq) {
       this.#log.warn(
@@ -649,10 +651,9 @@ export class DeliveryEngine {
     const controller = new AbortController();
     this.#attempts.add(controller);
     const id = claim.delivery.id;
-    this.#underway.set(id, claim);
     // Past slowAttemptMs the attempt gives its lane slot back (the endpoint's stays held): see `slowAttemptMs`.
-    const running = { lane, startedAt: performance.now(), slow: false };
-    this.#running.add(running);
+    const running = { claim, lane, startedAt: performance.now(), slow: false };
+    this.#underway.set(id, running);
     try {
       await this.#attempt(claim, controller.signal, waited);
     } catch (err) {
@@ -664,10 +665,9 @@ export class DeliveryEngine {
       await this.#release(claim, 'error', this.#clock() + this.options.errorDelayMs);
     } finally {
       this.#underway.delete(id);
-      if (claim.handedOver === true) await this.#release(claim, 'handed to an attempt that did not record under it');
+      if (claim.handedOver) await this.#release(claim, 'handed to an attempt that did not record under it');
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
-      this.#running.delete(running);
       if (running.slow) lane.slow -= 1;
       else lane.busy -= 1;
       this.#slotFreed(lane);
@@ -678,7 +678,7 @@ export class DeliveryEngine {
   #markSlowAttempts(): void {
     const since = performance.now() - this.options.slowAttemptMs;
     // In the order they began: the first one too recent ends the sweep.
-    for (const running of this.#running) {
+    for (const running of this.#underway.values()) {
       if (running.startedAt > since) break;
       if (running.slow) continue;
       running.slow = true;
