@@ -10,8 +10,9 @@ Every option can be given as a command-line flag (\`app-inbox-server --request-t
 \`npm start -- --request-timeout-ms 5000\`) or an environment variable; a flag wins over a variable, a variable
 over the default. Values are validated at start: a bad one stops the server with a message naming the option and
 its bound. An integer is plain decimal digits (\`5000\`: no \`5,000\`, \`5_000\`, \`0x1388\` or \`5e3\`); an empty
-flag value is refused for an integer (\`--terminal-retention-ms ''\` is not 0), while an empty environment
-variable counts as unset (the default applies).
+flag value is refused for an integer (\`--terminal-retention-ms ''\` is not 0) and for a file
+(\`--grpc-token-file "$UNSET"\` does not turn token checks off: leave the flag out for none), while an empty
+environment variable counts as unset (the default applies).
 
 ${configMarkdownTable()}
 `;

@@ -93,6 +93,26 @@ describe('loadConfig', () => {
     expect(loadConfig(['--metrics-address', ''], {}).metricsAddress).toBe('');
   });
 
+  it('refuses an empty flag value of a file option instead of reading it as none', () => {
+    // `--grpc-token-file "$UNSET"` turned token checks off, `--tls-cert-file "$UNSET"` served plaintext.
+    for (const flag of [
+      '--grpc-token-file',
+      '--tls-cert-file',
+      '--tls-key-file',
+      '--tls-client-ca-file',
+      '--secret-key-file',
+    ]) {
+      for (const value of ['', '  ']) {
+        expect(problems([flag, value]), `${flag} ${JSON.stringify(value)}`).toEqual([
+          `${flag} (flag) must be a file path (leave the option out for none); got an empty value`,
+        ]);
+      }
+    }
+    // Left out, or an empty variable (unset): none, as documented.
+    expect(loadConfig([], { APP_INBOX_GRPC_TOKEN_FILE: '' }).grpcTokenFile).toBe('');
+    expect(loadConfig([], {}).tlsCertFile).toBe('');
+  });
+
   it('checks rules between options', () => {
     expect(problems(['--lease-ms', '5000', '--request-timeout-ms', '5000'])).toEqual([
       '--lease-ms (5000) must be greater than --request-timeout-ms (5000), or another worker could take over a live attempt',

@@ -204,6 +204,11 @@ export interface OptionSpec {
   isSwitch?: boolean;
   /** How a refused value is shown in the error (default: as given); for values that may hold a password. */
   shown?: (raw: string) => string;
+  /**
+   * An empty flag value is refused (the option's "none" is leaving the flag out): `--grpc-token-file "$UNSET"`
+   * must not quietly turn token checks off, nor `--tls-cert-file "$UNSET"` serve plaintext. Default false.
+   */
+  emptyFlagRefused?: boolean;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -268,7 +273,7 @@ const LIST = z.union([
   ),
 ]);
 
-/** A file path, or empty for none. */
+/** A file path, or empty for none (the default; an empty flag value is refused, see `emptyFlagRefused`). */
 const PATH_OR_EMPTY = z.string().trim();
 
 function fileOption(key: keyof ServerConfig, flag: string, description: string): OptionSpec {
@@ -278,8 +283,9 @@ function fileOption(key: keyof ServerConfig, flag: string, description: string):
     env: [envName(flag)],
     unit: '',
     description,
-    bound: 'a file path (empty: none)',
+    bound: 'a file path (leave the option out for none)',
     schema: PATH_OR_EMPTY,
+    emptyFlagRefused: true,
   };
 }
 
@@ -670,6 +676,15 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Ser
   const config: Record<string, unknown> = {};
   for (const spec of OPTION_SPECS) {
     const source = pick(spec, flags, env);
+    if (
+      spec.emptyFlagRefused === true &&
+      source.from === 'flag' &&
+      typeof source.raw === 'string' &&
+      source.raw.trim() === ''
+    ) {
+      problems.push(`${spec.flag} (flag) must be ${spec.bound}; got an empty value`);
+      continue;
+    }
     const result = spec.schema.safeParse(source.raw);
     if (result.success) {
       config[spec.key] = result.data;

@@ -74,6 +74,9 @@ describe('app-inbox commands', () => {
       ],
       [['--address', '127.0.0.1:99999', 'webhook', 'get', 'a'], /a port from 1 to 65,535/],
       [['--address', 'a b:1', 'webhook', 'get', 'a'], /--address: "a b:1" is not a server address/],
+      // An empty TLS file (`--ca-file "$UNSET"`) meant plaintext: the token went out unencrypted.
+      [['--ca-file', '', 'webhook', 'get', 'a'], /^app-inbox: --ca-file: empty: give a file path/],
+      [['--cert-file', ' ', '--key-file', 'k.pem', 'webhook', 'get', 'a'], /--cert-file: empty: give a file path/],
     ];
     for (const [args, message, env] of cases) {
       const f = fakeIo(env);

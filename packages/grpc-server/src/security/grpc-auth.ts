@@ -223,6 +223,14 @@ export interface ClientAccess {
  */
 export function clientCredentials(options: ClientAccessOptions = {}): ClientAccess {
   const { caFile, certFile, keyFile, token } = options;
+  // An empty path given (`--ca-file "$UNSET"`) would otherwise mean no TLS: the token sent in plaintext.
+  for (const [flag, file] of [
+    ['--ca-file', caFile],
+    ['--cert-file', certFile],
+    ['--key-file', keyFile],
+  ] as const) {
+    if (file?.trim() === '') throw new GrpcAuthConfigError(`${flag}: empty: give a file path, or leave the option out`);
+  }
   if (certFile && !keyFile) throw new GrpcAuthConfigError('--key-file: required when --cert-file is set');
   if (keyFile && !certFile) throw new GrpcAuthConfigError('--cert-file: required when --key-file is set');
   const useTls = options.tls === true || Boolean(caFile || certFile);
