@@ -130,6 +130,10 @@ describe('parseKeyList', () => {
     expect(error.message).not.toContain(shortKey);
     expect(thrown(() => parseKeyList('   ', 'X')).message).toContain('X: no key found');
     expect(thrown(() => parseKeyList('nocolon', 'X')).message).toContain('X entry 1');
+    const twice = `${generateKeyLine('k1')}\n${generateKeyLine('k2')}\n${generateKeyLine('k1')}`;
+    expect(thrown(() => parseKeyList(twice, '--secret-key-file keys.txt')).message).toBe(
+      '--secret-key-file keys.txt entry 3: duplicate key id k1',
+    );
   });
 });
 

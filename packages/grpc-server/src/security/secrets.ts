@@ -198,6 +198,7 @@ export function parseKeyList(text: string, source: string): SecretBoxOptions {
     .filter((entry) => entry !== '');
   if (entries.length === 0)
     throw new SecretBoxError('secret_key_invalid', `${source}: no key found (expected id:base64key)`);
+  const seen = new Set<string>();
   const keys = entries.map((entry, i): SecretKey => {
     const colon = entry.indexOf(':');
     const id = colon === -1 ? '' : entry.slice(0, colon).trim();
@@ -215,6 +216,10 @@ export function parseKeyList(text: string, source: string): SecretBoxOptions {
         `${source} entry ${i + 1} (id ${id}): the key must be ${KEY_BYTES} bytes in base64 (openssl rand -base64 32)`,
       );
     }
+    // Named here as the operator wrote it (createSecretBox would say `keys[1]`).
+    if (seen.has(id))
+      throw new SecretBoxError('secret_key_invalid', `${source} entry ${i + 1}: duplicate key id ${id}`);
+    seen.add(id);
     return { id, key };
   });
   return { keys, primaryKeyId: keys[0]?.id ?? '' };
