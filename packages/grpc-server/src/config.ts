@@ -53,6 +53,11 @@ export interface ServerConfig {
    */
   slowAttemptMs: number;
   /**
+   * Request bodies the attempts under way may hold in memory; past it no new body is built and claims shrink
+   * until attempts end (one attempt always goes) (MiB). Default 256.
+   */
+  maxBodyMemoryMib: number;
+  /**
    * Message time-to-live given to a webhook upserted without `default_message_ttl_seconds`; it applies to
    * that account's messages published without their own TTL or expiry (seconds). Default 86,400 (1 day).
    */
@@ -150,6 +155,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   retryLaneConcurrency: 32,
   perEndpointConcurrency: 16,
   slowAttemptMs: 2_000,
+  maxBodyMemoryMib: 256,
   defaultMessageTtlSeconds: 86_400,
   maxResponseBytes: 65_536,
   // The retry schedule is the core's (SPEC §5); see the README for the delays it gives.
@@ -388,6 +394,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     10,
     600_000,
     "An attempt running longer than this stops counting against its lane's concurrency (still against its endpoint's), so endpoints that hang cannot hold every slot; a lane has at most 4 times its concurrency in flight.",
+  ),
+  intOption(
+    'maxBodyMemoryMib',
+    '--max-body-memory-mib',
+    'MiB',
+    1,
+    65_536,
+    'Request bodies the attempts under way may hold in memory: past it no new body is built (two at a time at most) and claims shrink until attempts end; one attempt always goes, however large its body. A list of 1,000 messages of the largest size is near 100 MB.',
   ),
   intOption(
     'defaultMessageTtlSeconds',

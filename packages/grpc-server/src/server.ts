@@ -125,6 +125,7 @@ export function engineOptionsFromConfig(config: ServerConfig, overrides: EngineO
     retryLaneConcurrency: config.retryLaneConcurrency,
     perEndpointConcurrency: config.perEndpointConcurrency,
     slowAttemptMs: config.slowAttemptMs,
+    maxBodyBytesInMemory: config.maxBodyMemoryMib * 1024 * 1024,
     maxResponseBytes: config.maxResponseBytes,
     backoff: {
       ...DEFAULT_BACKOFF,

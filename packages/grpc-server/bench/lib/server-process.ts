@@ -26,6 +26,8 @@ export interface ServerProcessOptions {
   env?: Record<string, string>;
   /** Echo the server's stderr (Node warnings, crashes) as it comes. Default false. */
   echoStderr?: boolean;
+  /** Node.js flags of the server process (e.g. `--max-old-space-size=400`). Default none. */
+  nodeFlags?: readonly string[];
 }
 
 /** Flags the built server knows (from its `--help`), to pass optional ones only when they exist. */
@@ -74,6 +76,7 @@ export class ServerProcess {
       process.execPath,
       [
         ...nodeFlags,
+        ...(options.nodeFlags ?? []),
         DIST_MAIN,
         '--grpc-address',
         '127.0.0.1:0',

@@ -19,6 +19,7 @@ describe('resolveEngineOptions', () => {
       owner: 'w1',
       errorDelayMs: 1_000,
       maxWaiting: 96,
+      maxBodyBytesInMemory: 256 * 1024 * 1024,
     });
   });
 
@@ -57,6 +58,7 @@ describe('resolveEngineOptions', () => {
     ['maxResponseBytes', { maxResponseBytes: 0 }],
     ['errorDelayMs', { errorDelayMs: 0 }],
     ['maxWaiting', { maxWaiting: -1 }],
+    ['maxBodyBytesInMemory', { maxBodyBytesInMemory: 0 }],
     ['owner', { owner: ' ' }],
   ])('names the bad option %s', (name, partial) => {
     expect(() => resolveEngineOptions(partial)).toThrow(new RegExp(`option ${name}:`));

@@ -14,6 +14,8 @@
  * - The limiter counts attempts in flight per account, and so bounds each account's connections: the sender
  *   has no cap per origin, so accounts whose webhooks share a host do not share a connection budget (one that
  *   hangs cannot make the others wait for a connection and time out).
+ * - Bodies in memory are bounded by bytes, not only by count (`maxBodyBytesInMemory`): a list of 1,000 messages of
+ *   the largest size is a body near 100 MB, and the concurrency alone let a few such contacts take gigabytes.
  * @see SPEC §4, §5; ARCHITECTURE "Decisions" §1-§4
  */
 import { randomBytes } from 'node:crypto';
@@ -84,6 +86,12 @@ export interface EngineOptions {
    * `firstLaneConcurrency + retryLaneConcurrency`.
    */
   maxWaiting: number;
+  /**
+   * Bytes of request bodies the attempts under way may hold (bytes). Past it, no first attempt starts to build its
+   * body and claims are made smaller, until attempts end; one attempt is always let through, however large its
+   * body. At most {@link BUILDS_AT_ONCE} bodies are built at a time. Default 268,435,456 (256 MiB).
+   */
+  maxBodyBytesInMemory: number;
 }
 
 /** What the engine tells the endpoint-health hook after each recorded attempt. */
@@ -180,6 +188,7 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
     owner: partial.owner ?? defaultOwner(),
     errorDelayMs: partial.errorDelayMs ?? 1_000,
     maxWaiting: partial.maxWaiting ?? firstLaneConcurrency + retryLaneConcurrency,
+    maxBodyBytesInMemory: partial.maxBodyBytesInMemory ?? 256 * 1024 * 1024,
   };
   const positive = [
     'requestTimeoutMs',
@@ -192,6 +201,7 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
     'claimBatch',
     'maxResponseBytes',
     'errorDelayMs',
+    'maxBodyBytesInMemory',
   ] as const;
   for (const name of positive) {
     const v = options[name];
@@ -237,6 +247,14 @@ type Held = ClaimedDelivery & { owner: string; seq: number; handedOver: boolean 
  * DeleteWebhook or a disable than the claim itself: checking each cost a store read per delivery (issue 6).
  */
 const CHECK_AFTER_WAIT_MS = 250;
+
+/**
+ * First attempts building their body at the same time. A build holds the contact's messages, the JSON text and
+ * the bytes at once (four to six times the body when the text is not Latin-1): one at a time keeps that bounded when
+ * lists are large, and costs nothing when they are small (a build is one store read and synchronous work, which the
+ * one thread does one at a time anyway).
+ */
+export const BUILDS_AT_ONCE = 1;
 
 /** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
 export const SLOW_LANE_FACTOR = 4;
@@ -350,7 +368,17 @@ export class DeliveryEngine {
    * {@link DeliveryEngine.#handOver}), its lane, when it began (performance.now()) and whether it counts as slow yet
    * (see {@link DeliveryEngine.#markSlowAttempts}).
    */
-  readonly #underway = new Map<string, { claim: Held; lane: LaneState; startedAt: number; slow: boolean }>();
+  readonly #underway = new Map<
+    string,
+    { claim: Held; lane: LaneState; startedAt: number; slow: boolean; bodyBytes: number }
+  >();
+  /** Bytes of the bodies of the attempts under way (frozen ones as claimed, new ones once built). */
+  #bodyBytes = 0;
+  /** A recent large body (bytes): the largest seen, decaying by 2% per attempt; sizes the claims. */
+  #largeBody = 0;
+  /** First attempts building their body now (see {@link BUILDS_AT_ONCE}), and those waiting for their turn. */
+  #building = 0;
+  readonly #buildWaiters: Array<(granted: boolean) => void> = [];
   #slowSweep: NodeJS.Timeout | null = null;
   #claimSeq = 0;
   #loops: Promise<void>[] = [];
@@ -548,7 +576,14 @@ export class DeliveryEngine {
       lane.constrained = true;
       return 'idle';
     }
-    const limit = Math.min(free, this.options.claimBatch);
+    // Bodies in memory: no claim while the attempts under way hold the budget; else as many as fit at the size
+    // of a recent large body (a claim of retries reads their bodies; one of first attempts will build them).
+    const room = this.options.maxBodyBytesInMemory - this.#bodyBytes;
+    if (room <= 0) {
+      lane.constrained = true;
+      return 'idle';
+    }
+    const limit = Math.min(free, this.options.claimBatch, Math.max(1, Math.floor(room / Math.max(1, this.#largeBody))));
     const now = this.#clock();
     const exclude = new Set(this.#limiter.saturated());
     for (const account of this.#health.pausedAccounts(now)) exclude.add(account);
@@ -652,7 +687,9 @@ export class DeliveryEngine {
     this.#attempts.add(controller);
     const id = claim.delivery.id;
     // Past slowAttemptMs the attempt gives its lane slot back (the endpoint's stays held): see `slowAttemptMs`.
-    const running = { claim, lane, startedAt: performance.now(), slow: false };
+    const bodyBytes = claim.delivery.body?.byteLength ?? 0;
+    const running = { claim, lane, startedAt: performance.now(), slow: false, bodyBytes };
+    this.#holdBody(bodyBytes);
     this.#underway.set(id, running);
     try {
       await this.#attempt(claim, controller.signal, waited);
@@ -665,6 +702,8 @@ export class DeliveryEngine {
       await this.#release(claim, 'error', this.#clock() + this.options.errorDelayMs);
     } finally {
       this.#underway.delete(id);
+      this.#bodyBytes -= running.bodyBytes;
+      this.#grantBuilds();
       if (claim.handedOver) await this.#release(claim, 'handed to an attempt that did not record under it');
       this.#attempts.delete(controller);
       this.#limiter.release(claim.delivery.accountId);
@@ -702,8 +741,114 @@ export class DeliveryEngine {
     }
   }
 
+  /**
+   * One attempt of a claim. A first attempt (no frozen body yet) waits for its turn to build the body (see
+   * {@link BUILDS_AT_ONCE} and `maxBodyBytesInMemory`); the turn ends once the body is built, or when the attempt
+   * ends without building it.
+   */
   async #attempt(claim: Held, signal: AbortSignal, waited: boolean): Promise<void> {
+    if (claim.delivery.body !== null) {
+      await this.#attemptNow(claim, signal, waited, () => undefined);
+      return;
+    }
+    if (!this.#tryStartBuild()) {
+      const waitStarted = performance.now();
+      if (!(await this.#startBuild())) {
+        await this.#release(claim, 'stopping');
+        return;
+      }
+      waited ||= performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS;
+    }
+    let building = true;
+    const built = () => {
+      if (!building) return;
+      building = false;
+      this.#building -= 1;
+      this.#grantBuilds();
+    };
+    try {
+      await this.#attemptNow(claim, signal, waited, built);
+    } finally {
+      built();
+    }
+  }
+
+  /**
+   * The contact's list as the body of its first attempt. Its own function, so that the messages read and the JSON
+   * text (several times the body: UTF-16) are garbage once it returns, not kept alive by the attempt's frame
+   * through the request.
+   */
+  async #build(claim: Held, now: number): Promise<{ body: Uint8Array; messageIds: string[] }> {
     const { delivery, webhook } = claim;
+    const max = webhook.maxMessagesPerContact;
+    // Read with the claim when the store can (PostgreSQL: one statement per claim instead of one per delivery);
+    // messages that expired since are dropped by buildPayload, and newer ones go to the contact's next delivery.
+    const messages =
+      claim.messages ?? (await this.#store.contactMessages(delivery.accountId, delivery.externalCustomerId, now, max));
+    claim.messages = undefined; // not kept alive through the attempt: a list can be large
+    const payload = buildPayload({
+      contacts: [{ externalCustomerId: delivery.externalCustomerId, messages }],
+      now,
+      maxMessagesPerContact: max,
+    });
+    return { body: utf8(payload.body), messageIds: payload.messageIds };
+  }
+
+  /** Whether a build may start now; if so it has started (counted). */
+  #tryStartBuild(): boolean {
+    if (this.#buildWaiters.length > 0 || !this.#roomToBuild()) return false;
+    this.#building += 1;
+    return true;
+  }
+
+  #roomToBuild(): boolean {
+    // One attempt always goes, however large: nothing would free the budget otherwise.
+    return (
+      this.#building < BUILDS_AT_ONCE && (this.#bodyBytes < this.options.maxBodyBytesInMemory || this.#bodyBytes === 0)
+    );
+  }
+
+  /** Waits for the turn to build (FIFO); false when stop() began first (no build counted then). */
+  #startBuild(): Promise<boolean> {
+    const stopping = this.#stopping.signal;
+    if (stopping.aborted) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const onStop = () => {
+        const i = this.#buildWaiters.indexOf(grant);
+        if (i >= 0) this.#buildWaiters.splice(i, 1);
+        resolve(false);
+      };
+      const grant = (granted: boolean) => {
+        stopping.removeEventListener('abort', onStop);
+        resolve(granted);
+      };
+      stopping.addEventListener('abort', onStop, { once: true });
+      this.#buildWaiters.push(grant);
+    });
+  }
+
+  /** Lets waiting builds start while there is room, in the order they came. */
+  #grantBuilds(): void {
+    while (this.#buildWaiters.length > 0 && this.#roomToBuild()) {
+      this.#building += 1;
+      this.#buildWaiters.shift()?.(true);
+    }
+  }
+
+  /** Counts a body the attempt under way of `id` now holds. */
+  #holdBody(bytes: number, id?: string): void {
+    if (id !== undefined) {
+      const running = this.#underway.get(id);
+      if (running === undefined) return;
+      running.bodyBytes += bytes;
+    }
+    this.#bodyBytes += bytes;
+    this.#largeBody = Math.max(bytes, this.#largeBody * 0.98);
+  }
+
+  /** The attempt proper; `built` is called once the body is built (and counted), before it is frozen and sent. */
+  async #attemptNow(claim: Held, signal: AbortSignal, waited: boolean, built: () => void): Promise<void> {
+    const { delivery } = claim;
     const { requestTimeoutMs, leaseMs } = this.options;
     const log = { deliveryId: delivery.id, accountId: delivery.accountId };
 
@@ -732,20 +877,9 @@ export class DeliveryEngine {
       // A contact whose messages have all expired gets `[]`: the receiver replaces what it stored for the
       // contact, so the expired messages disappear there too (SPEC §4).
       const now = this.#clock();
-      const max = webhook.maxMessagesPerContact;
-      // Read with the claim when the store can (PostgreSQL: one statement per claim instead of one per delivery);
-      // messages that expired since are dropped by buildPayload, and newer ones go to the contact's next delivery.
-      const messages =
-        claim.messages ??
-        (await this.#store.contactMessages(delivery.accountId, delivery.externalCustomerId, now, max));
-      claim.messages = undefined; // not kept alive through the attempt: a list can be large
-      const payload = buildPayload({
-        contacts: [{ externalCustomerId: delivery.externalCustomerId, messages }],
-        now,
-        maxMessagesPerContact: max,
-      });
-      body = utf8(payload.body);
-      messageIds = payload.messageIds;
+      ({ body, messageIds } = await this.#build(claim, now));
+      this.#holdBody(body.byteLength, delivery.id);
+      built();
       if (!(await this.#store.freeze(delivery.id, claim.owner, body, messageIds, now))) {
         this.#log.warn(log, 'claim lost before the first attempt; dropped');
         return;

@@ -623,6 +623,75 @@ describe('DeliveryEngine', () => {
     expect(r.maxActive).toBe(3);
   });
 
+  describe('bodies in memory (maxBodyBytesInMemory)', () => {
+    /** A message of about 60 KB (its customData): ten make a body of about 600 KB. */
+    const bulky = (contact: string) => message(contact, { customData: JSON.stringify({ blob: 'x'.repeat(60_000) }) });
+    const MiB = 1024 * 1024;
+
+    async function largeLists(contacts: number, answer: Handler) {
+      const store = await newStore();
+      const r = await receiver(answer);
+      await webhook(store, 'acc', r.url);
+      for (let c = 0; c < contacts; c++) {
+        await publish(
+          store,
+          'acc',
+          Array.from({ length: 10 }, () => bulky(`c${c}`)),
+        );
+      }
+      const sender = createSender({ requestTimeoutMs: 5_000, connectionsPerOrigin: 32 });
+      cleanups.push(() => sender.close());
+      return { store, r, sender, outcomes: collectOutcomes(store) };
+    }
+
+    it('builds no new body while the attempts under way hold the budget, then sends the rest', async () => {
+      // Requests are held until released: what is in flight is what the engine let out.
+      const held: Array<() => void> = [];
+      const { store, r, sender, outcomes } = await largeLists(5, (_req, res) => held.push(() => res.end()));
+      engine(store, { perEndpointConcurrency: 16, maxBodyBytesInMemory: MiB }, { sender }).start();
+      // The first body (~600 KB) leaves room, the second fills the budget: two in flight, not five.
+      await waitFor(() => r.requests.length === 2, 'two large bodies in flight');
+      await sleep(300);
+      expect(r.requests).toHaveLength(2);
+      expect(r.requests.every((q) => q.body.length > 500_000)).toBe(true);
+      // Each answer frees room for the next body.
+      for (let sent = 2; sent < 5; sent++) {
+        held.shift()?.();
+        await waitFor(() => r.requests.length === sent + 1, `body ${sent + 1} sent`);
+      }
+      for (const release of held.splice(0)) release();
+      await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 5, 'all delivered');
+      expect(r.maxActive).toBe(2);
+    });
+
+    it('lets one attempt through however large its body, and bounds retries (frozen bodies) too', async () => {
+      let calls = 0;
+      // Each contact's first attempt gets a 503; its retry (the same ~600 KB, read with the claim) is held.
+      const held: Array<() => void> = [];
+      const { store, r, sender, outcomes } = await largeLists(4, (_req, res) => {
+        calls += 1;
+        if (calls <= 4) {
+          res.statusCode = 503;
+          res.end();
+        } else {
+          held.push(() => res.end());
+        }
+      });
+      // A budget smaller than one body: one attempt at a time, first attempts and retries alike.
+      engine(store, { perEndpointConcurrency: 16, maxBodyBytesInMemory: 100_000 }, { sender }).start();
+      await waitFor(() => r.requests.length === 5, 'four 503s, then the first retry');
+      await sleep(300);
+      expect(r.requests).toHaveLength(5);
+      for (let sent = 5; sent < 8; sent++) {
+        held.shift()?.();
+        await waitFor(() => r.requests.length === sent + 1, `retry ${sent - 3} sent`);
+      }
+      held.shift()?.();
+      await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 4, 'all delivered');
+      expect(r.maxActive).toBe(1);
+    });
+  });
+
   it('lets more than ten claims wait for their endpoint without a MaxListenersExceededWarning', async () => {
     const store = await newStore();
     const r = await receiver((_req, res) => {
