@@ -117,7 +117,7 @@ export function createApi(deps: ApiDependencies): Api {
   const watchBufferLimit = deps.watchBufferLimit ?? 10_000;
   const maxWatchStreams = deps.maxWatchStreams ?? 1_000;
   const addressPolicy = deps.addressPolicy ?? DEFAULT_ADDRESS_POLICY;
-  /** Open watch streams and how to end each one (unsubscribe + forget). */
+  /** Open watch streams and how to end each one with OK (send what is queued, unsubscribe, forget). */
   const watches = new Map<ServerWritableStream<WatchDeliveriesRequest, WatchDeliveriesResponse>, () => void>();
   let watchesEnded = false;
 
@@ -253,28 +253,49 @@ export function createApi(deps: ApiDependencies): Api {
       return;
     }
     let done = false;
+    // Outcomes wait here, not in the stream's own buffer, which is only fed while it has room (its high-water mark,
+    // a few outcomes): the stream buffer cannot be emptied, and a cut stream whose client never reads would have kept
+    // every outcome queued in it while its slot went to the next stream.
+    let queue: WatchDeliveriesResponse[] = [];
+    function pump(): void {
+      while (!call.writableNeedDrain) {
+        const next = queue.shift();
+        if (next === undefined) return;
+        call.write(next);
+      }
+    }
     const unsubscribe = store.onOutcome((outcome) => {
       if (done || (accountId !== '' && outcome.accountId !== accountId)) return;
-      if (call.writableLength >= watchBufferLimit) {
+      if (queue.length + call.writableLength >= watchBufferLimit) {
+        const buffered = queue.length + call.writableLength;
         finish();
-        logger.warn({ method: 'WatchDeliveries', buffered: call.writableLength }, 'watcher too slow; stream ended');
+        logger.warn({ method: 'WatchDeliveries', buffered }, 'watcher too slow; stream ended');
         call.emit('error', {
           code: status.RESOURCE_EXHAUSTED,
           details: `the watcher read too slowly: more than ${watchBufferLimit} outcomes were waiting; reconnect and use ListDeliveries to catch up`,
         });
         return;
       }
-      call.write(outcomeToProto(outcome));
+      queue.push(outcomeToProto(outcome));
+      pump();
     });
     function finish(): void {
       if (done) return;
       done = true;
+      queue = [];
       unsubscribe();
       watches.delete(call);
+      call.off('drain', pump);
     }
-    watches.set(call, finish);
+    watches.set(call, () => {
+      // Shutdown: what is queued goes out before the stream's OK.
+      for (const response of queue) call.write(response);
+      finish();
+      call.end();
+    });
     // Headers now, not with the first outcome: the caller learns that its watch is in place.
     call.sendMetadata(new Metadata());
+    call.on('drain', pump);
     call.on('cancelled', finish);
     call.on('close', finish);
     call.on('error', finish);
@@ -339,10 +360,7 @@ export function createApi(deps: ApiDependencies): Api {
     delivery,
     endWatches() {
       watchesEnded = true;
-      for (const [call, finish] of [...watches]) {
-        finish();
-        call.end();
-      }
+      for (const end of [...watches.values()]) end();
     },
     watchCount: () => watches.size,
   };

@@ -2,9 +2,13 @@
  * `--max-watch-streams`: WatchDeliveries streams open at once. Every stream is told every outcome, so their number is
  * bounded; one more is refused with RESOURCE_EXHAUSTED, and a closed stream makes room again.
  */
+import { connect as connectHttp2 } from 'node:http2';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { status } from '@grpc/grpc-js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
+import { WatchDeliveriesRequest } from '../../src/gen/app_inbox/v1/delivery.js';
 import { deliveredOutcome } from '../../src/store/conformance.js';
 import { accountId, startTestServer, storeUrls, watch, type TestServer } from './harness.js';
 
@@ -51,7 +55,57 @@ describe('the number of WatchDeliveries streams', () => {
       await own.stop();
     }
   });
+
+  it('keeps nothing of a cut stream whose client never reads: stream after stream, its memory stays bounded', async () => {
+    // Before, a cut stream kept its 10,000 outcomes queued until its client read them, and its slot was free again at
+    // once: a client that opened streams and never read made the server keep 10,000 more outcomes with each one.
+    const own = await startTestServer(await sqlite!.newUrl(), { maxWatchStreams: 1 });
+    const session = connectHttp2(`http://${own.server.address}`);
+    session.on('error', () => undefined);
+    try {
+      const queued: Array<WeakRef<string[]>> = [];
+      for (let round = 0; round < 3; round++) {
+        const account = accountId('never-reads');
+        const request = Buffer.from(WatchDeliveriesRequest.encode({ accountId: account }).finish());
+        const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, request.length]), request]);
+        const stream = session.request({
+          ':method': 'POST',
+          ':path': '/app_inbox.v1.DeliveryService/WatchDeliveries',
+          'content-type': 'application/grpc',
+          te: 'trailers',
+        });
+        stream.on('error', () => undefined);
+        stream.end(frame);
+        const headers = await new Promise<Record<string, unknown>>((resolve) => stream.once('response', resolve));
+        // Taken (a refused stream's headers carry its status): the stream before it was cut, and its slot freed.
+        expect(headers['grpc-status']).toBeUndefined();
+        // Never read: HTTP/2 flow control soon stops the server's writes.
+        stream.pause();
+        for (let i = 0; i <= 10_000; i++) {
+          const messageIds = [`m-${round}-${i}`];
+          queued.push(new WeakRef(messageIds));
+          await own.server.store.emitOutcome(deliveredOutcome({ accountId: account, messageIds, at: Date.now() }));
+        }
+        // The 10,001st outcome cut the stream: the slot is free for the next round.
+      }
+      collectGarbage();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      collectGarbage();
+      // What the unread streams still hold: a few outcomes each (the stream's own small buffer), not 10,000.
+      expect(queued.filter((ref) => ref.deref() !== undefined).length).toBeLessThan(200);
+      const next = watch(own.clients, accountId());
+      await next.ready;
+      next.cancel();
+    } finally {
+      session.destroy();
+      await own.stop();
+    }
+  });
 });
+
+setFlagsFromString('--expose_gc');
+/** A full garbage collection (V8's `gc`, exposed at run time). */
+const collectGarbage = runInNewContext('gc') as () => void;
 
 /** Opens a watch that stops reading while 20,000 outcomes of its account are emitted; checks how it ends. */
 async function slowReaderIsCut(t: TestServer): Promise<void> {
