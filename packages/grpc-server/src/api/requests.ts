@@ -207,7 +207,9 @@ export function parsePublishMessages(request: PublishMessagesRequest, now: numbe
     if (!checked.ok) return;
     const stored: ParsedMessage = {
       externalCustomerId: m.externalCustomerId,
-      id: m.id,
+      // A UUID's hex digits are case-insensitive (RFC 9562 §4): in its canonical lowercase form, the same UUID sent
+      // in upper case is a duplicate, not a second message with the same interaction id.
+      id: m.id.toLowerCase(),
       createdDate: m.createdDate,
       title: m.title,
       content: m.content,

@@ -265,6 +265,25 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(receiver.records.list()).toHaveLength(1);
   });
 
+  it('is idempotent on message id whatever the case of its hex digits (a UUID is case-insensitive)', async () => {
+    const acc = await account();
+    const id = randomUUID();
+    const first = await t.clients.publishMessages({
+      accountId: acc,
+      messages: [inboxMessage('uuid-case', { id: id.toUpperCase() }), inboxMessage('uuid-case', { id })],
+    });
+    expect(first).toMatchObject({ accepted: 1, duplicates: 1 });
+    await deliveryIn(t.clients, first.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    const second = await t.clients.publishMessages({
+      accountId: acc,
+      messages: [inboxMessage('uuid-case', { id: id.toUpperCase() })],
+    });
+    expect(second).toMatchObject({ accepted: 0, duplicates: 1, deliveries: [] });
+    await new Promise((r) => setTimeout(r, 200));
+    // One message, in the canonical lowercase form (RFC 9562 §4), however the caller spelled it.
+    expect(listsOf('uuid-case')).toEqual([[expect.objectContaining({ id })]]);
+  });
+
   it('drops an expired message from the next list (TTL)', async () => {
     const acc = await account();
     const shortLived = inboxMessage('ttl', { expiresAtMs: Date.now() + 400 });

@@ -32,7 +32,10 @@ export interface InboxMessage {
    * message is skipped and counted (SPEC §3), not an error.
    */
   externalCustomerId: string;
-  /** UUID: the interaction id. Unique per account; publishing it again is a no-op. */
+  /**
+   * UUID: the interaction id. Unique per account; publishing it again is a no-op. Kept and sent in lowercase
+   * (its canonical form, RFC 9562 §4): the same UUID in upper case is the same message.
+   */
   id: string;
   /** Creation time, milliseconds since the epoch. */
   createdDate: number;
