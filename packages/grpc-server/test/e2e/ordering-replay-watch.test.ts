@@ -115,6 +115,27 @@ describe.each(storeUrls())('ordering, replay and watch ($engine)', ({ newUrl, re
     ]);
   });
 
+  it('gives a replay of a delivery that ran out of attempts one attempt: a retryable answer fails it again', async () => {
+    const acc = await account({ rules: [{ id: 'down', answers: [{ status: 503 }], repeat: true }] });
+    const published = await t.clients.publishMessages({ accountId: acc, messages: [inboxMessage('spent')] });
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    const failed = await deliveryIn(t.clients, deliveryId, [DeliveryState.DELIVERY_STATE_FAILED]);
+    expect(failed).toMatchObject({ attemptCount: 5, lastError: 'max_attempts:http_503' });
+    await t.clients.retryDelivery({ deliveryId });
+    // Attempts count on from the history (--max-attempts 5 here): attempt 6 is not retried.
+    const again = await eventually(async () => {
+      const { delivery } = await t.clients.getDelivery({ deliveryId });
+      return delivery?.attemptCount === 6 && delivery.state === DeliveryState.DELIVERY_STATE_FAILED
+        ? delivery
+        : undefined;
+    });
+    expect(again.lastError).toBe('max_attempts:http_503');
+    receiver.control.clear(); // the receiver is fixed
+    await t.clients.retryDelivery({ deliveryId });
+    const delivered = await deliveryIn(t.clients, deliveryId, DELIVERED);
+    expect(delivered.attemptCount).toBe(7);
+  });
+
   it('replays the newer state instead when the contact has moved on', async () => {
     const acc = await account({ rules: [{ answers: [{ status: 400 }] }] });
     const m1 = inboxMessage('moved');

@@ -1807,6 +1807,10 @@ export const DeliveryServiceService = {
    * Replays a delivery now, typically a failed one: the same id and bytes while it is still the
    * contact's newest state (its attempt history is kept); otherwise the contact's newer delivery is
    * what gets sent, and the answer says so, so a replay never puts an older list after a newer one.
+   * A replayed delivery's attempts count on from its history: it is retried only while it has made fewer than
+   * `--max-attempts` attempts in all and is within `--max-age-ms` of its first attempt. So a delivery that gave up
+   * for either reason gets one attempt per RetryDelivery (a retryable answer fails it again, `max_attempts:...` or
+   * `max_age:...`); one that failed on a non-retryable answer (400) has the rest of its retries.
    * A retrying or pending delivery is made due now (a pending one is due later only when its claim was
    * given back for later, e.g. its webhook's secret could not be opened); an in-flight one is already on
    * its way and is returned unchanged. NOT_FOUND when unknown.
@@ -1847,6 +1851,10 @@ export interface DeliveryServiceServer extends UntypedServiceImplementation {
    * Replays a delivery now, typically a failed one: the same id and bytes while it is still the
    * contact's newest state (its attempt history is kept); otherwise the contact's newer delivery is
    * what gets sent, and the answer says so, so a replay never puts an older list after a newer one.
+   * A replayed delivery's attempts count on from its history: it is retried only while it has made fewer than
+   * `--max-attempts` attempts in all and is within `--max-age-ms` of its first attempt. So a delivery that gave up
+   * for either reason gets one attempt per RetryDelivery (a retryable answer fails it again, `max_attempts:...` or
+   * `max_age:...`); one that failed on a non-retryable answer (400) has the rest of its retries.
    * A retrying or pending delivery is made due now (a pending one is due later only when its claim was
    * given back for later, e.g. its webhook's secret could not be opened); an in-flight one is already on
    * its way and is returned unchanged. NOT_FOUND when unknown.
@@ -1896,6 +1904,10 @@ export interface DeliveryServiceClient extends Client {
    * Replays a delivery now, typically a failed one: the same id and bytes while it is still the
    * contact's newest state (its attempt history is kept); otherwise the contact's newer delivery is
    * what gets sent, and the answer says so, so a replay never puts an older list after a newer one.
+   * A replayed delivery's attempts count on from its history: it is retried only while it has made fewer than
+   * `--max-attempts` attempts in all and is within `--max-age-ms` of its first attempt. So a delivery that gave up
+   * for either reason gets one attempt per RetryDelivery (a retryable answer fails it again, `max_attempts:...` or
+   * `max_age:...`); one that failed on a non-retryable answer (400) has the rest of its retries.
    * A retrying or pending delivery is made due now (a pending one is due later only when its claim was
    * given back for later, e.g. its webhook's secret could not be opened); an in-flight one is already on
    * its way and is returned unchanged. NOT_FOUND when unknown.
