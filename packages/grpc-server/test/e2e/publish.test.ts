@@ -284,6 +284,19 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(listsOf('uuid-case')).toEqual([[expect.objectContaining({ id })]]);
   });
 
+  it('keeps the first of two messages with one id in a call and counts the second as a duplicate', async () => {
+    const acc = await account();
+    const id = randomUUID();
+    const published = await t.clients.publishMessages({
+      accountId: acc,
+      messages: [inboxMessage('twice', { id, title: 'first' }), inboxMessage('other', { id, title: 'second' })],
+    });
+    expect(published).toMatchObject({ accepted: 1, duplicates: 1 });
+    expect(published.deliveries.map((d) => d.externalCustomerId)).toEqual(['twice']);
+    await deliveryIn(t.clients, published.deliveries[0]?.deliveryId ?? '', DELIVERED);
+    expect(listsOf('twice')).toEqual([[expect.objectContaining({ id, title: 'first' })]]);
+  });
+
   it('drops an expired message from the next list (TTL)', async () => {
     const acc = await account();
     const shortLived = inboxMessage('ttl', { expiresAtMs: Date.now() + 400 });

@@ -88,13 +88,20 @@ export interface PublishMessagesRequest {
 export interface PublishMessagesResponse {
   /** Messages newly stored. */
   accepted: number;
-  /** Messages whose id the account already had (ignored: publishing is idempotent). */
+  /**
+   * Messages whose id the account already had, or an earlier message of this call had (the first one is kept):
+   * ignored, publishing is idempotent.
+   */
   duplicates: number;
   /** Messages skipped because their contact has no external_customer_id. */
   skippedWithoutExternalCustomerId: number;
   /** Indices (0-based, in `messages`) of the skipped messages. */
   skippedIndices: number[];
-  /** One per touched contact. */
+  /**
+   * One per contact that got at least one new message. A contact whose messages were all duplicates is not
+   * listed (it was scheduled when they were first stored): a call made again after DEADLINE_EXCEEDED, when the
+   * first one was stored, answers `accepted` 0 and no deliveries; ListDeliveries finds them.
+   */
   deliveries: ContactDelivery[];
 }
 
