@@ -55,7 +55,12 @@ export class ApiClient {
     this.address = options.address;
     this.#timeoutMs = options.timeoutMs;
     const access = clientCredentials(options);
-    const clientOptions = { interceptors: access.interceptors };
+    const clientOptions = {
+      interceptors: access.interceptors,
+      // No receive limit (grpc-js's default is 4 MiB): a delivery's body (`deliveries show --body`) is a contact's whole
+      // list, and 1,000 messages of 5 KB are already more. The server is the operator's own.
+      'grpc.max_receive_message_length': -1,
+    };
     this.#webhook = new WebhookServiceClient(options.address, access.credentials, clientOptions);
     // One channel for the three services.
     const shared = { ...clientOptions, channelOverride: this.#webhook.getChannel() };

@@ -212,6 +212,22 @@ describe('app-inbox command-line client', () => {
     expect(error.fieldViolations.map((v) => v.field)).toEqual(['messages[0].id', 'messages[1].image']);
   });
 
+  it('shows the body of a delivery larger than a default client may receive (4 MiB)', async () => {
+    const acct = await accountWithReceiver();
+    // 1,000 messages of 5,000 characters: a body of about 5 MB.
+    const messages = Array.from({ length: 1_000 }, () => inboxMessage('large', { content: 'x'.repeat(5_000) }));
+    const published = await t.clients.publishMessages({ accountId: acct, messages });
+    const id = published.deliveries[0]!.deliveryId;
+    await eventually(async () => {
+      const { delivery } = await t.clients.getDelivery({ deliveryId: id });
+      return delivery?.state === DeliveryState.DELIVERY_STATE_DELIVERED ? delivery : undefined;
+    });
+    const show = await runCli(cli('deliveries', 'show', id, '--body'));
+    expect(show.stderr).toBe('');
+    expect(show.code).toBe(0);
+    expect(show.stdout.length).toBeGreaterThan(5_000_000);
+  });
+
   it('lists, shows and retries deliveries', async () => {
     const acct = await accountWithReceiver();
     const published = await t.clients.publishMessages({ accountId: acct, messages: [inboxMessage('c-1')] });

@@ -220,7 +220,11 @@ export interface Delivery {
 export interface GetDeliveryRequest {
   /** The delivery id. */
   deliveryId: string;
-  /** Also return the frozen request body. */
+  /**
+   * Also return the frozen request body. It is a contact's whole list and can exceed a client's default receive
+   * limit (grpc-js and grpc-go: 4 MiB; 1,000 messages of 5 KB are more): a client asking for it should raise that
+   * limit (`grpc.max_receive_message_length`), as the `app-inbox` CLI does, or get RESOURCE_EXHAUSTED.
+   */
   includeBody: boolean;
 }
 
