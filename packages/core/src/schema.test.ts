@@ -282,6 +282,11 @@ describe('webhookConfigSchema', () => {
     ['https://user:pass@example.com/hook', 'must not contain a username or password; use auth instead'],
     ['https://user@example.com/hook', 'must not contain a username or password; use auth instead'],
     [`https://example.com/${'a'.repeat(LIMITS.urlLength)}`, `must be at most ${LIMITS.urlLength} characters`],
+    // The URL parser dropped these unseen: stored and read back as typed, sent elsewhere.
+    [' https://example.com/hook', 'must not contain spaces or control characters (percent-encode them)'],
+    ['https://example.com/hook\n', 'must not contain spaces or control characters (percent-encode them)'],
+    ['https://example.com/ho\tok', 'must not contain spaces or control characters (percent-encode them)'],
+    ['https://example.com/a b', 'must not contain spaces or control characters (percent-encode them)'],
   ])('rejects the url %j', (url, description) => {
     expect(violations(validateWebhookConfig({ url }))).toEqual([{ field: 'url', description }]);
   });

@@ -80,7 +80,15 @@ export function utf8ByteLength(s: string): number {
   return bytes;
 }
 
-type UrlRule = { allowEmpty: boolean; allowCredentials: boolean };
+/**
+ * `allowSpaces`: blanks and control characters are let through for the URL parser to strip or percent-encode
+ * (message links are passed on as given); a webhook URL is refused with them, so that the URL stored, read back and
+ * logged is the one requests go to (the parser dropped a leading blank or a tab inside a path unseen).
+ */
+type UrlRule = { allowEmpty: boolean; allowCredentials: boolean; allowSpaces: boolean };
+
+/** ASCII blanks and control characters (the WHATWG parser strips or drops them, or percent-encodes a space). */
+const BLANK_OR_CONTROL = /[\u0000-\u0020\u007f]/;
 
 /**
  * An http(s) URL of at most {@link LIMITS.urlLength} characters. One refinement so that a bad URL
@@ -95,6 +103,10 @@ function httpUrl(rule: UrlRule) {
     }
     if (value.length > LIMITS.urlLength) {
       ctx.addIssue({ code: 'custom', message: `must be at most ${LIMITS.urlLength} characters` });
+      return;
+    }
+    if (!rule.allowSpaces && BLANK_OR_CONTROL.test(value)) {
+      ctx.addIssue({ code: 'custom', message: 'must not contain spaces or control characters (percent-encode them)' });
       return;
     }
     let url: URL;
@@ -165,8 +177,8 @@ export const messageSchema = z.strictObject({
     .max(LIMITS.maxCreatedDate, { error: 'must not be after 2100-01-01T00:00:00Z' }),
   title: boundedString(LIMITS.titleLength),
   content: boundedString(LIMITS.contentLength),
-  image: httpUrl({ allowEmpty: true, allowCredentials: true }).optional(),
-  link: httpUrl({ allowEmpty: true, allowCredentials: true }).optional(),
+  image: httpUrl({ allowEmpty: true, allowCredentials: true, allowSpaces: true }).optional(),
+  link: httpUrl({ allowEmpty: true, allowCredentials: true, allowSpaces: true }).optional(),
   category: boundedString(LIMITS.categoryLength),
   customData: z
     .string()
@@ -228,7 +240,7 @@ export const signingSecretSchema = z.string().superRefine((value, ctx) => {
  * @see SPEC §2
  */
 export const webhookConfigSchema = z.strictObject({
-  url: httpUrl({ allowEmpty: false, allowCredentials: false }),
+  url: httpUrl({ allowEmpty: false, allowCredentials: false, allowSpaces: false }),
   auth: basicAuthSchema.optional(),
   maxMessagesPerContact: z
     .number({ error: unlessMissing('must be an integer') })
