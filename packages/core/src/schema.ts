@@ -87,8 +87,14 @@ export function utf8ByteLength(s: string): number {
  */
 type UrlRule = { allowEmpty: boolean; allowCredentials: boolean; allowSpaces: boolean };
 
-/** ASCII blanks and control characters (the WHATWG parser strips or drops them, or percent-encodes a space). */
-const BLANK_OR_CONTROL = /[\u0000-\u0020\u007f]/;
+/** Whether `value` has an ASCII blank or control character (the WHATWG parser strips, drops or encodes them). */
+function hasBlankOrControl(value: string): boolean {
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c <= 0x20 || c === 0x7f) return true;
+  }
+  return false;
+}
 
 /**
  * An http(s) URL of at most {@link LIMITS.urlLength} characters. One refinement so that a bad URL
@@ -105,7 +111,7 @@ function httpUrl(rule: UrlRule) {
       ctx.addIssue({ code: 'custom', message: `must be at most ${LIMITS.urlLength} characters` });
       return;
     }
-    if (!rule.allowSpaces && BLANK_OR_CONTROL.test(value)) {
+    if (!rule.allowSpaces && hasBlankOrControl(value)) {
       ctx.addIssue({ code: 'custom', message: 'must not contain spaces or control characters (percent-encode them)' });
       return;
     }
