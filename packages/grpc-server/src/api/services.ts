@@ -61,6 +61,12 @@ export interface ApiDependencies {
    * stalled client must not make the server buffer without bound. Default 10,000.
    */
   watchBufferLimit?: number;
+  /**
+   * Message ids a watcher may have queued, unread, over its outcomes, before its stream is ended the same way: an
+   * outcome carries its delivery's message ids (up to 10,000), so a count of outcomes alone let one stalled stream
+   * hold gigabytes. Default 1,000,000 (about 60 MB).
+   */
+  watchIdLimit?: number;
   /** WatchDeliveries streams open at once; one more is RESOURCE_EXHAUSTED. Default 1,000. */
   maxWatchStreams?: number;
   /**
@@ -115,6 +121,7 @@ function check(violations: FieldViolation[]): void {
 export function createApi(deps: ApiDependencies): Api {
   const { store, logger } = deps;
   const watchBufferLimit = deps.watchBufferLimit ?? 10_000;
+  const watchIdLimit = deps.watchIdLimit ?? 1_000_000;
   const maxWatchStreams = deps.maxWatchStreams ?? 1_000;
   const addressPolicy = deps.addressPolicy ?? DEFAULT_ADDRESS_POLICY;
   /** Open watch streams and how to end each one with OK (send what is queued, unsubscribe, forget). */
@@ -257,32 +264,37 @@ export function createApi(deps: ApiDependencies): Api {
     // a few outcomes): the stream buffer cannot be emptied, and a cut stream whose client never reads would have kept
     // every outcome queued in it while its slot went to the next stream.
     let queue: WatchDeliveriesResponse[] = [];
+    /** Message ids of the outcomes in `queue`. */
+    let queuedIds = 0;
     function pump(): void {
       while (!call.writableNeedDrain) {
         const next = queue.shift();
         if (next === undefined) return;
+        queuedIds -= next.messageIds.length;
         call.write(next);
       }
     }
     const unsubscribe = store.onOutcome((outcome) => {
       if (done || (accountId !== '' && outcome.accountId !== accountId)) return;
-      if (queue.length + call.writableLength >= watchBufferLimit) {
-        const buffered = queue.length + call.writableLength;
+      const buffered = queue.length + call.writableLength;
+      if (buffered >= watchBufferLimit || queuedIds + outcome.messageIds.length > watchIdLimit) {
         finish();
-        logger.warn({ method: 'WatchDeliveries', buffered }, 'watcher too slow; stream ended');
+        logger.warn({ method: 'WatchDeliveries', buffered, queuedIds }, 'watcher too slow; stream ended');
         call.emit('error', {
           code: status.RESOURCE_EXHAUSTED,
-          details: `the watcher read too slowly: more than ${watchBufferLimit} outcomes were waiting; reconnect and use ListDeliveries to catch up`,
+          details: `the watcher read too slowly: more than ${watchBufferLimit.toLocaleString('en-US')} outcomes (or ${watchIdLimit.toLocaleString('en-US')} message ids) were waiting; reconnect and use ListDeliveries to catch up`,
         });
         return;
       }
       queue.push(outcomeToProto(outcome));
+      queuedIds += outcome.messageIds.length;
       pump();
     });
     function finish(): void {
       if (done) return;
       done = true;
       queue = [];
+      queuedIds = 0;
       unsubscribe();
       watches.delete(call);
       call.off('drain', pump);

@@ -101,6 +101,45 @@ describe('the number of WatchDeliveries streams', () => {
       await own.stop();
     }
   });
+
+  it('ends a stream whose reader fell 1,000,000 message ids behind, before 10,000 outcomes', async () => {
+    // An outcome carries its delivery's message ids (up to 10,000): 10,000 such outcomes queued for one stream that
+    // never read were 100,000,000 ids, gigabytes, before the count of outcomes cut it.
+    const own = await startTestServer(await sqlite!.newUrl(), { maxWatchStreams: 1 });
+    const session = connectHttp2(`http://${own.server.address}`);
+    session.on('error', () => undefined);
+    try {
+      const account = accountId('large-lists');
+      const request = Buffer.from(WatchDeliveriesRequest.encode({ accountId: account }).finish());
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/app_inbox.v1.DeliveryService/WatchDeliveries',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      });
+      stream.on('error', () => undefined);
+      stream.end(Buffer.concat([Buffer.from([0, 0, 0, 0, request.length]), request]));
+      await new Promise((resolve) => stream.once('response', resolve));
+      stream.pause();
+      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', resolve));
+      const ids = Array.from({ length: 1_000 }, (_, i) => `m-${i}`);
+      // 1,100 outcomes: the first few go to the stream's own buffer, the rest queue (1,000 ids each).
+      for (let i = 0; i < 1_100; i++) {
+        await own.server.store.emitOutcome(deliveredOutcome({ accountId: account, messageIds: ids, at: Date.now() }));
+      }
+      // Read what was written before the cut, then the status.
+      stream.on('data', () => undefined);
+      stream.resume();
+      const ended = await Promise.race([trailers, new Promise((resolve) => setTimeout(() => resolve(null), 5_000))]);
+      expect(ended).toMatchObject({ 'grpc-status': String(status.RESOURCE_EXHAUSTED) });
+      expect(decodeURIComponent(String((ended as Record<string, unknown>)['grpc-message']))).toMatch(
+        /more than 10,000 outcomes \(or 1,000,000 message ids\) were waiting/,
+      );
+    } finally {
+      session.destroy();
+      await own.stop();
+    }
+  });
 });
 
 setFlagsFromString('--expose_gc');

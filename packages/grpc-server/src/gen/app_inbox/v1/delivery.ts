@@ -1831,7 +1831,9 @@ export const DeliveryServiceService = {
   },
   /**
    * A stream of delivery outcomes (delivered, retrying, failed, superseded) as they happen, with the
-   * message ids each delivery carried. Runs until the caller cancels it or the server shuts down.
+   * message ids each delivery carried. Runs until the caller cancels it or the server shuts down. A reader
+   * that falls 10,000 outcomes (or 1,000,000 of their message ids) behind is ended with RESOURCE_EXHAUSTED:
+   * reconnect, and catch up with ListDeliveries.
    */
   watchDeliveries: {
     path: "/app_inbox.v1.DeliveryService/WatchDeliveries" as const,
@@ -1866,7 +1868,9 @@ export interface DeliveryServiceServer extends UntypedServiceImplementation {
   retryDelivery: handleUnaryCall<RetryDeliveryRequest, RetryDeliveryResponse>;
   /**
    * A stream of delivery outcomes (delivered, retrying, failed, superseded) as they happen, with the
-   * message ids each delivery carried. Runs until the caller cancels it or the server shuts down.
+   * message ids each delivery carried. Runs until the caller cancels it or the server shuts down. A reader
+   * that falls 10,000 outcomes (or 1,000,000 of their message ids) behind is ended with RESOURCE_EXHAUSTED:
+   * reconnect, and catch up with ListDeliveries.
    */
   watchDeliveries: handleServerStreamingCall<WatchDeliveriesRequest, WatchDeliveriesResponse>;
 }
@@ -1933,7 +1937,9 @@ export interface DeliveryServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * A stream of delivery outcomes (delivered, retrying, failed, superseded) as they happen, with the
-   * message ids each delivery carried. Runs until the caller cancels it or the server shuts down.
+   * message ids each delivery carried. Runs until the caller cancels it or the server shuts down. A reader
+   * that falls 10,000 outcomes (or 1,000,000 of their message ids) behind is ended with RESOURCE_EXHAUSTED:
+   * reconnect, and catch up with ListDeliveries.
    */
   watchDeliveries(
     request: WatchDeliveriesRequest,
