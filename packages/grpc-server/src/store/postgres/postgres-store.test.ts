@@ -6,6 +6,7 @@ import { deliveredOutcome, storeConformanceSuite } from '../conformance.js';
 import { openStore } from '../index.js';
 import type { AttemptResult, ClaimedDelivery, Delivery, DeliveryOutcome, Lane } from '../types.js';
 import {
+  CLAIM_MESSAGES_SQL,
   CLAIM_SQL,
   FREEZE_SQL,
   migratePostgres,
@@ -922,6 +923,56 @@ describe('PostgresStore', () => {
     }
   });
 
+  it('reads the messages of a claim up to claimMessagesMaxBytes, leaving the contacts past it to the engine', async () => {
+    // 64 lists of 1,000 messages of the largest size (near 100 MB each) were read with one claim: the process died.
+    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2, claimMessagesMaxBytes: 5_000 });
+    const account = `acct-${randomUUID()}`;
+    try {
+      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      const sized = (contact: string, createdDate: number, bytes: number) =>
+        storedMessage(contact, {
+          createdDate,
+          title: 't',
+          content: 'c',
+          customData: JSON.stringify('x'.repeat(bytes)),
+        });
+      await store.publish({
+        accountId: account,
+        now: T0,
+        messages: [
+          sized('a-small', T0 - 3, 1_000),
+          sized('a-small', T0 - 2, 1_000),
+          { ...sized('b-empty', T0 - 1, 10), expiresAt: T0 + 1 },
+          sized('c-large', T0 - 4, 4_000),
+          sized('d-small', T0 - 5, 10),
+        ],
+      });
+      const now = T0 + 10;
+      const claimed = await store.claimDue({ lane: 'first', limit: 10, now, leaseMs: 60_000, owner: 'w' });
+      const byContact = new Map(claimed.map((c) => [c.delivery.externalCustomerId, c]));
+      expect([...byContact.keys()].sort()).toEqual(['a-small', 'b-empty', 'c-large', 'd-small']);
+      // In the claim's order, the lists that fit in 5,000 bytes together come whole, as contactMessages reads them;
+      // an empty one (its message expired) is empty; from the first that does not fit on, none comes.
+      const order = claimed.map((c) => c.delivery.externalCustomerId);
+      let room = 5_000;
+      let cut = false;
+      for (const contact of order) {
+        const expected = await store.contactMessages(account, contact, now, 10);
+        const bytes = expected.reduce((n, m) => n + m.title.length + m.content.length + (m.customData?.length ?? 0), 0);
+        cut ||= bytes > room;
+        room -= bytes;
+        if (cut) expect(byContact.get(contact)?.messages, contact).toBeUndefined();
+        else expect(byContact.get(contact)?.messages, contact).toEqual(expected);
+      }
+      // The lists (2,000 + 0 + 4,000 + 10 bytes of customData) do not all fit: some come, some do not.
+      expect(claimed.filter((c) => c.messages === undefined).length).toBeGreaterThanOrEqual(1);
+      expect(claimed.filter((c) => (c.messages?.length ?? 0) > 0).length).toBeGreaterThanOrEqual(1);
+    } finally {
+      await store.deleteWebhook(account);
+      await store.close();
+    }
+  });
+
   it("gives each first claim the contact's messages as contactMessages would, and none once the body is frozen", async () => {
     const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
     const account = `acct-${randomUUID()}`;
@@ -1231,7 +1282,7 @@ describe('PostgresStore', () => {
     const original = pg.Pool.prototype.query;
     const query = vi.spyOn(pg.Pool.prototype, 'query').mockImplementation(function (this: pg.Pool, ...args: unknown[]) {
       const text = String((args[0] as { text?: string } | undefined)?.text ?? args[0]);
-      if (text.startsWith('SELECT r.i, m.account_id')) return Promise.reject(new Error('connection lost'));
+      if (text === CLAIM_MESSAGES_SQL) return Promise.reject(new Error('connection lost'));
       return (original as (...a: unknown[]) => unknown).apply(this, args);
     } as typeof original);
     try {

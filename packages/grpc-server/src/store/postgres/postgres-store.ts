@@ -95,6 +95,13 @@ export interface PostgresStoreOptions {
    * are parsed and planned at each call (see {@link PostgresStore.publish}). Default 64; 0 parses every call.
    */
   namedPublishMaxMessages?: number;
+  /**
+   * A claim reads its first attempts' messages with it (`ClaimedDelivery.messages`) up to this many bytes of their
+   * text in all; the contacts past it are left to the engine, which reads their lists one at a time (a list of
+   * 1,000 messages of the largest size is near 100 MB: 64 of them in one claim took the process down). Default
+   * 8 MiB.
+   */
+  claimMessagesMaxBytes?: number;
 }
 
 type Client = pg.PoolClient;
@@ -391,6 +398,32 @@ const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_custome
   ORDER BY r.i, m.created_date DESC, m.id ASC`;
 
 /**
+ * A claim's read of its contacts' messages: {@link CONTACT_MESSAGES_SQL} within a budget ($5 bytes of the
+ * messages' text, as `octet_length` reads it from the row without fetching TOASTed values). The contacts, in
+ * order, whose lists fit in it together come whole (`kept`); each later contact with messages comes as one row with
+ * `kept` false and no text, so its list is neither fetched nor sent (the engine reads it itself). A contact
+ * without messages comes as no row: its list is empty.
+ * @internal exported for the test of a claim whose read fails (postgres-store.test.ts).
+ */
+export const CLAIM_MESSAGES_SQL = `SELECT x.i, x.upto <= $5 AS kept, x.account_id, x.id, x.external_customer_id, x.created_date,
+    x.expires_at, x.category,
+    CASE WHEN x.upto <= $5 THEN x.title END AS title, CASE WHEN x.upto <= $5 THEN x.content END AS content,
+    CASE WHEN x.upto <= $5 THEN x.image END AS image, CASE WHEN x.upto <= $5 THEN x.link END AS link,
+    CASE WHEN x.upto <= $5 THEN x.custom_data END AS custom_data
+  FROM (
+    SELECT r.i, m.*,
+      sum(octet_length(m.title) + octet_length(m.content) + coalesce(octet_length(m.image), 0)
+        + coalesce(octet_length(m.link), 0) + coalesce(octet_length(m.custom_data), 0)) OVER (ORDER BY r.i) AS upto,
+      row_number() OVER (PARTITION BY r.i ORDER BY m.created_date DESC, m.id ASC) AS n
+    FROM unnest($1::text[], $2::text[], $3::integer[]) WITH ORDINALITY AS r(account_id, contact, lim, i)
+    CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.account_id = r.account_id
+        AND m.external_customer_id = r.contact AND m.expires_at > $4
+      ORDER BY m.created_date DESC, m.id ASC LIMIT r.lim) m
+  ) x
+  WHERE x.upto <= $5 OR x.n = 1
+  ORDER BY x.i, x.created_date DESC, x.id ASC`;
+
+/**
  * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each is
  * frozen when it is still claimed by that owner, unexpired and without a body; the ids of those frozen come back.
  * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql).
@@ -506,6 +539,7 @@ export class PostgresStore implements Store {
       connectTimeoutMs: assertInt('connectTimeoutMs', options.connectTimeoutMs ?? 10_000, 1),
       closeTimeoutMs: assertInt('closeTimeoutMs', options.closeTimeoutMs ?? 1_000, 0),
       namedPublishMaxMessages: assertInt('namedPublishMaxMessages', options.namedPublishMaxMessages ?? 64, 0, 10_000),
+      claimMessagesMaxBytes: assertInt('claimMessagesMaxBytes', options.claimMessagesMaxBytes ?? 8 * 1024 * 1024, 0),
     };
     // Planner settings of this store's sessions. Every statement here is a short statement that names its rows by a
     // key or reads an index in order, and the planner was wrong about them only when its statistics lagged behind
@@ -1082,7 +1116,7 @@ export class PostgresStore implements Store {
     assertId('externalCustomerId', externalCustomerId);
     assertTime('now', now);
     assertInt('limit', limit, 1);
-    const [messages] = await this.#messagesOf([{ accountId, externalCustomerId, limit }], now);
+    const [messages] = await this.#messagesOf([{ accountId, externalCustomerId, limit }], now, null);
     return messages!;
   }
 
@@ -1093,16 +1127,24 @@ export class PostgresStore implements Store {
   async #messagesOf(
     contacts: ReadonlyArray<{ accountId: string; externalCustomerId: string; limit: number }>,
     now: number,
-  ): Promise<StoredMessage[][]> {
-    const { rows } = await this.#run<MessageRow & { i: string }>(CONTACT_MESSAGES_SQL, [
+    maxBytes: number | null,
+  ): Promise<Array<StoredMessage[] | undefined>> {
+    const params: unknown[] = [
       contacts.map((c) => c.accountId),
       contacts.map((c) => c.externalCustomerId),
       // The statement's limits are `integer`; no list comes near that many messages.
       contacts.map((c) => Math.min(c.limit, 2_147_483_647)),
       now,
-    ]);
-    const lists = contacts.map((): StoredMessage[] => []);
-    for (const row of rows) lists[Number(row.i) - 1]!.push(messageFromRow(row));
+    ];
+    const { rows } = await (maxBytes === null
+      ? this.#run<MessageRow & { i: string; kept?: boolean }>(CONTACT_MESSAGES_SQL, params)
+      : this.#run<MessageRow & { i: string; kept?: boolean }>(CLAIM_MESSAGES_SQL, [...params, maxBytes]));
+    const lists: Array<StoredMessage[] | undefined> = contacts.map((): StoredMessage[] => []);
+    for (const row of rows) {
+      const k = Number(row.i) - 1;
+      if (row.kept === false) lists[k] = undefined;
+      else lists[k]?.push(messageFromRow(row));
+    }
     return lists;
   }
 
@@ -1155,7 +1197,7 @@ export class PostgresStore implements Store {
   async #attachMessages(claimed: ClaimedDelivery[], now: number): Promise<void> {
     const first = claimed.filter((c) => c.delivery.body === null);
     if (first.length === 0) return;
-    let lists: StoredMessage[][];
+    let lists: Array<StoredMessage[] | undefined>;
     try {
       lists = await this.#messagesOf(
         first.map((c) => ({
@@ -1164,6 +1206,7 @@ export class PostgresStore implements Store {
           limit: c.webhook.maxMessagesPerContact,
         })),
         now,
+        this.#options.claimMessagesMaxBytes,
       );
     } catch {
       // The claim has committed: failing claimDue now would leave these deliveries in flight until their lease
@@ -1171,7 +1214,9 @@ export class PostgresStore implements Store {
       return;
     }
     first.forEach((c, k) => {
-      c.messages = lists[k];
+      // Past the budget: no `messages`, the engine reads the list itself.
+      const list = lists[k];
+      if (list !== undefined) c.messages = list;
     });
   }
 
