@@ -39,7 +39,7 @@ async function timeClaims(client: pg.Client, claims: number, now: number): Promi
     const { rows } = await client.query({
       name: 'claim_first',
       text: CLAIM_SQL.first,
-      values: [now, [], BATCH, BATCH, 'bench', now + 60_000],
+      values: [now, [], BATCH, BATCH, 'bench', now + 60_000, Number.MAX_SAFE_INTEGER],
     });
     times.push(wallMs() - t0);
     await client.query('ROLLBACK');

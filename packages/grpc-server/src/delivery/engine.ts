@@ -88,8 +88,9 @@ export interface EngineOptions {
   maxWaiting: number;
   /**
    * Bytes of request bodies the attempts under way may hold (bytes). Past it, no first attempt starts to build its
-   * body and claims are made smaller, until attempts end; one attempt is always let through, however large its
-   * body. At most {@link BUILDS_AT_ONCE} bodies are built at a time. Default 268,435,456 (256 MiB).
+   * body and nothing is claimed until attempts end; a claim of retries brings frozen bodies up to the room left (the
+   * store's `maxBodyBytes`). One attempt is always let through, however large its body. At most
+   * {@link BUILDS_AT_ONCE} bodies are built at a time. Default 268,435,456 (256 MiB).
    */
   maxBodyBytesInMemory: number;
 }
@@ -374,8 +375,6 @@ export class DeliveryEngine {
   >();
   /** Bytes of the bodies of the attempts under way (frozen ones as claimed, new ones once built). */
   #bodyBytes = 0;
-  /** A recent large body (bytes): the largest seen, decaying by 2% per attempt; sizes the claims. */
-  #largeBody = 0;
   /** First attempts building their body now (see {@link BUILDS_AT_ONCE}), and those waiting for their turn. */
   #building = 0;
   readonly #buildWaiters: Array<(granted: boolean) => void> = [];
@@ -576,14 +575,14 @@ export class DeliveryEngine {
       lane.constrained = true;
       return 'idle';
     }
-    // Bodies in memory: no claim while the attempts under way hold the budget; else as many as fit at the size
-    // of a recent large body (a claim of retries reads their bodies; one of first attempts will build them).
+    // Bodies in memory: no claim while the attempts under way hold the budget; else retries (their frozen bodies
+    // come with the claim) up to the room left. First attempts build theirs later, one at a time (#attempt).
     const room = this.options.maxBodyBytesInMemory - this.#bodyBytes;
     if (room <= 0) {
       lane.constrained = true;
       return 'idle';
     }
-    const limit = Math.min(free, this.options.claimBatch, Math.max(1, Math.floor(room / Math.max(1, this.#largeBody))));
+    const limit = Math.min(free, this.options.claimBatch);
     const now = this.#clock();
     const exclude = new Set(this.#limiter.saturated());
     for (const account of this.#health.pausedAccounts(now)) exclude.add(account);
@@ -602,6 +601,7 @@ export class DeliveryEngine {
           excludeAccounts: [...exclude],
           // One account's backlog cannot fill a batch beyond what its endpoint may have in flight.
           maxPerAccount: Math.min(limit, this.options.perEndpointConcurrency),
+          maxBodyBytes: room,
         })
         .then((taken) => taken.map((claim): Held => ({ ...claim, owner, seq, handedOver: false })));
     } finally {
@@ -843,7 +843,6 @@ export class DeliveryEngine {
       running.bodyBytes += bytes;
     }
     this.#bodyBytes += bytes;
-    this.#largeBody = Math.max(bytes, this.#largeBody * 0.98);
   }
 
   /** The attempt proper; `built` is called once the body is built (and counted), before it is frozen and sent. */

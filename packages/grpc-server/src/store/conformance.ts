@@ -466,6 +466,37 @@ export function storeConformanceSuite(
         expect(claimed.map((c) => c.delivery.externalCustomerId)).toEqual(['b0', 'b1', 'a0', 'a1']);
       });
 
+      it('brings frozen bodies up to maxBodyBytes, but always its first delivery', async () => {
+        // A retry carries its body (up to near 100 MB): 32 of them in one claim took the process down.
+        const acct = await withWebhook();
+        const sizes: number[] = [];
+        for (let i = 0; i < 4; i++) {
+          const { body } = await retryingDelivery(acct, `c${i}`, T0 + i, T0 + 1_000);
+          sizes.push(body.byteLength);
+        }
+        const ids = async (maxBodyBytes: number) => {
+          const claimed = await claim('retry', T0 + 2_000, 'w', 100, { maxBodyBytes });
+          const taken = claimed.map((c) => c.delivery.externalCustomerId);
+          // Given back at once, for the next claim of this test.
+          for (const c of claimed) await store.release(c.delivery.id, 'w', T0 + 1_000);
+          return taken;
+        };
+        expect(await ids(sizes[0]! + sizes[1]!)).toEqual(['c0', 'c1']);
+        expect(await ids(sizes[0]! + sizes[1]! - 1)).toEqual(['c0']);
+        expect(await ids(0)).toEqual(['c0']);
+        expect(await ids(Number.MAX_SAFE_INTEGER)).toEqual(['c0', 'c1', 'c2', 'c3']);
+        // With a lease to take back first (PostgreSQL then claims step by step): the same rule.
+        await publishOne(acct, 'gone', T0 + 5);
+        expect(
+          await store.claimDue({ lane: 'first', limit: 100, now: T0 + 6, leaseMs: 10, owner: 'gone' }),
+        ).toHaveLength(1);
+        expect(await ids(sizes[0]! + sizes[1]! - 1)).toEqual(['c0']);
+        expect(await ids(sizes[0]! + sizes[1]! + sizes[2]!)).toEqual(['c0', 'c1', 'c2']);
+        // Pending deliveries have no body yet: a claim of them is not cut (the one taken back is pending again).
+        for (let i = 0; i < 3; i++) await publishOne(acct, `p${i}`, T0 + 10 + i);
+        expect(await claim('first', T0 + 2_000, 'w', 100, { maxBodyBytes: 0 })).toHaveLength(4);
+      });
+
       it('does not let an account whose due work is blocked hold up the others', async () => {
         const blocked = await withWebhook();
         const other = await withWebhook();

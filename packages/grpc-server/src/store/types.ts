@@ -129,6 +129,11 @@ export interface ClaimOptions {
    * backlog cannot fill a whole batch. Default: `limit`. Accounts are served oldest due first.
    */
   maxPerAccount?: number;
+  /**
+   * At most this many bytes of frozen bodies in this claim (a retry carries its body): the claim stops before the
+   * delivery that would pass it, but always takes its first one, whatever its size. Default: no limit.
+   */
+  maxBodyBytes?: number;
 }
 
 /** A claimed delivery, now `in_flight` under the caller's lease, with its webhook. */

@@ -469,7 +469,7 @@ describe('PostgresStore', () => {
             await client.query('BEGIN');
             // EXECUTE takes its values as literals, not bound parameters.
             const plan = await client.query(
-              `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE ${before.name}(${T0 + 1}, '{}', 32, 32, 'w', ${T0 + 60_000})`,
+              `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE ${before.name}(${T0 + 1}, '{}', 32, 32, 'w', ${T0 + 60_000}, ${Number.MAX_SAFE_INTEGER})`,
             );
             await client.query('ROLLBACK');
             // It ran the generic plan, made at 8 rows: 32 candidates read, checked and updated, the account's first
@@ -510,8 +510,8 @@ describe('PostgresStore', () => {
       await publish(20, 6000);
       const ids = Array.from({ length: 8 }, () => randomUUID());
       const statements = {
-        'claim first': [CLAIM_SQL.first, [T0 + 1, [], 32, 32, 'w', T0 + 60_000]],
-        'claim retry': [CLAIM_SQL.retry, [T0 + 1, [], 32, 32, 'w', T0 + 60_000]],
+        'claim first': [CLAIM_SQL.first, [T0 + 1, [], 32, 32, 'w', T0 + 60_000, Number.MAX_SAFE_INTEGER]],
+        'claim retry': [CLAIM_SQL.retry, [T0 + 1, [], 32, 32, 'w', T0 + 60_000, Number.MAX_SAFE_INTEGER]],
         'record final': [RECORD_FINAL_SQL, recordFinalParams(ids, 'w', T0)],
         freeze: [FREEZE_SQL, freezeParams(ids, 'w', T0)],
       } as const;
@@ -592,9 +592,15 @@ describe('PostgresStore', () => {
       const ids: string[] = [];
       for (const lane of ['first', 'retry'] as const) {
         for (const mode of PLAN_MODES) {
-          const nodes = await planNodes(url, CLAIM_SQL[lane], [T0 + 1, [], 64, 64, 'w', T0 + 60_000], mode, {
-            analyze: true,
-          });
+          const nodes = await planNodes(
+            url,
+            CLAIM_SQL[lane],
+            [T0 + 1, [], 64, 64, 'w', T0 + 60_000, Number.MAX_SAFE_INTEGER],
+            mode,
+            {
+              analyze: true,
+            },
+          );
           // Candidates (64 an account) read, their contacts checked, 64 updated, the first due of 2 accounts.
           expect(deliveryRowsRead(nodes), `${lane} lane, ${mode}`).toBeLessThanOrEqual(1000);
           // No node left to a forced sequential scan (its 10^10 penalty would swamp every cost above it).
@@ -652,9 +658,15 @@ describe('PostgresStore', () => {
       }
       await sql(url, 'ANALYZE');
       for (const mode of PLAN_MODES) {
-        const nodes = await planNodes(url, CLAIM_SQL.first, [T0 + 1000, [], 20, 32, 'w', T0 + 60_000], mode, {
-          analyze: true,
-        });
+        const nodes = await planNodes(
+          url,
+          CLAIM_SQL.first,
+          [T0 + 1000, [], 20, 32, 'w', T0 + 60_000, Number.MAX_SAFE_INTEGER],
+          mode,
+          {
+            analyze: true,
+          },
+        );
         // The first due delivery of each of the 200 accounts, about 41 candidates of the first 3, 32 updated.
         expect(deliveryRowsRead(nodes), mode).toBeLessThanOrEqual(400);
       }
@@ -670,7 +682,7 @@ describe('PostgresStore', () => {
           await client.query({
             name: 'claim_first',
             text: CLAIM_SQL.first,
-            values: [T0 + 1000, excluded, 20, 1 + run, 'w', T0 + 60_000],
+            values: [T0 + 1000, excluded, 20, 1 + run, 'w', T0 + 60_000, Number.MAX_SAFE_INTEGER],
           });
           await client.query('ROLLBACK');
         }

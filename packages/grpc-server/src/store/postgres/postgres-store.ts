@@ -236,7 +236,8 @@ export const RECORD_FINAL_SQL = `WITH f AS (
  */
 const claimSql = (lane: Lane): string => {
   const state = LANE_STATE[lane];
-  return `WITH v AS (SELECT $1::bigint AS now, $2::text[] AS excluded, $3::integer AS per_account, $4::integer AS lim),
+  return `WITH v AS (SELECT $1::bigint AS now, $2::text[] AS excluded, $3::integer AS per_account, $4::integer AS lim,
+      $7::bigint AS max_bytes),
   expired AS (
     SELECT EXISTS (SELECT 1 FROM deliveries e WHERE e.state = 'in_flight' AND e.next_attempt_at <= (SELECT now FROM v))
       AS found),
@@ -247,15 +248,19 @@ const claimSql = (lane: Lane): string => {
     WHERE w.enabled AND x.due <= (SELECT now FROM v) AND NOT (w.account_id = ANY ((SELECT excluded FROM v)::text[]))
       AND NOT (SELECT found FROM expired)),
   cand AS MATERIALIZED (
-    SELECT s.seq, s.newer_id, row_number() OVER (ORDER BY s.due, s.account_id, s.next_attempt_at, s.seq) AS rank
-    FROM (SELECT a.due, a.account_id, c.seq, c.next_attempt_at, c.newer_id
-      FROM (SELECT account_id, due FROM acc ORDER BY due, account_id) a CROSS JOIN LATERAL (
-        SELECT d.seq, d.next_attempt_at, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
-        WHERE d.account_id = a.account_id AND d.state = '${state}' AND d.next_attempt_at <= (SELECT now FROM v)
-          AND ${CONTACT_NOT_IN_FLIGHT}
-        ORDER BY d.next_attempt_at, d.seq LIMIT (SELECT per_account FROM v)
-        FOR UPDATE OF d SKIP LOCKED) c
-      ORDER BY a.due, a.account_id, c.next_attempt_at, c.seq LIMIT (SELECT lim FROM v)) s),
+    SELECT r.seq, r.newer_id, r.rank FROM (
+      SELECT s.seq, s.newer_id, row_number() OVER w AS rank, sum(s.bytes) OVER w AS upto
+      FROM (SELECT a.due, a.account_id, c.seq, c.next_attempt_at, c.newer_id, c.bytes
+        FROM (SELECT account_id, due FROM acc ORDER BY due, account_id) a CROSS JOIN LATERAL (
+          SELECT d.seq, d.next_attempt_at, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id,
+            coalesce(octet_length(d.body), 0)::bigint AS bytes FROM deliveries d
+          WHERE d.account_id = a.account_id AND d.state = '${state}' AND d.next_attempt_at <= (SELECT now FROM v)
+            AND ${CONTACT_NOT_IN_FLIGHT}
+          ORDER BY d.next_attempt_at, d.seq LIMIT (SELECT per_account FROM v)
+          FOR UPDATE OF d SKIP LOCKED) c
+        ORDER BY a.due, a.account_id, c.next_attempt_at, c.seq LIMIT (SELECT lim FROM v)) s
+      WINDOW w AS (ORDER BY s.due, s.account_id, s.next_attempt_at, s.seq)) r
+    WHERE r.rank = 1 OR r.upto <= (SELECT max_bytes FROM v)),
   guard AS (
     SELECT (SELECT found FROM expired) OR EXISTS (SELECT 1 FROM cand WHERE newer_id IS NOT NULL) AS slow),
   upd AS (
@@ -949,6 +954,7 @@ export class PostgresStore implements Store {
     const leaseMs = assertInt('leaseMs', options.leaseMs, 1);
     const owner = assertId('owner', options.owner);
     const maxPerAccount = assertInt('maxPerAccount', options.maxPerAccount ?? limit, 1);
+    const maxBodyBytes = assertInt('maxBodyBytes', options.maxBodyBytes ?? Number.MAX_SAFE_INTEGER, 0);
     const excluded = [...(options.excludeAccounts ?? [])];
     const state = LANE_STATE[lane];
     const leaseUntil = now + leaseMs;
@@ -966,6 +972,7 @@ export class PostgresStore implements Store {
         limit,
         owner,
         leaseUntil,
+        maxBodyBytes,
       ]));
     } catch (error) {
       // Lost a race (see RETRY_SQLSTATES): the steps below run again with the retries of #tx.
@@ -1016,6 +1023,9 @@ export class PostgresStore implements Store {
         ),
       );
       const claimed: ClaimedDelivery[] = [];
+      // Bytes of the frozen bodies claimed; `full` once the next would pass maxBodyBytes.
+      let bodyBytes = 0;
+      let full = false;
       for (const accountId of accountIds) {
         const webhook = webhooks.get(accountId);
         if (webhook === undefined) continue; // deleted since the first query
@@ -1026,8 +1036,9 @@ export class PostgresStore implements Store {
           if (want <= 0) break;
           // SKIP LOCKED: rows another worker is claiming, or a publish is adding messages to, are left
           // for the next claim instead of waited for.
-          const { rows } = await c.query<{ seq: string; newer_id: string | null }>(
-            `SELECT d.seq, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id FROM deliveries d
+          const { rows } = await c.query<{ seq: string; newer_id: string | null; bytes: string }>(
+            `SELECT d.seq, ${lane === 'retry' ? NEWER_ID : 'NULL::text'} AS newer_id,
+               coalesce(octet_length(d.body), 0) AS bytes FROM deliveries d
              WHERE d.account_id = $1 AND d.state = '${state}' AND d.next_attempt_at <= $2
                AND ${CONTACT_NOT_IN_FLIGHT}
              ORDER BY d.next_attempt_at, d.seq LIMIT $3
@@ -1036,7 +1047,16 @@ export class PostgresStore implements Store {
           );
           const stale = rows.filter((r) => r.newer_id !== null);
           for (const row of stale) await this.#supersede(c, row.seq, row.newer_id!, now);
-          const seqs = rows.filter((r) => r.newer_id === null).map((r) => r.seq);
+          const seqs: string[] = [];
+          for (const r of rows) {
+            if (r.newer_id !== null) continue;
+            if (claimed.length + seqs.length > 0 && bodyBytes + Number(r.bytes) > maxBodyBytes) {
+              full = true;
+              break;
+            }
+            bodyBytes += Number(r.bytes);
+            seqs.push(r.seq);
+          }
           if (seqs.length > 0) {
             const updated = await c.query<DeliveryRow>(
               `UPDATE deliveries d SET state = 'in_flight', lease_owner = $1, next_attempt_at = $2, updated_at = $3
@@ -1050,9 +1070,9 @@ export class PostgresStore implements Store {
             }
             taken += updated.rows.length;
           }
-          if (stale.length === 0 || rows.length < want) break;
+          if (full || stale.length === 0 || rows.length < want) break;
         }
-        if (claimed.length >= limit) break;
+        if (claimed.length >= limit || full) break;
       }
       return claimed;
     });

@@ -530,6 +530,7 @@ export class SqliteStore implements Store {
     const leaseMs = assertInt('leaseMs', options.leaseMs, 1);
     const owner = assertId('owner', options.owner);
     const maxPerAccount = assertInt('maxPerAccount', options.maxPerAccount ?? limit, 1);
+    const maxBodyBytes = assertInt('maxBodyBytes', options.maxBodyBytes ?? Number.MAX_SAFE_INTEGER, 0);
     const excluded = JSON.stringify([...(options.excludeAccounts ?? [])]);
     const state = LANE_STATE[lane];
     const leaseUntil = now + leaseMs;
@@ -550,7 +551,8 @@ export class SqliteStore implements Store {
       ).all(excluded, now) as Array<{ account_id: string; account_key: number }>;
 
       const candidates = this.#q(
-        `SELECT d.seq, d.id, d.external_customer_id, ${lane === 'retry' ? NEWER_ID : 'NULL'} AS newer_id
+        `SELECT d.seq, d.id, d.external_customer_id, ${lane === 'retry' ? NEWER_ID : 'NULL'} AS newer_id,
+           coalesce(length(d.body), 0) AS body_bytes
          FROM deliveries d
          WHERE d.account_key = ? AND d.state = '${state}' AND d.next_attempt_at <= ?
            AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.account_key = d.account_key
@@ -563,8 +565,12 @@ export class SqliteStore implements Store {
       );
       const webhook = this.#q('SELECT * FROM webhooks WHERE account_id = ?');
       const claimed: ClaimedDelivery[] = [];
+      // Bytes of the frozen bodies claimed (length() reads a blob's size, not its pages); `full` once the next would
+      // pass maxBodyBytes.
+      let bodyBytes = 0;
+      let full = false;
       for (const { account_id: accountId, account_key: key } of accounts) {
-        if (claimed.length >= limit) break;
+        if (claimed.length >= limit || full) break;
         const record = webhookFromRow(webhook.get(accountId) as WebhookRow);
         let taken = 0;
         // Superseded candidates free their slot, so look again (bounded: each pass removes what it read).
@@ -575,6 +581,7 @@ export class SqliteStore implements Store {
             seq: number;
             id: string;
             newer_id: string | null;
+            body_bytes: number;
           }>;
           let superseded = 0;
           for (const row of rows) {
@@ -583,11 +590,16 @@ export class SqliteStore implements Store {
               superseded++;
               continue;
             }
+            if (claimed.length > 0 && bodyBytes + row.body_bytes > maxBodyBytes) {
+              full = true;
+              break;
+            }
+            bodyBytes += row.body_bytes;
             const claimedRow = claim.get(owner, leaseUntil, now, row.seq) as SqliteDeliveryRow;
             claimed.push({ delivery: this.#delivery(claimedRow), webhook: record, leaseUntil });
             taken++;
           }
-          if (superseded === 0 || rows.length < want) break;
+          if (full || superseded === 0 || rows.length < want) break;
         }
       }
       return claimed;
