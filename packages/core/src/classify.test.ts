@@ -102,6 +102,58 @@ describe('classify: documented choices', () => {
     expect(classify(error(code), NOW)).toEqual({ verdict, reason: kind });
   });
 
+  it('gives every listed error code its documented kind and verdict (a closed connection is retried)', () => {
+    // Written out, not read from ERROR_CODE_KINDS: a row moved to another kind (e.g. UND_ERR_CLOSED to a kind that
+    // fails) would otherwise turn a transient transport error into a delivery that is never retried.
+    const expected: Record<string, [ErrorKind, Verdict]> = {
+      UND_ERR_CONNECT_TIMEOUT: ['timeout', 'retry'],
+      UND_ERR_HEADERS_TIMEOUT: ['timeout', 'retry'],
+      UND_ERR_BODY_TIMEOUT: ['timeout', 'retry'],
+      UND_ERR_ABORTED: ['timeout', 'retry'],
+      ABORT_ERR: ['timeout', 'retry'],
+      ETIMEDOUT: ['timeout', 'retry'],
+      ESOCKETTIMEDOUT: ['timeout', 'retry'],
+      ERR_TLS_HANDSHAKE_TIMEOUT: ['timeout', 'retry'],
+      ECONNREFUSED: ['refused', 'retry'],
+      ECONNRESET: ['reset', 'retry'],
+      ECONNABORTED: ['reset', 'retry'],
+      EPIPE: ['reset', 'retry'],
+      UND_ERR_SOCKET: ['reset', 'retry'],
+      UND_ERR_CLOSED: ['reset', 'retry'],
+      ENOTFOUND: ['dns', 'retry'],
+      EAI_AGAIN: ['dns', 'retry'],
+      EAI_FAIL: ['dns', 'retry'],
+      EAI_NONAME: ['dns', 'retry'],
+      EAI_NODATA: ['dns', 'retry'],
+      ENODATA: ['dns', 'retry'],
+      CERT_HAS_EXPIRED: ['tls', 'retry'],
+      CERT_NOT_YET_VALID: ['tls', 'retry'],
+      CERT_REVOKED: ['tls', 'retry'],
+      CERT_UNTRUSTED: ['tls', 'retry'],
+      CERT_REJECTED: ['tls', 'retry'],
+      CERT_SIGNATURE_FAILURE: ['tls', 'retry'],
+      DEPTH_ZERO_SELF_SIGNED_CERT: ['tls', 'retry'],
+      SELF_SIGNED_CERT_IN_CHAIN: ['tls', 'retry'],
+      UNABLE_TO_VERIFY_LEAF_SIGNATURE: ['tls', 'retry'],
+      UNABLE_TO_GET_ISSUER_CERT: ['tls', 'retry'],
+      UNABLE_TO_GET_ISSUER_CERT_LOCALLY: ['tls', 'retry'],
+      HOSTNAME_MISMATCH: ['tls', 'retry'],
+      ERR_TLS_CERT_ALTNAME_INVALID: ['tls', 'retry'],
+      UND_ERR_RESPONSE_EXCEEDED_MAX_SIZE: ['body_too_large', 'failed'],
+      blocked_address: ['blocked_address', 'failed'],
+      EHOSTUNREACH: ['network', 'retry'],
+      ENETUNREACH: ['network', 'retry'],
+      EHOSTDOWN: ['network', 'retry'],
+      ENETDOWN: ['network', 'retry'],
+      EADDRNOTAVAIL: ['network', 'retry'],
+    };
+    // A code added to the table must be added here too, with its kind.
+    expect(Object.keys(ERROR_CODE_KINDS).sort()).toEqual(Object.keys(expected).sort());
+    for (const [code, [kind, verdict]] of Object.entries(expected)) {
+      expect({ code, ...classify(error(code), NOW) }).toEqual({ code, verdict, reason: kind });
+    }
+  });
+
   it('does not take inherited object keys for error codes', () => {
     expect(errorKind('toString')).toBe('network');
     expect(errorKind('__proto__')).toBe('network');
