@@ -22,6 +22,19 @@ describe('DEFAULT_BACKOFF', () => {
     expect(Object.isFrozen(DEFAULT_BACKOFF)).toBe(true);
   });
 
+  it('has the documented values (README, TSDoc): every field, units in milliseconds', () => {
+    // The server takes retryAfterMinMs, retryAfterMaxMs and jitter from here as they are (no option of its own).
+    expect({ ...DEFAULT_BACKOFF }).toEqual({
+      baseDelayMs: 1_000,
+      maxDelayMs: 3_600_000,
+      maxAttempts: 20,
+      maxAgeMs: 86_400_000,
+      retryAfterMinMs: 1_000,
+      retryAfterMaxMs: 3_600_000,
+      jitter: 0.2,
+    });
+  });
+
   it('has the documented schedule: 1 s doubling to a 1 h cap, 20 attempts', () => {
     const seconds = backoffSchedule(DEFAULT_BACKOFF).map((ms) => ms / 1000);
     expect(seconds).toEqual([
@@ -229,6 +242,15 @@ describe('validateBackoffOptions', () => {
       { field: 'backoff.maxDelayMs', description: 'must be at least baseDelayMs' },
       { field: 'backoff.retryAfterMaxMs', description: 'must be at least retryAfterMinMs' },
     ]);
+  });
+
+  it('accepts the bounds themselves: 1000 attempts, a cap equal to the base, equal Retry-After bounds', () => {
+    expect(validateBackoffOptions({ ...DEFAULT_BACKOFF, maxAttempts: 1000 })).toEqual([]);
+    expect(validateBackoffOptions({ ...DEFAULT_BACKOFF, maxAttempts: 1001 })).toEqual([
+      { field: 'maxAttempts', description: 'must be at most 1000' },
+    ]);
+    expect(validateBackoffOptions({ ...DEFAULT_BACKOFF, baseDelayMs: 5000, maxDelayMs: 5000 })).toEqual([]);
+    expect(validateBackoffOptions({ ...DEFAULT_BACKOFF, retryAfterMinMs: 5000, retryAfterMaxMs: 5000 })).toEqual([]);
   });
 
   it('reports missing and unknown fields', () => {
