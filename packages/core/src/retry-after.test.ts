@@ -55,6 +55,13 @@ describe('parseRetryAfter', () => {
     expect(parseHttpDate('Friday, 01-Jan-99 00:00:00 GMT', Date.UTC(2030, 0, 1))).toBe(Date.UTC(1999, 0, 1));
   });
 
+  it('keeps an RFC 850 year exactly 50 years ahead in the future (only "more than 50 years" means the past)', () => {
+    // From 2049, "99" as 2099 is exactly 50 years ahead: RFC 9110 §5.6.7 keeps it.
+    expect(parseHttpDate('Thursday, 01-Jan-99 00:00:00 GMT', Date.UTC(2049, 0, 1))).toBe(Date.UTC(2099, 0, 1));
+    // From 2048 it is 51 years ahead: 1999.
+    expect(parseHttpDate('Friday, 01-Jan-99 00:00:00 GMT', Date.UTC(2048, 0, 1))).toBe(Date.UTC(1999, 0, 1));
+  });
+
   it('accepts a leap second as the next second', () => {
     expect(parseHttpDate('Wed, 31 Dec 2016 23:59:60 GMT', NOW)).toBe(Date.UTC(2017, 0, 1));
   });
