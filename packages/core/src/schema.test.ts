@@ -39,6 +39,28 @@ function fields<T>(result: ValidationResult<T>): string[] {
   return violations(result).map((v) => v.field);
 }
 
+describe('LIMITS', () => {
+  it('are the bounds the package README documents', () => {
+    // The boundary tests below read LIMITS, so they follow a changed constant: this pins the documented numbers.
+    expect(LIMITS).toEqual({
+      externalCustomerIdLength: 256,
+      titleLength: 1_000,
+      contentLength: 10_000,
+      categoryLength: 256,
+      urlLength: 2_048,
+      customDataBytes: 65_536,
+      minCreatedDate: Date.parse('2000-01-01T00:00:00Z'),
+      maxCreatedDate: Date.parse('2100-01-01T00:00:00Z'),
+      usernameLength: 256,
+      passwordLength: 1_024,
+      signingSecretMinBytes: 24,
+      signingSecretMaxBytes: 64,
+      minMessagesPerContact: 1,
+      maxMessagesPerContact: 10_000,
+    });
+  });
+});
+
 describe('messageSchema', () => {
   it('accepts a message in the seed format and returns it unchanged', () => {
     const input = seedMessage();
@@ -291,6 +313,16 @@ describe('webhookConfigSchema', () => {
     expect(violations(validateWebhookConfig({ url }))).toEqual([{ field: 'url', description }]);
   });
 
+  it('accepts a url of exactly the maximum length and rejects one character more', () => {
+    const prefix = 'https://example.com/';
+    const url = `${prefix}${'a'.repeat(LIMITS.urlLength - prefix.length)}`;
+    expect(url).toHaveLength(2_048);
+    expect(validateWebhookConfig({ url }).ok).toBe(true);
+    expect(violations(validateWebhookConfig({ url: `${url}a` }))).toEqual([
+      { field: 'url', description: 'must be at most 2048 characters' },
+    ]);
+  });
+
   it('requires the url', () => {
     expect(violations(validateWebhookConfig({}))).toEqual([{ field: 'url', description: 'is required' }]);
   });
@@ -333,9 +365,33 @@ describe('webhookConfigSchema', () => {
         'auth.password',
         `must be at most ${LIMITS.passwordLength} characters`,
       ],
+      [
+        { type: 'basic', username: 'u'.repeat(LIMITS.usernameLength + 1), password: 'p' },
+        'auth.username',
+        `must be at most ${LIMITS.usernameLength} characters`,
+      ],
+      [
+        { type: 'basic', username: 'a\u007fb', password: 'p' },
+        'auth.username',
+        'must not contain control characters (RFC 7617 §2)',
+      ],
+      [
+        { type: 'basic', username: 'u', password: 'p\u007f' },
+        'auth.password',
+        'must not contain control characters (RFC 7617 §2)',
+      ],
       [{ type: 'basic', username: 'u', password: 'p', token: 't' }, 'auth.token', 'is not a known field'],
     ])('rejects %j', (auth, field, description) => {
       expect(violations(validateWebhookConfig({ url, auth }))).toEqual([{ field, description }]);
+    });
+
+    it('accepts a username and a password of exactly the maximum length', () => {
+      const auth = {
+        type: 'basic',
+        username: 'u'.repeat(LIMITS.usernameLength),
+        password: 'p'.repeat(LIMITS.passwordLength),
+      };
+      expect(validateWebhookConfig({ url, auth }).ok).toBe(true);
     });
   });
 
