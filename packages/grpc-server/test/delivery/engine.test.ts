@@ -133,6 +133,9 @@ describe('DeliveryEngine', () => {
     expect(outcome.messageIds).toEqual([newer.id, older.id]);
 
     const stored = await store.getDelivery(deliveryId ?? '');
+    // webhook-timestamp is the attempt's start in whole Unix seconds (Standard Webhooks; a receiver checks it
+    // against its own clock and signatures cover it).
+    expect(req?.headers['webhook-timestamp']).toBe(String(Math.floor((stored?.attempts[0]?.startedAt ?? 0) / 1000)));
     expect(stored?.delivery.state).toBe('delivered');
     expect(Buffer.from(stored?.delivery.body ?? []).equals(req?.body ?? Buffer.alloc(0))).toBe(true);
     expect(stored?.attempts).toMatchObject([{ attemptNo: 1, statusCode: 200, errorKind: null, verdict: 'delivered' }]);
@@ -354,6 +357,32 @@ describe('DeliveryEngine', () => {
     expect(r.requests).toHaveLength(3);
     const stored = await store.getDelivery(published.deliveries[0]?.deliveryId ?? '');
     expect(stored?.attempts.map((a) => a.verdict)).toEqual(['retry', 'retry', 'failed']);
+  });
+
+  it('gives up once the next retry would start more than maxAgeMs after the FIRST attempt', async () => {
+    const store = await newStore();
+    const r = await receiver((_req, res) => {
+      res.statusCode = 500;
+      res.end();
+    });
+    await webhook(store, 'acc', r.url);
+    const published = await publish(store, 'acc', [message('c1')]);
+    const deliveryId = published.deliveries[0]?.deliveryId ?? '';
+    const outcomes = collectOutcomes(store);
+    // Retries every 150 ms, at most 400 ms after the first attempt: three or so attempts, far from maxAttempts.
+    const backoff = { ...FAST_BACKOFF, baseDelayMs: 150, maxDelayMs: 150, maxAttempts: 50, maxAgeMs: 400 };
+    engine(store, { backoff }).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'failed'), 'failed for age');
+
+    const stored = await store.getDelivery(deliveryId);
+    expect(stored?.delivery.lastError).toBe('max_age:http_500');
+    const attempts = stored?.attempts ?? [];
+    // At most three fit in 400 ms (fewer on a slow machine); with the age counted from each attempt it would be 50.
+    expect(attempts.length).toBeGreaterThanOrEqual(1);
+    expect(attempts.length).toBeLessThanOrEqual(3);
+    // The age counts from the first attempt (its body was frozen then), not from the latest one.
+    const first = stored?.delivery.firstAttemptAt ?? 0;
+    for (const a of attempts) expect(a.startedAt - first).toBeLessThanOrEqual(400);
   });
 
   it('coalesces publishes made before the engine runs into one request per contact', async () => {
