@@ -1,8 +1,9 @@
 /**
  * A claim that waits for a free slot of its endpoint (up to the lease minus the request timeout) must not be sent
  * as claimed once DeleteWebhook answered OK (the account's deliveries are gone), or once the webhook was disabled
- * (SPEC §2: sends nothing until enabled): after the wait the engine asks the store whether it still holds the
- * claim and what the webhook is now (engine.ts, `#stillCurrent`).
+ * (SPEC §2: sends nothing until enabled), nor to the old URL once the webhook was saved with another one: after
+ * the wait the engine asks the store whether it still holds the claim and what the webhook is now (engine.ts,
+ * `#stillCurrent`).
  */
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -28,7 +29,11 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
   });
   afterAll(() => release());
 
-  async function scenario(stop: (clients: TestServer['clients'], acc: string, url: string) => Promise<unknown>) {
+  async function scenario(
+    stop: (clients: TestServer['clients'], acc: string, url: string) => Promise<unknown>,
+    /** The requests that must not come after `stop`: every one by default. */
+    counts: (path: string) => boolean = () => true,
+  ) {
     receiver = await createMockReceiver({
       rules: [
         // 'slow' holds one of the endpoint's two slots for 6 s: long enough for the set-up below on a busy machine
@@ -77,7 +82,7 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
       'the waiting claim dealt with',
     );
     await sleep(1_000);
-    const after = receiver.records.list().filter((r) => r.receivedAt > stoppedAt);
+    const after = receiver.records.list().filter((r) => r.receivedAt > stoppedAt && counts(r.path));
     expect(
       after.map((r) => ({ receivedAt: r.receivedAt, contacts: r.externalCustomerIds, deliveryId: r.deliveryId })),
       `stopped at ${stoppedAt}`,
@@ -96,6 +101,20 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
   it('sends nothing after UpsertWebhook disabled the webhook (SPEC §2: sends nothing until enabled)', async () => {
     await scenario((clients, acc, url) =>
       clients.upsertWebhook({ accountId: acc, url, signingSecret: '', enabled: false }),
+    );
+  });
+
+  it('sends nothing more to the old URL after UpsertWebhook moved the webhook to another one', async () => {
+    // Still enabled: only the webhook's updatedAt tells the waiting claim that its URL (and credentials) changed.
+    await scenario(
+      (clients, acc, url) => clients.upsertWebhook({ accountId: acc, url: `${url}-moved`, signingSecret: '' }),
+      (path) => path === '/in',
+    );
+    // The claim was given back, not dropped: it goes to the webhook as it is now.
+    await eventually(
+      () => (receiver!.records.list({ path: '/in-moved' }).length > 0 ? true : undefined),
+      10_000,
+      'the waiting delivery at the new URL',
     );
   });
 });
