@@ -632,6 +632,33 @@ describe('DeliveryEngine', () => {
     expect(storm.requests.length).toBeGreaterThanOrEqual(stormBefore);
   });
 
+  it('gives back, unsent, a claim with less lease left than the request timeout plus its margin', async () => {
+    const real = await newStore();
+    let claimsOfIt = 0;
+    const claimsWhenSent: number[] = [];
+    const r = await receiver((_req, res) => {
+      claimsWhenSent.push(claimsOfIt);
+      res.end();
+    });
+    await webhook(real, 'acc', r.url);
+    await publish(real, 'acc', [message('c1')]);
+    // The first claim comes back with 2 s of lease left: more than the 1 s request timeout, less than that plus
+    // the margin (min(5 s, (lease - timeout) / 2) = 5 s). The lease could run out while the request is on its way.
+    const shortened = withClaimDue(real, async (claimDue, options) => {
+      const claims = await claimDue(options);
+      return claims.map((claim) => {
+        claimsOfIt += 1;
+        return claimsOfIt === 1 ? { ...claim, leaseUntil: options.now + 2_000 } : claim;
+      });
+    });
+    const outcomes = collectOutcomes(real);
+    engine(shortened, { requestTimeoutMs: 1_000, leaseMs: 31_000 }).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered');
+    // Sent once, under the second claim: the first was given back (due again at once), not sent.
+    expect(claimsWhenSent).toEqual([2]);
+    expect(outcomes.map((o) => [o.state, o.attemptNo])).toEqual([['delivered', 1]]);
+  });
+
   it('never has more than perEndpointConcurrency attempts in flight to one endpoint', async () => {
     const store = await newStore();
     const r = await receiver((_req, res) => {
