@@ -74,6 +74,20 @@ describe('sender', () => {
     expect(result.durationMs).toBeLessThan(3000);
   });
 
+  it('waits up to requestTimeoutMs for a slow answer: no shorter undici timeout cuts it', async () => {
+    // Headers after 1.2 s, then a body that trickles for another 1.2 s: both within the 4 s request timeout.
+    const r = await receiver((_req, res) => {
+      setTimeout(() => {
+        res.writeHead(200);
+        res.write('[');
+        setTimeout(() => res.end(']'), 1_200);
+      }, 1_200);
+    });
+    const result = await sender({ requestTimeoutMs: 4_000 }).send(r.url, headers, body);
+    expect(result.outcome).toEqual({ kind: 'response', status: 200 });
+    expect(result.durationMs).toBeGreaterThanOrEqual(2_000);
+  });
+
   it('reports a refused connection', async () => {
     const port = await closedPort();
     const result = await sender().send(`http://127.0.0.1:${port}/hook`, headers, body);
