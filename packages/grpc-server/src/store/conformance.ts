@@ -942,6 +942,23 @@ export function storeConformanceSuite(
         });
         expect(await store.retryDelivery(randomUUID(), T0)).toBeNull();
       });
+
+      it('leaves a delivery in flight as it is: still claimed by its worker, not made due beside its attempt', async () => {
+        const acct = await withWebhook();
+        const { deliveryId } = await publishOne(acct, 'f');
+        const [c] = (await claim('first', T0)).filter((x) => x.delivery.id === deliveryId);
+        await build(c!, 'worker-1', T0);
+        const before = (await store.getDelivery(deliveryId))!.delivery;
+
+        expect(await store.retryDelivery(deliveryId, T0 + 5)).toMatchObject({
+          replacedByNewer: false,
+          delivery: { id: deliveryId, state: 'in_flight' },
+        });
+        expect((await store.getDelivery(deliveryId))?.delivery).toEqual(before);
+        // No second worker can take it while its attempt is under way, and that attempt still records.
+        expect((await claim('retry', T0 + 5, 'worker-2')).map((x) => x.delivery.id)).not.toContain(deliveryId);
+        expect((await settle(c!, 'worker-1', T0 + 6, 'delivered')).state).toBe('delivered');
+      });
     });
 
     // ------------------------------------------------------------ release
