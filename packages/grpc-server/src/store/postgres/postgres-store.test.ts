@@ -1042,6 +1042,41 @@ describe('PostgresStore', () => {
     }
   });
 
+  it('supersedes at claim time, never sends, a retrying delivery whose contact has a newer one', async () => {
+    // The state a record can leave when it commits "retrying" while a publish's transaction that creates the newer
+    // pending delivery (and supersedes the contact's retrying ones) had not seen it yet: READ COMMITTED. Made here by
+    // hand; the claim must still never send the older list after the newer one (ARCHITECTURE §2).
+    await withOwnDatabase(async (opened, url) => {
+      await opened.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      const older = (await opened.publish({ accountId: 'acct', now: T0, messages: [storedMessage('c')] }))
+        .deliveries[0]!.deliveryId;
+      const [c] = await opened.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 60_000, owner: 'w' });
+      expect(c?.delivery.id).toBe(older);
+      expect(await opened.freeze(older, 'w', new Uint8Array([1]), ['x'], T0)).toBe(true);
+      const newer = (await opened.publish({ accountId: 'acct', now: T0 + 1, messages: [storedMessage('c')] }))
+        .deliveries[0]!.deliveryId;
+      await sql(
+        url,
+        `UPDATE deliveries SET state = 'retrying', lease_owner = NULL, next_attempt_at = $2, attempt_count = 1
+         WHERE id = $1`,
+        [older, T0 + 5],
+      );
+      const outcomes: DeliveryOutcome[] = [];
+      opened.onOutcome((o) => outcomes.push(o));
+
+      expect(await opened.claimDue({ lane: 'retry', limit: 10, now: T0 + 10, leaseMs: 60_000, owner: 'w' })).toEqual(
+        [],
+      );
+      expect((await opened.getDelivery(older))?.delivery).toMatchObject({ state: 'superseded', supersededBy: newer });
+      await expect
+        .poll(() => outcomes.map((o) => [o.deliveryId, o.state, o.supersededBy]))
+        .toEqual([[older, 'superseded', newer]]);
+      // The newer one goes out in its own lane.
+      const [first] = await opened.claimDue({ lane: 'first', limit: 10, now: T0 + 10, leaseMs: 60_000, owner: 'w' });
+      expect(first?.delivery.id).toBe(newer);
+    });
+  });
+
   it('freezes the deliveries of one turn together, each call answered for its own delivery', async () => {
     const store = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
     const { account, claimed, statements, restore } = await claimedFresh(store, ['a', 'b', 'c', 'd']);
