@@ -65,6 +65,22 @@ describe('parsePublishMessages', () => {
     expect(result.value.skippedIndices).toEqual([]);
   });
 
+  it('bounds the expiry inclusively: ttl_seconds 1..1 year, expires_at_ms later than now and at most 1 year ahead', () => {
+    const year = 365 * 86_400;
+    const expiry = (m: Partial<InboxMessage>) => {
+      const result = parsePublishMessages({ accountId: 'acc', messages: [message(m)] }, NOW);
+      return result.ok ? result.value.messages[0]?.expiresAt : fields(result);
+    };
+    expect(expiry({ ttlSeconds: 1 })).toBe(NOW + 1000);
+    expect(expiry({ ttlSeconds: year })).toBe(NOW + year * 1000);
+    expect(expiry({ ttlSeconds: year + 1 })).toEqual(['messages[0].ttl_seconds']);
+    expect(expiry({ expiresAtMs: NOW + 1 })).toBe(NOW + 1);
+    // Expiring at the very moment of the publish is expired already (expiresAt <= now is expired: SPEC §4).
+    expect(expiry({ expiresAtMs: NOW })).toEqual(['messages[0].expires_at_ms']);
+    expect(expiry({ expiresAtMs: NOW + year * 1000 })).toBe(NOW + year * 1000);
+    expect(expiry({ expiresAtMs: NOW + year * 1000 + 1 })).toEqual(['messages[0].expires_at_ms']);
+  });
+
   it('skips and counts messages without an externalCustomerId (blank counts as none)', () => {
     const result = parsePublishMessages(
       {
