@@ -860,6 +860,39 @@ describe('DeliveryEngine', () => {
     expect(took).toBeLessThan(1_000);
   });
 
+  it('gives a delivery whose attempt failed inside the engine back errorDelayMs later, not at once', async () => {
+    const real = await newStore();
+    const r = await receiver();
+    await webhook(real, 'acc', r.url);
+    await publish(real, 'acc', [message('c1')]);
+    const claimedAt: number[] = [];
+    let reads = 0;
+    const counting = withClaimDue(real, async (claimDue, options) => {
+      const claims = await claimDue(options);
+      if (claims.length > 0) claimedAt.push(Date.now());
+      return claims;
+    });
+    // Reading the contact's messages fails once (a store error while building the body).
+    const store = new Proxy(counting, {
+      get(target, prop, receiverObj) {
+        if (prop === 'contactMessages') {
+          return (...args: Parameters<Store['contactMessages']>) => {
+            reads += 1;
+            return reads === 1 ? Promise.reject(new Error('read failed')) : target.contactMessages(...args);
+          };
+        }
+        return Reflect.get(target, prop, receiverObj) as unknown;
+      },
+    });
+    const outcomes = collectOutcomes(real);
+    engine(store, { errorDelayMs: 400 }).start();
+    await waitFor(() => outcomes.find((o) => o.state === 'delivered'), 'delivered');
+    expect(claimedAt).toHaveLength(2);
+    // Not claimed again at once (20 ms polls) but once its give-back time had come: no hot loop on a failing delivery.
+    expect(claimedAt[1]! - claimedAt[0]!).toBeGreaterThanOrEqual(350);
+    expect(r.requests).toHaveLength(1);
+  });
+
   it('survives store errors in the claim loop, logging them', async () => {
     const real = await newStore();
     const r = await receiver();
