@@ -87,10 +87,11 @@ export interface EngineOptions {
    */
   maxWaiting: number;
   /**
-   * Bytes of request bodies the attempts under way may hold (bytes). Past it, no first attempt starts to build its
-   * body and nothing is claimed until attempts end; a claim of retries brings frozen bodies up to the room left (the
-   * store's `maxBodyBytes`). One attempt is always let through, however large its body. At most
-   * {@link BUILDS_AT_ONCE} bodies are built at a time. Default 268,435,456 (256 MiB).
+   * Bytes of request bodies the attempts under way, and the claims of retries waiting for a slot of their endpoint,
+   * may hold (bytes). Past it, no first attempt starts to build its body and nothing is claimed until attempts end; a
+   * claim of retries brings frozen bodies up to the room left (the store's `maxBodyBytes`). One attempt is always let
+   * through, however large its body. At most {@link BUILDS_AT_ONCE} bodies are built at a time. Default 268,435,456
+   * (256 MiB).
    */
   maxBodyBytesInMemory: number;
 }
@@ -375,6 +376,11 @@ export class DeliveryEngine {
   >();
   /** Bytes of the bodies of the attempts under way (frozen ones as claimed, new ones once built). */
   #bodyBytes = 0;
+  /**
+   * Bytes of the frozen bodies of claims waiting for a slot of their endpoint ({@link DeliveryEngine.#waitForSlot}):
+   * held already, so counted against `maxBodyBytesInMemory` with those of the attempts under way.
+   */
+  #waitingBodyBytes = 0;
   /** First attempts building their body now (see {@link BUILDS_AT_ONCE}), and those waiting for their turn. */
   #building = 0;
   readonly #buildWaiters: Array<(granted: boolean) => void> = [];
@@ -575,9 +581,10 @@ export class DeliveryEngine {
       lane.constrained = true;
       return 'idle';
     }
-    // Bodies in memory: no claim while the attempts under way hold the budget; else retries (their frozen bodies
-    // come with the claim) up to the room left. First attempts build theirs later, one at a time (#attempt).
-    const room = this.options.maxBodyBytesInMemory - this.#bodyBytes;
+    // Bodies in memory: no claim while the attempts under way and the claims waiting for a slot hold the budget; else
+    // retries (their frozen bodies come with the claim) up to the room left. First attempts build theirs later, one
+    // at a time (#attempt).
+    const room = this.options.maxBodyBytesInMemory - this.#bodyBytes - this.#waitingBodyBytes;
     if (room <= 0) {
       lane.constrained = true;
       return 'idle';
@@ -634,7 +641,11 @@ export class DeliveryEngine {
 
   async #waitForSlot(claim: Held, lane: LaneState): Promise<void> {
     const waitStarted = performance.now();
+    // A retry's body came with the claim: it counts while it waits, then as its attempt's (#attemptWithSlot).
+    const bodyBytes = claim.delivery.body?.byteLength ?? 0;
+    this.#waitingBodyBytes += bodyBytes;
     const granted = await this.#limiter.acquire(claim.delivery.accountId, this.#stopping.signal);
+    this.#waitingBodyBytes -= bodyBytes;
     if (!granted) {
       await this.#release(claim, 'stopping');
       return;
@@ -642,6 +653,7 @@ export class DeliveryEngine {
     // An attempt of the delivery may have begun while this claim waited (this one is then older or newer).
     if (this.#handOver(claim)) {
       this.#limiter.release(claim.delivery.accountId);
+      this.#grantBuilds();
       this.#slotFreed(lane);
       return;
     }
@@ -802,10 +814,10 @@ export class DeliveryEngine {
   }
 
   #roomToBuild(): boolean {
-    // One attempt always goes, however large: nothing would free the budget otherwise.
-    return (
-      this.#building < BUILDS_AT_ONCE && (this.#bodyBytes < this.options.maxBodyBytesInMemory || this.#bodyBytes === 0)
-    );
+    // One attempt always goes, however large: nothing would free the budget otherwise. Claims waiting for their
+    // endpoint do not count then: the endpoint's slot they wait for may be held by a first attempt waiting here.
+    const held = this.#bodyBytes + this.#waitingBodyBytes;
+    return this.#building < BUILDS_AT_ONCE && (held < this.options.maxBodyBytesInMemory || this.#bodyBytes === 0);
   }
 
   /** Waits for the turn to build (FIFO); false when stop() began first (no build counted then). */

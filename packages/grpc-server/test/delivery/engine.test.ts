@@ -748,6 +748,60 @@ describe('DeliveryEngine', () => {
       await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 4, 'all delivered');
       expect(r.maxActive).toBe(1);
     });
+
+    it('counts the bodies of retries claimed while they wait for their endpoint', async () => {
+      // Four accounts, each with two small first attempts held at its endpoint (two of its three slots) and two
+      // retries of `size` bytes: a claim of retries gets one slot of an account, its second retry waits with its body.
+      const size = 600_000;
+      const store = await newStore();
+      const held: Array<() => void> = [];
+      let hold = true;
+      const r = await receiver((_req, res) => (hold ? held.push(() => res.end()) : res.end()));
+      cleanups.push(async () => {
+        for (const release of held.splice(0)) release();
+      });
+      const outcomes = collectOutcomes(store);
+      const accounts = ['a', 'b', 'c', 'd'];
+      const retryAt = Date.now() + 1_000;
+      for (const account of accounts) {
+        await webhook(store, account, r.url);
+        await publish(store, account, [message('b0'), message('b1')]);
+        const claimed = await store.claimDue({
+          lane: 'first',
+          limit: 10,
+          now: Date.now(),
+          leaseMs: 60_000,
+          owner: 'x',
+        });
+        for (const { delivery } of claimed) {
+          expect(await store.freeze(delivery.id, 'x', Buffer.alloc(size, 32), [], Date.now())).toBe(true);
+          const attempt = { deliveryId: delivery.id, attemptNo: 1, startedAt: Date.now(), durationMs: 1 };
+          await store.recordAttempt(delivery.id, {
+            owner: 'x',
+            nextState: 'retrying',
+            attempt: { ...attempt, statusCode: 503, errorKind: null, verdict: 'retry', nextAttemptAt: retryAt },
+          });
+        }
+      }
+      for (const account of accounts) await publish(store, account, [message('s0'), message('s1')]);
+      const sender = createSender({ requestTimeoutMs: 10_000, connectionsPerOrigin: 32 });
+      cleanups.push(() => sender.close());
+      const e = engine(
+        store,
+        { perEndpointConcurrency: 3, maxBodyBytesInMemory: 4.5 * size, requestTimeoutMs: 10_000, leaseMs: 60_000 },
+        { sender },
+      );
+      e.start();
+      await waitFor(() => r.requests.length === 8, 'the small first attempts held');
+      const large = () => r.requests.filter((q) => q.body.length >= size).length;
+      await waitFor(() => large() > 0, 'retries sent');
+      await sleep(500);
+      // The budget plus one body at most: sent, or claimed and waiting for a slot of their endpoint.
+      expect(large() + e.activity.waiting).toBeLessThanOrEqual(5);
+      hold = false;
+      for (const release of held.splice(0)) release();
+      await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 16, 'all delivered');
+    });
   });
 
   it('lets more than ten claims wait for their endpoint without a MaxListenersExceededWarning', async () => {
