@@ -409,10 +409,12 @@ export class DeliveryEngine {
     this.#tracer = deps.tracer ?? null;
     this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency);
     // Every claim waiting for its endpoint's slot listens for stop() (removed once granted), up to
-    // `maxWaiting` of them, plus the two lanes' idle sleeps: a bounded number, not a leak, so the limit is
-    // raised to that bound (with headroom) instead of Node's default of 10, which warned
+    // `maxWaiting` of them, and so does every attempt waiting for its turn to build (#startBuild), up to all those
+    // of the lanes (SLOW_LANE_FACTOR times their concurrency), plus the two lanes' idle sleeps: a bounded number,
+    // not a leak, so the limit is raised to that bound (with headroom) instead of Node's default of 10, which warned
     // MaxListenersExceededWarning under load; a real leak beyond it still warns.
-    setMaxListeners(this.options.maxWaiting + 10, this.#stopping.signal);
+    const lanes = this.options.firstLaneConcurrency + this.options.retryLaneConcurrency;
+    setMaxListeners(this.options.maxWaiting + SLOW_LANE_FACTOR * lanes + 10, this.#stopping.signal);
     const lane = (name: Lane, concurrency: number): LaneState => ({
       name,
       concurrency,

@@ -802,6 +802,49 @@ describe('DeliveryEngine', () => {
       for (const release of held.splice(0)) release();
       await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 16, 'all delivered');
     });
+
+    it('lets first attempts wait for their turn to build without a MaxListenersExceededWarning', async () => {
+      // A build that reads its list slowly (PostgreSQL past claimMessagesMaxBytes: a round trip for a large list)
+      // holds the turn: the others wait for it, each listening for stop(); past slowAttemptMs they stop counting
+      // against the lane, which claims more, up to four times its concurrency.
+      const real = await newStore();
+      const store = new Proxy(real, {
+        get(target, prop, receiverObj) {
+          if (prop === 'contactMessages') {
+            return async (...args: Parameters<Store['contactMessages']>) => {
+              await sleep(50);
+              return target.contactMessages(...args);
+            };
+          }
+          const value = Reflect.get(target, prop, receiverObj) as unknown;
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const r = await receiver();
+      await webhook(store, 'acc', r.url);
+      await publish(
+        store,
+        'acc',
+        Array.from({ length: 40 }, (_, i) => message(`c${i}`)),
+      );
+      const warnings: Error[] = [];
+      const onWarning = (w: Error) => warnings.push(w);
+      process.on('warning', onWarning);
+      cleanups.push(async () => {
+        process.off('warning', onWarning);
+      });
+      const outcomes = collectOutcomes(store);
+      const e = engine(store, {
+        firstLaneConcurrency: 8,
+        retryLaneConcurrency: 1,
+        perEndpointConcurrency: 40,
+        slowAttemptMs: 20,
+      });
+      e.start();
+      await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 40, 'all delivered');
+      await sleep(10); // warnings are emitted on the next tick
+      expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    });
   });
 
   it('lets more than ten claims wait for their endpoint without a MaxListenersExceededWarning', async () => {
