@@ -53,8 +53,9 @@ export interface ServerConfig {
    */
   slowAttemptMs: number;
   /**
-   * Request bodies the attempts under way may hold in memory; past it no new body is built and claims shrink
-   * until attempts end (one attempt always goes) (MiB). Default 256.
+   * Request bodies the attempts under way (and the retries claimed that wait for their endpoint) may hold in memory;
+   * past it no new body is built (one at a time at most) and nothing is claimed until attempts end, a claim of
+   * retries brings bodies only up to the room left (one attempt always goes) (MiB). Default 256.
    */
   maxBodyMemoryMib: number;
   /**
@@ -401,7 +402,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     'MiB',
     1,
     65_536,
-    'Request bodies the attempts under way may hold in memory: past it no new body is built (two at a time at most) and claims shrink until attempts end; one attempt always goes, however large its body. A list of 1,000 messages of the largest size is near 100 MB.',
+    'Request bodies the attempts under way (and the retries claimed that wait for their endpoint) may hold in memory: past it no new body is built (one at a time at most) and nothing is claimed until attempts end, a claim of retries brings bodies only up to the room left; one attempt always goes, however large its body. A list of 1,000 messages of the largest size is near 100 MB.',
   ),
   intOption(
     'defaultMessageTtlSeconds',
