@@ -258,6 +258,15 @@ const CHECK_AFTER_WAIT_MS = 250;
  */
 export const BUILDS_AT_ONCE = 1;
 
+/**
+ * A first attempt's turn to build its body (see {@link BUILDS_AT_ONCE}): `take` waits for it ('late' when that took
+ * {@link CHECK_AFTER_WAIT_MS} or longer, 'stopping' when stop() began first), `built` ends it (idempotent).
+ */
+interface BuildTurn {
+  take(): Promise<'now' | 'late' | 'stopping'>;
+  built(): void;
+}
+
 /** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
 export const SLOW_LANE_FACTOR = 4;
 
@@ -757,33 +766,38 @@ export class DeliveryEngine {
 
   /**
    * One attempt of a claim. A first attempt (no frozen body yet) waits for its turn to build the body (see
-   * {@link BUILDS_AT_ONCE} and `maxBodyBytesInMemory`); the turn ends once the body is built, or when the attempt
-   * ends without building it.
+   * {@link BUILDS_AT_ONCE} and `maxBodyBytesInMemory`) once its claim is checked, so that the checks of claims that
+   * waited (a store read each) go on side by side, not one at a time; the turn ends once the body is built, or when
+   * the attempt ends without building it.
    */
   async #attempt(claim: Held, signal: AbortSignal, waited: boolean): Promise<void> {
     if (claim.delivery.body !== null) {
-      await this.#attemptNow(claim, signal, waited, () => undefined);
+      await this.#attemptNow(claim, signal, waited, { take: () => Promise.resolve('now'), built: () => undefined });
       return;
     }
-    if (!this.#tryStartBuild()) {
-      const waitStarted = performance.now();
-      if (!(await this.#startBuild())) {
-        await this.#release(claim, 'stopping');
-        return;
-      }
-      waited ||= performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS;
-    }
-    let building = true;
-    const built = () => {
-      if (!building) return;
-      building = false;
-      this.#building -= 1;
-      this.#grantBuilds();
+    let building = false;
+    const turn: BuildTurn = {
+      take: async () => {
+        if (this.#tryStartBuild()) {
+          building = true;
+          return 'now';
+        }
+        const waitStarted = performance.now();
+        if (!(await this.#startBuild())) return 'stopping';
+        building = true;
+        return performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS ? 'late' : 'now';
+      },
+      built: () => {
+        if (!building) return;
+        building = false;
+        this.#building -= 1;
+        this.#grantBuilds();
+      },
     };
     try {
-      await this.#attemptNow(claim, signal, waited, built);
+      await this.#attemptNow(claim, signal, waited, turn);
     } finally {
-      built();
+      turn.built();
     }
   }
 
@@ -859,10 +873,12 @@ export class DeliveryEngine {
     this.#bodyBytes += bytes;
   }
 
-  /** The attempt proper; `built` is called once the body is built (and counted), before it is frozen and sent. */
-  async #attemptNow(claim: Held, signal: AbortSignal, waited: boolean, built: () => void): Promise<void> {
+  /**
+   * The attempt proper. A first attempt takes its `turn` to build once its claim is checked, and ends it once the
+   * body is built (and counted), before it is frozen and sent.
+   */
+  async #attemptNow(claim: Held, signal: AbortSignal, waited: boolean, turn: BuildTurn): Promise<void> {
     const { delivery } = claim;
-    const { requestTimeoutMs, leaseMs } = this.options;
     const log = { deliveryId: delivery.id, accountId: delivery.accountId };
 
     if (this.#stopping.signal.aborted) {
@@ -875,24 +891,25 @@ export class DeliveryEngine {
       await this.#release(claim, 'endpoint paused');
       return;
     }
-    // A claim that waited for its endpoint may not have enough lease left for a whole attempt.
-    const margin = Math.min(5_000, Math.floor((leaseMs - requestTimeoutMs) / 2));
-    if (claim.leaseUntil - this.#clock() < requestTimeoutMs + margin) {
-      await this.#release(claim, 'lease too short');
-      return;
-    }
-    if (waited && !(await this.#stillCurrent(claim))) return;
+    if (!(await this.#mayStart(claim, waited))) return;
 
     let body: Uint8Array;
     let messageIds: string[];
     if (delivery.body === null) {
+      // A long wait for the turn to build is a wait like one for the endpoint: the claim is checked again.
+      const taken = await turn.take();
+      if (taken === 'stopping') {
+        await this.#release(claim, 'stopping');
+        return;
+      }
+      if (taken === 'late' && !(await this.#mayStart(claim, true))) return;
       // First attempt: build the contact's current list and freeze it; every retry resends these bytes.
       // A contact whose messages have all expired gets `[]`: the receiver replaces what it stored for the
       // contact, so the expired messages disappear there too (SPEC §4).
       const now = this.#clock();
       ({ body, messageIds } = await this.#build(claim, now));
       this.#holdBody(body.byteLength, delivery.id);
-      built();
+      turn.built();
       if (!(await this.#store.freeze(delivery.id, claim.owner, body, messageIds, now))) {
         this.#log.warn(log, 'claim lost before the first attempt; dropped');
         return;
@@ -925,6 +942,21 @@ export class DeliveryEngine {
       (span) => this.#sendAndRecord(claim, body, messageIds, signal, span),
       { kind: SpanKind.CLIENT },
     );
+  }
+
+  /**
+   * Whether the claim may start its request: it has lease enough left for a whole attempt, and, when it `waited`
+   * (see {@link CHECK_AFTER_WAIT_MS}), the store still holds it as claimed. If not, it is given back or dropped.
+   */
+  async #mayStart(claim: Held, waited: boolean): Promise<boolean> {
+    const { requestTimeoutMs, leaseMs } = this.options;
+    // A claim that waited for its endpoint may not have enough lease left for a whole attempt.
+    const margin = Math.min(5_000, Math.floor((leaseMs - requestTimeoutMs) / 2));
+    if (claim.leaseUntil - this.#clock() < requestTimeoutMs + margin) {
+      await this.#release(claim, 'lease too short');
+      return false;
+    }
+    return !waited || (await this.#stillCurrent(claim));
   }
 
   /**

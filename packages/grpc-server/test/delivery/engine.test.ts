@@ -803,6 +803,46 @@ describe('DeliveryEngine', () => {
       await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 16, 'all delivered');
     });
 
+    it('checks claims that waited for their endpoint side by side, not one at a time with the builds', async () => {
+      // Eight accounts of two slots: c0 and c1 (slow) take them, c2 and c3 are claimed when c0 ends, c3 waits for c2's
+      // slot (past CHECK_AFTER_WAIT_MS), so eight first attempts are checked against the store at about once.
+      const real = await newStore();
+      let checking = 0;
+      let maxChecking = 0;
+      const store = new Proxy(real, {
+        get(target, prop, receiverObj) {
+          if (prop === 'checkClaim') {
+            return async (...args: Parameters<Store['checkClaim']>) => {
+              checking += 1;
+              maxChecking = Math.max(maxChecking, checking);
+              try {
+                await sleep(100); // a round trip to a busy database
+                return await target.checkClaim(...args);
+              } finally {
+                checking -= 1;
+              }
+            };
+          }
+          const value = Reflect.get(target, prop, receiverObj) as unknown;
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const r = await receiver((req, res) => {
+        setTimeout(() => res.end(), req.headers['app-inbox-contact'] === 'c1' ? 1_500 : 400);
+      });
+      const accounts = Array.from({ length: 8 }, (_, i) => `acc${i}`);
+      for (const account of accounts) {
+        await webhook(store, account, r.url);
+        await publish(store, account, [message('c0'), message('c1'), message('c2'), message('c3')]);
+      }
+      const sender = createSender({ requestTimeoutMs: 5_000, connectionsPerOrigin: 32 });
+      cleanups.push(() => sender.close());
+      const outcomes = collectOutcomes(store);
+      engine(store, { perEndpointConcurrency: 2 }, { sender }).start();
+      await waitFor(() => outcomes.filter((o) => o.state === 'delivered').length === 32, 'all delivered', 10_000);
+      expect(maxChecking).toBeGreaterThan(1);
+    });
+
     it('lets first attempts wait for their turn to build without a MaxListenersExceededWarning', async () => {
       // A build that reads its list slowly (PostgreSQL past claimMessagesMaxBytes: a round trip for a large list)
       // holds the turn: the others wait for it, each listening for stop(); past slowAttemptMs they stop counting
