@@ -937,7 +937,9 @@ describe('PostgresStore', () => {
 
   it('reads the messages of a claim up to claimMessagesMaxBytes, leaving the contacts past it to the engine', async () => {
     // 64 lists of 1,000 messages of the largest size (near 100 MB each) were read with one claim: the process died.
-    const store = await openPostgresStore({ connectionString: db.url, poolSize: 2, claimMessagesMaxBytes: 5_000 });
+    // A database of its own: the claim takes every due delivery, and other tests leave some in the shared one.
+    const fresh = await createTestDatabase();
+    const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2, claimMessagesMaxBytes: 5_000 });
     const account = `acct-${randomUUID()}`;
     try {
       await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
@@ -980,8 +982,8 @@ describe('PostgresStore', () => {
       expect(claimed.filter((c) => c.messages === undefined).length).toBeGreaterThanOrEqual(1);
       expect(claimed.filter((c) => (c.messages?.length ?? 0) > 0).length).toBeGreaterThanOrEqual(1);
     } finally {
-      await store.deleteWebhook(account);
       await store.close();
+      await fresh.drop();
     }
   });
 
