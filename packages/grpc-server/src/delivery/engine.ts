@@ -390,6 +390,13 @@ export class DeliveryEngine {
    * held already, so counted against `maxBodyBytesInMemory` with those of the attempts under way.
    */
   #waitingBodyBytes = 0;
+  /**
+   * Bytes set aside for the bodies being built, not yet counted: the size of the last body built, for each build under
+   * way. A claim of retries made during a build sees them, so it cannot take the room the build is about to fill.
+   */
+  #buildReserved = 0;
+  /** Size of the last body built (bytes): what the next build sets aside. */
+  #lastBuiltBytes = 0;
   /** First attempts building their body now (see {@link BUILDS_AT_ONCE}), and those waiting for their turn. */
   #building = 0;
   readonly #buildWaiters: Array<(granted: boolean) => void> = [];
@@ -595,7 +602,7 @@ export class DeliveryEngine {
     // Bodies in memory: no claim while the attempts under way and the claims waiting for a slot hold the budget; else
     // retries (their frozen bodies come with the claim) up to the room left. First attempts build theirs later, one
     // at a time (#attempt).
-    const room = this.options.maxBodyBytesInMemory - this.#bodyBytes - this.#waitingBodyBytes;
+    const room = this.options.maxBodyBytesInMemory - this.#bodyBytes - this.#waitingBodyBytes - this.#buildReserved;
     if (room <= 0) {
       lane.constrained = true;
       return 'idle';
@@ -776,20 +783,27 @@ export class DeliveryEngine {
       return;
     }
     let building = false;
+    let reserved = 0;
+    const start = () => {
+      building = true;
+      reserved = this.#lastBuiltBytes;
+      this.#buildReserved += reserved;
+    };
     const turn: BuildTurn = {
       take: async () => {
         if (this.#tryStartBuild()) {
-          building = true;
+          start();
           return 'now';
         }
         const waitStarted = performance.now();
         if (!(await this.#startBuild())) return 'stopping';
-        building = true;
+        start();
         return performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS ? 'late' : 'now';
       },
       built: () => {
         if (!building) return;
         building = false;
+        this.#buildReserved -= reserved;
         this.#building -= 1;
         this.#grantBuilds();
       },
@@ -869,6 +883,7 @@ export class DeliveryEngine {
       const running = this.#underway.get(id);
       if (running === undefined) return;
       running.bodyBytes += bytes;
+      this.#lastBuiltBytes = bytes;
     }
     this.#bodyBytes += bytes;
   }
