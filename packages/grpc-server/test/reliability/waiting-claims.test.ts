@@ -66,6 +66,10 @@ describe.each(storeUrls())('DeleteWebhook and a claimed retry ($engine)', ({ new
     await eventually(() => (server!.server.engine.activity.sending === 1 ? true : undefined), 5_000, 'slow in flight');
     await clients.upsertWebhook({ accountId: acc, url, signingSecret: '', enabled: false });
     for (const id of ids) await clients.retryDelivery({ deliveryId: id });
+    // A claim may take its `now` before a replay (due at the replay's now) and run after the enable: it then finds
+    // only the first replay due, which takes the free slot, and the second is claimed once a slot frees, never
+    // waiting (1 run in 5 on PostgreSQL). Claims begun while the webhook was disabled end before it is enabled.
+    await sleep(200);
     await clients.upsertWebhook({ accountId: acc, url, signingSecret: '', enabled: true });
     await eventually(() => (server!.server.engine.activity.waiting === 1 ? true : undefined), 5_000, 'a waiting claim');
 
