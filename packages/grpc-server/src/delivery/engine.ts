@@ -263,7 +263,7 @@ export const BUILDS_AT_ONCE = 1;
  * {@link CHECK_AFTER_WAIT_MS} or longer, 'stopping' when stop() began first), `built` ends it (idempotent).
  */
 interface BuildTurn {
-  take(): Promise<'now' | 'late' | 'stopping'>;
+  take(): 'now' | Promise<'now' | 'late' | 'stopping'>;
   built(): void;
 }
 
@@ -779,7 +779,7 @@ export class DeliveryEngine {
    */
   async #attempt(claim: Held, signal: AbortSignal, waited: boolean): Promise<void> {
     if (claim.delivery.body !== null) {
-      await this.#attemptNow(claim, signal, waited, { take: () => Promise.resolve('now'), built: () => undefined });
+      await this.#attemptNow(claim, signal, waited, { take: () => 'now', built: () => undefined });
       return;
     }
     let building = false;
@@ -790,15 +790,18 @@ export class DeliveryEngine {
       this.#buildReserved += reserved;
     };
     const turn: BuildTurn = {
-      take: async () => {
+      // The turn at once (the usual case) without a promise: two per attempt cost the drain (issue 6).
+      take: () => {
         if (this.#tryStartBuild()) {
           start();
           return 'now';
         }
         const waitStarted = performance.now();
-        if (!(await this.#startBuild())) return 'stopping';
-        start();
-        return performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS ? 'late' : 'now';
+        return this.#startBuild().then((granted) => {
+          if (!granted) return 'stopping';
+          start();
+          return performance.now() - waitStarted >= CHECK_AFTER_WAIT_MS ? 'late' : 'now';
+        });
       },
       built: () => {
         if (!building) return;
@@ -906,13 +909,15 @@ export class DeliveryEngine {
       await this.#release(claim, 'endpoint paused');
       return;
     }
-    if (!(await this.#mayStart(claim, waited))) return;
+    const mayStart = this.#mayStart(claim, waited);
+    if (mayStart !== true && !(await mayStart)) return;
 
     let body: Uint8Array;
     let messageIds: string[];
     if (delivery.body === null) {
       // A long wait for the turn to build is a wait like one for the endpoint: the claim is checked again.
-      const taken = await turn.take();
+      const took = turn.take();
+      const taken = took === 'now' ? took : await took;
       if (taken === 'stopping') {
         await this.#release(claim, 'stopping');
         return;
@@ -963,15 +968,15 @@ export class DeliveryEngine {
    * Whether the claim may start its request: it has lease enough left for a whole attempt, and, when it `waited`
    * (see {@link CHECK_AFTER_WAIT_MS}), the store still holds it as claimed. If not, it is given back or dropped.
    */
-  async #mayStart(claim: Held, waited: boolean): Promise<boolean> {
+  #mayStart(claim: Held, waited: boolean): true | Promise<boolean> {
     const { requestTimeoutMs, leaseMs } = this.options;
     // A claim that waited for its endpoint may not have enough lease left for a whole attempt.
     const margin = Math.min(5_000, Math.floor((leaseMs - requestTimeoutMs) / 2));
     if (claim.leaseUntil - this.#clock() < requestTimeoutMs + margin) {
-      await this.#release(claim, 'lease too short');
-      return false;
+      return this.#release(claim, 'lease too short').then(() => false);
     }
-    return !waited || (await this.#stillCurrent(claim));
+    // `true`, not a promise, in the usual case: see BuildTurn.take.
+    return waited ? this.#stillCurrent(claim) : true;
   }
 
   /**
