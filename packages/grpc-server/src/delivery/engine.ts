@@ -33,6 +33,7 @@ import {
   validateBackoffOptions,
   type BackoffOptions,
   type Classification,
+  type StoredMessage,
 } from '@app-inbox/core';
 import type { AttemptEvent, AttemptOutcomeLabel } from '../observability/attempt.js';
 import { logAttempt } from '../observability/logger.js';
@@ -265,6 +266,12 @@ export const BUILDS_AT_ONCE = 1;
 interface BuildTurn {
   take(): 'now' | Promise<'now' | 'late' | 'stopping'>;
   built(): void;
+}
+
+/** A first attempt's body, built, and the ids of the messages in it. */
+interface Built {
+  body: Uint8Array;
+  messageIds: string[];
 }
 
 /** A lane has at most this many times its concurrency attempts in flight, slow ones included (see `slowAttemptMs`). */
@@ -823,18 +830,24 @@ export class DeliveryEngine {
    * text (several times the body: UTF-16) are garbage once it returns, not kept alive by the attempt's frame
    * through the request.
    */
-  async #build(claim: Held, now: number): Promise<{ body: Uint8Array; messageIds: string[] }> {
+  #build(claim: Held, now: number): Built | Promise<Built> {
     const { delivery, webhook } = claim;
-    const max = webhook.maxMessagesPerContact;
-    // Read with the claim when the store can (PostgreSQL: one statement per claim instead of one per delivery);
-    // messages that expired since are dropped by buildPayload, and newer ones go to the contact's next delivery.
-    const messages =
-      claim.messages ?? (await this.#store.contactMessages(delivery.accountId, delivery.externalCustomerId, now, max));
+    // Read with the claim when the store can (PostgreSQL: one statement per claim instead of one per delivery):
+    // then built at once, without a promise, so the build turn is never waited for (issue 6); messages that expired
+    // since are dropped by buildPayload, and newer ones go to the contact's next delivery.
+    const read = claim.messages;
     claim.messages = undefined; // not kept alive through the attempt: a list can be large
+    if (read !== undefined) return this.#encode(claim, read, now);
+    return this.#store
+      .contactMessages(delivery.accountId, delivery.externalCustomerId, now, webhook.maxMessagesPerContact)
+      .then((messages) => this.#encode(claim, messages, now));
+  }
+
+  #encode(claim: Held, messages: StoredMessage[], now: number): Built {
     const payload = buildPayload({
-      contacts: [{ externalCustomerId: delivery.externalCustomerId, messages }],
+      contacts: [{ externalCustomerId: claim.delivery.externalCustomerId, messages }],
       now,
-      maxMessagesPerContact: max,
+      maxMessagesPerContact: claim.webhook.maxMessagesPerContact,
     });
     return { body: utf8(payload.body), messageIds: payload.messageIds };
   }
@@ -927,7 +940,8 @@ export class DeliveryEngine {
       // A contact whose messages have all expired gets `[]`: the receiver replaces what it stored for the
       // contact, so the expired messages disappear there too (SPEC §4).
       const now = this.#clock();
-      ({ body, messageIds } = await this.#build(claim, now));
+      const building = this.#build(claim, now);
+      ({ body, messageIds } = building instanceof Promise ? await building : building);
       this.#holdBody(body.byteLength, delivery.id);
       turn.built();
       if (!(await this.#store.freeze(delivery.id, claim.owner, body, messageIds, now))) {
