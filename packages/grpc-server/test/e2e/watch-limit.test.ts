@@ -2,7 +2,7 @@
  * `--max-watch-streams`: WatchDeliveries streams open at once. Every stream is told every outcome, so their number is
  * bounded; one more is refused with RESOURCE_EXHAUSTED, and a closed stream makes room again.
  */
-import { connect as connectHttp2 } from 'node:http2';
+import { connect as connectHttp2, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { status } from '@grpc/grpc-js';
@@ -66,16 +66,7 @@ describe('the number of WatchDeliveries streams', () => {
       const queued: Array<WeakRef<string[]>> = [];
       for (let round = 0; round < 3; round++) {
         const account = accountId('never-reads');
-        const request = Buffer.from(WatchDeliveriesRequest.encode({ accountId: account }).finish());
-        const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, request.length]), request]);
-        const stream = session.request({
-          ':method': 'POST',
-          ':path': '/app_inbox.v1.DeliveryService/WatchDeliveries',
-          'content-type': 'application/grpc',
-          te: 'trailers',
-        });
-        stream.on('error', () => undefined);
-        stream.end(frame);
+        const stream = rawWatch(session, account);
         const headers = await new Promise<Record<string, unknown>>((resolve) => stream.once('response', resolve));
         // Taken (a refused stream's headers carry its status): the stream before it was cut, and its slot freed.
         expect(headers['grpc-status']).toBeUndefined();
@@ -110,15 +101,7 @@ describe('the number of WatchDeliveries streams', () => {
     session.on('error', () => undefined);
     try {
       const account = accountId('large-lists');
-      const request = Buffer.from(WatchDeliveriesRequest.encode({ accountId: account }).finish());
-      const stream = session.request({
-        ':method': 'POST',
-        ':path': '/app_inbox.v1.DeliveryService/WatchDeliveries',
-        'content-type': 'application/grpc',
-        te: 'trailers',
-      });
-      stream.on('error', () => undefined);
-      stream.end(Buffer.concat([Buffer.from([0, 0, 0, 0, request.length]), request]));
+      const stream = rawWatch(session, account);
       await new Promise((resolve) => stream.once('response', resolve));
       stream.pause();
       const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', resolve));
@@ -141,6 +124,23 @@ describe('the number of WatchDeliveries streams', () => {
     }
   });
 });
+
+/**
+ * A WatchDeliveries call on a plain HTTP/2 session, as a client that may never read (grpc-js's own client reads on
+ * while paused): the request is sent whole, the response is left to the caller.
+ */
+function rawWatch(session: ClientHttp2Session, account: string): ClientHttp2Stream {
+  const request = Buffer.from(WatchDeliveriesRequest.encode({ accountId: account }).finish());
+  const stream = session.request({
+    ':method': 'POST',
+    ':path': '/app_inbox.v1.DeliveryService/WatchDeliveries',
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  });
+  stream.on('error', () => undefined);
+  stream.end(Buffer.concat([Buffer.from([0, 0, 0, 0, request.length]), request]));
+  return stream;
+}
 
 setFlagsFromString('--expose_gc');
 /** A full garbage collection (V8's `gc`, exposed at run time). */
