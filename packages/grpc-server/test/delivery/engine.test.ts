@@ -61,6 +61,17 @@ function withClaimDue(
   });
 }
 
+/** The process warnings emitted from now until the end of the test. */
+function captureWarnings(): Error[] {
+  const warnings: Error[] = [];
+  const onWarning = (w: Error) => warnings.push(w);
+  process.on('warning', onWarning);
+  cleanups.push(async () => {
+    process.off('warning', onWarning);
+  });
+  return warnings;
+}
+
 /** A receiver that answers 503 to its first request and 200 to every other. */
 async function receiverFailingOnce(): Promise<TestReceiver> {
   let calls = 0;
@@ -867,12 +878,7 @@ describe('DeliveryEngine', () => {
         'acc',
         Array.from({ length: 40 }, (_, i) => message(`c${i}`)),
       );
-      const warnings: Error[] = [];
-      const onWarning = (w: Error) => warnings.push(w);
-      process.on('warning', onWarning);
-      cleanups.push(async () => {
-        process.off('warning', onWarning);
-      });
+      const warnings = captureWarnings();
       const outcomes = collectOutcomes(store);
       const e = engine(store, {
         firstLaneConcurrency: 8,
@@ -900,12 +906,7 @@ describe('DeliveryEngine', () => {
     );
     // Each claim after the first finds 11 of 12 slots busy and up to 12 deliveries due: 11 wait, each
     // listening for stop() on the engine's signal (Node warns beyond 10 listeners by default).
-    const warnings: Error[] = [];
-    const onWarning = (w: Error) => warnings.push(w);
-    process.on('warning', onWarning);
-    cleanups.push(async () => {
-      process.off('warning', onWarning);
-    });
+    const warnings = captureWarnings();
     const sender = createSender({ requestTimeoutMs: 3_000, connectionsPerOrigin: 32 });
     cleanups.push(() => sender.close());
     const outcomes = collectOutcomes(store);
