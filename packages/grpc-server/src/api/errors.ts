@@ -22,6 +22,8 @@ export const API_ERROR_CODES = [
   'conflict',
   'shutting_down',
   'store_unavailable',
+  'too_many_watches',
+  'watcher_too_slow',
   'internal',
 ] as const;
 export type ApiErrorCode = (typeof API_ERROR_CODES)[number];
@@ -39,6 +41,9 @@ export const GRPC_STATUS_BY_CODE: Readonly<Record<ApiErrorCode, status>> = {
   shutting_down: status.UNAVAILABLE,
   // The database cannot be reached (refused, reset or timed-out connection; shutting down): the caller may retry.
   store_unavailable: status.UNAVAILABLE,
+  // WatchDeliveries: --max-watch-streams streams are open; or this stream's reader fell too far behind.
+  too_many_watches: status.RESOURCE_EXHAUSTED,
+  watcher_too_slow: status.RESOURCE_EXHAUSTED,
   internal: status.INTERNAL,
 };
 

@@ -4,7 +4,7 @@
  * {@link toServiceError} only, so every failure carries a status code, a readable message and the rich
  * details; secrets never appear in an answer, an error or a log line.
  */
-import { Metadata, status } from '@grpc/grpc-js';
+import { Metadata } from '@grpc/grpc-js';
 import type {
   handleServerStreamingCall,
   handleUnaryCall,
@@ -253,10 +253,11 @@ export function createApi(deps: ApiDependencies): Api {
     if (watches.size >= maxWatchStreams) {
       // Every stream is told every outcome: an unbounded number of them would cost every delivery without bound.
       logger.warn({ method: 'WatchDeliveries', open: watches.size }, 'watch refused: too many streams open');
-      call.emit('error', {
-        code: status.RESOURCE_EXHAUSTED,
-        details: `${watches.size} WatchDeliveries streams are open, the most this server keeps (--max-watch-streams); close one, or filter one stream by account and share it`,
-      });
+      const refused = new ApiError(
+        'too_many_watches',
+        `${watches.size} WatchDeliveries streams are open, the most this server keeps (--max-watch-streams); close one, or filter one stream by account and share it`,
+      );
+      call.emit('error', toServiceError(refused));
       return;
     }
     let done = false;
@@ -280,10 +281,11 @@ export function createApi(deps: ApiDependencies): Api {
       if (buffered >= watchBufferLimit || queuedIds + outcome.messageIds.length > watchIdLimit) {
         finish();
         logger.warn({ method: 'WatchDeliveries', buffered, queuedIds }, 'watcher too slow; stream ended');
-        call.emit('error', {
-          code: status.RESOURCE_EXHAUSTED,
-          details: `the watcher read too slowly: more than ${watchBufferLimit.toLocaleString('en-US')} outcomes (or ${watchIdLimit.toLocaleString('en-US')} message ids) were waiting; reconnect and use ListDeliveries to catch up`,
-        });
+        const cut = new ApiError(
+          'watcher_too_slow',
+          `the watcher read too slowly: more than ${watchBufferLimit.toLocaleString('en-US')} outcomes (or ${watchIdLimit.toLocaleString('en-US')} message ids) were waiting; reconnect and use ListDeliveries to catch up`,
+        );
+        call.emit('error', toServiceError(cut));
         return;
       }
       queue.push(outcomeToProto(outcome));

@@ -5,8 +5,9 @@
 import { connect as connectHttp2, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { status } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
 import { afterAll, describe, expect, it } from 'vitest';
+import { decodeStatusDetails } from '../../src/api/errors.js';
 import { loadConfig } from '../../src/config.js';
 import { WatchDeliveriesRequest } from '../../src/gen/app_inbox/v1/delivery.js';
 import { deliveredOutcome } from '../../src/store/conformance.js';
@@ -118,6 +119,13 @@ describe('the number of WatchDeliveries streams', () => {
       expect(decodeURIComponent(String((ended as Record<string, unknown>)['grpc-message']))).toMatch(
         /more than 10,000 outcomes \(or 1,000,000 message ids\) were waiting/,
       );
+      // With the rich status every other failure has (its reason in ErrorInfo).
+      const details = new Metadata();
+      details.set(
+        'grpc-status-details-bin',
+        Buffer.from(String((ended as Record<string, unknown>)['grpc-status-details-bin']), 'base64'),
+      );
+      expect(decodeStatusDetails(details)?.errorInfo?.reason).toBe('WATCHER_TOO_SLOW');
     } finally {
       session.destroy();
       await own.stop();
