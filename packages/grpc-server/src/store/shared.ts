@@ -154,6 +154,22 @@ export function distinctSorted(ids: Iterable<string>): string[] {
   return [...new Set(ids)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
+/**
+ * The byte cut of a claim (`ClaimOptions.maxBodyBytes`), candidate by candidate in claim order: whether the
+ * next delivery, with a frozen body of `bytes`, is taken. Its first always is, whatever its size; then each while the
+ * bodies taken stay within `maxBytes`. Once one is refused, the claim ends there.
+ */
+export function bodyBytesCut(maxBytes: number): (bytes: number) => boolean {
+  let taken = 0;
+  let total = 0;
+  return (bytes) => {
+    if (taken > 0 && total + bytes > maxBytes) return false;
+    taken += 1;
+    total += bytes;
+    return true;
+  };
+}
+
 /** What `lastError` says about a failed or retried attempt: `http_<status>` or the error kind. */
 export function failureReason(attempt: Pick<Attempt, 'statusCode' | 'errorKind'>): string {
   if (attempt.statusCode !== null) return `http_${attempt.statusCode}`;

@@ -16,6 +16,7 @@ import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import { StoreError } from '../errors.js';
 import { TurnBatch } from './turn-batch.js';
 import {
+  bodyBytesCut,
   DELIVERY_STATES,
   MAX_PAGE_SIZE,
   OutcomeListeners,
@@ -1023,8 +1024,8 @@ export class PostgresStore implements Store {
         ),
       );
       const claimed: ClaimedDelivery[] = [];
-      // Bytes of the frozen bodies claimed; `full` once the next would pass maxBodyBytes.
-      let bodyBytes = 0;
+      // Frozen bodies up to maxBodyBytes, as the one-statement claim; `full` once one is refused.
+      const takes = bodyBytesCut(maxBodyBytes);
       let full = false;
       for (const accountId of accountIds) {
         const webhook = webhooks.get(accountId);
@@ -1050,11 +1051,10 @@ export class PostgresStore implements Store {
           const seqs: string[] = [];
           for (const r of rows) {
             if (r.newer_id !== null) continue;
-            if (claimed.length + seqs.length > 0 && bodyBytes + Number(r.bytes) > maxBodyBytes) {
+            if (!takes(Number(r.bytes))) {
               full = true;
               break;
             }
-            bodyBytes += Number(r.bytes);
             seqs.push(r.seq);
           }
           if (seqs.length > 0) {

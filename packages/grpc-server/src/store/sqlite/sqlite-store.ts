@@ -9,6 +9,7 @@ import Database from 'better-sqlite3';
 import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
 import { StoreError } from '../errors.js';
 import {
+  bodyBytesCut,
   DELIVERY_STATES,
   MAX_PAGE_SIZE,
   OutcomeListeners,
@@ -565,9 +566,8 @@ export class SqliteStore implements Store {
       );
       const webhook = this.#q('SELECT * FROM webhooks WHERE account_id = ?');
       const claimed: ClaimedDelivery[] = [];
-      // Bytes of the frozen bodies claimed (length() reads a blob's size, not its pages); `full` once the next would
-      // pass maxBodyBytes.
-      let bodyBytes = 0;
+      // Frozen bodies up to maxBodyBytes (length() reads a blob's size, not its pages); `full` once one is refused.
+      const takes = bodyBytesCut(maxBodyBytes);
       let full = false;
       for (const { account_id: accountId, account_key: key } of accounts) {
         if (claimed.length >= limit || full) break;
@@ -590,11 +590,10 @@ export class SqliteStore implements Store {
               superseded++;
               continue;
             }
-            if (claimed.length > 0 && bodyBytes + row.body_bytes > maxBodyBytes) {
+            if (!takes(row.body_bytes)) {
               full = true;
               break;
             }
-            bodyBytes += row.body_bytes;
             const claimedRow = claim.get(owner, leaseUntil, now, row.seq) as SqliteDeliveryRow;
             claimed.push({ delivery: this.#delivery(claimedRow), webhook: record, leaseUntil });
             taken++;
