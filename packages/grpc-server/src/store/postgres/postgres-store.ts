@@ -391,20 +391,23 @@ const PUBLISH_SQL = `WITH ins AS (
   FROM (SELECT 1) one LEFT JOIN pend p ON true`;
 
 /**
- * The messages of several contacts ($1 account ids, $2 contacts, $3 limits, $4 now): those available at `now`,
- * newest first with ties by id (SPEC §4), at most the contact's limit; each row with the 1-based position of its
- * contact in the arrays (`i`). contactMessages and the claims' reads both use it.
+ * The messages of several contacts ($1 account ids, $2 contacts, $3 limits, $4 now), as a FROM item: those available
+ * at `now`, newest first with ties by id (SPEC §4), at most the contact's limit (`m`), each with the 1-based position
+ * of its contact in the arrays (`r.i`). {@link CONTACT_MESSAGES_SQL} and {@link CLAIM_MESSAGES_SQL} read from it.
  */
-const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_customer_id, m.created_date, m.expires_at, m.title,
-    m.content, m.image, m.link, m.category, m.custom_data
-  FROM unnest($1::text[], $2::text[], $3::integer[]) WITH ORDINALITY AS r(account_id, contact, lim, i)
+const CONTACT_LISTS = `unnest($1::text[], $2::text[], $3::integer[]) WITH ORDINALITY AS r(account_id, contact, lim, i)
   CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.account_id = r.account_id
       AND m.external_customer_id = r.contact AND m.expires_at > $4
-    ORDER BY m.created_date DESC, m.id ASC LIMIT r.lim) m
+    ORDER BY m.created_date DESC, m.id ASC LIMIT r.lim) m`;
+
+/** The messages of several contacts ({@link CONTACT_LISTS}), in order: contactMessages reads a contact with it. */
+const CONTACT_MESSAGES_SQL = `SELECT r.i, m.account_id, m.id, m.external_customer_id, m.created_date, m.expires_at, m.title,
+    m.content, m.image, m.link, m.category, m.custom_data
+  FROM ${CONTACT_LISTS}
   ORDER BY r.i, m.created_date DESC, m.id ASC`;
 
 /**
- * A claim's read of its contacts' messages: {@link CONTACT_MESSAGES_SQL} within a budget ($5 bytes of the
+ * A claim's read of its contacts' messages ({@link CONTACT_LISTS}) within a budget ($5 bytes of the
  * messages' text, as `octet_length` reads it from the row without fetching TOASTed values). The contacts, in
  * order, whose lists fit in it together come whole (`kept`); each later contact with messages comes as one row with
  * `kept` false and no text, so its list is neither fetched nor sent (the engine reads it itself). A contact
@@ -421,10 +424,7 @@ export const CLAIM_MESSAGES_SQL = `SELECT x.i, x.upto <= $5 AS kept, x.account_i
       sum(octet_length(m.title) + octet_length(m.content) + coalesce(octet_length(m.image), 0)
         + coalesce(octet_length(m.link), 0) + coalesce(octet_length(m.custom_data), 0)) OVER (ORDER BY r.i) AS upto,
       row_number() OVER (PARTITION BY r.i ORDER BY m.created_date DESC, m.id ASC) AS n
-    FROM unnest($1::text[], $2::text[], $3::integer[]) WITH ORDINALITY AS r(account_id, contact, lim, i)
-    CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.account_id = r.account_id
-        AND m.external_customer_id = r.contact AND m.expires_at > $4
-      ORDER BY m.created_date DESC, m.id ASC LIMIT r.lim) m
+    FROM ${CONTACT_LISTS}
   ) x
   WHERE x.upto <= $5 OR x.n = 1
   ORDER BY x.i, x.created_date DESC, x.id ASC`;
