@@ -726,7 +726,7 @@ export class DeliveryEngine {
     // Past slowAttemptMs the attempt gives its lane slot back (the endpoint's stays held): see `slowAttemptMs`.
     const bodyBytes = claim.delivery.body?.byteLength ?? 0;
     const running = { claim, lane, startedAt: performance.now(), slow: false, bodyBytes };
-    this.#holdBody(bodyBytes);
+    this.#bodyBytes += bodyBytes;
     this.#underway.set(id, running);
     try {
       await this.#attempt(claim, controller.signal, waited);
@@ -893,15 +893,13 @@ export class DeliveryEngine {
     }
   }
 
-  /** Counts a body the attempt under way of `id` now holds. */
-  #holdBody(bytes: number, id?: string): void {
-    if (id !== undefined) {
-      const running = this.#underway.get(id);
-      if (running === undefined) return;
-      running.bodyBytes += bytes;
-      this.#lastBuiltBytes = bytes;
-    }
+  /** Counts the body just built for the attempt under way of `id` (and sizes the next build's reserve by it). */
+  #holdBuiltBody(id: string, bytes: number): void {
+    const running = this.#underway.get(id);
+    if (running === undefined) return;
+    running.bodyBytes += bytes;
     this.#bodyBytes += bytes;
+    this.#lastBuiltBytes = bytes;
   }
 
   /**
@@ -942,7 +940,7 @@ export class DeliveryEngine {
       const now = this.#clock();
       const building = this.#build(claim, now);
       ({ body, messageIds } = building instanceof Promise ? await building : building);
-      this.#holdBody(body.byteLength, delivery.id);
+      this.#holdBuiltBody(delivery.id, body.byteLength);
       turn.built();
       if (!(await this.#store.freeze(delivery.id, claim.owner, body, messageIds, now))) {
         this.#log.warn(log, 'claim lost before the first attempt; dropped');
