@@ -55,6 +55,7 @@ describe('mapping', () => {
       supersededBy: null,
       lastError: 'http_503',
       traceparent: null,
+      leaseLosses: 1,
     };
     const attempts = [
       {
