@@ -59,12 +59,6 @@ export interface ServerConfig {
    */
   maxBodyMemoryMib: number;
   /**
-   * A delivery whose claim was taken back this many times in a row (the process holding it crashed, was killed or
-   * stalled past its lease before it recorded an attempt) is failed without another request, `lease_lost:<n>`
-   * (RetryDelivery sends it again): a delivery whose attempt kills the process is not tried forever. Default 3.
-   */
-  maxLeaseLosses: number;
-  /**
    * Message time-to-live given to a webhook upserted without `default_message_ttl_seconds`; it applies to
    * that account's messages published without their own TTL or expiry (seconds). Default 86,400 (1 day).
    */
@@ -163,7 +157,6 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   perEndpointConcurrency: 16,
   slowAttemptMs: 2_000,
   maxBodyMemoryMib: 256,
-  maxLeaseLosses: 3,
   defaultMessageTtlSeconds: 86_400,
   maxResponseBytes: 65_536,
   // The retry schedule is the core's (SPEC §5); see the README for the delays it gives.
@@ -437,14 +430,6 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   ),
   intOption('backoffMaxMs', '--backoff-max-ms', 'ms', 1, 7 * DAY_MS, 'Longest delay between two attempts.'),
   intOption('maxAttempts', '--max-attempts', 'count', 1, 1_000, 'Attempts of a delivery at most (the first included).'),
-  intOption(
-    'maxLeaseLosses',
-    '--max-lease-losses',
-    'count',
-    1,
-    1_000,
-    'A delivery whose claim was taken back this many times in a row (the process holding it crashed, was killed or stalled past its lease) is failed without another request, `lease_lost:<n>` (RetryDelivery sends it again), so that a delivery whose attempt kills the process is not tried forever.',
-  ),
   intOption(
     'maxAgeMs',
     '--max-age-ms',

@@ -126,7 +126,6 @@ export function engineOptionsFromConfig(config: ServerConfig, overrides: EngineO
     perEndpointConcurrency: config.perEndpointConcurrency,
     slowAttemptMs: config.slowAttemptMs,
     maxBodyBytesInMemory: config.maxBodyMemoryMib * 1024 * 1024,
-    maxLeaseLosses: config.maxLeaseLosses,
     maxResponseBytes: config.maxResponseBytes,
     backoff: {
       ...DEFAULT_BACKOFF,

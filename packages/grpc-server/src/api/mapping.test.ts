@@ -55,7 +55,6 @@ describe('mapping', () => {
       supersededBy: null,
       lastError: 'http_503',
       traceparent: null,
-      leaseLosses: 1,
     };
     const attempts = [
       {

@@ -109,7 +109,6 @@ export function deliveryToProto(d: StoreDelivery, attempts: readonly StoreAttemp
     messageIds: d.messageIds ?? [],
     supersededBy: d.supersededBy ?? undefined,
     lastError: d.lastError ?? undefined,
-    leaseLosses: d.leaseLosses,
     attempts: [...attempts].sort((a, b) => a.attemptNo - b.attemptNo).map(attemptToProto),
     body:
       includeBody && d.body !== null

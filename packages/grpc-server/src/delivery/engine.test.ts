@@ -20,7 +20,6 @@ describe('resolveEngineOptions', () => {
       errorDelayMs: 1_000,
       maxWaiting: 96,
       maxBodyBytesInMemory: 256 * 1024 * 1024,
-      maxLeaseLosses: 3,
     });
   });
 

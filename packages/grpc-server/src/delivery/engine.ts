@@ -95,13 +95,6 @@ export interface EngineOptions {
    * (256 MiB).
    */
   maxBodyBytesInMemory: number;
-  /**
-   * A delivery claimed after this many of its claims were taken back in a row (`Delivery.leaseLosses`: the process
-   * that held each crashed, was killed or stalled past the lease before it recorded an attempt) is failed without a
-   * request (`lease_lost:<n>`; RetryDelivery sends it again). Otherwise a delivery whose attempt kills the process
-   * (a bug, or memory) would take down every process that claims it, forever. Default 3.
-   */
-  maxLeaseLosses: number;
 }
 
 /** What the engine tells the endpoint-health hook after each recorded attempt. */
@@ -199,7 +192,6 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
     errorDelayMs: partial.errorDelayMs ?? 1_000,
     maxWaiting: partial.maxWaiting ?? firstLaneConcurrency + retryLaneConcurrency,
     maxBodyBytesInMemory: partial.maxBodyBytesInMemory ?? 256 * 1024 * 1024,
-    maxLeaseLosses: partial.maxLeaseLosses ?? 3,
   };
   const positive = [
     'requestTimeoutMs',
@@ -213,7 +205,6 @@ export function resolveEngineOptions(partial: Partial<EngineOptions> = {}, sende
     'maxResponseBytes',
     'errorDelayMs',
     'maxBodyBytesInMemory',
-    'maxLeaseLosses',
   ] as const;
   for (const name of positive) {
     const v = options[name];
@@ -924,10 +915,6 @@ export class DeliveryEngine {
       await this.#release(claim, 'stopping');
       return;
     }
-    if (delivery.leaseLosses >= this.options.maxLeaseLosses) {
-      await this.#giveUpLost(claim);
-      return;
-    }
     if (this.#health.admit !== undefined && !this.#health.admit(delivery.accountId, this.#clock())) {
       // The endpoint's circuit is open (or its one probe is out): not an attempt, nothing is lost.
       await this.#release(claim, 'endpoint paused');
@@ -1153,97 +1140,27 @@ export class DeliveryEngine {
       this.#log.warn(attemptLog, 'endpoint answered 410 Gone: it asks to stop deliveries');
     }
 
-    await this.#announce(updated, messageIds, attemptNo, result, now);
-  }
-
-  /**
-   * Fails a delivery whose claims were taken back `maxLeaseLosses` times in a row, without a request: each process
-   * that held it died or stalled before it could record an attempt, and this one might be next. Recorded as an
-   * attempt of its own (error kind `lease_lost`, no status, no duration) so that GetDelivery and WatchDeliveries say
-   * why; not an answer of the endpoint, so its health is not told.
-   */
-  async #giveUpLost(claim: Held): Promise<void> {
-    const { delivery, webhook } = claim;
-    const now = this.#clock();
-    const attemptNo = delivery.attemptCount + 1;
-    const errorKind = 'lease_lost';
-    const updated = await this.#store.recordAttempt(delivery.id, {
-      owner: claim.owner,
-      nextState: 'failed',
-      reason: `${errorKind}:${delivery.leaseLosses}`,
-      attempt: {
-        deliveryId: delivery.id,
-        attemptNo,
-        startedAt: now,
-        durationMs: 0,
-        statusCode: null,
-        errorKind,
-        verdict: 'failed',
-        nextAttemptAt: null,
-      },
-    });
-    const log = {
-      deliveryId: delivery.id,
-      accountId: delivery.accountId,
-      attemptNo,
-      leaseLosses: delivery.leaseLosses,
-    };
-    if (updated === null) {
-      this.#log.warn(log, 'claim lost before the delivery could be given up');
-      return;
-    }
-    this.#log.error(
-      log,
-      'delivery failed without a request: its claims were lost in a row (each process that held it crashed, was killed or stalled); RetryDelivery sends it again',
-    );
-    this.#observe(
-      {
-        deliveryId: delivery.id,
-        accountId: delivery.accountId,
-        url: webhook.url,
-        attemptNo,
-        outcome: outcomeLabel(updated),
-        statusCode: null,
-        errorKind,
-        durationMs: 0,
-      },
-      null,
-    );
-    await this.#announce(updated, delivery.messageIds ?? [], attemptNo, { statusCode: null, errorKind }, now);
-  }
-
-  /**
-   * Announces what an attempt left its delivery in (`updated`) to WatchDeliveries. Never throws: the attempt is
-   * recorded, only the notification would be lost. A `superseded` outcome (a newer state of the contact arrived during
-   * the attempt) is emitted by the store itself, like every supersede (DeliveryOutcome in store/types.ts).
-   */
-  async #announce(
-    updated: Delivery,
-    messageIds: string[],
-    attemptNo: number,
-    answer: { statusCode: number | null; errorKind: string | null },
-    at: number,
-  ): Promise<void> {
     const state = updated.state;
-    if (state !== 'delivered' && state !== 'retrying' && state !== 'failed') return;
-    try {
-      await this.#store.emitOutcome({
-        deliveryId: updated.id,
-        accountId: updated.accountId,
-        externalCustomerId: updated.externalCustomerId,
-        state,
-        messageIds,
-        attemptNo,
-        statusCode: answer.statusCode,
-        errorKind: answer.errorKind,
-        nextAttemptAt: updated.nextAttemptAt,
-        at,
-      });
-    } catch (err) {
-      this.#log.error(
-        { err, deliveryId: updated.id, accountId: updated.accountId },
-        'emitting a delivery outcome failed',
-      );
+    // A `superseded` outcome (a newer state of the contact arrived during the attempt) is emitted by the store
+    // itself, like every supersede (DeliveryOutcome in store/types.ts).
+    if (state === 'delivered' || state === 'retrying' || state === 'failed') {
+      try {
+        await this.#store.emitOutcome({
+          deliveryId: delivery.id,
+          accountId: delivery.accountId,
+          externalCustomerId: delivery.externalCustomerId,
+          state,
+          messageIds,
+          attemptNo,
+          statusCode: result.statusCode,
+          errorKind: result.errorKind,
+          nextAttemptAt: updated.nextAttemptAt,
+          at: now,
+        });
+      } catch (err) {
+        // The attempt is recorded; only the notification is lost.
+        this.#log.error({ err, ...log }, 'emitting a delivery outcome failed');
+      }
     }
   }
 

@@ -310,7 +310,6 @@ export function storeConformanceSuite(
               supersededBy: null,
               lastError: null,
               traceparent: null,
-              leaseLosses: 0,
             },
             attempts: [],
           });
@@ -602,50 +601,6 @@ export function storeConformanceSuite(
           supersededBy: newer.deliveryId,
         });
         expect((await claim('first', later, 'w-b')).map((c) => c.delivery.id)).toEqual([newer.deliveryId]);
-      });
-
-      it('counts the leases taken back in a row (leaseLosses), and starts again at 0 on a record or a replay', async () => {
-        const acct = await withWebhook();
-        const { deliveryId } = await publishOne(acct, 'c', T0);
-        const lossesOf = async () => (await store.getDelivery(deliveryId))?.delivery.leaseLosses;
-        expect(await lossesOf()).toBe(0);
-        // Claimed and never built, twice: back to the first lane each time, one more loss each time.
-        const [a] = await claim('first', T0, 'w-a');
-        expect(a?.delivery.leaseLosses).toBe(0);
-        const [b] = await claim('first', T0 + LEASE, 'w-b');
-        expect(b?.delivery).toMatchObject({ id: deliveryId, leaseLosses: 1, attemptCount: 0 });
-        const [c] = await claim('first', T0 + 2 * LEASE, 'w-c');
-        expect(c?.delivery).toMatchObject({ id: deliveryId, leaseLosses: 2 });
-        // Built, then lost again: the retry lane, still counting.
-        await build(c!, 'w-c', T0 + 2 * LEASE);
-        const [d] = await claim('retry', T0 + 3 * LEASE, 'w-d');
-        expect(d?.delivery).toMatchObject({ id: deliveryId, leaseLosses: 3 });
-        // A claim given back (a live process) is not a loss.
-        await store.release(deliveryId, 'w-d', T0 + 3 * LEASE);
-        const [e] = await claim('retry', T0 + 3 * LEASE, 'w-e');
-        expect(e?.delivery.leaseLosses).toBe(3);
-        // A recorded attempt starts the count again.
-        const retrying = await settle(e!, 'w-e', T0 + 3 * LEASE + 1, 'retry', T0 + 3 * LEASE + 2);
-        expect(retrying).toMatchObject({ state: 'retrying', leaseLosses: 0 });
-        // So does a replay.
-        const [f] = await claim('retry', T0 + 3 * LEASE + 2, 'w-f');
-        expect(f?.delivery.id).toBe(deliveryId);
-        const [g] = await claim('retry', T0 + 4 * LEASE + 2, 'w-g');
-        expect(g?.delivery.leaseLosses).toBe(1);
-        await settle(g!, 'w-g', T0 + 4 * LEASE + 3, 'failed');
-        const [h] = await claim('retry', T0 + 4 * LEASE + 3, 'w-h');
-        expect(h).toBeUndefined();
-        expect(await lossesOf()).toBe(0);
-        expect((await store.retryDelivery(deliveryId, T0 + 5 * LEASE))?.delivery).toMatchObject({ leaseLosses: 0 });
-        const [i] = await claim('retry', T0 + 5 * LEASE, 'w-i');
-        const [j] = await claim('retry', T0 + 6 * LEASE, 'w-j');
-        expect([i?.delivery.leaseLosses, j?.delivery.leaseLosses]).toEqual([0, 1]);
-        expect((await store.retryDelivery(deliveryId, T0 + 6 * LEASE))?.delivery.state).toBe('in_flight');
-        await store.release(deliveryId, 'w-j', T0 + 6 * LEASE);
-        expect((await store.retryDelivery(deliveryId, T0 + 6 * LEASE + 1))?.delivery).toMatchObject({
-          state: 'retrying',
-          leaseLosses: 0,
-        });
       });
 
       it('supersedes instead of claiming a retry whose contact has a newer delivery', async () => {

@@ -334,8 +334,6 @@ export interface DeliveryRow {
   last_error: string | null;
   /** Absent from rows selected without it (older column lists); read as null. */
   traceparent?: string | null;
-  /** Absent from rows selected without it; read as 0. */
-  lease_losses?: number | string;
 }
 
 const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
@@ -362,7 +360,6 @@ export function deliveryFromRow(row: DeliveryRow): Delivery {
     supersededBy: row.superseded_by,
     lastError: row.last_error,
     traceparent: row.traceparent ?? null,
-    leaseLosses: row.lease_losses === undefined ? 0 : num(row.lease_losses),
   };
 }
 

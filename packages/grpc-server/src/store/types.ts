@@ -97,13 +97,6 @@ export interface Delivery {
    * off. @see issue 8
    */
   traceparent: string | null;
-  /**
-   * Leases of this delivery taken back since its last recorded attempt (or its last replay): each one a worker
-   * that claimed it and neither recorded an attempt nor gave the claim back, so it crashed, was killed, or stalled
-   * past the lease. A delivery whose attempt crashes every process that makes it would otherwise be taken back and
-   * tried forever; the engine gives it up after a few (see `maxLeaseLosses`).
-   */
-  leaseLosses: number;
 }
 
 export interface Attempt {

@@ -370,44 +370,6 @@ describe('DeliveryEngine', () => {
     expect(stored?.attempts.map((a) => a.verdict)).toEqual(['retry', 'retry', 'failed']);
   });
 
-  it('fails without a request a delivery whose claims were lost maxLeaseLosses times in a row', async () => {
-    const store = await newStore();
-    const r = await receiver();
-    await webhook(store, 'acc', r.url);
-    await webhook(store, 'acc2', r.url);
-    const lost = (await publish(store, 'acc', [message('lost')])).deliveries[0]!.deliveryId;
-    const kept = (await publish(store, 'acc2', [message('kept')])).deliveries[0]!.deliveryId;
-    // Processes claimed them and died (a lease of 1 ms, never settled): three for `lost`, two for `kept`; the
-    // engine's own claim takes the last lease of each back.
-    for (let i = 1; i <= 3; i++) {
-      const claimed = await store.claimDue({
-        lane: 'first',
-        limit: 10,
-        now: Date.now(),
-        leaseMs: 1,
-        owner: `dead-${i}`,
-        excludeAccounts: i === 3 ? ['acc2'] : [],
-      });
-      expect(claimed.map((c) => c.delivery.id).sort()).toEqual(i === 3 ? [lost] : [lost, kept].sort());
-      await sleep(5);
-    }
-    const outcomes = collectOutcomes(store);
-    engine(store, { maxLeaseLosses: 3 }).start();
-    await waitFor(() => outcomes.find((o) => o.deliveryId === lost && o.state === 'failed'), 'lost failed');
-    await waitFor(() => outcomes.find((o) => o.deliveryId === kept && o.state === 'delivered'), 'kept delivered');
-    expect(r.requests.map(webhookId)).toEqual([kept]);
-    const stored = await store.getDelivery(lost);
-    expect(stored?.delivery).toMatchObject({ state: 'failed', lastError: 'lease_lost:3', leaseLosses: 0, body: null });
-    expect(stored?.attempts).toMatchObject([
-      { attemptNo: 1, statusCode: null, errorKind: 'lease_lost', verdict: 'failed', durationMs: 0 },
-    ]);
-    expect(outcomes.find((o) => o.deliveryId === lost)).toMatchObject({ attemptNo: 1, errorKind: 'lease_lost' });
-    // A replay gives it a fresh count: it is sent.
-    await store.retryDelivery(lost, Date.now());
-    await waitFor(() => outcomes.find((o) => o.deliveryId === lost && o.state === 'delivered'), 'lost replayed');
-    expect(r.requests.map(webhookId)).toEqual([kept, lost]);
-  });
-
   it('gives up once the next retry would start more than maxAgeMs after the FIRST attempt', async () => {
     const store = await newStore();
     const r = await receiver((_req, res) => {

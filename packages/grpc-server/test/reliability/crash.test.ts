@@ -37,10 +37,6 @@ const SERVER_ARGS = [
   '200',
   '--max-attempts',
   '100',
-  // Six kills in a row may each find the same delivery claimed (a claim that waits for its endpoint is in flight
-  // too): not the crash loop that --max-lease-losses stops (test/reliability/lease-losses.test.ts).
-  '--max-lease-losses',
-  '100',
 ];
 
 interface Account {

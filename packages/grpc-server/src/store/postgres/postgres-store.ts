@@ -122,7 +122,7 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
 
 const DELIVERY_COLUMNS = `d.seq, d.id, d.account_id, d.external_customer_id, d.state, d.created_at, d.updated_at,
   d.next_attempt_at, d.lease_owner, d.attempt_count, d.first_attempt_at, d.body, d.message_ids, d.superseded_by,
-  d.last_error, d.traceparent, d.lease_losses`;
+  d.last_error, d.traceparent`;
 
 /** The newest delivery of the same contact created after `d` (by sequence), or NULL. */
 const NEWER_ID = `(SELECT n.id FROM deliveries n
@@ -175,8 +175,8 @@ const RECORD_RETRY_SQL = `WITH cur AS (
     SELECT $1, $3::integer, $4::bigint, $5::bigint, $6::integer, $7::text, $8::text, $9::bigint FROM ok),
   upd AS (
     UPDATE deliveries d SET state = 'retrying', next_attempt_at = $10, lease_owner = NULL,
-      attempt_count = attempt_count + 1, lease_losses = 0, first_attempt_at = COALESCE(first_attempt_at, $4::bigint),
-      superseded_by = NULL, last_error = $11, updated_at = $12
+      attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $4::bigint), superseded_by = NULL,
+      last_error = $11, updated_at = $12
     FROM ok WHERE d.seq = ok.seq
     RETURNING ${DELIVERY_COLUMNS})
   SELECT c.newer_id, u.seq IS NOT NULL AS claimed, u.* FROM cur c LEFT JOIN upd u ON true`;
@@ -206,7 +206,7 @@ export const RECORD_FINAL_SQL = `WITH f AS (
       next_attempt_at)
     SELECT id, attempt_no, started_at, duration_ms, status_code, error_kind, verdict, next_attempt_at FROM cur)
   UPDATE deliveries d SET state = c.state, next_attempt_at = NULL, lease_owner = NULL,
-    attempt_count = d.attempt_count + 1, lease_losses = 0, first_attempt_at = COALESCE(d.first_attempt_at, c.started_at),
+    attempt_count = d.attempt_count + 1, first_attempt_at = COALESCE(d.first_attempt_at, c.started_at),
     superseded_by = NULL, last_error = COALESCE(c.last_error, d.last_error), updated_at = c.ended_at
   FROM cur c WHERE d.seq = ANY (ARRAY(SELECT seq FROM cur)) AND d.seq = c.seq
   RETURNING ${DELIVERY_COLUMNS}`;
@@ -1117,7 +1117,7 @@ export class PostgresStore implements Store {
          state = CASE WHEN e.newer_id IS NOT NULL THEN 'superseded' WHEN e.frozen THEN 'retrying' ELSE 'pending' END,
          superseded_by = e.newer_id,
          next_attempt_at = CASE WHEN e.newer_id IS NOT NULL THEN NULL ELSE t.next_attempt_at END,
-         lease_owner = NULL, lease_losses = t.lease_losses + 1, updated_at = $1
+         lease_owner = NULL, updated_at = $1
        FROM expired e WHERE t.seq = e.seq AND t.seq = ANY (ARRAY(SELECT seq FROM expired))
        RETURNING ${supersededColumns('t')}`,
       [now],
@@ -1390,8 +1390,7 @@ export class PostgresStore implements Store {
       }
       const updated = await c.query<DeliveryRow>(
         `UPDATE deliveries d SET state = $1, next_attempt_at = $2, lease_owner = NULL,
-           attempt_count = attempt_count + 1, lease_losses = 0, first_attempt_at = COALESCE(first_attempt_at, $3),
-           superseded_by = $4,
+           attempt_count = attempt_count + 1, first_attempt_at = COALESCE(first_attempt_at, $3), superseded_by = $4,
            last_error = CASE WHEN $5 THEN last_error ELSE $6 END, updated_at = $7
          WHERE d.seq = $8 RETURNING ${DELIVERY_COLUMNS}`,
         [state, next, attempt.startedAt, supersededBy, nextState === 'delivered', reason, endedAt, row.seq],
@@ -1493,7 +1492,7 @@ export class PostgresStore implements Store {
       if (row.state === 'retrying' || row.state === 'pending') {
         // Made due now when it was waiting (a retry's backoff, a claim given back for later).
         const updated = await c.query<DeliveryRow>(
-          `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), lease_losses = 0, updated_at = $1,
+          `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1,
              traceparent = COALESCE($3, traceparent) WHERE d.seq = $2 RETURNING ${DELIVERY_COLUMNS}`,
           [now, row.seq, traceparent],
         );
@@ -1503,7 +1502,7 @@ export class PostgresStore implements Store {
         // Still the contact's newest: the same id and the same bytes again (ARCHITECTURE §1).
         const updated = await c.query<DeliveryRow>(
           `UPDATE deliveries d SET state = $1, next_attempt_at = $2, superseded_by = NULL, lease_owner = NULL,
-             lease_losses = 0, updated_at = $2, traceparent = COALESCE($4, traceparent) WHERE d.seq = $3 RETURNING ${DELIVERY_COLUMNS}`,
+             updated_at = $2, traceparent = COALESCE($4, traceparent) WHERE d.seq = $3 RETURNING ${DELIVERY_COLUMNS}`,
           [row.body === null ? 'pending' : 'retrying', now, row.seq, traceparent],
         );
         return { delivery: deliveryFromRow(updated.rows[0]!), replacedByNewer: false };

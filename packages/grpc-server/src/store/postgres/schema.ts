@@ -139,12 +139,4 @@ ALTER TABLE deliveries ADD CONSTRAINT deliveries_leased_in_flight CHECK ((state 
     // this index no statement of the store needs a sequential scan.
     sql: `CREATE INDEX webhooks_enabled ON webhooks (account_id) WHERE enabled;`,
   },
-  {
-    version: 7,
-    name: 'lease losses of a delivery',
-    // Leases taken back since the delivery's last recorded attempt (Delivery.leaseLosses): a delivery whose attempt
-    // kills every process that makes it is given up instead of tried forever. A constant default: PostgreSQL 11 and
-    // later add the column without rewriting the table.
-    sql: `ALTER TABLE deliveries ADD COLUMN lease_losses integer NOT NULL DEFAULT 0;`,
-  },
 ];

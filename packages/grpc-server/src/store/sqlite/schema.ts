@@ -148,14 +148,6 @@ CREATE INDEX messages_contact ON messages (account_key, external_customer_id, cr
 CREATE INDEX messages_expiry ON messages (expires_at);
 `,
   },
-  {
-    version: 5,
-    name: 'lease losses of a delivery',
-    // Leases taken back since the delivery's last recorded attempt (Delivery.leaseLosses): a delivery whose attempt
-    // kills every process that makes it is given up instead of tried forever. SQLite adds a column with a constant
-    // default without rewriting the table.
-    sql: `ALTER TABLE deliveries ADD COLUMN lease_losses INTEGER NOT NULL DEFAULT 0;`,
-  },
 ];
 
 /**

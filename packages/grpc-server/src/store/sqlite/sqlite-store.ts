@@ -96,7 +96,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
 const WAL_AUTOCHECKPOINT_PAGES = 16_384;
 
 const DELIVERY_COLUMNS = `seq, id, account_key, external_customer_id, state, created_at, updated_at, next_attempt_at,
-  lease_owner, attempt_count, first_attempt_at, body, message_ids, superseded_by, last_error, traceparent, lease_losses`;
+  lease_owner, attempt_count, first_attempt_at, body, message_ids, superseded_by, last_error, traceparent`;
 
 /** A delivery row of this engine: the account by its key. */
 type SqliteDeliveryRow = Omit<DeliveryRow, 'account_id'> & { account_key: number };
@@ -626,8 +626,7 @@ export class SqliteStore implements Store {
       if (row.newer_id !== null) this.#supersede(row.seq, row.newer_id, now);
       else {
         this.#q(
-          `UPDATE deliveries SET state = ?, lease_owner = NULL, lease_losses = lease_losses + 1, updated_at = ?
-           WHERE seq = ? AND state = 'in_flight'`,
+          `UPDATE deliveries SET state = ?, lease_owner = NULL, updated_at = ? WHERE seq = ? AND state = 'in_flight'`,
         ).run(row.frozen ? 'retrying' : 'pending', now, row.seq);
       }
     }
@@ -751,7 +750,7 @@ export class SqliteStore implements Store {
       }
       const updated = this.#q(
         `UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, attempt_count = attempt_count + 1,
-           lease_losses = 0, first_attempt_at = COALESCE(first_attempt_at, ?), superseded_by = ?,
+           first_attempt_at = COALESCE(first_attempt_at, ?), superseded_by = ?,
            last_error = CASE WHEN ? THEN last_error ELSE ? END, updated_at = ?
          WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
       ).get(
@@ -857,7 +856,7 @@ export class SqliteStore implements Store {
       if (row.state === 'retrying' || row.state === 'pending') {
         // Made due now when it was waiting (a retry's backoff, a claim given back for later).
         const updated = this.#q(
-          `UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?), lease_losses = 0, updated_at = ?,
+          `UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?,
              traceparent = COALESCE(?, traceparent) WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
         ).get(now, now, traceparent, seq) as SqliteDeliveryRow;
         return { delivery: this.#delivery(updated), replacedByNewer: false };
@@ -866,8 +865,7 @@ export class SqliteStore implements Store {
         // Still the contact's newest: the same id and the same bytes again (ARCHITECTURE §1).
         const updated = this.#q(
           `UPDATE deliveries SET state = ?, next_attempt_at = ?, superseded_by = NULL, lease_owner = NULL,
-             lease_losses = 0, updated_at = ?, traceparent = COALESCE(?, traceparent) WHERE seq = ?
-           RETURNING ${DELIVERY_COLUMNS}`,
+             updated_at = ?, traceparent = COALESCE(?, traceparent) WHERE seq = ? RETURNING ${DELIVERY_COLUMNS}`,
         ).get(row.body === null ? 'pending' : 'retrying', now, now, traceparent, seq) as SqliteDeliveryRow;
         return { delivery: this.#delivery(updated), replacedByNewer: false };
       }

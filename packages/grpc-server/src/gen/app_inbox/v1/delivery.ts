@@ -160,11 +160,7 @@ export interface Attempt {
   statusCode?:
     | number
     | undefined;
-  /**
-   * Stable error kind when no answer came: `timeout`, `refused`, `reset`, `dns`, `tls`, ...; `lease_lost` for
-   * the attempt that gave the delivery up, without a request, after its claim was lost too many times in a row
-   * (see Delivery.lease_losses).
-   */
+  /** Stable error kind when no answer came: `timeout`, `refused`, `reset`, `dns`, `tls`, ... */
   errorKind?:
     | string
     | undefined;
@@ -206,8 +202,7 @@ export interface Delivery {
     | undefined;
   /**
    * Short reason of the last failure, e.g. `http_400`, `timeout`, `tls`; prefixed by why retries
-   * stopped when they ran out: `max_attempts:http_503`, `max_age:timeout`; `lease_lost:3` when it was given up
-   * after its claim was lost 3 times in a row (see lease_losses).
+   * stopped when they ran out: `max_attempts:http_503`, `max_age:timeout`.
    */
   lastError?:
     | string
@@ -219,13 +214,6 @@ export interface Delivery {
    * with `include_body`.
    */
   body: Buffer;
-  /**
-   * Claims of this delivery taken back since its last attempt was recorded (or it was last replayed): each one a
-   * server process that claimed it and neither recorded an attempt nor gave it back, because it crashed, was killed
-   * or stalled past its lease. After `--max-lease-losses` of them in a row the delivery is failed without another
-   * request (`lease_lost:<n>`), so that a delivery whose attempt kills the process is not tried forever.
-   */
-  leaseLosses: number;
 }
 
 /** Request of DeliveryService.GetDelivery. */
@@ -542,7 +530,6 @@ function createBaseDelivery(): Delivery {
     lastError: undefined,
     attempts: [],
     body: Buffer.alloc(0),
-    leaseLosses: 0,
   };
 }
 
@@ -589,9 +576,6 @@ export const Delivery: MessageFns<Delivery> = {
     }
     if (message.body.length !== 0) {
       writer.uint32(114).bytes(message.body);
-    }
-    if (message.leaseLosses !== 0) {
-      writer.uint32(120).uint32(message.leaseLosses);
     }
     return writer;
   },
@@ -721,14 +705,6 @@ export const Delivery: MessageFns<Delivery> = {
             message.body = Buffer.from(reader.bytes());
             continue;
           }
-          case 15: {
-            if (tag !== 120) {
-              break;
-            }
-
-            message.leaseLosses = reader.uint32();
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -799,11 +775,6 @@ export const Delivery: MessageFns<Delivery> = {
         ? object.attempts.map((e: any) => Attempt.fromJSON(e))
         : [],
       body: isSet(object.body) ? Buffer.from(bytesFromBase64(object.body)) : Buffer.alloc(0),
-      leaseLosses: isSet(object.leaseLosses)
-        ? globalThis.Number(object.leaseLosses)
-        : isSet(object.lease_losses)
-        ? globalThis.Number(object.lease_losses)
-        : 0,
     };
   },
 
@@ -851,9 +822,6 @@ export const Delivery: MessageFns<Delivery> = {
     if (message.body.length !== 0) {
       obj.body = base64FromBytes(message.body);
     }
-    if (message.leaseLosses !== 0) {
-      obj.leaseLosses = Math.round(message.leaseLosses);
-    }
     return obj;
   },
 
@@ -876,7 +844,6 @@ export const Delivery: MessageFns<Delivery> = {
     message.lastError = object.lastError ?? undefined;
     message.attempts = object.attempts?.map((e) => Attempt.fromPartial(e)) || [];
     message.body = object.body ?? Buffer.alloc(0);
-    message.leaseLosses = object.leaseLosses ?? 0;
     return message;
   },
 };
