@@ -640,8 +640,10 @@ export class DeliveryEngine {
       lane.claiming = false;
     }
     if (this.#stopping.signal.aborted) {
-      // Claimed while stop() began: give them straight back.
-      for (const claim of claims) this.#track(this.#release(claim, 'stopping'));
+      // Claimed while stop() began: give them straight back, but for one of a delivery this process is still sending
+      // (its lease ran out under it): that one goes to the attempt under way, which records under it or gives it back
+      // when it ends. Given back now, the delivery would be due again with its request still out.
+      for (const claim of claims) if (!this.#handOver(claim)) this.#track(this.#release(claim, 'stopping'));
       return 'idle';
     }
     for (const claim of claims) this.#dispatch(claim, lane);

@@ -57,7 +57,7 @@ async function setUp(handler: Handler, options: Partial<EngineOptions> = {}, wra
       'delivered',
       10_000,
     );
-  return { store, r, clock, log, delivered };
+  return { store, r, clock, log, delivered, engine };
 }
 
 /** Answers 200 after 1.5 s (within the 3 s request timeout). */
@@ -127,5 +127,38 @@ describe('a claim taken back by its own process while its request is out', () =>
     await sleep(300);
     // One 503, then one retry answered 200: two requests, two recorded attempts.
     expect({ requests: r.requests.length, attempts: done.attempts.length }).toEqual({ requests: 2, attempts: 2 });
+  });
+
+  it('is handed over, not given back, when stop() begins while the claim is on its way', async () => {
+    // The claim that took the delivery back returns just after stop() began. Given back then (as the other claims
+    // of that moment are), the delivery was due again in the store with its request still out: another process
+    // could send it beside it, and this attempt's outcome was refused (its claim gone) and never recorded.
+    const hold: { engine?: DeliveryEngine; stopped?: Promise<void> } = {};
+    const stopDuringReclaim = (store: Store) =>
+      new Proxy(store, {
+        get(target, property) {
+          if (property === 'claimDue') {
+            return async (options: Parameters<Store['claimDue']>[0]) => {
+              const claimed = await target.claimDue(options);
+              if (hold.engine !== undefined && claimed.length > 0) hold.stopped ??= hold.engine.stop(5_000);
+              return claimed;
+            };
+          }
+          const value = Reflect.get(target, property, target) as unknown;
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+    const { store, r, clock, log, engine } = await setUp(slowOk, { leaseMs: 4_000 }, stopDuringReclaim);
+    hold.engine = engine;
+    const deliveryId = (await store.listDeliveries({ accountId: 'acc' }, 10, null)).deliveries[0]!.id;
+    clock.offset = 10_000; // the next claim takes the delivery back
+    await waitFor(() => hold.stopped !== undefined, 'stop() during the claim');
+    expect((await store.getDelivery(deliveryId))?.delivery.state, JSON.stringify(log)).toBe('in_flight');
+    await hold.stopped;
+    const done = await store.getDelivery(deliveryId);
+    expect(
+      { state: done?.delivery.state, attempts: done?.attempts.length, requests: r.requests.length },
+      JSON.stringify(log),
+    ).toEqual({ state: 'delivered', attempts: 1, requests: 1 });
   });
 });
