@@ -163,6 +163,45 @@ describe('withSealedSecrets over the SQLite store', () => {
     });
   });
 
+  it('never undoes an UpsertWebhook or a DeleteWebhook that answered OK while it was re-sealing', async () => {
+    await withSealedSecrets(raw, box).upsertWebhook('saved', config(), T0);
+    await withSealedSecrets(raw, box).upsertWebhook('deleted', config(), T0);
+    const rotated = createSecretBox({ keys: [k2, k1], primaryKeyId: 'k2' });
+    // A server process (with the rotated keys) answers a call between the reseal's read and its write.
+    const server = withSealedSecrets(raw, rotated);
+    const between: Record<string, () => Promise<unknown>> = {
+      saved: () => server.upsertWebhook('saved', { ...config('the new password'), enabled: false }, T0 + 5),
+      deleted: () => server.deleteWebhook('deleted'),
+    };
+    const racing = new Proxy(raw, {
+      get(target, property) {
+        if (property !== 'getWebhook') {
+          const value: unknown = Reflect.get(target, property, target);
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        }
+        return async (accountId: string) => {
+          const read = await target.getWebhook(accountId);
+          const call = between[accountId];
+          delete between[accountId];
+          await call?.();
+          return read;
+        };
+      },
+    });
+
+    const report = await resealAllWebhookSecrets(racing, rotated, T0 + 10);
+    expect(report.failed).toEqual([]);
+    // The save stands (disabled, its new password), sealed with the primary key by the server.
+    await expect(server.getWebhook('saved')).resolves.toMatchObject({
+      enabled: false,
+      auth: { password: 'the new password' },
+      updatedAt: T0 + 5,
+    });
+    expect((await raw.getWebhook('saved'))?.auth?.password.startsWith('enc:v1:k2:')).toBe(true);
+    // The deleted webhook stays deleted.
+    await expect(raw.getWebhook('deleted')).resolves.toBeNull();
+  });
+
   it('resealAllWebhookSecrets rotates every account page by page and reports the ones it cannot open', async () => {
     const old = withSealedSecrets(raw, box);
     for (let i = 0; i < 5; i++) await old.upsertWebhook(`acct-${i}`, config(), T0);

@@ -4,6 +4,7 @@
  * plaintext secret and neither needs to know about encryption. @see issue 7 "Secrets at rest"
  */
 import type { WebhookConfig } from '@app-inbox/core';
+import { StoreError } from '../store/errors.js';
 import type { ClaimedDelivery, Store, WebhookRecord } from '../store/types.js';
 import type { SecretBox } from './secrets.js';
 
@@ -56,15 +57,25 @@ export interface SealedStoreOptions {
 }
 
 /**
- * Wraps a store so that `upsertWebhook` seals, and `upsertWebhook`, `getWebhook` and `claimDue` open, the
- * webhook's secrets (`getWebhook` leaves one it cannot open sealed); every other method is the store's own. Callers keep seeing plaintext; the database
- * only sees `enc:v1:...`. A method added to Store later that returns a WebhookRecord must be added here.
+ * Wraps a store so that `upsertWebhook` and `replaceWebhookIfUnchanged` seal, and they, `getWebhook` and `claimDue`
+ * open, the webhook's secrets (`getWebhook` leaves one it cannot open sealed); every other method is the store's own.
+ * Callers keep seeing plaintext; the database only sees `enc:v1:...`. A method added to Store later that returns a
+ * WebhookRecord must be added here.
  */
 export function withSealedSecrets<S extends Store>(store: S, box: SecretBox, options: SealedStoreOptions = {}): S {
   const retryDelayMs = options.retryDelayMs ?? 60_000;
-  const overrides: Pick<Store, 'upsertWebhook' | 'getWebhook' | 'claimDue'> = {
+  const overrides: Pick<Store, 'upsertWebhook' | 'replaceWebhookIfUnchanged' | 'getWebhook' | 'claimDue'> = {
     async upsertWebhook(accountId, config, now) {
       return openWebhookSecrets(await store.upsertWebhook(accountId, sealWebhookSecrets(config, box), now), box);
+    },
+    async replaceWebhookIfUnchanged(accountId, config, now, ifUpdatedAt) {
+      const record = await store.replaceWebhookIfUnchanged(
+        accountId,
+        sealWebhookSecrets(config, box),
+        now,
+        ifUpdatedAt,
+      );
+      return record === null ? null : openWebhookSecrets(record, box);
     },
     async getWebhook(accountId) {
       const record = await store.getWebhook(accountId);
@@ -107,10 +118,17 @@ export function withSealedSecrets<S extends Store>(store: S, box: SecretBox, opt
   });
 }
 
+/** Reads of a webhook saved again each time between a re-seal's read and its write before the re-seal gives up. */
+const RESEAL_TRIES = 10;
+
 /**
  * Re-encrypts one account's secrets with the primary key when they are sealed with an older key or not
  * sealed at all (rotation step 3). Takes the RAW store (not the wrapper), so it sees what is stored.
  * Returns true when the webhook was rewritten. The webhook's `updatedAt` changes.
+ *
+ * The write goes through only while the webhook is still the save it read: an UpsertWebhook or DeleteWebhook
+ * answered OK in between stands (the save is read again; a server seals with the primary key too).
+ * @throws StoreError `conflict` when the webhook was saved again between every read and write of {@link RESEAL_TRIES}
  */
 export async function resealWebhookSecrets(
   rawStore: Store,
@@ -118,12 +136,15 @@ export async function resealWebhookSecrets(
   accountId: string,
   now: number,
 ): Promise<boolean> {
-  const stored = await rawStore.getWebhook(accountId);
-  if (stored === null || !webhookNeedsRotation(stored, box)) return false;
-  // Everything but the record's own bookkeeping goes back in, so settings added to WebhookConfig later survive.
-  const { accountId: _id, createdAt: _created, updatedAt: _updated, ...config } = stored;
-  await rawStore.upsertWebhook(accountId, sealWebhookSecrets(openWebhookSecrets(config, box), box), now);
-  return true;
+  for (let tries = 0; tries < RESEAL_TRIES; tries++) {
+    const stored = await rawStore.getWebhook(accountId);
+    if (stored === null || !webhookNeedsRotation(stored, box)) return false;
+    // Everything but the record's own bookkeeping goes back in, so settings added to WebhookConfig later survive.
+    const { accountId: _id, createdAt: _created, updatedAt, ...config } = stored;
+    const sealed = sealWebhookSecrets(openWebhookSecrets(config, box), box);
+    if ((await rawStore.replaceWebhookIfUnchanged(accountId, sealed, now, updatedAt)) !== null) return true;
+  }
+  throw new StoreError('conflict', `the webhook of ${accountId} was saved again during each of ${RESEAL_TRIES} tries`);
 }
 
 /** What {@link resealAllWebhookSecrets} did. */
@@ -142,8 +163,7 @@ export interface ResealReport {
  * Takes the RAW store. A webhook that cannot be opened is reported, not fatal, so one broken row does not
  * stop the others; keep its old key loaded until it is fixed or deleted.
  *
- * Each webhook is read and rewritten in two steps: an UpsertWebhook of the same account between them would
- * be overwritten, so run it when no caller is changing webhooks (SECURITY.md "Key rotation").
+ * Safe while servers serve: see {@link resealWebhookSecrets} (SECURITY.md "Key rotation").
  */
 export async function resealAllWebhookSecrets(
   rawStore: Store,

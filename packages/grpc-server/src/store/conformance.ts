@@ -221,6 +221,23 @@ export function storeConformanceSuite(
         expect(await store.getWebhook(acct)).toEqual(replaced);
       });
 
+      it('replaceWebhookIfUnchanged replaces only the save it names, and never creates a webhook', async () => {
+        const acct = await withWebhook();
+        const other = { url: 'http://other.example/x', maxMessagesPerContact: 5, enabled: false };
+        // Saved again since T0: nothing changes.
+        const saved = await store.upsertWebhook(acct, webhook(), T0 + 5);
+        await expect(store.replaceWebhookIfUnchanged(acct, other, T0 + 10, T0)).resolves.toBeNull();
+        expect(await store.getWebhook(acct)).toEqual(saved);
+        // Still the save it names: replaced, createdAt kept.
+        const replaced = await store.replaceWebhookIfUnchanged(acct, other, T0 + 10, T0 + 5);
+        expect(replaced).toEqual({ ...other, accountId: acct, messageTtlMs: DAY, createdAt: T0, updatedAt: T0 + 10 });
+        expect(await store.getWebhook(acct)).toEqual(replaced);
+        // Deleted: stays deleted.
+        await store.deleteWebhook(acct);
+        await expect(store.replaceWebhookIfUnchanged(acct, other, T0 + 20, T0 + 10)).resolves.toBeNull();
+        expect(await store.getWebhook(acct)).toBeNull();
+      });
+
       it('lists the accounts that have a webhook in ascending pages (for re-sealing secrets)', async () => {
         const prefix = account();
         const mine = [`${prefix}-b`, `${prefix}-a`, `${prefix}-c`];

@@ -232,6 +232,18 @@ export interface Store {
     config: WebhookConfig & { messageTtlMs?: number },
     now: number,
   ): Promise<WebhookRecord>;
+  /**
+   * Replaces the configuration of the account's webhook as {@link Store.upsertWebhook} does, but only while it is
+   * still the save read with `updatedAt` = `ifUpdatedAt`; never creates one. Null, changing nothing, when the webhook
+   * was saved again or deleted since. For rewrites that are not a caller's save (re-sealing secrets after a key
+   * rotation, SECURITY.md): a save or a delete answered OK between their read and their write must stand.
+   */
+  replaceWebhookIfUnchanged(
+    accountId: string,
+    config: WebhookConfig & { messageTtlMs?: number },
+    now: number,
+    ifUpdatedAt: number,
+  ): Promise<WebhookRecord | null>;
   getWebhook(accountId: string): Promise<WebhookRecord | null>;
   /**
    * Account ids that have a webhook, ascending, after `afterAccountId` (exclusive; null from the start), at

@@ -744,6 +744,24 @@ export class PostgresStore implements Store {
     return webhookFromRow(rows[0]!);
   }
 
+  async replaceWebhookIfUnchanged(
+    accountId: string,
+    config: WebhookConfig & { messageTtlMs?: number },
+    now: number,
+    ifUpdatedAt: number,
+  ): Promise<WebhookRecord | null> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    assertTime('ifUpdatedAt', ifUpdatedAt);
+    const stored = webhookToStored(config);
+    const { rows } = await this.#query<WebhookRow>(
+      `UPDATE webhooks SET config = $2, enabled = $3, message_ttl_ms = $4, updated_at = $5
+       WHERE account_id = $1 AND updated_at = $6 RETURNING *`,
+      [accountId, stored.json, stored.enabled, stored.messageTtlMs, now, ifUpdatedAt],
+    );
+    return rows[0] === undefined ? null : webhookFromRow(rows[0]);
+  }
+
   async getWebhook(accountId: string): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
     // Named, so its columns are listed (a prepared `SELECT *` fails once a migration changes the table): it runs

@@ -379,6 +379,26 @@ export class SqliteStore implements Store {
     return webhookFromRow(row);
   }
 
+  async replaceWebhookIfUnchanged(
+    accountId: string,
+    config: WebhookConfig & { messageTtlMs?: number },
+    now: number,
+    ifUpdatedAt: number,
+  ): Promise<WebhookRecord | null> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    assertTime('ifUpdatedAt', ifUpdatedAt);
+    const stored = webhookToStored(config);
+    // One statement, committed on its own: the writes asked for before it go first.
+    this.#flushBeforeOthers();
+    const row = this.#q(
+      `UPDATE webhooks SET config = ?, enabled = ?, message_ttl_ms = ?, updated_at = ?
+       WHERE account_id = ? AND updated_at = ? RETURNING *`,
+    ).get(stored.json, stored.enabled ? 1 : 0, stored.messageTtlMs, now, accountId, ifUpdatedAt) as
+      WebhookRow | undefined;
+    return row === undefined ? null : webhookFromRow(row);
+  }
+
   async getWebhook(accountId: string): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
     const row = this.#q('SELECT * FROM webhooks WHERE account_id = ?').get(accountId) as WebhookRow | undefined;
