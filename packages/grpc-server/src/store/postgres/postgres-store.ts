@@ -582,7 +582,14 @@ export class PostgresStore implements Store {
     });
     // An idle connection that breaks must not crash the process: the next query reports the problem.
     this.#pool.on('error', () => undefined);
-    this.#pool.on('connect', (client) => this.#connections.add(client));
+    this.#pool.on('connect', (client) => {
+      this.#connections.add(client);
+      // Nor one that breaks while checked out for a transaction (the database restarted, the backend was terminated):
+      // the pool listens to a connection only while it is idle, and a client emits its error besides failing its
+      // query, so with no listener it was thrown and the process died. The query's failure is the caller's error,
+      // and the pool drops the broken connection when it is given back.
+      client.on('error', () => undefined);
+    });
     this.#pool.on('remove', (client) => this.#connections.delete(client));
   }
 
