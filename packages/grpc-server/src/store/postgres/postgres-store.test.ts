@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import type { StoredMessage } from '@app-inbox/core';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -1419,6 +1420,64 @@ describe('PostgresStore', () => {
       await locker.query('ROLLBACK').catch(() => undefined);
       await locker.end();
       await store.close();
+    }
+  });
+
+  it("ends the session of a process stalled inside a transaction: another process's publish does not wait on it", async () => {
+    // Process A reaches the database through a relay that stops forwarding (both ways, sockets kept open) right after
+    // A's ResyncContacts sent its SELECT ... FOR UPDATE of the contact's pending delivery: A is stalled (SIGSTOP, a VM
+    // pause, a host gone) inside its transaction, the row locked. Process B then publishes to that contact.
+    let frozen = false;
+    const sockets = new Set<Socket>();
+    const target = new URL(db.url);
+    const relay = createServer((client) => {
+      const upstream = connect(Number(target.port || 5432), target.hostname);
+      for (const socket of [client, upstream]) {
+        sockets.add(socket);
+        socket.on('error', () => undefined);
+      }
+      client.on('data', (chunk: Buffer) => {
+        if (frozen) return;
+        upstream.write(chunk);
+        if (chunk.includes('FOR UPDATE')) frozen = true;
+      });
+      upstream.on('data', (chunk: Buffer) => void (frozen || client.write(chunk)));
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const viaRelay = new URL(db.url);
+    viaRelay.hostname = '127.0.0.1';
+    viaRelay.port = String((relay.address() as AddressInfo).port);
+    const b = await openPostgresStore({ connectionString: db.url, poolSize: 2 });
+    const a = await openPostgresStore({
+      connectionString: viaRelay.toString(),
+      poolSize: 1,
+      idleInTransactionTimeoutMs: 300,
+      closeTimeoutMs: 100,
+    });
+    try {
+      const account = `acct-${randomUUID()}`;
+      await b.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: false }, T0);
+      await b.publish({ accountId: account, now: T0, messages: [storedMessage('c')] });
+      const stalled = a.resync(account, ['c'], T0).then(
+        () => 'resynced',
+        () => 'failed',
+      );
+      await vi.waitFor(() => expect(frozen).toBe(true), { timeout: 10_000 });
+      const published = b
+        .publish({ accountId: account, now: T0 + 1, messages: [storedMessage('c')] })
+        .then((result) => result.inserted);
+      // Without the timeout B waits for as long as A is stalled (here: for ever).
+      const waitedFor = await Promise.race([
+        published,
+        new Promise((r) => setTimeout(() => r('still waiting'), 15_000)),
+      ]);
+      expect(waitedFor).toBe(1);
+      expect(await Promise.race([stalled, 'still stalled'])).toBe('still stalled');
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => relay.close(() => resolve()));
+      await a.close();
+      await b.close();
     }
   });
 

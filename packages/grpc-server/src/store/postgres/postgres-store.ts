@@ -92,6 +92,16 @@ export interface PostgresStoreOptions {
    */
   closeTimeoutMs?: number;
   /**
+   * `idle_in_transaction_session_timeout` of the store's sessions (ms): PostgreSQL ends a session of this process
+   * that stays this long inside a transaction without a statement running. A process stalled in the middle of one
+   * (SIGSTOP, a VM pause, a host gone without closing its sockets) held its row locks until it resumed, or until TCP
+   * keepalive gave up (hours): every other process's publishes to the contacts it had locked waited as long, and
+   * with them that process's pool. The store's transactions send their statements back to back, so a live one is
+   * never idle that long; one ended so fails, and nothing it did is kept. Default 30,000 (under the default lease,
+   * so a stalled claim's locks are gone before its lease ends); 0 turns it off.
+   */
+  idleInTransactionTimeoutMs?: number;
+  /**
    * Publishes of at most this many messages run as a named statement, parsed once per connection; larger ones
    * are parsed and planned at each call (see {@link PostgresStore.publish}). Default 64; 0 parses every call.
    */
@@ -544,6 +554,12 @@ export class PostgresStore implements Store {
       listenReconnectMs: assertInt('listenReconnectMs', options.listenReconnectMs ?? 1000, 1),
       connectTimeoutMs: assertInt('connectTimeoutMs', options.connectTimeoutMs ?? 10_000, 1),
       closeTimeoutMs: assertInt('closeTimeoutMs', options.closeTimeoutMs ?? 1_000, 0),
+      idleInTransactionTimeoutMs: assertInt(
+        'idleInTransactionTimeoutMs',
+        options.idleInTransactionTimeoutMs ?? 30_000,
+        0,
+        2_147_483_647,
+      ),
       namedPublishMaxMessages: assertInt('namedPublishMaxMessages', options.namedPublishMaxMessages ?? 64, 0, 10_000),
       claimMessagesMaxBytes: assertInt('claimMessagesMaxBytes', options.claimMessagesMaxBytes ?? 8 * 1024 * 1024, 0),
     };
@@ -567,7 +583,13 @@ export class PostgresStore implements Store {
     // as another process's take; a sweep or a claim behind a long lock); a client-side query_timeout gives up on a
     // statement the server may still commit (a recorded attempt reported as failed). A store that stops answering
     // cannot stop a shutdown: the engine abandons its calls after the deadline and close() cuts the connections.
+    // A session idle inside a transaction is ended (`idleInTransactionTimeoutMs`, set with the planner settings):
+    // that cuts no work, only the locks of a process that stopped in the middle of one.
     const connectTimeoutMs = this.#options.connectTimeoutMs;
+    const settings = [
+      ...SESSION_SETTINGS,
+      `SET idle_in_transaction_session_timeout = ${this.#options.idleInTransactionTimeoutMs}`,
+    ];
     this.#pool = new pg.Pool({
       connectionString: options.connectionString,
       max: poolSize,
@@ -577,7 +599,7 @@ export class PostgresStore implements Store {
         }
       },
       onConnect: async (client) => {
-        for (const setting of SESSION_SETTINGS) await client.query(setting).catch(() => undefined);
+        for (const setting of settings) await client.query(setting).catch(() => undefined);
       },
     });
     // An idle connection that breaks must not crash the process: the next query reports the problem.
