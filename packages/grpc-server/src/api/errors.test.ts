@@ -65,11 +65,16 @@ describe('API errors', () => {
     });
     const cannotConnect = Object.assign(new Error('the database system is starting up'), { code: '57P03' });
     const connectionFailure = Object.assign(new Error('connection failure'), { code: '08006' });
+    // The session of a process that stalled inside a transaction, ended by the store's idle-in-transaction timeout.
+    const idleEnded = Object.assign(new Error('terminating connection due to idle-in-transaction timeout'), {
+      code: '25P03',
+    });
     for (const error of [
       refused,
       adminShutdown,
       cannotConnect,
       connectionFailure,
+      idleEnded,
       new Error('Connection terminated unexpectedly'),
       new Error('timeout exceeded when trying to connect'),
     ]) {

@@ -100,8 +100,11 @@ const UNREACHABLE_ERRNO = new Set([
   'ENETUNREACH',
   'EAI_AGAIN',
 ]);
-/** PostgreSQL SQLSTATEs of a server that cannot serve now: shutting down, starting, out of connections. */
-const UNAVAILABLE_SQLSTATE = new Set(['57P01', '57P02', '57P03', '53300']);
+/**
+ * PostgreSQL SQLSTATEs of a server that cannot serve now: shutting down, starting, out of connections; and of a
+ * session it ended for idling inside a transaction (the store's idle-in-transaction timeout: this process stalled).
+ */
+const UNAVAILABLE_SQLSTATE = new Set(['57P01', '57P02', '57P03', '53300', '25P03']);
 
 /**
  * Whether `error` says the database cannot be reached (node-postgres passes socket errors and its own connection
