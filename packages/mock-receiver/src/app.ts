@@ -221,6 +221,11 @@ function intParam(value: unknown, field: string, violations: { field: string; de
   return Number(text);
 }
 
+/** The query parameters of `GET /__received`: any other is refused, so that a misspelt filter is not ignored. */
+const RECEIVED_QUERY = ['externalCustomerId', 'deliveryId', 'path', 'status', 'since', 'limit', 'summary'] as const;
+/** Values of `summary`: on, or off (the default). */
+const SUMMARY_VALUES: Readonly<Record<string, boolean>> = { '1': true, true: true, '0': false, false: false };
+
 function stringParam(value: unknown, field: string, violations: { field: string; description: string }[]) {
   if (value === undefined) return undefined;
   if (typeof value !== 'string') {
@@ -314,6 +319,15 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     const since = intParam(req.query.since, 'since', violations);
     const limit = intParam(req.query.limit, 'limit', violations);
     const summary = stringParam(req.query.summary, 'summary', violations);
+    if (summary !== undefined && !Object.hasOwn(SUMMARY_VALUES, summary)) {
+      violations.push({ field: 'summary', description: 'must be 1, true, 0 or false' });
+    }
+    // A misspelt filter (`externalCustomerID`) would otherwise answer every record as if it were the filtered list.
+    for (const name of Object.keys(req.query)) {
+      if (!(RECEIVED_QUERY as readonly string[]).includes(name)) {
+        violations.push({ field: name, description: `is not a known parameter (${RECEIVED_QUERY.join(', ')})` });
+      }
+    }
     if (violations.length > 0) {
       json(res, 400, { error: 'invalid_query', violations });
       return;
@@ -325,7 +339,7 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     if (since !== undefined) filter.since = since;
     let records = recorder.list(filter);
     if (limit !== undefined) records = limit === 0 ? [] : records.slice(-limit);
-    const brief = summary === '1' || summary === 'true';
+    const brief = summary !== undefined && SUMMARY_VALUES[summary] === true;
     json(res, 200, { stats: recorder.stats(), records: brief ? records.map(summarize) : records });
   });
   app.delete('/__received', (_req, res) => {

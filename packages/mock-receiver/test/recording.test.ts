@@ -97,6 +97,26 @@ describe('recording', () => {
     expect(repeated.json).toMatchObject({ violations: [{ field: 'limit', description: 'must be given once' }] });
   });
 
+  it('answers 400 naming an unknown query parameter or a bad summary, never an unfiltered list', async () => {
+    const receiver = await startReceiver();
+    await post(receiver, { deliveryId: 'd-1', body: [message('alice')] });
+    await post(receiver, { deliveryId: 'd-2', body: [message('bob')] });
+    // A misspelt filter (the parameter names are case-sensitive) would otherwise list every record as if filtered.
+    const typo = await getJson(receiver, '/__received?externalCustomerID=alice&summary=yes');
+    expect(typo.status).toBe(400);
+    expect((typo.json as { violations: { field: string }[] }).violations.map((v) => v.field)).toEqual([
+      'summary',
+      'externalCustomerID',
+    ]);
+    for (const summary of ['1', 'true', '0', 'false']) {
+      expect((await getJson(receiver, `/__received?summary=${summary}`)).status).toBe(200);
+    }
+    const full = await getJson(receiver, '/__received?summary=0&externalCustomerId=bob');
+    expect((full.json as { records: ReceivedRequest[] }).records.map((r) => r.body)).toEqual([
+      [expect.objectContaining({ externalCustomerId: 'bob' })],
+    ]);
+  });
+
   it('answers 400 with JSON, not 500, for a path parameter with a malformed percent-escape', async () => {
     const errors: unknown[] = [];
     const receiver = await startReceiver({ onError: (error) => errors.push(error) });
