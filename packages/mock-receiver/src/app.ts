@@ -304,7 +304,9 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
       json(res, 200, rules.set(body.value as ControlInput));
     } catch (error) {
       if (!(error instanceof MockReceiverError)) throw error;
-      json(res, 400, { error: error.code, message: error.message, violations: error.violations });
+      // A body that is not an object is named like the other faults of the body as a whole (invalid JSON).
+      const violations = error.violations.map((v) => (v.field === '' ? { ...v, field: 'body' } : v));
+      json(res, 400, { error: error.code, message: error.message, violations });
     }
   });
   app.delete('/__control', (_req, res) => json(res, 200, rules.clear()));

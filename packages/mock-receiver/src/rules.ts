@@ -260,7 +260,9 @@ export interface PresetSettings {
 
 const controlInputSchema = z.strictObject({
   scenario: z.enum(SCENARIO_NAMES, { error: `must be one of ${SCENARIO_NAMES.join(', ')}` }).optional(),
-  rules: z.array(z.unknown(), { error: 'must be an array of rules' }).optional(),
+  // The rules' own schema, not checked afterwards: a bad scenario or an unknown field then names the rules' bad
+  // fields too, in one answer.
+  rules: z.array(ruleSchema, { error: 'must be an array of rules' }).optional(),
   append: z.boolean().optional(),
 });
 

@@ -229,7 +229,18 @@ describe('/__control', () => {
     });
     expect(bad.status).toBe(400);
     const fields = (bad.json as { violations: { field: string }[] }).violations.map((v) => v.field);
-    expect(fields).toEqual(expect.arrayContaining(['scenario', 'extra']));
+    // Every field: the rules' too, not only the top-level ones.
+    expect(fields).toEqual(
+      expect.arrayContaining(['scenario', 'extra', 'rules[0].answers[0].status', 'rules[0].answers[0].drip.chunks']),
+    );
+    for (const notAnObject of [[], 1, 'x', null]) {
+      const wrong = await sendJson(receiver, 'POST', '/__control', JSON.stringify(notAnObject));
+      expect({ notAnObject, status: wrong.status, json: wrong.json }).toMatchObject({
+        notAnObject,
+        status: 400,
+        json: { violations: [{ field: 'body', description: 'must be an object' }] },
+      });
+    }
     const invalidJson = await sendJson(receiver, 'POST', '/__control', '{oops');
     expect(invalidJson).toMatchObject({
       status: 400,
