@@ -24,7 +24,7 @@ import {
   type WatchDeliveriesRequest,
   type WatchDeliveriesResponse,
 } from '../gen/app_inbox/v1/delivery.js';
-import type { MessageServiceServer } from '../gen/app_inbox/v1/message.js';
+import { ContactDelivery, type MessageServiceServer } from '../gen/app_inbox/v1/message.js';
 import type { WebhookServiceServer } from '../gen/app_inbox/v1/webhook.js';
 import { ApiError, invalidArgument, toApiError, toServiceError, type FieldViolation } from './errors.js';
 import { deliveryToProto, outcomeToProto, webhookToProto } from './mapping.js';
@@ -39,8 +39,8 @@ import {
 } from './requests.js';
 
 /**
- * Encoded bytes of one ListDeliveries page at most (one delivery may be more): under grpc-js's default 4 MiB limit
- * on what a client receives, with room for the rest of the response.
+ * Encoded bytes of one ListDeliveries page at most (one delivery may be more), and of the deliveries listed by
+ * ResyncContacts: under grpc-js's default 4 MiB limit on what a client receives, with room for the rest of the response.
  */
 export const MAX_PAGE_BYTES = 3 * 1024 * 1024;
 
@@ -233,9 +233,19 @@ export function createApi(deps: ApiDependencies): Api {
         traceparent: currentTraceparent(),
       });
       if (deliveries.length > 0) deps.wake('first');
-      return {
-        deliveries: deliveries.map((d) => ({ externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId })),
-      };
+      // `all` schedules every contact of the account: one entry each could exceed what a client with gRPC's default
+      // 4 MiB receive limit takes (about 85,000 short contact ids), and it would get RESOURCE_EXHAUSTED for a resync
+      // that was committed. The list is cut to MAX_PAGE_BYTES; the count says how many were scheduled.
+      const listed = [];
+      let bytes = 0;
+      for (const d of deliveries) {
+        const entry = { externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId };
+        // The entry, its field tag and its length prefix.
+        bytes += ContactDelivery.encode(entry).finish().length + 4;
+        if (bytes > MAX_PAGE_BYTES) break;
+        listed.push(entry);
+      }
+      return { deliveries: listed, scheduledContacts: deliveries.length };
     }),
   };
 

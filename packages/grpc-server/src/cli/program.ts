@@ -505,7 +505,14 @@ Examples:
           all: o.all === true,
         });
         if (ctx.json) return ctx.out(json(ResyncContactsResponse.toJSON(response)));
-        ctx.out(`${count(response.deliveries.length)} contacts scheduled:\n${contactTable(response.deliveries)}`);
+        ctx.out(`${count(response.scheduledContacts)} contacts scheduled:\n${contactTable(response.deliveries)}`);
+        // The server lists as many as fit in its answer; a resync of all the contacts of a large account can be more.
+        const unlisted = response.scheduledContacts - response.deliveries.length;
+        if (unlisted > 0) {
+          ctx.out(
+            `${count(unlisted)} of them not in the answer (too many to list): deliveries list --account ${account} --state pending\n`,
+          );
+        }
       }),
     );
 

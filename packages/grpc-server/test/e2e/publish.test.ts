@@ -550,6 +550,33 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(pages.flat()).toEqual([...ids].reverse());
   });
 
+  it('answers a resync of all the contacts of a large account within what a default client can receive', async () => {
+    const acc = await account();
+    // Disabled: the deliveries stay pending, nothing is sent; long contact ids make the answer large with few contacts.
+    await t.clients.upsertWebhook({ accountId: acc, url: `${receiver.url}/in`, enabled: false });
+    const contact = (i: number) => `${'c'.repeat(200)}-${i}`;
+    const total = 20_000;
+    for (let start = 0; start < total; start += 10_000) {
+      const messages = Array.from({ length: 10_000 }, (_, i) => inboxMessage(contact(start + i)));
+      expect((await t.clients.publishMessages({ accountId: acc, messages })).accepted).toBe(10_000);
+    }
+    // One entry per contact was about 5 MB: a client with gRPC's default 4 MiB receive limit got RESOURCE_EXHAUSTED,
+    // although the resync was committed.
+    const resync = await t.clients.resyncContacts({ accountId: acc, externalCustomerIds: [], all: true });
+    expect(resync.scheduledContacts).toBe(total);
+    expect(resync.deliveries.length).toBeGreaterThan(0);
+    expect(resync.deliveries.length).toBeLessThan(total);
+    const listed = new Set(resync.deliveries.map((d) => d.externalCustomerId));
+    expect(listed.size).toBe(resync.deliveries.length);
+    // Each listed delivery is the contact's pending one, as the publish scheduled it.
+    const first = resync.deliveries[0];
+    const { delivery } = await t.clients.getDelivery({ deliveryId: first?.deliveryId ?? '' });
+    expect(delivery).toMatchObject({
+      externalCustomerId: first?.externalCustomerId,
+      state: DeliveryState.DELIVERY_STATE_PENDING,
+    });
+  });
+
   it('resyncs every contact of an account with all=true', async () => {
     const acc = await account();
     const published = await t.clients.publishMessages({
@@ -559,6 +586,7 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     for (const d of published.deliveries) await deliveryIn(t.clients, d.deliveryId, DELIVERED);
     const resync = await t.clients.resyncContacts({ accountId: acc, externalCustomerIds: [], all: true });
     expect(resync.deliveries.map((d) => d.externalCustomerId).sort()).toEqual(['r1', 'r2']);
+    expect(resync.scheduledContacts).toBe(2);
     await eventually(() =>
       receiver.records.list().filter((r) => r.answer.status === 200).length === 4 ? true : undefined,
     );

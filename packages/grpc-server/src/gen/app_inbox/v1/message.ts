@@ -117,8 +117,15 @@ export interface ResyncContactsRequest {
 
 /** Response of MessageService.ResyncContacts. */
 export interface ResyncContactsResponse {
-  /** One per scheduled contact. */
+  /**
+   * One per scheduled contact, as many as fit in 3 MiB encoded (under the 4 MiB a gRPC client receives by default):
+   * usually every one, but `all` on an account with many contacts (or 10,000 named contacts with long non-ASCII ids)
+   * can be more; `scheduled_contacts` says how many were scheduled, and ListDeliveries with state PENDING finds the
+   * others.
+   */
   deliveries: ContactDelivery[];
+  /** Contacts scheduled, listed in `deliveries` or not. */
+  scheduledContacts: number;
 }
 
 function createBaseInboxMessage(): InboxMessage {
@@ -833,13 +840,16 @@ export const ResyncContactsRequest: MessageFns<ResyncContactsRequest> = {
 };
 
 function createBaseResyncContactsResponse(): ResyncContactsResponse {
-  return { deliveries: [] };
+  return { deliveries: [], scheduledContacts: 0 };
 }
 
 export const ResyncContactsResponse: MessageFns<ResyncContactsResponse> = {
   encode(message: ResyncContactsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.deliveries) {
       ContactDelivery.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.scheduledContacts !== 0) {
+      writer.uint32(16).uint32(message.scheduledContacts);
     }
     return writer;
   },
@@ -865,6 +875,14 @@ export const ResyncContactsResponse: MessageFns<ResyncContactsResponse> = {
             message.deliveries.push(ContactDelivery.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.scheduledContacts = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -882,6 +900,11 @@ export const ResyncContactsResponse: MessageFns<ResyncContactsResponse> = {
       deliveries: globalThis.Array.isArray(object?.deliveries)
         ? object.deliveries.map((e: any) => ContactDelivery.fromJSON(e))
         : [],
+      scheduledContacts: isSet(object.scheduledContacts)
+        ? globalThis.Number(object.scheduledContacts)
+        : isSet(object.scheduled_contacts)
+        ? globalThis.Number(object.scheduled_contacts)
+        : 0,
     };
   },
 
@@ -889,6 +912,9 @@ export const ResyncContactsResponse: MessageFns<ResyncContactsResponse> = {
     const obj: any = {};
     if (message.deliveries?.length) {
       obj.deliveries = message.deliveries.map((e) => ContactDelivery.toJSON(e));
+    }
+    if (message.scheduledContacts !== 0) {
+      obj.scheduledContacts = Math.round(message.scheduledContacts);
     }
     return obj;
   },
@@ -899,6 +925,7 @@ export const ResyncContactsResponse: MessageFns<ResyncContactsResponse> = {
   fromPartial(object: DeepPartial<ResyncContactsResponse>): ResyncContactsResponse {
     const message = createBaseResyncContactsResponse();
     message.deliveries = object.deliveries?.map((e) => ContactDelivery.fromPartial(e)) || [];
+    message.scheduledContacts = object.scheduledContacts ?? 0;
     return message;
   },
 };
