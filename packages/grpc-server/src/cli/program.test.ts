@@ -86,6 +86,24 @@ describe('app-inbox commands', () => {
     }
   });
 
+  it('refuses a token that cannot be sent in a header (exit 2, naming the option), without printing it', async () => {
+    // grpc-js threw "Metadata string value \"Bearer <token>\" contains illegal characters" at the first call: an
+    // unexpected error (exit 1) whose message and stack printed the whole token, e.g. one read with a trailing CR.
+    const tokens = ['SEKRET-token-0123456789\r', 'SEKRET-tokén-0123456789', 'SEKRET-token-01234\u000156789'];
+    for (const token of tokens) {
+      for (const [args, env] of [
+        [['--address', '127.0.0.1:1', '--timeout', '1', 'webhook', 'get', 'a'], { APP_INBOX_TOKEN: token }],
+        [['--address', '127.0.0.1:1', '--timeout', '1', '--token', token, 'webhook', 'get', 'a'], {}],
+      ] as Array<[string[], Record<string, string>]>) {
+        const f = fakeIo(env);
+        expect(await runCli(args, f.io), JSON.stringify(token)).toBe(2);
+        expect(f.err()).toMatch(/^app-inbox: (--token|APP_INBOX_TOKEN): must be printable ASCII/);
+        expect(f.err()).not.toContain('SEKRET');
+        expect(f.out()).toBe('');
+      }
+    }
+  });
+
   it('takes host:port, a bare host or a gRPC target as the address, from --address, APP_INBOX_ADDRESS or the default', () => {
     expect(serverAddress(undefined, undefined)).toBe('127.0.0.1:50051');
     expect(serverAddress(undefined, 'inbox.internal:443')).toBe('inbox.internal:443');

@@ -16,7 +16,7 @@ import {
 } from '../gen/app_inbox/v1/delivery.js';
 import { PublishMessagesResponse, ResyncContactsResponse, type ContactDelivery } from '../gen/app_inbox/v1/message.js';
 import { GetWebhookResponse, UpsertWebhookResponse, type Webhook } from '../gen/app_inbox/v1/webhook.js';
-import { GrpcAuthConfigError } from '../security/grpc-auth.js';
+import { GrpcAuthConfigError, bearerTokenProblem } from '../security/grpc-auth.js';
 import { ApiClient } from './client.js';
 import { CliError, RpcError, isServiceError, rpcError } from './errors.js';
 import {
@@ -125,11 +125,16 @@ class Context {
       const g = this.globals;
       const env = this.io.env;
       const address = serverAddress(g.address, env.APP_INBOX_ADDRESS);
+      const token = g.token ?? env.APP_INBOX_TOKEN;
+      const problem = token ? bearerTokenProblem(token) : null;
+      if (problem !== null) {
+        throw new CliError('usage', `${g.token !== undefined ? '--token' : 'APP_INBOX_TOKEN'}: ${problem}`);
+      }
       try {
         this.#client = new ApiClient({
           address,
           timeoutMs: (g.timeout ?? CLI_DEFAULTS.timeoutSeconds) * 1000,
-          token: g.token ?? env.APP_INBOX_TOKEN,
+          token,
           tls: g.tls,
           caFile: g.caFile,
           certFile: g.certFile,

@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
+  GrpcAuthConfigError,
   clientCredentials,
   createAuthInterceptor,
   createTokenAuthenticator,
@@ -155,6 +156,16 @@ describe('createTokenAuthenticator', () => {
     }
     expect(message).toContain('tokens[0]: must be at least 16 characters without spaces');
     expect(message).not.toContain('has a space');
+  });
+
+  it('refuses a client token grpc-js cannot send, by name and without echoing it', () => {
+    // grpc-js threw at the first call, its message holding the whole `Bearer <token>` header value.
+    for (const token of [`${TOKEN}\r`, `${TOKEN}é`, `${TOKEN}\u0001`]) {
+      expect(() => clientCredentials({ token })).toThrow(GrpcAuthConfigError);
+      expect(() => clientCredentials({ token })).toThrow(/^--token: must be printable ASCII/);
+      expect(() => clientCredentials({ token })).not.toThrow(TOKEN);
+    }
+    expect(clientCredentials({ token: TOKEN }).interceptors).toHaveLength(1);
   });
 });
 

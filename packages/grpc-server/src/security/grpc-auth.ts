@@ -208,6 +208,16 @@ export interface ClientAccessOptions {
   token?: string | undefined;
 }
 
+/**
+ * Why `token` cannot be sent as `authorization: Bearer <token>`, or null when it can. grpc-js takes only printable
+ * ASCII in a header value and throws at the first call otherwise, with the whole value (the token) in its message.
+ * The token itself is never part of the answer.
+ */
+export function bearerTokenProblem(token: string): string | null {
+  if (/^[\x21-\x7e]+$/.test(token)) return null;
+  return 'must be printable ASCII without spaces or control characters (a trailing newline or CR from a file?); the token is not shown';
+}
+
 /** What a generated client constructor takes: `new Client(address, credentials, { interceptors })`. */
 export interface ClientAccess {
   credentials: grpc.ChannelCredentials;
@@ -233,6 +243,10 @@ export function clientCredentials(options: ClientAccessOptions = {}): ClientAcce
   }
   if (certFile && !keyFile) throw new GrpcAuthConfigError('--key-file: required when --cert-file is set');
   if (keyFile && !certFile) throw new GrpcAuthConfigError('--cert-file: required when --key-file is set');
+  if (token) {
+    const problem = bearerTokenProblem(token);
+    if (problem !== null) throw new GrpcAuthConfigError(`--token: ${problem}`);
+  }
   const useTls = options.tls === true || Boolean(caFile || certFile);
   const metadataFor = (t: string) => {
     const metadata = new grpc.Metadata();
