@@ -175,6 +175,17 @@ describe('security and circuit options (issue 7)', () => {
     expect(found.join()).not.toContain('short-secret');
   });
 
+  it('refuses a token no client can send (not printable ASCII), without echoing it', () => {
+    // Accepted before: the server started asking for a token that grpc-js clients cannot put in a header.
+    for (const bad of ['secret-token-0123456789\u0001', 'secret-tokén-0123456789']) {
+      const found = problems([], { APP_INBOX_GRPC_TOKENS: `good-token-0123456789,${bad}` });
+      expect(found).toEqual([
+        'APP_INBOX_GRPC_TOKENS entry 2 must be printable ASCII (a client cannot send other characters in a header)',
+      ]);
+      expect(found.join()).not.toContain('secret-tok');
+    }
+  });
+
   it('shows a refused store URL without its password (DATABASE_URL is often shared with other tools)', () => {
     expect(problems([], { DATABASE_URL: 'postgresql+psycopg2://app:hunter2@db/inbox' })).toEqual([
       '--store (from env DATABASE_URL) must be a file path, sqlite:PATH (not :memory:), or a postgres:// URL; got "postgresql+psycopg2://app:***@db/inbox"',

@@ -8,7 +8,7 @@
 import { Command, CommanderError } from 'commander';
 import { z } from 'zod';
 import { DEFAULT_BACKOFF } from '@app-inbox/core';
-import { MIN_TOKEN_LENGTH } from './security/grpc-auth.js';
+import { MIN_TOKEN_LENGTH, TOKEN_NOT_ASCII, isAsciiToken } from './security/grpc-auth.js';
 import { validateAddressPolicy } from './security/ssrf.js';
 import { redactCredentials } from './security/redact.js';
 
@@ -747,6 +747,8 @@ function securityProblems(c: ServerConfig): string[] {
     // The token itself is never echoed.
     if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) {
       out.push(`APP_INBOX_GRPC_TOKENS entry ${i + 1} must be at least ${MIN_TOKEN_LENGTH} characters without spaces`);
+    } else if (!isAsciiToken(token)) {
+      out.push(`APP_INBOX_GRPC_TOKENS entry ${i + 1} ${TOKEN_NOT_ASCII}`);
     }
   });
   if (c.secretKeys !== '' && c.secretKeyFile !== '') {

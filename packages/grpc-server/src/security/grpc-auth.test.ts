@@ -156,6 +156,9 @@ describe('createTokenAuthenticator', () => {
     }
     expect(message).toContain('tokens[0]: must be at least 16 characters without spaces');
     expect(message).not.toContain('has a space');
+    expect(() => createTokenAuthenticator(['secret-tokén-0123456789'])).toThrow(
+      /^tokens\[0\]: must be printable ASCII/,
+    );
   });
 
   it('refuses a client token grpc-js cannot send, by name and without echoing it', () => {

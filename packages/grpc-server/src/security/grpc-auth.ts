@@ -90,6 +90,15 @@ export type Authenticator = (metadata: grpc.Metadata) => boolean;
 /** Shortest accepted token (characters): a shorter one could be guessed. */
 export const MIN_TOKEN_LENGTH = 16;
 
+/**
+ * Why a token that has its length and no spaces is still refused: grpc-js clients send only printable ASCII in a
+ * header, so a server token with a control or non-ASCII character could never be presented.
+ */
+export const TOKEN_NOT_ASCII = 'must be printable ASCII (a client cannot send other characters in a header)';
+
+/** Whether `token` has only printable ASCII characters (spaces are refused on their own). */
+export const isAsciiToken = (token: string): boolean => /^[\x20-\x7e]*$/.test(token);
+
 const sha256 = (text: string): Buffer => createHash('sha256').update(text, 'utf8').digest();
 
 /**
@@ -107,6 +116,7 @@ export function createTokenAuthenticator(tokens: readonly string[]): Authenticat
         `tokens[${i}]: must be at least ${MIN_TOKEN_LENGTH} characters without spaces (openssl rand -hex 32)`,
       );
     }
+    if (!isAsciiToken(token)) throw new GrpcAuthConfigError(`tokens[${i}]: ${TOKEN_NOT_ASCII}`);
     return sha256(token);
   });
   return (metadata) => {

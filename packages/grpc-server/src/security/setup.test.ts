@@ -56,6 +56,18 @@ describe('grpcTokens (--grpc-token-file)', () => {
     expect(refusal('has a space in it 0123').message).not.toContain('has a space');
   });
 
+  it('refuses a line that is not printable ASCII (no client could send that token), naming the line only', () => {
+    // Accepted before: bytes that are not UTF-8 became U+FFFD, and the server asked for a token nobody can send.
+    const { message, file } = refusal(
+      Buffer.from([0xff, 0xfe, ...Buffer.from('secret-token-0123456789\n')]).toString('latin1'),
+    );
+    expect(message).toBe(
+      `--grpc-token-file: ${file} line 1: a token must be printable ASCII (a client cannot send other characters in a header)`,
+    );
+    expect(message).not.toContain('secret-token');
+    expect(refusal('secret-token-0123456789\u0001\n').message).toMatch(/line 1: a token must be printable ASCII/);
+  });
+
   it('names --grpc-token-file when the file cannot be read or holds no token', () => {
     const missing = join(tmpdir(), 'no-such-dir-grpc-tokens', 'tokens.txt');
     expect(refusal('', missing).message).toBe(`--grpc-token-file: cannot read ${missing} (ENOENT)`);

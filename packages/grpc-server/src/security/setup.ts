@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { GrpcAuthConfigError, MIN_TOKEN_LENGTH } from './grpc-auth.js';
+import { GrpcAuthConfigError, MIN_TOKEN_LENGTH, TOKEN_NOT_ASCII, isAsciiToken } from './grpc-auth.js';
 import {
   SecretBoxError,
   createSecretBox,
@@ -97,6 +97,9 @@ export function grpcTokens(tokens: readonly string[], tokenFile: string): string
       throw new GrpcAuthConfigError(
         `--grpc-token-file: ${tokenFile} line ${i + 1}: a token must be at least ${MIN_TOKEN_LENGTH} characters without spaces (openssl rand -hex 32; a comment is a line of its own starting with #)`,
       );
+    }
+    if (!isAsciiToken(line)) {
+      throw new GrpcAuthConfigError(`--grpc-token-file: ${tokenFile} line ${i + 1}: a token ${TOKEN_NOT_ASCII}`);
     }
     fromFile.push(line);
   });
