@@ -4,7 +4,7 @@ import { format, resolveConfig } from 'prettier';
 import { describe, expect, it } from 'vitest';
 import { configMarkdown } from './config-docs.js';
 import { ConfigError, DEFAULT_CONFIG, HelpShown, OPTION_SPECS, loadConfig } from './config.js';
-import { redactCredentials } from './security/redact.js';
+import { redactCredentials, redactedCommandLine } from './security/redact.js';
 
 function problems(argv: string[], env: NodeJS.ProcessEnv = {}): string[] {
   try {
@@ -219,6 +219,18 @@ describe('security and circuit options (issue 7)', () => {
     expect(redactCredentials('  ftp://u:s3cret@c:4318 ')).not.toContain('s3cret');
     expect(redactCredentials('/var/lib/app-inbox/inbox.db')).toBe('/var/lib/app-inbox/inbox.db');
     expect(redactCredentials('sqlite:/tmp/x.db')).toBe('sqlite:/tmp/x.db');
+  });
+
+  it('shows a command line without the credentials of its URLs (the process title), --name=value too', () => {
+    expect(
+      redactedCommandLine(['node', 'main.js', '--store', 'postgres://app:hunter2@db/inbox', '--log-level', 'debug']),
+    ).toBe('node main.js --store postgres://app:***@db/inbox --log-level debug');
+    expect(redactedCommandLine(['node', 'main.js', '--store=postgres://db/inbox?password=hunter2'])).toBe(
+      'node main.js --store=postgres://db/inbox?password=***',
+    );
+    // Nothing to hide: the title is left as it is.
+    expect(redactedCommandLine(['node', 'main.js', '--store', 'postgres://app@db/inbox'])).toBeNull();
+    expect(redactedCommandLine(['node', 'main.js', '--otlp-endpoint', 'http://c:4318'])).toBeNull();
   });
 
   it('redacts secrets given as query parameters: node-postgres passwords, collector tokens and keys', () => {

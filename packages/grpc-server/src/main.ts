@@ -9,6 +9,7 @@ import { LoggerOptionError, createLogger } from './observability/logger.js';
 import { MetricsServerOptionError } from './observability/metrics-server.js';
 import { TracingOptionError } from './observability/tracing.js';
 import { GrpcAuthConfigError } from './security/grpc-auth.js';
+import { hideCredentialsInProcessTitle } from './security/redact.js';
 import { SecretBoxError } from './security/secrets.js';
 import { StoreOpenError, startServer } from './server.js';
 
@@ -29,6 +30,8 @@ function readConfig(): ServerConfig {
 }
 
 async function main(): Promise<void> {
+  // `--store postgres://app:pass@...` is visible to every user in `ps` until the title replaces it.
+  hideCredentialsInProcessTitle();
   const config = readConfig();
   // Secrets (passwords, signing secrets, tokens, Authorization headers) are censored at any depth of every
   // line by the logger itself, and webhook URLs are cut to their origin: defence in depth, since no code

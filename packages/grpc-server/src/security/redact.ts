@@ -1,4 +1,5 @@
 /** Secrets out of what is shown: logs and error messages. @see SECURITY.md */
+import { readFileSync } from 'node:fs';
 
 /** `scheme://user:` … up to the last '@': what may be a password when the URL parser does not say. */
 const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i;
@@ -54,4 +55,42 @@ function redactUserinfo(value: string): string {
   }
   if (!USERINFO_PASSWORD.test(trimmed)) return parsed === undefined ? trimmed : parsed.toString();
   return trimmed.replace(USERINFO_PASSWORD, '$1:***@');
+}
+
+/**
+ * The command line `argv` as {@link redactCredentials} shows each argument (`--name=value` too), or null when none
+ * holds a credential. For the process title: a command line is readable by every user of the host (`ps`,
+ * `/proc/<pid>/cmdline`), and `--store postgres://app:pass@db/app_inbox` is how a PostgreSQL store is given.
+ */
+export function redactedCommandLine(argv: readonly string[]): string | null {
+  let changed = false;
+  const shown = argv.map((arg) => {
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const redacted = eq < 0 ? redactCredentials(arg) : `${arg.slice(0, eq + 1)}${redactCredentials(arg.slice(eq + 1))}`;
+    if (redacted.includes('***') && !arg.includes('***')) changed = true;
+    return redacted;
+  });
+  return changed ? shown.join(' ') : null;
+}
+
+/**
+ * Replaces the process title (what `ps` shows) by the command line without its credentials, when it has any. On
+ * Linux the title overwrites the memory `/proc/<pid>/cmdline` is read from; call it first thing, before anything
+ * slow. The full arguments stay in `process.argv`.
+ */
+export function hideCredentialsInProcessTitle(): void {
+  const title = redactedCommandLine(ownCommandLine());
+  if (title !== null) process.title = title;
+}
+
+/**
+ * The command line as `ps` shows it, else as Node parsed it. On Linux the title must fit in the memory of the
+ * original command line (a longer one is cut), so it is rebuilt from that, not from the resolved `process.argv`.
+ */
+function ownCommandLine(): string[] {
+  try {
+    return readFileSync('/proc/self/cmdline', 'utf8').split('\0').slice(0, -1);
+  } catch {
+    return [process.argv0, ...process.execArgv, ...process.argv.slice(1)];
+  }
 }

@@ -12,11 +12,13 @@
 import { ConfigError, HelpShown, loadConfig } from '../config.js';
 import { prepareStoreLocation } from '../server.js';
 import { openStore } from '../store/index.js';
+import { hideCredentialsInProcessTitle } from './redact.js';
 import { resealAllWebhookSecrets } from './sealed-store.js';
 import { SecretBoxError } from './secrets.js';
 import { secretBoxForStore } from './setup.js';
 
 async function main(): Promise<number> {
+  hideCredentialsInProcessTitle();
   let config;
   try {
     config = loadConfig(process.argv.slice(2), process.env);

@@ -3,12 +3,13 @@
  * password (in the userinfo or as `?password=`) never reaches the log (the test server trusts every password,
  * so one can be given).
  */
+import { execFileSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import { status } from '@grpc/grpc-js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/observability/logger.js';
 import { createTestDatabase } from '../../src/store/postgres/test-db.js';
-import { startTestServer } from '../e2e/harness.js';
+import { spawnServer, startTestServer } from '../e2e/harness.js';
 
 describe('the store URL in the logs', () => {
   const cleanups: Array<() => Promise<void>> = [];
@@ -49,4 +50,21 @@ describe('the store URL in the logs', () => {
       expect(lines.join('\n')).not.toContain('hunter2-secret');
     });
   }
+
+  it('leaves the password of a --store URL out of the process title (ps, /proc/<pid>/cmdline)', async () => {
+    // The command line of a process is readable by every user of the host: `ps` showed the password of
+    // `--store postgres://app:pass@...`, the form POSTGRES.md gives.
+    const database = await createTestDatabase();
+    cleanups.push(() => database.drop());
+    const url = new URL(database.url);
+    url.password = 'hunter2-secret';
+    const child = await spawnServer(url.toString(), []);
+    cleanups.push(async () => void (await child.kill('SIGTERM')));
+    await expect(child.clients.getWebhook({ accountId: 'acct' })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    const shown = execFileSync('ps', ['-o', 'args=', '-p', String(child.pid)], { encoding: 'utf8' });
+    expect(shown).toContain(`--store ${url.toString().replace('hunter2-secret', '***')}`);
+    expect(shown).not.toContain('hunter2-secret');
+    // The whole command line, not cut short (the title must fit in the memory of the original one).
+    expect(shown.trim()).toMatch(/ --metrics-address off$/);
+  });
 });
