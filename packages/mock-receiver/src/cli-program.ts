@@ -119,6 +119,22 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run mock-receiver --help for the flags)');
 }
 
+/**
+ * The command line `argv` with the value of `--password` (or `--password=...`) replaced by `***`, or null when it
+ * has none. For the process title: a command line is readable by every user of the host (`ps`).
+ */
+export function commandLineWithoutPassword(argv: readonly string[]): string | null {
+  let changed = false;
+  const shown = argv.map((arg, i) => {
+    if (argv[i - 1] === '--password' || arg.startsWith('--password=')) {
+      changed = true;
+      return arg.startsWith('--password=') ? '--password=***' : '***';
+    }
+    return arg;
+  });
+  return changed ? shown.join(' ') : null;
+}
+
 /** Turns the parsed flags into receiver options. */
 export function toOptions(flags: Record<string, unknown>): CliOptions {
   const options: CliOptions = {

@@ -3,7 +3,21 @@
  * `mock-receiver`: runs the mock receiver until SIGINT/SIGTERM. A second signal exits at once.
  * Run `mock-receiver --help` for the flags.
  */
-import { startCli } from './cli-program.js';
+import { readFileSync } from 'node:fs';
+import { commandLineWithoutPassword, startCli } from './cli-program.js';
+
+/** The command line as `ps` shows it (Linux: the title fits in its memory), else as Node parsed it. */
+function ownCommandLine(): string[] {
+  try {
+    return readFileSync('/proc/self/cmdline', 'utf8').split('\0').slice(0, -1);
+  } catch {
+    return [process.argv0, ...process.execArgv, ...process.argv.slice(1)];
+  }
+}
+
+// `ps` shows a command line to every user of the host: not the password given by --password.
+const title = commandLineWithoutPassword(ownCommandLine());
+if (title !== null) process.title = title;
 
 const io = { out: (line: string) => console.log(line), err: (line: string) => console.error(line) };
 

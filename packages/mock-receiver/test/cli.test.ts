@@ -1,7 +1,7 @@
 /**
  * The `mock-receiver` program, run as a real process (tsx, sources of this package and of core).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { message, post } from './helpers.js';
@@ -92,6 +92,10 @@ describe('mock-receiver CLI', () => {
     expect(limited.headers['retry-after']).toBe('5');
     await waitForOutput(r, /POST \/webhook 200 contacts=c-1 messages=1 id=cli-1/);
     expect(r.stdout()).not.toContain('pw-from-cli');
+    // A command line is readable by every user of the host: `ps` showed the password given by --password.
+    const shown = execFileSync('ps', ['-o', 'args=', '-p', String(r.child.pid)], { encoding: 'utf8' });
+    expect(shown).toContain('--password *** --max-messages 2');
+    expect(shown).not.toContain('pw-from-cli');
 
     r.child.kill('SIGTERM');
     expect(await r.exited).toBe(0);
