@@ -231,6 +231,12 @@ describe('security and circuit options (issue 7)', () => {
     // Nothing to hide: the title is left as it is.
     expect(redactedCommandLine(['node', 'main.js', '--store', 'postgres://app@db/inbox'])).toBeNull();
     expect(redactedCommandLine(['node', 'main.js', '--otlp-endpoint', 'http://c:4318'])).toBeNull();
+    // Flags whose value is a secret whatever it looks like (the client's --token).
+    expect(redactedCommandLine(['app-inbox', '--token', 'abc', 'watch'], ['--token'])).toBe(
+      'app-inbox --token *** watch',
+    );
+    expect(redactedCommandLine(['app-inbox', '--token=abc', 'watch'], ['--token'])).toBe('app-inbox --token=*** watch');
+    expect(redactedCommandLine(['app-inbox', 'watch'], ['--token'])).toBeNull();
   });
 
   it('redacts secrets given as query parameters: node-postgres passwords, collector tokens and keys', () => {

@@ -5,7 +5,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import { text } from 'node:stream/consumers';
+import { hideCredentialsInProcessTitle } from '../security/redact.js';
 import { runCli, type CliIo } from './program.js';
+
+// `ps` shows a command line to every user of the host: not the bearer token given by --token.
+hideCredentialsInProcessTitle(['--token']);
 
 const interruptListeners = new Set<() => void>();
 

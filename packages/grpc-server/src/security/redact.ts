@@ -58,14 +58,19 @@ function redactUserinfo(value: string): string {
 }
 
 /**
- * The command line `argv` as {@link redactCredentials} shows each argument (`--name=value` too), or null when none
- * holds a credential. For the process title: a command line is readable by every user of the host (`ps`,
- * `/proc/<pid>/cmdline`), and `--store postgres://app:pass@db/app_inbox` is how a PostgreSQL store is given.
+ * The command line `argv` as {@link redactCredentials} shows each argument (`--name=value` too), with the value of
+ * each flag of `secretFlags` (`--token`) as `***`, or null when nothing was hidden. For the process title: a command
+ * line is readable by every user of the host (`ps`, `/proc/<pid>/cmdline`), and `--store postgres://app:pass@db/x`
+ * is how a PostgreSQL store is given.
  */
-export function redactedCommandLine(argv: readonly string[]): string | null {
+export function redactedCommandLine(argv: readonly string[], secretFlags: readonly string[] = []): string | null {
   let changed = false;
-  const shown = argv.map((arg) => {
+  const shown = argv.map((arg, i) => {
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    if (secretFlags.includes(argv[i - 1] ?? '') || (eq > 0 && secretFlags.includes(arg.slice(0, eq)))) {
+      changed = true;
+      return eq > 0 ? `${arg.slice(0, eq)}=***` : '***';
+    }
     const redacted = eq < 0 ? redactCredentials(arg) : `${arg.slice(0, eq + 1)}${redactCredentials(arg.slice(eq + 1))}`;
     if (redacted.includes('***') && !arg.includes('***')) changed = true;
     return redacted;
@@ -76,10 +81,10 @@ export function redactedCommandLine(argv: readonly string[]): string | null {
 /**
  * Replaces the process title (what `ps` shows) by the command line without its credentials, when it has any. On
  * Linux the title overwrites the memory `/proc/<pid>/cmdline` is read from; call it first thing, before anything
- * slow. The full arguments stay in `process.argv`.
+ * slow. The full arguments stay in `process.argv`. `secretFlags`: flags whose value is hidden whatever it is.
  */
-export function hideCredentialsInProcessTitle(): void {
-  const title = redactedCommandLine(ownCommandLine());
+export function hideCredentialsInProcessTitle(secretFlags: readonly string[] = []): void {
+  const title = redactedCommandLine(ownCommandLine(), secretFlags);
   if (title !== null) process.title = title;
 }
 

@@ -3,6 +3,7 @@
  * 127.0.0.1 port 0) delivering to the mock receiver: every command, its human and JSON output, its errors
  * and exit codes.
  */
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -278,6 +279,18 @@ describe('app-inbox command-line client', () => {
     const neither = await runCli(cli('resync', acct));
     expect(neither.code).toBe(2);
     expect(neither.stderr).toContain('name the contacts or give --all');
+  });
+
+  it('keeps a --token out of the process title (ps) while it runs', async () => {
+    // A command line is readable by every user of the host: `ps` showed the bearer token of a running watch.
+    const token = 'cli-bearer-token-0123456789';
+    const watcher = startCli(cli('--token', token, 'watch', '--account', accountId()));
+    await eventually(() => (watcher.stderr().includes('watching outcomes') ? true : undefined), 20_000, 'the watch');
+    const shown = execFileSync('ps', ['-o', 'args=', '-p', String(watcher.child.pid)], { encoding: 'utf8' });
+    watcher.child.kill('SIGINT');
+    expect((await watcher.done).code).toBe(0);
+    expect(shown).toContain('--token *** watch --account');
+    expect(shown).not.toContain(token);
   });
 
   it('watches outcomes as they happen, until interrupted', async () => {
