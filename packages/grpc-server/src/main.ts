@@ -8,7 +8,7 @@ import { ConfigError, HelpShown, loadConfig, type ServerConfig } from './config.
 import { LoggerOptionError, createLogger } from './observability/logger.js';
 import { MetricsServerOptionError } from './observability/metrics-server.js';
 import { TracingOptionError } from './observability/tracing.js';
-import { GrpcAuthConfigError } from './security/grpc-auth.js';
+import { GrpcAuthConfigError, censorGrpcLogs } from './security/grpc-auth.js';
 import { hideCredentialsInProcessTitle } from './security/redact.js';
 import { SecretBoxError } from './security/secrets.js';
 import { StoreOpenError, startServer } from './server.js';
@@ -32,6 +32,8 @@ function readConfig(): ServerConfig {
 async function main(): Promise<void> {
   // `--store postgres://app:pass@...` is visible to every user in `ps` until the title replaces it.
   hideCredentialsInProcessTitle();
+  // grpc-js's debug output (GRPC_TRACE) prints every call's headers: not the bearer token.
+  censorGrpcLogs();
   const config = readConfig();
   // Secrets (passwords, signing secrets, tokens, Authorization headers) are censored at any depth of every
   // line by the logger itself, and webhook URLs are cut to their origin: defence in depth, since no code

@@ -11,6 +11,7 @@ import {
   type ServerTlsOptions,
 } from './grpc-auth.js';
 import { makeTestCerts, type TestCerts } from '../../test/security/certs.js';
+import { redactHeaderValues } from './redact.js';
 
 // A tiny service defined by hand (string messages as UTF-8 bytes), independent of the project's proto.
 const toBytes = (value: string) => Buffer.from(value, 'utf8');
@@ -158,6 +159,18 @@ describe('createTokenAuthenticator', () => {
     expect(message).not.toContain('has a space');
     expect(() => createTokenAuthenticator(['secret-tokén-0123456789'])).toThrow(
       /^tokens\[0\]: must be printable ASCII/,
+    );
+  });
+
+  it("hides credentials in grpc-js's header dumps (GRPC_TRACE), keeping the scheme", () => {
+    const dump = JSON.stringify({
+      authorization: [`Bearer ${TOKEN}`, OTHER_TOKEN],
+      cookie: ['a="b"; c=d'],
+      'user-agent': ['grpc-node-js/1.14.7'],
+    });
+    const shown = redactHeaderValues(`Request to /x received headers ${dump}`);
+    expect(shown).toBe(
+      'Request to /x received headers {"authorization":["Bearer [redacted]","[redacted]"],"cookie":["[redacted]"],"user-agent":["grpc-node-js/1.14.7"]}',
     );
   });
 

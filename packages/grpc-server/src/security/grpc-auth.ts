@@ -7,6 +7,7 @@ import { X509Certificate, createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { redactHeaderValues } from './redact.js';
 
 /**
  * Raised for invalid access options; names the option by its flag (`--tls-cert-file` on the server, `--ca-file`
@@ -129,6 +130,19 @@ export function createTokenAuthenticator(tokens: readonly string[]): Authenticat
     for (const digest of digests) ok = timingSafeEqual(presented, digest) || ok;
     return ok;
   };
+}
+
+/**
+ * Makes grpc-js's own log lines (standard error, as by default: `D <message>`) go out without credentials: with
+ * `GRPC_TRACE=server_call` (or `all`) and `GRPC_VERBOSITY=DEBUG` it prints every call's headers, the bearer token
+ * among them. Process-wide (grpc-js has one logger): for the server's process entry.
+ */
+export function censorGrpcLogs(): void {
+  const write =
+    (prefix: string) =>
+    (message?: unknown, ...rest: unknown[]): void =>
+      console.error(`${prefix}${redactHeaderValues(String(message))}`, ...rest);
+  grpc.setLogger({ error: write('E '), info: write('I '), debug: write('D ') });
 }
 
 /** Methods left open by default: the standard health service, for load balancers and probes. */

@@ -99,3 +99,24 @@ function ownCommandLine(): string[] {
     return [process.argv0, ...process.execArgv, ...process.argv.slice(1)];
   }
 }
+
+/** A JSON header map's entry whose values are secrets: `"authorization":["Bearer abc"]`. */
+const SECRET_HEADER_VALUES = /"(authorization|proxy-authorization|cookie)":\[((?:"(?:[^"\\]|\\.)*",?)*)\]/gi;
+/** One JSON string. */
+const JSON_STRING = /"((?:[^"\\]|\\.)*)"/g;
+
+/**
+ * `text` with the values of `authorization`, `proxy-authorization` and `cookie` in JSON header maps replaced by
+ * `[redacted]`, keeping an auth scheme (`"Bearer [redacted]"`): grpc-js's `server_call` tracer (GRPC_TRACE) prints
+ * every call's headers as such a map.
+ */
+export function redactHeaderValues(text: string): string {
+  return text.replace(
+    SECRET_HEADER_VALUES,
+    (_whole, name: string, values: string) =>
+      `"${name}":[${values.replace(JSON_STRING, (_value, inner: string) => {
+        const scheme = /^([A-Za-z][\w-]*) +\S/.exec(inner)?.[1];
+        return `"${scheme === undefined ? '' : `${scheme} `}[redacted]"`;
+      })}]`,
+  );
+}

@@ -23,6 +23,8 @@ export async function startChildServer(
   store: string,
   extraArgs: readonly string[],
   startTimeoutMs = 30_000,
+  /** More environment variables of the process. */
+  env: NodeJS.ProcessEnv = {},
 ): Promise<ChildProcessServer> {
   const child = spawn(
     process.execPath,
@@ -45,7 +47,7 @@ export async function startChildServer(
     {
       cwd: PACKAGE_DIR,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NODE_OPTIONS: '', APP_INBOX_SECRET_KEYS: TEST_SECRET_KEYS },
+      env: { ...process.env, NODE_OPTIONS: '', APP_INBOX_SECRET_KEYS: TEST_SECRET_KEYS, ...env },
     },
   );
   let output = '';

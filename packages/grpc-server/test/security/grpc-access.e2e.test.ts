@@ -12,6 +12,7 @@ import { UpsertWebhookRequest, WebhookServiceClient } from '../../src/gen/app_in
 import { GetWebhookRequest, type GetWebhookResponse } from '../../src/gen/app_inbox/v1/webhook.js';
 import { clientCredentials, type ClientAccessOptions } from '../../src/security/grpc-auth.js';
 import { accountId, startTestServer, storeUrls, type TestServer } from '../e2e/harness.js';
+import { startChildServer } from '../reliability/child-server.js';
 import { makeTestCerts, type TestCerts } from './certs.js';
 
 const TOKEN = 'e2e-token-0123456789abcdef';
@@ -98,6 +99,29 @@ describe('bearer tokens (APP_INBOX_GRPC_TOKENS / --grpc-token-file)', () => {
     expect(await get(client, account)).toMatchObject({ ok: true, value: { webhook: { accountId: account } } });
     // Health answers without a token (load balancers, probes).
     expect(await health(t.server.address, {})).toEqual({ ok: true, value: { status: 'SERVING' } });
+  });
+
+  it("keeps the token out of grpc-js's debug output (GRPC_TRACE), which prints every call's headers", async () => {
+    // grpc-js's server_call tracer wrote `received headers {"authorization":["Bearer <token>"],...}` to stderr.
+    const child = await startChildServer(await sqlite.newUrl(), [], 30_000, {
+      APP_INBOX_GRPC_TOKENS: TOKEN,
+      GRPC_TRACE: 'server_call',
+      GRPC_VERBOSITY: 'DEBUG',
+    });
+    try {
+      const client = webhookClient(child.address, { token: TOKEN });
+      expect(await get(client, accountId('trace'))).toMatchObject({ ok: false, code: grpc.status.NOT_FOUND });
+      expect(await get(webhookClient(child.address, { token: ROTATED_TOKEN }), 'a')).toMatchObject({
+        ok: false,
+        code: grpc.status.UNAUTHENTICATED,
+      });
+    } finally {
+      await child.kill('SIGTERM');
+    }
+    // The tracer did run, and shows that a token came, not which.
+    expect(child.output()).toContain('GetWebhook received headers {"authorization":["Bearer [redacted]"]');
+    expect(child.output()).not.toContain(TOKEN);
+    expect(child.output()).not.toContain(ROTATED_TOKEN);
   });
 
   it('reads tokens from the token file as well (rotation: old and new accepted together)', async () => {
