@@ -56,6 +56,14 @@ describe('app-inbox commands', () => {
       [['resync', 'a', 'c', '--all'], /name the contacts or give --all \(not both\)/],
       [['deliveries', 'list', '--state', 'sent'], /"sent" is not one of/],
       [['--timeout', '-1', 'watch'], /--timeout must be a positive integer/],
+      // Beyond a uint32 (the proto field): "INTERNAL: Request message serialization failure", exit 1.
+      [
+        ['webhook', 'set', 'a', '--url', 'http://x', '--max-messages', '4294967296'],
+        /--max-messages must be at most 4,294,967,295/,
+      ],
+      [['deliveries', 'list', '--limit', '99999999999'], /--limit must be at most 4,294,967,295/],
+      // grpc-js threw "Deadline is too far in the future" out of the call: a crash with a stack trace, exit 1.
+      [['--timeout', '9007199254740991', 'webhook', 'get', 'a'], /--timeout must be at most 86,400/],
       [['frobnicate'], /unknown command 'frobnicate'/],
       // grpc-js threw "Could not parse target name" on an empty address: an unexpected error, exit 1.
       [

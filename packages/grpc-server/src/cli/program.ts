@@ -66,12 +66,18 @@ interface GlobalOptions {
   timeout?: number;
 }
 
-function positiveInt(what: string) {
+/** Largest value of a proto `uint32` field (a larger one fails to serialize: INTERNAL, before any call). */
+const MAX_UINT32 = 4_294_967_295;
+/** Longest `--timeout` (seconds): one day; grpc-js throws on a deadline years ahead. */
+const MAX_TIMEOUT_SECONDS = 86_400;
+
+function positiveInt(what: string, max: number) {
   return (value: string): number => {
     const n = Number(value);
     if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1) {
       throw new InvalidArgumentError(`${what} must be a positive integer.`);
     }
+    if (n > max) throw new InvalidArgumentError(`${what} must be at most ${max.toLocaleString('en-US')}.`);
     return n;
   };
 }
@@ -285,9 +291,10 @@ function buildProgram(io: CliIo, contexts: Context[]): Command {
     .option('--key-file <file>', 'PEM private key of --cert-file')
     .option('--json', 'print the API JSON (as buf curl does) instead of tables')
     .addOption(
-      new Option('--timeout <seconds>', `deadline of each call (default ${CLI_DEFAULTS.timeoutSeconds})`).argParser(
-        positiveInt('--timeout'),
-      ),
+      new Option(
+        '--timeout <seconds>',
+        `deadline of each call (default ${CLI_DEFAULTS.timeoutSeconds}, at most 86,400)`,
+      ).argParser(positiveInt('--timeout', MAX_TIMEOUT_SECONDS)),
     )
     .showHelpAfterError('(add --help for usage)')
     .configureOutput({
@@ -331,7 +338,7 @@ Examples:
     .option('--password-env <variable>', 'read the Basic auth password from this environment variable')
     .addOption(
       new Option('--max-messages <n>', 'most messages of one contact in a delivery (default 1000)').argParser(
-        positiveInt('--max-messages'),
+        positiveInt('--max-messages', MAX_UINT32),
       ),
     )
     .option('--disabled', 'keep accepting messages but send nothing until enabled again')
@@ -340,7 +347,7 @@ Examples:
       new Option(
         '--ttl-seconds <n>',
         'time-to-live of messages published without their own (default: the server option)',
-      ).argParser(positiveInt('--ttl-seconds')),
+      ).argParser(positiveInt('--ttl-seconds', Number.MAX_SAFE_INTEGER)),
     )
     .action(
       act(
@@ -529,7 +536,11 @@ Examples:
     .option('--account <account>', 'only this account')
     .option('--contact <externalCustomerId>', 'only this contact (with --account)')
     .option('--state <states>', `only these states, a comma list of ${STATE_NAMES.join(', ')}`)
-    .addOption(new Option('--limit <n>', 'deliveries per page (the server caps it)').argParser(positiveInt('--limit')))
+    .addOption(
+      new Option('--limit <n>', 'deliveries per page (the server caps it)').argParser(
+        positiveInt('--limit', MAX_UINT32),
+      ),
+    )
     .option('--page-token <token>', 'the next page, as printed by the previous one')
     .action(
       act(
