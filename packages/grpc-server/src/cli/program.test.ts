@@ -2,6 +2,9 @@
  * The client's command tree in process (no server needed): help on every command, usage errors with exit
  * code 2 before any call. The commands against a real server: test/cli/cli.e2e.test.ts.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runCli, serverAddress, type CliIo } from './program.js';
 
@@ -109,6 +112,25 @@ describe('app-inbox commands', () => {
         expect(f.err()).not.toContain('SEKRET');
         expect(f.out()).toBe('');
       }
+    }
+  });
+
+  it('refuses TLS files that are not PEM with exit 2, naming the flags (not a stack trace)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'app-inbox-cli-tls-'));
+    try {
+      const notPem = join(dir, 'not.pem');
+      writeFileSync(notPem, 'not a certificate\n');
+      for (const [args, message] of [
+        [['--cert-file', notPem, '--key-file', notPem], /^app-inbox: --cert-file\/--key-file: not a matching PEM/],
+        [['--ca-file', notPem], /^app-inbox: --ca-file: not a PEM CA certificate bundle/],
+      ] as Array<[string[], RegExp]>) {
+        const f = fakeIo();
+        expect(await runCli(['--address', '127.0.0.1:1', ...args, 'webhook', 'get', 'a'], f.io)).toBe(2);
+        expect(f.err()).toMatch(message);
+        expect(f.err()).not.toContain('    at ');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

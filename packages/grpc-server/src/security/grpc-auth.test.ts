@@ -310,5 +310,16 @@ describe('TLS and mutual TLS (certificates made by openssl in a temp dir)', () =
     // The client's options are named by the app-inbox flags.
     expect(() => clientCredentials({ certFile: file('client.crt') })).toThrow(/^--key-file: required/);
     expect(() => clientCredentials({ caFile: file('missing.crt') })).toThrow(/^--ca-file: cannot read/);
+    // Files that are there but not what they should be: grpc-js's own TLS error ("DECODER routines::unsupported",
+    // "PEM routines::no start line"), an unexpected error with a stack trace in the app-inbox client; or, for the
+    // CA bundle, nothing at all until every connection failed.
+    expect(() => clientCredentials({ certFile: file('client.crt'), keyFile: file('client.crt') })).toThrow(
+      /^--cert-file\/--key-file: not a matching PEM certificate and private key$/,
+    );
+    expect(() => clientCredentials({ certFile: file('client.ext'), keyFile: file('client.key') })).toThrow(
+      /^--cert-file\/--key-file: not a matching PEM/,
+    );
+    expect(() => clientCredentials({ caFile: file('client.ext') })).toThrow(/^--ca-file: not a PEM/);
+    expect(() => clientCredentials({ caFile: file('client.ext') })).toThrow(GrpcAuthConfigError);
   });
 });

@@ -292,11 +292,28 @@ export function clientCredentials(options: ClientAccessOptions = {}): ClientAcce
     }
     return { credentials: grpc.credentials.createInsecure(), interceptors };
   }
-  const channel = grpc.credentials.createSsl(
-    caFile ? readPem('--ca-file', caFile) : null,
-    keyFile ? readPem('--key-file', keyFile) : null,
-    certFile ? readPem('--cert-file', certFile) : null,
-  );
+  const ca = caFile ? readPem('--ca-file', caFile) : null;
+  const key = keyFile ? readPem('--key-file', keyFile) : null;
+  const cert = certFile ? readPem('--cert-file', certFile) : null;
+  // grpc-js throws its TLS library's error as it is ("DECODER routines::unsupported"), or for a CA bundle that is not
+  // PEM nothing at all until every connection fails: checked here, as the server checks its own files.
+  if (ca !== null) {
+    try {
+      new X509Certificate(ca);
+    } catch (error) {
+      throw new GrpcAuthConfigError('--ca-file: not a PEM CA certificate bundle', { cause: error });
+    }
+  }
+  if (key !== null && cert !== null) {
+    try {
+      createSecureContext({ cert, key });
+    } catch (error) {
+      throw new GrpcAuthConfigError('--cert-file/--key-file: not a matching PEM certificate and private key', {
+        cause: error,
+      });
+    }
+  }
+  const channel = grpc.credentials.createSsl(ca, key, cert);
   if (!token) return { credentials: channel, interceptors: [] };
   const call = grpc.credentials.createFromMetadataGenerator((_params, callback) => callback(null, metadataFor(token)));
   return { credentials: grpc.credentials.combineChannelCredentials(channel, call), interceptors: [] };
