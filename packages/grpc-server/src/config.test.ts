@@ -186,6 +186,20 @@ describe('security and circuit options (issue 7)', () => {
     }
   });
 
+  it('refuses a libpq key=value connection string (DATABASE_URL of other tools) without showing its password', () => {
+    // Taken as a SQLite file path before: the server ran on a new SQLite file named by the string, the password in
+    // its name and in the 'gRPC server listening' log line.
+    const dsn = "host=db port=5432 user=app password='hunter2 x' dbname=inbox sslpassword=hunter3";
+    expect(problems([], { DATABASE_URL: dsn })).toEqual([
+      `--store (from env DATABASE_URL) must be a file path, sqlite:PATH (not :memory:), or a postgres:// URL; got "host=db port=5432 user=app password=*** dbname=inbox sslpassword=***"`,
+    ]);
+    expect(problems(['--store', 'dbname=inbox password=hunter2'])[0]).not.toContain('hunter2');
+    expect(problems(['--store', 'host=db dbname=inbox'])).toHaveLength(1);
+    // A path that merely has an '=' in it is still a path.
+    expect(problems(['--store', './data/a=b.db'])).toEqual([]);
+    expect(redactCredentials('user=app password=hunter2')).toBe('user=app password=***');
+  });
+
   it('shows a refused store URL without its password (DATABASE_URL is often shared with other tools)', () => {
     expect(problems([], { DATABASE_URL: 'postgresql+psycopg2://app:hunter2@db/inbox' })).toEqual([
       '--store (from env DATABASE_URL) must be a file path, sqlite:PATH (not :memory:), or a postgres:// URL; got "postgresql+psycopg2://app:***@db/inbox"',

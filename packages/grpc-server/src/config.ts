@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { DEFAULT_BACKOFF } from '@app-inbox/core';
 import { MIN_TOKEN_LENGTH, TOKEN_NOT_ASCII, isAsciiToken } from './security/grpc-auth.js';
 import { validateAddressPolicy } from './security/ssrf.js';
-import { redactCredentials } from './security/redact.js';
+import { isKeywordValueConninfo, redactCredentials } from './security/redact.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -328,7 +328,10 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
       .string()
       .regex(STORE)
       // A blank value (`--store ' '`) is no path: it would open a file named by the blanks.
-      .refine((s) => s.trim() !== '' && !/^sqlite::memory:$/i.test(s.trim())),
+      .refine((s) => s.trim() !== '' && !/^sqlite::memory:$/i.test(s.trim()))
+      // `host=db user=app password=...` (libpq's other form of a DATABASE_URL) is no file path: it would open a
+      // SQLite file named by it, the password in its name and in the logs.
+      .refine((s) => !isKeywordValueConninfo(s)),
     shown: redactCredentials,
   },
   intOption(

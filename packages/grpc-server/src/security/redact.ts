@@ -13,6 +13,19 @@ const SECRET_NAME = /pass(?:word)?|passwd|pwd|secret|token|api[-_]?key|apikey|ac
 /** One `?name=value` or `&name=value` of a URL. */
 const QUERY_PARAMETER = /([?&])([^=&#]*)=([^&#]*)/g;
 
+/** A libpq keyword of a connection parameter, as it starts one `keyword=value` of a connection string. */
+const CONNINFO_KEYWORD = /(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode)\s*=/i;
+/** One `keyword=value` of a libpq connection string; a value is a word or a single-quoted string. */
+const CONNINFO_PARAMETER = /(^|\s)([\w-]+)\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)/g;
+
+/**
+ * Whether `value` is a libpq keyword/value connection string (`host=db user=app password=secret dbname=x`), the
+ * other form of a `DATABASE_URL` that PostgreSQL tools take: not a URL, and not a file path either.
+ */
+export function isKeywordValueConninfo(value: string): boolean {
+  return !/^\s*[a-z][a-z0-9+.-]*:/i.test(value) && CONNINFO_KEYWORD.test(value);
+}
+
 function isSecretName(raw: string): boolean {
   let name = raw;
   try {
@@ -26,7 +39,8 @@ function isSecretName(raw: string): boolean {
 /**
  * `value` with the password of a `scheme://user:password@host` URL replaced by `***` (any scheme, any case:
  * `POSTGRES://` opens a store as well as `postgres://`), and so the value of each query parameter named like a
- * secret (`?password=`, `?api_key=`, `?token=`); anything else as it is. For logs and error messages.
+ * secret (`?password=`, `?api_key=`, `?token=`), or of each such parameter of a libpq keyword/value connection
+ * string (`password=secret`); anything else as it is. For logs and error messages.
  *
  * When the parser finds no password yet the value has an '@' after a `user:`, the cut is made on the text:
  * a password with a raw '#' or '/' makes the parser read `http://u:12#ss@c:4318` as host `u`, port 12 and
@@ -35,6 +49,10 @@ function isSecretName(raw: string): boolean {
  * malformed value is the side to err on.
  */
 export function redactCredentials(value: string): string {
+  if (isKeywordValueConninfo(value))
+    return value.replace(CONNINFO_PARAMETER, (whole, lead: string, name: string) =>
+      isSecretName(name) ? `${lead}${name}=***` : whole,
+    );
   if (!/^\s*[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
   return redactUserinfo(value).replace(QUERY_PARAMETER, (whole, sep: string, name: string) =>
     isSecretName(name) ? `${sep}${name}=***` : whole,
