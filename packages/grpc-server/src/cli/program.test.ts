@@ -59,6 +59,14 @@ describe('app-inbox commands', () => {
       [['resync', 'a', 'c', '--all'], /name the contacts or give --all \(not both\)/],
       [['deliveries', 'list', '--state', 'sent'], /"sent" is not one of/],
       [['--timeout', '-1', 'watch'], /--timeout must be a positive integer/],
+      // An empty filter (`--account "$UNSET"`) meant no filter: every account's deliveries were listed or watched.
+      [
+        ['deliveries', 'list', '--account', ''],
+        /^app-inbox: --account: empty: give an account id, or leave the option out/,
+      ],
+      [['deliveries', 'list', '--account', 'a', '--contact', ' '], /^app-inbox: --contact: empty: give/],
+      [['deliveries', 'list', '--state', ' , '], /^app-inbox: --state: empty: give/],
+      [['watch', '--account', ''], /^app-inbox: --account: empty: give an account id/],
       // Beyond a uint32 (the proto field): "INTERNAL: Request message serialization failure", exit 1.
       [
         ['webhook', 'set', 'a', '--url', 'http://x', '--max-messages', '4294967296'],

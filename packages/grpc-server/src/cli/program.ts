@@ -262,6 +262,17 @@ function outcomeLine(o: WatchDeliveriesResponse): string {
 }
 
 /** Reads the password or signing secret from stdin or a named variable; never from a flag (`ps` shows flags). */
+/**
+ * A filter option as given: an empty one (`--account "$UNSET"`) is refused rather than taken as no filter, which
+ * would list or watch every account's deliveries.
+ */
+function filterOption(flag: string, value: string | undefined, what: string): string {
+  if (value !== undefined && value.trim() === '') {
+    throw new CliError('usage', `${flag}: empty: give ${what}, or leave the option out`);
+  }
+  return value ?? '';
+}
+
 function secretFrom(ctx: Context, variable: string, what: string): string {
   const value = ctx.io.env[variable];
   if (value === undefined || value === '') {
@@ -545,8 +556,12 @@ Examples:
     .action(
       act(
         async (ctx, o: { account?: string; contact?: string; state?: string; limit?: number; pageToken?: string }) => {
+          const accountId = filterOption('--account', o.account, 'an account id');
+          const externalCustomerId = filterOption('--contact', o.contact, 'an externalCustomerId');
           const states: DeliveryState[] = [];
-          for (const name of (o.state ?? '').split(',').filter((s) => s.trim() !== '')) {
+          const stateNames = (o.state ?? '').split(',').filter((s) => s.trim() !== '');
+          if (o.state !== undefined && stateNames.length === 0) filterOption('--state', '', 'states');
+          for (const name of stateNames) {
             const state = stateFromName(name);
             if (state === null) {
               throw new CliError('usage', `--state: "${name.trim()}" is not one of ${STATE_NAMES.join(', ')}`);
@@ -554,8 +569,8 @@ Examples:
             states.push(state);
           }
           const response = await ctx.client.listDeliveries({
-            accountId: o.account ?? '',
-            externalCustomerId: o.contact ?? '',
+            accountId,
+            externalCustomerId,
             states,
             pageSize: o.limit ?? 0,
             pageToken: o.pageToken ?? '',
@@ -612,7 +627,7 @@ Examples:
     .option('--account <account>', 'only this account')
     .action(
       act(async (ctx, o: { account?: string }) => {
-        const stream = ctx.client.watchDeliveries({ accountId: o.account ?? '' });
+        const stream = ctx.client.watchDeliveries({ accountId: filterOption('--account', o.account, 'an account id') });
         await new Promise<void>((resolve, reject) => {
           let stopped = false;
           const unsubscribe = ctx.io.onInterrupt(() => {
