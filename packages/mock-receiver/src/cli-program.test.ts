@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildProgram, formatLogLine, toOptions } from './cli-program.js';
+import { buildProgram, commandLineWithoutPassword, formatLogLine, toOptions } from './cli-program.js';
 import type { ReceivedRequest } from './recorder.js';
 
 function parse(args: string[]): { options?: ReturnType<typeof toOptions>; error?: string } {
@@ -95,6 +95,16 @@ describe('the command line', () => {
     } finally {
       delete process.env.MOCK_RECEIVER_PASSWORD;
     }
+  });
+});
+
+describe('commandLineWithoutPassword (the process title)', () => {
+  it('hides the value of --password and --password=, and leaves a command line without one alone', () => {
+    expect(commandLineWithoutPassword(['node', 'cli.js', '--username', 'u', '--password', 'pw', '-q'])).toBe(
+      'node cli.js --username u --password *** -q',
+    );
+    expect(commandLineWithoutPassword(['node', 'cli.js', '--password=pw'])).toBe('node cli.js --password=***');
+    expect(commandLineWithoutPassword(['node', 'cli.js', '--port', '0'])).toBeNull();
   });
 });
 
