@@ -1,9 +1,11 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { GrpcAuthConfigError } from './grpc-auth.js';
-import { grpcTokens } from './setup.js';
+import { openSqliteStore } from '../store/sqlite/sqlite-store.js';
+import { withSealedSecrets } from './sealed-store.js';
+import { DEFAULT_KEY_FILE_NAME, grpcTokens, secretBoxForStore } from './setup.js';
 
 const TOKEN = 'file-token-0123456789abcdef';
 const ENV_TOKEN = 'env-token-0123456789abcdef';
@@ -73,5 +75,82 @@ describe('grpcTokens (--grpc-token-file)', () => {
     expect(refusal('', missing).message).toBe(`--grpc-token-file: cannot read ${missing} (ENOENT)`);
     const { message, file } = refusal('# nothing yet\n\n');
     expect(message).toBe(`--grpc-token-file: ${file} holds no token`);
+  });
+});
+
+describe('secretBoxForStore (SQLite, no key configured)', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+
+  function freshDir(): string {
+    const dir = mkdtempSync(join(tmpdir(), 'secret-box-'));
+    dirs.push(dir);
+    return dir;
+  }
+
+  /** A database at `path` with one webhook saved with a password, sealed with the key file beside it. */
+  async function databaseWithSealedSecret(path: string): Promise<void> {
+    const { box } = secretBoxForStore({ store: path, secretKeys: '', secretKeyFile: '' });
+    const store = withSealedSecrets(await openSqliteStore({ path }), box);
+    await store.upsertWebhook(
+      'acct',
+      {
+        url: 'https://r.example/h',
+        maxMessagesPerContact: 10,
+        enabled: true,
+        auth: { type: 'basic', username: 'u', password: 'p' },
+      },
+      1,
+    );
+    await store.close();
+  }
+
+  it('creates the key file beside a new database, and reuses it', async () => {
+    const dir = freshDir();
+    const path = join(dir, 'store.db');
+    await databaseWithSealedSecret(path);
+    const keyFile = join(dir, DEFAULT_KEY_FILE_NAME);
+    const key = readFileSync(keyFile, 'utf8');
+    expect(secretBoxForStore({ store: path, secretKeys: '', secretKeyFile: '' }).file).toBe(keyFile);
+    expect(readFileSync(keyFile, 'utf8')).toBe(key);
+  });
+
+  it('refuses to make a new key for a database whose secrets were sealed with a key file that is missing', async () => {
+    const dir = freshDir();
+    const path = join(dir, 'store.db');
+    await databaseWithSealedSecret(path);
+    const keyFile = join(dir, DEFAULT_KEY_FILE_NAME);
+    rmSync(keyFile);
+    expect(() => secretBoxForStore({ store: `sqlite:${path}`, secretKeys: '', secretKeyFile: '' })).toThrow(
+      expect.objectContaining({
+        name: 'SecretBoxError',
+        code: 'secret_key_invalid',
+        message: expect.stringContaining(
+          `holds the secrets of 1 webhook(s), sealed with the key of ${keyFile}, which is missing`,
+        ),
+      }),
+    );
+    // Nothing was generated in its place: the next start refuses the same way until the key is back.
+    expect(existsSync(keyFile)).toBe(false);
+  });
+
+  it('makes a key for a database without sealed secrets, or for a file that is not a database', async () => {
+    const dir = freshDir();
+    const plain = join(dir, 'plain.db');
+    const store = await openSqliteStore({ path: plain });
+    await store.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, 1);
+    await store.close();
+    expect(secretBoxForStore({ store: plain, secretKeys: '', secretKeyFile: '' }).file).toBe(
+      join(dir, DEFAULT_KEY_FILE_NAME),
+    );
+    expect(existsSync(join(dir, DEFAULT_KEY_FILE_NAME))).toBe(true);
+    const other = freshDir();
+    const notADatabase = join(other, 'junk.db');
+    writeFileSync(notADatabase, 'not a database at all, and longer than a header would be');
+    expect(secretBoxForStore({ store: notADatabase, secretKeys: '', secretKeyFile: '' }).file).toBe(
+      join(other, DEFAULT_KEY_FILE_NAME),
+    );
   });
 });

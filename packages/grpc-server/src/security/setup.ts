@@ -4,8 +4,9 @@
  * @see SECURITY.md
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
 import { GrpcAuthConfigError, MIN_TOKEN_LENGTH, TOKEN_NOT_ASCII, isAsciiToken } from './grpc-auth.js';
 import {
   SecretBoxError,
@@ -55,10 +56,20 @@ export function secretBoxForStore(setup: SecretBoxSetup): { box: SecretBox; orig
       const key = { id: 'memory', key: randomBytes(32) };
       return { box: createSecretBox({ keys: [key], primaryKeyId: key.id }), origin: 'memory' };
     }
-    const loaded = loadSecretBoxFromEnv(
-      {},
-      { defaultKeyFile: join(dirname(path), DEFAULT_KEY_FILE_NAME), ...onWarning },
-    );
+    const defaultKeyFile = join(dirname(path), DEFAULT_KEY_FILE_NAME);
+    const sealed = existsSync(defaultKeyFile) ? 0 : webhooksWithSealedSecrets(path);
+    if (sealed > 0) {
+      // The key file is gone but the database holds values sealed with it (copied or restored without it, or deleted):
+      // a new key would open none of them, and the deliveries of those accounts would wait, silently, for a re-save.
+      throw new SecretBoxError(
+        'secret_key_invalid',
+        `${path} holds the secrets of ${sealed} webhook(s), sealed with the key of ${defaultKeyFile}, which is missing: ` +
+          'restore it from the backup of the database (or give the keys with APP_INBOX_SECRET_KEYS or --secret-key-file). ' +
+          'If it is lost for good, create a new key file yourself and save those webhooks again with their secrets ' +
+          '(see SECURITY.md, "Secrets at rest")',
+      );
+    }
+    const loaded = loadSecretBoxFromEnv({}, { defaultKeyFile, ...onWarning });
     return { box: loaded.box, origin: loaded.source, ...(loaded.file ? { file: loaded.file } : {}) };
   }
   if (setup.secretKeys.trim() !== '' && setup.secretKeyFile.trim() !== '') {
@@ -69,6 +80,28 @@ export function secretBoxForStore(setup: SecretBoxSetup): { box: SecretBox; orig
   }
   const loaded = loadSecretBoxFromEnv(env, onWarning);
   return { box: loaded.box, origin: loaded.source, ...(loaded.file ? { file: loaded.file } : {}) };
+}
+
+/**
+ * Webhooks of the SQLite database at `path` that hold a sealed secret (`enc:v1:`), read without writing anything; 0 when
+ * there is no database there yet, no webhooks table, or a file that does not open as a database.
+ */
+function webhooksWithSealedSecrets(path: string): number {
+  if (!existsSync(path)) return 0;
+  let db: Database.Database | null = null;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+    const table = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'webhooks'").get();
+    if (table === undefined) return 0;
+    const row = db.prepare(`SELECT count(*) AS n FROM webhooks WHERE instr(config, '"enc:v1:') > 0`).get() as {
+      n: number;
+    };
+    return row.n;
+  } catch {
+    return 0; // not a database that opens: the store's own open says why
+  } finally {
+    db?.close();
+  }
 }
 
 /**
