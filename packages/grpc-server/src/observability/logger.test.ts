@@ -87,6 +87,21 @@ describe('createLogger redaction', () => {
     expect(cause.config.signingSecret).toBe(SIGNING);
   });
 
+  it("censors a database error's detail, which may echo a row, and keeps what says what went wrong", () => {
+    const { logger, raw, lines } = capture();
+    const row = `Failing row contains (acct, {"url":"https://h.example/x","auth":{"password":"${PASSWORD}"}})`;
+    const err = Object.assign(new Error('new row for relation "webhooks" violates check constraint "c"'), {
+      code: '23514',
+      detail: row,
+      table: 'webhooks',
+    });
+    logger.error({ err }, 'store call failed');
+    expect(raw()).not.toContain(PASSWORD);
+    expect(raw()).not.toContain('Failing row');
+    expect(lines()[0]?.err).toMatchObject({ code: '23514', table: 'webhooks', detail: REDACTED });
+    expect(raw()).toContain('violates check constraint');
+  });
+
   it('censorValue returns the same object when there is nothing to censor', () => {
     const clean = { deliveryId: 'd', nested: { list: [1, 2, { ok: true }] }, at: new Date(0), bytes: Buffer.from('x') };
     expect(censorValue(clean)).toBe(clean);

@@ -33,6 +33,9 @@ export const SECRET_KEYS: readonly string[] = [
   'proxy-authorization',
   'cookie',
   'Cookie',
+  // A PostgreSQL error's `detail` may echo a row ("Failing row contains (...)": a message's content, a webhook's
+  // configuration); its message, code, constraint and table say what went wrong.
+  'detail',
 ];
 
 /**
