@@ -38,12 +38,20 @@ describe('resolveAppOptions', () => {
     expect(error).toMatchObject({ code: 'invalid_options' });
     const { violations, message } = error as { violations: { field: string }[]; message: string };
     expect(violations.map((v) => v.field).sort()).toEqual(
-      ['maxMessagesPerContact', 'nonsense', 'password', 'realm', 'strict', 'username'].sort(),
+      [
+        'maxMessagesPerContact',
+        'nonsense',
+        'password',
+        'realm',
+        'rules[0].answers[0].status',
+        'strict',
+        'username',
+      ].sort(),
     );
     expect(message).not.toContain('ssword-secret');
   });
 
-  it('validates the rules once the options are otherwise fine', () => {
+  it('names a bad rule by its path', () => {
     expect(() => resolveAppOptions({ rules: [{ answers: [{ status: 1 }] }] })).toThrow(
       'invalid mock receiver options: rules[0].answers[0].status must be an integer from 200 to 599',
     );

@@ -145,17 +145,23 @@ function fail(violations: { field: string; description: string }[]): never {
  */
 export function resolveAppOptions(options: MockReceiverAppOptions = {}): ResolvedAppOptions {
   const result = validate(appOptionsSchema, options, '');
-  if (!result.ok) fail(result.violations);
-  const o = result.value;
+  // The rules are checked in the same pass, so that every bad option is named at once.
   let rules: RuleInput[] = [];
-  if (o.rules !== undefined) {
+  const ruleViolations: { field: string; description: string }[] = [];
+  const given = (options as { rules?: unknown }).rules;
+  if (given !== undefined) {
     try {
-      rules = parseRules(o.rules, 'rules');
+      rules = parseRules(given, 'rules');
     } catch (error) {
-      if (error instanceof MockReceiverError) fail([...error.violations]);
-      throw error;
+      if (!(error instanceof MockReceiverError)) throw error;
+      ruleViolations.push(...error.violations);
     }
   }
+  if (!result.ok || ruleViolations.length > 0) {
+    const others = result.ok ? [] : result.violations.filter((v) => !ruleViolations.some((r) => r.field === v.field));
+    fail([...others, ...ruleViolations]);
+  }
+  const o = result.value;
   return {
     auth: o.username !== undefined && o.password !== undefined ? { username: o.username, password: o.password } : null,
     maxMessagesPerContact: o.maxMessagesPerContact ?? DEFAULTS.maxMessagesPerContact,
