@@ -113,7 +113,10 @@ export function buildProgram(): Command {
         .default(DEFAULTS.maxBodyBytes)
         .argParser(integer('--max-body-bytes', 1, 1024 * 1024 * 1024)),
     )
-    .option('--no-strict', 'accept unknown message fields (default: rejected with a 400)')
+    .option(
+      '--no-strict',
+      'accept unknown message fields, and lists out of order or with an id twice (default: rejected with a 400)',
+    )
     .option('-q, --quiet', 'do not print a line per request', false)
     .addHelpText('after', HELP_AFTER)
     .showHelpAfterError('(run mock-receiver --help for the flags)');

@@ -72,6 +72,24 @@ describe('checkBody', () => {
     expect(fields).toEqual(expect.arrayContaining(['body[1].title', 'body[1].externalCustomerId', 'body[1].id']));
   });
 
+  it('in strict mode, wants each contact newest first and each of its ids once', () => {
+    const [a, b] = valid('c-1', 2);
+    const [other] = valid('c-2', 1);
+    const older = { ...a!, id: '6f1c1f0e-8a2b-4c3d-9e4f-5a6b7c8d9eaa', createdDate: a!.createdDate - 1 };
+    // In order: newest first (ties in any order); another contact's messages interleaved do not count.
+    expect(checkBody({ kind: 'json', value: [a, other, b, older] }, true).ok).toBe(true);
+    expect(checkBody({ kind: 'json', value: [older, a, b, a] }, true)).toEqual({
+      ok: false,
+      violations: [
+        { field: 'body[1]', description: expect.stringContaining('is newer than body[0] of the same contact') },
+        { field: 'body[3].id', description: 'repeats body[1].id' },
+      ],
+    });
+    expect(checkBody({ kind: 'json', value: [b, a, older] }, true).ok).toBe(true);
+    // Not strict: the list is taken as it comes.
+    expect(checkBody({ kind: 'json', value: [older, a, b, a] }, false).ok).toBe(true);
+  });
+
   it('keeps unknown fields without strict, still checking the known ones', () => {
     const extra = [{ ...valid('a')[0], extra: 1 }];
     expect(checkBody({ kind: 'json', value: extra }, true).ok).toBe(false);

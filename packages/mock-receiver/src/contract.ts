@@ -84,7 +84,9 @@ export function checkBody(body: ParsedBody, strict: boolean): BodyCheck {
     case 'json': {
       if (strict) {
         const result = validateMessageList(body.value, BODY_FIELD);
-        return result.ok ? { ok: true, messages: result.value } : { ok: false, violations: result.violations };
+        if (!result.ok) return { ok: false, violations: result.violations };
+        const violations = listProblems(result.value);
+        return violations.length === 0 ? { ok: true, messages: result.value } : { ok: false, violations };
       }
       if (!Array.isArray(body.value)) {
         return { ok: false, violations: [{ field: BODY_FIELD, description: 'must be an array' }] };
@@ -99,6 +101,32 @@ export function checkBody(body: ParsedBody, strict: boolean): BodyCheck {
       return violations.length === 0 ? { ok: true, messages } : { ok: false, violations };
     }
   }
+}
+
+/**
+ * What makes a list of valid messages not "the list of all the available messages" of its contacts (SPEC §4): each
+ * contact's messages newest first (createdDate descending, ties by id: core's order, the sender's), each id once.
+ */
+export function listProblems(messages: readonly ValidMessage[]): FieldViolation[] {
+  const violations: FieldViolation[] = [];
+  const last = new Map<string, number>();
+  const seen = new Map<string, number>();
+  messages.forEach((m, i) => {
+    const before = last.get(m.externalCustomerId);
+    if (before !== undefined && messages[before]!.createdDate < m.createdDate) {
+      violations.push({
+        field: `${BODY_FIELD}[${i}]`,
+        description: `is newer than ${BODY_FIELD}[${before}] of the same contact: a list is newest first (createdDate descending)`,
+      });
+    }
+    last.set(m.externalCustomerId, i);
+    const key = `${m.externalCustomerId}\u0000${m.id}`;
+    const twice = seen.get(key);
+    if (twice !== undefined) {
+      violations.push({ field: `${BODY_FIELD}[${i}].id`, description: `repeats ${BODY_FIELD}[${twice}].id` });
+    } else seen.set(key, i);
+  });
+  return violations;
 }
 
 /** Distinct externalCustomerIds of a JSON body that looks like a list, valid or not (for rules and records). */

@@ -15,7 +15,7 @@ export interface MockReceiverAppOptions {
   password?: string;
   /** At most this many messages of one contact in one request; more gets a 429. Default 1000. @see SPEC §2 */
   maxMessagesPerContact?: number;
-  /** Reject unknown message fields (400). Default true. */
+  /** Reject (400) unknown message fields, and a contact's list not newest first or with an id twice. Default true. */
   strict?: boolean;
   /** Requests kept in memory (the newest); older ones are only counted. 0 keeps none. Default 1000. */
   recordLimit?: number;
