@@ -349,8 +349,14 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     json(res, 200, { cleared: true });
   });
   app.get('/__received/:seq', (req, res) => {
-    const seq = /^\d{1,15}$/.test(req.params.seq) ? Number(req.params.seq) : NaN;
-    const record = Number.isNaN(seq) ? undefined : recorder.get(seq);
+    if (!/^\d{1,15}$/.test(req.params.seq)) {
+      json(res, 400, {
+        error: 'invalid_query',
+        violations: [{ field: 'seq', description: 'must be a record number (an integer from 1)' }],
+      });
+      return;
+    }
+    const record = recorder.get(Number(req.params.seq));
     if (record === undefined) json(res, 404, { error: 'not_found', message: 'no such record is kept' });
     else json(res, 200, record);
   });

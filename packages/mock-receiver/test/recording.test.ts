@@ -77,6 +77,10 @@ describe('recording', () => {
     const one = await getJson(receiver, '/__received/2');
     expect(one).toMatchObject({ status: 200, json: { seq: 2, deliveryId: 'd-2' } });
     expect((await getJson(receiver, '/__received/99')).status).toBe(404);
+    expect(await getJson(receiver, '/__received/abc')).toMatchObject({
+      status: 400,
+      json: { error: 'invalid_query', violations: [{ field: 'seq' }] },
+    });
 
     expect(await sendJson(receiver, 'DELETE', '/__received')).toEqual({ status: 200, json: { cleared: true } });
     const after = await getJson(receiver, '/__received');
