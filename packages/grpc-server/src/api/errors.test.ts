@@ -54,6 +54,12 @@ describe('API errors', () => {
     expect(toApiError(new StoreError('conflict', 'serialization failure')).code).toBe('conflict');
     expect(toApiError(new StoreError('closed', 'store closed')).code).toBe('shutting_down');
     expect(toApiError(new StoreError('schema_too_new', 'v9')).message).toBe('internal error');
+    // A publish whose webhook was deleted meanwhile answers as one without a webhook: FAILED_PRECONDITION.
+    const missing = toApiError(new StoreError('webhook_missing', 'account "a" has no webhook'));
+    expect({ code: missing.code, grpc: toServiceError(missing).code }).toEqual({
+      code: 'webhook_not_configured',
+      grpc: status.FAILED_PRECONDITION,
+    });
     const own = new ApiError('delivery_not_found', 'no delivery "x"');
     expect(toApiError(own)).toBe(own);
   });

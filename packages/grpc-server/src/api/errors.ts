@@ -88,6 +88,7 @@ const API_CODE_BY_STORE_CODE: Readonly<Record<StoreErrorCode, ApiErrorCode>> = {
   conflict: 'conflict',
   closed: 'shutting_down',
   schema_too_new: 'internal',
+  webhook_missing: 'webhook_not_configured',
 };
 
 /** Socket errors of a database connection that cannot be made or was lost. */

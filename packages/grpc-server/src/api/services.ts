@@ -210,7 +210,14 @@ export function createApi(deps: ApiDependencies): Api {
         messages.length === 0
           ? { inserted: 0, duplicates: 0, deliveries: [] }
           : // The RPC's span (tracing on) is stored on the deliveries: their attempts' spans become its children.
-            await store.publish({ accountId: input.accountId, messages, now, traceparent: currentTraceparent() });
+            // requireWebhook: a DeleteWebhook committed since the lookup above leaves nothing of this call behind.
+            await store.publish({
+              accountId: input.accountId,
+              messages,
+              now,
+              traceparent: currentTraceparent(),
+              requireWebhook: true,
+            });
       // New or coalesced pending deliveries: first-lane work only.
       if (result.deliveries.length > 0) deps.wake('first');
       return {

@@ -301,6 +301,27 @@ export function storeConformanceSuite(
     // ------------------------------------------------------------ publish
 
     describe('publish', () => {
+      it('with requireWebhook, stores nothing for an account without a webhook (never had one, or deleted)', async () => {
+        const acct = await withWebhook();
+        const kept = message('a');
+        expect(
+          (await store.publish({ accountId: acct, messages: [kept], now: T0, requireWebhook: true })).inserted,
+        ).toBe(1);
+        expect(await store.deleteWebhook(acct)).toBe(true);
+        const stats = await store.stats(T0);
+        for (const accountId of [acct, account()]) {
+          await expect(
+            store.publish({ accountId, messages: [message('a'), message('b')], now: T0 + 1, requireWebhook: true }),
+          ).rejects.toMatchObject({ name: 'StoreError', code: 'webhook_missing' });
+          expect(await store.contactMessages(accountId, 'a', T0 + 1, 10)).toEqual([]);
+          expect((await store.listDeliveries({ accountId }, 10, null)).deliveries).toEqual([]);
+        }
+        expect(await store.stats(T0)).toEqual(stats);
+        // Without it the store takes messages for any account (as before).
+        const other = account();
+        expect((await store.publish({ accountId: other, messages: [message('a')], now: T0 })).inserted).toBe(1);
+      });
+
       it('stores the messages and schedules one pending delivery per touched contact, due now', async () => {
         const acct = await withWebhook();
         const messages = [message('b'), message('a'), message('b'), message('c')];

@@ -12,6 +12,8 @@ export const STORE_ERROR_CODES = [
   'conflict',
   /** The store was closed. */
   'closed',
+  /** A publish asked for the account's webhook (`requireWebhook`) and it had none when the publish committed. */
+  'webhook_missing',
 ] as const;
 export type StoreErrorCode = (typeof STORE_ERROR_CODES)[number];
 

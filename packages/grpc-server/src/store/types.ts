@@ -42,6 +42,14 @@ export interface PublishInput {
    * pending delivery keeps its own). Default null (tracing off). @see {@link Delivery.traceparent}
    */
   traceparent?: string | null;
+  /**
+   * Store nothing, and throw StoreError `webhook_missing`, unless the account has a webhook when the publish commits:
+   * the check and the writes are one transaction, so a DeleteWebhook that committed after the caller looked the
+   * webhook up cannot leave this publish's messages and pending deliveries behind (an account without a webhook whose
+   * work is due for ever), and one that comes during the publish waits for it and deletes what it stored. Default
+   * false (the store takes messages for any account).
+   */
+  requireWebhook?: boolean;
 }
 
 /** Options of {@link Store.resync} and {@link Store.retryDelivery}. */

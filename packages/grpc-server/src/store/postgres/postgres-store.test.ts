@@ -533,7 +533,7 @@ describe('PostgresStore', () => {
       await publish(100, 50);
       const captured = query.mock.calls
         .map((args) => args[0] as unknown as pg.QueryConfig)
-        .find((config) => /^WITH ins AS/.test(String(config?.text)));
+        .find((config) => /^WITH hook AS/.test(String(config?.text)));
       query.mockRestore();
       for (const mode of PLAN_MODES) {
         const values = [...captured!.values!];
@@ -1557,10 +1557,10 @@ describe('PostgresStore', () => {
      * Runs deleteWebhook with its last statement (`DELETE FROM messages`) held up by another session holding a row
      * of the account's messages (any slow statement would do), publishes `contacts` meanwhile, then lets it go on.
      * Returns what is left of the account: its messages (by contact), its unsent deliveries, and the publish's
-     * answer.
+     * answer (or its error).
      */
-    async function deleteAroundPublish(contacts: string[]) {
-      let found: { messages: string[]; open: Delivery[]; published: string[] } | null = null;
+    async function deleteAroundPublish(contacts: string[], requireWebhook = false) {
+      let found: { messages: string[]; open: Delivery[]; published: string[] | { error: unknown } } | null = null;
       await withOwnDatabase(
         async (store, url) => {
           const account = 'acct';
@@ -1586,10 +1586,19 @@ describe('PostgresStore', () => {
             await until(() => waiting('DELETE FROM messages'));
             let settled = false;
             const publishing = store
-              .publish({ accountId: account, messages: contacts.map((c) => storedMessage(c)), now: T0 + 1 })
+              .publish({
+                accountId: account,
+                messages: contacts.map((c) => storedMessage(c)),
+                now: T0 + 1,
+                requireWebhook,
+              })
+              .then(
+                (result) => result.deliveries.map((d) => d.deliveryId),
+                (error: unknown) => ({ error }),
+              )
               .finally(() => (settled = true));
-            // The publish commits, or waits for a pending delivery the delete has taken.
-            await until(async () => settled || (await waiting('WITH ins AS')));
+            // The publish waits for the webhook row the delete has taken.
+            await until(async () => settled || (await waiting('WITH hook AS')));
             await blocker.query('COMMIT');
             expect(await deleting).toBe(true);
             const published = await publishing;
@@ -1602,7 +1611,7 @@ describe('PostgresStore', () => {
             const open = (
               await store.listDeliveries({ accountId: account, states: ['pending', 'in_flight', 'retrying'] }, 10, null)
             ).deliveries;
-            found = { messages, open, published: published.deliveries.map((d) => d.deliveryId) };
+            found = { messages, open, published };
           } finally {
             await blocker.end();
           }
@@ -1621,10 +1630,19 @@ describe('PostgresStore', () => {
         const left = await deleteAroundPublish([contact]);
         expect(left.messages).toEqual([contact]);
         expect(left.open.map((d) => [d.id, d.externalCustomerId, d.state])).toEqual([
-          [left.published[0], contact, 'pending'],
+          [(left.published as string[])[0], contact, 'pending'],
         ]);
       });
     }
+
+    it('leaves nothing of a publish that requires the webhook: it waits for the delete, then stores nothing', async () => {
+      // Its webhook looked up before the delete, such a publish (PublishMessages) stored messages and a pending
+      // delivery for an account without a webhook: due for ever, sent if a webhook came back.
+      const left = await deleteAroundPublish(['c', 'd'], true);
+      expect(left.published).toEqual({ error: expect.objectContaining({ code: 'webhook_missing' }) });
+      expect(left.messages).toEqual([]);
+      expect(left.open).toEqual([]);
+    });
 
     it('deletes the webhook of an account that keeps publishing (no serialization failure)', async () => {
       await withOwnDatabase(

@@ -366,17 +366,26 @@ const notifySupersededSql = (rows: string, channel: number, at: number): string 
  * makes the upsert insert a new one. The contacts' retrying deliveries are superseded and announced. Contacts in
  * order, messages in id order: two publishes lock in the same order (no deadlock).
  *
+ * `hook` takes a key-share lock on the account's webhook (compatible with UpsertWebhook's update, not with
+ * DeleteWebhook's delete), always and before any other lock: the messages' insert reads it first (a lock taken after
+ * the deliveries' upsert deadlocked with a DeleteWebhook, which deletes the webhook row first and the deliveries next).
+ * With `$17` (requireWebhook) nothing is inserted when the account has no webhook: a DeleteWebhook that began first is
+ * waited for (then there is none), and one that comes later waits for this publish and then deletes what it stored.
+ *
  * The existing pending delivery is found by the upsert's own arbiter index, never by a planned lookup: a lookup
  * (`d.account_id = $1 AND d.external_customer_id = c AND d.state = 'pending'`, once per contact) was planned in a
  * young database, statistics taken when `deliveries` was small, on the first-lane index (same predicate, same
  * leading column) instead of this one, filtering every pending delivery of the account for each contact: a
  * publish of 999 messages then took about 2 s instead of 30 ms once 20,000 deliveries were pending (issue 6).
  */
-const PUBLISH_SQL = `WITH ins AS (
+const PUBLISH_SQL = `WITH hook AS MATERIALIZED (SELECT count(*) AS n FROM
+      (SELECT 1 FROM webhooks WHERE account_id = $1 FOR KEY SHARE) w),
+  ins AS (
     INSERT INTO messages (account_id, id, external_customer_id, created_date, expires_at, title, content, image, link,
       category, custom_data)
-    SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[],
-      $9::text[], $10::text[], $11::text[])
+    SELECT $1, u.* FROM hook h CROSS JOIN unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+      $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) u
+    WHERE h.n > 0 OR NOT $17::boolean
     ON CONFLICT (account_id, id) DO NOTHING
     RETURNING external_customer_id),
   touched AS (SELECT DISTINCT external_customer_id AS contact FROM ins),
@@ -397,7 +406,8 @@ const PUBLISH_SQL = `WITH ins AS (
     FROM pend p WHERE d.account_id = $1 AND d.external_customer_id = p.external_customer_id AND d.state = 'retrying'
     RETURNING ${supersededColumns('d')}),
   sent AS MATERIALIZED (${notifySupersededSql('sup', 16, 14)})
-  SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified, p.external_customer_id, p.id
+  SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified,
+    (SELECT n FROM hook) > 0 AS hooked, p.external_customer_id, p.id
   FROM (SELECT 1) one LEFT JOIN pend p ON true`;
 
 /**
@@ -872,6 +882,7 @@ export class PostgresStore implements Store {
       now,
       traceparent,
       this.#options.channel,
+      input.requireWebhook === true,
     ];
     for (let run = 1; ; run++) {
       try {
@@ -879,11 +890,19 @@ export class PostgresStore implements Store {
         // connection, it cost PostgreSQL about 40% less CPU per call and gave about 45% more calls per second
         // (bench/pg-publish.ts). Large ones stay unnamed: for batches of up to 10,000 messages the generic plan a named
         // statement falls back to made it several times slower, and parsing is little next to their work.
-        type PublishRow = { inserted: string; external_customer_id: string | null; id: string | null };
+        type PublishRow = {
+          inserted: string;
+          hooked: boolean;
+          external_customer_id: string | null;
+          id: string | null;
+        };
         const { rows } =
           messages.length <= this.#options.namedPublishMaxMessages
             ? await this.#run<PublishRow>(PUBLISH_SQL, params)
             : await this.#query<PublishRow>(PUBLISH_SQL, params);
+        if (input.requireWebhook === true && !rows[0]!.hooked) {
+          throw new StoreError('webhook_missing', `account ${JSON.stringify(accountId)} has no webhook`);
+        }
         const inserted = Number(rows[0]!.inserted);
         const deliveries = rows
           .filter((r) => r.id !== null)

@@ -438,6 +438,12 @@ export class SqliteStore implements Store {
     const traceparent = assertTraceparent(input.traceparent);
     const key = this.#keyOrCreate(accountId);
     return this.#grouped(() => {
+      if (
+        input.requireWebhook === true &&
+        this.#q('SELECT 1 FROM webhooks WHERE account_key = ?').get(key) === undefined
+      ) {
+        throw new StoreError('webhook_missing', `account ${JSON.stringify(accountId)} has no webhook`);
+      }
       // A known id (in this account) is skipped: found by its key, then compared whole (keys may collide). A
       // lookup then a plain insert: one `INSERT ... SELECT ... WHERE NOT EXISTS` statement was 2-3 times slower
       // (SQLite stages such an insert, which reads its own table, in a temporary table).
