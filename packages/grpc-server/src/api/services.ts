@@ -44,6 +44,26 @@ import {
  */
 export const MAX_PAGE_BYTES = 3 * 1024 * 1024;
 
+/**
+ * The contacts' deliveries an answer lists (PublishMessages, ResyncContacts): as many as fit in MAX_PAGE_BYTES encoded.
+ * All of them could exceed what a client with gRPC's default 4 MiB receive limit takes, and it would get
+ * RESOURCE_EXHAUSTED for a call that was committed; the answer's count says how many there are.
+ */
+function listedWithin(
+  deliveries: ReadonlyArray<{ externalCustomerId: string; deliveryId: string }>,
+): ContactDelivery[] {
+  const listed: ContactDelivery[] = [];
+  let bytes = 0;
+  for (const d of deliveries) {
+    const entry = { externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId };
+    // The entry, its field tag and its length prefix.
+    bytes += ContactDelivery.encode(entry).finish().length + 4;
+    if (bytes > MAX_PAGE_BYTES) break;
+    listed.push(entry);
+  }
+  return listed;
+}
+
 export interface ApiDependencies {
   store: Store;
   /**
@@ -225,10 +245,9 @@ export function createApi(deps: ApiDependencies): Api {
         duplicates: result.duplicates,
         skippedWithoutExternalCustomerId: input.skippedIndices.length,
         skippedIndices: input.skippedIndices,
-        deliveries: result.deliveries.map((d) => ({
-          externalCustomerId: d.externalCustomerId,
-          deliveryId: d.deliveryId,
-        })),
+        // 10,000 contacts with ids of 256 non-ASCII characters are about 8 MB of entries: see listedWithin.
+        deliveries: listedWithin(result.deliveries),
+        scheduledContacts: result.deliveries.length,
       };
     }),
     resyncContacts: unary('ResyncContacts', async (request) => {
@@ -241,18 +260,8 @@ export function createApi(deps: ApiDependencies): Api {
       });
       if (deliveries.length > 0) deps.wake('first');
       // `all` schedules every contact of the account: one entry each could exceed what a client with gRPC's default
-      // 4 MiB receive limit takes (about 85,000 short contact ids), and it would get RESOURCE_EXHAUSTED for a resync
-      // that was committed. The list is cut to MAX_PAGE_BYTES; the count says how many were scheduled.
-      const listed = [];
-      let bytes = 0;
-      for (const d of deliveries) {
-        const entry = { externalCustomerId: d.externalCustomerId, deliveryId: d.deliveryId };
-        // The entry, its field tag and its length prefix.
-        bytes += ContactDelivery.encode(entry).finish().length + 4;
-        if (bytes > MAX_PAGE_BYTES) break;
-        listed.push(entry);
-      }
-      return { deliveries: listed, scheduledContacts: deliveries.length };
+      // 4 MiB receive limit takes (about 85,000 short contact ids); see listedWithin.
+      return { deliveries: listedWithin(deliveries), scheduledContacts: deliveries.length };
     }),
   };
 

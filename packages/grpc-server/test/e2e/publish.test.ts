@@ -550,6 +550,26 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(pages.flat()).toEqual([...ids].reverse());
   });
 
+  it('answers a publish to 10,000 contacts with long non-ASCII ids within what a default client can receive', async () => {
+    const acc = await account();
+    await t.clients.upsertWebhook({ accountId: acc, url: `${receiver.url}/in`, enabled: false });
+    // 256 characters of 3 UTF-8 bytes each (the limit counts characters): about 800 bytes per listed contact.
+    const contact = (i: number) => `${'é'.repeat(120)}${'€'.repeat(130)}-${String(i).padStart(5, '0')}`;
+    const messages = Array.from({ length: 10_000 }, (_, i) => inboxMessage(contact(i)));
+    // One entry per contact was about 8 MB: RESOURCE_EXHAUSTED for a publish that was committed.
+    const published = await t.clients.publishMessages({ accountId: acc, messages });
+    expect(published.accepted).toBe(10_000);
+    expect(published.scheduledContacts).toBe(10_000);
+    expect(published.deliveries.length).toBeGreaterThan(0);
+    expect(published.deliveries.length).toBeLessThan(10_000);
+    const first = published.deliveries[0];
+    const { delivery } = await t.clients.getDelivery({ deliveryId: first?.deliveryId ?? '' });
+    expect(delivery).toMatchObject({
+      externalCustomerId: first?.externalCustomerId,
+      state: DeliveryState.DELIVERY_STATE_PENDING,
+    });
+  });
+
   it('answers a resync of all the contacts of a large account within what a default client can receive', async () => {
     const acc = await account();
     // Disabled: the deliveries stay pending, nothing is sent; long contact ids make the answer large with few contacts.
