@@ -47,7 +47,7 @@ async function main(): Promise<number> {
   }
   const store = await openStore(prepareStoreLocation(config.store));
   try {
-    const report = await resealAllWebhookSecrets(store, box, Date.now());
+    const report = await resealAllWebhookSecrets(store, box);
     process.stdout.write(`${JSON.stringify({ primaryKeyId: box.primaryKeyId, ...report })}\n`);
     return report.failed.length === 0 ? 0 : 1;
   } finally {

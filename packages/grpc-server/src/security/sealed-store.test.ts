@@ -148,12 +148,19 @@ describe('withSealedSecrets over the SQLite store', () => {
     const before = await raw.getWebhook('acct-1');
     expect(before && webhookNeedsRotation(before, rotated)).toBe(true);
 
-    await expect(resealWebhookSecrets(raw, rotated, 'acct-1', T0 + 1)).resolves.toBe(true);
+    await expect(resealWebhookSecrets(raw, rotated, 'acct-1')).resolves.toBe(true);
     const after = await raw.getWebhook('acct-1');
     expect(after?.auth?.password.startsWith('enc:v1:k2:')).toBe(true);
     expect(after?.signingSecret?.startsWith('enc:v1:k2:')).toBe(true);
-    expect(after).toMatchObject({ url: before?.url, maxMessagesPerContact: 1000, enabled: true, createdAt: T0 });
-    await expect(resealWebhookSecrets(raw, rotated, 'acct-1', T0 + 2)).resolves.toBe(false);
+    // Not a save of the webhook: its updatedAt stays (a new one lifts a 410 pause, gives back waiting claims).
+    expect(after).toMatchObject({
+      url: before?.url,
+      maxMessagesPerContact: 1000,
+      enabled: true,
+      createdAt: T0,
+      updatedAt: before?.updatedAt,
+    });
+    await expect(resealWebhookSecrets(raw, rotated, 'acct-1')).resolves.toBe(false);
 
     // The old key can now be dropped.
     const newOnly = withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' }));
@@ -189,7 +196,7 @@ describe('withSealedSecrets over the SQLite store', () => {
       },
     });
 
-    const report = await resealAllWebhookSecrets(racing, rotated, T0 + 10);
+    const report = await resealAllWebhookSecrets(racing, rotated);
     expect(report.failed).toEqual([]);
     // The save stands (disabled, its new password), sealed with the primary key by the server.
     await expect(server.getWebhook('saved')).resolves.toMatchObject({
@@ -210,7 +217,7 @@ describe('withSealedSecrets over the SQLite store', () => {
     await withSealedSecrets(raw, lost).upsertWebhook('lost-key', config(), T0);
     const rotated = createSecretBox({ keys: [k2, k1], primaryKeyId: 'k2' });
 
-    const report = await resealAllWebhookSecrets(raw, rotated, T0 + 1, { pageSize: 2 });
+    const report = await resealAllWebhookSecrets(raw, rotated, { pageSize: 2 });
     expect(report).toEqual({
       checked: 7,
       resealed: 6,
@@ -221,7 +228,7 @@ describe('withSealedSecrets over the SQLite store', () => {
     }
     expect((await raw.getWebhook('legacy-plaintext'))?.signingSecret?.startsWith('enc:v1:k2:')).toBe(true);
     // Nothing left to do: a second run rewrites nothing.
-    await expect(resealAllWebhookSecrets(raw, rotated, T0 + 2)).resolves.toMatchObject({ checked: 7, resealed: 0 });
+    await expect(resealAllWebhookSecrets(raw, rotated)).resolves.toMatchObject({ checked: 7, resealed: 0 });
     // k1 can go: every account but the broken one opens with k2 alone.
     const newOnly = withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' }));
     await expect(newOnly.getWebhook('acct-4')).resolves.toMatchObject({ auth: { password: PASSWORD } });
@@ -231,7 +238,7 @@ describe('withSealedSecrets over the SQLite store', () => {
     await raw.upsertWebhook('legacy', config(), T0);
     const store = withSealedSecrets(raw, box);
     await expect(store.getWebhook('legacy')).resolves.toMatchObject({ auth: { password: PASSWORD } });
-    await expect(resealWebhookSecrets(raw, box, 'legacy', T0 + 1)).resolves.toBe(true);
+    await expect(resealWebhookSecrets(raw, box, 'legacy')).resolves.toBe(true);
     expect((await raw.getWebhook('legacy'))?.auth?.password.startsWith('enc:v1:k1:')).toBe(true);
   });
 

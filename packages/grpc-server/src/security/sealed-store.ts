@@ -124,25 +124,21 @@ const RESEAL_TRIES = 10;
 /**
  * Re-encrypts one account's secrets with the primary key when they are sealed with an older key or not
  * sealed at all (rotation step 3). Takes the RAW store (not the wrapper), so it sees what is stored.
- * Returns true when the webhook was rewritten. The webhook's `updatedAt` changes.
+ * Returns true when the webhook was rewritten. Its `updatedAt` stays as it was: a rotation is not a save of the
+ * webhook, and a save (a new `updatedAt`) lifts a 410 pause of its endpoint and gives back claims that waited for it.
  *
  * The write goes through only while the webhook is still the save it read: an UpsertWebhook or DeleteWebhook
  * answered OK in between stands (the save is read again; a server seals with the primary key too).
  * @throws StoreError `conflict` when the webhook was saved again between every read and write of {@link RESEAL_TRIES}
  */
-export async function resealWebhookSecrets(
-  rawStore: Store,
-  box: SecretBox,
-  accountId: string,
-  now: number,
-): Promise<boolean> {
+export async function resealWebhookSecrets(rawStore: Store, box: SecretBox, accountId: string): Promise<boolean> {
   for (let tries = 0; tries < RESEAL_TRIES; tries++) {
     const stored = await rawStore.getWebhook(accountId);
     if (stored === null || !webhookNeedsRotation(stored, box)) return false;
     // Everything but the record's own bookkeeping goes back in, so settings added to WebhookConfig later survive.
     const { accountId: _id, createdAt: _created, updatedAt, ...config } = stored;
     const sealed = sealWebhookSecrets(openWebhookSecrets(config, box), box);
-    if ((await rawStore.replaceWebhookIfUnchanged(accountId, sealed, now, updatedAt)) !== null) return true;
+    if ((await rawStore.replaceWebhookIfUnchanged(accountId, sealed, updatedAt, updatedAt)) !== null) return true;
   }
   throw new StoreError('conflict', `the webhook of ${accountId} was saved again during each of ${RESEAL_TRIES} tries`);
 }
@@ -168,7 +164,6 @@ export interface ResealReport {
 export async function resealAllWebhookSecrets(
   rawStore: Store,
   box: SecretBox,
-  now: number,
   options: { pageSize?: number } = {},
 ): Promise<ResealReport> {
   const pageSize = options.pageSize ?? 500;
@@ -179,7 +174,7 @@ export async function resealAllWebhookSecrets(
     for (const accountId of page) {
       report.checked += 1;
       try {
-        if (await resealWebhookSecrets(rawStore, box, accountId, now)) report.resealed += 1;
+        if (await resealWebhookSecrets(rawStore, box, accountId)) report.resealed += 1;
       } catch (error) {
         const code = (error as { code?: unknown }).code;
         report.failed.push({ accountId, code: typeof code === 'string' ? code : 'error' });
