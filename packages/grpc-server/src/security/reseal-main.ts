@@ -36,6 +36,7 @@ async function main(): Promise<number> {
       store: config.store,
       secretKeys: config.secretKeys,
       secretKeyFile: config.secretKeyFile,
+      createKeyFile: false,
       onWarning: (message) => process.stderr.write(`reseal-secrets: ${message}\n`),
     }));
   } catch (error) {

@@ -28,6 +28,12 @@ export interface SecretBoxSetup {
   secretKeyFile: string;
   /** Told when a key file was generated or is readable by others; never given key material. */
   onWarning?: (message: string) => void;
+  /**
+   * Whether a missing `<db dir>/secret.key` of a SQLite store is created (the server, default true). The reseal
+   * command passes false: a key it made up opens nothing stored, yet would report every secret as sealed with
+   * the primary key (its id is `k1`, like the server's generated one).
+   */
+  createKeyFile?: boolean;
 }
 
 /** Where the keys came from: `memory` is a throw-away key for an in-memory SQLite store. */
@@ -67,6 +73,12 @@ export function secretBoxForStore(setup: SecretBoxSetup): { box: SecretBox; orig
           'restore it from the backup of the database (or give the keys with APP_INBOX_SECRET_KEYS or --secret-key-file). ' +
           'If it is lost for good, create a new key file yourself and save those webhooks again with their secrets ' +
           '(see SECURITY.md, "Secrets at rest")',
+      );
+    }
+    if (setup.createKeyFile === false && !existsSync(defaultKeyFile)) {
+      throw new SecretBoxError(
+        'secret_key_invalid',
+        `no encryption key for secrets at rest: ${defaultKeyFile} does not exist; set APP_INBOX_SECRET_KEYS or --secret-key-file to the keys the server uses`,
       );
     }
     const loaded = loadSecretBoxFromEnv({}, { defaultKeyFile, ...onWarning });
