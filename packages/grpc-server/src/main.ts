@@ -4,6 +4,8 @@
  * server, log the bound address, and shut down in order on SIGTERM/SIGINT; a second signal forces the exit.
  * @see CONVENTIONS §8
  */
+import { format } from 'node:util';
+import { setLogger } from '@grpc/grpc-js';
 import { ConfigError, HelpShown, loadConfig, type ServerConfig } from './config.js';
 import { LoggerOptionError, createLogger } from './observability/logger.js';
 import { MetricsServerOptionError } from './observability/metrics-server.js';
@@ -11,7 +13,7 @@ import { TracingOptionError } from './observability/tracing.js';
 import { GrpcAuthConfigError, censorGrpcLogs } from './security/grpc-auth.js';
 import { hideCredentialsInProcessTitle } from './security/redact.js';
 import { SecretBoxError } from './security/secrets.js';
-import { StoreOpenError, startServer } from './server.js';
+import { ListenError, StoreOpenError, startServer } from './server.js';
 
 /** Exit code of a refused configuration (like sysexits' EX_USAGE family: not a crash). */
 const EXIT_BAD_CONFIG = 2;
@@ -39,6 +41,15 @@ async function main(): Promise<void> {
   // line by the logger itself, and webhook URLs are cut to their origin: defence in depth, since no code
   // path logs them. @see observability/logger.ts
   const logger = createLogger({ level: config.logLevel, base: { service: 'app-inbox-server', pid: process.pid } });
+  // grpc-js writes its errors to stderr as text ("E No address added out of total 1 resolved" above the one-line
+  // reason of a failed start): they go to the JSON log instead. Its info and debug output (GRPC_VERBOSITY,
+  // GRPC_TRACE) stays where it was.
+  const grpcLog = logger.child({ component: 'grpc' });
+  setLogger({
+    error: (...args: unknown[]) => grpcLog.error(format(...args)),
+    info: (message: unknown, ...rest: unknown[]) => console.error(`I ${String(message)}`, ...rest),
+    debug: (message: unknown, ...rest: unknown[]) => console.error(`D ${String(message)}`, ...rest),
+  });
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(config, { logger });
@@ -60,7 +71,10 @@ async function main(): Promise<void> {
     // Anything else (the store cannot be opened, the address is taken) is said on stderr as well: the log line
     // above is on stdout, and absent with --log-level silent. Exit code 1: the options are valid, the
     // environment is not (yet): a restart may succeed once the database is up or the directory writable.
-    const reason = error instanceof StoreOpenError ? error.message : `the server could not start: ${String(error)}`;
+    const reason =
+      error instanceof StoreOpenError || error instanceof ListenError
+        ? error.message
+        : `the server could not start: ${String(error)}`;
     process.stderr.write(`app-inbox-server: ${reason}\n`);
     process.exit(1);
   }

@@ -146,7 +146,9 @@ function loadReflectionDefinition() {
 
 function bind(server: Server, address: string, credentials: ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port)));
+    server.bindAsync(address, credentials, (error, port) =>
+      error ? reject(new ListenError('--grpc-address', address, error)) : resolve(port),
+    );
   });
 }
 
@@ -297,6 +299,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
             // 503 once shutdown began, so a load balancer probing /healthz drains this process.
             healthy: () => closing === null,
             onError: (error) => metricsLog.error({ err: error }, 'a metrics scrape failed'),
+          }).catch((error: unknown) => {
+            throw new ListenError('--metrics-address', config.metricsAddress, error);
           });
     if (metricsServer !== null) cleanup.unshift(() => metricsServer.close());
     const metricsAddress = metricsServer === null ? null : metricsServer.url.replace(/^http:\/\//, '');
@@ -423,6 +427,23 @@ export class StoreOpenError extends Error {
         ? '; a part of its directory path is a file, not a directory'
         : '';
     super(`--store ${shown}: cannot open the store: ${message}${code}${hint}`, { cause });
+  }
+}
+
+/**
+ * The gRPC or metrics address could not be listened on at start (taken by another process, not an address of this
+ * machine). The message names the option and the address; grpc-js's own ("No address added out of total 1
+ * resolved errors: [...]") and Node's name neither, and with both servers on 127.0.0.1 the port alone does not say
+ * which option to change.
+ */
+export class ListenError extends Error {
+  override readonly name = 'ListenError';
+  readonly code = 'listen_failed' as const;
+  constructor(option: '--grpc-address' | '--metrics-address', address: string, cause: unknown) {
+    const text = cause instanceof Error ? cause.message : String(cause);
+    // grpc-js wraps the listen errors of every resolved address: keep those.
+    const inner = /errors: \[(.*)\]$/s.exec(text)?.[1] ?? text;
+    super(`${option} ${address}: cannot listen: ${inner}`, { cause });
   }
 }
 

@@ -3,6 +3,7 @@
  * its help. (Crash and restart of the process: restart.test.ts.)
  */
 import { spawnSync } from 'node:child_process';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -95,6 +96,32 @@ describe('app-inbox-server process', () => {
       );
       expect(pg.stderr).not.toContain('hunter2-secret');
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('names --grpc-address or --metrics-address in one line on stderr when its address is taken (exit 1)', async () => {
+    // The port stays bound while spawnSync blocks this process: the kernel refuses the child's listen.
+    // Before: grpc-js's own "E No address added out of total 1 resolved" line, then a message naming no option
+    // (and for the metrics port, only Node's "listen EADDRINUSE"): with both on 127.0.0.1, which one to change?
+    const taken = createNetServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const address = `127.0.0.1:${(taken.address() as AddressInfo).port}`;
+    const dir = mkdtempSync(join(tmpdir(), 'process-listen-'));
+    try {
+      const store = ['--store', join(dir, 'x.db'), '--log-level', 'silent'];
+      const grpc = runMain(['--grpc-address', address, '--metrics-address', 'off', ...store], KEYS);
+      expect(grpc.status).toBe(1);
+      expect(grpc.stderr).toBe(
+        `app-inbox-server: --grpc-address ${address}: cannot listen: listen EADDRINUSE: address already in use ${address}\n`,
+      );
+      const metrics = runMain(['--grpc-address', '127.0.0.1:0', '--metrics-address', address, ...store], KEYS);
+      expect(metrics.status).toBe(1);
+      expect(metrics.stderr).toBe(
+        `app-inbox-server: --metrics-address ${address}: cannot listen: listen EADDRINUSE: address already in use ${address}\n`,
+      );
+    } finally {
+      taken.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
