@@ -20,6 +20,13 @@ const title = commandLineWithoutPassword(ownCommandLine());
 if (title !== null) process.title = title;
 
 const io = { out: (line: string) => console.log(line), err: (line: string) => console.error(line) };
+// A reader of the output that goes away (`mock-receiver | head -1`) must not stop the receiver: what it prints
+// is only a log, so it keeps serving and recording without it. Anything else stays an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
+}
 
 const started = await startCli(process.argv, io);
 if (typeof started === 'number') {

@@ -101,6 +101,21 @@ describe('mock-receiver CLI', () => {
     expect(await r.exited).toBe(0);
   });
 
+  it('keeps serving when the reader of its output goes away (mock-receiver | head -1)', async () => {
+    // Before: the next line written threw EPIPE, an unhandled 'error' event that killed the receiver.
+    const r = run(['--port', '0']);
+    const [, url] = await waitForOutput(r, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
+    const receiver = { url: url ?? '' };
+    r.child.stdout?.destroy();
+    for (let i = 0; i < 3; i += 1) {
+      expect((await post(receiver, { body: [message('c-1')] })).status).toBe(200);
+    }
+    expect(r.child.exitCode).toBeNull();
+    expect(r.stderr()).not.toContain('EPIPE');
+    r.child.kill('SIGTERM');
+    expect(await r.exited).toBe(0);
+  });
+
   it('applies --scenario and --rule', async () => {
     const r = run([
       '--port',
