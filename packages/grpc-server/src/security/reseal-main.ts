@@ -9,6 +9,8 @@
  * Prints one JSON line `{ checked, resealed, failed }` (account ids only, never a secret); exits 0 when every
  * webhook is sealed with the primary key, 1 when some could not be opened, 2 on a configuration error.
  */
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { ConfigError, HelpShown, loadConfig } from '../config.js';
 import { prepareStoreLocation } from '../server.js';
 import { openStore } from '../store/index.js';
@@ -29,6 +31,18 @@ async function main(): Promise<number> {
       return 2;
     }
     throw error;
+  }
+  // A SQLite store must exist: opening a mistyped or relative path (npm -w runs in packages/grpc-server) created an
+  // empty database, and the report of nothing, `{"checked":0,...}` with exit 0, read as a finished step 3 of the
+  // rotation, after which removing the old key locks the real database's secrets out.
+  if (!/^postgres(ql)?:\/\//i.test(config.store)) {
+    const path = config.store.startsWith('sqlite:') ? config.store.slice('sqlite:'.length) : config.store;
+    if (!existsSync(path)) {
+      process.stderr.write(
+        `reseal-secrets: --store ${resolve(path)}: no such database (the reseal command opens an existing one; a relative path is taken from ${process.cwd()})\n`,
+      );
+      return 2;
+    }
   }
   let box;
   try {
