@@ -298,23 +298,9 @@ export function parseRule(input: unknown, field = 'rule'): RuleInput {
 /** Validates the body of `POST /__control`. @throws MockReceiverError `invalid_rule` */
 export function parseControlInput(input: unknown): ControlInput {
   const result = validate(controlInputSchema, input, '');
-  // The rules are checked even when another field is bad, so that one answer names every bad field.
-  const rawRules = typeof input === 'object' && input !== null ? (input as { rules?: unknown }).rules : undefined;
-  let rules: RuleInput[] | undefined;
-  let ruleViolations: readonly FieldViolation[] = [];
-  if (Array.isArray(rawRules)) {
-    try {
-      rules = parseRules(rawRules, 'rules');
-    } catch (error) {
-      if (!(error instanceof MockReceiverError)) throw error;
-      ruleViolations = error.violations;
-    }
-  }
-  if (!result.ok || ruleViolations.length > 0) {
-    throw invalid([...(result.ok ? [] : result.violations), ...ruleViolations]);
-  }
-  const { rules: _rules, ...rest } = result.value;
-  return rules === undefined ? rest : { ...rest, rules };
+  if (!result.ok) throw invalid(result.violations);
+  const { rules, ...rest } = result.value;
+  return rules === undefined ? rest : { ...rest, rules: parseRules(rules, 'rules') };
 }
 
 /** True when `name` is a preset name. */
