@@ -1,3 +1,4 @@
 import { defineProjectConfig } from '../../vitest.shared.js';
 
-export default defineProjectConfig('grpc-server');
+// pg-global-setup.ts starts a throwaway PostgreSQL for the run when none is configured and one is installed.
+export default defineProjectConfig('grpc-server', { globalSetup: ['./test/pg-global-setup.ts'] });

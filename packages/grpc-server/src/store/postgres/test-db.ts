@@ -15,8 +15,9 @@ export function testServerUrl(): string {
   const url = process.env[TEST_PG_URL_VARIABLE];
   if (url === undefined || url === '') {
     throw new Error(
-      `${TEST_PG_URL_VARIABLE} is not set: the PostgreSQL tests need a real server. Start the throwaway ` +
-        'cluster with `source scripts/pg-test-cluster.sh && pg_cluster_start` (it exports the variable), or set ' +
+      `${TEST_PG_URL_VARIABLE} is not set: the PostgreSQL tests need a real server. Install Debian's postgresql ` +
+        'package (the grpc-server suite then starts a throwaway cluster for its run), start one with ' +
+        '`source scripts/pg-test-cluster.sh && pg_cluster_start` (it exports the variable), or set ' +
         `${TEST_PG_URL_VARIABLE}=postgres://user@host:port/postgres for a server where that user may CREATE DATABASE.`,
     );
   }
