@@ -4,8 +4,6 @@
  * server, log the bound address, and shut down in order on SIGTERM/SIGINT; a second signal forces the exit.
  * @see CONVENTIONS §8
  */
-import { format } from 'node:util';
-import { setLogger } from '@grpc/grpc-js';
 import { ConfigError, HelpShown, loadConfig, type ServerConfig } from './config.js';
 import { LoggerOptionError, createLogger } from './observability/logger.js';
 import { MetricsServerOptionError } from './observability/metrics-server.js';
@@ -43,13 +41,10 @@ async function main(): Promise<void> {
   const logger = createLogger({ level: config.logLevel, base: { service: 'app-inbox-server', pid: process.pid } });
   // grpc-js writes its errors to stderr as text ("E No address added out of total 1 resolved" above the one-line
   // reason of a failed start): they go to the JSON log instead. Its info and debug output (GRPC_VERBOSITY,
-  // GRPC_TRACE) stays where it was.
+  // GRPC_TRACE) stays on stderr; all of it without credentials (a second setter of grpc-js's one logger had undone
+  // the censoring above).
   const grpcLog = logger.child({ component: 'grpc' });
-  setLogger({
-    error: (...args: unknown[]) => grpcLog.error(format(...args)),
-    info: (message: unknown, ...rest: unknown[]) => console.error(`I ${String(message)}`, ...rest),
-    debug: (message: unknown, ...rest: unknown[]) => console.error(`D ${String(message)}`, ...rest),
-  });
+  censorGrpcLogs((text) => grpcLog.error(text));
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(config, { logger });

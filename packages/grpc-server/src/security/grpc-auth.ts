@@ -6,6 +6,7 @@
 import { X509Certificate, createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
+import { format } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { redactHeaderValues } from './redact.js';
 
@@ -135,14 +136,19 @@ export function createTokenAuthenticator(tokens: readonly string[]): Authenticat
 /**
  * Makes grpc-js's own log lines (standard error, as by default: `D <message>`) go out without credentials: with
  * `GRPC_TRACE=server_call` (or `all`) and `GRPC_VERBOSITY=DEBUG` it prints every call's headers, the bearer token
- * among them. Process-wide (grpc-js has one logger): for the server's process entry.
+ * among them. Process-wide (grpc-js has one logger, so this is its one setter): for the server's process entry.
+ * `onError`: where its error lines go instead (the server's JSON log), censored the same way.
  */
-export function censorGrpcLogs(): void {
+export function censorGrpcLogs(onError?: (text: string) => void): void {
   const write =
     (prefix: string) =>
-    (message?: unknown, ...rest: unknown[]): void =>
-      console.error(`${prefix}${redactHeaderValues(String(message))}`, ...rest);
-  grpc.setLogger({ error: write('E '), info: write('I '), debug: write('D ') });
+    (...args: unknown[]): void =>
+      console.error(`${prefix}${redactHeaderValues(format(...args))}`);
+  grpc.setLogger({
+    error: onError === undefined ? write('E ') : (...args: unknown[]) => onError(redactHeaderValues(format(...args))),
+    info: write('I '),
+    debug: write('D '),
+  });
 }
 
 /** Methods left open by default: the standard health service, for load balancers and probes. */
