@@ -33,6 +33,7 @@ import { withSealedSecrets } from './security/sealed-store.js';
 import { grpcTokens, secretBoxForStore } from './security/setup.js';
 import type { AddressPolicy, Resolver } from './security/ssrf.js';
 import { openStore, SqliteStore } from './store/index.js';
+import { lockSqliteForServer } from './store/sqlite/server-lock.js';
 import type { Store } from './store/types.js';
 import { within } from './within.js';
 
@@ -187,7 +188,15 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const tracingEnv = options.env ?? process.env;
   resolveTracesUrl({ otlpEndpoint: config.otlpEndpoint, env: tracingEnv });
 
-  const rawStore = options.store ?? (await openConfiguredStore(config));
+  // One server per SQLite file (store/sqlite/server-lock.ts); taken before the store opens, given back after it closes.
+  const serverLock = options.store === undefined ? lockConfiguredStore(config) : null;
+  let rawStore: Store;
+  try {
+    rawStore = options.store ?? (await openConfiguredStore(config));
+  } catch (error) {
+    serverLock?.release();
+    throw error;
+  }
   // Passwords and signing secrets are sealed (AES-256-GCM) before either engine writes them.
   const store = withSealedSecrets(rawStore, box, {
     onSecretError: (accountId, error) =>
@@ -196,7 +205,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
         'a webhook secret cannot be opened (key missing or value altered): its deliveries are postponed until the webhook is saved again',
       ),
   });
-  const cleanup: Array<() => Promise<void>> = [() => store.close()];
+  const cleanup: Array<() => Promise<void>> = [() => store.close().finally(() => serverLock?.release())];
   try {
     // Traces: off unless an OTLP endpoint is configured (then the tracer is a no-op). @see OPERATIONS.md
     const tracing = initTracing({
@@ -372,6 +381,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       ]);
       // 3. The store last: everything above may still write to it (PostgreSQL: bounded by its closeTimeoutMs).
       await step('store', () => store.close());
+      serverLock?.release();
       if (errors.length > 0) throw new AggregateError(errors, 'shutdown finished with errors');
     };
     logger.info(
@@ -444,6 +454,19 @@ export class ListenError extends Error {
     // grpc-js wraps the listen errors of every resolved address: keep those.
     const inner = /errors: \[(.*)\]$/s.exec(text)?.[1] ?? text;
     super(`${option} ${address}: cannot listen: ${inner}`, { cause });
+  }
+}
+
+/** The server lock of a SQLite file store (null for PostgreSQL and `:memory:`); refused as the store's open is. */
+function lockConfiguredStore(config: ServerConfig): { release(): void } | null {
+  if (/^postgres(ql)?:\/\//i.test(config.store)) return null;
+  const path = config.store.startsWith('sqlite:') ? config.store.slice('sqlite:'.length) : config.store;
+  if (path === '' || path === ':memory:') return null;
+  try {
+    prepareStoreLocation(config.store);
+    return lockSqliteForServer(path);
+  } catch (error) {
+    throw new StoreOpenError(config.store, error);
   }
 }
 

@@ -8,7 +8,9 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
+import { failure, spawnServer, type ChildServer } from './harness.js';
 
 const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -122,6 +124,32 @@ describe('app-inbox-server process', () => {
       );
     } finally {
       taken.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a second server on the same SQLite file (exit 1), and starts once the first is killed', async () => {
+    // SQLite serves one server process: a second one claimed beside the first, neither seeing the other's state.
+    const dir = mkdtempSync(join(tmpdir(), 'process-lock-'));
+    const store = join(dir, 'one.db');
+    let first: ChildServer | undefined;
+    let third: ChildServer | undefined;
+    try {
+      first = await spawnServer(store, []);
+      const second = runMain(['--store', store, ...START], KEYS);
+      expect(second.status).toBe(1);
+      expect(second.stderr).toBe(
+        `app-inbox-server: --store ${store}: cannot open the store: another server is running on this SQLite database ` +
+          `(it holds ${store}.lock): SQLite serves one server process; stop that one, or use PostgreSQL ` +
+          '(--store postgres://...) for several\n',
+      );
+      // SIGKILL leaves no stale lock: the operating system drops it with the process.
+      await first.kill('SIGKILL');
+      third = await spawnServer(store, []);
+      expect((await failure(third.clients.getWebhook({ accountId: 'none' }))).code).toBe(status.NOT_FOUND);
+    } finally {
+      await first?.kill('SIGKILL');
+      await third?.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     }
   });
