@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -16,6 +16,7 @@ describe('lockSqliteForServer', () => {
     const path = join(dir, 'store.db');
     const first = lockSqliteForServer(path);
     expect(first.file).toBe(`${path}.lock`);
+    expect(existsSync(`${path}.lock-journal`)).toBe(false); // nothing beside the database but the lock file
     expect(() => lockSqliteForServer(path)).toThrow(SqliteServerLockedError);
     // Another database beside it is another lock.
     const other = lockSqliteForServer(join(dir, 'other.db'));

@@ -34,6 +34,8 @@ export function lockSqliteForServer(path: string): { file: string; release(): vo
   const db = new Database(file, { timeout: 0 });
   try {
     db.pragma('locking_mode = EXCLUSIVE');
+    // Nothing is ever written: no journal file beside it either.
+    db.pragma('journal_mode = MEMORY');
     db.exec('BEGIN EXCLUSIVE');
   } catch (error) {
     db.close();
