@@ -32,7 +32,7 @@ import { createAuthInterceptor, createTokenAuthenticator, serverCredentials } fr
 import { withSealedSecrets } from './security/sealed-store.js';
 import { grpcTokens, secretBoxForStore } from './security/setup.js';
 import type { AddressPolicy, Resolver } from './security/ssrf.js';
-import { openStore, SqliteStore } from './store/index.js';
+import { openStore, sqliteFile, SqliteStore } from './store/index.js';
 import { lockSqliteForServer } from './store/sqlite/server-lock.js';
 import type { Store } from './store/types.js';
 import { within } from './within.js';
@@ -459,9 +459,8 @@ export class ListenError extends Error {
 
 /** The server lock of a SQLite file store (null for PostgreSQL and `:memory:`); refused as the store's open is. */
 function lockConfiguredStore(config: ServerConfig): { release(): void } | null {
-  if (/^postgres(ql)?:\/\//i.test(config.store)) return null;
-  const path = config.store.startsWith('sqlite:') ? config.store.slice('sqlite:'.length) : config.store;
-  if (path === '' || path === ':memory:') return null;
+  const path = sqliteFile(config.store);
+  if (path === null) return null;
   try {
     prepareStoreLocation(config.store);
     return lockSqliteForServer(path);
@@ -486,9 +485,8 @@ async function openConfiguredStore(config: ServerConfig): Promise<Store> {
  * PostgreSQL URLs and `:memory:` pass through.
  */
 export function prepareStoreLocation(url: string): string {
-  if (/^postgres(ql)?:\/\//i.test(url)) return url;
-  const path = url.startsWith('sqlite:') ? url.slice('sqlite:'.length) : url;
-  if (path !== '' && path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+  const path = sqliteFile(url);
+  if (path !== null) mkdirSync(dirname(path), { recursive: true });
   return url;
 }
 

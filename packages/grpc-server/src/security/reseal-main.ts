@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ConfigError, HelpShown, loadConfig } from '../config.js';
 import { prepareStoreLocation } from '../server.js';
-import { openStore } from '../store/index.js';
+import { openStore, sqlitePath } from '../store/index.js';
 import { hideCredentialsInProcessTitle } from './redact.js';
 import { resealAllWebhookSecrets } from './sealed-store.js';
 import { SecretBoxError } from './secrets.js';
@@ -35,14 +35,12 @@ async function main(): Promise<number> {
   // A SQLite store must exist: opening a mistyped or relative path (npm -w runs in packages/grpc-server) created an
   // empty database, and the report of nothing, `{"checked":0,...}` with exit 0, read as a finished step 3 of the
   // rotation, after which removing the old key locks the real database's secrets out.
-  if (!/^postgres(ql)?:\/\//i.test(config.store)) {
-    const path = config.store.startsWith('sqlite:') ? config.store.slice('sqlite:'.length) : config.store;
-    if (!existsSync(path)) {
-      process.stderr.write(
-        `reseal-secrets: --store ${resolve(path)}: no such database (the reseal command opens an existing one; a relative path is taken from ${process.cwd()})\n`,
-      );
-      return 2;
-    }
+  const path = sqlitePath(config.store);
+  if (path !== null && !existsSync(path)) {
+    process.stderr.write(
+      `reseal-secrets: --store ${resolve(path)}: no such database (the reseal command opens an existing one; a relative path is taken from ${process.cwd()})\n`,
+    );
+    return 2;
   }
   let box;
   try {

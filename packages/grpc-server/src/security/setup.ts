@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
+import { sqlitePath } from '../store/index.js';
 import { GrpcAuthConfigError, MIN_TOKEN_LENGTH, TOKEN_NOT_ASCII, isAsciiToken } from './grpc-auth.js';
 import {
   SecretBoxError,
@@ -51,35 +52,38 @@ export function secretBoxForStore(setup: SecretBoxSetup): { box: SecretBox; orig
   const configured = setup.secretKeys.trim() !== '' || setup.secretKeyFile.trim() !== '';
   const onWarning = setup.onWarning ? { onWarning: setup.onWarning } : {};
   if (!configured) {
-    if (/^postgres(ql)?:\/\//i.test(setup.store)) {
+    const path = sqlitePath(setup.store);
+    if (path === null) {
       throw new SecretBoxError(
         'secret_key_invalid',
         'a PostgreSQL store needs an encryption key for webhook secrets: set APP_INBOX_SECRET_KEYS or --secret-key-file (the same keys on every process; see SECURITY.md)',
       );
     }
-    const path = setup.store.startsWith('sqlite:') ? setup.store.slice('sqlite:'.length) : setup.store;
     if (path === ':memory:' || path === '') {
       const key = { id: 'memory', key: randomBytes(32) };
       return { box: createSecretBox({ keys: [key], primaryKeyId: key.id }), origin: 'memory' };
     }
     const defaultKeyFile = join(dirname(path), DEFAULT_KEY_FILE_NAME);
-    const sealed = existsSync(defaultKeyFile) ? 0 : webhooksWithSealedSecrets(path);
-    if (sealed > 0) {
-      // The key file is gone but the database holds values sealed with it (copied or restored without it, or deleted):
-      // a new key would open none of them, and the deliveries of those accounts would wait, silently, for a re-save.
-      throw new SecretBoxError(
-        'secret_key_invalid',
-        `${path} holds the secrets of ${sealed} webhook(s), sealed with the key of ${defaultKeyFile}, which is missing: ` +
-          'restore it from the backup of the database (or give the keys with APP_INBOX_SECRET_KEYS or --secret-key-file). ' +
-          'If it is lost for good, create a new key file yourself and save those webhooks again with their secrets ' +
-          '(see SECURITY.md, "Secrets at rest")',
-      );
-    }
-    if (setup.createKeyFile === false && !existsSync(defaultKeyFile)) {
-      throw new SecretBoxError(
-        'secret_key_invalid',
-        `no encryption key for secrets at rest: ${defaultKeyFile} does not exist; set APP_INBOX_SECRET_KEYS or --secret-key-file to the keys the server uses`,
-      );
+    if (!existsSync(defaultKeyFile)) {
+      const sealed = webhooksWithSealedSecrets(path);
+      if (sealed > 0) {
+        // The key file is gone but the database holds values sealed with it (copied or restored without it, or
+        // deleted): a new key would open none of them, and the deliveries of those accounts would wait, silently, for
+        // a re-save.
+        throw new SecretBoxError(
+          'secret_key_invalid',
+          `${path} holds the secrets of ${sealed} webhook(s), sealed with the key of ${defaultKeyFile}, which is missing: ` +
+            'restore it from the backup of the database (or give the keys with APP_INBOX_SECRET_KEYS or --secret-key-file). ' +
+            'If it is lost for good, create a new key file yourself and save those webhooks again with their secrets ' +
+            '(see SECURITY.md, "Secrets at rest")',
+        );
+      }
+      if (setup.createKeyFile === false) {
+        throw new SecretBoxError(
+          'secret_key_invalid',
+          `no encryption key for secrets at rest: ${defaultKeyFile} does not exist; set APP_INBOX_SECRET_KEYS or --secret-key-file to the keys the server uses`,
+        );
+      }
     }
     const loaded = loadSecretBoxFromEnv({}, { defaultKeyFile, ...onWarning });
     return { box: loaded.box, origin: loaded.source, ...(loaded.file ? { file: loaded.file } : {}) };

@@ -25,6 +25,21 @@ export interface OpenStoreOptions {
 }
 
 /**
+ * The path a SQLite store location names (`sqlite:<path>` or a plain path; it may be `:memory:` or empty), or null for a
+ * PostgreSQL URL (`postgres://`, `postgresql://`, any case).
+ */
+export function sqlitePath(url: string): string | null {
+  if (/^postgres(ql)?:\/\//i.test(url)) return null;
+  return url.startsWith('sqlite:') ? url.slice('sqlite:'.length) : url;
+}
+
+/** The SQLite database file a store location names, or null for PostgreSQL, `:memory:` or no path. */
+export function sqliteFile(url: string): string | null {
+  const path = sqlitePath(url);
+  return path === null || path === '' || path === ':memory:' ? null : path;
+}
+
+/**
  * Opens and migrates the store a URL names:
  * - `postgres://...` or `postgresql://...`: {@link PostgresStore} (several processes may share it);
  * - `sqlite:<path>`, `sqlite::memory:` or a plain file path: {@link SqliteStore} (one process).
@@ -33,14 +48,14 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
   if (typeof url !== 'string' || url.trim() === '') {
     throw new StoreError('invalid_argument', 'store: must be a postgres:// URL, sqlite:<path> or a file path');
   }
-  if (/^postgres(ql)?:\/\//i.test(url)) return openPostgresStore({ ...options.postgres, connectionString: url });
+  const path = sqlitePath(url);
+  if (path === null) return openPostgresStore({ ...options.postgres, connectionString: url });
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new StoreError(
       'invalid_argument',
       `store: unsupported scheme in ${url.split(':')[0]}:// (postgres:// or sqlite:)`,
     );
   }
-  const path = url.startsWith('sqlite:') ? url.slice('sqlite:'.length) : url;
   if (path === '') throw new StoreError('invalid_argument', 'store: sqlite: needs a path, e.g. sqlite:./data/inbox.db');
   return openSqliteStore({ ...options.sqlite, path });
 }
