@@ -77,3 +77,5 @@ export {
   signStandardWebhook,
 } from './headers.js';
 export type { RequestHeadersInput } from './headers.js';
+
+export { redactedCommandLine } from './command-line.js';

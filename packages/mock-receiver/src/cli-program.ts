@@ -3,6 +3,7 @@
  * line per request. Kept apart from `cli.ts` (the executable) so it can be tested in-process.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { redactedCommandLine } from '@app-inbox/core';
 import { MockReceiverError } from './errors.js';
 import { DEFAULTS, resolveServerOptions, type MockReceiverOptions } from './options.js';
 import type { ReceivedRequest } from './recorder.js';
@@ -127,15 +128,7 @@ export function buildProgram(): Command {
  * has none. For the process title: a command line is readable by every user of the host (`ps`).
  */
 export function commandLineWithoutPassword(argv: readonly string[]): string | null {
-  let changed = false;
-  const shown = argv.map((arg, i) => {
-    if (argv[i - 1] === '--password' || arg.startsWith('--password=')) {
-      changed = true;
-      return arg.startsWith('--password=') ? '--password=***' : '***';
-    }
-    return arg;
-  });
-  return changed ? shown.join(' ') : null;
+  return redactedCommandLine(argv, ['--password']);
 }
 
 /** Turns the parsed flags into receiver options. */

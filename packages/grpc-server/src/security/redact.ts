@@ -1,5 +1,6 @@
 /** Secrets out of what is shown: logs and error messages. @see SECURITY.md */
 import { readFileSync } from 'node:fs';
+import { redactedCommandLine as redactedCommandLineOf } from '@app-inbox/core';
 
 /** `scheme://user:` … up to the last '@': what may be a password when the URL parser does not say. */
 const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):.*@/i;
@@ -82,18 +83,7 @@ function redactUserinfo(value: string): string {
  * is how a PostgreSQL store is given.
  */
 export function redactedCommandLine(argv: readonly string[], secretFlags: readonly string[] = []): string | null {
-  let changed = false;
-  const shown = argv.map((arg, i) => {
-    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
-    if (secretFlags.includes(argv[i - 1] ?? '') || (eq > 0 && secretFlags.includes(arg.slice(0, eq)))) {
-      changed = true;
-      return eq > 0 ? `${arg.slice(0, eq)}=***` : '***';
-    }
-    const redacted = eq < 0 ? redactCredentials(arg) : `${arg.slice(0, eq + 1)}${redactCredentials(arg.slice(eq + 1))}`;
-    if (redacted.includes('***') && !arg.includes('***')) changed = true;
-    return redacted;
-  });
-  return changed ? shown.join(' ') : null;
+  return redactedCommandLineOf(argv, secretFlags, redactCredentials);
 }
 
 /**
