@@ -5,7 +5,7 @@
 import * as z from 'zod';
 import { DEFAULT_MAX_MESSAGES_PER_CONTACT, validate } from '@app-inbox/core';
 import { MockReceiverError, describeViolations } from './errors.js';
-import { SCENARIO_NAMES, parseRules, type RuleInput, type ScenarioName } from './rules.js';
+import { SCENARIO_NAMES, parseRules, ruleListSchema, type RuleInput, type ScenarioName } from './rules.js';
 
 /** Options of {@link createMockReceiverApp}. Every field is optional. */
 export interface MockReceiverAppOptions {
@@ -102,7 +102,8 @@ const appOptionsSchema = z
     recordLimit: intIn(0, 1_000_000).optional(),
     contactLimit: intIn(1, 10_000_000).optional(),
     scenario: z.enum(SCENARIO_NAMES, { error: `must be one of ${SCENARIO_NAMES.join(', ')}` }).optional(),
-    rules: z.array(z.unknown(), { error: 'must be an array of rules' }).optional(),
+    // The rules' own schema: bad rules are named with the other bad options, in one error.
+    rules: ruleListSchema.optional(),
     retryAfterSeconds: intIn(0, 86_400).optional(),
     slowDelayMs: intIn(0, 600_000).optional(),
     maxBodyBytes: intIn(1, 1024 * 1024 * 1024).optional(),
@@ -145,23 +146,18 @@ function fail(violations: { field: string; description: string }[]): never {
  */
 export function resolveAppOptions(options: MockReceiverAppOptions = {}): ResolvedAppOptions {
   const result = validate(appOptionsSchema, options, '');
-  // The rules are checked in the same pass, so that every bad option is named at once.
+  if (!result.ok) fail(result.violations);
+  const o = result.value;
+  // What the schema cannot say: two rules with one id.
   let rules: RuleInput[] = [];
-  const ruleViolations: { field: string; description: string }[] = [];
-  const given = (options as { rules?: unknown }).rules;
-  if (given !== undefined) {
+  if (o.rules !== undefined) {
     try {
-      rules = parseRules(given, 'rules');
+      rules = parseRules(o.rules, 'rules');
     } catch (error) {
-      if (!(error instanceof MockReceiverError)) throw error;
-      ruleViolations.push(...error.violations);
+      if (error instanceof MockReceiverError) fail([...error.violations]);
+      throw error;
     }
   }
-  if (!result.ok || ruleViolations.length > 0) {
-    const others = result.ok ? [] : result.violations.filter((v) => !ruleViolations.some((r) => r.field === v.field));
-    fail([...others, ...ruleViolations]);
-  }
-  const o = result.value;
   return {
     auth: o.username !== undefined && o.password !== undefined ? { username: o.username, password: o.password } : null,
     maxMessagesPerContact: o.maxMessagesPerContact ?? DEFAULTS.maxMessagesPerContact,

@@ -258,11 +258,17 @@ export interface PresetSettings {
   slowDelayMs: number;
 }
 
+/**
+ * A list of rules, by their own schema: embedded in the schema of what carries them (`POST /__control`, the options),
+ * so that one answer names the rules' bad fields with the others'.
+ */
+export const ruleListSchema = z.array(ruleSchema, { error: 'must be an array of rules' });
+
 const controlInputSchema = z.strictObject({
   scenario: z.enum(SCENARIO_NAMES, { error: `must be one of ${SCENARIO_NAMES.join(', ')}` }).optional(),
   // The rules' own schema, not checked afterwards: a bad scenario or an unknown field then names the rules' bad
   // fields too, in one answer.
-  rules: z.array(ruleSchema, { error: 'must be an array of rules' }).optional(),
+  rules: ruleListSchema.optional(),
   append: z.boolean().optional(),
 });
 
@@ -275,7 +281,7 @@ function invalid(violations: FieldViolation[]): MockReceiverError {
  * @throws MockReceiverError `invalid_rule`
  */
 export function parseRules(input: unknown, field = 'rules'): RuleInput[] {
-  const result = validate(z.array(ruleSchema, { error: 'must be an array of rules' }), input, field);
+  const result = validate(ruleListSchema, input, field);
   if (!result.ok) throw invalid(result.violations);
   const seen = new Set<string>();
   const duplicates: FieldViolation[] = [];
