@@ -97,6 +97,22 @@ describe('the contract answers', () => {
     for (const v of body.violations) expect(v.description).not.toBe('');
   });
 
+  it("400 for a contact's list out of order or with an id twice (strict), 200 for it with --no-strict", async () => {
+    const newer = message('c-1', { createdDate: 1_700_000_000_002 });
+    const older = message('c-1', { createdDate: 1_700_000_000_001 });
+    const body = [older, message('c-2'), newer, older];
+    const answer = await post(await startReceiver(), { body });
+    expect(answer.status).toBe(400);
+    expect(answer.json).toMatchObject({
+      error: 'invalid_payload',
+      violations: [
+        { field: 'body[2]', description: expect.stringContaining('is newer than body[0] of the same contact') },
+        { field: 'body[3].id', description: 'repeats body[0].id' },
+      ],
+    });
+    expect((await post(await startReceiver({ strict: false }), { body })).status).toBe(200);
+  });
+
   it('400 for invalid JSON, an empty body, a body that is not an array, and bad UTF-8', async () => {
     const receiver = await startReceiver();
     const cases: [unknown, string][] = [
