@@ -10,6 +10,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
+import { withSealedSecrets } from '../../src/security/sealed-store.js';
+import { secretBoxForStore } from '../../src/security/setup.js';
+import { openSqliteStore } from '../../src/store/sqlite/sqlite-store.js';
 import { failure, spawnServer, type ChildServer } from './harness.js';
 
 const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
@@ -150,6 +153,35 @@ describe('app-inbox-server process', () => {
     } finally {
       await first?.kill('SIGKILL');
       await third?.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a SQLite database whose secrets were sealed with a secret.key that is missing (exit 2)', async () => {
+    // A database restored without its key file got a new key, which opens none of its secrets.
+    const dir = mkdtempSync(join(tmpdir(), 'process-key-'));
+    const store = join(dir, 'sealed.db');
+    try {
+      const { box } = secretBoxForStore({ store, secretKeys: '', secretKeyFile: '' });
+      const sealed = withSealedSecrets(await openSqliteStore({ path: store }), box);
+      await sealed.upsertWebhook(
+        'acct',
+        {
+          url: 'https://r.example/h',
+          maxMessagesPerContact: 10,
+          enabled: true,
+          auth: { type: 'basic', username: 'u', password: 'p' },
+        },
+        1,
+      );
+      await sealed.close();
+      rmSync(join(dir, 'secret.key'));
+      const result = runMain(['--store', store, ...START], { APP_INBOX_SECRET_KEYS: '' });
+      expect(result.status).toBe(2);
+      expect(result.stderr).toContain(
+        `${store} holds the secrets of 1 webhook(s), sealed with the key of ${join(dir, 'secret.key')}, which is missing`,
+      );
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
