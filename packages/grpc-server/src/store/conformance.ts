@@ -221,6 +221,22 @@ export function storeConformanceSuite(
         expect(await store.getWebhook(acct)).toEqual(replaced);
       });
 
+      it('gives each save a later updatedAt than the one before, within one millisecond or after a clock step back', async () => {
+        // updatedAt names a save: a claim made under one save is not sent after another (checkClaim), a 410 pauses
+        // the save it answered, and replaceWebhookIfUnchanged must not overwrite a save it did not read.
+        const acct = await withWebhook();
+        const first = await store.getWebhook(acct);
+        const sameMs = await store.upsertWebhook(acct, { ...webhook(), url: 'http://other.example/x' }, T0);
+        expect(sameMs.updatedAt).toBe(T0 + 1);
+        const stepBack = await store.upsertWebhook(acct, webhook(), T0 - 60_000);
+        expect(stepBack).toMatchObject({ createdAt: T0, updatedAt: T0 + 2 });
+        expect(await store.getWebhook(acct)).toEqual(stepBack);
+        // The save read first is gone: a compare-and-set naming it changes nothing.
+        await expect(store.replaceWebhookIfUnchanged(acct, webhook(), T0, first!.updatedAt)).resolves.toBeNull();
+        // A later clock wins as before.
+        expect((await store.upsertWebhook(acct, webhook(), T0 + 50)).updatedAt).toBe(T0 + 50);
+      });
+
       it('replaceWebhookIfUnchanged replaces only the save it names, and never creates a webhook', async () => {
         const acct = await withWebhook();
         const other = { url: 'http://other.example/x', maxMessagesPerContact: 5, enabled: false };

@@ -233,7 +233,9 @@ export interface Store {
   /**
    * Creates or replaces the account's whole configuration (an omitted `messageTtlMs` is the default,
    * 1 day; `createdAt` is kept). Secrets are stored as given and returned by reads: redacting them is
-   * the API's job.
+   * the API's job. `updatedAt` is `now`, or 1 ms after the previous save's when that is not earlier (two saves
+   * in one millisecond, a clock stepped back): it names the save, for {@link Store.checkClaim}, the circuit's
+   * 410 pause and {@link Store.replaceWebhookIfUnchanged}.
    */
   upsertWebhook(
     accountId: string,

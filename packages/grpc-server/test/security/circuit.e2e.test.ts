@@ -197,6 +197,16 @@ describe.each(storeUrls())('circuit breaker ($engine)', (target) => {
       CircuitState.CIRCUIT_STATE_CLOSED,
     );
   });
+
+  it('a save by another process in the same millisecond as the save the 410 answered resumes it all the same', async () => {
+    const { account, clients, server } = await goneEndpoint('gone-same-ms');
+    const second = await clients.publishMessages({ accountId: account, messages: [inboxMessage('c-2')] });
+    // Another process whose clock reads the millisecond of the save the 410 answered (or is behind it): only a
+    // later updatedAt for this save tells this process's circuit that it is not the one the 410 answered.
+    const stored = await server.store.getWebhook(account);
+    await server.store.upsertWebhook(account, { ...stored!, messageTtlMs: stored!.messageTtlMs }, stored!.updatedAt);
+    await deliveryIn(clients, second.deliveries[0]?.deliveryId ?? '', [DeliveryState.DELIVERY_STATE_DELIVERED]);
+  });
 });
 
 describe('circuit breaker across processes (PostgreSQL)', () => {

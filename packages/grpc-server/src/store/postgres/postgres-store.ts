@@ -772,11 +772,12 @@ export class PostgresStore implements Store {
     assertId('accountId', accountId);
     assertTime('now', now);
     const stored = webhookToStored(config);
+    // Each save gets a later updatedAt than the one before (Store.upsertWebhook).
     const { rows } = await this.#query<WebhookRow>(
       `INSERT INTO webhooks (account_id, config, enabled, message_ttl_ms, created_at, updated_at)
        VALUES ($1, $2, $3, $4, $5, $5)
        ON CONFLICT (account_id) DO UPDATE SET config = excluded.config, enabled = excluded.enabled,
-         message_ttl_ms = excluded.message_ttl_ms, updated_at = excluded.updated_at
+         message_ttl_ms = excluded.message_ttl_ms, updated_at = GREATEST(excluded.updated_at, webhooks.updated_at + 1)
        RETURNING *`,
       [accountId, stored.json, stored.enabled, stored.messageTtlMs, now],
     );

@@ -367,13 +367,14 @@ export class SqliteStore implements Store {
     assertTime('now', now);
     const stored = webhookToStored(config);
     const key = this.#keyOrCreate(accountId);
-    // One statement, committed on its own: the writes asked for before it go first.
+    // One statement, committed on its own: the writes asked for before it go first. Each save gets a later
+    // updatedAt than the one before (Store.upsertWebhook).
     this.#flushBeforeOthers();
     const row = this.#q(
       `INSERT INTO webhooks (account_id, account_key, config, enabled, message_ttl_ms, created_at, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (account_id) DO UPDATE SET config = excluded.config, enabled = excluded.enabled,
-         message_ttl_ms = excluded.message_ttl_ms, updated_at = excluded.updated_at
+         message_ttl_ms = excluded.message_ttl_ms, updated_at = MAX(excluded.updated_at, webhooks.updated_at + 1)
        RETURNING *`,
     ).get(accountId, key, stored.json, stored.enabled ? 1 : 0, stored.messageTtlMs, now, now) as WebhookRow;
     return webhookFromRow(row);

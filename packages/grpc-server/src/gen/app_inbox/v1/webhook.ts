@@ -114,7 +114,10 @@ export interface Webhook {
   defaultMessageTtlSeconds: number;
   /** Creation time, milliseconds since the epoch. */
   createTimeMs: number;
-  /** Time of the last change, milliseconds since the epoch. */
+  /**
+   * Time of the last save, milliseconds since the epoch. Each save gets a later time than the one before (1 ms
+   * later when the clock has not moved on), so it also tells two saves apart.
+   */
   updateTimeMs: number;
   /**
    * The endpoint's circuit breaker, as seen by the server process that answers (each process keeps its
