@@ -166,7 +166,7 @@ describe('decodeFailuresAsInvalidArgument', () => {
     const methods = [WebhookServiceService, MessageServiceService, DeliveryServiceService].flatMap((service) =>
       Object.values(service),
     );
-    expect(methods).toHaveLength(9);
+    expect(methods).toHaveLength(10);
     for (const method of methods) {
       expect(() => method.requestDeserialize(notUtf8), method.path).not.toThrow(); // lenient: U+FFFD
       expect(() => decodeStrictly(method, notUtf8), method.path).toThrow(TypeError);

@@ -18,6 +18,7 @@ export const API_ERROR_CODES = [
   'invalid_argument',
   'webhook_not_found',
   'webhook_not_configured',
+  'webhook_secret_unreadable',
   'delivery_not_found',
   'conflict',
   'shutting_down',
@@ -35,6 +36,8 @@ export const GRPC_STATUS_BY_CODE: Readonly<Record<ApiErrorCode, status>> = {
   // Publishing for an account without a webhook is refused rather than stored for later: the caller
   // most likely has the wrong account id, and nothing would ever deliver the messages. @see README
   webhook_not_configured: status.FAILED_PRECONDITION,
+  // UpdateWebhook would keep a stored secret whose key is gone: it must be sent again (SECURITY.md, lost key).
+  webhook_secret_unreadable: status.FAILED_PRECONDITION,
   delivery_not_found: status.NOT_FOUND,
   // A transaction kept conflicting with concurrent ones (PostgreSQL): the client may retry the call.
   conflict: status.ABORTED,

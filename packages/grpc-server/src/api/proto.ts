@@ -45,6 +45,8 @@ export {
   DeleteWebhookResponse,
   GetWebhookRequest,
   GetWebhookResponse,
+  UpdateWebhookRequest,
+  UpdateWebhookResponse,
   UpsertWebhookRequest,
   UpsertWebhookResponse,
   Webhook,

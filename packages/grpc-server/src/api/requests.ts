@@ -15,7 +15,8 @@ import {
 } from '@app-inbox/core';
 import type { DeliveryState as StoreDeliveryState, DeliveryFilter } from '../store/types.js';
 import type { InboxMessage, PublishMessagesRequest, ResyncContactsRequest } from '../gen/app_inbox/v1/message.js';
-import type { UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
+import type { UpdateWebhookRequest, UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
+import type { WebhookRecord } from '../store/types.js';
 import type { ListDeliveriesRequest } from '../gen/app_inbox/v1/delivery.js';
 import { stateFromProto } from './mapping.js';
 import type { FieldViolation } from './errors.js';
@@ -105,6 +106,79 @@ export function parseUpsertWebhook(request: UpsertWebhookRequest, defaultTtlSeco
   }
   if (violations.length > 0 || !checked.ok) return { ok: false, violations };
   return { ok: true, value: { accountId: request.accountId, config: checked.value, messageTtlMs: ttlSeconds * 1000 } };
+}
+
+/** The fields of a webhook UpdateWebhook can change, by their names in its request (`update_mask` paths). */
+export const UPDATABLE_WEBHOOK_FIELDS = [
+  'url',
+  'basic_auth',
+  'max_messages_per_contact',
+  'enabled',
+  'signing_secret',
+  'default_message_ttl_seconds',
+] as const;
+export type UpdatableWebhookField = (typeof UPDATABLE_WEBHOOK_FIELDS)[number];
+
+/** The request's key of each updatable field. */
+const UPDATE_KEYS: Readonly<Record<UpdatableWebhookField, keyof UpsertWebhookRequest & keyof UpdateWebhookRequest>> = {
+  url: 'url',
+  basic_auth: 'basicAuth',
+  max_messages_per_contact: 'maxMessagesPerContact',
+  enabled: 'enabled',
+  signing_secret: 'signingSecret',
+  default_message_ttl_seconds: 'defaultMessageTtlSeconds',
+};
+
+/** The account and the fields an UpdateWebhook request changes (checked before the webhook is read). */
+export function parseUpdateMask(
+  request: UpdateWebhookRequest,
+): Result<{ accountId: string; fields: UpdatableWebhookField[] }> {
+  const violations = checkAccountId(request.accountId);
+  const paths = request.updateMask;
+  const fields: UpdatableWebhookField[] = [];
+  if (paths.length === 0) {
+    violations.push({
+      field: 'update_mask',
+      description: `is required: name at least one of ${UPDATABLE_WEBHOOK_FIELDS.join(', ')}`,
+    });
+  }
+  for (const path of paths) {
+    if (!(UPDATABLE_WEBHOOK_FIELDS as readonly string[]).includes(path)) {
+      violations.push({
+        field: 'update_mask',
+        description: `${JSON.stringify(path)} is not a field UpdateWebhook changes: must be one of ${UPDATABLE_WEBHOOK_FIELDS.join(', ')}`,
+      });
+    } else if (!fields.includes(path as UpdatableWebhookField)) fields.push(path as UpdatableWebhookField);
+  }
+  if (violations.length > 0) return { ok: false, violations };
+  return { ok: true, value: { accountId: request.accountId, fields } };
+}
+
+/**
+ * The webhook an UpdateWebhook request makes of the stored one: the fields it names from the request, every other
+ * one as stored (secrets included), checked as a whole by {@link parseUpsertWebhook}, so a violation names the
+ * field as UpsertWebhook would.
+ */
+export function parseUpdateWebhook(
+  request: UpdateWebhookRequest,
+  fields: readonly UpdatableWebhookField[],
+  stored: WebhookRecord,
+  defaultTtlSeconds: number,
+): Result<UpsertInput> {
+  const merged: UpsertWebhookRequest = {
+    accountId: request.accountId,
+    url: stored.url,
+    basicAuth:
+      stored.auth === undefined ? undefined : { username: stored.auth.username, password: stored.auth.password },
+    maxMessagesPerContact: stored.maxMessagesPerContact,
+    enabled: stored.enabled,
+    signingSecret: stored.signingSecret ?? '',
+    // Stored from whole seconds by UpsertWebhook; a store default of another unit is rounded up, never to 0.
+    defaultMessageTtlSeconds: Math.max(1, Math.ceil(stored.messageTtlMs / 1000)),
+  };
+  const target = merged as unknown as Record<string, unknown>;
+  for (const field of fields) target[UPDATE_KEYS[field]] = request[UPDATE_KEYS[field]];
+  return parseUpsertWebhook(merged, defaultTtlSeconds);
 }
 
 /** A message whose contact has no externalCustomerId is checked with every other rule, then skipped. */

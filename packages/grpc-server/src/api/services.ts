@@ -34,6 +34,8 @@ import {
   parseListDeliveries,
   parsePublishMessages,
   parseResyncContacts,
+  parseUpdateMask,
+  parseUpdateWebhook,
   parseUpsertWebhook,
   type Result,
 } from './requests.js';
@@ -104,6 +106,9 @@ export interface ApiDependencies {
   circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'resumeIfSavedSince'>;
 }
 
+/** Reads of a webhook saved again by someone else between UpdateWebhook's read and write before it answers ABORTED. */
+const UPDATE_TRIES = 5;
+
 /**
  * True when an upsert changed what the circuit judged: where and how deliveries are sent, or re-enabled
  * the webhook (how an operator resumes an endpoint after fixing it or after its 410 Gone).
@@ -172,28 +177,69 @@ export function createApi(deps: ApiDependencies): Api {
     };
   }
 
+  /** SSRF: every address the URL's host resolves to must be allowed, before anything is stored. */
+  async function checkUrl(url: string): Promise<void> {
+    const verdict = await checkUrlAtConfigTime(url, addressPolicy, deps.resolve ? { resolve: deps.resolve } : {});
+    if (!verdict.ok) throw invalidArgument([{ field: 'url', description: verdict.reason }]);
+  }
+
+  /** What a save of the webhook does besides the write: the circuit's view of the endpoint, and the lanes. */
+  function saved(accountId: string, before: WebhookRecord | null, record: WebhookRecord): void {
+    if (endpointChanged(before, record)) deps.circuit?.reset(accountId);
+    // A save that changed nothing resumes an endpoint paused by its 410 Gone too: no 410 answered this save.
+    else deps.circuit?.resumeIfSavedSince(accountId, record.updatedAt);
+    // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
+    deps.wake();
+  }
+
   const webhook: WebhookServiceServer = {
     upsertWebhook: unary('UpsertWebhook', async (request) => {
       const input = valid(parseUpsertWebhook(request, deps.defaultMessageTtlSeconds));
-      // SSRF: every address the host resolves to must be allowed, before anything is stored.
-      const verdict = await checkUrlAtConfigTime(
-        input.config.url,
-        addressPolicy,
-        deps.resolve ? { resolve: deps.resolve } : {},
-      );
-      if (!verdict.ok) throw invalidArgument([{ field: 'url', description: verdict.reason }]);
+      await checkUrl(input.config.url);
       const before = await store.getWebhook(input.accountId);
       const record = await store.upsertWebhook(
         input.accountId,
         { ...input.config, messageTtlMs: input.messageTtlMs },
         deps.now(),
       );
-      if (endpointChanged(before, record)) deps.circuit?.reset(input.accountId);
-      // A save that changed nothing resumes an endpoint paused by its 410 Gone too: no 410 answered this save.
-      else deps.circuit?.resumeIfSavedSince(input.accountId, record.updatedAt);
-      // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
-      deps.wake();
+      saved(input.accountId, before, record);
       return { webhook: webhookToProto(record, deps.circuit?.view(input.accountId)), created: before === null };
+    }),
+    updateWebhook: unary('UpdateWebhook', async (request) => {
+      const { accountId, fields } = valid(parseUpdateMask(request));
+      for (let tries = 0; tries < UPDATE_TRIES; tries++) {
+        const before = await store.getWebhook(accountId);
+        if (before === null)
+          throw new ApiError('webhook_not_found', `account ${JSON.stringify(accountId)} has no webhook`);
+        if (before.secretsSealed === true) {
+          const resend = [
+            ...(before.auth !== undefined && !fields.includes('basic_auth') ? ['basic_auth'] : []),
+            ...(before.signingSecret !== undefined && !fields.includes('signing_secret') ? ['signing_secret'] : []),
+          ];
+          if (resend.length > 0) {
+            throw new ApiError(
+              'webhook_secret_unreadable',
+              `the stored secrets of account ${JSON.stringify(accountId)} cannot be opened (their key is gone): ` +
+                `name ${resend.join(' and ')} in update_mask and send ${resend.length === 1 ? 'it' : 'them'} again`,
+            );
+          }
+        }
+        const input = valid(parseUpdateWebhook(request, fields, before, deps.defaultMessageTtlSeconds));
+        // Only a URL that changes is resolved: disabling a webhook must not depend on its host's DNS answering.
+        if (fields.includes('url')) await checkUrl(input.config.url);
+        // Written only while the webhook is still the save read above; a save or delete in between: read again.
+        const record = await store.replaceWebhookIfUnchanged(
+          accountId,
+          { ...input.config, messageTtlMs: input.messageTtlMs },
+          Math.max(deps.now(), before.updatedAt + 1),
+          before.updatedAt,
+        );
+        if (record !== null) {
+          saved(accountId, before, record);
+          return { webhook: webhookToProto(record, deps.circuit?.view(accountId)) };
+        }
+      }
+      throw new ApiError('conflict', `the webhook of account ${JSON.stringify(accountId)} kept being saved: try again`);
     }),
     getWebhook: unary('GetWebhook', async (request) => {
       check(checkAccountId(request.accountId));

@@ -25,10 +25,12 @@ import {
 import {
   DeleteWebhookRequest,
   GetWebhookRequest,
+  UpdateWebhookRequest,
   UpsertWebhookRequest,
   WebhookServiceClient,
   type DeleteWebhookResponse,
   type GetWebhookResponse,
+  type UpdateWebhookResponse,
   type UpsertWebhookResponse,
 } from '../gen/app_inbox/v1/webhook.js';
 import { clientCredentials, type ClientAccessOptions } from '../security/grpc-auth.js';
@@ -78,6 +80,9 @@ export class ApiClient {
 
   upsertWebhook(r: DeepPartial<UpsertWebhookRequest>): Promise<UpsertWebhookResponse> {
     return this.#unary((m, o, cb) => this.#webhook.upsertWebhook(UpsertWebhookRequest.fromPartial(r), m, o, cb));
+  }
+  updateWebhook(r: DeepPartial<UpdateWebhookRequest>): Promise<UpdateWebhookResponse> {
+    return this.#unary((m, o, cb) => this.#webhook.updateWebhook(UpdateWebhookRequest.fromPartial(r), m, o, cb));
   }
   getWebhook(r: DeepPartial<GetWebhookRequest>): Promise<GetWebhookResponse> {
     return this.#unary((m, o, cb) => this.#webhook.getWebhook(GetWebhookRequest.fromPartial(r), m, o, cb));

@@ -15,7 +15,12 @@ import {
   type DeliveryState,
 } from '../gen/app_inbox/v1/delivery.js';
 import { PublishMessagesResponse, ResyncContactsResponse, type ContactDelivery } from '../gen/app_inbox/v1/message.js';
-import { GetWebhookResponse, UpsertWebhookResponse, type Webhook } from '../gen/app_inbox/v1/webhook.js';
+import {
+  GetWebhookResponse,
+  UpdateWebhookResponse,
+  UpsertWebhookResponse,
+  type Webhook,
+} from '../gen/app_inbox/v1/webhook.js';
 import { GrpcAuthConfigError, bearerTokenProblem } from '../security/grpc-auth.js';
 import { ApiClient } from './client.js';
 import { CliError, RpcError, isServiceError, rpcError } from './errors.js';
@@ -411,6 +416,23 @@ Examples:
         },
       ),
     );
+  for (const enabled of [true, false]) {
+    webhook
+      .command(`${enabled ? 'enable' : 'disable'} <account>`)
+      .description(
+        enabled
+          ? 'send the account’s messages again (UpdateWebhook: the rest of the configuration, secrets included, is kept)'
+          : 'keep accepting the account’s messages but send nothing until enabled again (the rest is kept)',
+      )
+      .action(
+        act(async (ctx, account: string) => {
+          const response = await ctx.client.updateWebhook({ accountId: account, updateMask: ['enabled'], enabled });
+          if (ctx.json) return ctx.out(json(UpdateWebhookResponse.toJSON(response)));
+          ctx.out(`Webhook of account ${account} ${enabled ? 'enabled' : 'disabled'}.\n`);
+          ctx.out(webhookView(response.webhook));
+        }),
+      );
+  }
   webhook
     .command('get <account>')
     .description('show the webhook of an account (secrets are never shown, only whether they are set)')

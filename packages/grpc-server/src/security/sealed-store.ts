@@ -85,10 +85,10 @@ export function withSealedSecrets<S extends Store>(store: S, box: SecretBox, opt
       } catch (error) {
         // Its key is lost or was removed too early. The account must stay manageable: the read RPCs show only
         // whether a secret is set, publishing needs none, and a re-save (the documented recovery) replaces it.
-        // What is returned keeps that secret sealed (`enc:v1:…`, never usable as a password); claims, the one
-        // path that sends, refuse it (above).
+        // What is returned keeps that secret sealed (`enc:v1:…`, never usable as a password) and says so, so that
+        // UpdateWebhook does not keep it; claims, the one path that sends, refuse it (below).
         options.onSecretError?.(accountId, error);
-        return record;
+        return { ...record, secretsSealed: true };
       }
     },
     async claimDue(claim) {

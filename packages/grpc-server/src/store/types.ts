@@ -30,6 +30,11 @@ export interface WebhookRecord extends WebhookConfig {
   messageTtlMs: number;
   createdAt: number;
   updatedAt: number;
+  /**
+   * Set by the sealed-secrets wrapper (security/sealed-store.ts) on a read whose secrets could not be opened (their
+   * key is gone): the secrets in this record are still sealed, never usable as they are. Engines never set it.
+   */
+  secretsSealed?: true;
 }
 
 export interface PublishInput {

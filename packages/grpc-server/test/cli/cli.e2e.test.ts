@@ -134,6 +134,32 @@ describe('app-inbox command-line client', () => {
     expect(missing.stderr).toContain(`NOT_FOUND: account "${acct}" has no webhook`);
   });
 
+  it('disables and enables a webhook, keeping its password and signing secret (UpdateWebhook)', async () => {
+    const acct = await accountWithReceiver();
+    await t.clients.upsertWebhook({
+      accountId: acct,
+      url: `${receiver.url}/hook`,
+      basicAuth: { username: 'hook-user', password: PASSWORD },
+      signingSecret: SIGNING_SECRET,
+    });
+    const disabled = await runCli(cli('webhook', 'disable', acct));
+    expect(disabled).toMatchObject({ code: 0, stderr: '' });
+    expect(disabled.stdout).toContain(`Webhook of account ${acct} disabled.`);
+    expect(disabled.stdout).toMatch(/basic auth\s+hook-user \(password set\)/);
+    expect(await t.server.store.getWebhook(acct)).toMatchObject({
+      enabled: false,
+      auth: { username: 'hook-user', password: PASSWORD },
+      signingSecret: SIGNING_SECRET,
+    });
+    const enabled = await runCli(cli('--json', 'webhook', 'enable', acct));
+    expect(enabled.code).toBe(0);
+    expect(JSON.parse(enabled.stdout)).toMatchObject({ webhook: { enabled: true, hasSigningSecret: true } });
+    expect(await t.server.store.getWebhook(acct)).toMatchObject({ enabled: true, auth: { password: PASSWORD } });
+    const missing = await runCli(cli('webhook', 'enable', accountId()));
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('NOT_FOUND');
+  });
+
   it('publishes a file: counts, the contact without an externalCustomerId skipped, the deliveries made', async () => {
     const acct = await accountWithReceiver();
     const path = file('messages.json', [

@@ -37,10 +37,12 @@ import {
 import {
   DeleteWebhookRequest,
   GetWebhookRequest,
+  UpdateWebhookRequest,
   UpsertWebhookRequest,
   WebhookServiceClient,
   type DeleteWebhookResponse,
   type GetWebhookResponse,
+  type UpdateWebhookResponse,
   type UpsertWebhookResponse,
 } from '../../src/gen/app_inbox/v1/webhook.js';
 import { startServer, type RunningServer, type StartOptions } from '../../src/server.js';
@@ -162,6 +164,9 @@ export class Clients {
 
   upsertWebhook(r: DeepPartial<UpsertWebhookRequest>): Promise<UpsertWebhookResponse> {
     return unary((cb) => this.webhook.upsertWebhook(UpsertWebhookRequest.fromPartial(r), cb));
+  }
+  updateWebhook(r: DeepPartial<UpdateWebhookRequest>): Promise<UpdateWebhookResponse> {
+    return unary((cb) => this.webhook.updateWebhook(UpdateWebhookRequest.fromPartial(r), cb));
   }
   getWebhook(r: DeepPartial<GetWebhookRequest>): Promise<GetWebhookResponse> {
     return unary((cb) => this.webhook.getWebhook(GetWebhookRequest.fromPartial(r), cb));

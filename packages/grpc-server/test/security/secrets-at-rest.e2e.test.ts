@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { status } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -27,6 +28,7 @@ import { openStore } from '../../src/store/index.js';
 import {
   accountId,
   deliveryIn,
+  failure,
   inboxMessage,
   startTestServer,
   testConfig,
@@ -313,6 +315,14 @@ describe('a lost key (SECURITY.md): the account stays usable and a re-save recov
     const published = await second.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
     const deliveryId = published.deliveries[0]?.deliveryId ?? '';
     expect(deliveryId).not.toBe('');
+    // UpdateWebhook would keep the password it cannot open (re-sealing the sealed text as if it were one): refused,
+    // naming what to send again, and nothing changes.
+    const kept = await failure(
+      second.clients.updateWebhook({ accountId: account, updateMask: ['enabled'], enabled: false }),
+    );
+    expect(kept.code).toBe(status.FAILED_PRECONDITION);
+    expect(kept.details).toContain('name basic_auth in update_mask');
+    expect((await second.clients.getWebhook({ accountId: account })).webhook).toEqual(shown.webhook);
     // Re-saved with its password: the postponed delivery goes out, sealed with the key now loaded.
     const saved = await second.clients.upsertWebhook({
       accountId: account,

@@ -205,6 +205,46 @@ export interface DeleteWebhookRequest {
 export interface DeleteWebhookResponse {
 }
 
+/** Request of WebhookService.UpdateWebhook. */
+export interface UpdateWebhookRequest {
+  /** The account; required. */
+  accountId: string;
+  /**
+   * The fields to change, by their names in this message: `url`, `basic_auth`, `max_messages_per_contact`,
+   * `enabled`, `signing_secret`, `default_message_ttl_seconds`; at least one. A field named here but left unset
+   * takes its UpsertWebhook default (`basic_auth` and `signing_secret`: removed); a field not named is kept,
+   * whatever this request sets in it. The result is checked as a whole, as UpsertWebhook checks it (the URL's
+   * addresses against the SSRF policy only when `url` is named: disabling must not depend on DNS). The paths of a
+   * field mask (AIP-134), as a plain list: a google.protobuf.FieldMask here would break server reflection, which
+   * grpc-js serves from descriptors without their imports (grpc/grpc-node#2958).
+   */
+  updateMask: string[];
+  /** As in UpsertWebhookRequest. */
+  url: string;
+  /** As in UpsertWebhookRequest. */
+  basicAuth:
+    | BasicAuth
+    | undefined;
+  /** As in UpsertWebhookRequest. */
+  maxMessagesPerContact?:
+    | number
+    | undefined;
+  /** As in UpsertWebhookRequest. */
+  enabled?:
+    | boolean
+    | undefined;
+  /** As in UpsertWebhookRequest. */
+  signingSecret: string;
+  /** As in UpsertWebhookRequest. */
+  defaultMessageTtlSeconds?: number | undefined;
+}
+
+/** Response of WebhookService.UpdateWebhook. */
+export interface UpdateWebhookResponse {
+  /** The webhook as stored (no secret in it). */
+  webhook: Webhook | undefined;
+}
+
 function createBaseBasicAuth(): BasicAuth {
   return { username: "", password: "" };
 }
@@ -1313,6 +1353,291 @@ export const DeleteWebhookResponse: MessageFns<DeleteWebhookResponse> = {
   },
 };
 
+function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
+  return {
+    accountId: "",
+    updateMask: [],
+    url: "",
+    basicAuth: undefined,
+    maxMessagesPerContact: undefined,
+    enabled: undefined,
+    signingSecret: "",
+    defaultMessageTtlSeconds: undefined,
+  };
+}
+
+export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
+  encode(message: UpdateWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accountId !== "") {
+      writer.uint32(10).string(message.accountId);
+    }
+    for (const v of message.updateMask) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.url !== "") {
+      writer.uint32(26).string(message.url);
+    }
+    if (message.basicAuth !== undefined) {
+      BasicAuth.encode(message.basicAuth, writer.uint32(34).fork()).join();
+    }
+    if (message.maxMessagesPerContact !== undefined) {
+      writer.uint32(40).uint32(message.maxMessagesPerContact);
+    }
+    if (message.enabled !== undefined) {
+      writer.uint32(48).bool(message.enabled);
+    }
+    if (message.signingSecret !== "") {
+      writer.uint32(58).string(message.signingSecret);
+    }
+    if (message.defaultMessageTtlSeconds !== undefined) {
+      writer.uint32(64).int64(message.defaultMessageTtlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.updateMask.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.basicAuth = BasicAuth.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxMessagesPerContact = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.enabled = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.signingSecret = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.defaultMessageTtlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateWebhookRequest {
+    return {
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      updateMask: globalThis.Array.isArray(object?.updateMask)
+        ? object.updateMask.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.update_mask)
+        ? object.update_mask.map((e: any) => globalThis.String(e))
+        : [],
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      basicAuth: isSet(object.basicAuth)
+        ? BasicAuth.fromJSON(object.basicAuth)
+        : isSet(object.basic_auth)
+        ? BasicAuth.fromJSON(object.basic_auth)
+        : undefined,
+      maxMessagesPerContact: isSet(object.maxMessagesPerContact)
+        ? globalThis.Number(object.maxMessagesPerContact)
+        : isSet(object.max_messages_per_contact)
+        ? globalThis.Number(object.max_messages_per_contact)
+        : undefined,
+      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : undefined,
+      signingSecret: isSet(object.signingSecret)
+        ? globalThis.String(object.signingSecret)
+        : isSet(object.signing_secret)
+        ? globalThis.String(object.signing_secret)
+        : "",
+      defaultMessageTtlSeconds: isSet(object.defaultMessageTtlSeconds)
+        ? globalThis.Number(object.defaultMessageTtlSeconds)
+        : isSet(object.default_message_ttl_seconds)
+        ? globalThis.Number(object.default_message_ttl_seconds)
+        : undefined,
+    };
+  },
+
+  toJSON(message: UpdateWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.updateMask?.length) {
+      obj.updateMask = message.updateMask;
+    }
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.basicAuth !== undefined) {
+      obj.basicAuth = BasicAuth.toJSON(message.basicAuth);
+    }
+    if (message.maxMessagesPerContact !== undefined) {
+      obj.maxMessagesPerContact = Math.round(message.maxMessagesPerContact);
+    }
+    if (message.enabled !== undefined) {
+      obj.enabled = message.enabled;
+    }
+    if (message.signingSecret !== "") {
+      obj.signingSecret = message.signingSecret;
+    }
+    if (message.defaultMessageTtlSeconds !== undefined) {
+      obj.defaultMessageTtlSeconds = Math.round(message.defaultMessageTtlSeconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UpdateWebhookRequest>): UpdateWebhookRequest {
+    return UpdateWebhookRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpdateWebhookRequest>): UpdateWebhookRequest {
+    const message = createBaseUpdateWebhookRequest();
+    message.accountId = object.accountId ?? "";
+    message.updateMask = object.updateMask?.map((e) => e) || [];
+    message.url = object.url ?? "";
+    message.basicAuth = (object.basicAuth !== undefined && object.basicAuth !== null)
+      ? BasicAuth.fromPartial(object.basicAuth)
+      : undefined;
+    message.maxMessagesPerContact = object.maxMessagesPerContact ?? undefined;
+    message.enabled = object.enabled ?? undefined;
+    message.signingSecret = object.signingSecret ?? "";
+    message.defaultMessageTtlSeconds = object.defaultMessageTtlSeconds ?? undefined;
+    return message;
+  },
+};
+
+function createBaseUpdateWebhookResponse(): UpdateWebhookResponse {
+  return { webhook: undefined };
+}
+
+export const UpdateWebhookResponse: MessageFns<UpdateWebhookResponse> = {
+  encode(message: UpdateWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhook !== undefined) {
+      Webhook.encode(message.webhook, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhook = Webhook.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateWebhookResponse {
+    return { webhook: isSet(object.webhook) ? Webhook.fromJSON(object.webhook) : undefined };
+  },
+
+  toJSON(message: UpdateWebhookResponse): unknown {
+    const obj: any = {};
+    if (message.webhook !== undefined) {
+      obj.webhook = Webhook.toJSON(message.webhook);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UpdateWebhookResponse>): UpdateWebhookResponse {
+    return UpdateWebhookResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpdateWebhookResponse>): UpdateWebhookResponse {
+    const message = createBaseUpdateWebhookResponse();
+    message.webhook = (object.webhook !== undefined && object.webhook !== null)
+      ? Webhook.fromPartial(object.webhook)
+      : undefined;
+    return message;
+  },
+};
+
 /** Configures the webhook of each customer account. */
 export type WebhookServiceService = typeof WebhookServiceService;
 export const WebhookServiceService = {
@@ -1329,6 +1654,21 @@ export const WebhookServiceService = {
     responseSerialize: (value: UpsertWebhookResponse): Buffer =>
       Buffer.from(UpsertWebhookResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpsertWebhookResponse => UpsertWebhookResponse.decode(value),
+  },
+  /**
+   * Changes the fields of the account's webhook named in `update_mask` and keeps the others as stored, secrets
+   * included: e.g. disables or enables it without sending its password again. NOT_FOUND when the account has no
+   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again).
+   */
+  updateWebhook: {
+    path: "/app_inbox.v1.WebhookService/UpdateWebhook" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateWebhookRequest): Buffer => Buffer.from(UpdateWebhookRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateWebhookRequest => UpdateWebhookRequest.decode(value),
+    responseSerialize: (value: UpdateWebhookResponse): Buffer =>
+      Buffer.from(UpdateWebhookResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateWebhookResponse => UpdateWebhookResponse.decode(value),
   },
   /**
    * Returns the account's webhook; secrets are never returned, only whether they are set.
@@ -1367,6 +1707,12 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
    */
   upsertWebhook: handleUnaryCall<UpsertWebhookRequest, UpsertWebhookResponse>;
   /**
+   * Changes the fields of the account's webhook named in `update_mask` and keeps the others as stored, secrets
+   * included: e.g. disables or enables it without sending its password again. NOT_FOUND when the account has no
+   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again).
+   */
+  updateWebhook: handleUnaryCall<UpdateWebhookRequest, UpdateWebhookResponse>;
+  /**
    * Returns the account's webhook; secrets are never returned, only whether they are set.
    * NOT_FOUND when the account has no webhook.
    */
@@ -1398,6 +1744,26 @@ export interface WebhookServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UpsertWebhookResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes the fields of the account's webhook named in `update_mask` and keeps the others as stored, secrets
+   * included: e.g. disables or enables it without sending its password again. NOT_FOUND when the account has no
+   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again).
+   */
+  updateWebhook(
+    request: UpdateWebhookRequest,
+    callback: (error: ServiceError | null, response: UpdateWebhookResponse) => void,
+  ): ClientUnaryCall;
+  updateWebhook(
+    request: UpdateWebhookRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateWebhookResponse) => void,
+  ): ClientUnaryCall;
+  updateWebhook(
+    request: UpdateWebhookRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateWebhookResponse) => void,
   ): ClientUnaryCall;
   /**
    * Returns the account's webhook; secrets are never returned, only whether they are set.
