@@ -6,7 +6,10 @@
 export const STORE_ERROR_CODES = [
   /** An argument is outside the method's contract (the message names it). */
   'invalid_argument',
-  /** The database was migrated by a newer version of this service; refusing to run on it. */
+  /**
+   * The database was migrated by a newer version of this service, or by another build (a migration this one does not
+   * know under the number of one of its own); refusing to run on it.
+   */
   'schema_too_new',
   /** A transaction kept conflicting with concurrent ones (PostgreSQL) and was given up. */
   'conflict',

@@ -22,6 +22,72 @@ export interface Migration {
   sql: string;
 }
 
+/**
+ * A migration that a build on main released and a later commit reverted. A database that such a build migrated
+ * records it (its version and name) while this build's migration of that version, if it has one, is another; without
+ * this it was taken for this build's (a body column missing: every delivery failed) or, past the last version, made
+ * the start fail with "upgrade the service" on the newest build. `undo` takes the schema back to what it was before
+ * the withdrawn migration, keeping the data; its record is then deleted and this build's migrations are applied.
+ */
+export interface WithdrawnMigration {
+  version: number;
+  name: string;
+  undo: string;
+}
+
+/** A row of `schema_migrations`. */
+export interface MigrationRecord {
+  version: number;
+  name: string;
+}
+
+/** What a start does to a database, from its recorded migrations: {@link planMigrations}. */
+export interface MigrationPlan {
+  /** Withdrawn migrations to undo, the latest first. */
+  undo: WithdrawnMigration[];
+  /** This build's migrations the database lacks (once the undone ones are gone), in version order. */
+  apply: Migration[];
+}
+
+/**
+ * Compares the recorded migrations with this build's. A record of this build's version and name is applied; one of a
+ * {@link WithdrawnMigration} is undone, after which this build's migration of that version (if any) is applied like
+ * the missing ones. Any other record means another build migrated the database (newer, or from another branch):
+ * `schema_too_new`, before anything is changed.
+ */
+export function planMigrations(
+  recorded: readonly MigrationRecord[],
+  migrations: readonly Migration[],
+  withdrawn: readonly WithdrawnMigration[],
+): MigrationPlan {
+  const latest = migrations.reduce((max, m) => Math.max(max, m.version), 0);
+  const undo: WithdrawnMigration[] = [];
+  const kept = new Set<number>();
+  for (const r of recorded) {
+    if (migrations.some((m) => m.version === r.version && m.name === r.name)) {
+      kept.add(r.version);
+      continue;
+    }
+    const w = withdrawn.find((x) => x.version === r.version && x.name === r.name);
+    if (w !== undefined) {
+      undo.push(w);
+      continue;
+    }
+    const own = migrations.find((m) => m.version === r.version);
+    throw new StoreError(
+      'schema_too_new',
+      r.version > latest
+        ? `the database is at schema version ${Math.max(...recorded.map((x) => x.version))}, this build knows up to ` +
+            `${latest}: upgrade the service`
+        : `the database records migration ${r.version} as '${r.name}', this build's is '${own?.name ?? ''}': ` +
+            'it was migrated by another build of the service; run that one',
+    );
+  }
+  undo.sort((a, b) => b.version - a.version);
+  const apply = [...migrations].filter((m) => !kept.has(m.version)).sort((a, b) => a.version - b.version);
+  return { undo, apply };
+}
+
 /** Default time-to-live of a message published without its own expiry (ms): 1 day. @see SPEC §4 */
 export const DEFAULT_MESSAGE_TTL_MS = 24 * 60 * 60 * 1000;
 

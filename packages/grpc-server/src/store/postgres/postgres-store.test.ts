@@ -936,6 +936,165 @@ describe('PostgresStore', () => {
     }
   });
 
+  describe('a database migrated by a build whose migration was reverted', () => {
+    // Migration 4 of cb837a8 (reverted by c5c9179), as it was released: the bodies moved to a table of their own.
+    const frozenBodies = {
+      version: 4,
+      name: 'frozen bodies in a table of their own',
+      sql: `
+CREATE TABLE delivery_bodies (
+  delivery_id text COLLATE "C" PRIMARY KEY REFERENCES deliveries (id) ON DELETE CASCADE,
+  body        bytea NOT NULL,
+  message_ids text NOT NULL,  -- JSON array
+  frozen_at   bigint NOT NULL
+);
+INSERT INTO delivery_bodies (delivery_id, body, message_ids, frozen_at)
+  SELECT id, body, COALESCE(message_ids, '[]'), COALESCE(first_attempt_at, updated_at) FROM deliveries
+  WHERE body IS NOT NULL;
+ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
+`,
+    };
+    // Migration 7 of 1f88e30 (reverted by 3616cd5), as it was released.
+    const leaseLosses = {
+      version: 7,
+      name: 'lease losses of a delivery',
+      sql: 'ALTER TABLE deliveries ADD COLUMN lease_losses integer NOT NULL DEFAULT 0;',
+    };
+    const upTo = (version: number) => POSTGRES_MIGRATIONS.filter((m) => m.version <= version);
+    const recorded = async (client: pg.Client) =>
+      (await client.query('SELECT version, name FROM schema_migrations ORDER BY version')).rows;
+    const columns = async (client: pg.Client) =>
+      (
+        await client.query<{ column_name: string }>(
+          "SELECT column_name FROM information_schema.columns WHERE table_name = 'deliveries'",
+        )
+      ).rows.map((r) => r.column_name);
+
+    it.each([
+      ['as cb837a8 left it', [] as number[]],
+      ['with migrations 5 and 6 applied over it by a build before the undo', [5, 6]],
+    ])('gets its frozen bodies back from delivery_bodies (%s), and this build migration 4', async (_, over) => {
+      // Before the undo, the version-4 record passed for this build's migration 4: every statement naming body
+      // failed (column d.body does not exist), so no delivery was read, claimed or sent.
+      const fresh = await createTestDatabase();
+      const client = new pg.Client({ connectionString: fresh.url });
+      await client.connect();
+      let store: PostgresStore | null = null;
+      try {
+        await migratePostgres(client, upTo(3));
+        const old = new PostgresStore({ connectionString: fresh.url, poolSize: 1 }); // not migrated further
+        await old.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+        await old.publish({ accountId: 'acct', now: T0, messages: ['a', 'b', 'c'].map((c) => storedMessage(c)) });
+        const [retried, inFlight] = await old.claimDue({
+          lane: 'first',
+          limit: 2,
+          now: T0 + 1,
+          leaseMs: 60_000,
+          owner: 'w',
+        });
+        const bodyOf = (contact: string) => Buffer.from(`[{"contact":"${contact}"}]`);
+        for (const claim of [retried!, inFlight!]) {
+          const contact = claim.delivery.externalCustomerId;
+          expect(await old.freeze(claim.delivery.id, 'w', bodyOf(contact), [`m-${contact}`], T0 + 2)).toBe(true);
+        }
+        await old.recordAttempt(retried!.delivery.id, {
+          owner: 'w',
+          attempt: {
+            deliveryId: retried!.delivery.id,
+            attemptNo: 1,
+            startedAt: T0 + 2,
+            durationMs: 1,
+            statusCode: 503,
+            errorKind: null,
+            verdict: 'retry',
+            nextAttemptAt: T0 + 10,
+          },
+          nextState: 'retrying',
+        });
+        await old.close();
+        await migratePostgres(
+          client,
+          [...upTo(3), frozenBodies, ...POSTGRES_MIGRATIONS.filter((m) => over.includes(m.version))],
+          {},
+          [],
+        );
+        // cb837a8's freeze left first_attempt_at to the first recorded attempt (the freeze's time stood for it).
+        await client.query('UPDATE deliveries SET first_attempt_at = NULL WHERE id = $1', [inFlight!.delivery.id]);
+        expect(await columns(client)).not.toContain('body');
+
+        store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2 });
+        expect(await recorded(client)).toEqual(POSTGRES_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
+        expect(
+          (await client.query("SELECT to_regclass('delivery_bodies') AS t, to_regclass('deliveries_lease_due') AS i"))
+            .rows[0],
+        ).toEqual({ t: null, i: 'deliveries_lease_due' });
+        for (const claim of [retried!, inFlight!]) {
+          const contact = claim.delivery.externalCustomerId;
+          const read = await store.getDelivery(claim.delivery.id);
+          expect(Buffer.from(read!.delivery.body!)).toEqual(bodyOf(contact));
+          expect(read!.delivery.messageIds).toEqual([`m-${contact}`]);
+          expect(read!.delivery.firstAttemptAt).toBe(T0 + 2);
+        }
+        // The retry is claimed with its frozen body, the lease taken back, the pending one claimed and frozen.
+        const retry = await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 60_002, leaseMs: 60_000, owner: 'x' });
+        expect(retry.map((c) => [c.delivery.id, Buffer.from(c.delivery.body!).toString()]).sort()).toEqual(
+          [retried!, inFlight!].map((c) => [c.delivery.id, bodyOf(c.delivery.externalCustomerId).toString()]).sort(),
+        );
+        const [pending] = await store.claimDue({
+          lane: 'first',
+          limit: 10,
+          now: T0 + 60_002,
+          leaseMs: 60_000,
+          owner: 'x',
+        });
+        expect(await store.freeze(pending!.delivery.id, 'x', bodyOf('c'), ['m-c'], T0 + 60_003)).toBe(true);
+      } finally {
+        await store?.close();
+        await client.end();
+        await fresh.drop();
+      }
+    });
+
+    it('drops the lease-loss count of 1f88e30 instead of refusing to start as if it were newer', async () => {
+      // Before: 'the database is at schema version 7, this build knows up to 6: upgrade the service', on the newest
+      // build; and a future migration 7 of this build would have been taken as applied.
+      const fresh = await createTestDatabase();
+      const client = new pg.Client({ connectionString: fresh.url });
+      await client.connect();
+      let store: PostgresStore | null = null;
+      try {
+        await migratePostgres(client, [...upTo(6), leaseLosses], {}, []);
+        store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
+        expect(await recorded(client)).toEqual(POSTGRES_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
+        expect(await columns(client)).not.toContain('lease_losses');
+        await store.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+        await store.publish({ accountId: 'acct', now: T0, messages: [storedMessage('a')] });
+        expect(await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 1000, owner: 'w' })).toHaveLength(1);
+      } finally {
+        await store?.close();
+        await client.end();
+        await fresh.drop();
+      }
+    });
+
+    it('refuses a migration it does not know under the number of one of its own, changing nothing', async () => {
+      const fresh = await createTestDatabase();
+      const client = new pg.Client({ connectionString: fresh.url });
+      await client.connect();
+      try {
+        await migratePostgres(client, [...upTo(5), { version: 6, name: 'from another branch', sql: 'SELECT 1' }]);
+        await expect(openPostgresStore({ connectionString: fresh.url, poolSize: 1 })).rejects.toMatchObject({
+          code: 'schema_too_new',
+          message: expect.stringMatching(/records migration 6 as 'from another branch'/),
+        });
+        expect((await recorded(client)).at(-1)).toEqual({ version: 6, name: 'from another branch' });
+      } finally {
+        await client.end();
+        await fresh.drop();
+      }
+    });
+  });
+
   it('reads the messages of a claim up to claimMessagesMaxBytes, leaving the contacts past it to the engine', async () => {
     // 64 lists of 1,000 messages of the largest size (near 100 MB each) were read with one claim: the process died.
     // A database of its own: the claim takes every due delivery, and other tests leave some in the shared one.

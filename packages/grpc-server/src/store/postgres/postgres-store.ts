@@ -41,7 +41,10 @@ import {
   webhookFromRow,
   webhookToStored,
   type AttemptRow,
+  planMigrations,
   type Migration,
+  type MigrationRecord,
+  type WithdrawnMigration,
   type DeliveryRow,
   type MessageRow,
   type SupersededRow,
@@ -66,7 +69,7 @@ import type {
   TraceOptions,
   WebhookRecord,
 } from '../types.js';
-import { MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS } from './schema.js';
+import { MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS, POSTGRES_WITHDRAWN_MIGRATIONS } from './schema.js';
 import { within } from '../../within.js';
 
 export interface PostgresStoreOptions {
@@ -1708,9 +1711,9 @@ export interface MigrationLockOptions {
 const MIGRATION_RETRY_SQLSTATES = new Set(['55P03', '40P01']);
 
 /**
- * Applies the migrations newer than the database's version, each in a transaction of its own under the migration
- * advisory lock (a version is all or nothing; processes starting together queue on the lock, and each version is
- * applied once).
+ * Applies the migrations the database lacks, after undoing any withdrawn one it records (see {@link planMigrations}),
+ * each step in a transaction of its own under the migration advisory lock (a version is all or nothing; processes
+ * starting together queue on the lock, and each version is applied once).
  *
  * A migration's DDL waits for its table's lock at most `lockTimeoutMs` at a time, and its transaction is tried again
  * after a pause: while a DDL statement waits for a lock, PostgreSQL queues every later conflicting request behind
@@ -1723,6 +1726,7 @@ export async function migratePostgres(
   client: pg.ClientBase,
   migrations: readonly Migration[],
   options: MigrationLockOptions = {},
+  withdrawn: readonly WithdrawnMigration[] = POSTGRES_WITHDRAWN_MIGRATIONS,
 ): Promise<void> {
   const lockTimeoutMs = assertInt('lockTimeoutMs', options.lockTimeoutMs ?? 2_000, 1, 2_147_483_647);
   const attempts = assertInt('attempts', options.attempts ?? 10, 1);
@@ -1733,7 +1737,7 @@ export async function migratePostgres(
     for (let attempt = 1; ; attempt++) {
       const waiting: { migration: Migration | null } = { migration: null };
       try {
-        applied = await migrateNext(client, sorted, lockTimeoutMs, waiting);
+        applied = await migrateNext(client, sorted, withdrawn, lockTimeoutMs, waiting);
         break;
       } catch (error) {
         const state = sqlState(error);
@@ -1754,10 +1758,14 @@ export async function migratePostgres(
   }
 }
 
-/** Applies the first migration newer than the database's version, in one transaction; null when there is none. */
+/**
+ * Takes one step, in one transaction: undoes the latest withdrawn migration the database records, else applies the
+ * first of this build's migrations it lacks (see {@link planMigrations}); null when there is nothing left to do.
+ */
 async function migrateNext(
   client: pg.ClientBase,
   sorted: readonly Migration[],
+  withdrawn: readonly WithdrawnMigration[],
   lockTimeoutMs: number,
   waiting: { migration: Migration | null },
 ): Promise<Migration | null> {
@@ -1767,17 +1775,20 @@ async function migrateNext(
     await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK_KEY.toString()]);
     await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
       version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
-    const { rows } = await client.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
-    const current = rows[0]?.v ?? 0;
-    const latest = sorted.at(-1)?.version ?? 0;
-    if (current > latest) {
-      throw new StoreError(
-        'schema_too_new',
-        `the database is at schema version ${current}, this build knows up to ${latest}: upgrade the service`,
-      );
-    }
-    const next = sorted.find((m) => m.version > current) ?? null;
-    if (next !== null) {
+    const { rows } = await client.query<MigrationRecord>(
+      'SELECT version, name FROM schema_migrations ORDER BY version',
+    );
+    const plan = planMigrations(rows, sorted, withdrawn);
+    const undo = plan.undo[0];
+    let next: Migration | null = null;
+    if (undo !== undefined) {
+      next = { version: undo.version, name: `undo of withdrawn migration '${undo.name}'`, sql: undo.undo };
+      await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
+      waiting.migration = next;
+      await client.query(undo.undo);
+      await client.query('DELETE FROM schema_migrations WHERE version = $1', [undo.version]);
+    } else if (plan.apply[0] !== undefined) {
+      next = plan.apply[0];
       // After the advisory lock, which processes starting together wait on for as long as the migrations take.
       await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
       waiting.migration = next;

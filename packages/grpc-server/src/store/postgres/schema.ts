@@ -6,7 +6,7 @@
  * Keys are `COLLATE "C"`: byte order, so `id` ties sort like the core's code-unit order for the ASCII
  * ids the service uses, and index comparisons are cheaper than with a linguistic collation.
  */
-import type { Migration } from '../shared.js';
+import type { Migration, WithdrawnMigration } from '../shared.js';
 
 /** Advisory lock key of the migrations: any constant shared by every process of the service. */
 export const MIGRATION_LOCK_KEY = 0x61707069_6e626f78n; // 'appinbox'
@@ -138,5 +138,32 @@ ALTER TABLE deliveries ADD CONSTRAINT deliveries_leased_in_flight CHECK ((state 
     // penalty for a forced sequential scan (10^10), and every cost compared above that node lost its meaning. With
     // this index no statement of the store needs a sequential scan.
     sql: `CREATE INDEX webhooks_enabled ON webhooks (account_id) WHERE enabled;`,
+  },
+];
+
+/**
+ * Migrations that builds on main released and later commits reverted (see {@link WithdrawnMigration}): a database one
+ * of those builds opened records them, and the start undoes them (each in a transaction of its own, under the
+ * migration lock). Each `undo` leaves the schema of the version before.
+ */
+export const POSTGRES_WITHDRAWN_MIGRATIONS: readonly WithdrawnMigration[] = [
+  {
+    // cb837a8, reverted by c5c9179: the frozen body and message ids had moved to delivery_bodies, and the first
+    // attempt's time was the freeze's until an attempt was recorded. This build's migration 4 is then applied.
+    version: 4,
+    name: 'frozen bodies in a table of their own',
+    undo: `
+ALTER TABLE deliveries ADD COLUMN body bytea, ADD COLUMN message_ids text;
+UPDATE deliveries d SET body = b.body, message_ids = b.message_ids,
+  first_attempt_at = COALESCE(d.first_attempt_at, b.frozen_at)
+  FROM delivery_bodies b WHERE b.delivery_id = d.id;
+DROP TABLE delivery_bodies;
+`,
+  },
+  {
+    // 1f88e30, reverted by 3616cd5: a count of the leases taken back since the last attempt.
+    version: 7,
+    name: 'lease losses of a delivery',
+    undo: `ALTER TABLE deliveries DROP COLUMN lease_losses;`,
   },
 ];

@@ -7,7 +7,7 @@
  * Messages and deliveries name their account by a small integer key (`accounts`), not by the account
  * id: index entries stay short, which is most of the cost of inserting into them.
  */
-import type { Migration } from '../shared.js';
+import type { Migration, WithdrawnMigration } from '../shared.js';
 
 export const SQLITE_MIGRATIONS: readonly Migration[] = [
   {
@@ -147,6 +147,33 @@ CREATE INDEX messages_id_key ON messages (id_key);
 CREATE INDEX messages_contact ON messages (account_key, external_customer_id, created_date DESC, id);
 CREATE INDEX messages_expiry ON messages (expires_at);
 `,
+  },
+];
+
+/**
+ * Migrations that builds on main released and later commits reverted (see {@link WithdrawnMigration}): a database one
+ * of those builds opened records them, and the start undoes them. Each `undo` leaves the schema of the version before.
+ */
+export const SQLITE_WITHDRAWN_MIGRATIONS: readonly WithdrawnMigration[] = [
+  {
+    // 4038f6a, reverted by db2007b: the frozen body and message ids had moved to delivery_bodies, keyed by seq, and
+    // the first attempt's time was the freeze's until an attempt was recorded.
+    version: 5,
+    name: 'frozen bodies in a table of their own',
+    undo: `
+ALTER TABLE deliveries ADD COLUMN body BLOB;
+ALTER TABLE deliveries ADD COLUMN message_ids TEXT;
+UPDATE deliveries SET body = b.body, message_ids = b.message_ids,
+  first_attempt_at = COALESCE(deliveries.first_attempt_at, b.frozen_at)
+  FROM delivery_bodies b WHERE b.seq = deliveries.seq;
+DROP TABLE delivery_bodies;
+`,
+  },
+  {
+    // 1f88e30, reverted by 3616cd5: a count of the leases taken back since the last attempt.
+    version: 5,
+    name: 'lease losses of a delivery',
+    undo: `ALTER TABLE deliveries DROP COLUMN lease_losses;`,
   },
 ];
 

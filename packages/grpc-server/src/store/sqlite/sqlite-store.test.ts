@@ -228,6 +228,138 @@ describe('SqliteStore', () => {
     await expect(openSqliteStore({ path })).rejects.toMatchObject({ code: 'schema_too_new' });
   });
 
+  describe('a database migrated by a build whose migration was reverted', () => {
+    // Migration 5 of 4038f6a (reverted by db2007b), as it was released: the bodies moved to a table of their own.
+    const frozenBodies = {
+      version: 5,
+      name: 'frozen bodies in a table of their own',
+      sql: `
+CREATE TABLE delivery_bodies (
+  seq         INTEGER PRIMARY KEY REFERENCES deliveries (seq) ON DELETE CASCADE,
+  body        BLOB NOT NULL,
+  message_ids TEXT NOT NULL, -- JSON array
+  frozen_at   INTEGER NOT NULL
+);
+INSERT INTO delivery_bodies (seq, body, message_ids, frozen_at)
+  SELECT seq, body, COALESCE(message_ids, '[]'), COALESCE(first_attempt_at, updated_at) FROM deliveries
+  WHERE body IS NOT NULL;
+ALTER TABLE deliveries DROP COLUMN body;
+ALTER TABLE deliveries DROP COLUMN message_ids;
+`,
+    };
+    // Migration 5 of 1f88e30 (reverted by 3616cd5), as it was released.
+    const leaseLosses = {
+      version: 5,
+      name: 'lease losses of a delivery',
+      sql: 'ALTER TABLE deliveries ADD COLUMN lease_losses INTEGER NOT NULL DEFAULT 0;',
+    };
+    const current = SQLITE_MIGRATIONS.map((m) => ({ version: m.version, name: m.name }));
+    const inspect = (path: string) => {
+      const db = new Database(path, { readonly: true });
+      try {
+        return {
+          migrations: db.prepare('SELECT version, name FROM schema_migrations ORDER BY version').all(),
+          columns: (db.prepare('PRAGMA table_info(deliveries)').all() as Array<{ name: string }>).map((c) => c.name),
+          bodies: db.prepare("SELECT name FROM sqlite_master WHERE name = 'delivery_bodies'").all().length,
+        };
+      } finally {
+        db.close();
+      }
+    };
+
+    it('gets its frozen bodies back from delivery_bodies instead of refusing to start as if it were newer', async () => {
+      // Before: 'the database is at schema version 5, this build knows up to 4: upgrade the service', on the newest
+      // build, with the bodies of the deliveries waiting for a retry out of its reach.
+      const path = join(dir, 'bodies.db');
+      const old = await openSqliteStore({ path });
+      await old.upsertWebhook('a', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await old.publish({
+        accountId: 'a',
+        messages: ['c', 'd', 'e'].map((c, i) => ({ ...message(`m${i}`), externalCustomerId: c })),
+        now: T0,
+      });
+      const [retried, inFlight] = await old.claimDue({ lane: 'first', limit: 2, now: T0, leaseMs: 1000, owner: 'w' });
+      const bodyOf = (contact: string) => Buffer.from(`[{"contact":"${contact}"}]`);
+      for (const claim of [retried!, inFlight!]) {
+        const contact = claim.delivery.externalCustomerId;
+        expect(await old.freeze(claim.delivery.id, 'w', bodyOf(contact), [`m-${contact}`], T0 + 1)).toBe(true);
+      }
+      await old.recordAttempt(retried!.delivery.id, {
+        owner: 'w',
+        attempt: {
+          deliveryId: retried!.delivery.id,
+          attemptNo: 1,
+          startedAt: T0 + 1,
+          durationMs: 1,
+          statusCode: 503,
+          errorKind: null,
+          verdict: 'retry',
+          nextAttemptAt: T0 + 10,
+        },
+        nextState: 'retrying',
+      });
+      await old.close();
+      const raw = new Database(path);
+      migrateSqlite(raw, [...SQLITE_MIGRATIONS, frozenBodies], []);
+      // 4038f6a's freeze left first_attempt_at to the first recorded attempt (the freeze's time stood for it).
+      raw.prepare('UPDATE deliveries SET first_attempt_at = NULL WHERE id = ?').run(inFlight!.delivery.id);
+      raw.close();
+      expect(inspect(path).columns).not.toContain('body');
+
+      const store = await openSqliteStore({ path });
+      try {
+        for (const claim of [retried!, inFlight!]) {
+          const contact = claim.delivery.externalCustomerId;
+          const read = await store.getDelivery(claim.delivery.id);
+          expect(Buffer.from(read!.delivery.body!)).toEqual(bodyOf(contact));
+          expect(read!.delivery.messageIds).toEqual([`m-${contact}`]);
+          expect(read!.delivery.firstAttemptAt).toBe(T0 + 1);
+        }
+        // The retry and the lease taken back are claimed with their frozen bodies; the pending one is frozen anew.
+        const retry = await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 2000, leaseMs: 1000, owner: 'x' });
+        expect(retry.map((c) => [c.delivery.id, Buffer.from(c.delivery.body!).toString()]).sort()).toEqual(
+          [retried!, inFlight!].map((c) => [c.delivery.id, bodyOf(c.delivery.externalCustomerId).toString()]).sort(),
+        );
+        const [pending] = await store.claimDue({ lane: 'first', limit: 10, now: T0 + 2000, leaseMs: 1000, owner: 'x' });
+        expect(await store.freeze(pending!.delivery.id, 'x', bodyOf('e'), ['m-e'], T0 + 2001)).toBe(true);
+      } finally {
+        await store.close();
+      }
+      expect(inspect(path)).toMatchObject({ migrations: current, bodies: 0 });
+    });
+
+    it('drops the lease-loss count of 1f88e30 instead of refusing to start as if it were newer', async () => {
+      const path = join(dir, 'lease-losses.db');
+      await (await openSqliteStore({ path })).close();
+      const raw = new Database(path);
+      migrateSqlite(raw, [...SQLITE_MIGRATIONS, leaseLosses], []);
+      raw.close();
+      const store = await openSqliteStore({ path });
+      try {
+        await store.upsertWebhook('a', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+        await store.publish({ accountId: 'a', messages: [message('m1')], now: T0 });
+        expect(await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 1000, owner: 'w' })).toHaveLength(1);
+      } finally {
+        await store.close();
+      }
+      const after = inspect(path);
+      expect(after.migrations).toEqual(current);
+      expect(after.columns).not.toContain('lease_losses');
+    });
+
+    it('refuses a migration it does not know under the number of one of its own, changing nothing', async () => {
+      const path = join(dir, 'branch.db');
+      const raw = new Database(path);
+      migrateSqlite(raw, [...SQLITE_MIGRATIONS.slice(0, -1), { version: 4, name: 'from another branch', sql: '' }], []);
+      raw.close();
+      await expect(openSqliteStore({ path })).rejects.toMatchObject({
+        code: 'schema_too_new',
+        message: expect.stringMatching(/records migration 4 as 'from another branch'/),
+      });
+      expect(inspect(path).migrations.at(-1)).toEqual({ version: 4, name: 'from another branch' });
+    });
+  });
+
   it('works in memory and refuses calls once closed', async () => {
     const store = await openSqliteStore({ path: ':memory:' });
     expect(await store.getWebhook('a')).toBeNull();

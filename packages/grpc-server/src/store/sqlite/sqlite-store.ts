@@ -34,7 +34,10 @@ import {
   webhookFromRow,
   webhookToStored,
   type AttemptRow,
+  planMigrations,
   type Migration,
+  type MigrationRecord,
+  type WithdrawnMigration,
   type DeliveryRow,
   type MessageRow,
   type SupersededRow,
@@ -59,7 +62,7 @@ import type {
   TraceOptions,
   WebhookRecord,
 } from '../types.js';
-import { messageIdKey, SQLITE_MIGRATIONS } from './schema.js';
+import { messageIdKey, SQLITE_MIGRATIONS, SQLITE_WITHDRAWN_MIGRATIONS } from './schema.js';
 
 export interface SqliteStoreOptions {
   /** Database file; created when missing. `:memory:` for a throwaway database (tests). */
@@ -959,25 +962,30 @@ export class SqliteStore implements Store {
   }
 }
 
-/** Applies the migrations newer than the database's version, all in one transaction. */
-export function migrateSqlite(db: Database.Database, migrations: readonly Migration[]): void {
+/**
+ * Applies the migrations the database lacks, all in one transaction, after undoing any withdrawn migration it records
+ * (see {@link planMigrations}).
+ */
+export function migrateSqlite(
+  db: Database.Database,
+  migrations: readonly Migration[],
+  withdrawn: readonly WithdrawnMigration[] = SQLITE_WITHDRAWN_MIGRATIONS,
+): void {
   const apply = db.transaction(() => {
     db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
       version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)`);
-    const current =
-      (db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
-    const latest = migrations.reduce((max, m) => Math.max(max, m.version), 0);
-    if (current > latest) {
-      throw new StoreError(
-        'schema_too_new',
-        `the database is at schema version ${current}, this build knows up to ${latest}: upgrade the service`,
-      );
+    const recorded = db
+      .prepare('SELECT version, name FROM schema_migrations ORDER BY version')
+      .all() as MigrationRecord[];
+    const plan = planMigrations(recorded, migrations, withdrawn);
+    for (const w of plan.undo) {
+      db.exec(w.undo);
+      db.prepare('DELETE FROM schema_migrations WHERE version = ?').run(w.version);
     }
     const record = db.prepare(
       "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     );
-    for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
-      if (m.version <= current) continue;
+    for (const m of plan.apply) {
       db.exec(m.sql);
       record.run(m.version, m.name);
     }
