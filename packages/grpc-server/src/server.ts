@@ -271,6 +271,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       addressPolicy,
       ...(options.resolve ? { resolve: options.resolve } : {}),
       circuit,
+      metrics,
     });
     const server = new Server({
       'grpc.max_receive_message_length': config.maxRequestBytes,

@@ -14,6 +14,7 @@ import type {
 } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { CircuitBreaker } from '../delivery/circuit.js';
+import type { Metrics } from '../observability/metrics.js';
 import { currentTraceparent } from '../observability/tracing.js';
 import { DEFAULT_ADDRESS_POLICY, checkUrlAtConfigTime, type AddressPolicy, type Resolver } from '../security/ssrf.js';
 import { isStoreError } from '../store/errors.js';
@@ -104,6 +105,11 @@ export interface ApiDependencies {
    * `circuit` in the answers).
    */
   circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'resumeIfSavedSince'>;
+  /**
+   * The metrics: a deleted webhook's per-account series (`endpoint_failures_total`, `endpoint_circuit_state`) are
+   * dropped, so that the label set follows the accounts that exist. Default: none.
+   */
+  metrics?: Pick<Metrics, 'forgetAccount'>;
 }
 
 /** Reads of a webhook saved again by someone else between UpdateWebhook's read and write before it answers ABORTED. */
@@ -254,6 +260,8 @@ export function createApi(deps: ApiDependencies): Api {
         throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
       }
       deps.circuit?.reset(request.accountId);
+      // After the reset, which sets an open circuit's series to closed: both series go.
+      deps.metrics?.forgetAccount(request.accountId);
       return {};
     }),
   };

@@ -91,6 +91,32 @@ describe.each(storeUrls())('metrics endpoint ($engine)', ({ newUrl, release }) =
     expect(health.status).toBe(200);
   });
 
+  it("drops an account's failure and circuit series when its webhook is deleted", async () => {
+    const t = await server();
+    // 410 Gone: one failed attempt, and the circuit opens at once: both per-account series exist.
+    const gone = await receiver({ rules: [{ answers: [{ status: 410 }], repeat: true }] });
+    const bad = accountId('deleted');
+    const kept = accountId('kept');
+    await t.clients.upsertWebhook({ accountId: bad, url: `${gone.url}/hook` });
+    await t.clients.upsertWebhook({ accountId: kept, url: `${gone.url}/hook` });
+    for (const acct of [bad, kept]) {
+      const published = await t.clients.publishMessages({ accountId: acct, messages: [inboxMessage('c1')] });
+      await deliveryIn(t.clients, published.deliveries[0]!.deliveryId, [DeliveryState.DELIVERY_STATE_FAILED]);
+    }
+    const before = await scrape(t.server.metricsAddress!);
+    expect(sample(before, 'endpoint_failures_total', { account: bad })).toBe(1);
+    expect(sample(before, 'endpoint_circuit_state', { account: bad })).toBe(2);
+
+    await t.clients.deleteWebhook({ accountId: bad });
+
+    // Accounts come and go: a deleted one's series must not stay for the life of the process.
+    const after = await scrape(t.server.metricsAddress!);
+    expect(sample(after, 'endpoint_failures_total', { account: bad })).toBeUndefined();
+    expect(sample(after, 'endpoint_circuit_state', { account: bad })).toBeUndefined();
+    expect(sample(after, 'endpoint_failures_total', { account: kept })).toBe(1);
+    expect(sample(after, 'endpoint_circuit_state', { account: kept })).toBe(2);
+  });
+
   it('shows a backlog: pending deliveries and the age of the oldest one, from the server clock', async () => {
     let now = Date.now();
     const t = await server({ clock: () => now });
