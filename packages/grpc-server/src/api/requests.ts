@@ -129,6 +129,13 @@ const UPDATE_KEYS: Readonly<Record<UpdatableWebhookField, keyof UpsertWebhookReq
   default_message_ttl_seconds: 'defaultMessageTtlSeconds',
 };
 
+/** Most paths an `update_mask` may have (each field once is 6; repeats are allowed, not without bound). */
+export const MAX_UPDATE_MASK_PATHS = 32;
+/** Most unknown `update_mask` paths named one by one in the refusal (the others are counted). */
+const MAX_UNKNOWN_PATHS_NAMED = 3;
+/** What an unknown path must look like to be named back: a (possibly dotted) field name, not too long. */
+const FIELD_NAME = /^[A-Za-z][A-Za-z0-9_.]{0,63}$/;
+
 /** The account and the fields an UpdateWebhook request changes (checked before the webhook is read). */
 export function parseUpdateMask(
   request: UpdateWebhookRequest,
@@ -142,13 +149,30 @@ export function parseUpdateMask(
       description: `is required: name at least one of ${UPDATABLE_WEBHOOK_FIELDS.join(', ')}`,
     });
   }
-  for (const path of paths) {
-    if (!(UPDATABLE_WEBHOOK_FIELDS as readonly string[]).includes(path)) {
-      violations.push({
-        field: 'update_mask',
-        description: `${JSON.stringify(path)} is not a field UpdateWebhook changes: must be one of ${UPDATABLE_WEBHOOK_FIELDS.join(', ')}`,
-      });
-    } else if (!fields.includes(path as UpdatableWebhookField)) fields.push(path as UpdatableWebhookField);
+  if (paths.length > MAX_UPDATE_MASK_PATHS) {
+    violations.push({ field: 'update_mask', description: `must name at most ${MAX_UPDATE_MASK_PATHS} paths` });
+  }
+  let unknown = 0;
+  for (const [index, path] of paths.slice(0, MAX_UPDATE_MASK_PATHS).entries()) {
+    if ((UPDATABLE_WEBHOOK_FIELDS as readonly string[]).includes(path)) {
+      if (!fields.includes(path as UpdatableWebhookField)) fields.push(path as UpdatableWebhookField);
+      continue;
+    }
+    // A few unknown paths are named, each only when it looks like a field name: the description goes into the
+    // status trailers and the log line, so a caller's string is never echoed at any length (a 40 KB path left the
+    // refusal too large to send: the call hung until its deadline), nor one that may be a value sent by mistake.
+    if (++unknown > MAX_UNKNOWN_PATHS_NAMED) continue;
+    const named = FIELD_NAME.test(path) ? JSON.stringify(path) : `path ${index} (not a field name)`;
+    violations.push({
+      field: 'update_mask',
+      description: `${named} is not a field UpdateWebhook changes: must be one of ${UPDATABLE_WEBHOOK_FIELDS.join(', ')}`,
+    });
+  }
+  if (unknown > MAX_UNKNOWN_PATHS_NAMED) {
+    violations.push({
+      field: 'update_mask',
+      description: `and ${unknown - MAX_UNKNOWN_PATHS_NAMED} more paths that are not fields UpdateWebhook changes`,
+    });
   }
   if (violations.length > 0) return { ok: false, violations };
   return { ok: true, value: { accountId: request.accountId, fields } };

@@ -4,10 +4,12 @@
  * returns it). Real server, real gRPC client, a real mock receiver that answers 401 without the right Basic auth.
  */
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
-import { status } from '@grpc/grpc-js';
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import { UpdateWebhookRequest } from '../../src/gen/app_inbox/v1/webhook.js';
+import { decodeStatusDetails } from '../../src/api/errors.js';
 import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
 import {
@@ -125,6 +127,41 @@ describe.each(storeUrls())('UpdateWebhook ($engine)', (target) => {
       }),
     ).toEqual(['basic_auth.username', 'signing_secret']);
     // Nothing was changed by the refused calls.
+    expect((await clients.getWebhook({ accountId: account })).webhook).toEqual(before);
+  });
+
+  it('a long or unknown update_mask is refused at once, naming update_mask, without echoing what it was sent', async () => {
+    const { clients, account } = await start();
+    const before = (await clients.getWebhook({ accountId: account })).webhook;
+    // With a deadline: a refusal whose status does not fit in the trailers never arrives, the call would just hang.
+    const refused = (updateMask: string[]) =>
+      new Promise<ServiceError>((resolve, reject) => {
+        clients.webhook.updateWebhook(
+          UpdateWebhookRequest.fromPartial({ accountId: account, updateMask, enabled: false }),
+          new Metadata(),
+          { deadline: Date.now() + 5_000 },
+          (error) => (error ? resolve(error) : reject(new Error('the call succeeded'))),
+        );
+      });
+    const secretLike = `pw-${randomUUID()}`;
+    for (const updateMask of [
+      ['enabled', 'x'.repeat(64 * 1024)],
+      Array.from({ length: 5_000 }, (_, i) => `field_${i}`),
+      ['enabled', secretLike.repeat(2_000)],
+    ]) {
+      const error = await refused(updateMask);
+      expect(error.code).toBe(status.INVALID_ARGUMENT);
+      expect(error.details.length).toBeLessThan(4_096);
+      const fields = decodeStatusDetails(error.metadata)?.badRequest?.fieldViolations ?? [];
+      expect(fields.length).toBeGreaterThan(0);
+      expect(fields.length).toBeLessThanOrEqual(10);
+      expect(new Set(fields.map((v) => v.field))).toEqual(new Set(['update_mask']));
+      expect(JSON.stringify(fields)).not.toContain('xxxxxxxxxxxxxxxx');
+      expect(JSON.stringify(fields)).not.toContain(secretLike);
+    }
+    // A short unknown name is still named back, as a field name.
+    const named = await refused(['enabled', 'password']);
+    expect(decodeStatusDetails(named.metadata)?.badRequest?.fieldViolations[0]?.description).toContain('"password"');
     expect((await clients.getWebhook({ accountId: account })).webhook).toEqual(before);
   });
 

@@ -211,9 +211,9 @@ export interface UpdateWebhookRequest {
   accountId: string;
   /**
    * The fields to change, by their names in this message: `url`, `basic_auth`, `max_messages_per_contact`,
-   * `enabled`, `signing_secret`, `default_message_ttl_seconds`; at least one. A field named here but left unset
-   * takes its UpsertWebhook default (`basic_auth` and `signing_secret`: removed); a field not named is kept,
-   * whatever this request sets in it. The result is checked as a whole, as UpsertWebhook checks it (the URL's
+   * `enabled`, `signing_secret`, `default_message_ttl_seconds`; at least one, at most 32 paths. A field named
+   * here but left unset takes its UpsertWebhook default (`basic_auth` and `signing_secret`: removed); a field
+   * not named is kept, whatever this request sets in it. The result is checked as a whole, as UpsertWebhook checks it (the URL's
    * addresses against the SSRF policy only when `url` is named: disabling must not depend on DNS). The paths of a
    * field mask (AIP-134), as a plain list: a google.protobuf.FieldMask here would break server reflection, which
    * grpc-js serves from descriptors without their imports (grpc/grpc-node#2958).
