@@ -426,7 +426,19 @@ Examples:
       )
       .action(
         act(async (ctx, account: string) => {
-          const response = await ctx.client.updateWebhook({ accountId: account, updateMask: ['enabled'], enabled });
+          const response = await ctx.client
+            .updateWebhook({ accountId: account, updateMask: ['enabled'], enabled })
+            .catch((error: unknown) => {
+              // The server's message names update_mask, which this command does not take: say what to run instead.
+              if (!(error instanceof RpcError) || error.reason !== 'WEBHOOK_SECRET_UNREADABLE') throw error;
+              throw new RpcError(error.status, error.message, error.violations, error.reason, {
+                cause: error,
+                hint:
+                  `save the whole webhook again with its secrets: app-inbox webhook set ${account} --url <url> ` +
+                  '--username <name> --password-env <variable> [--signing-secret-env <variable>]' +
+                  `${enabled ? '' : ' --disabled'} (SECURITY.md, lost key)`,
+              });
+            });
           if (ctx.json) return ctx.out(json(UpdateWebhookResponse.toJSON(response)));
           ctx.out(`Webhook of account ${account} ${enabled ? 'enabled' : 'disabled'}.\n`);
           ctx.out(webhookView(response.webhook));

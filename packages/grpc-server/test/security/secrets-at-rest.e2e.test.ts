@@ -25,6 +25,7 @@ import {
 } from '../../src/gen/app_inbox/v1/delivery.js';
 import { GetWebhookResponse, UpsertWebhookResponse } from '../../src/gen/app_inbox/v1/webhook.js';
 import { openStore } from '../../src/store/index.js';
+import { runCli } from '../cli/run-cli.js';
 import {
   accountId,
   deliveryIn,
@@ -322,6 +323,14 @@ describe('a lost key (SECURITY.md): the account stays usable and a re-save recov
     );
     expect(kept.code).toBe(status.FAILED_PRECONDITION);
     expect(kept.details).toContain('name basic_auth in update_mask');
+    // The command line cannot name update_mask: it says how to recover with its own commands.
+    const disable = await runCli(['--address', second.server.address, 'webhook', 'disable', account]);
+    expect(disable.code).toBe(1);
+    expect(disable.stderr).toContain('FAILED_PRECONDITION');
+    expect(disable.stderr).toContain(`app-inbox webhook set ${account} --url`);
+    expect(disable.stderr).toContain('--password-env');
+    expect(disable.stderr).not.toContain('sealed-with-k2');
+    expect(disable.stderr).not.toContain('enc:v1');
     expect((await second.clients.getWebhook({ accountId: account })).webhook).toEqual(shown.webhook);
     // Re-saved with its password: the postponed delivery goes out, sealed with the key now loaded.
     const saved = await second.clients.upsertWebhook({
