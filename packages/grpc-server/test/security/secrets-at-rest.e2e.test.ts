@@ -23,7 +23,11 @@ import {
   ListDeliveriesResponse,
   WatchDeliveriesResponse,
 } from '../../src/gen/app_inbox/v1/delivery.js';
-import { GetWebhookResponse, UpsertWebhookResponse } from '../../src/gen/app_inbox/v1/webhook.js';
+import {
+  GetWebhookResponse,
+  UpdateWebhookResponse,
+  UpsertWebhookResponse,
+} from '../../src/gen/app_inbox/v1/webhook.js';
 import { openStore } from '../../src/store/index.js';
 import { runCli } from '../cli/run-cli.js';
 import {
@@ -144,6 +148,14 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
       ),
     ).toBe(false);
 
+    // UpdateWebhook keeps the secrets it never returns; its write seals them again (the database is scanned below).
+    const updated = await t.clients.updateWebhook({
+      accountId: account,
+      updateMask: ['max_messages_per_contact'],
+      maxMessagesPerContact: 50,
+    });
+    expect(updated.webhook).toMatchObject({ maxMessagesPerContact: 50, hasSigningSecret: true });
+
     // Every read answer, encoded as sent on the wire and as JSON.
     const got = await t.clients.getWebhook({ accountId: account });
     expect(got.webhook).toMatchObject({ basicAuth: { username, hasPassword: true }, hasSigningSecret: true });
@@ -151,6 +163,7 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
     const fetched = await t.clients.getDelivery({ deliveryId, includeBody: true });
     const answers = [
       UpsertWebhookResponse.encode(upserted).finish(),
+      UpdateWebhookResponse.encode(updated).finish(),
       GetWebhookResponse.encode(got).finish(),
       ListDeliveriesResponse.encode(listed).finish(),
       GetDeliveryResponse.encode(fetched).finish(),
@@ -161,6 +174,7 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
       found(
         JSON.stringify([
           UpsertWebhookResponse.toJSON(upserted),
+          UpdateWebhookResponse.toJSON(updated),
           GetWebhookResponse.toJSON(got),
           ListDeliveriesResponse.toJSON(listed),
           GetDeliveryResponse.toJSON(fetched),
