@@ -201,6 +201,59 @@ describe.each(storeUrls())('UpdateWebhook ($engine)', (target) => {
     expect((await t.clients.getWebhook({ accountId: account })).webhook).toEqual(updated.webhook);
   });
 
+  it('a delete between its read and its write: NOT_FOUND, nothing recreated; saved again before every write: ABORTED', async () => {
+    receiver = await createMockReceiver();
+    const url = await target.newUrl();
+    const deleted = accountId('raced-delete');
+    const busy = accountId('raced-busy');
+    const raw = await openStore(url);
+    let writes = 0;
+    // Before each write of the update, as calls to other processes would: `deleted` is deleted (once), `busy` is
+    // saved again every time, with a clock in the millisecond of the save the update read (only its later updatedAt
+    // tells the compare-and-set that it is another save), so the update never writes the save it read.
+    const store = new Proxy(raw, {
+      get(target, property) {
+        const value = Reflect.get(target, property, target) as unknown;
+        if (typeof value !== 'function') return value;
+        if (property !== 'replaceWebhookIfUnchanged') return (value as (...a: unknown[]) => unknown).bind(target);
+        return async (...args: Parameters<Store['replaceWebhookIfUnchanged']>) => {
+          writes += 1;
+          if (args[0] === deleted) await target.deleteWebhook(deleted);
+          else
+            await target.upsertWebhook(
+              busy,
+              { url: `${receiver!.url}/busy-${writes}`, maxMessagesPerContact: 3, enabled: true },
+              args[3],
+            );
+          return (value as Store['replaceWebhookIfUnchanged']).apply(target, args);
+        };
+      },
+    });
+    t = await startTestServer(url, {}, { store });
+    await t.clients.upsertWebhook({ accountId: deleted, url: `${receiver.url}/first` });
+    await t.clients.upsertWebhook({ accountId: busy, url: `${receiver.url}/first` });
+
+    const gone = await failure(
+      t.clients.updateWebhook({ accountId: deleted, updateMask: ['enabled'], enabled: false }),
+    );
+    expect(gone.code).toBe(status.NOT_FOUND);
+    expect(writes).toBe(1);
+    expect((await failure(t.clients.getWebhook({ accountId: deleted }))).code).toBe(status.NOT_FOUND);
+
+    writes = 0;
+    const aborted = await failure(
+      t.clients.updateWebhook({ accountId: busy, updateMask: ['enabled'], enabled: false }),
+    );
+    expect(aborted.code).toBe(status.ABORTED);
+    expect(writes).toBe(5);
+    // The last save by the others stands, untouched by the update.
+    expect((await t.clients.getWebhook({ accountId: busy })).webhook).toMatchObject({
+      url: `${receiver.url}/busy-5`,
+      maxMessagesPerContact: 3,
+      enabled: true,
+    });
+  });
+
   it('NOT_FOUND for an account without a webhook, and after DeleteWebhook', async () => {
     const { clients, account } = await start();
     const unknown = await failure(
