@@ -100,7 +100,7 @@ export interface ApiDependencies {
   /** Resolver of that check. Default: the system resolver (`dns.lookup`, every address). */
   resolve?: Resolver;
   /**
-   * The circuit breaker: GetWebhook and UpsertWebhook show its view of the endpoint; a changed endpoint
+   * The circuit breaker: GetWebhook, UpsertWebhook and UpdateWebhook show its view of the endpoint; a changed endpoint
    * (URL, credentials, secret, re-enabled) or a deleted webhook starts closed again. Default: none (no
    * `circuit` in the answers).
    */

@@ -250,8 +250,10 @@ export interface Store {
   /**
    * Replaces the configuration of the account's webhook as {@link Store.upsertWebhook} does, but only while it is
    * still the save read with `updatedAt` = `ifUpdatedAt`; never creates one. Null, changing nothing, when the webhook
-   * was saved again or deleted since. For rewrites that are not a caller's save (re-sealing secrets after a key
-   * rotation, SECURITY.md): a save or a delete answered OK between their read and their write must stand.
+   * was saved again or deleted since: a save or a delete answered OK between the caller's read and its write stands.
+   * `now` becomes `updatedAt` as given (upsertWebhook's "later than the save before" is not applied): a caller that
+   * makes a save (UpdateWebhook) passes a time later than `ifUpdatedAt`; re-sealing secrets after a key rotation
+   * (SECURITY.md), which is not a save, passes `ifUpdatedAt` itself.
    */
   replaceWebhookIfUnchanged(
     accountId: string,

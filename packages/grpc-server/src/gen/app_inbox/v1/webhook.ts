@@ -121,7 +121,7 @@ export interface Webhook {
   updateTimeMs: number;
   /**
    * The endpoint's circuit breaker, as seen by the server process that answers (each process keeps its
-   * own view). Set by GetWebhook and UpsertWebhook.
+   * own view). Set by GetWebhook, UpsertWebhook and UpdateWebhook.
    */
   circuit: Circuit | undefined;
 }
@@ -1658,7 +1658,8 @@ export const WebhookServiceService = {
   /**
    * Changes the fields of the account's webhook named in `update_mask` and keeps the others as stored, secrets
    * included: e.g. disables or enables it without sending its password again. NOT_FOUND when the account has no
-   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again).
+   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again);
+   * ABORTED when the webhook was saved by another call between each of its reads and writes (a retry is safe).
    */
   updateWebhook: {
     path: "/app_inbox.v1.WebhookService/UpdateWebhook" as const,
@@ -1709,7 +1710,8 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
   /**
    * Changes the fields of the account's webhook named in `update_mask` and keeps the others as stored, secrets
    * included: e.g. disables or enables it without sending its password again. NOT_FOUND when the account has no
-   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again).
+   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again);
+   * ABORTED when the webhook was saved by another call between each of its reads and writes (a retry is safe).
    */
   updateWebhook: handleUnaryCall<UpdateWebhookRequest, UpdateWebhookResponse>;
   /**
@@ -1748,7 +1750,8 @@ export interface WebhookServiceClient extends Client {
   /**
    * Changes the fields of the account's webhook named in `update_mask` and keeps the others as stored, secrets
    * included: e.g. disables or enables it without sending its password again. NOT_FOUND when the account has no
-   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again).
+   * webhook; FAILED_PRECONDITION when a secret to keep can no longer be opened (its key is gone: send it again);
+   * ABORTED when the webhook was saved by another call between each of its reads and writes (a retry is safe).
    */
   updateWebhook(
     request: UpdateWebhookRequest,
