@@ -6,6 +6,7 @@ import {
   ApiError,
   ERROR_DOMAIN,
   GRPC_STATUS_BY_CODE,
+  MAX_VIOLATION_BYTES,
   decodeStatusDetails,
   invalidArgument,
   toApiError,
@@ -44,6 +45,25 @@ describe('API errors', () => {
     const error = toServiceError(invalidArgument(violations));
     expect(error.details).toMatch(/; and 10 more$/);
     expect(decodeStatusDetails(error.metadata)?.badRequest?.fieldViolations).toHaveLength(30);
+  });
+
+  it('lists the violations that fit in a status that can be sent, and counts the rest', () => {
+    const violations = Array.from({ length: 10_000 }, (_, i) => ({
+      field: `messages[${i}].id`,
+      description: 'must be a UUID',
+    }));
+    const error = toServiceError(invalidArgument(violations));
+    const listed = decodeStatusDetails(error.metadata)?.badRequest?.fieldViolations ?? [];
+    const named = listed.slice(0, -1);
+    expect(named.map((v) => v.field)).toEqual(violations.slice(0, named.length).map((v) => v.field));
+    expect(listed.at(-1)).toMatchObject({
+      field: '',
+      description: expect.stringContaining(`and ${10_000 - named.length} more`),
+    });
+    const bytes = named.reduce((n, v) => n + Buffer.byteLength(v.field) + Buffer.byteLength(v.description) + 6, 0);
+    expect(bytes).toBeLessThanOrEqual(MAX_VIOLATION_BYTES);
+    expect(bytes).toBeGreaterThan(MAX_VIOLATION_BYTES - 40);
+    expect(error.metadata.get('grpc-status-details-bin')[0]!.length).toBeLessThan(6 * 1024);
   });
 
   it('hides the text of unexpected errors, maps store errors', () => {

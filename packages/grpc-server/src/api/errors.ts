@@ -147,6 +147,36 @@ function pack(typeName: string, value: Uint8Array): Any {
   return { typeUrl: `type.googleapis.com/${typeName}`, value: Buffer.from(value) };
 }
 
+/**
+ * Most bytes of field violations (paths and descriptions, UTF-8) one status carries. The status travels in the
+ * trailers, which HTTP/2 peers bound (grpc-java's default is 8 KiB for all metadata; Node's own limit made a status
+ * of 10,000 violations never arrive, and the call hung until its deadline).
+ */
+export const MAX_VIOLATION_BYTES = 4 * 1024;
+
+/**
+ * The violations a status lists: every one while they fit {@link MAX_VIOLATION_BYTES}, else the first ones that do and
+ * a last entry (no field) counting the rest.
+ */
+export function violationsToSend(violations: readonly FieldViolation[]): FieldViolation[] {
+  const sent: FieldViolation[] = [];
+  let bytes = 0;
+  for (const v of violations) {
+    // 6: the tags and lengths of a FieldViolation in its BadRequest, about.
+    bytes += Buffer.byteLength(v.field) + Buffer.byteLength(v.description) + 6;
+    if (bytes > MAX_VIOLATION_BYTES) break;
+    sent.push(v);
+  }
+  if (sent.length < violations.length) {
+    const rest = violations.length - sent.length;
+    sent.push({
+      field: '',
+      description: `and ${rest} more violations not listed (a status is kept small enough to be sent): fix these, then call again`,
+    });
+  }
+  return sent;
+}
+
 /** The grpc-js error of an ApiError, with the rich status in `grpc-status-details-bin`. */
 export function toServiceError(
   error: ApiError,
@@ -163,7 +193,7 @@ export function toServiceError(
       pack(
         'google.rpc.BadRequest',
         BadRequest.encode({
-          fieldViolations: error.violations.map((v) => ({
+          fieldViolations: violationsToSend(error.violations).map((v) => ({
             field: v.field,
             description: v.description,
             reason: '',

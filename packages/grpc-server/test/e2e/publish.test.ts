@@ -3,7 +3,7 @@
  * externalCustomerId, INVALID_ARGUMENT details, idempotency, TTL expiry, and secrets never read back.
  */
 import { randomUUID } from 'node:crypto';
-import { status } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
@@ -251,6 +251,31 @@ describe.each(storeUrls())('publishing and webhooks ($engine)', ({ newUrl, relea
     expect(failed.rich?.badRequest?.fieldViolations).toEqual([
       expect.objectContaining({ field: 'messages', description: 'must contain at most 10000 messages (got 10001)' }),
     ]);
+  });
+
+  it('answers 10,000 bad messages at once, not after the deadline: the violations sent are cut to fit a status', async () => {
+    const acc = await account();
+    const messages = Array.from({ length: 10_000 }, (_, i) => inboxMessage(`c${i}`, { id: `not-a-uuid-${i}` }));
+    const request = PublishMessagesRequest.fromPartial({ accountId: acc, messages });
+    // With every violation listed the trailers outgrew what HTTP/2 sends, and the call hung until its deadline.
+    const failed = await failure(
+      new Promise((resolve, reject) => {
+        t.clients.message.publishMessages(
+          request,
+          new Metadata(),
+          { deadline: Date.now() + 15_000 },
+          (error, response) => (error ? reject(error) : resolve(response)),
+        );
+      }),
+    );
+    expect(failed.code).toBe(status.INVALID_ARGUMENT);
+    const listed = failed.rich?.badRequest?.fieldViolations ?? [];
+    expect(listed.length).toBeGreaterThan(10);
+    expect(listed.length).toBeLessThan(10_000);
+    expect(listed.slice(0, 3).map((v) => v.field)).toEqual(['messages[0].id', 'messages[1].id', 'messages[2].id']);
+    // The last entry says how many were left out.
+    expect(listed.at(-1)).toMatchObject({ field: '', description: expect.stringMatching(/^and \d+ more violations/) });
+    expect(failed.details).toContain('10000 invalid fields');
   });
 
   it('is idempotent on message id: a second publish stores and sends nothing new', async () => {
