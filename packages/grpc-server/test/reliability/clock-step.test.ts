@@ -6,10 +6,17 @@
  * 200 under it: one request, one recorded attempt (engine.ts, `#attemptWithSlot`).
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { accountId, eventually, inboxMessage, startTestServer, storeUrls, type TestServer } from '../e2e/harness.js';
+import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import {
+  accountId,
+  deliveryIn,
+  eventually,
+  inboxMessage,
+  startTestServer,
+  storeUrls,
+  type TestServer,
+} from '../e2e/harness.js';
 import { startTrackingReceiver, type TrackingReceiver } from '../scale/tracking-receiver.js';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe.each(storeUrls())('wall clock step forward during an attempt ($engine)', ({ newUrl, release }) => {
   let server: TestServer | undefined;
@@ -36,9 +43,13 @@ describe.each(storeUrls())('wall clock step forward during an attempt ($engine)'
 
     // The wall clock jumps 10 s ahead while the request is in flight (its timeout is a real timer: still live).
     offset = 10_000;
-    await sleep(2_500);
-
+    // Until the receiver has answered the first request (2 s after it came): a fixed 2.5 s wait left 0.5 s for the
+    // receiver's own timer, too little on a loaded machine. A re-send would come while it is in flight.
     const first = receiver.requests[0]!;
+    await eventually(() => (first.end !== null ? true : undefined), 10_000, 'the answer to the first request');
+    // And until that answer is recorded: the claim is over, nothing of the delivery can be sent any more.
+    await deliveryIn(server.clients, first.deliveryId, [DeliveryState.DELIVERY_STATE_DELIVERED], 10_000);
+
     expect(first.status).toBe(200);
     // What the receiver saw: every request of the delivery, with its arrival and answer times.
     const seen = receiver.requests.map((r) => ({ n: r.n, deliveryId: r.deliveryId, start: r.start, end: r.end }));
