@@ -3,7 +3,7 @@
  * stream, end to end. @see ARCHITECTURE "Decisions" §1-§2, "Delivery states"
  */
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
 import {
   accountId,
@@ -46,20 +46,29 @@ describe.each(storeUrls())('ordering, replay and watch ($engine)', ({ newUrl, re
   }
 
   it('supersedes a delivery waiting for its retry: the receiver never gets an older list after a newer one', async () => {
-    const acc = await account({ rules: [{ answers: [{ status: 503 }] }] });
+    // A server of its own whose retries wait 2 s: the newer state must be published while d1 waits for its retry.
+    // With the 300 ms of the others, seeing the 503 and publishing took longer than that on a loaded machine now and
+    // then: d1's retry went out first and was accepted, and d1 was delivered, not superseded.
+    const own = await startTestServer(await newUrl(), { backoffBaseMs: 2_000, backoffMaxMs: 2_000 });
+    onTestFinished(() => own.stop());
+    receiver = await createMockReceiver({ rules: [{ answers: [{ status: 503 }] }] });
+    const acc = accountId();
+    await own.clients.upsertWebhook({ accountId: acc, url: `${receiver.url}/in`, signingSecret: '' });
     const m1 = inboxMessage('sup');
-    const first = await t.clients.publishMessages({ accountId: acc, messages: [m1] });
+    const first = await own.clients.publishMessages({ accountId: acc, messages: [m1] });
     const d1 = first.deliveries[0]?.deliveryId ?? '';
     await receiver.records.waitFor((r) => r.answer.status === 503);
     const m2 = inboxMessage('sup');
-    const second = await t.clients.publishMessages({ accountId: acc, messages: [m2] });
+    const second = await own.clients.publishMessages({ accountId: acc, messages: [m2] });
     const d2 = second.deliveries[0]?.deliveryId ?? '';
     expect(d2).not.toBe(d1);
-    await deliveryIn(t.clients, d2, DELIVERED);
-    const old = await deliveryIn(t.clients, d1, [DeliveryState.DELIVERY_STATE_SUPERSEDED]);
+    await deliveryIn(own.clients, d2, DELIVERED);
+    const old = await deliveryIn(own.clients, d1, [DeliveryState.DELIVERY_STATE_SUPERSEDED]);
     expect(old.supersededBy).toBe(d2);
-    // Past d1's retry time: it was never sent again.
-    await new Promise((r) => setTimeout(r, 400));
+    // Past d1's retry time (as its first attempt recorded it), and a few polls more: it was never sent again.
+    const retryAt = old.attempts[0]?.nextAttemptTimeMs ?? 0;
+    expect(retryAt).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, Math.max(0, retryAt - Date.now()) + 200));
     const requests = receiver.records.list();
     expect(requests.map((r) => [r.deliveryId, r.answer.status, ids(r.body)])).toEqual([
       [d1, 503, [m1.id]],
