@@ -170,9 +170,23 @@ describe('DeleteWebhook and a claimed retry, two processes (postgres)', () => {
     servers.push(b);
     await b.clients.upsertWebhook({ accountId: acc, url, signingSecret: '' });
     const fresh = inboxMessage('r2');
-    await b.clients.publishMessages({ accountId: acc, messages: [fresh] });
+    const freshPublished = await b.clients.publishMessages({ accountId: acc, messages: [fresh] });
 
-    await sleep(6_000);
+    // Until the new list is delivered and the first process's waiting claim has had its slot (once 'slow' is
+    // answered, 5 s after it came) and has been dealt with, and a little more; a fixed 6 s from here was only just
+    // enough on a loaded machine.
+    await deliveryIn(b.clients, freshPublished.deliveries[0]?.deliveryId ?? '', [
+      DeliveryState.DELIVERY_STATE_DELIVERED,
+    ]);
+    await eventually(
+      () => {
+        const { waiting, sending } = a.server.engine.activity;
+        return waiting === 0 && sending === 0 ? true : undefined;
+      },
+      15_000,
+      'the waiting claim dealt with',
+    );
+    await sleep(1_000);
     const lists = receiver.records.list({ externalCustomerId: 'r2' }).map((r) => ({
       seq: r.seq,
       status: r.answer.status,
