@@ -186,9 +186,13 @@ describe('DeliveryEngine', () => {
     await waitFor(() => r.requests.length === 20, 'the 20 requests', 5_000);
     expect(claims.retry).toBe(1);
     expect(claims.first).toBeGreaterThan(1);
-    // A wake for every lane (a replay, a webhook enabled) still reaches the retry lane.
+    // A wake for every lane (a replay, a webhook enabled) still reaches the retry lane. At least one claim, not exactly
+    // one: the receiver has the 20 requests, but the engine may still be recording the last attempts, which hold the
+    // endpoint's slots; the retry lane's claim then excludes the saturated endpoint and each slot given back wakes it
+    // again (by design). Waiting for exactly 2 missed the count going from 1 to 3 or 4 between two looks (1 run in 4
+    // with a busy core).
     e.wake();
-    await waitFor(() => claims.retry === 2, 'a retry-lane claim after wake()', 2_000);
+    await waitFor(() => claims.retry >= 2, 'a retry-lane claim after wake()', 2_000);
   });
 
   it('sends a retry when its backoff ends, not at the next poll', async () => {
