@@ -385,7 +385,12 @@ export async function spawnServer(
     let found = false;
     // Complete lines are parsed once each; only the unfinished last line is kept (a debug log can be large).
     let partial = '';
-    const timer = setTimeout(() => reject(new Error(`the server did not start within 20 s: ${stderr}`)), 20_000);
+    // 30 s: tsx compiles the sources at start, which takes several seconds on a loaded 2-core machine. A server that
+    // did not start is killed, not left running after the test.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the server did not start within 30 s: ${stderr}`));
+    }, 30_000);
     child.stdout?.on('data', (chunk: Buffer) => {
       const lines = (partial + chunk.toString()).split('\n');
       partial = lines.pop() ?? '';
