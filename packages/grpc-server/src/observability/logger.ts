@@ -158,7 +158,12 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     ...(extra.length > 0 ? { redact: { paths: [...extra], censor: REDACTED } } : {}),
     ...(options.base ? { base: censorValue(options.base) as Record<string, unknown> } : {}),
   };
-  const logger = options.destination ? pino(pinoOptions, options.destination) : pino(pinoOptions);
+  // Standard output, written synchronously: each line is out when the call returns, nothing is left to flush at exit.
+  // pino's default (asynchronous) destination flushes synchronously at exit, and when stdout is a pipe or socket
+  // whose reader is gone (the parent that started the server was killed) that flush retried its failing write every
+  // 100 ms, forever: the server never exited after SIGTERM. A synchronous write fails at once (EPIPE), after which
+  // pino stops writing.
+  const logger = pino(pinoOptions, options.destination ?? pino.destination({ dest: 1, sync: true }));
   // Child bindings bypass the log formatter (pino serializes them once, at child creation): censor them on
   // the way in. Children are created from their parent's prototype chain, so grandchildren inherit this.
   const child = logger.child;

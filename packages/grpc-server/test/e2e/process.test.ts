@@ -2,7 +2,8 @@
  * The real process entry (`src/main.ts`): refuses a bad configuration before doing anything, and prints
  * its help. (Crash and restart of the process: restart.test.ts.)
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -182,6 +183,52 @@ describe('app-inbox-server process', () => {
         `${store} holds the secrets of 1 webhook(s), sealed with the key of ${join(dir, 'secret.key')}, which is missing`,
       );
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('exits on SIGTERM when the reader of its stdout and stderr is gone (its parent was killed)', async () => {
+    // pino's asynchronous destination flushed synchronously at exit and retried a write failing with EPIPE every
+    // 100 ms, forever: a server started by a wrapper that was killed (npm start, nx) never exited after SIGTERM.
+    const dir = mkdtempSync(join(tmpdir(), 'process-orphan-'));
+    const child = spawn(
+      process.execPath,
+      [
+        '--conditions=@app-inbox/source',
+        '--import',
+        'tsx',
+        'src/main.ts',
+        '--store',
+        join(dir, 'a.db'),
+        ...START,
+        '--log-level',
+        'info',
+      ],
+      { cwd: PACKAGE_DIR, env: { ...process.env, NODE_OPTIONS: '', ...KEYS }, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const exited = once(child, 'exit');
+    try {
+      let out = '';
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`not listening within 30 s: ${out}`)), 30_000);
+        child.stdout.on('data', (chunk: Buffer) => {
+          out += chunk.toString();
+          if (out.includes('gRPC server listening')) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
+      // The reading ends close, as when the parent dies: the server's next write fails with EPIPE.
+      child.stdout.destroy();
+      child.stderr.destroy();
+      child.kill('SIGTERM');
+      const timeout = new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 15_000).unref());
+      const outcome = await Promise.race([exited.then(([code, signal]) => ({ code, signal })), timeout]);
+      expect(outcome).toEqual({ code: 0, signal: null });
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
       rmSync(dir, { recursive: true, force: true });
     }
   });
