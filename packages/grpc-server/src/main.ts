@@ -45,7 +45,35 @@ async function main(): Promise<void> {
   // the censoring above).
   const grpcLog = logger.child({ component: 'grpc' });
   censorGrpcLogs((text) => grpcLog.error(text));
-  let server: Awaited<ReturnType<typeof startServer>>;
+  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  let signals = 0;
+  const shutDown = (running: NonNullable<typeof server>): void => {
+    running.close(config.shutdownDeadlineMs).then(
+      () => {
+        logger.info('stopped');
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error({ err: error }, 'stopped with errors');
+        process.exit(1);
+      },
+    );
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1;
+    if (signals > 1) {
+      // Nothing is lost by this: accepted messages are committed, and claims left behind expire.
+      logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(130);
+    }
+    logger.info({ signal, deadlineMs: config.shutdownDeadlineMs }, 'shutting down');
+    // Still starting: the shutdown begins once the server has started (below).
+    if (server !== undefined) shutDown(server);
+  };
+  // Before the start, not after it: "gRPC server listening" is logged during the start, and a signal sent on seeing
+  // it, before any handler was there, killed the process without its ordered shutdown.
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   try {
     server = await startServer(config, { logger });
   } catch (error) {
@@ -73,29 +101,7 @@ async function main(): Promise<void> {
     process.stderr.write(`app-inbox-server: ${reason}\n`);
     process.exit(1);
   }
-
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals += 1;
-    if (signals > 1) {
-      // Nothing is lost by this: accepted messages are committed, and claims left behind expire.
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(130);
-    }
-    logger.info({ signal, deadlineMs: config.shutdownDeadlineMs }, 'shutting down');
-    server.close(config.shutdownDeadlineMs).then(
-      () => {
-        logger.info('stopped');
-        process.exit(0);
-      },
-      (error: unknown) => {
-        logger.error({ err: error }, 'stopped with errors');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  if (signals > 0) shutDown(server);
 }
 
 main().catch((error: unknown) => {
