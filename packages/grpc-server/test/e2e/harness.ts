@@ -4,7 +4,7 @@
  * and PostgreSQL) to run each test on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -253,6 +253,19 @@ export async function startTestServer(
       return stopped;
     },
   };
+}
+
+/**
+ * Whether `headers` (a received request's) carry a Standard Webhooks signature of `body` made with `secret`
+ * (`whsec_…`): verified here, independently of the server's code.
+ */
+export function signatureValid(secret: string, headers: Record<string, unknown>, body: Uint8Array): boolean {
+  const key = Buffer.from(secret.slice('whsec_'.length), 'base64');
+  const expected = createHmac('sha256', key)
+    .update(`${String(headers['webhook-id'])}.${String(headers['webhook-timestamp'])}.`)
+    .update(body)
+    .digest('base64');
+  return String(headers['webhook-signature']).split(' ').includes(`v1,${expected}`);
 }
 
 /** A unique account id for one test. */

@@ -3,7 +3,7 @@
  * included, so the platform can disable and enable a webhook without sending its password again (a read never
  * returns it). Real server, real gRPC client, a real mock receiver that answers 401 without the right Basic auth.
  */
-import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -17,20 +17,11 @@ import {
   deliveryIn,
   failure,
   inboxMessage,
+  signatureValid,
   startTestServer,
   storeUrls,
   type TestServer,
 } from './harness.js';
-
-/** Verifies a Standard Webhooks signature independently of the server's code. */
-function signatureValid(secret: string, headers: Record<string, unknown>, body: Uint8Array): boolean {
-  const key = Buffer.from(secret.slice('whsec_'.length), 'base64');
-  const expected = createHmac('sha256', key)
-    .update(`${String(headers['webhook-id'])}.${String(headers['webhook-timestamp'])}.`)
-    .update(body)
-    .digest('base64');
-  return String(headers['webhook-signature']).split(' ').includes(`v1,${expected}`);
-}
 
 describe.each(storeUrls())('UpdateWebhook ($engine)', (target) => {
   let t: TestServer | undefined;
