@@ -1780,20 +1780,19 @@ async function migrateNext(
     );
     const plan = planMigrations(rows, sorted, withdrawn);
     const undo = plan.undo[0];
-    let next: Migration | null = null;
-    if (undo !== undefined) {
-      next = { version: undo.version, name: `undo of withdrawn migration '${undo.name}'`, sql: undo.undo };
-      await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
-      waiting.migration = next;
-      await client.query(undo.undo);
-      await client.query('DELETE FROM schema_migrations WHERE version = $1', [undo.version]);
-    } else if (plan.apply[0] !== undefined) {
-      next = plan.apply[0];
+    const next: Migration | null =
+      undo !== undefined
+        ? { version: undo.version, name: `undo of withdrawn migration '${undo.name}'`, sql: undo.undo }
+        : (plan.apply[0] ?? null);
+    if (next !== null) {
       // After the advisory lock, which processes starting together wait on for as long as the migrations take.
       await client.query(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
       waiting.migration = next;
       await client.query(next.sql);
-      await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [next.version, next.name]);
+      if (undo !== undefined) await client.query('DELETE FROM schema_migrations WHERE version = $1', [undo.version]);
+      else {
+        await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [next.version, next.name]);
+      }
     }
     await client.query('COMMIT');
     return next;
