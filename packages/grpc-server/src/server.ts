@@ -470,9 +470,10 @@ function lockConfiguredStore(config: ServerConfig): { release(): void } | null {
   }
 }
 
+/** Opens the configured store; a SQLite file's directory was made by {@link lockConfiguredStore}, which runs first. */
 async function openConfiguredStore(config: ServerConfig): Promise<Store> {
   try {
-    return await openStore(prepareStoreLocation(config.store), {
+    return await openStore(config.store, {
       postgres: { poolSize: config.pgPoolSize },
       sqlite: { cacheSizeKiB: config.sqliteCacheMib * 1024 },
     });
