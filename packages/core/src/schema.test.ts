@@ -57,6 +57,8 @@ describe('LIMITS', () => {
       signingSecretMaxBytes: 64,
       minMessagesPerContact: 1,
       maxMessagesPerContact: 10_000,
+      minRateLimitPerSecond: 1,
+      maxRateLimitPerSecond: 10_000,
     });
   });
 });
@@ -335,6 +337,27 @@ describe('webhookConfigSchema', () => {
 
   it.each([1, 10_000])('accepts maxMessagesPerContact %i', (maxMessagesPerContact) => {
     expect(validateWebhookConfig({ url: 'https://x.example', maxMessagesPerContact }).ok).toBe(true);
+  });
+
+  it.each([
+    [0, 'must be at least 1'],
+    [-5, 'must be at least 1'],
+    [10_001, 'must be at most 10000'],
+    [2.5, 'must be an integer'],
+    ['10', 'must be an integer'],
+  ])('rejects rateLimitPerSecond %j, naming the field', (rateLimitPerSecond, description) => {
+    expect(violations(validateWebhookConfig({ url: 'https://x.example', rateLimitPerSecond }))).toEqual([
+      { field: 'rateLimitPerSecond', description },
+    ]);
+  });
+
+  it.each([1, 10_000])('accepts rateLimitPerSecond %i, and no limit when absent', (rateLimitPerSecond) => {
+    expect(validateWebhookConfig({ url: 'https://x.example', rateLimitPerSecond })).toMatchObject({
+      ok: true,
+      value: { rateLimitPerSecond },
+    });
+    const checked = validateWebhookConfig({ url: 'https://x.example' });
+    expect(checked.ok && 'rateLimitPerSecond' in checked.value).toBe(false);
   });
 
   it('rejects enabled that is not a boolean', () => {

@@ -48,6 +48,10 @@ export const LIMITS = {
   minMessagesPerContact: 1,
   /** Largest maxMessagesPerContact (messages). */
   maxMessagesPerContact: MAX_MESSAGES_PER_CONTACT_LIMIT,
+  /** Smallest rateLimitPerSecond (requests per second). */
+  minRateLimitPerSecond: 1,
+  /** Largest rateLimitPerSecond (requests per second). */
+  maxRateLimitPerSecond: 10_000,
 } as const;
 
 /** One bad field: `field` is a path such as `messages[3].id` or `auth.password`; '' is the whole input. */
@@ -241,8 +245,8 @@ export const signingSecretSchema = z.string().superRefine((value, ctx) => {
 });
 
 /**
- * The webhook configuration of one account; `maxMessagesPerContact` defaults to 1,000 and
- * `enabled` to true. Unknown fields are rejected.
+ * The webhook configuration of one account; `maxMessagesPerContact` defaults to 1,000,
+ * `enabled` to true, `rateLimitPerSecond` to none (no limit). Unknown fields are rejected.
  * @see SPEC §2
  */
 export const webhookConfigSchema = z.strictObject({
@@ -256,6 +260,12 @@ export const webhookConfigSchema = z.strictObject({
     .default(DEFAULT_MAX_MESSAGES_PER_CONTACT),
   enabled: z.boolean().default(true),
   signingSecret: signingSecretSchema.optional(),
+  rateLimitPerSecond: z
+    .number({ error: unlessMissing('must be an integer') })
+    .int({ error: 'must be an integer' })
+    .min(LIMITS.minRateLimitPerSecond, { error: `must be at least ${LIMITS.minRateLimitPerSecond}` })
+    .max(LIMITS.maxRateLimitPerSecond, { error: `must be at most ${LIMITS.maxRateLimitPerSecond}` })
+    .optional(),
 });
 
 /** What a caller may pass in (defaults not yet applied). */

@@ -48,6 +48,13 @@ export interface WebhookConfig {
    * @see https://www.standardwebhooks.com/
    */
   signingSecret?: string;
+  /**
+   * At most this many requests per second to the URL (a token bucket that holds one second's worth, so up to this
+   * many may go out at once after a quiet spell), 1-10,000; absent for no limit (the default): then only the
+   * server's per-endpoint concurrency bounds the requests. Deliveries over the limit wait for their turn, in order;
+   * none is dropped or counted as a failed attempt.
+   */
+  rateLimitPerSecond?: number;
 }
 
 /** Outcome of one attempt, as the core classifier decides it. @see SPEC §5 */

@@ -27,8 +27,11 @@ describe('mapping', () => {
       defaultMessageTtlSeconds: 60,
       createTimeMs: 1,
       updateTimeMs: 2,
+      rateLimitPerSecond: 0,
     });
     expect(JSON.stringify(view)).not.toMatch(/p4ssw0rd|whsec_/);
+    // No rate limit reads as 0, a limit as itself.
+    expect(webhookToProto({ ...record, rateLimitPerSecond: 7 }).rateLimitPerSecond).toBe(7);
   });
 
   it('round-trips every state and refuses UNSPECIFIED / unknown numbers', () => {

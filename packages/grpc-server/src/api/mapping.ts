@@ -80,6 +80,7 @@ export function webhookToProto(record: WebhookRecord, circuit?: CircuitView): We
     createTimeMs: record.createdAt,
     updateTimeMs: record.updatedAt,
     circuit: circuit === undefined ? undefined : circuitToProto(circuit),
+    rateLimitPerSecond: record.rateLimitPerSecond ?? 0,
   };
 }
 

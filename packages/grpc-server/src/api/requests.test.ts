@@ -175,6 +175,24 @@ describe('parseUpsertWebhook', () => {
     });
   });
 
+  it('takes rate_limit_per_second 1..10,000; 0 and unset are no limit', () => {
+    const parse = (rateLimitPerSecond: number | undefined) =>
+      parseUpsertWebhook(
+        UpsertWebhookRequest.fromPartial({ accountId: 'a', url: 'https://hooks.test/in', rateLimitPerSecond }),
+        3600,
+      );
+    expect(parse(25)).toMatchObject({ ok: true, value: { config: { rateLimitPerSecond: 25 } } });
+    expect(parse(10_000)).toMatchObject({ ok: true, value: { config: { rateLimitPerSecond: 10_000 } } });
+    for (const none of [0, undefined]) {
+      const result = parse(none);
+      expect(result.ok && 'rateLimitPerSecond' in result.value.config).toBe(false);
+    }
+    expect(parse(10_001)).toEqual({
+      ok: false,
+      violations: [{ field: 'rate_limit_per_second', description: 'must be at most 10000' }],
+    });
+  });
+
   it('names every bad field and never echoes the password', () => {
     const result = parseUpsertWebhook(
       {
@@ -184,6 +202,7 @@ describe('parseUpsertWebhook', () => {
         maxMessagesPerContact: 0,
         signingSecret: 'nope',
         defaultMessageTtlSeconds: 0,
+        rateLimitPerSecond: 10_001,
       },
       3600,
     );
@@ -193,6 +212,7 @@ describe('parseUpsertWebhook', () => {
         'basic_auth.username',
         'default_message_ttl_seconds',
         'max_messages_per_contact',
+        'rate_limit_per_second',
         'signing_secret',
         'url',
       ].sort(),

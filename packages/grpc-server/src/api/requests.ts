@@ -95,6 +95,10 @@ export function parseUpsertWebhook(request: UpsertWebhookRequest, defaultTtlSeco
   if (request.enabled !== undefined) input.enabled = request.enabled;
   // proto3 has no null for a string: empty means "no signing".
   if (request.signingSecret !== '') input.signingSecret = request.signingSecret;
+  // 0 (or unset) is no limit: the value a read gives back for none, so a read can be sent back as it is.
+  if (request.rateLimitPerSecond !== undefined && request.rateLimitPerSecond !== 0) {
+    input.rateLimitPerSecond = request.rateLimitPerSecond;
+  }
   const checked = validateWebhookConfig(input);
   if (!checked.ok) violations.push(...fromCore(checked.violations));
   const ttlSeconds = request.defaultMessageTtlSeconds ?? defaultTtlSeconds;
@@ -116,6 +120,7 @@ export const UPDATABLE_WEBHOOK_FIELDS = [
   'enabled',
   'signing_secret',
   'default_message_ttl_seconds',
+  'rate_limit_per_second',
 ] as const;
 export type UpdatableWebhookField = (typeof UPDATABLE_WEBHOOK_FIELDS)[number];
 
@@ -127,9 +132,10 @@ const UPDATE_KEYS: Readonly<Record<UpdatableWebhookField, keyof UpsertWebhookReq
   enabled: 'enabled',
   signing_secret: 'signingSecret',
   default_message_ttl_seconds: 'defaultMessageTtlSeconds',
+  rate_limit_per_second: 'rateLimitPerSecond',
 };
 
-/** Most paths an `update_mask` may have (each field once is 6; repeats are allowed, not without bound). */
+/** Most paths an `update_mask` may have (each field once is 7; repeats are allowed, not without bound). */
 export const MAX_UPDATE_MASK_PATHS = 32;
 /** Most unknown `update_mask` paths named one by one in the refusal (the others are counted). */
 const MAX_UNKNOWN_PATHS_NAMED = 3;
@@ -199,6 +205,7 @@ export function parseUpdateWebhook(
     signingSecret: stored.signingSecret ?? '',
     // Stored from whole seconds by UpsertWebhook; a store default of another unit is rounded up, never to 0.
     defaultMessageTtlSeconds: Math.max(1, Math.ceil(stored.messageTtlMs / 1000)),
+    rateLimitPerSecond: stored.rateLimitPerSecond,
   };
   const target = merged as unknown as Record<string, unknown>;
   for (const field of fields) target[UPDATE_KEYS[field]] = request[UPDATE_KEYS[field]];

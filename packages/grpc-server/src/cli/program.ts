@@ -195,6 +195,7 @@ function webhookView(w: Webhook | undefined): string {
     ['signing secret', w.hasSigningSecret ? 'set' : 'none'],
     ['max messages', `${count(w.maxMessagesPerContact)} per contact`],
     ['message TTL', `${count(w.defaultMessageTtlSeconds)} s`],
+    ['rate limit', w.rateLimitPerSecond > 0 ? `${count(w.rateLimitPerSecond)} requests/s` : 'none'],
     [
       'circuit',
       w.circuit
@@ -365,6 +366,11 @@ Examples:
         'time-to-live of messages published without their own (default: the server option)',
       ).argParser(positiveInt('--ttl-seconds', Number.MAX_SAFE_INTEGER)),
     )
+    .addOption(
+      new Option('--rate-limit <n>', 'most requests per second to the URL (default: no limit)').argParser(
+        positiveInt('--rate-limit', MAX_UINT32),
+      ),
+    )
     .action(
       act(
         async (
@@ -379,6 +385,7 @@ Examples:
             disabled?: boolean;
             signingSecretEnv?: string;
             ttlSeconds?: number;
+            rateLimit?: number;
           },
         ) => {
           if (o.passwordStdin === true && o.passwordEnv !== undefined) {
@@ -409,6 +416,7 @@ Examples:
             enabled: o.disabled !== true,
             signingSecret,
             ...(o.ttlSeconds !== undefined ? { defaultMessageTtlSeconds: o.ttlSeconds } : {}),
+            ...(o.rateLimit !== undefined ? { rateLimitPerSecond: o.rateLimit } : {}),
           });
           if (ctx.json) return ctx.out(json(UpsertWebhookResponse.toJSON(response)));
           ctx.out(`Webhook of account ${account} ${response.created ? 'created' : 'replaced'}.\n`);

@@ -371,6 +371,12 @@ export class DeliveryEngine {
   readonly #metrics: Pick<Metrics, 'recordAttempt'> | null;
   readonly #tracer: Tracer | null;
   readonly #limiter: EndpointLimiter;
+  /**
+   * Longest a claim waits for its turn under a webhook's rate limit: half of what its lease leaves beside the
+   * request, so that it still sends and records well within the lease. A claim whose turn is further off is given
+   * back, due at its turn.
+   */
+  readonly #maxTokenWaitMs: number;
   /** Due times of retries this process recorded, in buckets (see {@link DeliveryEngine.#wakeRetryLaneAt}). */
   readonly #retryDue = new Set<number>();
   #retryTimer: NodeJS.Timeout | null = null;
@@ -430,7 +436,9 @@ export class DeliveryEngine {
     this.#health = deps.health ?? NO_ENDPOINT_HEALTH;
     this.#metrics = deps.metrics ?? null;
     this.#tracer = deps.tracer ?? null;
-    this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency);
+    // An endpoint left out of claims for want of a rate-limit token is claimable again with its next one.
+    this.#maxTokenWaitMs = Math.floor((this.options.leaseMs - this.options.requestTimeoutMs) / 2);
+    this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency, { onReady: () => this.wake() });
     // Every claim waiting for its endpoint's slot listens for stop() (removed once granted), up to
     // `maxWaiting` of them, and so does every attempt waiting for its turn to build (#startBuild), up to all those
     // of the lanes (SLOW_LANE_FACTOR times their concurrency), plus the two lanes' idle sleeps: a bounded number,
@@ -654,14 +662,23 @@ export class DeliveryEngine {
   #dispatch(claim: Held, lane: LaneState): void {
     if (this.#handOver(claim)) return;
     const account = claim.delivery.accountId;
+    // The webhook's rate limit as this claim read it: a change applies from the next claim of the account.
+    this.#limiter.setRate(account, claim.webhook.rateLimitPerSecond);
     if (this.#limiter.tryAcquire(account)) {
       lane.busy += 1;
       this.#track(this.#attemptWithSlot(claim, lane, false));
+      return;
+    }
+    const tokenWait = this.#limiter.tokenWaitMs(account);
+    if (tokenWait > this.#maxTokenWaitMs) {
+      // Its turn under the webhook's rate limit is further off than a claim may wait and still send within its
+      // lease: given back, due when its turn comes (not an attempt, so nothing is counted against it).
+      this.#track(this.#release(claim, 'rate limited', this.#clock() + tokenWait));
     } else if (this.#limiter.totalWaiting >= this.options.maxWaiting) {
       this.#track(this.#release(claim, 'endpoint busy'));
     } else {
-      // One claim can return more deliveries of an account than it has free slots: they wait for that
-      // account's slots only (the account is excluded from further claims meanwhile).
+      // One claim can return more deliveries of an account than it has free slots (or rate-limit tokens): they
+      // wait for that account's slots only (the account is excluded from further claims meanwhile).
       this.#track(this.#waitForSlot(claim, lane));
     }
   }

@@ -364,6 +364,7 @@ export function webhookToStored(config: WebhookConfig & { messageTtlMs?: number 
   if (typeof config.enabled !== 'boolean')
     throw new StoreError('invalid_argument', 'config.enabled: must be a boolean');
   assertInt('config.maxMessagesPerContact', config.maxMessagesPerContact, 1);
+  if (config.rateLimitPerSecond !== undefined) assertInt('config.rateLimitPerSecond', config.rateLimitPerSecond, 1);
   const { messageTtlMs, ...rest } = config;
   const ttl = messageTtlMs === undefined ? DEFAULT_MESSAGE_TTL_MS : assertInt('config.messageTtlMs', messageTtlMs, 1);
   return { json: JSON.stringify(rest), enabled: rest.enabled, messageTtlMs: ttl };

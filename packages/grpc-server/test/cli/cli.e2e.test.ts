@@ -86,6 +86,8 @@ describe('app-inbox command-line client', () => {
         '50',
         '--ttl-seconds',
         '600',
+        '--rate-limit',
+        '25',
       ),
       { stdin: `${PASSWORD}\n`, env: { HOOK_SECRET: SIGNING_SECRET } },
     );
@@ -96,12 +98,14 @@ describe('app-inbox command-line client', () => {
     expect(set.stdout).toMatch(/signing secret\s+set/);
     expect(set.stdout).toMatch(/max messages\s+50 per contact/);
     expect(set.stdout).toMatch(/message TTL\s+600 s/);
+    expect(set.stdout).toMatch(/rate limit\s+25 requests\/s/);
 
     const stored = await t.server.store.getWebhook(acct);
     expect(stored).toMatchObject({
       auth: { type: 'basic', username: 'hook-user', password: PASSWORD },
       signingSecret: SIGNING_SECRET,
       maxMessagesPerContact: 50,
+      rateLimitPerSecond: 25,
       enabled: true,
     });
 

@@ -123,7 +123,14 @@ export interface Webhook {
    * The endpoint's circuit breaker, as seen by the server process that answers (each process keeps its
    * own view). Set by GetWebhook, UpsertWebhook and UpdateWebhook.
    */
-  circuit: Circuit | undefined;
+  circuit:
+    | Circuit
+    | undefined;
+  /**
+   * At most this many requests per second to `url`, 1-10,000 (one second's worth may go out at once after a quiet
+   * spell); 0 when there is no limit (the default).
+   */
+  rateLimitPerSecond: number;
 }
 
 /** The circuit breaker's view of an endpoint. */
@@ -170,7 +177,15 @@ export interface UpsertWebhookRequest {
    * Time-to-live of a message published without its own expiry (seconds). Default: the server's
    * `--default-message-ttl-seconds` (1 day) when unset.
    */
-  defaultMessageTtlSeconds?: number | undefined;
+  defaultMessageTtlSeconds?:
+    | number
+    | undefined;
+  /**
+   * At most this many requests per second to `url`, 1-10,000; unset or 0: no limit (the default). Deliveries over
+   * the limit wait for their turn (none is dropped, and waiting is not a failed attempt). The limit holds per server
+   * process: N processes on one PostgreSQL database send up to N times it.
+   */
+  rateLimitPerSecond?: number | undefined;
 }
 
 /** Response of WebhookService.UpsertWebhook. */
@@ -211,10 +226,11 @@ export interface UpdateWebhookRequest {
   accountId: string;
   /**
    * The fields to change, by their names in this message: `url`, `basic_auth`, `max_messages_per_contact`,
-   * `enabled`, `signing_secret`, `default_message_ttl_seconds`; at least one, at most 32 paths. A field named
-   * here but left unset takes its UpsertWebhook default (`basic_auth` and `signing_secret`: removed); a field
-   * not named is kept, whatever this request sets in it. The result is checked as a whole, as UpsertWebhook checks it (the URL's
-   * addresses against the SSRF policy only when `url` is named: disabling must not depend on DNS). The paths of a
+   * `enabled`, `signing_secret`, `default_message_ttl_seconds`, `rate_limit_per_second`; at least one, at most 32
+   * paths. A field named here but left unset takes its UpsertWebhook default (`basic_auth` and `signing_secret`:
+   * removed; `rate_limit_per_second`: no limit); a field not named is kept, whatever this request sets in it. The
+   * result is checked as a whole, as UpsertWebhook checks it (the URL's addresses against the SSRF policy only when
+   * `url` is named: disabling must not depend on DNS). The paths of a
    * field mask (AIP-134), as a plain list: a google.protobuf.FieldMask here would break server reflection, which
    * grpc-js serves from descriptors without their imports (grpc/grpc-node#2958).
    */
@@ -236,7 +252,11 @@ export interface UpdateWebhookRequest {
   /** As in UpsertWebhookRequest. */
   signingSecret: string;
   /** As in UpsertWebhookRequest. */
-  defaultMessageTtlSeconds?: number | undefined;
+  defaultMessageTtlSeconds?:
+    | number
+    | undefined;
+  /** As in UpsertWebhookRequest. */
+  rateLimitPerSecond?: number | undefined;
 }
 
 /** Response of WebhookService.UpdateWebhook. */
@@ -431,6 +451,7 @@ function createBaseWebhook(): Webhook {
     createTimeMs: 0,
     updateTimeMs: 0,
     circuit: undefined,
+    rateLimitPerSecond: 0,
   };
 }
 
@@ -465,6 +486,9 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.circuit !== undefined) {
       Circuit.encode(message.circuit, writer.uint32(82).fork()).join();
+    }
+    if (message.rateLimitPerSecond !== 0) {
+      writer.uint32(88).uint32(message.rateLimitPerSecond);
     }
     return writer;
   },
@@ -562,6 +586,14 @@ export const Webhook: MessageFns<Webhook> = {
             message.circuit = Circuit.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.rateLimitPerSecond = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -614,6 +646,11 @@ export const Webhook: MessageFns<Webhook> = {
         ? globalThis.Number(object.update_time_ms)
         : 0,
       circuit: isSet(object.circuit) ? Circuit.fromJSON(object.circuit) : undefined,
+      rateLimitPerSecond: isSet(object.rateLimitPerSecond)
+        ? globalThis.Number(object.rateLimitPerSecond)
+        : isSet(object.rate_limit_per_second)
+        ? globalThis.Number(object.rate_limit_per_second)
+        : 0,
     };
   },
 
@@ -649,6 +686,9 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.circuit !== undefined) {
       obj.circuit = Circuit.toJSON(message.circuit);
     }
+    if (message.rateLimitPerSecond !== 0) {
+      obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
+    }
     return obj;
   },
 
@@ -671,6 +711,7 @@ export const Webhook: MessageFns<Webhook> = {
     message.circuit = (object.circuit !== undefined && object.circuit !== null)
       ? Circuit.fromPartial(object.circuit)
       : undefined;
+    message.rateLimitPerSecond = object.rateLimitPerSecond ?? 0;
     return message;
   },
 };
@@ -813,6 +854,7 @@ function createBaseUpsertWebhookRequest(): UpsertWebhookRequest {
     enabled: undefined,
     signingSecret: "",
     defaultMessageTtlSeconds: undefined,
+    rateLimitPerSecond: undefined,
   };
 }
 
@@ -838,6 +880,9 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
     }
     if (message.defaultMessageTtlSeconds !== undefined) {
       writer.uint32(56).int64(message.defaultMessageTtlSeconds);
+    }
+    if (message.rateLimitPerSecond !== undefined) {
+      writer.uint32(64).uint32(message.rateLimitPerSecond);
     }
     return writer;
   },
@@ -911,6 +956,14 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
             message.defaultMessageTtlSeconds = longToNumber(reader.int64());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.rateLimitPerSecond = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -952,6 +1005,11 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
         : isSet(object.default_message_ttl_seconds)
         ? globalThis.Number(object.default_message_ttl_seconds)
         : undefined,
+      rateLimitPerSecond: isSet(object.rateLimitPerSecond)
+        ? globalThis.Number(object.rateLimitPerSecond)
+        : isSet(object.rate_limit_per_second)
+        ? globalThis.Number(object.rate_limit_per_second)
+        : undefined,
     };
   },
 
@@ -978,6 +1036,9 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
     if (message.defaultMessageTtlSeconds !== undefined) {
       obj.defaultMessageTtlSeconds = Math.round(message.defaultMessageTtlSeconds);
     }
+    if (message.rateLimitPerSecond !== undefined) {
+      obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
+    }
     return obj;
   },
 
@@ -995,6 +1056,7 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
     message.enabled = object.enabled ?? undefined;
     message.signingSecret = object.signingSecret ?? "";
     message.defaultMessageTtlSeconds = object.defaultMessageTtlSeconds ?? undefined;
+    message.rateLimitPerSecond = object.rateLimitPerSecond ?? undefined;
     return message;
   },
 };
@@ -1363,6 +1425,7 @@ function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
     enabled: undefined,
     signingSecret: "",
     defaultMessageTtlSeconds: undefined,
+    rateLimitPerSecond: undefined,
   };
 }
 
@@ -1391,6 +1454,9 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     }
     if (message.defaultMessageTtlSeconds !== undefined) {
       writer.uint32(64).int64(message.defaultMessageTtlSeconds);
+    }
+    if (message.rateLimitPerSecond !== undefined) {
+      writer.uint32(72).uint32(message.rateLimitPerSecond);
     }
     return writer;
   },
@@ -1472,6 +1538,14 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
             message.defaultMessageTtlSeconds = longToNumber(reader.int64());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.rateLimitPerSecond = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1518,6 +1592,11 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
         : isSet(object.default_message_ttl_seconds)
         ? globalThis.Number(object.default_message_ttl_seconds)
         : undefined,
+      rateLimitPerSecond: isSet(object.rateLimitPerSecond)
+        ? globalThis.Number(object.rateLimitPerSecond)
+        : isSet(object.rate_limit_per_second)
+        ? globalThis.Number(object.rate_limit_per_second)
+        : undefined,
     };
   },
 
@@ -1547,6 +1626,9 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.defaultMessageTtlSeconds !== undefined) {
       obj.defaultMessageTtlSeconds = Math.round(message.defaultMessageTtlSeconds);
     }
+    if (message.rateLimitPerSecond !== undefined) {
+      obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
+    }
     return obj;
   },
 
@@ -1565,6 +1647,7 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     message.enabled = object.enabled ?? undefined;
     message.signingSecret = object.signingSecret ?? "";
     message.defaultMessageTtlSeconds = object.defaultMessageTtlSeconds ?? undefined;
+    message.rateLimitPerSecond = object.rateLimitPerSecond ?? undefined;
     return message;
   },
 };

@@ -1,0 +1,135 @@
+/**
+ * A webhook's rate limit end to end: `rate_limit_per_second` set by UpsertWebhook paces the requests to its URL
+ * (a token bucket of one second's worth), every delivery still arrives once and on its first attempt (waiting is
+ * not a failure), another account's webhook on the same server is not slowed, and UpdateWebhook changes or removes
+ * the limit. Real server, real gRPC client, a real mock receiver that records when each request arrived.
+ */
+import { status } from '@grpc/grpc-js';
+import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import {
+  accountId,
+  eventually,
+  failure,
+  inboxMessage,
+  startTestServer,
+  storeUrls,
+  type TestServer,
+} from './harness.js';
+
+const RATE = 4;
+const CONTACTS = 12;
+
+/**
+ * Whether arrival times (ms, sorted) keep a token bucket of `rate` tokens refilled at `rate` a second: any run of
+ * requests from the i-th to the j-th fits in the bucket plus what refilled between them. `slop` requests more are
+ * allowed for the network: a request can arrive late and bunch up with the next one.
+ */
+function withinRate(times: readonly number[], rate: number, slop: number): boolean {
+  for (let i = 0; i < times.length; i++) {
+    for (let j = i + 1; j < times.length; j++) {
+      if (j - i + 1 > rate + (rate * (times[j]! - times[i]!)) / 1000 + slop) return false;
+    }
+  }
+  return true;
+}
+
+describe.each(storeUrls())('webhook rate limit ($engine)', (target) => {
+  let t: TestServer | undefined;
+  let receiver: MockReceiver | undefined;
+
+  afterEach(async () => {
+    await t?.stop();
+    await receiver?.close();
+    t = undefined;
+    receiver = undefined;
+  });
+  afterAll(() => target.release());
+
+  it('paces the limited endpoint, sends each delivery once, first time, and leaves another endpoint unpaced', async () => {
+    receiver = await createMockReceiver();
+    t = await startTestServer(await target.newUrl());
+    const limited = accountId('limited');
+    const free = accountId('free');
+    const upserted = await t.clients.upsertWebhook({
+      accountId: limited,
+      url: `${receiver.url}/limited`,
+      rateLimitPerSecond: RATE,
+    });
+    expect(upserted.webhook?.rateLimitPerSecond).toBe(RATE);
+    await t.clients.upsertWebhook({ accountId: free, url: `${receiver.url}/free` });
+    expect((await t.clients.getWebhook({ accountId: limited })).webhook?.rateLimitPerSecond).toBe(RATE);
+    expect((await t.clients.getWebhook({ accountId: free })).webhook?.rateLimitPerSecond).toBe(0);
+
+    // One claim takes the 12: 4 go at once, the next 4 wait for their tokens (up to 1 s), and the last 4, whose turn
+    // is further off than the test lease lets a claim wait (half of lease minus request timeout: 1 s), are given
+    // back due at their turn and claimed again then.
+    const contacts = Array.from({ length: CONTACTS }, (_, i) => `c-${i}`);
+    const limitedDeliveries = await t.clients.publishMessages({
+      accountId: limited,
+      messages: contacts.map((c) => inboxMessage(c)),
+    });
+    await t.clients.publishMessages({ accountId: free, messages: contacts.map((c) => inboxMessage(c)) });
+
+    const received = (path: string) => receiver!.records.list().filter((r) => r.path === path);
+    await eventually(
+      () => (received('/limited').length >= CONTACTS && received('/free').length >= CONTACTS ? true : undefined),
+      20_000,
+      'every delivery of both accounts',
+    );
+    const times = (path: string) => received(path).map((r) => Date.parse(r.receivedAt));
+    const limitedTimes = times('/limited').sort((a, b) => a - b);
+
+    // Paced: RATE at once, then one every 1/RATE s; all 12 at once would break it.
+    expect(withinRate(limitedTimes, RATE, 1)).toBe(true);
+    expect(limitedTimes.at(-1)! - limitedTimes[0]!).toBeGreaterThanOrEqual(((CONTACTS - RATE - 1) * 1000) / RATE);
+    // Each delivery once, on its first attempt, answered 200: waiting for a token is not a failed attempt.
+    const ids = received('/limited').map((r) => r.deliveryId);
+    expect(new Set(ids)).toEqual(new Set(limitedDeliveries.deliveries.map((d) => d.deliveryId)));
+    expect(ids).toHaveLength(CONTACTS);
+    expect(received('/limited').every((r) => r.answer.status === 200)).toBe(true);
+    for (const { deliveryId } of limitedDeliveries.deliveries) {
+      const { delivery } = await t.clients.getDelivery({ deliveryId });
+      expect(delivery).toMatchObject({ state: DeliveryState.DELIVERY_STATE_DELIVERED, attemptCount: 1 });
+    }
+    // The other endpoint did not wait behind the limited one.
+    expect(Math.max(...times('/free'))).toBeLessThan(limitedTimes.at(-1)!);
+  });
+
+  it('UpdateWebhook changes the limit, removes it when named unset, and names a bad value', async () => {
+    receiver = await createMockReceiver();
+    t = await startTestServer(await target.newUrl());
+    const account = accountId('update-rate');
+    await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, rateLimitPerSecond: 2 });
+
+    const raised = await t.clients.updateWebhook({
+      accountId: account,
+      updateMask: ['rate_limit_per_second'],
+      rateLimitPerSecond: 50,
+    });
+    expect(raised.webhook).toMatchObject({ url: `${receiver.url}/hook`, rateLimitPerSecond: 50, enabled: true });
+    // Another field changed alone keeps the limit.
+    const disabled = await t.clients.updateWebhook({ accountId: account, updateMask: ['enabled'], enabled: false });
+    expect(disabled.webhook).toMatchObject({ enabled: false, rateLimitPerSecond: 50 });
+
+    const bad = await failure(
+      t.clients.updateWebhook({
+        accountId: account,
+        updateMask: ['rate_limit_per_second'],
+        rateLimitPerSecond: 10_001,
+      }),
+    );
+    expect(bad.code).toBe(status.INVALID_ARGUMENT);
+    expect(bad.rich?.badRequest?.fieldViolations).toEqual([
+      { field: 'rate_limit_per_second', description: 'must be at most 10000', reason: '', localizedMessage: undefined },
+    ]);
+
+    const removed = await t.clients.updateWebhook({ accountId: account, updateMask: ['rate_limit_per_second'] });
+    expect(removed.webhook?.rateLimitPerSecond).toBe(0);
+    expect((await t.clients.getWebhook({ accountId: account })).webhook).toMatchObject({
+      rateLimitPerSecond: 0,
+      enabled: false,
+    });
+  });
+});
