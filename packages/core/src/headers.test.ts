@@ -186,6 +186,28 @@ describe('buildRequestHeaders', () => {
     expect(headers['webhook-timestamp']).toBe(String(VECTOR.timestamp));
   });
 
+  it('signs with the current and the replaced secret during a rotation: both signatures, current first', async () => {
+    const previous = 'whsec_' + Buffer.alloc(32, 9).toString('base64');
+    const input = { deliveryId: VECTOR.msgId, externalCustomerId: 'c-1', body: VECTOR.payload };
+    const headers = await buildRequestHeaders({
+      ...input,
+      timestampSeconds: VECTOR.timestamp,
+      signingSecret: VECTOR.secret,
+      previousSigningSecret: previous,
+    });
+    const expectedPrevious = createHmac('sha256', Buffer.alloc(32, 9))
+      .update(`${VECTOR.msgId}.${VECTOR.timestamp}.${VECTOR.payload}`)
+      .digest('base64');
+    expect(headers['webhook-signature']).toBe(`${VECTOR.signature} v1,${expectedPrevious}`);
+    // The same secret twice signs once; without a current secret nothing is signed.
+    const same = { ...input, timestampSeconds: VECTOR.timestamp, signingSecret: VECTOR.secret };
+    expect((await buildRequestHeaders({ ...same, previousSigningSecret: VECTOR.secret }))['webhook-signature']).toBe(
+      VECTOR.signature,
+    );
+    const unsigned = await buildRequestHeaders({ ...input, timestampSeconds: 1, previousSigningSecret: previous });
+    expect(unsigned['webhook-signature']).toBeUndefined();
+  });
+
   it('rejects an empty delivery id and a bad timestamp', async () => {
     const input = { deliveryId: 'd', externalCustomerId: 'c', body: '[]', timestampSeconds: 1 };
     await expect(buildRequestHeaders({ ...input, deliveryId: '' })).rejects.toMatchObject({

@@ -13,7 +13,10 @@ import type { BasicAuth } from './types.js';
 export const DELIVERY_ID_HEADER = 'webhook-id';
 /** Unix time (seconds) of the attempt, part of the signed content. */
 export const TIMESTAMP_HEADER = 'webhook-timestamp';
-/** `v1,<base64 HMAC-SHA256>` when the webhook has a signing secret. */
+/**
+ * `v1,<base64 HMAC-SHA256>` when the webhook has a signing secret; during a rotation's overlap a second one, made with
+ * the replaced secret, after a space.
+ */
 export const SIGNATURE_HEADER = 'webhook-signature';
 /**
  * The contact the list is for: its externalCustomerId, percent-encoded UTF-8 (RFC 3986; unreserved characters as
@@ -125,6 +128,12 @@ export interface RequestHeadersInput {
   auth?: BasicAuth;
   /** Standard Webhooks secret (`whsec_...`), when configured. */
   signingSecret?: string;
+  /**
+   * A replaced signing secret that still signs beside `signingSecret` (a rotation's overlap, so that a receiver
+   * can move to the new secret at its own pace): `webhook-signature` then lists both signatures, space-separated,
+   * the current one first, as Standard Webhooks allows. Ignored without `signingSecret`.
+   */
+  previousSigningSecret?: string;
 }
 
 /**
@@ -148,12 +157,11 @@ export async function buildRequestHeaders(input: RequestHeadersInput): Promise<R
   };
   if (input.auth !== undefined) headers.authorization = basicAuthorization(input.auth.username, input.auth.password);
   if (input.signingSecret !== undefined) {
-    headers[SIGNATURE_HEADER] = await signStandardWebhook(
-      input.signingSecret,
-      input.deliveryId,
-      input.timestampSeconds,
-      input.body,
-    );
+    const sign = (secret: string) => signStandardWebhook(secret, input.deliveryId, input.timestampSeconds, input.body);
+    headers[SIGNATURE_HEADER] = await sign(input.signingSecret);
+    if (input.previousSigningSecret !== undefined && input.previousSigningSecret !== input.signingSecret) {
+      headers[SIGNATURE_HEADER] += ` ${await sign(input.previousSigningSecret)}`;
+    }
   }
   return headers;
 }

@@ -63,6 +63,12 @@ export interface ServerConfig {
    * that account's messages published without their own TTL or expiry (seconds). Default 86,400 (1 day).
    */
   defaultMessageTtlSeconds: number;
+  /**
+   * How long a webhook's replaced signing secret keeps signing beside the new one (both signatures in
+   * `webhook-signature`), so that its receiver can move to the new secret without refusing requests meanwhile; 0
+   * replaces it at once (seconds). Default 86,400 (1 day).
+   */
+  signingSecretOverlapSeconds: number;
   /** Bytes of a webhook's response body read at most; the rest is discarded. Default 65,536. */
   maxResponseBytes: number;
   /** Base delay of the exponential backoff (milliseconds). Default 1,000. */
@@ -158,6 +164,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   slowAttemptMs: 2_000,
   maxBodyMemoryMib: 256,
   defaultMessageTtlSeconds: 86_400,
+  signingSecretOverlapSeconds: 86_400,
   maxResponseBytes: 65_536,
   // The retry schedule is the core's (SPEC §5); see the README for the delays it gives.
   backoffBaseMs: DEFAULT_BACKOFF.baseDelayMs,
@@ -414,6 +421,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     1,
     365 * 86_400,
     'Message TTL given to a webhook configured without one; applies to its messages published without a TTL or expiry.',
+  ),
+  intOption(
+    'signingSecretOverlapSeconds',
+    '--signing-secret-overlap-seconds',
+    's',
+    0,
+    30 * 86_400,
+    "How long a webhook's replaced signing secret keeps signing beside the new one (both signatures in webhook-signature), so its receiver can move to the new secret without refusing requests; 0 replaces it at once.",
   ),
   intOption(
     'maxResponseBytes',

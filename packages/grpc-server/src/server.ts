@@ -267,6 +267,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       now: clock,
       logger: logger.child({ component: 'api' }),
       defaultMessageTtlSeconds: config.defaultMessageTtlSeconds,
+      signingSecretOverlapMs: config.signingSecretOverlapSeconds * 1000,
       maxWatchStreams: config.maxWatchStreams,
       addressPolicy,
       ...(options.resolve ? { resolve: options.resolve } : {}),

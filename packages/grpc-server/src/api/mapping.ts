@@ -63,8 +63,11 @@ export function circuitToProto(view: CircuitView): Circuit {
   };
 }
 
-/** The webhook as read back; `circuit` is the circuit breaker's view of its endpoint, when known. */
-export function webhookToProto(record: WebhookRecord, circuit?: CircuitView): Webhook {
+/**
+ * The webhook as read back at `now`; `circuit` is the circuit breaker's view of its endpoint, when known. Of a
+ * signing-secret rotation only its end shows, while it lasts.
+ */
+export function webhookToProto(record: WebhookRecord, circuit?: CircuitView, now = Date.now()): Webhook {
   return {
     accountId: record.accountId,
     url: record.url,
@@ -81,6 +84,10 @@ export function webhookToProto(record: WebhookRecord, circuit?: CircuitView): We
     updateTimeMs: record.updatedAt,
     circuit: circuit === undefined ? undefined : circuitToProto(circuit),
     rateLimitPerSecond: record.rateLimitPerSecond ?? 0,
+    previousSigningSecretExpireTimeMs:
+      record.previousSigningSecret !== undefined && (record.previousSigningSecretExpiresAt ?? 0) > now
+        ? record.previousSigningSecretExpiresAt
+        : undefined,
   };
 }
 

@@ -10,7 +10,9 @@ import {
   parseResyncContacts,
   parseUpsertWebhook,
   protoPath,
+  signingRotation,
 } from './requests.js';
+import type { WebhookRecord } from '../store/types.js';
 
 const NOW = Date.UTC(2025, 0, 1);
 
@@ -289,5 +291,51 @@ describe('parseListDeliveries', () => {
       pageToken: '',
     });
     expect(fields(result)).toEqual(['states[1]', 'states[2]']);
+  });
+});
+
+describe('signingRotation', () => {
+  const stored = (over: Partial<WebhookRecord> = {}): WebhookRecord => ({
+    accountId: 'a',
+    url: 'https://hooks.test/in',
+    maxMessagesPerContact: 1000,
+    enabled: true,
+    messageTtlMs: 1000,
+    createdAt: 1,
+    updatedAt: 2,
+    signingSecret: 'whsec_old',
+    ...over,
+  });
+
+  it('keeps a replaced secret signing until now + overlap, and only the last one replaced', () => {
+    expect(signingRotation(stored(), 'whsec_new', 1_000, 60_000)).toEqual({
+      previousSigningSecret: 'whsec_old',
+      previousSigningSecretExpiresAt: 61_000,
+    });
+    const rotating = stored({ previousSigningSecret: 'whsec_older', previousSigningSecretExpiresAt: 50_000 });
+    expect(signingRotation(rotating, 'whsec_new', 1_000, 60_000)).toEqual({
+      previousSigningSecret: 'whsec_old',
+      previousSigningSecretExpiresAt: 61_000,
+    });
+  });
+
+  it('lets a rotation under way run to its end when the secret is unchanged, and drops an ended one', () => {
+    const rotating = stored({ previousSigningSecret: 'whsec_older', previousSigningSecretExpiresAt: 50_000 });
+    expect(signingRotation(rotating, 'whsec_old', 49_999, 60_000)).toEqual({
+      previousSigningSecret: 'whsec_older',
+      previousSigningSecretExpiresAt: 50_000,
+    });
+    expect(signingRotation(rotating, 'whsec_old', 50_000, 60_000)).toEqual({});
+  });
+
+  it('keeps nothing without a new secret, a stored one, an overlap, or with a stored one that cannot be opened', () => {
+    expect(signingRotation(stored(), undefined, 1_000, 60_000)).toEqual({});
+    expect(signingRotation(null, 'whsec_new', 1_000, 60_000)).toEqual({});
+    expect(signingRotation(stored({ signingSecret: undefined }), 'whsec_new', 1_000, 60_000)).toEqual({});
+    expect(signingRotation(stored(), 'whsec_new', 1_000, 0)).toEqual({});
+    // Still sealed (its key is gone): never kept, it would be sealed again as if it were a secret.
+    expect(signingRotation(stored({ signingSecret: 'enc:v1:x', secretsSealed: true }), 'whsec_new', 1, 60_000)).toEqual(
+      {},
+    );
   });
 });

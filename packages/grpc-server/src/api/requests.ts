@@ -16,7 +16,7 @@ import {
 import type { DeliveryState as StoreDeliveryState, DeliveryFilter } from '../store/types.js';
 import type { InboxMessage, PublishMessagesRequest, ResyncContactsRequest } from '../gen/app_inbox/v1/message.js';
 import type { UpdateWebhookRequest, UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
-import type { WebhookRecord } from '../store/types.js';
+import type { SigningRotation, WebhookRecord } from '../store/types.js';
 import type { ListDeliveriesRequest } from '../gen/app_inbox/v1/delivery.js';
 import { stateFromProto } from './mapping.js';
 import type { FieldViolation } from './errors.js';
@@ -210,6 +210,31 @@ export function parseUpdateWebhook(
   const target = merged as unknown as Record<string, unknown>;
   for (const field of fields) target[UPDATE_KEYS[field]] = request[UPDATE_KEYS[field]];
   return parseUpsertWebhook(merged, defaultTtlSeconds);
+}
+
+/**
+ * What a save storing the signing secret `next` (undefined: none) keeps of a rotation, given the webhook as it was
+ * read before the save: a changed secret keeps the one it replaces signing beside it until `now + overlapMs`
+ * (only one: a second change within the overlap drops the first secret); an unchanged one lets a rotation under way
+ * run to its end; no secret, no overlap (0), or a stored secret that cannot be opened (its key is gone) keeps none.
+ */
+export function signingRotation(
+  before: WebhookRecord | null,
+  next: string | undefined,
+  now: number,
+  overlapMs: number,
+): SigningRotation {
+  if (next === undefined || before === null || before.secretsSealed === true) return {};
+  if (before.signingSecret === next) {
+    const { previousSigningSecret, previousSigningSecretExpiresAt } = before;
+    return previousSigningSecret !== undefined &&
+      previousSigningSecretExpiresAt !== undefined &&
+      previousSigningSecretExpiresAt > now
+      ? { previousSigningSecret, previousSigningSecretExpiresAt }
+      : {};
+  }
+  if (before.signingSecret === undefined || overlapMs <= 0) return {};
+  return { previousSigningSecret: before.signingSecret, previousSigningSecretExpiresAt: now + overlapMs };
 }
 
 /** A message whose contact has no externalCustomerId is checked with every other rule, then skipped. */

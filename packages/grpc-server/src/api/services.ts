@@ -38,6 +38,7 @@ import {
   parseUpdateMask,
   parseUpdateWebhook,
   parseUpsertWebhook,
+  signingRotation,
   type Result,
 } from './requests.js';
 
@@ -79,6 +80,8 @@ export interface ApiDependencies {
   logger: Logger;
   /** TTL given to a webhook upserted without `default_message_ttl_seconds` (seconds). */
   defaultMessageTtlSeconds: number;
+  /** How long a replaced signing secret keeps signing beside the new one (ms); 0: not at all. */
+  signingSecretOverlapMs: number;
   /**
    * Outcomes a watcher may have queued, unread, before its stream is ended with RESOURCE_EXHAUSTED: a
    * stalled client must not make the server buffer without bound. Default 10,000.
@@ -201,15 +204,30 @@ export function createApi(deps: ApiDependencies): Api {
   const webhook: WebhookServiceServer = {
     upsertWebhook: unary('UpsertWebhook', async (request) => {
       const input = valid(parseUpsertWebhook(request, deps.defaultMessageTtlSeconds));
+      const { accountId } = input;
       await checkUrl(input.config.url);
-      const before = await store.getWebhook(input.accountId);
-      const record = await store.upsertWebhook(
-        input.accountId,
-        { ...input.config, messageTtlMs: input.messageTtlMs },
-        deps.now(),
-      );
-      saved(input.accountId, before, record);
-      return { webhook: webhookToProto(record, deps.circuit?.view(input.accountId)), created: before === null };
+      for (let tries = 0; tries < UPDATE_TRIES; tries++) {
+        const before = await store.getWebhook(accountId);
+        const now = deps.now();
+        const rotation = signingRotation(before, input.config.signingSecret, now, deps.signingSecretOverlapMs);
+        const settings = { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation };
+        // A replaced secret that goes on signing is taken from the save read above: written only while that is
+        // still the webhook (a save in between: read again), so a secret replaced meanwhile is never brought back.
+        const record =
+          before === null || rotation.previousSigningSecret === undefined
+            ? await store.upsertWebhook(accountId, settings, now)
+            : await store.replaceWebhookIfUnchanged(
+                accountId,
+                settings,
+                Math.max(now, before.updatedAt + 1),
+                before.updatedAt,
+              );
+        if (record !== null) {
+          saved(accountId, before, record);
+          return { webhook: webhookToProto(record, deps.circuit?.view(accountId), now), created: before === null };
+        }
+      }
+      throw new ApiError('conflict', `the webhook of account ${JSON.stringify(accountId)} kept being saved: try again`);
     }),
     updateWebhook: unary('UpdateWebhook', async (request) => {
       const { accountId, fields } = valid(parseUpdateMask(request));
@@ -234,15 +252,17 @@ export function createApi(deps: ApiDependencies): Api {
         // Only a URL that changes is resolved: disabling a webhook must not depend on its host's DNS answering.
         if (fields.includes('url')) await checkUrl(input.config.url);
         // Written only while the webhook is still the save read above; a save or delete in between: read again.
+        const now = deps.now();
+        const rotation = signingRotation(before, input.config.signingSecret, now, deps.signingSecretOverlapMs);
         const record = await store.replaceWebhookIfUnchanged(
           accountId,
-          { ...input.config, messageTtlMs: input.messageTtlMs },
-          Math.max(deps.now(), before.updatedAt + 1),
+          { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation },
+          Math.max(now, before.updatedAt + 1),
           before.updatedAt,
         );
         if (record !== null) {
           saved(accountId, before, record);
-          return { webhook: webhookToProto(record, deps.circuit?.view(accountId)) };
+          return { webhook: webhookToProto(record, deps.circuit?.view(accountId), now) };
         }
       }
       throw new ApiError('conflict', `the webhook of account ${JSON.stringify(accountId)} kept being saved: try again`);
@@ -252,7 +272,7 @@ export function createApi(deps: ApiDependencies): Api {
       const record = await store.getWebhook(request.accountId);
       if (record === null)
         throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
-      return { webhook: webhookToProto(record, deps.circuit?.view(request.accountId)) };
+      return { webhook: webhookToProto(record, deps.circuit?.view(request.accountId), deps.now()) };
     }),
     deleteWebhook: unary('DeleteWebhook', async (request) => {
       check(checkAccountId(request.accountId));

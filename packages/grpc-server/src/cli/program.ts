@@ -192,7 +192,14 @@ function webhookView(w: Webhook | undefined): string {
     ['url', w.url],
     ['enabled', w.enabled ? 'yes' : 'no (messages are kept, nothing is sent)'],
     ['basic auth', auth ? `${auth.username} (password ${auth.hasPassword ? 'set' : 'not set'})` : 'none'],
-    ['signing secret', w.hasSigningSecret ? 'set' : 'none'],
+    [
+      'signing secret',
+      !w.hasSigningSecret
+        ? 'none'
+        : w.previousSigningSecretExpireTimeMs !== undefined
+          ? `set (the one it replaced signs too until ${time(w.previousSigningSecretExpireTimeMs)})`
+          : 'set',
+    ],
     ['max messages', `${count(w.maxMessagesPerContact)} per contact`],
     ['message TTL', `${count(w.defaultMessageTtlSeconds)} s`],
     ['rate limit', w.rateLimitPerSecond > 0 ? `${count(w.rateLimitPerSecond)} requests/s` : 'none'],

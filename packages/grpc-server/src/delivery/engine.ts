@@ -1049,6 +1049,10 @@ export class DeliveryEngine {
       timestampSeconds: Math.floor(startedAt / 1000),
       ...(webhook.auth ? { auth: webhook.auth } : {}),
       ...(webhook.signingSecret ? { signingSecret: webhook.signingSecret } : {}),
+      // A rotation's overlap: the replaced secret signs too, until its end.
+      ...(webhook.previousSigningSecret !== undefined && (webhook.previousSigningSecretExpiresAt ?? 0) > startedAt
+        ? { previousSigningSecret: webhook.previousSigningSecret }
+        : {}),
     });
     this.#sending += 1;
     let result;

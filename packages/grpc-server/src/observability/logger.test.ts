@@ -39,6 +39,7 @@ describe('createLogger redaction', () => {
       url: `https://user:${PASSWORD}@hooks.example.com/in/${TOKEN}?token=${TOKEN}`,
       auth: { type: 'basic', username: 'acme', password: PASSWORD },
       signingSecret: SIGNING,
+      previousSigningSecret: `${SIGNING}-previous`,
     };
     logger.info({ password: PASSWORD }, 'top level');
     logger.info({ auth: { password: PASSWORD } }, 'auth');
@@ -57,7 +58,9 @@ describe('createLogger redaction', () => {
     logger.error({ err }, 'error with a config property');
 
     const out = raw();
-    for (const secret of [PASSWORD, SIGNING, BEARER, TOKEN, `${SIGNING}-2`]) expect(out).not.toContain(secret);
+    for (const secret of [PASSWORD, SIGNING, BEARER, TOKEN, `${SIGNING}-2`, `${SIGNING}-previous`]) {
+      expect(out).not.toContain(secret);
+    }
     expect(out.split(REDACTED).length - 1).toBeGreaterThanOrEqual(20);
 
     const written = lines();

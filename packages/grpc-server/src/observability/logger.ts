@@ -23,6 +23,8 @@ export const SECRET_KEYS: readonly string[] = [
   'password',
   'signingSecret',
   'signing_secret',
+  // A rotation's replaced signing secret (WebhookRecord), still valid for its overlap.
+  'previousSigningSecret',
   'secret',
   'token',
   'accessToken',

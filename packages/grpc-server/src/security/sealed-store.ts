@@ -5,11 +5,11 @@
  */
 import type { WebhookConfig } from '@app-inbox/core';
 import { StoreError } from '../store/errors.js';
-import type { ClaimedDelivery, Store, WebhookRecord } from '../store/types.js';
+import type { ClaimedDelivery, SigningRotation, Store, WebhookRecord } from '../store/types.js';
 import type { SecretBox } from './secrets.js';
 
-/** The fields of a webhook configuration that are secrets. */
-type WithSecrets = Pick<WebhookConfig, 'auth' | 'signingSecret'>;
+/** The fields of a webhook configuration that are secrets (a rotation's replaced signing secret too). */
+type WithSecrets = Pick<WebhookConfig, 'auth' | 'signingSecret'> & Pick<SigningRotation, 'previousSigningSecret'>;
 
 /**
  * A copy of `config` with its password and signing secret sealed with the primary key. Always seals, even a
@@ -42,6 +42,7 @@ function mapSecrets<T extends WithSecrets>(config: T, fn: (value: string) => str
   const out: T = { ...config };
   if (config.auth !== undefined) out.auth = { ...config.auth, password: fn(config.auth.password) };
   if (config.signingSecret !== undefined) out.signingSecret = fn(config.signingSecret);
+  if (config.previousSigningSecret !== undefined) out.previousSigningSecret = fn(config.previousSigningSecret);
   return out;
 }
 

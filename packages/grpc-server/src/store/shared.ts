@@ -13,6 +13,7 @@ import type {
   DeliveryOutcome,
   DeliveryState,
   WebhookRecord,
+  WebhookSettings,
 } from './types.js';
 
 /** One versioned schema change; `sql` runs as one script inside the migration transaction. */
@@ -354,7 +355,7 @@ export interface WebhookRow {
 }
 
 /** Splits what upsertWebhook receives into the stored config JSON and the TTL. */
-export function webhookToStored(config: WebhookConfig & { messageTtlMs?: number }): {
+export function webhookToStored(config: WebhookSettings): {
   json: string;
   enabled: boolean;
   messageTtlMs: number;
@@ -365,6 +366,14 @@ export function webhookToStored(config: WebhookConfig & { messageTtlMs?: number 
     throw new StoreError('invalid_argument', 'config.enabled: must be a boolean');
   assertInt('config.maxMessagesPerContact', config.maxMessagesPerContact, 1);
   if (config.rateLimitPerSecond !== undefined) assertInt('config.rateLimitPerSecond', config.rateLimitPerSecond, 1);
+  if ((config.previousSigningSecret === undefined) !== (config.previousSigningSecretExpiresAt === undefined)) {
+    throw new StoreError('invalid_argument', 'config.previousSigningSecret: comes with its expiry, or neither is set');
+  }
+  if (config.previousSigningSecret !== undefined)
+    assertId('config.previousSigningSecret', config.previousSigningSecret);
+  if (config.previousSigningSecretExpiresAt !== undefined) {
+    assertTime('config.previousSigningSecretExpiresAt', config.previousSigningSecretExpiresAt);
+  }
   const { messageTtlMs, ...rest } = config;
   const ttl = messageTtlMs === undefined ? DEFAULT_MESSAGE_TTL_MS : assertInt('config.messageTtlMs', messageTtlMs, 1);
   return { json: JSON.stringify(rest), enabled: rest.enabled, messageTtlMs: ttl };

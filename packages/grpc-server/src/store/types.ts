@@ -24,7 +24,21 @@ export type Lane = 'first' | 'retry';
 /** Circuit state of an endpoint (issue 7). */
 export type CircuitState = 'closed' | 'open' | 'half_open';
 
-export interface WebhookRecord extends WebhookConfig {
+/**
+ * A signing secret replaced by a save, kept to sign beside the new one until `previousSigningSecretExpiresAt`
+ * (ms since the epoch): the overlap of a rotation (`--signing-secret-overlap-seconds`), so a receiver that still
+ * verifies with the old secret keeps accepting requests while it moves to the new one. A secret like the others:
+ * sealed at rest, never returned by a read RPC.
+ */
+export interface SigningRotation {
+  previousSigningSecret?: string;
+  previousSigningSecretExpiresAt?: number;
+}
+
+/** What {@link Store.upsertWebhook} stores: the configuration, the messages' default TTL, a rotation's overlap. */
+export type WebhookSettings = WebhookConfig & SigningRotation & { messageTtlMs?: number };
+
+export interface WebhookRecord extends WebhookConfig, SigningRotation {
   accountId: string;
   /** Default time-to-live of a message published without its own expiry (ms). Default 1 day. */
   messageTtlMs: number;
@@ -242,11 +256,7 @@ export interface Store {
    * in one millisecond, a clock stepped back): it names the save, for {@link Store.checkClaim}, the circuit's
    * 410 pause and {@link Store.replaceWebhookIfUnchanged}.
    */
-  upsertWebhook(
-    accountId: string,
-    config: WebhookConfig & { messageTtlMs?: number },
-    now: number,
-  ): Promise<WebhookRecord>;
+  upsertWebhook(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord>;
   /**
    * Replaces the configuration of the account's webhook as {@link Store.upsertWebhook} does, but only while it is
    * still the save read with `updatedAt` = `ifUpdatedAt`; never creates one. Null, changing nothing, when the webhook
@@ -257,7 +267,7 @@ export interface Store {
    */
   replaceWebhookIfUnchanged(
     accountId: string,
-    config: WebhookConfig & { messageTtlMs?: number },
+    config: WebhookSettings,
     now: number,
     ifUpdatedAt: number,
   ): Promise<WebhookRecord | null>;

@@ -125,6 +125,15 @@ describe('app-inbox command-line client', () => {
       expect(output).not.toContain(SIGNING_SECRET);
     }
 
+    // A new signing secret: the one it replaces signs too for the overlap, which the view shows.
+    const rotated = await runCli(
+      cli('webhook', 'set', acct, '--url', `${receiver.url}/hook`, '--signing-secret-env', 'HOOK_SECRET'),
+      { env: { HOOK_SECRET: `whsec_${Buffer.alloc(32, 6).toString('base64')}` } },
+    );
+    expect(rotated.code).toBe(0);
+    expect(rotated.stdout).toMatch(/signing secret\s+set \(the one it replaced signs too until \d{4}-/);
+    expect(rotated.stdout).not.toContain(SIGNING_SECRET);
+
     const disabled = await runCli(cli('webhook', 'set', acct, '--url', `${receiver.url}/other`, '--disabled'));
     expect(disabled.code).toBe(0);
     expect(disabled.stdout).toContain('replaced');

@@ -12,7 +12,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import pg from 'pg';
-import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import type { StoredMessage } from '@app-inbox/core';
 import { StoreError } from '../errors.js';
 import { TurnBatch } from './turn-batch.js';
 import {
@@ -68,6 +68,7 @@ import type {
   Store,
   TraceOptions,
   WebhookRecord,
+  WebhookSettings,
 } from '../types.js';
 import { MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS, POSTGRES_WITHDRAWN_MIGRATIONS } from './schema.js';
 import { within } from '../../within.js';
@@ -767,11 +768,7 @@ export class PostgresStore implements Store {
 
   // ---------------------------------------------------------------- webhooks
 
-  async upsertWebhook(
-    accountId: string,
-    config: WebhookConfig & { messageTtlMs?: number },
-    now: number,
-  ): Promise<WebhookRecord> {
+  async upsertWebhook(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord> {
     assertId('accountId', accountId);
     assertTime('now', now);
     const stored = webhookToStored(config);
@@ -789,7 +786,7 @@ export class PostgresStore implements Store {
 
   async replaceWebhookIfUnchanged(
     accountId: string,
-    config: WebhookConfig & { messageTtlMs?: number },
+    config: WebhookSettings,
     now: number,
     ifUpdatedAt: number,
   ): Promise<WebhookRecord | null> {

@@ -6,7 +6,7 @@
  * @see ARCHITECTURE §1-§3
  */
 import Database from 'better-sqlite3';
-import type { StoredMessage, WebhookConfig } from '@app-inbox/core';
+import type { StoredMessage } from '@app-inbox/core';
 import { StoreError } from '../errors.js';
 import {
   bodyBytesCut,
@@ -61,6 +61,7 @@ import type {
   Store,
   TraceOptions,
   WebhookRecord,
+  WebhookSettings,
 } from '../types.js';
 import { messageIdKey, SQLITE_MIGRATIONS, SQLITE_WITHDRAWN_MIGRATIONS } from './schema.js';
 
@@ -361,11 +362,7 @@ export class SqliteStore implements Store {
 
   // ---------------------------------------------------------------- webhooks
 
-  async upsertWebhook(
-    accountId: string,
-    config: WebhookConfig & { messageTtlMs?: number },
-    now: number,
-  ): Promise<WebhookRecord> {
+  async upsertWebhook(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord> {
     assertId('accountId', accountId);
     assertTime('now', now);
     const stored = webhookToStored(config);
@@ -385,7 +382,7 @@ export class SqliteStore implements Store {
 
   async replaceWebhookIfUnchanged(
     accountId: string,
-    config: WebhookConfig & { messageTtlMs?: number },
+    config: WebhookSettings,
     now: number,
     ifUpdatedAt: number,
   ): Promise<WebhookRecord | null> {

@@ -131,6 +131,11 @@ export interface Webhook {
    * spell); 0 when there is no limit (the default).
    */
   rateLimitPerSecond: number;
+  /**
+   * While a signing secret replaced by a save still signs beside the current one (the rotation's overlap, the
+   * server's `--signing-secret-overlap-seconds`): when it stops, milliseconds since the epoch. Unset otherwise.
+   */
+  previousSigningSecretExpireTimeMs?: number | undefined;
 }
 
 /** The circuit breaker's view of an endpoint. */
@@ -171,7 +176,11 @@ export interface UpsertWebhookRequest {
   enabled?:
     | boolean
     | undefined;
-  /** Optional Standard Webhooks signing secret, `whsec_` followed by base64. Write-only. */
+  /**
+   * Optional Standard Webhooks signing secret, `whsec_` followed by base64. Write-only. A save that changes it keeps
+   * the one it replaces signing beside it for the server's `--signing-secret-overlap-seconds` (default 1 day):
+   * `webhook-signature` then carries both signatures, so the receiver can move to the new secret at its own pace.
+   */
   signingSecret: string;
   /**
    * Time-to-live of a message published without its own expiry (seconds). Default: the server's
@@ -452,6 +461,7 @@ function createBaseWebhook(): Webhook {
     updateTimeMs: 0,
     circuit: undefined,
     rateLimitPerSecond: 0,
+    previousSigningSecretExpireTimeMs: undefined,
   };
 }
 
@@ -489,6 +499,9 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.rateLimitPerSecond !== 0) {
       writer.uint32(88).uint32(message.rateLimitPerSecond);
+    }
+    if (message.previousSigningSecretExpireTimeMs !== undefined) {
+      writer.uint32(96).int64(message.previousSigningSecretExpireTimeMs);
     }
     return writer;
   },
@@ -594,6 +607,14 @@ export const Webhook: MessageFns<Webhook> = {
             message.rateLimitPerSecond = reader.uint32();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.previousSigningSecretExpireTimeMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -651,6 +672,11 @@ export const Webhook: MessageFns<Webhook> = {
         : isSet(object.rate_limit_per_second)
         ? globalThis.Number(object.rate_limit_per_second)
         : 0,
+      previousSigningSecretExpireTimeMs: isSet(object.previousSigningSecretExpireTimeMs)
+        ? globalThis.Number(object.previousSigningSecretExpireTimeMs)
+        : isSet(object.previous_signing_secret_expire_time_ms)
+        ? globalThis.Number(object.previous_signing_secret_expire_time_ms)
+        : undefined,
     };
   },
 
@@ -689,6 +715,9 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.rateLimitPerSecond !== 0) {
       obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
     }
+    if (message.previousSigningSecretExpireTimeMs !== undefined) {
+      obj.previousSigningSecretExpireTimeMs = Math.round(message.previousSigningSecretExpireTimeMs);
+    }
     return obj;
   },
 
@@ -712,6 +741,7 @@ export const Webhook: MessageFns<Webhook> = {
       ? Circuit.fromPartial(object.circuit)
       : undefined;
     message.rateLimitPerSecond = object.rateLimitPerSecond ?? 0;
+    message.previousSigningSecretExpireTimeMs = object.previousSigningSecretExpireTimeMs ?? undefined;
     return message;
   },
 };
