@@ -47,6 +47,7 @@ import {
 } from '../../src/gen/app_inbox/v1/webhook.js';
 import { startServer, type RunningServer, type StartOptions } from '../../src/server.js';
 import { createTestDatabase } from '../../src/store/postgres/test-db.js';
+import type { Store } from '../../src/store/types.js';
 
 const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -266,6 +267,28 @@ export function signatureValid(secret: string, headers: Record<string, unknown>,
     .update(body)
     .digest('base64');
   return String(headers['webhook-signature']).split(' ').includes(`v1,${expected}`);
+}
+
+/**
+ * `store` with `before` run ahead of each `replaceWebhookIfUnchanged` (given the store and the call's arguments): what
+ * a call to another process would do between a read and its compare-and-set. Every other method is the store's own.
+ */
+export function beforeEachCompareAndSet(
+  store: Store,
+  before: (target: Store, args: Parameters<Store['replaceWebhookIfUnchanged']>) => Promise<void>,
+): Store {
+  return new Proxy(store, {
+    get(target, property) {
+      // Bound to the real store: its private (#) fields are not reachable through a proxy.
+      const value = Reflect.get(target, property, target) as unknown;
+      if (typeof value !== 'function') return value;
+      if (property !== 'replaceWebhookIfUnchanged') return (value as (...a: unknown[]) => unknown).bind(target);
+      return async (...args: Parameters<Store['replaceWebhookIfUnchanged']>) => {
+        await before(target, args);
+        return (value as Store['replaceWebhookIfUnchanged']).apply(target, args);
+      };
+    },
+  });
 }
 
 /** A unique account id for one test. */

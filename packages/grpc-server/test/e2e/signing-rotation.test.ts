@@ -13,6 +13,7 @@ import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
 import {
   accountId,
+  beforeEachCompareAndSet,
   deliveryIn,
   inboxMessage,
   signatureValid,
@@ -143,20 +144,11 @@ describe.each(storeUrls())('signing-secret rotation ($engine)', (target) => {
     let raced = false;
     // The first compare-and-set of the rotation to `c` finds the webhook saved again since its read, with `b` (as a
     // call to another process would leave it): it is refused, and the rotation reads again.
-    const racing = new Proxy(store, {
-      get(target, property) {
-        const value = Reflect.get(target, property, target) as unknown;
-        if (typeof value !== 'function') return value;
-        if (property !== 'replaceWebhookIfUnchanged') return (value as (...args: unknown[]) => unknown).bind(target);
-        return async (...args: Parameters<Store['replaceWebhookIfUnchanged']>) => {
-          if (!raced) {
-            raced = true;
-            const { previousSigningSecret: _p, previousSigningSecretExpiresAt: _e, ...config } = args[1];
-            await target.upsertWebhook(account, { ...config, signingSecret: b }, args[3] + 1);
-          }
-          return (value as Store['replaceWebhookIfUnchanged']).apply(target, args);
-        };
-      },
+    const racing = beforeEachCompareAndSet(store, async (target, args) => {
+      if (raced) return;
+      raced = true;
+      const { previousSigningSecret: _p, previousSigningSecretExpiresAt: _e, ...config } = args[1];
+      await target.upsertWebhook(account, { ...config, signingSecret: b }, args[3] + 1);
     });
     t = await startTestServer(url, { signingSecretOverlapSeconds: 600 }, { store: racing });
     await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, signingSecret: a });

@@ -11,9 +11,9 @@ import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
 import { UpdateWebhookRequest } from '../../src/gen/app_inbox/v1/webhook.js';
 import { decodeStatusDetails } from '../../src/api/errors.js';
 import { openStore } from '../../src/store/index.js';
-import type { Store } from '../../src/store/types.js';
 import {
   accountId,
+  beforeEachCompareAndSet,
   deliveryIn,
   failure,
   inboxMessage,
@@ -164,24 +164,14 @@ describe.each(storeUrls())('UpdateWebhook ($engine)', (target) => {
     let raced = false;
     // The first write of the update finds the webhook saved again since its read, as a call to another process
     // would leave it (a new URL, a limit of 3): the compare-and-set refuses, and the update reads it again.
-    const store = new Proxy(raw, {
-      get(target, property) {
-        // Bound to the real store: its private (#) fields are not reachable through a proxy.
-        const value = Reflect.get(target, property, target) as unknown;
-        if (typeof value !== 'function') return value;
-        if (property !== 'replaceWebhookIfUnchanged') return (value as (...a: unknown[]) => unknown).bind(target);
-        return async (...args: Parameters<Store['replaceWebhookIfUnchanged']>) => {
-          if (!raced) {
-            raced = true;
-            await target.upsertWebhook(
-              account,
-              { url: `${mockUrl()}/moved`, maxMessagesPerContact: 3, enabled: true },
-              args[3] + 1,
-            );
-          }
-          return (value as Store['replaceWebhookIfUnchanged']).apply(target, args);
-        };
-      },
+    const store = beforeEachCompareAndSet(raw, async (target, args) => {
+      if (raced) return;
+      raced = true;
+      await target.upsertWebhook(
+        account,
+        { url: `${mockUrl()}/moved`, maxMessagesPerContact: 3, enabled: true },
+        args[3] + 1,
+      );
     });
     const mockUrl = () => receiver!.url;
     t = await startTestServer(url, {}, { store });
@@ -202,23 +192,15 @@ describe.each(storeUrls())('UpdateWebhook ($engine)', (target) => {
     // Before each write of the update, as calls to other processes would: `deleted` is deleted (once), `busy` is
     // saved again every time, with a clock in the millisecond of the save the update read (only its later updatedAt
     // tells the compare-and-set that it is another save), so the update never writes the save it read.
-    const store = new Proxy(raw, {
-      get(target, property) {
-        const value = Reflect.get(target, property, target) as unknown;
-        if (typeof value !== 'function') return value;
-        if (property !== 'replaceWebhookIfUnchanged') return (value as (...a: unknown[]) => unknown).bind(target);
-        return async (...args: Parameters<Store['replaceWebhookIfUnchanged']>) => {
-          writes += 1;
-          if (args[0] === deleted) await target.deleteWebhook(deleted);
-          else
-            await target.upsertWebhook(
-              busy,
-              { url: `${receiver!.url}/busy-${writes}`, maxMessagesPerContact: 3, enabled: true },
-              args[3],
-            );
-          return (value as Store['replaceWebhookIfUnchanged']).apply(target, args);
-        };
-      },
+    const store = beforeEachCompareAndSet(raw, async (target, args) => {
+      writes += 1;
+      if (args[0] === deleted) await target.deleteWebhook(deleted);
+      else
+        await target.upsertWebhook(
+          busy,
+          { url: `${receiver!.url}/busy-${writes}`, maxMessagesPerContact: 3, enabled: true },
+          args[3],
+        );
     });
     t = await startTestServer(url, {}, { store });
     await t.clients.upsertWebhook({ accountId: deleted, url: `${receiver.url}/first` });
