@@ -372,9 +372,15 @@ export class DeliveryEngine {
   readonly #tracer: Tracer | null;
   readonly #limiter: EndpointLimiter;
   /**
+   * Lease a claim must have left beside its request to start it (see {@link DeliveryEngine.#mayStart}): half of what
+   * the lease leaves beside the request, at most 5 s.
+   */
+  readonly #startMarginMs: number;
+  /**
    * Longest a claim waits for its turn under a webhook's rate limit: half of what its lease leaves beside the
-   * request, so that it still sends and records well within the lease. A claim whose turn is further off is given
-   * back, due at its turn.
+   * request and the start margin, so that it still passes #mayStart (the other half is for the claim's own store
+   * call and a late timer) and sends and records within the lease. A claim whose turn is further off is given back,
+   * due at its turn.
    */
   readonly #maxTokenWaitMs: number;
   /** Due times of retries this process recorded, in buckets (see {@link DeliveryEngine.#wakeRetryLaneAt}). */
@@ -436,8 +442,10 @@ export class DeliveryEngine {
     this.#health = deps.health ?? NO_ENDPOINT_HEALTH;
     this.#metrics = deps.metrics ?? null;
     this.#tracer = deps.tracer ?? null;
+    const besideRequest = this.options.leaseMs - this.options.requestTimeoutMs;
+    this.#startMarginMs = Math.min(5_000, Math.floor(besideRequest / 2));
+    this.#maxTokenWaitMs = Math.floor((besideRequest - this.#startMarginMs) / 2);
     // An endpoint left out of claims for want of a rate-limit token is claimable again with its next one.
-    this.#maxTokenWaitMs = Math.floor((this.options.leaseMs - this.options.requestTimeoutMs) / 2);
     this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency, { onReady: () => this.wake() });
     // Every claim waiting for its endpoint's slot listens for stop() (removed once granted), up to
     // `maxWaiting` of them, and so does every attempt waiting for its turn to build (#startBuild), up to all those
@@ -1000,10 +1008,8 @@ export class DeliveryEngine {
    * (see {@link CHECK_AFTER_WAIT_MS}), the store still holds it as claimed. If not, it is given back or dropped.
    */
   #mayStart(claim: Held, waited: boolean): true | Promise<boolean> {
-    const { requestTimeoutMs, leaseMs } = this.options;
     // A claim that waited for its endpoint may not have enough lease left for a whole attempt.
-    const margin = Math.min(5_000, Math.floor((leaseMs - requestTimeoutMs) / 2));
-    if (claim.leaseUntil - this.#clock() < requestTimeoutMs + margin) {
+    if (claim.leaseUntil - this.#clock() < this.options.requestTimeoutMs + this.#startMarginMs) {
       return this.#release(claim, 'lease too short').then(() => false);
     }
     // `true`, not a promise, in the usual case: see BuildTurn.take.

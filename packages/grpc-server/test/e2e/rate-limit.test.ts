@@ -62,9 +62,9 @@ describe.each(storeUrls())('webhook rate limit ($engine)', (target) => {
     expect((await t.clients.getWebhook({ accountId: limited })).webhook?.rateLimitPerSecond).toBe(RATE);
     expect((await t.clients.getWebhook({ accountId: free })).webhook?.rateLimitPerSecond).toBe(0);
 
-    // One claim takes the 12: 4 go at once, the next 4 wait for their tokens (up to 1 s), and the last 4, whose turn
-    // is further off than the test lease lets a claim wait (half of lease minus request timeout: 1 s), are given
-    // back due at their turn and claimed again then.
+    // One claim takes the 12: 4 go at once, the next 2 wait for their tokens (up to 500 ms), and the last 6, whose
+    // turn is further off than the test lease lets a claim wait (half of lease minus request timeout and start
+    // margin: 500 ms), are given back due at their turn and claimed again then.
     const contacts = Array.from({ length: CONTACTS }, (_, i) => `c-${i}`);
     const limitedDeliveries = await t.clients.publishMessages({
       accountId: limited,
