@@ -169,6 +169,26 @@ describe('EndpointLimiter', () => {
       expect(l.saturated()).toEqual([]);
     });
 
+    it('calls onReady even when the token timer fired a little before the token (Node timers vs performance.now)', () => {
+      const onReady = vi.fn();
+      const l = new EndpointLimiter(4, { clock, onReady });
+      l.setRate('a', 2);
+      l.tryAcquire('a');
+      l.tryAcquire('a');
+      l.release('a');
+      l.release('a');
+      expect(l.saturated()).toEqual(['a']);
+      // Node's timers count whole milliseconds of a loop time taken earlier: one may fire up to a millisecond before
+      // performance.now() says its delay has passed.
+      now += 499.5;
+      vi.advanceTimersByTime(500);
+      expect(onReady).not.toHaveBeenCalled();
+      // The token comes half a millisecond later: the lanes are woken then, not at their next poll.
+      now += 0.5;
+      vi.advanceTimersByTime(1);
+      expect(onReady).toHaveBeenCalledTimes(1);
+    });
+
     it('keeps an idle key until its bucket is full again: no fresh burst after a release', () => {
       const l = new EndpointLimiter(4, { clock });
       l.setRate('a', 3);

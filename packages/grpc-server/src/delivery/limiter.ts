@@ -211,8 +211,13 @@ export class EndpointLimiter {
         const hadWaiters = state.waiters.length > 0;
         this.#pump(key, state);
         // A key left out of claims for want of a token is claimable again: say so (the waiters, if any, were
-        // granted above, and the key stays saturated while they hold its slots or wait).
-        if (!hadWaiters && state.bucket !== null && this.#refill(state.bucket) >= 1) this.#onReady();
+        // granted above, and the key stays saturated while they hold its slots or wait). Node's timers count whole
+        // milliseconds from a loop time taken earlier, so this one may fire a little before the token: then it
+        // waits again (the waiters' pump above does the same), else the key would be left out until the next poll.
+        if (!hadWaiters && state.bucket !== null) {
+          if (this.#refill(state.bucket) >= 1) this.#onReady();
+          else this.#armTimer(key, state);
+        }
         this.#gc(key, state);
       },
       Math.max(1, wait),
