@@ -6,6 +6,8 @@ import {
   ApiError,
   ERROR_DOMAIN,
   GRPC_STATUS_BY_CODE,
+  MAX_MESSAGE_BYTES,
+  MAX_MESSAGE_VIOLATION_BYTES,
   MAX_VIOLATION_BYTES,
   decodeStatusDetails,
   invalidArgument,
@@ -45,6 +47,40 @@ describe('API errors', () => {
     const error = toServiceError(invalidArgument(violations));
     expect(error.details).toMatch(/; and 10 more$/);
     expect(decodeStatusDetails(error.metadata)?.badRequest?.fieldViolations).toHaveLength(30);
+  });
+
+  it('cuts a long description in the message on a character boundary, and keeps it whole in the details', () => {
+    // A description echoing a caller's value: 2 bytes a character, so a cut in the middle of one would show.
+    const description = `host ${'é'.repeat(1_000)} could not be resolved`;
+    const error = toServiceError(invalidArgument([{ field: 'url', description }]));
+    expect(Buffer.byteLength(error.details)).toBeLessThanOrEqual(MAX_MESSAGE_BYTES);
+    expect(error.details).toMatch(/^1 invalid field: url: host é+…$/);
+    expect(Buffer.byteLength(error.details.slice('1 invalid field: '.length))).toBeLessThanOrEqual(
+      MAX_MESSAGE_VIOLATION_BYTES,
+    );
+    expect(Buffer.byteLength(error.details.slice('1 invalid field: '.length))).toBeGreaterThan(
+      MAX_MESSAGE_VIOLATION_BYTES - 4,
+    );
+    const decoded = decodeStatusDetails(error.metadata);
+    expect(decoded?.status.message).toBe(error.details);
+    expect(decoded?.badRequest?.fieldViolations.map((v) => v.description)).toEqual([description]);
+  });
+
+  it('bounds the message in bytes, naming the long violations that fit and counting the rest', () => {
+    const violations = Array.from({ length: 20 }, (_, i) => ({
+      field: `messages[${i}].custom_data`,
+      description: `must be valid JSON text: ${'x'.repeat(150)}`,
+    }));
+    const error = toServiceError(invalidArgument(violations));
+    expect(Buffer.byteLength(error.details)).toBeLessThanOrEqual(MAX_MESSAGE_BYTES);
+    const named = error.details.match(/messages\[\d+\]\.custom_data/g) ?? [];
+    expect(named.length).toBeGreaterThan(1);
+    expect(named.length).toBeLessThan(20);
+    expect(error.details).toMatch(
+      new RegExp(`^20 invalid fields: messages\\[0\\]\\.custom_data: .*; and ${20 - named.length} more$`),
+    );
+    // The details still list all of them (they fit MAX_VIOLATION_BYTES).
+    expect(decodeStatusDetails(error.metadata)?.badRequest?.fieldViolations).toHaveLength(20);
   });
 
   it('lists the violations that fit in a status that can be sent, and counts the rest', () => {

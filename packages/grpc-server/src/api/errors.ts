@@ -75,14 +75,54 @@ export class ApiError extends Error {
   }
 }
 
-/** An INVALID_ARGUMENT error listing every violation; its message is readable on its own. */
+/**
+ * Most bytes (UTF-8) of an INVALID_ARGUMENT status message. The message travels twice in the trailers (in
+ * `grpc-message`, percent-encoded, and in `grpc-status-details-bin`), beside the violations of
+ * {@link MAX_VIOLATION_BYTES}; a description may echo a caller's value (a URL's host: up to 2 KB), so the message is
+ * bounded in bytes, not only in violations, and the status stays small enough for the trailers.
+ */
+export const MAX_MESSAGE_BYTES = 1024;
+
+/** Most bytes (UTF-8) of one violation (`field: description`) in the status message; a longer one is cut, ending in "…". */
+export const MAX_MESSAGE_VIOLATION_BYTES = 256;
+
+/** Most violations the status message names; the details list more (up to {@link MAX_VIOLATION_BYTES}). */
+const MAX_MESSAGE_VIOLATIONS = 20;
+
+/** `text` cut to at most `maxBytes` bytes of UTF-8 on a character boundary, ending in "…" when cut. */
+function truncateUtf8(text: string, maxBytes: number): string {
+  if (Buffer.byteLength(text) <= maxBytes) return text;
+  const budget = maxBytes - Buffer.byteLength('…');
+  let cut = '';
+  let bytes = 0;
+  for (const char of text) {
+    bytes += Buffer.byteLength(char);
+    if (bytes > budget) break;
+    cut += char;
+  }
+  return `${cut}…`;
+}
+
+/**
+ * An INVALID_ARGUMENT error listing every violation; its message is readable on its own: it names the first
+ * violations that fit in {@link MAX_MESSAGE_BYTES} (each cut to {@link MAX_MESSAGE_VIOLATION_BYTES}) and counts the rest.
+ */
 export function invalidArgument(violations: readonly FieldViolation[]): ApiError {
-  const shown = violations.slice(0, 20).map((v) => `${v.field || '(request)'}: ${v.description}`);
-  const more = violations.length > shown.length ? `; and ${violations.length - shown.length} more` : '';
   const noun = violations.length === 1 ? 'field' : 'fields';
-  return new ApiError('invalid_argument', `${violations.length} invalid ${noun}: ${shown.join('; ')}${more}`, {
-    violations,
-  });
+  const head = `${violations.length} invalid ${noun}: `;
+  // Room kept for the longest "; and N more" tail, so that the tail never pushes the message past the bound.
+  const tailRoom = Buffer.byteLength(`; and ${violations.length} more`);
+  const shown: string[] = [];
+  let bytes = Buffer.byteLength(head) + tailRoom;
+  for (const v of violations.slice(0, MAX_MESSAGE_VIOLATIONS)) {
+    const item = truncateUtf8(`${v.field || '(request)'}: ${v.description}`, MAX_MESSAGE_VIOLATION_BYTES);
+    const cost = Buffer.byteLength(item) + (shown.length === 0 ? 0 : 2);
+    if (bytes + cost > MAX_MESSAGE_BYTES) break;
+    bytes += cost;
+    shown.push(item);
+  }
+  const more = violations.length > shown.length ? `; and ${violations.length - shown.length} more` : '';
+  return new ApiError('invalid_argument', `${head}${shown.join('; ')}${more}`, { violations });
 }
 
 /** The API code of each store error code (store messages name no secret, so they may be shown). */

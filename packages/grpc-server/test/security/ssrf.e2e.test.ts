@@ -5,10 +5,12 @@
  * to 127.0.0.1 when the delivery connects (DNS rebinding) fails at connect time with `blocked_address`, and
  * nothing reaches the receiver. Host names resolve through an injected resolver (no DNS needed).
  */
-import { status } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_MESSAGE_BYTES } from '../../src/api/errors.js';
 import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import { UpsertWebhookRequest } from '../../src/gen/app_inbox/v1/webhook.js';
 import type { Resolver } from '../../src/security/ssrf.js';
 import {
   accountId,
@@ -81,6 +83,31 @@ describe('SSRF protection (real server, no allow-list)', () => {
     expect((await failure(t.clients.getWebhook({ accountId: account }))).code).toBe(status.NOT_FOUND);
     expect(receiver.records.list()).toEqual([]);
     expect(connections).toBe(0);
+  });
+
+  it('answers a URL with a 2 KB host at once, its status message bounded in bytes (the description echoes the host)', async () => {
+    const host = Array.from({ length: 31 }, (_, i) => `${String(i).padStart(2, '0')}${'a'.repeat(61)}`).join('.');
+    const url = `http://${host}.example/hook`;
+    const started = Date.now();
+    const refused = await failure(
+      new Promise((resolve, reject) => {
+        t.clients.webhook.upsertWebhook(
+          UpsertWebhookRequest.fromPartial({ accountId: accountId('ssrf'), url }),
+          new Metadata(),
+          { deadline: Date.now() + 15_000 },
+          (error, response) => (error ? reject(error) : resolve(response)),
+        );
+      }),
+    );
+    expect(refused.code).toBe(status.INVALID_ARGUMENT);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    // The message names the field with the description cut; the details keep it whole.
+    expect(Buffer.byteLength(refused.details)).toBeLessThanOrEqual(MAX_MESSAGE_BYTES);
+    expect(refused.details).toMatch(/^1 invalid field: url: host 00a+\..*…$/);
+    expect(refused.rich?.status.message).toBe(refused.details);
+    expect(refused.rich?.badRequest?.fieldViolations).toEqual([
+      { field: 'url', description: expect.stringContaining(`host ${host}.example could not be resolved`), reason: '' },
+    ]);
   });
 
   it('accepts a URL whose host resolves to a public address', async () => {
