@@ -29,8 +29,9 @@ import { startMetricsServer, parseListenAddress, type RunningMetricsServer } fro
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { initTracing, resolveTracesUrl } from './observability/tracing.js';
 import { createAuthInterceptor, createTokenAuthenticator, serverCredentials } from './security/grpc-auth.js';
-import { withSealedSecrets } from './security/sealed-store.js';
+import { countPlaintextWebhookSecrets, withSealedSecrets } from './security/sealed-store.js';
 import { grpcTokens, secretBoxForStore } from './security/setup.js';
+import type { SecretBox } from './security/secrets.js';
 import type { AddressPolicy, Resolver } from './security/ssrf.js';
 import { openStore, sqliteFile, SqliteStore } from './store/index.js';
 import { lockSqliteForServer } from './store/sqlite/server-lock.js';
@@ -320,6 +321,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     cleanup.unshift(() => new Promise<void>((resolve) => server.tryShutdown(() => resolve())));
     engine.start();
     const sweeper = startSweeper(store, config, clock, logger.child({ component: 'sweeper' }));
+    const secretsCheck = startPlaintextSecretsCheck(rawStore, box, securityLog);
     // Endpoints paused by a 410 Gone resume once their webhook is saved again, also when another process saved it.
     const resumer = every(
       config.circuitProbeIntervalMs,
@@ -372,6 +374,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
         step('engine', () => engine.stop(deadlineMs, STOP_GIVE_BACK_MS)),
         bounded('sweeper', () => sweeper.stop(), msUntil(giveBackEnd)),
         bounded('circuit', () => resumer.stop(), msUntil(giveBackEnd)),
+        bounded('secrets check', () => secretsCheck.stop(), msUntil(giveBackEnd)),
       ]);
       // 2. The sender's connections close; observability: the metrics endpoint stops, the spans ended so far are
       //    exported.
@@ -541,6 +544,44 @@ function startSweeper(store: Store, config: ServerConfig, clock: () => number, l
     },
     (error) => logger.error({ err: error }, 'sweep failed; trying again at the next interval'),
   );
+}
+
+/** The reseal command as an operator runs it from the repository (SECURITY.md "Key rotation" step 3). */
+const RESEAL_COMMAND =
+  "APP_INBOX_SECRET_KEYS=<this server's keys> npm run secrets:reseal -w @app-inbox/grpc-server -- --store <path or postgres URL>";
+
+/**
+ * Warns once, at start, when webhooks keep a password or signing secret in plaintext: saved by a build before
+ * encryption at rest, they stay so until the reseal command or a re-save (OPERATIONS.md "Upgrading"). In the
+ * background, so the start does not wait: one read per webhook, as the reseal command finds them. Names how many,
+ * never an account or a value; debug says when none is found.
+ */
+function startPlaintextSecretsCheck(rawStore: Store, box: SecretBox, logger: Logger): Periodic {
+  let stopped = false;
+  const running = countPlaintextWebhookSecrets(rawStore, box, { stopped: () => stopped }).then(
+    (report) => {
+      if (report === null) return;
+      if (report.plaintext === 0) {
+        logger.debug({ webhooks: report.checked }, 'webhook secrets at rest: none stored in plaintext');
+        return;
+      }
+      logger.warn(
+        { webhooks: report.plaintext },
+        `${report.plaintext} webhook(s) keep their password or signing secret in plaintext in the store (saved before ` +
+          `encryption at rest): seal them once with the reseal command, ${RESEAL_COMMAND} ` +
+          '(built: node dist/security/reseal-main.js --store ...; SECURITY.md "Key rotation" step 3), or save them again',
+      );
+    },
+    (error: unknown) => {
+      if (!stopped) logger.warn({ err: error }, 'checking for webhook secrets stored in plaintext failed');
+    },
+  );
+  return {
+    async stop() {
+      stopped = true;
+      await running;
+    },
+  };
 }
 
 /**

@@ -46,14 +46,16 @@ export type {
 } from './secrets.js';
 
 export {
+  countPlaintextWebhookSecrets,
   openWebhookSecrets,
   resealAllWebhookSecrets,
   resealWebhookSecrets,
   sealWebhookSecrets,
+  webhookHasPlaintextSecret,
   webhookNeedsRotation,
   withSealedSecrets,
 } from './sealed-store.js';
-export type { ResealReport, SealedStoreOptions } from './sealed-store.js';
+export type { PlaintextSecretsReport, ResealReport, SealedStoreOptions } from './sealed-store.js';
 
 export { DEFAULT_KEY_FILE_NAME, grpcTokens, secretBoxForStore } from './setup.js';
 export type { SecretBoxOrigin, SecretBoxSetup } from './setup.js';

@@ -7,8 +7,10 @@ import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.js';
 import {
+  countPlaintextWebhookSecrets,
   resealAllWebhookSecrets,
   resealWebhookSecrets,
+  sealWebhookSecrets,
   webhookNeedsRotation,
   withSealedSecrets,
 } from './sealed-store.js';
@@ -240,6 +242,35 @@ describe('withSealedSecrets over the SQLite store', () => {
     await expect(store.getWebhook('legacy')).resolves.toMatchObject({ auth: { password: PASSWORD } });
     await expect(resealWebhookSecrets(raw, box, 'legacy')).resolves.toBe(true);
     expect((await raw.getWebhook('legacy'))?.auth?.password.startsWith('enc:v1:k1:')).toBe(true);
+  });
+
+  it('countPlaintextWebhookSecrets counts, page by page, the webhooks with a secret in plaintext, and only those', async () => {
+    const sealed = withSealedSecrets(raw, box);
+    for (let i = 0; i < 3; i++) await sealed.upsertWebhook(`sealed-${i}`, config(), T0);
+    // Sealed with a key not loaded here (an older or lost one): sealed all the same, the reseal command's business.
+    await withSealedSecrets(raw, createSecretBox({ keys: [k2], primaryKeyId: 'k2' })).upsertWebhook(
+      'other-key',
+      config(),
+      T0,
+    );
+    await raw.upsertWebhook('no-secrets', { url: config().url, maxMessagesPerContact: 1000, enabled: true }, T0);
+    // Before encryption at rest: both secrets in plaintext; or one of them only (the other saved sealed since).
+    await raw.upsertWebhook('legacy-both', config(), T0);
+    await raw.upsertWebhook(
+      'legacy-signing',
+      { ...sealWebhookSecrets(config(), box), signingSecret: SIGNING_SECRET },
+      T0,
+    );
+
+    await expect(countPlaintextWebhookSecrets(raw, box, { pageSize: 2 })).resolves.toEqual({
+      checked: 7,
+      plaintext: 2,
+    });
+    // Stopped (the server shutting down): no count, rather than a short one.
+    await expect(countPlaintextWebhookSecrets(raw, box, { stopped: () => true })).resolves.toBeNull();
+    // Re-sealed: none left.
+    await resealAllWebhookSecrets(raw, box);
+    await expect(countPlaintextWebhookSecrets(raw, box)).resolves.toEqual({ checked: 7, plaintext: 0 });
   });
 
   it('seals a configured password even when it looks like a sealed value', async () => {

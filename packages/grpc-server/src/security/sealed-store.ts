@@ -38,6 +38,16 @@ export function webhookNeedsRotation(config: WithSecrets, box: SecretBox): boole
   return needs;
 }
 
+/** True when a stored configuration has a password or signing secret that is not sealed at all (plaintext). */
+export function webhookHasPlaintextSecret(config: WithSecrets, box: SecretBox): boolean {
+  let plaintext = false;
+  mapSecrets(config, (value) => {
+    plaintext ||= !box.isSealed(value);
+    return value;
+  });
+  return plaintext;
+}
+
 function mapSecrets<T extends WithSecrets>(config: T, fn: (value: string) => string): T {
   const out: T = { ...config };
   if (config.auth !== undefined) out.auth = { ...config.auth, password: fn(config.auth.password) };
@@ -180,6 +190,44 @@ export async function resealAllWebhookSecrets(
         const code = (error as { code?: unknown }).code;
         report.failed.push({ accountId, code: typeof code === 'string' ? code : 'error' });
       }
+    }
+    if (page.length < pageSize) return report;
+    after = page[page.length - 1] ?? null;
+  }
+}
+
+/** What {@link countPlaintextWebhookSecrets} found. */
+export interface PlaintextSecretsReport {
+  /** Webhooks looked at. */
+  checked: number;
+  /** Webhooks with a password or signing secret stored in plaintext. */
+  plaintext: number;
+}
+
+/**
+ * Counts the webhooks whose password or signing secret is stored in plaintext (saved by a build before encryption at
+ * rest; the reseal command or a re-save seals them), finding them as {@link resealAllWebhookSecrets} does: page by page
+ * over `listWebhookAccounts`, one read each. Takes the RAW store; reads only. Returns null when `stopped()` turned true
+ * before the last webhook was read (the count would be short).
+ */
+export async function countPlaintextWebhookSecrets(
+  rawStore: Store,
+  box: SecretBox,
+  options: { pageSize?: number; stopped?: () => boolean } = {},
+): Promise<PlaintextSecretsReport | null> {
+  const pageSize = options.pageSize ?? 500;
+  const stopped = options.stopped ?? (() => false);
+  const report: PlaintextSecretsReport = { checked: 0, plaintext: 0 };
+  let after: string | null = null;
+  for (;;) {
+    if (stopped()) return null;
+    const page = await rawStore.listWebhookAccounts(after, pageSize);
+    for (const accountId of page) {
+      if (stopped()) return null;
+      const stored = await rawStore.getWebhook(accountId);
+      if (stored === null) continue; // deleted since the page was read
+      report.checked += 1;
+      if (webhookHasPlaintextSecret(stored, box)) report.plaintext += 1;
     }
     if (page.length < pageSize) return report;
     after = page[page.length - 1] ?? null;

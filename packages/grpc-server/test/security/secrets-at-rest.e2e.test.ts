@@ -33,6 +33,7 @@ import { runCli } from '../cli/run-cli.js';
 import {
   accountId,
   deliveryIn,
+  eventually,
   failure,
   inboxMessage,
   signatureValid,
@@ -61,6 +62,22 @@ function captureLogs(): { logger: pino.Logger; text: () => string } {
 function found(haystack: Buffer | string, needles: readonly string[]): string[] {
   const bytes = typeof haystack === 'string' ? Buffer.from(haystack, 'utf8') : haystack;
   return needles.filter((n) => bytes.includes(Buffer.from(n, 'utf8')));
+}
+
+/** Runs the reseal command (`npm run secrets:reseal`'s script) on `dbFile` with `secretKeys`. */
+function reseal(dbFile: string, secretKeys: string): Promise<{ code: number | null; stdout: string }> {
+  const child = spawn(
+    process.execPath,
+    ['--conditions=@app-inbox/source', '--import', 'tsx', 'src/security/reseal-main.ts', '--store', dbFile],
+    {
+      cwd: PACKAGE_DIR,
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, NODE_OPTIONS: '', APP_INBOX_SECRET_KEYS: secretKeys },
+    },
+  );
+  let stdout = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  return once(child, 'exit').then(([code]) => ({ code: code as number | null, stdout }));
 }
 
 describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
@@ -217,21 +234,6 @@ describe('key rotation (SECURITY.md): new key first, re-seal, drop the old key',
     await t.stop();
   }
 
-  function reseal(secretKeys: string): Promise<{ code: number | null; stdout: string }> {
-    const child = spawn(
-      process.execPath,
-      ['--conditions=@app-inbox/source', '--import', 'tsx', 'src/security/reseal-main.ts', '--store', dbFile],
-      {
-        cwd: PACKAGE_DIR,
-        stdio: ['ignore', 'pipe', 'inherit'],
-        env: { ...process.env, NODE_OPTIONS: '', APP_INBOX_SECRET_KEYS: secretKeys },
-      },
-    );
-    let stdout = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    return once(child, 'exit').then(([code]) => ({ code: code as number | null, stdout }));
-  }
-
   it('re-seals every webhook with the new key, after which the old key is not needed', async () => {
     receiver = await createMockReceiver({ username: 'rot-user', password: 'rot-password-1' });
     const accounts = [accountId('rot'), accountId('rot')];
@@ -249,7 +251,7 @@ describe('key rotation (SECURITY.md): new key first, re-seal, drop the old key',
     // 1-2. The new key first, the old one kept: old values still open, deliveries still authenticate.
     await deliversWith(`${k2},${k1}`, accounts[0]!);
     // 3. Re-seal.
-    const run = await reseal(`${k2},${k1}`);
+    const run = await reseal(dbFile, `${k2},${k1}`);
     expect(run.code).toBe(0);
     expect(JSON.parse(run.stdout)).toEqual({ primaryKeyId: 'k2', checked: 2, resealed: 2, failed: [] });
     const raw = await openStore(dbFile);
@@ -264,13 +266,89 @@ describe('key rotation (SECURITY.md): new key first, re-seal, drop the old key',
     await deliversWith(k2, accounts[1]!);
     expect(receiver.records.list().map((r) => r.answer.status)).toEqual([200, 200]);
     // Without the new key nothing opens: the reseal command says so and exits 1.
-    const wrong = await reseal(`k9:${randomBytes(32).toString('base64')}`);
+    const wrong = await reseal(dbFile, `k9:${randomBytes(32).toString('base64')}`);
     expect(wrong.code).toBe(1);
     expect(JSON.parse(wrong.stdout)).toMatchObject({
       checked: 2,
       resealed: 0,
       failed: [{ code: 'secret_key_unknown' }, { code: 'secret_key_unknown' }],
     });
+  });
+});
+
+describe('an upgrade from a build before encryption at rest (OPERATIONS.md): a warning at start until resealed', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'app-inbox-plaintext-'));
+  const dbFile = join(dir, 'store.db');
+  const k1 = `k1:${randomBytes(32).toString('base64')}`;
+  const password = `legacy-pw-${randomUUID()}`;
+  const signingSecret = `whsec_${randomBytes(32).toString('base64')}`;
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Starts a server on the store and returns its start-time secrets check log line (the warning or debug's none). */
+  async function startAndCheck(): Promise<{ entry: Record<string, unknown>; text: string }> {
+    const logs = captureLogs();
+    const t = await startTestServer(dbFile, { secretKeys: k1 }, { logger: logs.logger });
+    servers.push(t);
+    const entry = await eventually(
+      () =>
+        logs
+          .text()
+          .split('\n')
+          .filter((line) => line.startsWith('{'))
+          .map((line) => JSON.parse(line) as Record<string, unknown>)
+          .find((e) => e.component === 'security' && /plaintext/.test(String(e.msg))),
+      10_000,
+      'the start-time check of the secrets at rest',
+    );
+    await t.stop();
+    return { entry, text: logs.text() };
+  }
+
+  it('names how many webhooks keep plaintext secrets and the command, never a value; says nothing once resealed', async () => {
+    // One webhook saved sealed by this build, two as a build before b4103ac stored them: in plaintext.
+    const first = await startTestServer(dbFile, { secretKeys: k1 });
+    servers.push(first);
+    await first.clients.upsertWebhook({
+      accountId: accountId('sealed'),
+      url: 'http://127.0.0.1:9/hook',
+      signingSecret,
+    });
+    await first.stop();
+    const raw = await openStore(dbFile);
+    try {
+      for (const account of [accountId('legacy'), accountId('legacy')]) {
+        const auth = { type: 'basic' as const, username: 'legacy-user', password };
+        await raw.upsertWebhook(
+          account,
+          { url: 'http://127.0.0.1:9/hook', auth, signingSecret, maxMessagesPerContact: 1000, enabled: true },
+          Date.now(),
+        );
+      }
+    } finally {
+      await raw.close();
+    }
+
+    const before = await startAndCheck();
+    expect(before.entry).toMatchObject({ level: 40, webhooks: 2 });
+    expect(before.entry.msg).toMatch(/^2 webhook\(s\) keep their password or signing secret in plaintext/);
+    expect(before.entry.msg).toContain('npm run secrets:reseal -w @app-inbox/grpc-server -- --store');
+    expect(found(before.text, [password, signingSecret, signingSecret.slice('whsec_'.length)])).toEqual([]);
+
+    // The command it names seals them; the next start says nothing (debug: none found).
+    const run = await reseal(dbFile, k1);
+    expect(run.code).toBe(0);
+    expect(JSON.parse(run.stdout)).toMatchObject({ checked: 3, resealed: 2, failed: [] });
+    const after = await startAndCheck();
+    expect(after.entry).toMatchObject({
+      level: 20,
+      webhooks: 3,
+      msg: 'webhook secrets at rest: none stored in plaintext',
+    });
+    expect(after.text).not.toMatch(/"level":40/);
   });
 });
 
