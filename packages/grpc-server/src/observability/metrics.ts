@@ -36,7 +36,10 @@ export const GRPC_DURATION_BUCKETS: readonly number[] = [
 export interface QueueStats {
   /** Deliveries held in the store, by state. */
   byState: Record<string, number>;
-  /** Due time of the oldest due `pending` or `retrying` delivery (ms since the epoch), null when none is due. */
+  /**
+   * Due time of the oldest due `pending` or `retrying` delivery (ms since the epoch), null when none is due. Deliveries
+   * of a disabled webhook are left out: they wait by design until it is enabled.
+   */
   oldestDueAt: number | null;
 }
 
@@ -156,7 +159,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
   });
   const oldestPendingAge = new Gauge({
     name: 'oldest_pending_delivery_age_seconds',
-    help: 'How long the oldest due pending or retrying delivery has been waiting past its due time, in seconds; 0 when none is due.',
+    help: 'How long the oldest due pending or retrying delivery has been waiting past its due time, in seconds; 0 when none is due. Deliveries of a disabled webhook are left out (they wait by design until it is enabled).',
     registers: queueRegisters,
     async collect() {
       const stats = await readStats();

@@ -1175,6 +1175,32 @@ export function storeConformanceSuite(
         });
         expect((await store.stats(T0 + 39)).oldestDueAt).toBeNull();
       });
+
+      it('dates no delivery of a disabled webhook, which waits by design, and dates them again once it is enabled', async () => {
+        // Disabled with a retrying delivery (claims leave both lanes of a disabled webhook alone).
+        const retried = await withWebhook();
+        await retryingDelivery(retried, 'r', T0, T0 + 20);
+        await store.upsertWebhook(retried, webhook({ enabled: false }), T0 + 2);
+        // Disabled from the start: it keeps taking messages, and sends nothing.
+        const off = await withWebhook({ enabled: false });
+        await publishOne(off, 'p', T0 + 10);
+        expect([...(await claim('first', T0 + 60)), ...(await claim('retry', T0 + 60))]).toEqual([]);
+        // Counted by state all the same, but not dated: nothing is due that the service would send.
+        expect(await store.stats(T0 + 60)).toEqual({
+          byState: { pending: 1, in_flight: 0, retrying: 1, delivered: 0, failed: 0, superseded: 0 },
+          oldestDueAt: null,
+        });
+        // Beside them, an enabled account's due delivery is the oldest.
+        const on = await withWebhook();
+        await publishOne(on, 'p', T0 + 30);
+        expect((await store.stats(T0 + 60)).oldestDueAt).toBe(T0 + 30);
+        // Enabled again: due, and dated from when they were due.
+        await store.upsertWebhook(off, webhook(), T0 + 61);
+        expect((await store.stats(T0 + 62)).oldestDueAt).toBe(T0 + 10);
+        await store.upsertWebhook(retried, webhook(), T0 + 63);
+        expect((await store.stats(T0 + 64)).oldestDueAt).toBe(T0 + 10);
+        expect((await store.stats(T0 + 9)).oldestDueAt).toBeNull();
+      });
     });
 
     // ------------------------------------------------------------ outcomes

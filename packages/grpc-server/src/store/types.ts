@@ -381,7 +381,9 @@ export interface Store {
 
   /**
    * Counts for metrics and the backlog: deliveries by state, and the due time of the oldest `pending` or
-   * `retrying` delivery that is due at `now` (null when none is due).
+   * `retrying` delivery that is due at `now` (null when none is due), leaving out the deliveries of a disabled
+   * webhook (they wait by design until it is enabled: no operator can act on them); those of an account without a
+   * webhook stay in (due, and no claim takes them).
    */
   stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }>;
 }

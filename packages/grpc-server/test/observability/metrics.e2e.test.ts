@@ -117,18 +117,25 @@ describe.each(storeUrls())('metrics endpoint ($engine)', ({ newUrl, release }) =
     expect(sample(after, 'endpoint_circuit_state', { account: kept })).toBe(2);
   });
 
-  it('shows a backlog: pending deliveries and the age of the oldest one, from the server clock', async () => {
+  it('shows a backlog: pending deliveries and the age of the oldest one, from the server clock, not a disabled webhook', async () => {
     let now = Date.now();
     const t = await server({ clock: () => now });
     const ok = await receiver();
-    const acct = accountId();
-    // A disabled webhook keeps accepting messages and sends nothing (SPEC §2): the backlog stays.
-    await t.clients.upsertWebhook({ accountId: acct, url: `${ok.url}/hook`, enabled: false });
-    await t.clients.publishMessages({ accountId: acct, messages: [inboxMessage('a'), inboxMessage('b')] });
+    // Nothing is sent from here on: the deliveries of an enabled webhook stay due, a backlog.
+    await t.server.engine.stop();
+    // A disabled webhook keeps accepting messages and sends nothing (SPEC §2), by design: its deliveries, older, are
+    // counted by state but are no backlog an operator could act on.
+    const off = accountId('disabled');
+    await t.clients.upsertWebhook({ accountId: off, url: `${ok.url}/hook`, enabled: false });
+    await t.clients.publishMessages({ accountId: off, messages: [inboxMessage('a'), inboxMessage('b')] });
+    now += 30_000;
+    const on = accountId('enabled');
+    await t.clients.upsertWebhook({ accountId: on, url: `${ok.url}/hook` });
+    await t.clients.publishMessages({ accountId: on, messages: [inboxMessage('a'), inboxMessage('b')] });
     now += 90_000;
 
     const text = await scrape(t.server.metricsAddress!);
-    expect(sample(text, 'delivery_queue_depth', { state: 'pending' })).toBe(2);
+    expect(sample(text, 'delivery_queue_depth', { state: 'pending' })).toBe(4);
     expect(sample(text, 'oldest_pending_delivery_age_seconds')).toBe(90);
     expect(ok.records.list()).toEqual([]);
   });

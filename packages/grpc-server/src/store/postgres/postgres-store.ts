@@ -292,7 +292,9 @@ const claimSql = (lane: Lane): string => {
  * `stats`' oldest due delivery: the first due of each account with due work in each lane, found by skipping from
  * account to account along the lane's index (a recursive probe per account, as no index orders every account's due
  * deliveries together since migration 4). From `deliveries`, not `webhooks`: a delivery replayed after its account's
- * webhook was deleted is due and never claimed, and must show.
+ * webhook was deleted is due and never claimed, and must show. An account whose webhook is disabled is left out (one
+ * probe of the webhook's key per account found): its deliveries wait by design until it is enabled, as claims leave
+ * them, and would only make the backlog alarm fire for a customer's choice.
  */
 const oldestDueOf = (state: 'pending' | 'retrying', name: string): string => `${name} AS (
     (SELECT d.account_id, d.next_attempt_at FROM deliveries d WHERE d.state = '${state}'
@@ -304,8 +306,10 @@ const oldestDueOf = (state: 'pending' | 'retrying', name: string): string => `${
       ORDER BY d.account_id, d.next_attempt_at LIMIT 1) n)`;
 /** @internal exported for the plan test in postgres-store.test.ts. */
 export const STATS_OLDEST_DUE_SQL = `WITH RECURSIVE ${oldestDueOf('pending', 'p')}, ${oldestDueOf('retrying', 'r')}
-  SELECT MIN(x.due) AS t FROM (SELECT next_attempt_at AS due FROM p UNION ALL SELECT next_attempt_at FROM r) x
-  WHERE x.due <= $1`;
+  SELECT MIN(x.due) AS t FROM (
+    SELECT account_id, next_attempt_at AS due FROM p UNION ALL SELECT account_id, next_attempt_at FROM r) x
+  WHERE x.due <= $1
+    AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.account_id = x.account_id AND NOT w.enabled)`;
 
 /** @internal exported for the plan test in postgres-store.test.ts. */
 export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry: claimSql('retry') };

@@ -937,11 +937,18 @@ export class SqliteStore implements Store {
     for (const row of this.#q(STATS_COUNTS_SQL).all() as Array<{ state: DeliveryState; n: number }>) {
       byState[row.state] = row.n;
     }
+    // The oldest due delivery, over each lane's covering index, leaving out accounts whose webhook is disabled: their
+    // deliveries wait by design until it is enabled, as claims leave them, and would only make the backlog alarm fire
+    // for a customer's choice. Those accounts are read once (materialized, few), not probed for every delivery. An
+    // account without a webhook stays in: its deliveries are due and never claimed, and must show.
     const due = this.#q(
-      `SELECT MIN(t) AS t FROM (
-         SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?
+      `WITH disabled (account_key) AS MATERIALIZED (SELECT account_key FROM webhooks WHERE enabled = 0)
+       SELECT MIN(t) AS t FROM (
+         SELECT MIN(next_attempt_at) AS t FROM deliveries
+         WHERE state = 'pending' AND next_attempt_at <= ? AND account_key NOT IN disabled
          UNION ALL
-         SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'retrying' AND next_attempt_at <= ?)`,
+         SELECT MIN(next_attempt_at) AS t FROM deliveries
+         WHERE state = 'retrying' AND next_attempt_at <= ? AND account_key NOT IN disabled)`,
     ).get(now, now) as { t: number | null };
     return { byState, oldestDueAt: due.t };
   }
