@@ -2,9 +2,9 @@
  * The Express app of the mock receiver: the webhook on every path, the control endpoints under `/__`,
  * and the QA page at `GET /`.
  *
- * One request goes: read the body (bounded) -> the contract's checks (405, 415, 401, 400, 429, 200) ->
- * a scripted rule may override the answer -> delay / drop / hang / (dripped) answer -> recorded once the
- * exchange has ended, with the outcome the client really saw.
+ * One request goes: read the body (bounded) -> the contract's checks (405, 415, 401 Basic auth, 401 signature,
+ * 413, 400, 429, 200) -> a scripted rule may override the answer -> delay / drop / hang / (dripped) answer ->
+ * recorded once the exchange has ended, with the outcome the client really saw (and what the signature check said).
  *
  * @see SPEC §4, §5
  */
@@ -12,7 +12,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type Express, type Request, type Response } from 'express';
-import { CONTACT_HEADER, DELIVERY_ID_HEADER, type AppInboxMessage } from '@app-inbox/core';
+import {
+  CONTACT_HEADER,
+  DELIVERY_ID_HEADER,
+  SIGNATURE_HEADER,
+  TIMESTAMP_HEADER,
+  type AppInboxMessage,
+} from '@app-inbox/core';
 import { checkCredentials, redactHeaders } from './auth.js';
 import {
   checkBody,
@@ -36,6 +42,7 @@ import {
   type RuleInput,
   type ScenarioName,
 } from './rules.js';
+import { SIGNATURE_RESULTS, verifySignature, type SignatureResult } from './signature.js';
 
 /** Largest body of a `POST /__control` (bytes). */
 const CONTROL_BODY_LIMIT = 1024 * 1024;
@@ -222,7 +229,16 @@ function intParam(value: unknown, field: string, violations: { field: string; de
 }
 
 /** The query parameters of `GET /__received`: any other is refused, so that a misspelt filter is not ignored. */
-const RECEIVED_QUERY = ['externalCustomerId', 'deliveryId', 'path', 'status', 'since', 'limit', 'summary'] as const;
+const RECEIVED_QUERY = [
+  'externalCustomerId',
+  'deliveryId',
+  'path',
+  'status',
+  'signature',
+  'since',
+  'limit',
+  'summary',
+] as const;
 /** Values of `summary`: on, or off (the default). */
 const SUMMARY_VALUES: Readonly<Record<string, boolean>> = { '1': true, true: true, '0': false, false: false };
 
@@ -321,6 +337,10 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     const since = intParam(req.query.since, 'since', violations);
     const limit = intParam(req.query.limit, 'limit', violations);
     const summary = stringParam(req.query.summary, 'summary', violations);
+    const signature = stringParam(req.query.signature, 'signature', violations);
+    if (signature !== undefined && !(SIGNATURE_RESULTS as readonly string[]).includes(signature)) {
+      violations.push({ field: 'signature', description: `must be one of ${SIGNATURE_RESULTS.join(', ')}` });
+    }
     if (summary !== undefined && !Object.hasOwn(SUMMARY_VALUES, summary)) {
       violations.push({ field: 'summary', description: 'must be 1, true, 0 or false' });
     }
@@ -338,6 +358,7 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     if (deliveryId !== undefined) filter.deliveryId = deliveryId;
     if (path !== undefined) filter.path = path;
     if (status !== undefined) filter.status = status;
+    if (signature !== undefined) filter.signature = signature as SignatureResult;
     if (since !== undefined) filter.since = since;
     let records = recorder.list(filter);
     if (limit !== undefined) records = limit === 0 ? [] : records.slice(-limit);
@@ -408,7 +429,8 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
   // A middleware, not a route with a path pattern: no parameter decoding that could fail on odd paths.
   app.use(async (req: Request, res: Response) => {
     const started = performance.now();
-    const receivedAt = new Date().toISOString();
+    const arrival = Date.now();
+    const receivedAt = new Date(arrival).toISOString();
     // Aborted when the connection closes or the app shuts down. Linked by hand rather than with
     // AbortSignal.any() so that nothing stays attached to the long-lived lifetime signal after a request.
     const exchange = new AbortController();
@@ -428,12 +450,23 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     const emptyFor = emptyListContact(req, body);
     const contacts = emptyFor === undefined ? contactsOf(body) : [emptyFor];
     const deliveryId = headerValue(req, DELIVERY_ID_HEADER) ?? null;
+    // Over the bytes exactly as received, and only when they were all read (else `unchecked`: the 413 answers).
+    const signature = verifySignature(
+      {
+        id: headerValue(req, DELIVERY_ID_HEADER),
+        timestamp: headerValue(req, TIMESTAMP_HEADER),
+        signature: headerValue(req, SIGNATURE_HEADER),
+        body: read.state === 'ok' ? read.bytes : null,
+      },
+      resolved.signing === null ? null : { ...resolved.signing, nowSeconds: Math.floor(arrival / 1000) },
+    );
     const contract = decide(
       {
         method: req.method,
         contentType: headerValue(req, 'content-type'),
         contentEncoding: headerValue(req, 'content-encoding'),
         credentials: checkCredentials(headerValue(req, 'authorization'), resolved.auth),
+        signature,
         body,
         bodyCheck,
       },
@@ -473,6 +506,8 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
         externalCustomerIds: contacts,
         messageCount: body.kind === 'json' && Array.isArray(body.value) ? body.value.length : null,
         answer: { status, outcome, branch: contract.branch, ruleId: chosen?.ruleId ?? null },
+        signature: signature.result,
+        signatureSecretIndex: signature.secretIndex,
         durationMs: Math.round((performance.now() - started) * 10) / 10,
         bodyDigest: createHash('sha256').update(read.bytes).digest('base64'),
         ...(accepted === undefined ? {} : { accepted }),

@@ -60,8 +60,15 @@ A rule (--rule, repeatable) is JSON:
 Endpoints: POST any path = the webhook; GET / = live page; /__received, /__control,
            /__contacts/:externalCustomerId, /__duplicates, /__stats, /__events, /__health.
 
+Signatures (Standard Webhooks): --signing-secret-env MY_VAR reads one or more whsec_ secrets, separated by
+  spaces or commas, from the environment variable MY_VAR (never give a secret on the command line: ps shows it).
+  A request then needs webhook-id, webhook-timestamp (within --signature-tolerance-seconds of this clock) and a
+  v1 signature in webhook-signature that verifies with one of them, or it gets a 401. Two secrets model a
+  receiver in the middle of a rotation, accepting either.
+
 Examples:
   mock-receiver --port 8080 --username u --password p
+  MY_SECRETS='whsec_new… whsec_old…' mock-receiver --signing-secret-env MY_SECRETS
   mock-receiver --scenario flaky
   mock-receiver --rule '{"answers":[{"status":500},{"status":502},{"status":503}],"repeat":true}'
 `;
@@ -81,6 +88,18 @@ export function buildProgram(): Command {
       new Option('--password <password>', 'Basic auth password (or env MOCK_RECEIVER_PASSWORD, not shown in ps)').env(
         'MOCK_RECEIVER_PASSWORD',
       ),
+    )
+    .addOption(
+      new Option(
+        '--signing-secret-env <VAR>',
+        'check Standard Webhooks signatures with the whsec_ secrets in env VAR (space- or comma-separated)',
+      ),
+    )
+    .addOption(
+      new Option(
+        '--signature-tolerance-seconds <n>',
+        `largest distance of webhook-timestamp from this clock, either way (default ${DEFAULTS.signatureToleranceSeconds})`,
+      ).argParser(integer('--signature-tolerance-seconds', 0, 31_536_000)),
     )
     .addOption(
       new Option('--max-messages <n>', 'most messages of one contact in a request; more gets a 429')
@@ -131,8 +150,28 @@ export function commandLineWithoutPassword(argv: readonly string[]): string | nu
   return redactedCommandLine(argv, ['--password']);
 }
 
-/** Turns the parsed flags into receiver options. */
-export function toOptions(flags: Record<string, unknown>): CliOptions {
+/**
+ * The secrets of `--signing-secret-env`: the variable's value split at spaces and commas (a base64 secret has
+ * neither).
+ * @throws MockReceiverError `invalid_options` on `signingSecrets` when the variable is unset or blank. The message
+ *   names neither the variable nor its value: a secret given to the flag by mistake must not be printed back.
+ */
+export function secretsFromEnv(variable: string, env: NodeJS.ProcessEnv): string[] {
+  const secrets = (env[variable] ?? '').split(/[\s,]+/).filter((s) => s !== '');
+  if (secrets.length === 0) {
+    const description = 'names an environment variable that is not set or holds no secret';
+    throw new MockReceiverError('invalid_options', `invalid mock receiver options: signingSecrets ${description}`, {
+      violations: [{ field: 'signingSecrets', description }],
+    });
+  }
+  return secrets;
+}
+
+/**
+ * Turns the parsed flags into receiver options; `--signing-secret-env` is read from `env`.
+ * @throws MockReceiverError `invalid_options` when `--signing-secret-env` names no secret
+ */
+export function toOptions(flags: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): CliOptions {
   const options: CliOptions = {
     port: flags.port as number,
     host: flags.host as string,
@@ -149,6 +188,10 @@ export function toOptions(flags: Record<string, unknown>): CliOptions {
   };
   if (typeof flags.username === 'string') options.username = flags.username;
   if (typeof flags.password === 'string') options.password = flags.password;
+  if (typeof flags.signingSecretEnv === 'string') options.signingSecrets = secretsFromEnv(flags.signingSecretEnv, env);
+  if (typeof flags.signatureToleranceSeconds === 'number') {
+    options.signatureToleranceSeconds = flags.signatureToleranceSeconds;
+  }
   return options;
 }
 
@@ -159,6 +202,7 @@ export function formatLogLine(r: ReceivedRequest): string {
   if (r.externalCustomerIds.length > 0) parts.push(`contacts=${r.externalCustomerIds.join(',')}`);
   if (r.messageCount !== null) parts.push(`messages=${r.messageCount}`);
   if (r.deliveryId !== null) parts.push(`id=${r.deliveryId}`);
+  if (r.signature !== 'not_required') parts.push(`signature=${r.signature}`);
   if (r.duplicate) parts.push('duplicate');
   if (r.answer.ruleId !== null) parts.push(`rule=${r.answer.ruleId}`);
   parts.push(`${r.durationMs}ms`);
@@ -172,10 +216,11 @@ export function formatLogLine(r: ReceivedRequest): string {
 export async function startCli(argv: readonly string[], io: CliIo): Promise<MockReceiver | number> {
   const program = buildProgram();
   program.parse([...argv]);
-  const options = toOptions(program.opts());
-  const { quiet, ...receiverOptions } = options;
+  let options: CliOptions;
   try {
-    resolveServerOptions(receiverOptions);
+    options = toOptions(program.opts());
+    const { quiet: _quiet, ...checked } = options;
+    resolveServerOptions(checked);
   } catch (error) {
     if (error instanceof MockReceiverError) {
       const lines = error.violations.map((v) => `  ${flagOf(v.field)} ${v.description}`);
@@ -184,6 +229,7 @@ export async function startCli(argv: readonly string[], io: CliIo): Promise<Mock
     }
     throw error;
   }
+  const { quiet, ...receiverOptions } = options;
   let receiver: MockReceiver;
   try {
     receiver = await createMockReceiver(receiverOptions);
@@ -199,9 +245,16 @@ export async function startCli(argv: readonly string[], io: CliIo): Promise<Mock
     return 1;
   }
   const auth = options.username === undefined ? 'none' : `basic (user "${options.username}")`;
+  // How many secrets, never which.
+  const secrets = options.signingSecrets?.length ?? 0;
+  const signature =
+    secrets === 0
+      ? 'not checked'
+      : `${secrets} secret${secrets === 1 ? '' : 's'}, tolerance ` +
+        `${options.signatureToleranceSeconds ?? DEFAULTS.signatureToleranceSeconds} s`;
   io.out(`mock-receiver listening on ${receiver.url}`);
   io.out(
-    `  auth: ${auth}; scenario: ${options.scenario ?? 'ok'}; rules: ${options.rules?.length ?? 0}; ` +
+    `  auth: ${auth}; signature: ${signature}; scenario: ${options.scenario ?? 'ok'}; rules: ${options.rules?.length ?? 0}; ` +
       `max messages per contact: ${options.maxMessagesPerContact}; strict: ${options.strict}`,
   );
   io.out(`  page: ${receiver.url}/   records: ${receiver.url}/__received   control: ${receiver.url}/__control`);
@@ -218,7 +271,12 @@ function flagOf(field: string): string {
     retryAfterSeconds: '--retry-after',
     slowDelayMs: '--slow-delay',
     maxBodyBytes: '--max-body-bytes',
+    signingSecrets: '--signing-secret-env',
+    signatureToleranceSeconds: '--signature-tolerance-seconds',
   };
+  // The secrets come from one variable: signingSecrets[1] is its second secret (named by position, never by value).
+  const secret = /^signingSecrets\[(\d+)\]/.exec(field);
+  if (secret !== null) return `--signing-secret-env (secret #${Number(secret[1]) + 1})`;
   // The rules come from repeated --rule flags: rules[1] is the second one.
   const rule = /^rules\[(\d+)\]/.exec(field);
   if (rule !== null) return `--rule #${Number(rule[1]) + 1}${field.slice(rule[0].length)}`;

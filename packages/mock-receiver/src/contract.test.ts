@@ -122,16 +122,28 @@ describe('contactsOf', () => {
 });
 
 describe('decide', () => {
-  it('answers in the order 405, 415, 401, 413, 400, 429, 200', () => {
+  it('answers in the order 405, 415, 401 (Basic), 401 (signature), 413, 400, 429, 200', () => {
     const everythingWrong = req({
       method: 'PUT',
       contentType: 'text/plain',
       credentials: 'wrong',
+      signature: { result: 'wrong', secretIndex: null, message: 'no v1 signature verifies' },
       body: { kind: 'invalid', description: 'must be valid JSON' },
     });
     expect(decide(everythingWrong, settings).status).toBe(405);
     expect(decide({ ...everythingWrong, method: 'POST' }, settings).status).toBe(415);
-    expect(decide({ ...everythingWrong, method: 'POST', contentType: 'application/json' }, settings).status).toBe(401);
+    const basic = decide({ ...everythingWrong, method: 'POST', contentType: 'application/json' }, settings);
+    expect([basic.status, basic.branch]).toEqual([401, 'unauthorized']);
+    const signature = decide(
+      { ...everythingWrong, method: 'POST', contentType: 'application/json', credentials: 'valid' },
+      settings,
+    );
+    expect([signature.status, signature.branch]).toEqual([401, 'invalid_signature']);
+    // A body too large to verify: its signature is `unchecked`, and the 413 answers.
+    const unchecked = { result: 'unchecked', secretIndex: null, message: null } as const;
+    expect(decide(req({ signature: unchecked, body: { kind: 'too_large', limitBytes: 10 } }), settings).status).toBe(
+      413,
+    );
     const tooLarge = req({ body: { kind: 'too_large', limitBytes: 10 } });
     expect(decide(tooLarge, settings).status).toBe(413);
     expect(decide(req({ json: [...valid('a', 3), { id: 1 }] }), settings).status).toBe(400);
@@ -152,6 +164,22 @@ describe('decide', () => {
       message: 'Basic credentials are wrong',
     });
     expect(decide(req({ credentials: 'valid' }), settings).status).toBe(200);
+  });
+
+  it('401 names what failed of the signature, without WWW-Authenticate; a valid or unchecked one passes', () => {
+    for (const result of ['missing', 'malformed', 'stale', 'wrong'] as const) {
+      const answer = decide(req({ signature: { result, secretIndex: null, message: `why ${result}` } }), settings);
+      expect(answer).toEqual({
+        branch: 'invalid_signature',
+        status: 401,
+        headers: {},
+        body: { error: 'invalid_signature', signature: result, message: `why ${result}` },
+      });
+    }
+    for (const result of ['not_required', 'valid', 'unchecked'] as const) {
+      const signature = { result, secretIndex: result === 'valid' ? 1 : null, message: null };
+      expect(decide(req({ signature }), settings).status, result).toBe(200);
+    }
   });
 
   it('429 names each contact over the limit and sets Retry-After', () => {

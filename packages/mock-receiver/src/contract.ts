@@ -1,16 +1,19 @@
 /**
- * The contract's own answers, in the order the issue fixes them: 405, 415, 401, 400, 429, then 200.
- * Pure functions of what was received, so each branch is a plain unit test.
+ * The contract's own answers, in the order the issue fixes them: 405, 415, 401 (Basic auth), then 401 (Standard
+ * Webhooks signature, when secrets are configured), 400, 429, then 200 (a 413 for a body over the limit comes
+ * before the 400). Pure functions of what was received, so each branch is a plain unit test.
  *
  * @see SPEC §4 (POST, application/json, a JSON array of messages), SPEC §5 (the answers)
  */
 import { messageSchema, validate, validateMessageList, type FieldViolation, type ValidMessage } from '@app-inbox/core';
+import { SIGNATURE_FAILURES, type SignatureCheck } from './signature.js';
 
 /** Which check decided the contract's answer. */
 export const CONTRACT_BRANCHES = [
   'method_not_allowed',
   'unsupported_media_type',
   'unauthorized',
+  'invalid_signature',
   'payload_too_large',
   'invalid_payload',
   'too_many_messages',
@@ -37,6 +40,8 @@ export interface ContractRequest {
   contentEncoding: string | undefined;
   /** Result of comparing the Authorization header with the configured credentials. */
   credentials: 'not_required' | 'valid' | 'missing' | 'wrong';
+  /** Result of checking the Standard Webhooks signature; absent when no signing secret is configured. */
+  signature?: SignatureCheck;
   body: ParsedBody;
   /** {@link checkBody} of `body`. */
   bodyCheck: BodyCheck;
@@ -216,6 +221,17 @@ export function decide(request: ContractRequest, settings: ContractSettings): Co
       },
       { 'www-authenticate': `Basic realm="${settings.realm}", charset="UTF-8"` },
     );
+  }
+  // Right after Basic auth: both say whether the sender is who it claims to be, before the body is judged. No
+  // WWW-Authenticate: Standard Webhooks defines no challenge scheme, and a Basic one would send a sender the wrong way.
+  // @see https://www.standardwebhooks.com/ (Verifying webhook authenticity)
+  const signature = request.signature;
+  if (signature !== undefined && SIGNATURE_FAILURES.has(signature.result)) {
+    return answer('invalid_signature', 401, {
+      error: 'invalid_signature',
+      signature: signature.result,
+      message: signature.message ?? 'the signature does not verify',
+    });
   }
   if (request.body.kind === 'too_large') {
     return answer('payload_too_large', 413, {

@@ -13,13 +13,23 @@ describe('@app-inbox/mock-receiver public API', () => {
       'MockReceiverError',
       'checkBody',
       'decide',
+      'SIGNATURE_RESULTS',
+      'SIGNATURE_HEADERS',
     ]) {
       expect(api, name).toHaveProperty(name);
     }
   });
 
   it('keeps the internals in', () => {
-    for (const name of ['Recorder', 'RuleBook', 'buildReply', 'checkCredentials', 'resolveAppOptions']) {
+    for (const name of [
+      'Recorder',
+      'RuleBook',
+      'buildReply',
+      'checkCredentials',
+      'resolveAppOptions',
+      'verifySignature',
+      'signingSecretKey',
+    ]) {
       expect(api, name).not.toHaveProperty(name);
     }
   });

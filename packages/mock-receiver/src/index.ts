@@ -9,7 +9,7 @@ export type { MockReceiver } from './server.js';
 export { createMockReceiverApp } from './app.js';
 export type { MockReceiverApp, ReceiverControl, ReceiverRecords } from './app.js';
 
-export { DEFAULTS } from './options.js';
+export { DEFAULTS, MAX_SIGNING_SECRETS } from './options.js';
 export type { MockReceiverAppOptions, MockReceiverOptions } from './options.js';
 
 export {
@@ -74,6 +74,9 @@ export type {
 } from './contract.js';
 
 export { REDACTED, REDACTED_HEADERS } from './auth.js';
+
+export { SIGNATURE_HEADERS, SIGNATURE_RESULTS } from './signature.js';
+export type { SignatureCheck, SignatureResult } from './signature.js';
 
 export { MOCK_RECEIVER_ERROR_CODES, MockReceiverError } from './errors.js';
 export type { MockReceiverErrorCode } from './errors.js';

@@ -6,6 +6,7 @@ import * as z from 'zod';
 import { DEFAULT_MAX_MESSAGES_PER_CONTACT, validate } from '@app-inbox/core';
 import { MockReceiverError, describeViolations } from './errors.js';
 import { SCENARIO_NAMES, parseRules, ruleListSchema, type RuleInput, type ScenarioName } from './rules.js';
+import { signingSecretKey } from './signature.js';
 
 /** Options of {@link createMockReceiverApp}. Every field is optional. */
 export interface MockReceiverAppOptions {
@@ -13,6 +14,19 @@ export interface MockReceiverAppOptions {
   username?: string;
   /** Basic auth password (a secret: never logged, never shown by a read endpoint). Default: no auth. */
   password?: string;
+  /**
+   * Standard Webhooks signing secrets (`whsec_` + base64), 1 to 10. With them a request needs `webhook-id`,
+   * `webhook-timestamp` within `signatureToleranceSeconds` of the receiver's clock and a `v1` signature in
+   * `webhook-signature` that verifies with at least one of them; otherwise a 401. Several model a receiver in the
+   * middle of a rotation that accepts either. Secrets: never logged, never shown by a read endpoint or an error.
+   * Default: signatures are not checked. @see https://www.standardwebhooks.com/
+   */
+  signingSecrets?: string[];
+  /**
+   * Largest distance between `webhook-timestamp` and the receiver's clock, either way (seconds); only with
+   * `signingSecrets`. Default 300 (Standard Webhooks' recommendation).
+   */
+  signatureToleranceSeconds?: number;
   /** At most this many messages of one contact in one request; more gets a 429. Default 1000. @see SPEC §2 */
   maxMessagesPerContact?: number;
   /** Reject (400) unknown message fields, and a contact's list not newest first or with an id twice. Default true. */
@@ -48,6 +62,8 @@ export interface MockReceiverOptions extends MockReceiverAppOptions {
 /** The app's options with every default applied. */
 export interface ResolvedAppOptions {
   auth: { username: string; password: string } | null;
+  /** The keys of `signingSecrets` (decoded, in order) and the tolerance; null when signatures are not checked. */
+  signing: { keys: Buffer[]; toleranceSeconds: number } | null;
   maxMessagesPerContact: number;
   strict: boolean;
   recordLimit: number;
@@ -74,7 +90,11 @@ export const DEFAULTS = {
   slowDelayMs: 2000,
   maxBodyBytes: 64 * 1024 * 1024,
   realm: 'mock-receiver',
+  signatureToleranceSeconds: 300,
 } as const;
+
+/** Most signing secrets a receiver takes (a rotation needs two). */
+export const MAX_SIGNING_SECRETS = 10;
 
 function intIn(min: number, max: number) {
   const message = `must be an integer from ${min} to ${max}`;
@@ -97,6 +117,20 @@ const appOptionsSchema = z
       .min(1, { error: 'must not be empty' })
       .refine((s) => !CONTROL_CHARACTERS.test(s), { error: 'must not contain control characters' })
       .optional(),
+    // Each secret is named by its index (`signingSecrets[1]`), never by its value.
+    signingSecrets: z
+      .array(
+        z
+          .string()
+          .max(1024, { error: 'must be at most 1024 characters' })
+          .refine((s) => signingSecretKey(s) !== null, {
+            error: 'must be "whsec_" followed by standard base64 (Standard Webhooks)',
+          }),
+      )
+      .min(1, { error: `must list 1 to ${MAX_SIGNING_SECRETS} secrets (leave it out to not check signatures)` })
+      .max(MAX_SIGNING_SECRETS, { error: `must list 1 to ${MAX_SIGNING_SECRETS} secrets` })
+      .optional(),
+    signatureToleranceSeconds: intIn(0, 31_536_000).optional(),
     maxMessagesPerContact: intIn(1, 1_000_000).optional(),
     strict: z.boolean().optional(),
     recordLimit: intIn(0, 1_000_000).optional(),
@@ -123,6 +157,13 @@ const appOptionsSchema = z
       const other = missing === 'username' ? 'password' : 'username';
       ctx.addIssue({ code: 'custom', path: [missing], message: `is required when ${other} is set` });
     }
+    if (o.signatureToleranceSeconds !== undefined && o.signingSecrets === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['signatureToleranceSeconds'],
+        message: 'is only used with signingSecrets',
+      });
+    }
   });
 
 const serverOptionsSchema = z.strictObject({
@@ -142,7 +183,7 @@ function fail(violations: { field: string; description: string }[]): never {
 
 /**
  * Validates the app's options and applies the defaults.
- * @throws MockReceiverError `invalid_options` listing every bad option (never a password's value)
+ * @throws MockReceiverError `invalid_options` listing every bad option (never a password's or a secret's value)
  */
 export function resolveAppOptions(options: MockReceiverAppOptions = {}): ResolvedAppOptions {
   const result = validate(appOptionsSchema, options, '');
@@ -160,6 +201,14 @@ export function resolveAppOptions(options: MockReceiverAppOptions = {}): Resolve
   }
   return {
     auth: o.username !== undefined && o.password !== undefined ? { username: o.username, password: o.password } : null,
+    // Only the keys are kept: the secrets' text goes nowhere from here.
+    signing:
+      o.signingSecrets === undefined
+        ? null
+        : {
+            keys: o.signingSecrets.map((secret) => signingSecretKey(secret)!),
+            toleranceSeconds: o.signatureToleranceSeconds ?? DEFAULTS.signatureToleranceSeconds,
+          },
     maxMessagesPerContact: o.maxMessagesPerContact ?? DEFAULTS.maxMessagesPerContact,
     strict: o.strict ?? DEFAULTS.strict,
     recordLimit: o.recordLimit ?? DEFAULTS.recordLimit,

@@ -84,6 +84,10 @@ const SCRIPT = `
       const tag = document.createElement('span'); tag.className = 'tag'; tag.textContent = 'rule ' + r.answer.ruleId;
       status.append(tag);
     }
+    if (r.signature !== 'not_required') {
+      const tag = document.createElement('span'); tag.className = 'tag'; tag.textContent = 'signature ' + r.signature;
+      status.append(tag);
+    }
     if (r.duplicate) {
       const tag = document.createElement('span'); tag.className = 'tag'; tag.textContent = 'duplicate';
       status.append(tag);

@@ -14,6 +14,8 @@ function input(overrides: Partial<RecordInput> = {}): RecordInput {
     externalCustomerIds: [],
     messageCount: 0,
     answer: { status: 200, outcome: 'answered', branch: 'accepted', ruleId: null },
+    signature: 'not_required',
+    signatureSecretIndex: null,
     durationMs: 1,
     bodyDigest: 'x',
     ...overrides,

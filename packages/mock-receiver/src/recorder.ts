@@ -7,6 +7,7 @@
 import type { AppInboxMessage } from '@app-inbox/core';
 import type { ContractBranch } from './contract.js';
 import { MockReceiverError } from './errors.js';
+import type { SignatureResult } from './signature.js';
 
 /** How a request ended. */
 export const OUTCOMES = ['answered', 'dropped', 'hung', 'aborted'] as const;
@@ -53,6 +54,13 @@ export interface ReceivedRequest {
   /** Number of elements when the body was a JSON array, else null. */
   messageCount: number | null;
   answer: RecordedAnswer;
+  /**
+   * What the Standard Webhooks signature check said (`not_required` when no signing secret is configured), even when
+   * a rule answered instead.
+   */
+  signature: SignatureResult;
+  /** Index (in `signingSecrets`) of the secret that verified the signature when `valid`; else null. Never a secret. */
+  signatureSecretIndex: number | null;
   /** From arrival to the end of the exchange (milliseconds). */
   durationMs: number;
   /** True when an earlier request carried the same delivery id. */
@@ -122,6 +130,8 @@ export interface RecordFilter {
   deliveryId?: string;
   path?: string;
   status?: number;
+  /** The result of the signature check. */
+  signature?: SignatureResult;
   /** Only records with a larger seq. */
   since?: number;
 }
@@ -171,6 +181,7 @@ export function matchesFilter(record: ReceivedRequest, filter: RecordFilter): bo
   if (filter.deliveryId !== undefined && record.deliveryId !== filter.deliveryId) return false;
   if (filter.path !== undefined && record.path !== filter.path) return false;
   if (filter.status !== undefined && record.answer.status !== filter.status) return false;
+  if (filter.signature !== undefined && record.signature !== filter.signature) return false;
   if (filter.since !== undefined && record.seq <= filter.since) return false;
   return true;
 }

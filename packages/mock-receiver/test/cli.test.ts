@@ -4,7 +4,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { message, post } from './helpers.js';
+import { message, newSigningSecret, post, signedHeaders } from './helpers.js';
 
 const packageDir = fileURLToPath(new URL('..', import.meta.url));
 const running = new Set<ChildProcess>();
@@ -21,10 +21,10 @@ interface Run {
   exited: Promise<number | null>;
 }
 
-function run(args: string[]): Run {
+function run(args: string[], env: NodeJS.ProcessEnv = {}): Run {
   const child = spawn(process.execPath, ['--conditions=@app-inbox/source', '--import', 'tsx', 'src/cli.ts', ...args], {
     cwd: packageDir,
-    env: { ...process.env, NODE_OPTIONS: '' },
+    env: { ...process.env, NODE_OPTIONS: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);
@@ -62,6 +62,8 @@ describe('mock-receiver CLI', () => {
       '--rule',
       '--record-limit',
       '--no-strict',
+      '--signing-secret-env',
+      '--signature-tolerance-seconds',
     ]) {
       expect(help).toContain(flag);
     }
@@ -99,6 +101,48 @@ describe('mock-receiver CLI', () => {
 
     r.child.kill('SIGTERM');
     expect(await r.exited).toBe(0);
+  });
+
+  it('checks signatures with the secrets of --signing-secret-env, and prints none of them', async () => {
+    const [current, previous] = [newSigningSecret(), newSigningSecret()];
+    const r = run(['--port', '0', '--signing-secret-env', 'QA_HOOK_SECRETS', '--signature-tolerance-seconds', '60'], {
+      QA_HOOK_SECRETS: `${current}, ${previous}`,
+    });
+    const [, url] = await waitForOutput(r, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
+    await waitForOutput(r, /signature: 2 secrets, tolerance 60 s;/);
+    const receiver = { url: url ?? '' };
+    const body = JSON.stringify([message('c-1')]);
+    const byOld = await signedHeaders(body, previous, { deliveryId: 'sig-old' });
+    expect((await post(receiver, { body, headers: byOld })).status).toBe(200);
+    expect((await post(receiver, { body, deliveryId: 'sig-none' })).status).toBe(401);
+    const late = await signedHeaders(body, current, { deliveryId: 'sig-late', timestampSeconds: 1_000_000_000 });
+    expect((await post(receiver, { body, headers: late })).status).toBe(401);
+    await waitForOutput(r, /POST \/webhook 200 contacts=c-1 messages=1 id=sig-old signature=valid/);
+    await waitForOutput(r, /POST \/webhook 401 contacts=c-1 messages=1 id=sig-none signature=missing/);
+    await waitForOutput(r, /POST \/webhook 401 contacts=c-1 messages=1 id=sig-late signature=stale/);
+    const shown = execFileSync('ps', ['-o', 'args=', '-p', String(r.child.pid)], { encoding: 'utf8' });
+    for (const secret of [current, previous]) {
+      const key = secret.slice('whsec_'.length);
+      expect(r.stdout()).not.toContain(key);
+      expect(r.stderr()).not.toContain(key);
+      expect(shown).not.toContain(key);
+    }
+    r.child.kill('SIGTERM');
+    expect(await r.exited).toBe(0);
+  });
+
+  it('refuses a --signing-secret-env variable that is unset or holds a bad secret, without printing it', async () => {
+    const unset = run(['--port', '0', '--signing-secret-env', 'QA_NO_SUCH_VARIABLE']);
+    expect(await unset.exited).toBe(2);
+    expect(unset.stderr()).toContain(
+      '--signing-secret-env names an environment variable that is not set or holds no secret',
+    );
+    const bad = run(['--port', '0', '--signing-secret-env', 'QA_HOOK_SECRETS'], {
+      QA_HOOK_SECRETS: `${newSigningSecret()} whsec_hunter2-not-base64`,
+    });
+    expect(await bad.exited).toBe(2);
+    expect(bad.stderr()).toContain('--signing-secret-env (secret #2) must be "whsec_" followed by standard base64');
+    expect(bad.stderr()).not.toContain('hunter2');
   });
 
   it('keeps serving when the reader of its output goes away (mock-receiver | head -1)', async () => {

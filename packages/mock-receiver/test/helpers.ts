@@ -2,10 +2,17 @@
  * Helpers of the integration tests: messages in the seed's format, a receiver per test that is always
  * closed, and a POST over real HTTP with undici.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { afterEach } from 'vitest';
 import { request } from 'undici';
-import { DELIVERY_ID_HEADER, basicAuthorization, type AppInboxMessage } from '@app-inbox/core';
+import {
+  DELIVERY_ID_HEADER,
+  SIGNATURE_HEADER,
+  TIMESTAMP_HEADER,
+  basicAuthorization,
+  buildRequestHeaders,
+  type AppInboxMessage,
+} from '@app-inbox/core';
 import { createMockReceiver, type MockReceiver, type MockReceiverOptions } from '../src/index.js';
 
 /** A valid message for `externalCustomerId` (SPEC §4), unique id per call. */
@@ -112,4 +119,34 @@ export async function sendJson(
     headers: { 'content-type': 'application/json' },
   });
   return { status: res.statusCode, json: await res.body.json() };
+}
+
+/** A fresh Standard Webhooks secret (`whsec_` + base64 of 32 random bytes). */
+export function newSigningSecret(): string {
+  return `whsec_${randomBytes(32).toString('base64')}`;
+}
+
+/**
+ * The Standard Webhooks headers the sender (core's `buildRequestHeaders`, the service's own code) makes for `body`:
+ * `webhook-id`, `webhook-timestamp` (default now) and `webhook-signature` with `secret`, plus a second signature with
+ * `previousSecret` as during a rotation. The receiver checks them with its own verifier.
+ */
+export async function signedHeaders(
+  body: string,
+  secret: string,
+  options: { deliveryId?: string; timestampSeconds?: number; previousSecret?: string } = {},
+): Promise<Record<string, string>> {
+  const headers = await buildRequestHeaders({
+    deliveryId: options.deliveryId ?? randomUUID(),
+    externalCustomerId: 'c-1',
+    body,
+    timestampSeconds: options.timestampSeconds ?? Math.floor(Date.now() / 1000),
+    signingSecret: secret,
+    ...(options.previousSecret === undefined ? {} : { previousSigningSecret: options.previousSecret }),
+  });
+  return {
+    [DELIVERY_ID_HEADER]: headers[DELIVERY_ID_HEADER]!,
+    [TIMESTAMP_HEADER]: headers[TIMESTAMP_HEADER]!,
+    [SIGNATURE_HEADER]: headers[SIGNATURE_HEADER]!,
+  };
 }
