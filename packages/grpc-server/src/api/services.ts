@@ -211,10 +211,11 @@ export function createApi(deps: ApiDependencies): Api {
         const now = deps.now();
         const rotation = signingRotation(before, input.config.signingSecret, now, deps.signingSecretOverlapMs);
         const settings = { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation };
-        // A replaced secret that goes on signing is taken from the save read above: written only while that is
-        // still the webhook (a save in between: read again), so a secret replaced meanwhile is never brought back.
+        // The rotation is worked out from the save read above: a replacement is written only while that is still
+        // the webhook (a save in between: read again), so a secret replaced meanwhile is never brought back, and
+        // one set meanwhile is kept signing beside this save's (a write without that check would drop it at once).
         const record =
-          before === null || rotation.previousSigningSecret === undefined
+          before === null
             ? await store.upsertWebhook(accountId, settings, now)
             : await store.replaceWebhookIfUnchanged(
                 accountId,

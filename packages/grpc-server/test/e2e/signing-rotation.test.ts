@@ -158,6 +158,53 @@ describe.each(storeUrls())('signing-secret rotation ($engine)', (target) => {
     expect([delivered.signedWith(c), delivered.signedWith(b), delivered.signedWith(a)]).toEqual([true, true, false]);
   });
 
+  it('an UpsertWebhook that keeps no rotation of its own, racing a rotation: the secret it replaces signs on', async () => {
+    receiver = await createMockReceiver();
+    const url = await target.newUrl();
+    const account = accountId('rotate-race-upsert');
+    const [a, b] = [newSecret(), newSecret()];
+    const store = await openStore(url);
+    let armed = false;
+    // Between the read of an UpsertWebhook back to `a` (no rotation under way at that read) and its write, another
+    // process rotates `a` to `b`: the save then replaces `b`, which must go on signing beside `a`.
+    const rotateToB = async (target: Store, config: Parameters<Store['upsertWebhook']>[1]) => {
+      if (!armed) return;
+      armed = false;
+      const { previousSigningSecret: _p, previousSigningSecretExpiresAt: _e, ...rest } = config;
+      const stored = (await target.getWebhook(account))!;
+      await target.upsertWebhook(
+        account,
+        {
+          ...rest,
+          signingSecret: b,
+          previousSigningSecret: stored.signingSecret!,
+          previousSigningSecretExpiresAt: Date.now() + 600_000,
+        },
+        stored.updatedAt + 1,
+      );
+    };
+    const racing = new Proxy(store, {
+      get(target, property) {
+        const value = Reflect.get(target, property, target) as unknown;
+        if (typeof value !== 'function') return value;
+        const bound = (value as (...a: unknown[]) => unknown).bind(target);
+        if (property !== 'upsertWebhook' && property !== 'replaceWebhookIfUnchanged') return bound;
+        return async (...args: unknown[]) => {
+          await rotateToB(target, args[1] as Parameters<Store['upsertWebhook']>[1]);
+          return bound(...args);
+        };
+      },
+    });
+    t = await startTestServer(url, { signingSecretOverlapSeconds: 600 }, { store: racing });
+    await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, signingSecret: a });
+    armed = true;
+    const saved = await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, signingSecret: a });
+    expect(armed).toBe(false);
+    expect(saved.webhook?.previousSigningSecretExpireTimeMs).toBeGreaterThan(Date.now());
+    const delivered = await deliverOne(account, 'c-0');
+    expect([delivered.signedWith(a), delivered.signedWith(b)]).toEqual([true, true]);
+  });
+
   it('with --signing-secret-overlap-seconds 0 the new secret replaces the old one at once', async () => {
     const { clients, mock, account } = await start(0);
     const [a, b] = [newSecret(), newSecret()];
