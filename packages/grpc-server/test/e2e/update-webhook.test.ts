@@ -225,6 +225,13 @@ describe.each(storeUrls())('UpdateWebhook ($engine)', (target) => {
       maxMessagesPerContact: 3,
       enabled: true,
     });
+
+    // UpsertWebhook replaces an existing webhook the same way: ABORTED after 5 tries, the others' last save stands.
+    writes = 0;
+    const upsertAborted = await failure(t.clients.upsertWebhook({ accountId: busy, url: `${receiver.url}/mine` }));
+    expect(upsertAborted.code).toBe(status.ABORTED);
+    expect(writes).toBe(5);
+    expect((await t.clients.getWebhook({ accountId: busy })).webhook?.url).toBe(`${receiver.url}/busy-5`);
   });
 
   it('NOT_FOUND for an account without a webhook, and after DeleteWebhook', async () => {

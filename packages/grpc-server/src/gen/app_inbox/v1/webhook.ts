@@ -1756,7 +1756,9 @@ export type WebhookServiceService = typeof WebhookServiceService;
 export const WebhookServiceService = {
   /**
    * Creates or replaces the account's webhook. The request is the whole configuration: fields left
-   * unset take their defaults, and a password or signing secret not sent again is removed.
+   * unset take their defaults, and a password or signing secret not sent again is removed. A replace is written
+   * only while the webhook is still the save it read (a save in between is read again); ABORTED when others kept
+   * saving it each of 5 times.
    */
   upsertWebhook: {
     path: "/app_inbox.v1.WebhookService/UpsertWebhook" as const,
@@ -1817,7 +1819,9 @@ export const WebhookServiceService = {
 export interface WebhookServiceServer extends UntypedServiceImplementation {
   /**
    * Creates or replaces the account's webhook. The request is the whole configuration: fields left
-   * unset take their defaults, and a password or signing secret not sent again is removed.
+   * unset take their defaults, and a password or signing secret not sent again is removed. A replace is written
+   * only while the webhook is still the save it read (a save in between is read again); ABORTED when others kept
+   * saving it each of 5 times.
    */
   upsertWebhook: handleUnaryCall<UpsertWebhookRequest, UpsertWebhookResponse>;
   /**
@@ -1843,7 +1847,9 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
 export interface WebhookServiceClient extends Client {
   /**
    * Creates or replaces the account's webhook. The request is the whole configuration: fields left
-   * unset take their defaults, and a password or signing secret not sent again is removed.
+   * unset take their defaults, and a password or signing secret not sent again is removed. A replace is written
+   * only while the webhook is still the save it read (a save in between is read again); ABORTED when others kept
+   * saving it each of 5 times.
    */
   upsertWebhook(
     request: UpsertWebhookRequest,
