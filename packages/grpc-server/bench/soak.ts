@@ -23,7 +23,7 @@
  * did not exit cleanly).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import {
   mkdirSync,
@@ -39,6 +39,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { credentials, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
@@ -92,9 +93,232 @@ const RATE = positive('rate', opts.rate);
 const ACCOUNTS = Math.floor(positive('accounts', opts.accounts));
 const CONTACTS = Math.floor(positive('contacts', opts.contacts));
 const SHUTDOWN_DEADLINE_MS = 5_000;
+/** The server's `--signing-secret-overlap-seconds`: short, so rotations overlap and expire within the run. */
+const OVERLAP_MS = 30_000;
+/**
+ * How old the webhook an attempt was sent with may be: an attempt signs and is rate-limited with the webhook its
+ * claim read, and a claim that waits for its slot longer than 250 ms reads it again; a few seconds cover that,
+ * the body build and this process's own event-loop delays.
+ */
+const STALE_MS = 3_000;
 
+const newSecret = () => `whsec_${randomBytes(24 + Math.floor(Math.random() * 9)).toString('base64')}`;
+/** A rate limit of 1-20/s, low ones more often (an account publishes a few deliveries a second). */
+const newRate = () => (Math.random() < 0.5 ? 1 + Math.floor(Math.random() * 4) : 5 + Math.floor(Math.random() * 16));
 const pick = <T>(items: readonly T[]): T => items[Math.floor(Math.random() * items.length)]!;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+// ---------------------------------------------------------------------------------------------------------------
+// What each webhook is (as the driver saved it), and the receivers' checks against it
+
+interface SecretSpan {
+  secret: string;
+  key: Buffer;
+  /** Sent in a save from this time (Date.now ms)... */
+  from: number;
+  /** ...current until the save that replaced it was acknowledged (Infinity: still current)... */
+  until: number;
+  /** ...and signing beside its successor until then (a rotation's overlap; `until` when it had none). */
+  prevUntil: number;
+}
+
+interface RateSpan {
+  rate: number | undefined;
+  from: number;
+  until: number;
+}
+
+/**
+ * One account's webhook as the driver saved it. Saves of an account are serialized (see {@link Workload}), so
+ * their acknowledgements come in the server's order, and the server's rotation rule is replayed here: a changed
+ * secret keeps the replaced one signing until the save plus the overlap, a second change drops the first, a removed
+ * secret or a webhook created anew (also after DeleteWebhook) keeps none. Times are taken leniently (a new secret
+ * from the moment its save is sent, an old one until its replacement is acknowledged).
+ */
+class HookModel {
+  secret: string | undefined;
+  rate: number | undefined;
+  exists = false;
+  lock: Promise<void> = Promise.resolve();
+  readonly spans: SecretSpan[] = [];
+  /** The last moment the webhook had no secret (Infinity: it has none now). */
+  noSecretUntil = Number.POSITIVE_INFINITY;
+  readonly rates: RateSpan[] = [{ rate: undefined, from: 0, until: Number.POSITIVE_INFINITY }];
+  /** The receiver's token bucket for this endpoint (null: none checked yet, or not limited lately). */
+  bucket: { tokens: number; at: number } | null = null;
+
+  constructor(secret: string | undefined, rate: number | undefined) {
+    this.secret = secret;
+    this.rate = rate;
+  }
+
+  /** A save of `sent` (the secret and rate it carried), sent at `sentAt`, acknowledged at `ackAt`. */
+  saved(sent: { secret: string | undefined; rate: number | undefined }, sentAt: number, ackAt: number): void {
+    const created = !this.exists;
+    this.exists = true;
+    const current = this.spans.find((s) => s.until === Number.POSITIVE_INFINITY);
+    if (current?.secret !== sent.secret) {
+      for (const s of this.spans) s.prevUntil = Math.min(s.prevUntil, ackAt);
+      if (current !== undefined) {
+        current.until = ackAt;
+        current.prevUntil = sent.secret !== undefined && !created ? ackAt + OVERLAP_MS : ackAt;
+      }
+      if (sent.secret === undefined) this.noSecretUntil = Number.POSITIVE_INFINITY;
+      else {
+        if (this.noSecretUntil === Number.POSITIVE_INFINITY) this.noSecretUntil = ackAt;
+        const key = Buffer.from(sent.secret.slice('whsec_'.length), 'base64');
+        this.spans.push({ secret: sent.secret, key, from: sentAt, until: Number.POSITIVE_INFINITY, prevUntil: 0 });
+      }
+    }
+    const rate = this.rates[this.rates.length - 1]!;
+    if (rate.rate !== sent.rate) {
+      rate.until = ackAt;
+      this.rates.push({ rate: sent.rate, from: sentAt, until: Number.POSITIVE_INFINITY });
+    }
+    this.#prune(ackAt);
+  }
+
+  deleted(ackAt: number): void {
+    this.exists = false;
+    for (const s of this.spans) {
+      s.until = Math.min(s.until, ackAt);
+      s.prevUntil = Math.min(Math.max(s.prevUntil, s.until), ackAt);
+    }
+    if (this.noSecretUntil !== Number.POSITIVE_INFINITY) this.noSecretUntil = Number.POSITIVE_INFINITY;
+    const rate = this.rates[this.rates.length - 1]!;
+    if (rate.rate !== undefined) {
+      rate.until = ackAt;
+      this.rates.push({ rate: undefined, from: ackAt, until: Number.POSITIVE_INFINITY });
+    }
+  }
+
+  #prune(now: number): void {
+    const old = now - OVERLAP_MS - 5 * 60_000;
+    while (this.spans.length > 0 && Math.max(this.spans[0]!.until, this.spans[0]!.prevUntil) < old) this.spans.shift();
+    while (this.rates.length > 1 && this.rates[0]!.until < old) this.rates.shift();
+  }
+}
+
+interface Checks {
+  requests: number;
+  unknownAccount: number;
+  signedValid: number;
+  /** Valid with both the current and the previous secret (sent during a rotation's overlap). */
+  signedTwice: number;
+  unsignedAllowed: number;
+  /** Signed, but with no secret the webhook had lately (nor in the last 5 min): a wrong signature. */
+  sigWrong: number;
+  /** Signed only with a secret the webhook had, but no longer current nor within its overlap. */
+  sigStale: number;
+  /** Unsigned while the webhook has had a secret for a while. */
+  sigMissing: number;
+  sigMalformed: number;
+  rateChecked: number;
+  rateExceeded: number;
+  rateMaxOver: number;
+  examples: string[];
+}
+
+function newChecks(): Checks {
+  return {
+    requests: 0,
+    unknownAccount: 0,
+    signedValid: 0,
+    signedTwice: 0,
+    unsignedAllowed: 0,
+    sigWrong: 0,
+    sigStale: 0,
+    sigMissing: 0,
+    sigMalformed: 0,
+    rateChecked: 0,
+    rateExceeded: 0,
+    rateMaxOver: 0,
+    examples: [],
+  };
+}
+
+const checks = newChecks();
+/** Every account's webhook model, by account id (the receivers' URLs end with it). */
+const hooks = new Map<string, HookModel>();
+
+function example(text: string): void {
+  if (checks.examples.length < 12) checks.examples.push(`${new Date().toISOString()} ${text}`);
+}
+
+/** The rate limit an endpoint may have been sent under at `t`: the highest lately, undefined if any had none. */
+function effectiveRate(hook: HookModel, t: number): number | undefined {
+  let max = 0;
+  for (const span of hook.rates) {
+    if (span.until < t - STALE_MS || span.from > t) continue;
+    if (span.rate === undefined) return undefined;
+    max = Math.max(max, span.rate);
+  }
+  return max === 0 ? undefined : max;
+}
+
+/** At a request's arrival: at most rate at once plus rate per second after, with a small slack for bunching. */
+function checkRate(account: string, hook: HookModel, t: number): void {
+  const rate = effectiveRate(hook, t);
+  if (rate === undefined) {
+    hook.bucket = null;
+    return;
+  }
+  const capacity = rate + Math.max(2, Math.ceil(rate * 0.2));
+  const bucket = hook.bucket ?? { tokens: capacity, at: t };
+  bucket.tokens = Math.min(capacity, bucket.tokens + ((t - bucket.at) * rate) / 1000);
+  bucket.at = t;
+  hook.bucket = bucket;
+  checks.rateChecked++;
+  if (bucket.tokens < 1) {
+    checks.rateExceeded++;
+    const over = 1 - bucket.tokens;
+    checks.rateMaxOver = Math.max(checks.rateMaxOver, over);
+    if (checks.rateExceeded <= 5) example(`rate exceeded: ${account} at ${rate}/s (capacity ${capacity})`);
+    bucket.tokens = 0;
+  } else bucket.tokens -= 1;
+}
+
+function checkSignature(account: string, hook: HookModel, t: number, req: IncomingMessage, body: Buffer): void {
+  const header = req.headers['webhook-signature'];
+  const id = req.headers['webhook-id'];
+  const ts = req.headers['webhook-timestamp'];
+  if (header === undefined) {
+    if (hook.noSecretUntil >= t - STALE_MS) checks.unsignedAllowed++;
+    else {
+      checks.sigMissing++;
+      example(`unsigned: ${account} ${String(id)}, secret since ${new Date(hook.noSecretUntil).toISOString()}`);
+    }
+    return;
+  }
+  const entries = String(header)
+    .split(' ')
+    .filter((e) => e.startsWith('v1,'))
+    .map((e) => e.slice(3));
+  if (entries.length === 0 || typeof id !== 'string' || typeof ts !== 'string' || !/^\d+$/.test(ts)) {
+    checks.sigMalformed++;
+    example(`malformed signature: ${account} ${String(id)} ${String(header).slice(0, 80)}`);
+    return;
+  }
+  const matched = hook.spans.filter((span) => {
+    const mac = createHmac('sha256', span.key).update(`${id}.${ts}.`).update(body).digest('base64');
+    return entries.includes(mac);
+  });
+  const inWindow = matched.filter((s) => s.from <= t + 1_000 && (s.until >= t - STALE_MS || s.prevUntil >= t - 1_000));
+  if (inWindow.length > 0) {
+    checks.signedValid++;
+    if (entries.length > 1 && matched.length > 1) checks.signedTwice++;
+  } else if (matched.length > 0) {
+    checks.sigStale++;
+    const s = matched[0]!;
+    example(
+      `stale secret: ${account} ${id} signed with a secret current until ${new Date(s.until).toISOString()}, ` +
+        `overlap until ${new Date(s.prevUntil).toISOString()}`,
+    );
+  } else {
+    checks.sigWrong++;
+    example(`wrong signature: ${account} ${id} (${entries.length} entries, ${hook.spans.length} known secrets)`);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Receivers
@@ -161,8 +385,21 @@ async function startReceiver(name: ReceiverName): Promise<Receiver> {
   const sockets = new Set<Socket>();
   const server = createServer((req, res) => {
     counts.requests!++;
-    req.on('data', (chunk: Buffer) => (counts.bytes! += chunk.length));
-    req.on('end', () => answer(name, req, res, counts));
+    checks.requests++;
+    const t = Date.now();
+    const account = decodeURIComponent(/\/hook\/\w+\/([^/?]+)/.exec(req.url ?? '')?.[1] ?? '');
+    const hook = hooks.get(account);
+    if (hook === undefined) checks.unknownAccount++;
+    else checkRate(account, hook, t);
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => {
+      counts.bytes! += chunk.length;
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (hook !== undefined) checkSignature(account, hook, t, req, Buffer.concat(chunks));
+      answer(name, req, res, counts);
+    });
     req.on('error', () => undefined);
   });
   server.on('connection', (socket) => {
@@ -212,6 +449,7 @@ async function startServerChild(store: string, env: Record<string, string>, dir:
     ...['--sweep-interval-ms', '10000', '--terminal-retention-ms', '60000'],
     ...['--circuit-open-after-ms', '15000', '--circuit-min-failures', '5'],
     ...['--circuit-probe-interval-ms', '3000', '--circuit-probe-max-interval-ms', '15000'],
+    ...['--signing-secret-overlap-seconds', String(OVERLAP_MS / 1000)],
     ...['--max-watch-streams', '50', '--shutdown-deadline-ms', String(SHUTDOWN_DEADLINE_MS)],
   ];
   const child = spawn(process.execPath, args, {
@@ -373,6 +611,8 @@ function codeName(error: unknown): string {
 }
 
 class Workload {
+  /** Secret and rate-limit changes made, by kind. */
+  readonly rotations: Record<string, number> = {};
   readonly stats: Stats = { calls: {}, errors: {}, published: 0, watchEvents: 0, watchOpened: 0, watchCancelled: 0 };
   readonly #clients: Clients;
   readonly #receivers: Receiver[];
@@ -415,17 +655,83 @@ class Workload {
     return this.#receivers[index % this.#receivers.length]!;
   }
 
+  #hook(account: string): HookModel {
+    let hook = hooks.get(account);
+    if (hook === undefined) {
+      // About 40% of the webhooks sign, a third of them are rate-limited (1-20/s); short-lived ones are not limited.
+      const secret = Math.random() < 0.4 ? newSecret() : undefined;
+      const rate = !account.includes('eph') && Math.random() < 0.33 ? newRate() : undefined;
+      hook = new HookModel(secret, rate);
+      hooks.set(account, hook);
+    }
+    return hook;
+  }
+
+  /**
+   * A save of the account's webhook (UpsertWebhook, UpdateWebhook, DeleteWebhook), one at a time per account, so
+   * that the model replays them in the server's order. `change` updates the model's intent before the call and
+   * the result says whether the save was made.
+   */
+  async #save(
+    account: string,
+    name: string,
+    send: (sent: { secret: string | undefined; rate: number | undefined }) => Promise<unknown>,
+  ): Promise<boolean> {
+    const hook = this.#hook(account);
+    const previous = hook.lock;
+    let done!: () => void;
+    hook.lock = new Promise<void>((resolve) => (done = resolve));
+    await previous;
+    try {
+      const sent = { secret: hook.secret, rate: hook.rate };
+      const sentAt = Date.now();
+      const response = await this.#rpc(name, () => send(sent));
+      if (response === null) return false;
+      if (name === 'DeleteWebhook') hook.deleted(Date.now());
+      else hook.saved(sent, sentAt, Date.now());
+      return true;
+    } finally {
+      done();
+    }
+  }
+
   #upsert(account: string, receiver: Receiver, enabled = true): Promise<unknown> {
-    return this.#rpc('UpsertWebhook', () =>
+    return this.#save(account, 'UpsertWebhook', (hook) =>
       call((cb) =>
         this.#clients.webhook.upsertWebhook(
           {
             accountId: account,
-            url: receiver.url,
+            url: `${receiver.url}/${account}`,
             basicAuth: Math.random() < 0.5 ? { username: 'soak', password: 'pw' } : undefined,
             enabled,
-            signingSecret: Math.random() < 0.3 ? `whsec_${randomBytes(24).toString('base64')}` : '',
+            signingSecret: hook.secret ?? '',
             maxMessagesPerContact: 50,
+            rateLimitPerSecond: hook.rate,
+          },
+          cb,
+        ),
+      ),
+    );
+  }
+
+  #delete(account: string): Promise<boolean> {
+    return this.#save(account, 'DeleteWebhook', () =>
+      call((cb) => this.#clients.webhook.deleteWebhook({ accountId: account }, cb)),
+    );
+  }
+
+  /** UpdateWebhook of one field: the signing secret or the rate limit, as the model now says. */
+  #update(account: string, field: 'signing_secret' | 'rate_limit_per_second'): Promise<boolean> {
+    return this.#save(account, 'UpdateWebhook', (hook) =>
+      call((cb) =>
+        this.#clients.webhook.updateWebhook(
+          {
+            accountId: account,
+            updateMask: [field],
+            url: '',
+            basicAuth: undefined,
+            signingSecret: hook.secret ?? '',
+            rateLimitPerSecond: hook.rate,
           },
           cb,
         ),
@@ -530,13 +836,32 @@ class Workload {
         await this.#rpc('GetWebhook', () => call((cb) => this.#clients.webhook.getWebhook({ accountId: account }, cb)));
       }
     });
+    // Signing secrets rotated (now and then added or removed) and rate limits changed, added or removed, with
+    // UpdateWebhook or a whole UpsertWebhook, as an operator would: about 15 changes a minute.
+    this.#every(4_000, async () => {
+      const account = pick([...this.#live]);
+      const hook = this.#hook(account);
+      const r = Math.random();
+      if (r < 0.55) {
+        const before = hook.secret;
+        if (before === undefined) hook.secret = newSecret();
+        else hook.secret = Math.random() < 0.1 ? undefined : newSecret();
+        const kind = before === undefined ? 'added' : hook.secret === undefined ? 'removed' : 'rotated';
+        this.#count(this.rotations, `secret ${kind}`);
+      } else {
+        const before = hook.rate;
+        hook.rate = before === undefined || Math.random() < 0.7 ? newRate() : undefined;
+        const kind = before === undefined ? 'added' : hook.rate === undefined ? 'removed' : 'changed';
+        this.#count(this.rotations, `rate ${kind}`);
+      }
+      if (Math.random() < 0.7) await this.#update(account, r < 0.55 ? 'signing_secret' : 'rate_limit_per_second');
+      else if (this.#live.has(account)) await this.#upsert(account, this.#receiverFor(account));
+    });
     // DeleteWebhook and create again.
     this.#every(15_000, async () => {
       const account = pick([...this.#live]);
       this.#live.delete(account);
-      await this.#rpc('DeleteWebhook', () =>
-        call((cb) => this.#clients.webhook.deleteWebhook({ accountId: account }, cb)),
-      );
+      await this.#delete(account);
       await sleep(3_000);
       await this.#upsert(account, this.#receiverFor(account));
       this.#live.add(account);
@@ -551,9 +876,7 @@ class Workload {
         await this.#publish(account, 20);
         await sleep(2_000);
       }
-      await this.#rpc('DeleteWebhook', () =>
-        call((cb) => this.#clients.webhook.deleteWebhook({ accountId: account }, cb)),
-      );
+      await this.#delete(account);
     });
     // ResyncContacts: some contacts, now and then all.
     this.#every(6_000, async () => {
@@ -738,6 +1061,9 @@ interface Sample {
   received: Record<string, number>;
   published: number;
   watchEvents: number;
+  /** Signature violations so far (wrong, stale, missing, malformed) and requests over a rate limit. */
+  sigBad: number;
+  rateBad: number;
 }
 
 function procStatusKiB(pid: number, field: string): number {
@@ -832,6 +1158,9 @@ async function main(): Promise<void> {
 
   const samples: Sample[] = [];
   const startedAt = Date.now();
+  // This process's own delays bunch the requests it reads (and so the rate check): reported at the end.
+  const driverLag = monitorEventLoopDelay({ resolution: 10 });
+  driverLag.enable();
   let lastCpu = { at: Date.now(), ms: processCpuMs(server.pid) };
   const deleteCalls = () => workload.stats.calls.DeleteWebhook ?? 0;
 
@@ -900,11 +1229,13 @@ async function main(): Promise<void> {
       received,
       published: workload.stats.published,
       watchEvents: workload.stats.watchEvents,
+      sigBad: checks.sigWrong + checks.sigStale + checks.sigMissing + checks.sigMalformed,
+      rateBad: checks.rateExceeded,
     };
   };
 
   const header =
-    '    t   rss  heap  gc-heap  cpu%  fds sock  lag99   db   wal  msgs   pend infl retr  deliv fail  supd series acct  recv';
+    '    t   rss  heap  gc-heap  cpu%  fds sock  lag99   db   wal  msgs   pend infl retr  deliv fail  supd series acct  recv sig! rate!';
   const row = (s: Sample) =>
     [
       String(s.t).padStart(5),
@@ -923,6 +1254,8 @@ async function main(): Promise<void> {
       String(s.series).padStart(6),
       String(s.accountLabels).padStart(4),
       String(Object.values(s.received).reduce((a, b) => a + b, 0)).padStart(6),
+      String(s.sigBad).padStart(4),
+      String(s.rateBad).padStart(5),
     ].join(' ');
 
   let failed = false;
@@ -998,6 +1331,19 @@ async function main(): Promise<void> {
   );
   if (server.log.lastProblems.length > 0)
     process.stdout.write(`Last problems:\n  ${server.log.lastProblems.slice(-5).join('\n  ')}\n`);
+  const bad = checks.sigWrong + checks.sigStale + checks.sigMissing + checks.sigMalformed;
+  process.stdout.write(
+    `Webhook changes: ${JSON.stringify(workload.rotations)}\n` +
+      `Signatures (overlap ${OVERLAP_MS / 1000} s): ${checks.signedValid} valid (${checks.signedTwice} with both ` +
+      `secrets of a rotation), ${checks.unsignedAllowed} unsigned while the webhook had no secret; violations ${bad}: ` +
+      `wrong ${checks.sigWrong}, stale secret ${checks.sigStale}, missing ${checks.sigMissing}, malformed ` +
+      `${checks.sigMalformed}\n` +
+      `Rate limits: ${checks.rateChecked} requests to limited endpoints checked, ${checks.rateExceeded} over the ` +
+      `bucket (capacity rate + max(2, 20%)), most over ${checks.rateMaxOver.toFixed(2)}; requests to unknown ` +
+      `accounts ${checks.unknownAccount}; driver event-loop delay p99 ${(driverLag.percentile(99) / 1e6).toFixed(0)} ms, ` +
+      `max ${(driverLag.max / 1e6).toFixed(0)} ms\n`,
+  );
+  if (checks.examples.length > 0) process.stdout.write(`Violations:\n  ${checks.examples.join('\n  ')}\n`);
   if (first.handles && last.handles) {
     process.stdout.write(
       `Active resources first ${JSON.stringify(first.handles)}\n               last  ${JSON.stringify(last.handles)}\n`,
@@ -1051,6 +1397,9 @@ async function main(): Promise<void> {
         contacts: CONTACTS,
         samples,
         stats: workload.stats,
+        webhookChanges: workload.rotations,
+        checks,
+        driverLagMs: { p99: driverLag.percentile(99) / 1e6, max: driverLag.max / 1e6 },
         receivers: receivers.map((r) => ({ name: r.name, counts: r.counts })),
         serverLog: server.log,
         exit: { ...exit, ms: exitMs, clean: cleanExit },
