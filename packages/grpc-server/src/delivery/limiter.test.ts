@@ -223,6 +223,19 @@ describe('EndpointLimiter', () => {
       expect(l.tryAcquire('b')).toBe(false);
     });
 
+    it('a rate changed while a key waits for its next token (nobody queued) still calls onReady at that token', () => {
+      const onReady = vi.fn();
+      const l = new EndpointLimiter(4, { clock, onReady });
+      l.setRate('a', 2);
+      l.tryAcquire('a');
+      l.tryAcquire('a');
+      expect(l.saturated()).toEqual(['a']);
+      // The timer armed for the next token at rate 2 (500 ms) is replaced by one at rate 4 (250 ms).
+      l.setRate('a', 4);
+      advance(250);
+      expect(onReady).toHaveBeenCalledTimes(1);
+    });
+
     it('tells how long a caller queued now would wait for its token, behind the waiters', () => {
       const l = new EndpointLimiter(10, { clock });
       expect(l.tokenWaitMs('a')).toBe(0);

@@ -101,6 +101,8 @@ export class EndpointLimiter {
       state.timer = null;
     }
     this.#pump(key, state);
+    // Left out of claims for want of a token (its timer cleared above): the next token under the new rate says so.
+    if (state.timer === null && state.bucket !== null && this.#refill(state.bucket) < 1) this.#armTimer(key, state);
     // A key given a rate is kept for the tryAcquire that follows (saturated() drops it if none comes).
     if (perSecond === undefined) this.#gc(key, state);
   }
