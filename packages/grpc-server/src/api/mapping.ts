@@ -9,6 +9,7 @@ import type {
   DeliveryState as StoreDeliveryState,
   WebhookRecord,
 } from '../store/types.js';
+import { replacedSigningSecretAt } from '../store/shared.js';
 import {
   AttemptVerdict,
   DeliveryState,
@@ -85,9 +86,7 @@ export function webhookToProto(record: WebhookRecord, circuit?: CircuitView, now
     circuit: circuit === undefined ? undefined : circuitToProto(circuit),
     rateLimitPerSecond: record.rateLimitPerSecond ?? 0,
     previousSigningSecretExpireTimeMs:
-      record.previousSigningSecret !== undefined && (record.previousSigningSecretExpiresAt ?? 0) > now
-        ? record.previousSigningSecretExpiresAt
-        : undefined,
+      replacedSigningSecretAt(record, now) === undefined ? undefined : record.previousSigningSecretExpiresAt,
   };
 }
 

@@ -17,6 +17,7 @@ import type { DeliveryState as StoreDeliveryState, DeliveryFilter } from '../sto
 import type { InboxMessage, PublishMessagesRequest, ResyncContactsRequest } from '../gen/app_inbox/v1/message.js';
 import type { UpdateWebhookRequest, UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
 import type { SigningRotation, WebhookRecord } from '../store/types.js';
+import { replacedSigningSecretAt } from '../store/shared.js';
 import type { ListDeliveriesRequest } from '../gen/app_inbox/v1/delivery.js';
 import { stateFromProto } from './mapping.js';
 import type { FieldViolation } from './errors.js';
@@ -226,12 +227,10 @@ export function signingRotation(
 ): SigningRotation {
   if (next === undefined || before === null || before.secretsSealed === true) return {};
   if (before.signingSecret === next) {
-    const { previousSigningSecret, previousSigningSecretExpiresAt } = before;
-    return previousSigningSecret !== undefined &&
-      previousSigningSecretExpiresAt !== undefined &&
-      previousSigningSecretExpiresAt > now
-      ? { previousSigningSecret, previousSigningSecretExpiresAt }
-      : {};
+    const previousSigningSecret = replacedSigningSecretAt(before, now);
+    return previousSigningSecret === undefined
+      ? {}
+      : { previousSigningSecret, previousSigningSecretExpiresAt: before.previousSigningSecretExpiresAt };
   }
   if (before.signingSecret === undefined || overlapMs <= 0) return {};
   return { previousSigningSecret: before.signingSecret, previousSigningSecretExpiresAt: now + overlapMs };

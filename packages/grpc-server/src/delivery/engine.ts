@@ -40,6 +40,7 @@ import { logAttempt } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { SPAN_ATTRIBUTES, annotateAttemptSpan, withLinkedSpan } from '../observability/tracing.js';
 import type { AttemptResult, ClaimedDelivery, Delivery, Lane, Store } from '../store/types.js';
+import { replacedSigningSecretAt } from '../store/shared.js';
 import { EndpointLimiter } from './limiter.js';
 import { createSender, type Sender } from './sender.js';
 import { within } from '../within.js';
@@ -1056,9 +1057,7 @@ export class DeliveryEngine {
       ...(webhook.auth ? { auth: webhook.auth } : {}),
       ...(webhook.signingSecret ? { signingSecret: webhook.signingSecret } : {}),
       // A rotation's overlap: the replaced secret signs too, until its end.
-      ...(webhook.previousSigningSecret !== undefined && (webhook.previousSigningSecretExpiresAt ?? 0) > startedAt
-        ? { previousSigningSecret: webhook.previousSigningSecret }
-        : {}),
+      previousSigningSecret: replacedSigningSecretAt(webhook, startedAt),
     });
     this.#sending += 1;
     let result;

@@ -10,7 +10,13 @@ import type { Store } from './types.js';
 export type * from './types.js';
 export { STORE_ERROR_CODES, StoreError, isStoreError } from './errors.js';
 export type { StoreErrorCode } from './errors.js';
-export { DEFAULT_MESSAGE_TTL_MS, DELIVERY_STATES, TERMINAL_STATES, MAX_PAGE_SIZE } from './shared.js';
+export {
+  DEFAULT_MESSAGE_TTL_MS,
+  DELIVERY_STATES,
+  TERMINAL_STATES,
+  MAX_PAGE_SIZE,
+  replacedSigningSecretAt,
+} from './shared.js';
 export { SqliteStore, openSqliteStore } from './sqlite/sqlite-store.js';
 export type { SqliteStoreOptions } from './sqlite/sqlite-store.js';
 export { PostgresStore, openPostgresStore } from './postgres/postgres-store.js';

@@ -12,6 +12,7 @@ import type {
   DeliveryFilter,
   DeliveryOutcome,
   DeliveryState,
+  SigningRotation,
   WebhookRecord,
   WebhookSettings,
 } from './types.js';
@@ -342,6 +343,18 @@ export const STATS_COUNTS_SQL = `
 /** Zero for every state. */
 export function emptyByState(): Record<DeliveryState, number> {
   return { pending: 0, in_flight: 0, retrying: 0, delivered: 0, failed: 0, superseded: 0 };
+}
+
+/**
+ * The replaced signing secret that still signs at `now` (a rotation's overlap not yet over), or undefined: what the
+ * sender signs with beside the current secret, what a read shows the end of, and what a save that keeps the secret
+ * carries on.
+ */
+export function replacedSigningSecretAt(rotation: SigningRotation, now: number): string | undefined {
+  const { previousSigningSecret, previousSigningSecretExpiresAt } = rotation;
+  return previousSigningSecretExpiresAt !== undefined && previousSigningSecretExpiresAt > now
+    ? previousSigningSecret
+    : undefined;
 }
 
 /** The webhook as stored: the whole config (secrets included) as JSON, `enabled` also as a column for claims. */
