@@ -40,6 +40,7 @@ import {
   parseUpsertWebhook,
   signingRotation,
   type Result,
+  type UpsertInput,
 } from './requests.js';
 
 /**
@@ -201,6 +202,38 @@ export function createApi(deps: ApiDependencies): Api {
     deps.wake();
   }
 
+  /**
+   * Writes `input` over `before`, the webhook as just read (null: none yet), with the signing-secret rotation worked
+   * out from it. A replace is written only while that read is still the webhook (a save in between: null, read again),
+   * so a secret replaced meanwhile is never brought back, and one set meanwhile keeps signing beside this save's (a
+   * write without that check would drop it at once). The webhook as written, and the time of the write.
+   */
+  async function writeWebhook(
+    accountId: string,
+    before: WebhookRecord | null,
+    input: UpsertInput,
+  ): Promise<{ record: WebhookRecord; now: number } | null> {
+    const now = deps.now();
+    const rotation = signingRotation(before, input.config.signingSecret, now, deps.signingSecretOverlapMs);
+    const settings = { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation };
+    const record =
+      before === null
+        ? await store.upsertWebhook(accountId, settings, now)
+        : await store.replaceWebhookIfUnchanged(
+            accountId,
+            settings,
+            Math.max(now, before.updatedAt + 1),
+            before.updatedAt,
+          );
+    if (record === null) return null;
+    saved(accountId, before, record);
+    return { record, now };
+  }
+
+  /** ABORTED: the webhook was saved by others between each of {@link UPDATE_TRIES} reads and writes. */
+  const keptBeingSaved = (accountId: string) =>
+    new ApiError('conflict', `the webhook of account ${JSON.stringify(accountId)} kept being saved: try again`);
+
   const webhook: WebhookServiceServer = {
     upsertWebhook: unary('UpsertWebhook', async (request) => {
       const input = valid(parseUpsertWebhook(request, deps.defaultMessageTtlSeconds));
@@ -208,27 +241,13 @@ export function createApi(deps: ApiDependencies): Api {
       await checkUrl(input.config.url);
       for (let tries = 0; tries < UPDATE_TRIES; tries++) {
         const before = await store.getWebhook(accountId);
-        const now = deps.now();
-        const rotation = signingRotation(before, input.config.signingSecret, now, deps.signingSecretOverlapMs);
-        const settings = { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation };
-        // The rotation is worked out from the save read above: a replacement is written only while that is still
-        // the webhook (a save in between: read again), so a secret replaced meanwhile is never brought back, and
-        // one set meanwhile is kept signing beside this save's (a write without that check would drop it at once).
-        const record =
-          before === null
-            ? await store.upsertWebhook(accountId, settings, now)
-            : await store.replaceWebhookIfUnchanged(
-                accountId,
-                settings,
-                Math.max(now, before.updatedAt + 1),
-                before.updatedAt,
-              );
-        if (record !== null) {
-          saved(accountId, before, record);
+        const written = await writeWebhook(accountId, before, input);
+        if (written !== null) {
+          const { record, now } = written;
           return { webhook: webhookToProto(record, deps.circuit?.view(accountId), now), created: before === null };
         }
       }
-      throw new ApiError('conflict', `the webhook of account ${JSON.stringify(accountId)} kept being saved: try again`);
+      throw keptBeingSaved(accountId);
     }),
     updateWebhook: unary('UpdateWebhook', async (request) => {
       const { accountId, fields } = valid(parseUpdateMask(request));
@@ -253,20 +272,13 @@ export function createApi(deps: ApiDependencies): Api {
         // Only a URL that changes is resolved: disabling a webhook must not depend on its host's DNS answering.
         if (fields.includes('url')) await checkUrl(input.config.url);
         // Written only while the webhook is still the save read above; a save or delete in between: read again.
-        const now = deps.now();
-        const rotation = signingRotation(before, input.config.signingSecret, now, deps.signingSecretOverlapMs);
-        const record = await store.replaceWebhookIfUnchanged(
-          accountId,
-          { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation },
-          Math.max(now, before.updatedAt + 1),
-          before.updatedAt,
-        );
-        if (record !== null) {
-          saved(accountId, before, record);
+        const written = await writeWebhook(accountId, before, input);
+        if (written !== null) {
+          const { record, now } = written;
           return { webhook: webhookToProto(record, deps.circuit?.view(accountId), now) };
         }
       }
-      throw new ApiError('conflict', `the webhook of account ${JSON.stringify(accountId)} kept being saved: try again`);
+      throw keptBeingSaved(accountId);
     }),
     getWebhook: unary('GetWebhook', async (request) => {
       check(checkAccountId(request.accountId));
