@@ -102,7 +102,7 @@ export class EndpointLimiter {
     }
     this.#pump(key, state);
     // Left out of claims for want of a token (its timer cleared above): the next token under the new rate says so.
-    if (state.timer === null && state.bucket !== null && this.#refill(state.bucket) < 1) this.#armTimer(key, state);
+    this.#outOfTokens(key, state);
     // A key given a rate is kept for the tryAcquire that follows (saturated() drops it if none comes).
     if (perSecond === undefined) this.#gc(key, state);
   }
@@ -177,14 +177,23 @@ export class EndpointLimiter {
     for (const [key, state] of this.#keys) {
       if (state.inFlight >= this.#limit || state.waiters.length > 0) {
         keys.push(key);
-      } else if (state.bucket !== null && this.#refill(state.bucket) < 1) {
+      } else if (this.#outOfTokens(key, state)) {
         keys.push(key);
-        this.#armTimer(key, state);
       } else {
         this.#gc(key, state);
       }
     }
     return keys;
+  }
+
+  /**
+   * Whether the key has a rate and no token now; if so, its timer is armed for the next one (which calls `onReady`
+   * when nobody waits), unless it already is.
+   */
+  #outOfTokens(key: string, state: KeyState): boolean {
+    if (state.bucket === null || this.#refill(state.bucket) >= 1) return false;
+    this.#armTimer(key, state);
+    return true;
   }
 
   /** Grants waiters while a slot and a token are there; else waits for the next token when only that is missing. */
@@ -216,10 +225,7 @@ export class EndpointLimiter {
         // granted above, and the key stays saturated while they hold its slots or wait). Node's timers count whole
         // milliseconds from a loop time taken earlier, so this one may fire a little before the token: then it
         // waits again (the waiters' pump above does the same), else the key would be left out until the next poll.
-        if (!hadWaiters && state.bucket !== null) {
-          if (this.#refill(state.bucket) >= 1) this.#onReady();
-          else this.#armTimer(key, state);
-        }
+        if (!hadWaiters && state.bucket !== null && !this.#outOfTokens(key, state)) this.#onReady();
         this.#gc(key, state);
       },
       Math.max(1, wait),
