@@ -30,22 +30,22 @@ export function openWebhookSecrets<T extends WithSecrets>(config: T, box: Secret
 
 /** True when a stored (sealed) configuration has a secret that is not sealed with the primary key. */
 export function webhookNeedsRotation(config: WithSecrets, box: SecretBox): boolean {
-  let needs = false;
-  mapSecrets(config, (value) => {
-    needs ||= box.needsRotation(value);
-    return value;
-  });
-  return needs;
+  return someSecret(config, (value) => box.needsRotation(value));
 }
 
 /** True when a stored configuration has a password or signing secret that is not sealed at all (plaintext). */
 export function webhookHasPlaintextSecret(config: WithSecrets, box: SecretBox): boolean {
-  let plaintext = false;
+  return someSecret(config, (value) => !box.isSealed(value));
+}
+
+/** Whether `test` holds for any of the configuration's secrets. */
+function someSecret(config: WithSecrets, test: (value: string) => boolean): boolean {
+  let found = false;
   mapSecrets(config, (value) => {
-    plaintext ||= !box.isSealed(value);
+    found ||= test(value);
     return value;
   });
-  return plaintext;
+  return found;
 }
 
 function mapSecrets<T extends WithSecrets>(config: T, fn: (value: string) => string): T {
@@ -177,21 +177,26 @@ export async function resealAllWebhookSecrets(
   box: SecretBox,
   options: { pageSize?: number } = {},
 ): Promise<ResealReport> {
-  const pageSize = options.pageSize ?? 500;
   const report: ResealReport = { checked: 0, resealed: 0, failed: [] };
+  for await (const accountId of webhookAccounts(rawStore, options.pageSize ?? 500)) {
+    report.checked += 1;
+    try {
+      if (await resealWebhookSecrets(rawStore, box, accountId)) report.resealed += 1;
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      report.failed.push({ accountId, code: typeof code === 'string' ? code : 'error' });
+    }
+  }
+  return report;
+}
+
+/** Every account with a webhook, in order, read page by page over `listWebhookAccounts` (the RAW store). */
+async function* webhookAccounts(rawStore: Store, pageSize: number): AsyncGenerator<string> {
   let after: string | null = null;
   for (;;) {
     const page = await rawStore.listWebhookAccounts(after, pageSize);
-    for (const accountId of page) {
-      report.checked += 1;
-      try {
-        if (await resealWebhookSecrets(rawStore, box, accountId)) report.resealed += 1;
-      } catch (error) {
-        const code = (error as { code?: unknown }).code;
-        report.failed.push({ accountId, code: typeof code === 'string' ? code : 'error' });
-      }
-    }
-    if (page.length < pageSize) return report;
+    yield* page;
+    if (page.length < pageSize) return;
     after = page[page.length - 1] ?? null;
   }
 }
@@ -215,21 +220,15 @@ export async function countPlaintextWebhookSecrets(
   box: SecretBox,
   options: { pageSize?: number; stopped?: () => boolean } = {},
 ): Promise<PlaintextSecretsReport | null> {
-  const pageSize = options.pageSize ?? 500;
   const stopped = options.stopped ?? (() => false);
   const report: PlaintextSecretsReport = { checked: 0, plaintext: 0 };
-  let after: string | null = null;
-  for (;;) {
+  if (stopped()) return null;
+  for await (const accountId of webhookAccounts(rawStore, options.pageSize ?? 500)) {
     if (stopped()) return null;
-    const page = await rawStore.listWebhookAccounts(after, pageSize);
-    for (const accountId of page) {
-      if (stopped()) return null;
-      const stored = await rawStore.getWebhook(accountId);
-      if (stored === null) continue; // deleted since the page was read
-      report.checked += 1;
-      if (webhookHasPlaintextSecret(stored, box)) report.plaintext += 1;
-    }
-    if (page.length < pageSize) return report;
-    after = page[page.length - 1] ?? null;
+    const stored = await rawStore.getWebhook(accountId);
+    if (stored === null) continue; // deleted since the page was read
+    report.checked += 1;
+    if (webhookHasPlaintextSecret(stored, box)) report.plaintext += 1;
   }
+  return report;
 }
