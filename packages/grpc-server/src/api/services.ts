@@ -204,9 +204,9 @@ export function createApi(deps: ApiDependencies): Api {
 
   /**
    * Writes `input` over `before`, the webhook as just read (null: none yet), with the signing-secret rotation worked
-   * out from it. A replace is written only while that read is still the webhook (a save in between: null, read again),
-   * so a secret replaced meanwhile is never brought back, and one set meanwhile keeps signing beside this save's (a
-   * write without that check would drop it at once). The webhook as written, and the time of the write.
+   * out from it. It is written only while that read is still the webhook, or while there is still none (a save or a
+   * create in between: null, read again), so a secret replaced meanwhile is never brought back, and one set meanwhile
+   * keeps signing beside this save's (a write without that check would drop it at once). The webhook as written, and the time of the write.
    */
   async function writeWebhook(
     accountId: string,
@@ -218,7 +218,7 @@ export function createApi(deps: ApiDependencies): Api {
     const settings = { ...input.config, messageTtlMs: input.messageTtlMs, ...rotation };
     const record =
       before === null
-        ? await store.upsertWebhook(accountId, settings, now)
+        ? await store.createWebhookIfAbsent(accountId, settings, now)
         : await store.replaceWebhookIfUnchanged(
             accountId,
             settings,

@@ -89,6 +89,20 @@ describe('withSealedSecrets over the SQLite store', () => {
     }
   });
 
+  it('createWebhookIfAbsent seals too, and answers null (writing nothing) where a webhook is already there', async () => {
+    const store = withSealedSecrets(raw, box);
+    const created = await store.createWebhookIfAbsent('acct-1', config(), T0);
+    expect(created?.auth?.password).toBe(PASSWORD);
+    expect(created?.signingSecret).toBe(SIGNING_SECRET);
+    const stored = await raw.getWebhook('acct-1');
+    expect(stored?.auth?.password.startsWith('enc:v1:k1:')).toBe(true);
+    expect(stored?.signingSecret?.startsWith('enc:v1:k1:')).toBe(true);
+    await expect(
+      store.createWebhookIfAbsent('acct-1', { ...config(), signingSecret: 'whsec_other' }, T0 + 1),
+    ).resolves.toBeNull();
+    await expect(raw.getWebhook('acct-1')).resolves.toEqual(stored);
+  });
+
   it('hands claimed deliveries their webhook with secrets opened', async () => {
     const store = withSealedSecrets(raw, box);
     await store.upsertWebhook('acct-1', config(), T0);

@@ -68,16 +68,24 @@ export interface SealedStoreOptions {
 }
 
 /**
- * Wraps a store so that `upsertWebhook` and `replaceWebhookIfUnchanged` seal, and they, `getWebhook` and `claimDue`
+ * Wraps a store so that `upsertWebhook`, `createWebhookIfAbsent` and `replaceWebhookIfUnchanged` seal, and they,
+ * `getWebhook` and `claimDue`
  * open, the webhook's secrets (`getWebhook` leaves one it cannot open sealed); every other method is the store's own.
  * Callers keep seeing plaintext; the database only sees `enc:v1:...`. A method added to Store later that returns a
  * WebhookRecord must be added here.
  */
 export function withSealedSecrets<S extends Store>(store: S, box: SecretBox, options: SealedStoreOptions = {}): S {
   const retryDelayMs = options.retryDelayMs ?? 60_000;
-  const overrides: Pick<Store, 'upsertWebhook' | 'replaceWebhookIfUnchanged' | 'getWebhook' | 'claimDue'> = {
+  const overrides: Pick<
+    Store,
+    'upsertWebhook' | 'createWebhookIfAbsent' | 'replaceWebhookIfUnchanged' | 'getWebhook' | 'claimDue'
+  > = {
     async upsertWebhook(accountId, config, now) {
       return openWebhookSecrets(await store.upsertWebhook(accountId, sealWebhookSecrets(config, box), now), box);
+    },
+    async createWebhookIfAbsent(accountId, config, now) {
+      const record = await store.createWebhookIfAbsent(accountId, sealWebhookSecrets(config, box), now);
+      return record === null ? null : openWebhookSecrets(record, box);
     },
     async replaceWebhookIfUnchanged(accountId, config, now, ifUpdatedAt) {
       const record = await store.replaceWebhookIfUnchanged(

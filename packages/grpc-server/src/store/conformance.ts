@@ -254,6 +254,20 @@ export function storeConformanceSuite(
         expect(await store.getWebhook(acct)).toBeNull();
       });
 
+      it('createWebhookIfAbsent creates only where there is no webhook, and changes nothing where there is', async () => {
+        const acct = account();
+        const created = await store.createWebhookIfAbsent(acct, webhook(), T0);
+        expect(created).toEqual({ ...webhook(), accountId: acct, messageTtlMs: DAY, createdAt: T0, updatedAt: T0 });
+        const other = { url: 'http://other.example/x', maxMessagesPerContact: 5, enabled: false };
+        await expect(store.createWebhookIfAbsent(acct, other, T0 + 10)).resolves.toBeNull();
+        expect(await store.getWebhook(acct)).toEqual(created);
+        // Deleted: it may be created again.
+        await store.deleteWebhook(acct);
+        const again = await store.createWebhookIfAbsent(acct, other, T0 + 20);
+        expect(again).toEqual({ ...other, accountId: acct, messageTtlMs: DAY, createdAt: T0 + 20, updatedAt: T0 + 20 });
+        expect(await store.getWebhook(acct)).toEqual(again);
+      });
+
       it('lists the accounts that have a webhook in ascending pages (for re-sealing secrets)', async () => {
         const prefix = account();
         const mine = [`${prefix}-b`, `${prefix}-a`, `${prefix}-c`];

@@ -258,6 +258,12 @@ export interface Store {
    */
   upsertWebhook(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord>;
   /**
+   * Creates the account's webhook as {@link Store.upsertWebhook} does, but only while the account has none: null,
+   * changing nothing, when it has one (created by another call since the caller found none). With
+   * {@link Store.replaceWebhookIfUnchanged}, the compare-and-set of a save read as "no webhook".
+   */
+  createWebhookIfAbsent(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord | null>;
+  /**
    * Replaces the configuration of the account's webhook as {@link Store.upsertWebhook} does, but only while it is
    * still the save read with `updatedAt` = `ifUpdatedAt`; never creates one. Null, changing nothing, when the webhook
    * was saved again or deleted since: a save or a delete answered OK between the caller's read and its write stands.

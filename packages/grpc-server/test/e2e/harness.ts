@@ -270,25 +270,35 @@ export function signatureValid(secret: string, headers: Record<string, unknown>,
 }
 
 /**
- * `store` with `before` run ahead of each `replaceWebhookIfUnchanged` (given the store and the call's arguments): what
- * a call to another process would do between a read and its compare-and-set. Every other method is the store's own.
+ * `store` with `before` run ahead of each call of its method `method` (given the store and the call's arguments): what
+ * a call to another process would do between a read and a write. Every other method is the store's own.
  */
-export function beforeEachCompareAndSet(
+export function beforeEachCall<K extends 'createWebhookIfAbsent' | 'replaceWebhookIfUnchanged'>(
   store: Store,
-  before: (target: Store, args: Parameters<Store['replaceWebhookIfUnchanged']>) => Promise<void>,
+  method: K,
+  before: (target: Store, args: Parameters<Store[K]>) => Promise<void>,
 ): Store {
   return new Proxy(store, {
     get(target, property) {
       // Bound to the real store: its private (#) fields are not reachable through a proxy.
       const value = Reflect.get(target, property, target) as unknown;
       if (typeof value !== 'function') return value;
-      if (property !== 'replaceWebhookIfUnchanged') return (value as (...a: unknown[]) => unknown).bind(target);
-      return async (...args: Parameters<Store['replaceWebhookIfUnchanged']>) => {
+      const bound = (value as (...a: unknown[]) => unknown).bind(target);
+      if (property !== method) return bound;
+      return async (...args: Parameters<Store[K]>) => {
         await before(target, args);
-        return (value as Store['replaceWebhookIfUnchanged']).apply(target, args);
+        return bound(...args);
       };
     },
   });
+}
+
+/** `store` with `before` run ahead of each `replaceWebhookIfUnchanged` (see {@link beforeEachCall}). */
+export function beforeEachCompareAndSet(
+  store: Store,
+  before: (target: Store, args: Parameters<Store['replaceWebhookIfUnchanged']>) => Promise<void>,
+): Store {
+  return beforeEachCall(store, 'replaceWebhookIfUnchanged', before);
 }
 
 /** A unique account id for one test. */

@@ -13,6 +13,7 @@ import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
 import {
   accountId,
+  beforeEachCall,
   beforeEachCompareAndSet,
   deliveryIn,
   inboxMessage,
@@ -200,6 +201,34 @@ describe.each(storeUrls())('signing-secret rotation ($engine)', (target) => {
     armed = true;
     const saved = await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, signingSecret: a });
     expect(armed).toBe(false);
+    expect(saved.webhook?.previousSigningSecretExpireTimeMs).toBeGreaterThan(Date.now());
+    const delivered = await deliverOne(account, 'c-0');
+    expect([delivered.signedWith(a), delivered.signedWith(b)]).toEqual([true, true]);
+  });
+
+  it('an UpsertWebhook that finds no webhook, racing a create with a secret: that secret signs on beside its own', async () => {
+    receiver = await createMockReceiver();
+    const url = await target.newUrl();
+    const account = accountId('rotate-race-create');
+    const [a, b] = [newSecret(), newSecret()];
+    const store = await openStore(url);
+    let raced = false;
+    // Between the read of an UpsertWebhook that finds no webhook and its write, another process creates the webhook
+    // with `b`, and answers OK: this save then replaces `b`, which must go on signing beside `a`.
+    const racing = beforeEachCall(store, 'createWebhookIfAbsent', async (target, [, config, now]) => {
+      if (raced) return;
+      raced = true;
+      await target.upsertWebhook(
+        account,
+        { url: config.url, maxMessagesPerContact: 1000, enabled: true, signingSecret: b },
+        now,
+      );
+    });
+    t = await startTestServer(url, { signingSecretOverlapSeconds: 600 }, { store: racing });
+    const saved = await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, signingSecret: a });
+    expect(raced).toBe(true);
+    // The webhook was there when it wrote: not created by this call.
+    expect(saved.created).toBe(false);
     expect(saved.webhook?.previousSigningSecretExpireTimeMs).toBeGreaterThan(Date.now());
     const delivered = await deliverOne(account, 'c-0');
     expect([delivered.signedWith(a), delivered.signedWith(b)]).toEqual([true, true]);

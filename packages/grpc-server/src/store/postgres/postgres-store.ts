@@ -788,6 +788,20 @@ export class PostgresStore implements Store {
     return webhookFromRow(rows[0]!);
   }
 
+  async createWebhookIfAbsent(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord | null> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    const stored = webhookToStored(config);
+    const { rows } = await this.#query<WebhookRow>(
+      `INSERT INTO webhooks (account_id, config, enabled, message_ttl_ms, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $5)
+       ON CONFLICT (account_id) DO NOTHING
+       RETURNING *`,
+      [accountId, stored.json, stored.enabled, stored.messageTtlMs, now],
+    );
+    return rows[0] === undefined ? null : webhookFromRow(rows[0]);
+  }
+
   async replaceWebhookIfUnchanged(
     accountId: string,
     config: WebhookSettings,

@@ -380,6 +380,22 @@ export class SqliteStore implements Store {
     return webhookFromRow(row);
   }
 
+  async createWebhookIfAbsent(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord | null> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    const stored = webhookToStored(config);
+    const key = this.#keyOrCreate(accountId);
+    // One statement, committed on its own: the writes asked for before it go first.
+    this.#flushBeforeOthers();
+    const row = this.#q(
+      `INSERT INTO webhooks (account_id, account_key, config, enabled, message_ttl_ms, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (account_id) DO NOTHING
+       RETURNING *`,
+    ).get(accountId, key, stored.json, stored.enabled ? 1 : 0, stored.messageTtlMs, now, now) as WebhookRow | undefined;
+    return row === undefined ? null : webhookFromRow(row);
+  }
+
   async replaceWebhookIfUnchanged(
     accountId: string,
     config: WebhookSettings,
