@@ -8,6 +8,7 @@ import {
   GRPC_STATUS_BY_CODE,
   MAX_MESSAGE_BYTES,
   MAX_MESSAGE_VIOLATION_BYTES,
+  MAX_DETAIL_VIOLATION_BYTES,
   MAX_VIOLATION_BYTES,
   decodeStatusDetails,
   invalidArgument,
@@ -100,6 +101,21 @@ describe('API errors', () => {
     expect(bytes).toBeLessThanOrEqual(MAX_VIOLATION_BYTES);
     expect(bytes).toBeGreaterThan(MAX_VIOLATION_BYTES - 40);
     expect(error.metadata.get('grpc-status-details-bin')[0]!.length).toBeLessThan(6 * 1024);
+  });
+
+  it('shortens a violation too long for the details instead of dropping it', () => {
+    const host = `${'a'.repeat(5_000)}.example`;
+    const violations = [
+      { field: 'url', description: `host ${host} is not allowed` },
+      { field: 'max_messages_per_contact', description: 'must be between 1 and 1000' },
+    ];
+    const listed = decodeStatusDetails(toServiceError(invalidArgument(violations)).metadata)?.badRequest;
+    expect(listed?.fieldViolations.map((v) => v.field)).toEqual(['url', 'max_messages_per_contact']);
+    const url = listed!.fieldViolations[0]!.description;
+    expect(Buffer.byteLength(url)).toBe(MAX_DETAIL_VIOLATION_BYTES);
+    expect(url.startsWith(`host ${'a'.repeat(100)}`)).toBe(true);
+    expect(url.endsWith('…')).toBe(true);
+    expect(listed!.fieldViolations[1]!.description).toBe('must be between 1 and 1000');
   });
 
   it('hides the text of unexpected errors, maps store errors', () => {

@@ -195,13 +195,24 @@ function pack(typeName: string, value: Uint8Array): Any {
 export const MAX_VIOLATION_BYTES = 4 * 1024;
 
 /**
- * The violations a status lists: every one while they fit {@link MAX_VIOLATION_BYTES}, else the first ones that do and
- * a last entry (no field) counting the rest.
+ * Most bytes (UTF-8) of one violation's field, and of its description, in the details; a longer one is cut, ending in
+ * "…". A description may echo the caller's value (a URL's host): cut, it still fits, where it would have left the
+ * details without the one violation the caller needs.
+ */
+export const MAX_DETAIL_VIOLATION_BYTES = 2048;
+
+/**
+ * The violations a status lists, each cut to {@link MAX_DETAIL_VIOLATION_BYTES}: every one while they fit
+ * {@link MAX_VIOLATION_BYTES}, else the first ones that do and a last entry (no field) counting the rest.
  */
 export function violationsToSend(violations: readonly FieldViolation[]): FieldViolation[] {
   const sent: FieldViolation[] = [];
   let bytes = 0;
-  for (const v of violations) {
+  for (const violation of violations) {
+    const v = {
+      field: truncateUtf8(violation.field, MAX_DETAIL_VIOLATION_BYTES),
+      description: truncateUtf8(violation.description, MAX_DETAIL_VIOLATION_BYTES),
+    };
     // 6: the tags and lengths of a FieldViolation in its BadRequest, about.
     bytes += Buffer.byteLength(v.field) + Buffer.byteLength(v.description) + 6;
     if (bytes > MAX_VIOLATION_BYTES) break;
