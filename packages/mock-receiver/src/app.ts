@@ -455,7 +455,8 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
       {
         id: headerValue(req, DELIVERY_ID_HEADER),
         timestamp: headerValue(req, TIMESTAMP_HEADER),
-        signature: headerValue(req, SIGNATURE_HEADER),
+        // Its lines joined by a space, the header's own separator (Node's ", " would glue a comma to a signature).
+        signature: req.headersDistinct[SIGNATURE_HEADER]?.join(' '),
         body: read.state === 'ok' ? read.bytes : null,
       },
       resolved.signing === null ? null : { ...resolved.signing, nowSeconds: Math.floor(arrival / 1000) },

@@ -124,6 +124,24 @@ describe('signature checks (signingSecrets)', () => {
     expect(knowsBoth.records.list()[1]).toMatchObject({ signature: 'valid', signatureSecretIndex: 2 });
   });
 
+  it('webhook-signature sent as two header lines: the signatures of both are candidates', async () => {
+    const [next, previous] = [newSigningSecret(), newSigningSecret()];
+    // It knows the new secret, whose signature comes first: the one Node's ", " join would leave a comma after.
+    const receiver = await startReceiver({ signingSecrets: [next] });
+    const body = JSON.stringify([message('c-1')]);
+    const signed = await signedHeaders(body, next, { previousSecret: previous });
+    // The rotation's two signatures, each on a line of its own.
+    const [first, second] = signed['webhook-signature']!.split(' ');
+    const res = await request(`${receiver.url}/webhook`, {
+      method: 'POST',
+      headers: { ...signed, 'content-type': 'application/json', 'webhook-signature': [first!, second!] },
+      body,
+    });
+    await res.body.text();
+    expect(res.statusCode).toBe(200);
+    expect(receiver.records.list()[0]).toMatchObject({ signature: 'valid', signatureSecretIndex: 0 });
+  });
+
   it('comes right after Basic auth: 405, 415 and a Basic 401 first; 413, 400 and 429 after', async () => {
     const secret = newSigningSecret();
     const auth = { username: 'shop', password: 'pw-123' };
