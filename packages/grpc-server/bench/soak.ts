@@ -18,9 +18,12 @@
  * global WebSocket: Node 22, or Node 20 with --experimental-websocket, as the npm script runs it), active handles by
  * type, open fds and sockets, event-loop lag p99, server CPU, the store's files (SQLite db / -wal) or database size
  * (PostgreSQL), deliveries by state and messages, metric series (all, and those with an `account` label), and the
- * receivers' counts. At the end: SIGTERM and the time to exit. The series are printed as a table and written as
- * JSON to `<out>/soak-<date>.json`; nothing is asserted (exit code 1 only when the run itself broke or the server
- * did not exit cleanly).
+ * receivers' counts. Then the loss check: the workload stops, every account's webhook is moved to `ok` (enabled, no
+ * rate limit) and its queue drained, and each contact with live messages must have had them all in the last list its
+ * endpoint answered 200 to, unless its newest delivery failed (kept for replay) or is gone (swept); then every contact
+ * is resynced and drained again, after which none may miss any. At the end: SIGTERM and the time to exit. The series
+ * are printed as a table and written as JSON to `<out>/soak-<date>.json`; exit code 1 when the run itself broke, a
+ * message was lost, or the server did not exit cleanly.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
@@ -45,6 +48,7 @@ import { parseArgs } from 'node:util';
 import { credentials, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { CONTACT_HEADER } from '@app-inbox/core';
 import {
   DeliveryServiceClient,
   DeliveryState,
@@ -101,6 +105,10 @@ const OVERLAP_MS = 30_000;
  * the body build and this process's own event-loop delays.
  */
 const STALE_MS = 3_000;
+/** The webhooks' `max_messages_per_contact`: a contact with more live messages is not checked for loss. */
+const MAX_MESSAGES_PER_CONTACT = 50;
+/** How long the end-of-run check waits for the moved endpoints' queues to drain. */
+const DRAIN_TIMEOUT_MS = 120_000;
 
 const newSecret = () => `whsec_${randomBytes(24 + Math.floor(Math.random() * 9)).toString('base64')}`;
 /** A rate limit of 1-20/s, low ones more often (an account publishes a few deliveries a second). */
@@ -336,9 +344,37 @@ interface Receiver {
   up: boolean;
 }
 
-function answer(name: ReceiverName, req: IncomingMessage, res: ServerResponse, counts: Record<string, number>): void {
+/**
+ * The last list each contact's endpoint answered 200 to, at any receiver, by `account NUL contact`: the message ids
+ * it held. A contact's lists arrive one at a time and never an older after a newer one, so the last is the newest.
+ */
+const lastReceived = new Map<string, Set<string>>();
+
+const contactKey = (account: string, contact: string) => `${account}\u0000${contact}`;
+
+/** Notes the list of a request answered 200 (its contact from the messages, or the header for an empty list). */
+function received(account: string, req: IncomingMessage, body: Buffer): void {
+  let list: Array<{ id: string; externalCustomerId: string }>;
+  try {
+    list = JSON.parse(body.toString('utf8')) as typeof list;
+  } catch {
+    return;
+  }
+  const header = req.headers[CONTACT_HEADER];
+  const contact = list[0]?.externalCustomerId ?? (typeof header === 'string' ? decodeURIComponent(header) : '');
+  lastReceived.set(contactKey(account, contact), new Set(list.map((m) => m.id)));
+}
+
+function answer(
+  name: ReceiverName,
+  req: IncomingMessage,
+  res: ServerResponse,
+  counts: Record<string, number>,
+  onOk: () => void,
+): void {
   const send = (status: number, headers: Record<string, string> = {}) => {
     counts[String(status)] = (counts[String(status)] ?? 0) + 1;
+    if (status === 200) onOk();
     res.writeHead(status, headers).end();
   };
   const r = Math.random();
@@ -397,8 +433,9 @@ async function startReceiver(name: ReceiverName): Promise<Receiver> {
       chunks.push(chunk);
     });
     req.on('end', () => {
-      if (hook !== undefined) checkSignature(account, hook, t, req, Buffer.concat(chunks));
-      answer(name, req, res, counts);
+      const body = Buffer.concat(chunks);
+      if (hook !== undefined) checkSignature(account, hook, t, req, body);
+      answer(name, req, res, counts, () => received(account, req, body));
     });
     req.on('error', () => undefined);
   });
@@ -634,8 +671,9 @@ class Workload {
     this.#accounts = Array.from({ length: ACCOUNTS }, (_, i) => `soak-${String(i).padStart(2, '0')}`);
   }
 
-  async #rpc<T>(name: string, fn: () => Promise<T>, expectError = false): Promise<T | null> {
-    if (this.#stopped) return null;
+  /** `force`: made after {@link stop} too (the end-of-run check's own calls; the workload's return null then). */
+  async #rpc<T>(name: string, fn: () => Promise<T>, expectError = false, force = false): Promise<T | null> {
+    if (this.#stopped && !force) return null;
     this.#count(this.stats.calls, name);
     const running = fn();
     this.#inFlight.add(running);
@@ -676,6 +714,7 @@ class Workload {
     account: string,
     name: string,
     send: (sent: { secret: string | undefined; rate: number | undefined }) => Promise<unknown>,
+    force = false,
   ): Promise<boolean> {
     const hook = this.#hook(account);
     const previous = hook.lock;
@@ -685,7 +724,7 @@ class Workload {
     try {
       const sent = { secret: hook.secret, rate: hook.rate };
       const sentAt = Date.now();
-      const response = await this.#rpc(name, () => send(sent));
+      const response = await this.#rpc(name, () => send(sent), false, force);
       if (response === null) return false;
       if (name === 'DeleteWebhook') hook.deleted(Date.now());
       else hook.saved(sent, sentAt, Date.now());
@@ -695,22 +734,26 @@ class Workload {
     }
   }
 
-  #upsert(account: string, receiver: Receiver, enabled = true): Promise<unknown> {
-    return this.#save(account, 'UpsertWebhook', (hook) =>
-      call((cb) =>
-        this.#clients.webhook.upsertWebhook(
-          {
-            accountId: account,
-            url: `${receiver.url}/${account}`,
-            basicAuth: Math.random() < 0.5 ? { username: 'soak', password: 'pw' } : undefined,
-            enabled,
-            signingSecret: hook.secret ?? '',
-            maxMessagesPerContact: 50,
-            rateLimitPerSecond: hook.rate,
-          },
-          cb,
+  #upsert(account: string, receiver: Receiver, enabled = true, force = false): Promise<boolean> {
+    return this.#save(
+      account,
+      'UpsertWebhook',
+      (hook) =>
+        call((cb) =>
+          this.#clients.webhook.upsertWebhook(
+            {
+              accountId: account,
+              url: `${receiver.url}/${account}`,
+              basicAuth: Math.random() < 0.5 ? { username: 'soak', password: 'pw' } : undefined,
+              enabled,
+              signingSecret: hook.secret ?? '',
+              maxMessagesPerContact: MAX_MESSAGES_PER_CONTACT,
+              rateLimitPerSecond: hook.rate,
+            },
+            cb,
+          ),
         ),
-      ),
+      force,
     );
   }
 
@@ -1026,6 +1069,37 @@ class Workload {
     stream.on('end', () => this.#watches.delete(stream));
   }
 
+  /**
+   * After {@link stop}: every account that has a webhook now is saved enabled, without a rate limit, its secret kept,
+   * pointing at `receiver` (the end-of-run check's `ok`), so that whatever it still has due is sent there. A webhook
+   * deleted by the workload and not created again has no messages left. The accounts moved.
+   */
+  async moveAllTo(receiver: Receiver): Promise<string[]> {
+    const moved: string[] = [];
+    for (const account of [...this.#live].sort()) {
+      this.#hook(account).rate = undefined;
+      if (await this.#upsert(account, receiver, true, true)) moved.push(account);
+      else throw new Error(`the end-of-run check could not save the webhook of ${account}`);
+    }
+    return moved;
+  }
+
+  /** ResyncContacts of every contact of each of `accounts` (after {@link stop}). */
+  async resyncAll(accounts: readonly string[]): Promise<void> {
+    for (const account of accounts) {
+      const done = await this.#rpc(
+        'ResyncContacts',
+        () =>
+          call((cb) =>
+            this.#clients.message.resyncContacts({ accountId: account, all: true, externalCustomerIds: [] }, cb),
+          ),
+        false,
+        true,
+      );
+      if (done === null) throw new Error(`the end-of-run check could not resync ${account}`);
+    }
+  }
+
   /** Stops every loop, cancels the streams, and waits (at most 10 s) for the calls under way. */
   async stop(): Promise<void> {
     this.#stopped = true;
@@ -1109,6 +1183,172 @@ function metricValue(text: string, name: string, labels = ''): number {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Main
+
+// ---------------------------------------------------------------------------------------------------------------
+// The end-of-run check of lost messages
+
+/** What the check reads from the store: the server's own tables, read-only. */
+interface StoreView {
+  /** Deliveries of `accounts` not finished yet (pending, in flight or retrying). */
+  unfinished(accounts: readonly string[]): Promise<number>;
+  /** Message ids of `accounts` not expired at `now`, by contact key. */
+  liveMessages(accounts: readonly string[], now: number): Promise<Map<string, string[]>>;
+  /** The state of each contact's newest delivery of `accounts`, by contact key. */
+  newestStates(accounts: readonly string[]): Promise<Map<string, string>>;
+}
+
+function sqliteView(path: string): StoreView {
+  const read = <T>(sql: string, params: unknown[]): T[] => {
+    const db = new Database(path, { readonly: true, fileMustExist: true });
+    try {
+      return db.prepare(sql).all(...params) as T[];
+    } finally {
+      db.close();
+    }
+  };
+  /** The accounts as one JSON array parameter, for `json_each`. */
+  const inAccounts = (accounts: readonly string[]) => JSON.stringify(accounts);
+  return {
+    async unfinished(accounts) {
+      const [row] = read<{ n: number }>(
+        `SELECT count(*) AS n FROM deliveries d JOIN accounts a USING (account_key)
+         WHERE d.state IN ('pending', 'in_flight', 'retrying') AND a.account_id IN (SELECT value FROM json_each(?))`,
+        [inAccounts(accounts)],
+      );
+      return row!.n;
+    },
+    async liveMessages(accounts, now) {
+      const rows = read<{ account_id: string; external_customer_id: string; id: string }>(
+        `SELECT a.account_id, m.external_customer_id, m.id FROM messages m JOIN accounts a USING (account_key)
+         WHERE m.expires_at > ? AND a.account_id IN (SELECT value FROM json_each(?))`,
+        [now, inAccounts(accounts)],
+      );
+      return byContact(rows);
+    },
+    async newestStates(accounts) {
+      const rows = read<{ account_id: string; external_customer_id: string; state: string }>(
+        `SELECT a.account_id, d.external_customer_id, d.state FROM deliveries d JOIN accounts a USING (account_key)
+         WHERE d.seq IN (SELECT max(seq) FROM deliveries GROUP BY account_key, external_customer_id)
+           AND a.account_id IN (SELECT value FROM json_each(?))`,
+        [inAccounts(accounts)],
+      );
+      return new Map(rows.map((r) => [contactKey(r.account_id, r.external_customer_id), r.state]));
+    },
+  };
+}
+
+function postgresView(client: pg.Client): StoreView {
+  return {
+    async unfinished(accounts) {
+      const { rows } = await client.query<{ n: string }>(
+        `SELECT count(*) AS n FROM deliveries WHERE state IN ('pending', 'in_flight', 'retrying')
+           AND account_id = ANY($1::text[])`,
+        [accounts],
+      );
+      return Number(rows[0]!.n);
+    },
+    async liveMessages(accounts, now) {
+      const { rows } = await client.query<{ account_id: string; external_customer_id: string; id: string }>(
+        'SELECT account_id, external_customer_id, id FROM messages WHERE expires_at > $1 AND account_id = ANY($2::text[])',
+        [now, accounts],
+      );
+      return byContact(rows);
+    },
+    async newestStates(accounts) {
+      const { rows } = await client.query<{ account_id: string; external_customer_id: string; state: string }>(
+        `SELECT DISTINCT ON (account_id, external_customer_id) account_id, external_customer_id, state
+         FROM deliveries WHERE account_id = ANY($1::text[]) ORDER BY account_id, external_customer_id, seq DESC`,
+        [accounts],
+      );
+      return new Map(rows.map((r) => [contactKey(r.account_id, r.external_customer_id), r.state]));
+    },
+  };
+}
+
+function byContact(rows: Array<{ account_id: string; external_customer_id: string; id: string }>) {
+  const out = new Map<string, string[]>();
+  for (const r of rows) {
+    const key = contactKey(r.account_id, r.external_customer_id);
+    const ids = out.get(key) ?? [];
+    ids.push(r.id);
+    out.set(key, ids);
+  }
+  return out;
+}
+
+/**
+ * Each contact of the checked accounts that has live messages: `complete` when the last list its endpoint answered
+ * 200 to holds every one of them; otherwise by the state of its newest delivery: `failed` (given up, kept for
+ * replay: not lost), `unfinished` (still due), `noDelivery` (none left: swept after the terminal retention, or never
+ * made) and `lost` (its newest delivery was sent and answered, yet the receivers never got these messages).
+ */
+interface LossReport {
+  contacts: number;
+  complete: number;
+  overCap: number;
+  failed: number;
+  unfinished: number;
+  noDelivery: number;
+  lost: number;
+  drainMs: number;
+  examples: string[];
+}
+
+async function waitForDrain(view: StoreView, accounts: readonly string[]): Promise<number> {
+  const started = Date.now();
+  while (Date.now() - started < DRAIN_TIMEOUT_MS) {
+    if ((await view.unfinished(accounts)) === 0) break;
+    await sleep(1_000);
+  }
+  return Date.now() - started;
+}
+
+async function lossCheck(view: StoreView, accounts: readonly string[], drainMs: number): Promise<LossReport> {
+  const live = await view.liveMessages(accounts, Date.now());
+  const states = await view.newestStates(accounts);
+  const report: LossReport = {
+    contacts: live.size,
+    complete: 0,
+    overCap: 0,
+    failed: 0,
+    unfinished: 0,
+    noDelivery: 0,
+    lost: 0,
+    drainMs,
+    examples: [],
+  };
+  for (const [key, ids] of live) {
+    if (ids.length > MAX_MESSAGES_PER_CONTACT) {
+      report.overCap++;
+      continue;
+    }
+    const got = lastReceived.get(key);
+    const missing = ids.filter((id) => got?.has(id) !== true);
+    if (missing.length === 0) {
+      report.complete++;
+      continue;
+    }
+    const state = states.get(key);
+    if (state === 'failed') report.failed++;
+    else if (state === 'pending' || state === 'in_flight' || state === 'retrying') report.unfinished++;
+    else if (state === undefined) report.noDelivery++;
+    else {
+      report.lost++;
+      if (report.examples.length < 5) {
+        report.examples.push(
+          `${key.replace('\u0000', ' / ')}: newest delivery ${state}, ${missing.length} of ${ids.length} live ` +
+            `messages never received (last list received: ${got === undefined ? 'none' : `${got.size} messages`})`,
+        );
+      }
+    }
+  }
+  return report;
+}
+
+const describeLoss = (r: LossReport) =>
+  `${r.contacts} contacts with live messages: ${r.complete} complete, ${r.failed} failed (kept for replay), ` +
+  `${r.unfinished} unfinished, ${r.noDelivery} without a delivery, ${r.lost} LOST, ${r.overCap} over the cap ` +
+  `(not checked); drained in ${(r.drainMs / 1000).toFixed(1)} s`;
 
 async function main(): Promise<void> {
   if (!opts['skip-build']) {
@@ -1292,6 +1532,29 @@ async function main(): Promise<void> {
     if (!flappy.up) await bringUp(flappy).catch(() => undefined);
   }
 
+  // The end-of-run check of lost messages (see LossReport): every live endpoint moved to `ok`, its queue drained;
+  // then every contact resynced and drained again, after which each contact with live messages must have them all.
+  let loss: { afterRun: LossReport; afterResync: LossReport } | null = null;
+  if (!failed) {
+    try {
+      const view = dbPath !== null ? sqliteView(dbPath) : postgresView(pgClient!);
+      const ok = receivers.find((r) => r.name === 'ok')!;
+      const accounts = await workload.moveAllTo(ok);
+      const afterRun = await lossCheck(view, accounts, await waitForDrain(view, accounts));
+      process.stdout.write(`\nLoss check, the run's own deliveries: ${describeLoss(afterRun)}\n`);
+      await workload.resyncAll(accounts);
+      const afterResync = await lossCheck(view, accounts, await waitForDrain(view, accounts));
+      process.stdout.write(`Loss check, after ResyncContacts of every contact: ${describeLoss(afterResync)}\n`);
+      for (const example of [...afterRun.examples, ...afterResync.examples]) process.stdout.write(`  ${example}\n`);
+      loss = { afterRun, afterResync };
+      const incomplete = afterResync.contacts - afterResync.complete - afterResync.overCap;
+      if (afterRun.lost > 0 || incomplete > 0) failed = true;
+    } catch (error) {
+      failed = true;
+      process.stderr.write(`soak: the loss check broke: ${String(error)}\n`);
+    }
+  }
+
   // Stop: SIGTERM, and the time to exit.
   const signalAt = Date.now();
   inspector?.close();
@@ -1402,6 +1665,7 @@ async function main(): Promise<void> {
         driverLagMs: { p99: driverLag.percentile(99) / 1e6, max: driverLag.max / 1e6 },
         receivers: receivers.map((r) => ({ name: r.name, counts: r.counts })),
         serverLog: server.log,
+        loss,
         exit: { ...exit, ms: exitMs, clean: cleanExit },
       },
       null,
