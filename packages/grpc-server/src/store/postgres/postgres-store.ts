@@ -773,29 +773,34 @@ export class PostgresStore implements Store {
   // ---------------------------------------------------------------- webhooks
 
   async upsertWebhook(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord> {
-    assertId('accountId', accountId);
-    assertTime('now', now);
-    const stored = webhookToStored(config);
     // Each save gets a later updatedAt than the one before (Store.upsertWebhook).
-    const { rows } = await this.#query<WebhookRow>(
-      `INSERT INTO webhooks (account_id, config, enabled, message_ttl_ms, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $5)
-       ON CONFLICT (account_id) DO UPDATE SET config = excluded.config, enabled = excluded.enabled,
-         message_ttl_ms = excluded.message_ttl_ms, updated_at = GREATEST(excluded.updated_at, webhooks.updated_at + 1)
-       RETURNING *`,
-      [accountId, stored.json, stored.enabled, stored.messageTtlMs, now],
-    );
-    return webhookFromRow(rows[0]!);
+    return (await this.#insertWebhook(
+      accountId,
+      config,
+      now,
+      `DO UPDATE SET config = excluded.config, enabled = excluded.enabled, message_ttl_ms = excluded.message_ttl_ms,
+         updated_at = GREATEST(excluded.updated_at, webhooks.updated_at + 1)`,
+    ))!;
   }
 
   async createWebhookIfAbsent(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord | null> {
+    return this.#insertWebhook(accountId, config, now, 'DO NOTHING');
+  }
+
+  /** Inserts the account's webhook, or does `onConflict` (an upsert's action) where it has one; the row written. */
+  async #insertWebhook(
+    accountId: string,
+    config: WebhookSettings,
+    now: number,
+    onConflict: string,
+  ): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
     assertTime('now', now);
     const stored = webhookToStored(config);
     const { rows } = await this.#query<WebhookRow>(
       `INSERT INTO webhooks (account_id, config, enabled, message_ttl_ms, created_at, updated_at)
        VALUES ($1, $2, $3, $4, $5, $5)
-       ON CONFLICT (account_id) DO NOTHING
+       ON CONFLICT (account_id) ${onConflict}
        RETURNING *`,
       [accountId, stored.json, stored.enabled, stored.messageTtlMs, now],
     );

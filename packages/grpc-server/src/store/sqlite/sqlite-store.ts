@@ -363,24 +363,27 @@ export class SqliteStore implements Store {
   // ---------------------------------------------------------------- webhooks
 
   async upsertWebhook(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord> {
-    assertId('accountId', accountId);
-    assertTime('now', now);
-    const stored = webhookToStored(config);
-    const key = this.#keyOrCreate(accountId);
-    // One statement, committed on its own: the writes asked for before it go first. Each save gets a later
-    // updatedAt than the one before (Store.upsertWebhook).
-    this.#flushBeforeOthers();
-    const row = this.#q(
-      `INSERT INTO webhooks (account_id, account_key, config, enabled, message_ttl_ms, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT (account_id) DO UPDATE SET config = excluded.config, enabled = excluded.enabled,
-         message_ttl_ms = excluded.message_ttl_ms, updated_at = MAX(excluded.updated_at, webhooks.updated_at + 1)
-       RETURNING *`,
-    ).get(accountId, key, stored.json, stored.enabled ? 1 : 0, stored.messageTtlMs, now, now) as WebhookRow;
-    return webhookFromRow(row);
+    // Each save gets a later updatedAt than the one before (Store.upsertWebhook).
+    return (await this.#insertWebhook(
+      accountId,
+      config,
+      now,
+      `DO UPDATE SET config = excluded.config, enabled = excluded.enabled, message_ttl_ms = excluded.message_ttl_ms,
+         updated_at = MAX(excluded.updated_at, webhooks.updated_at + 1)`,
+    ))!;
   }
 
   async createWebhookIfAbsent(accountId: string, config: WebhookSettings, now: number): Promise<WebhookRecord | null> {
+    return this.#insertWebhook(accountId, config, now, 'DO NOTHING');
+  }
+
+  /** Inserts the account's webhook, or does `onConflict` (an upsert's action) where it has one; the row written. */
+  async #insertWebhook(
+    accountId: string,
+    config: WebhookSettings,
+    now: number,
+    onConflict: string,
+  ): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
     assertTime('now', now);
     const stored = webhookToStored(config);
@@ -390,7 +393,7 @@ export class SqliteStore implements Store {
     const row = this.#q(
       `INSERT INTO webhooks (account_id, account_key, config, enabled, message_ttl_ms, created_at, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT (account_id) DO NOTHING
+       ON CONFLICT (account_id) ${onConflict}
        RETURNING *`,
     ).get(accountId, key, stored.json, stored.enabled ? 1 : 0, stored.messageTtlMs, now, now) as WebhookRow | undefined;
     return row === undefined ? null : webhookFromRow(row);
