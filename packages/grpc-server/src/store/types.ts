@@ -244,6 +244,14 @@ export interface DeliveryOutcome {
   supersededBy?: string;
 }
 
+/** What {@link Store.leaseRateTokens} took from an account's shared rate-limit bucket. */
+export interface RateTokenLease {
+  /** Tokens taken (0 to `want`): each lets one attempt begin, now. */
+  granted: number;
+  /** How long (ms) until the bucket holds a whole token again; 0 when it still holds one. */
+  nextTokenInMs: number;
+}
+
 export interface Store {
   /** Applies the versioned migrations (safe under concurrent starts). */
   migrate(): Promise<void>;
@@ -392,4 +400,13 @@ export interface Store {
    * webhook stay in (due, and no claim takes them).
    */
   stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }>;
+
+  /**
+   * Takes up to `want` tokens (1 to `perSecond`) from the account's rate-limit bucket shared by every process on the
+   * store: a token bucket refilled at `perSecond` tokens a second up to `perSecond`, by the store's own clock (full
+   * when first used). One atomic step, so processes leasing at once never take more than the bucket holds together.
+   * Only engines shared by several processes have it (PostgreSQL); without it, each process's limiter keeps its own
+   * bucket, which is the whole service's when there is one process (SQLite). @see EndpointLimiter
+   */
+  leaseRateTokens?(accountId: string, perSecond: number, want: number): Promise<RateTokenLease>;
 }

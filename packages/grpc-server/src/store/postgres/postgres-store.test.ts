@@ -1987,4 +1987,98 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       await Promise.all(stores.map((s) => s.close()));
     }
   });
+
+  describe('leaseRateTokens: the rate-limit bucket every process shares', () => {
+    /** Moves the account's bucket `ms` into the past, as if that much time had gone by since its last lease. */
+    const age = (account: string, ms: number) =>
+      sql(
+        db.url,
+        `UPDATE rate_buckets SET refilled_at = refilled_at - $2 * interval '1 millisecond' WHERE account_id = $1`,
+        [account, ms],
+      );
+
+    it('starts full, refills by the database clock at the rate, and never holds more than one second of it', async () => {
+      const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+      /**
+       * Leases and checks what came: `granted` exactly, and the wait for the next token within (`minMs`, `maxMs`]: the
+       * bucket keeps refilling between two statements, by the few ms the test takes.
+       */
+      const lease = async (account: string, rate: number, want: number, granted: number, maxMs: number, minMs = 0) => {
+        const got = await store.leaseRateTokens(account, rate, want);
+        expect(got.granted).toBe(granted);
+        expect(got.nextTokenInMs).toBeLessThanOrEqual(maxMs);
+        if (minMs > 0) expect(got.nextTokenInMs).toBeGreaterThan(minMs);
+        return got;
+      };
+      try {
+        const account = `acct-${randomUUID()}`;
+        // Full at first: a second's worth, no more, then empty until the next token (1/5 s).
+        await lease(account, 5, 3, 3, 0);
+        await lease(account, 5, 5, 2, 200, 150);
+        await lease(account, 5, 5, 0, 200, 0);
+        // 450 ms later: two tokens and a quarter of one.
+        await age(account, 450);
+        await lease(account, 5, 5, 2, 150, 100);
+        // An hour later: still one second's worth.
+        await age(account, 3_600_000);
+        await lease(account, 5, 5, 5, 200, 150);
+        // A lowered rate holds the bucket to its own size at once.
+        await age(account, 3_600_000);
+        await lease(account, 2, 1, 1, 0);
+        await lease(account, 2, 2, 1, 500, 450);
+        // A bad argument is refused before the database is asked.
+        await expect(store.leaseRateTokens(account, 5, 6)).rejects.toMatchObject({ code: 'invalid_argument' });
+        await expect(store.leaseRateTokens(account, 0, 1)).rejects.toMatchObject({ code: 'invalid_argument' });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('never gives two processes leasing at once more than the bucket holds together', async () => {
+      const stores = [
+        await openPostgresStore({ connectionString: db.url, poolSize: 4 }),
+        await openPostgresStore({ connectionString: db.url, poolSize: 4 }),
+      ];
+      try {
+        const account = `acct-${randomUUID()}`;
+        const RATE = 40;
+        const started = performance.now();
+        // 2 x 40 leases of 3 tokens at once, 240 wanted from a bucket of 40 refilled at 40 a second.
+        const leases = await Promise.all(
+          stores.flatMap((store) => Array.from({ length: 40 }, () => store.leaseRateTokens(account, RATE, 3))),
+        );
+        const elapsedS = (performance.now() - started) / 1000;
+        const granted = leases.reduce((sum, l) => sum + l.granted, 0);
+        // All of the full bucket went, and no more than what it refilled while the leases ran (the database read its
+        // clock within the test's interval).
+        expect(granted).toBeGreaterThanOrEqual(RATE);
+        expect(granted).toBeLessThanOrEqual(RATE + Math.floor(elapsedS * RATE));
+        expect(leases.every((l) => l.granted >= 0 && l.granted <= 3)).toBe(true);
+        // Both processes were answered by the same bucket: an empty lease says when the next token comes.
+        expect(leases.filter((l) => l.granted === 0).every((l) => l.nextTokenInMs > 0)).toBe(true);
+      } finally {
+        await Promise.all(stores.map((s) => s.close()));
+      }
+    });
+
+    it('deletes the bucket with the webhook', async () => {
+      const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+      try {
+        const account = `acct-${randomUUID()}`;
+        await store.upsertWebhook(
+          account,
+          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+          T0,
+        );
+        await store.leaseRateTokens(account, 5, 5);
+        const rows = async () =>
+          (await sql(db.url, 'SELECT count(*)::int AS n FROM rate_buckets WHERE account_id = $1', [account])).rows[0].n;
+        expect(await rows()).toBe(1);
+        expect(await store.deleteWebhook(account)).toBe(true);
+        expect(await rows()).toBe(0);
+      } finally {
+        await store.close();
+      }
+    });
+  });
 });

@@ -64,6 +64,7 @@ import type {
   Lane,
   PublishInput,
   PublishResult,
+  RateTokenLease,
   RetryResult,
   Store,
   TraceOptions,
@@ -487,6 +488,25 @@ interface QueuedRecord {
 }
 
 /**
+ * Takes up to $3 tokens from the account's shared bucket ($1), refilled at $2 a second up to $2 (see
+ * {@link PostgresStore.leaseRateTokens}). One statement: concurrent leases of one account wait on each other's row lock,
+ * and each then refills and takes from the row as the one before left it (ON CONFLICT DO UPDATE works on the newest
+ * version of the row), so together they never take more than the bucket held. "Now" is read once, by the database
+ * (clock_timestamp(), as EXCLUDED.refilled_at): a lease that waited for the lock may hold a time a little before the
+ * row's, and then refills nothing and leaves the row's time as it is (never a negative refill, never time counted
+ * twice). A new row is a full bucket, less what this lease takes.
+ */
+export const LEASE_RATE_TOKENS_SQL = `INSERT INTO rate_buckets AS b (account_id, tokens, granted, refilled_at)
+SELECT $1, $2::integer - n.g, n.g, clock_timestamp() FROM (SELECT LEAST($3::integer, $2::integer) AS g) n
+ON CONFLICT (account_id) DO UPDATE SET (tokens, granted, refilled_at) = (
+  SELECT t.avail - t.g, t.g, GREATEST(b.refilled_at, EXCLUDED.refilled_at)
+  FROM (SELECT a.avail, LEAST($3::integer, floor(a.avail)::integer) AS g
+        FROM (SELECT LEAST($2::integer::double precision,
+                b.tokens + GREATEST(0, extract(epoch FROM EXCLUDED.refilled_at - b.refilled_at))::double precision
+                  * $2::integer) AS avail) a) t)
+RETURNING granted, tokens`;
+
+/**
  * SQLSTATEs after which the whole transaction is run again: a concurrent transaction won a race on
  * one of the per-contact unique indexes, or a deadlock / serialization failure was broken.
  */
@@ -862,6 +882,8 @@ export class PostgresStore implements Store {
       // replay of one once the account has a webhook again would send them (to whatever URL it has then).
       await c.query('DELETE FROM deliveries WHERE account_id = $1', [accountId]);
       await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
+      // Its shared rate-limit bucket too: the table does not grow with every webhook ever deleted.
+      await c.query('DELETE FROM rate_buckets WHERE account_id = $1', [accountId]);
       return existed;
     });
   }
@@ -1626,6 +1648,21 @@ export class PostgresStore implements Store {
     const due = await this.#query<{ t: string | null }>(STATS_OLDEST_DUE_SQL, [now]);
     const t = due.rows[0]?.t ?? null;
     return { byState, oldestDueAt: t === null ? null : Number(t) };
+  }
+
+  async leaseRateTokens(accountId: string, perSecond: number, want: number): Promise<RateTokenLease> {
+    assertId('accountId', accountId);
+    assertInt('perSecond', perSecond, 1, 1_000_000);
+    assertInt('want', want, 1, perSecond);
+    const { rows } = await this.#run<{ granted: number; tokens: number }>(LEASE_RATE_TOKENS_SQL, [
+      accountId,
+      perSecond,
+      want,
+    ]);
+    const row = rows[0]!;
+    // Whole tokens only are taken: the next one is there once the fraction left has refilled to 1.
+    const nextTokenInMs = row.tokens >= 1 ? 0 : Math.ceil(((1 - row.tokens) * 1000) / perSecond);
+    return { granted: row.granted, nextTokenInMs };
   }
 
   // ---------------------------------------------------------------- outcomes

@@ -139,6 +139,24 @@ ALTER TABLE deliveries ADD CONSTRAINT deliveries_leased_in_flight CHECK ((state 
     // this index no statement of the store needs a sequential scan.
     sql: `CREATE INDEX webhooks_enabled ON webhooks (account_id) WHERE enabled;`,
   },
+  {
+    version: 7,
+    name: 'shared rate-limit buckets',
+    // One token bucket per rate-limited webhook, shared by every process on the database, so that
+    // `rateLimitPerSecond` holds for the service and not for each process (see leaseRateTokens in postgres-store.ts).
+    // Times are the database's clock: processes whose clocks differ still refill one bucket alike. `granted` is what
+    // the last lease took, for that lease's RETURNING (which sees only the new row). A row is deleted with its
+    // webhook; one left behind (a lease racing the delete) is harmless: it is a full bucket a second later, as a new
+    // one starts. Not the withdrawn migration 7 ('lease losses of a delivery'), which a start undoes first.
+    sql: `
+CREATE TABLE rate_buckets (
+  account_id  text COLLATE "C" PRIMARY KEY,
+  tokens      double precision NOT NULL,
+  granted     integer NOT NULL,
+  refilled_at timestamptz NOT NULL
+);
+`,
+  },
 ];
 
 /**
