@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { EndpointLimiter } from './limiter.js';
+import type { RateTokenLease } from '../store/types.js';
+import { EndpointLimiter, type RateTokenSource } from './limiter.js';
 
 describe('EndpointLimiter', () => {
   it('grants at most `limit` slots per key, independently per key', () => {
@@ -254,6 +255,193 @@ describe('EndpointLimiter', () => {
       const l = new EndpointLimiter(2, { clock });
       expect(() => l.setRate('a', 0)).toThrow(/rate/);
       expect(() => l.setRate('a', 1.5)).toThrow(/rate/);
+    });
+  });
+
+  describe('with a shared bucket (a token source: PostgreSQL)', () => {
+    let now: number;
+    const clock = () => now;
+    const advance = (ms: number) => {
+      now += ms;
+      vi.advanceTimersByTime(ms);
+    };
+    /** Lets the promise callbacks of a settled lease run. */
+    const settle = async () => {
+      for (let i = 0; i < 5; i++) await Promise.resolve();
+    };
+    interface Call {
+      key: string;
+      perSecond: number;
+      want: number;
+      resolve: (lease: RateTokenLease) => void;
+      reject: (error: unknown) => void;
+    }
+    /** A source whose leases the test answers, one by one. */
+    const fakeSource = () => {
+      const calls: Call[] = [];
+      const source: RateTokenSource = {
+        lease: (key, perSecond, want) =>
+          new Promise<RateTokenLease>((resolve, reject) => calls.push({ key, perSecond, want, resolve, reject })),
+      };
+      return { calls, source };
+    };
+    beforeEach(() => {
+      now = 1_000;
+      vi.useFakeTimers();
+    });
+    afterEach(() => {
+      vi.useRealTimers();
+    });
+
+    it('takes tokens only from leases, never by time, one lease at a time per key, sized for its waiters', async () => {
+      const { calls, source } = fakeSource();
+      const l = new EndpointLimiter(10, { clock, tokenSource: source });
+      l.setRate('a', 20);
+      // No token until a lease brings some, however long it waits; a miss alone asks for none (its claim is what
+      // waits or is given back).
+      expect(l.tryAcquire('a')).toBe(false);
+      advance(5_000);
+      expect(l.tryAcquire('a')).toBe(false);
+      expect(calls).toHaveLength(0);
+
+      const granted: number[] = [];
+      const waits = [0, 1, 2].map((i) => l.acquire('a').then((g) => g && granted.push(i)));
+      // The first waiter asked for a tenth of a second's worth (2); the others wait for that lease.
+      expect(calls.map((c) => [c.key, c.perSecond, c.want])).toEqual([['a', 20, 2]]);
+      expect(l.saturated()).toEqual(['a']);
+      calls[0]!.resolve({ granted: 2, nextTokenInMs: 0 });
+      await settle();
+      expect(granted).toEqual([0, 1]);
+      // Still one waiter: the next lease, once the first came back.
+      expect(calls).toHaveLength(2);
+      // The shared bucket is empty (other processes took it): the key waits for its next token, then asks again.
+      calls[1]!.resolve({ granted: 0, nextTokenInMs: 40 });
+      await settle();
+      expect(l.tokenWaitMs('a')).toBe(40 + 50); // its next token, then one more at 20 a second for the one queued now
+      advance(39);
+      expect(calls).toHaveLength(2);
+      advance(1);
+      expect(calls).toHaveLength(3);
+      calls[2]!.resolve({ granted: 2, nextTokenInMs: 0 });
+      await Promise.all(waits);
+      expect(granted).toEqual([0, 1, 2]);
+      // The token left over is there for the next caller, with no lease.
+      expect(l.tryAcquire('a')).toBe(true);
+      expect(l.inFlight('a')).toBe(4);
+      expect(calls).toHaveLength(3);
+      // Many waiters: a lease asks for all of them, never more than a second's worth.
+      l.setRate('b', 20);
+      void l.acquire('b');
+      expect(calls.at(-1)).toMatchObject({ key: 'b', want: 2 });
+      calls.at(-1)!.resolve({ granted: 0, nextTokenInMs: 10 });
+      await settle();
+      for (let i = 0; i < 29; i++) void l.acquire('b');
+      advance(10);
+      expect(calls.at(-1)).toMatchObject({ key: 'b', want: 20 });
+      expect(calls).toHaveLength(5);
+    });
+
+    it('lets leased tokens left unused expire after leasedTokenTtlMs: no saving up for a later burst', async () => {
+      const { calls, source } = fakeSource();
+      const l = new EndpointLimiter(100, { clock, tokenSource: source, leasedTokenTtlMs: 250 });
+      l.setRate('a', 100);
+      const first = l.acquire('a');
+      expect(calls[0]!.want).toBe(10);
+      // A slow answer: the tokens' 250 ms count from the ask, when the shared bucket may have handed them out already.
+      advance(100);
+      calls[0]!.resolve({ granted: 10, nextTokenInMs: 0 });
+      expect(await first).toBe(true);
+      // 9 tokens left, for 150 ms more.
+      advance(149);
+      expect(l.tryAcquire('a')).toBe(true);
+      advance(1);
+      expect(l.tryAcquire('a')).toBe(false);
+      // Without a token but no lease on its way: claimable, so that its next claim asks for tokens.
+      expect(l.saturated()).toEqual([]);
+      expect(calls).toHaveLength(1);
+    });
+
+    it("calls onReady when a lease brings tokens with nobody left waiting, or when the shared bucket's next token is due", async () => {
+      const { calls, source } = fakeSource();
+      const onReady = vi.fn();
+      const l = new EndpointLimiter(4, { clock, tokenSource: source, onReady });
+      l.setRate('a', 5);
+      const controller = new AbortController();
+      const waiting = l.acquire('a', controller.signal);
+      controller.abort();
+      expect(await waiting).toBe(false);
+      // Left out of claims while its lease is on its way.
+      expect(l.saturated()).toEqual(['a']);
+      calls[0]!.resolve({ granted: 1, nextTokenInMs: 0 });
+      await settle();
+      expect(onReady).toHaveBeenCalledTimes(1);
+      expect(l.saturated()).toEqual([]);
+      expect(l.tryAcquire('a')).toBe(true);
+
+      const next = l.acquire('a', controller.signal);
+      expect(await next).toBe(false); // the signal was aborted already: it did not queue
+      const queued = new AbortController();
+      const again = l.acquire('a', queued.signal);
+      queued.abort();
+      await again;
+      calls[1]!.resolve({ granted: 0, nextTokenInMs: 200 });
+      await settle();
+      expect(onReady).toHaveBeenCalledTimes(1);
+      expect(l.saturated()).toEqual(['a']);
+      advance(200);
+      expect(onReady).toHaveBeenCalledTimes(2);
+      expect(l.saturated()).toEqual([]);
+      expect(calls).toHaveLength(2);
+    });
+
+    it('does not wedge a key whose lease fails: asks again after leaseRetryMs, reporting once per streak', async () => {
+      const { calls, source } = fakeSource();
+      const errors: unknown[] = [];
+      let throwNext = false;
+      const throwing: RateTokenSource = {
+        lease: (key, perSecond, want) => {
+          if (throwNext) throw new Error('thrown');
+          return source.lease(key, perSecond, want);
+        },
+      };
+      const l = new EndpointLimiter(4, {
+        clock,
+        tokenSource: throwing,
+        leaseRetryMs: 100,
+        onLeaseError: (key, error) => errors.push([key, (error as Error).message]),
+      });
+      l.setRate('a', 5);
+      const waiting = l.acquire('a');
+      calls[0]!.reject(new Error('connection refused'));
+      await settle();
+      expect(errors).toEqual([['a', 'connection refused']]);
+      // It waits, claims leave it out meanwhile, then it asks again.
+      expect(l.saturated()).toEqual(['a']);
+      expect(l.tokenWaitMs('a')).toBe(100 + 200);
+      advance(99);
+      expect(calls).toHaveLength(1);
+      throwNext = true;
+      advance(1);
+      await settle();
+      // A source that throws is a failed lease as well; same streak, not reported again.
+      expect(errors).toHaveLength(1);
+      throwNext = false;
+      advance(100);
+      expect(calls).toHaveLength(2);
+      calls[1]!.resolve({ granted: 1, nextTokenInMs: 200 });
+      expect(await waiting).toBe(true);
+      // A success ended the streak: the next failure is reported again.
+      const next = l.acquire('a');
+      advance(200);
+      calls[2]!.reject(new Error('timeout'));
+      await settle();
+      expect(errors).toEqual([
+        ['a', 'connection refused'],
+        ['a', 'timeout'],
+      ]);
+      advance(100);
+      calls[3]!.resolve({ granted: 1, nextTokenInMs: 200 });
+      expect(await next).toBe(true);
     });
   });
 });

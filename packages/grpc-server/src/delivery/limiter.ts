@@ -3,8 +3,23 @@
  * account has one webhook), and, for a key given a rate, at most that many attempts begun per second (the
  * webhook's `rateLimitPerSecond`). Claims that arrive for a key at either limit wait here, in FIFO order, for that
  * key only, so a slow or rate-limited endpoint never holds a slot another endpoint could use.
- * @see ARCHITECTURE "Decisions" §4 (isolation)
+ *
+ * The rate has two modes:
+ * - Own bucket (no {@link EndpointLimiterOptions.tokenSource}; SQLite, one process): a token bucket per key, refilled
+ *   by time. Over any window of W seconds at most `rate × (1 + W)` attempts begin.
+ * - Shared bucket (a token source; PostgreSQL, where several processes send for one webhook): the key's tokens come
+ *   only from the source, the bucket every process shares (`Store.leaseRateTokens`), leased a few at a time when the
+ *   key runs short (about a tenth of a second's worth, at least what its waiters need, at most a second's worth) by
+ *   one lease at a time per key. Leased tokens left unused expire `leasedTokenTtlMs` (T, 250 ms) after their lease was
+ *   asked for, so a process cannot save them up and burst later. A token used in a window was granted by the shared
+ *   bucket at most T before it (by the database's clock and the process's running at the same speed), and the shared
+ *   bucket hands out at most `rate × (1 + W + T)` tokens over W + T seconds: over any window of W seconds the endpoint
+ *   sees at most `rate × (1 + W + T)` attempts begun from all the processes together (2.25 × rate in a second), where
+ *   N processes with a bucket each began up to `N × rate × (1 + W)`. The `limit` on attempts in flight stays per process.
+ * @see ARCHITECTURE "Decisions" §4 (isolation), POSTGRES.md "Limits"
  */
+
+import type { RateTokenLease } from '../store/types.js';
 
 interface Waiter {
   grant: (granted: boolean) => void;
@@ -12,9 +27,10 @@ interface Waiter {
 }
 
 /**
- * A token bucket: `tokens` at time `at` (milliseconds of the limiter's clock), refilled at `perSecond` tokens a
- * second up to `perSecond` (one second's worth): after a quiet spell up to `perSecond` attempts may begin at once,
- * and never more than `perSecond` in any second after the first.
+ * A token bucket. Own bucket: `tokens` at time `at` (milliseconds of the limiter's clock), refilled at `perSecond`
+ * tokens a second up to `perSecond` (one second's worth): after a quiet spell up to `perSecond` attempts may begin at
+ * once, and never more than `perSecond` in any second after the first. Shared bucket: `tokens` are whole tokens leased
+ * from the source, never refilled by time, which expire at `at`.
  */
 interface Bucket {
   perSecond: number;
@@ -26,9 +42,27 @@ interface KeyState {
   inFlight: number;
   waiters: Waiter[];
   bucket: Bucket | null;
-  /** Set while waiting for the bucket's next token (for a waiter, or to say the key is claimable again). */
+  /**
+   * Set while waiting for the bucket's next token (for a waiter, or to say the key is claimable again); with a shared
+   * bucket, for the shared bucket's next token or for the retry after a failed lease, until `readyAt`.
+   */
   timer: NodeJS.Timeout | null;
+  /** Shared bucket: when the timer ends (milliseconds of the limiter's clock). */
+  readyAt: number;
+  /** Shared bucket: a lease of this key is on its way (one at a time). */
+  leasing: boolean;
 }
+
+/** Where the tokens of shared buckets come from: `Store.leaseRateTokens`, keyed like the limiter. */
+export interface RateTokenSource {
+  /** Takes up to `want` (1 to `perSecond`) tokens of the key's shared bucket, which holds at most `perSecond`. */
+  lease(key: string, perSecond: number, want: number): Promise<RateTokenLease>;
+}
+
+/** Default of {@link EndpointLimiterOptions.leasedTokenTtlMs} (milliseconds). */
+export const LEASED_TOKEN_TTL_MS = 250;
+/** Default of {@link EndpointLimiterOptions.leaseRetryMs} (milliseconds). */
+export const LEASE_RETRY_MS = 100;
 
 export interface EndpointLimiterOptions {
   /** Milliseconds of a monotonic clock. Default `performance.now`. */
@@ -38,6 +72,23 @@ export interface EndpointLimiterOptions {
    * nobody waiting for it: its deliveries can be claimed again (the engine wakes its lanes).
    */
   onReady?: () => void;
+  /**
+   * The bucket every process shares, for keys with a rate (PostgreSQL). Default none: each limiter refills a bucket of
+   * its own by time, which is the whole service's only when it runs in one process.
+   */
+  tokenSource?: RateTokenSource;
+  /**
+   * How long leased tokens may wait unused (milliseconds) before they expire: the T of the bound in the class comment.
+   * Default {@link LEASED_TOKEN_TTL_MS}.
+   */
+  leasedTokenTtlMs?: number;
+  /** How long after a failed lease (milliseconds) its key asks again. Default {@link LEASE_RETRY_MS}. */
+  leaseRetryMs?: number;
+  /**
+   * Called when a lease fails (the database is unreachable), once per streak of failures over every key: a lease that
+   * succeeds ends the streak. The key's claims wait meanwhile, and leases are tried again every `leaseRetryMs`.
+   */
+  onLeaseError?: (key: string, error: unknown) => void;
 }
 
 export class EndpointLimiter {
@@ -45,6 +96,12 @@ export class EndpointLimiter {
   readonly #keys = new Map<string, KeyState>();
   readonly #clock: () => number;
   readonly #onReady: () => void;
+  readonly #source: RateTokenSource | null;
+  readonly #leasedTokenTtlMs: number;
+  readonly #leaseRetryMs: number;
+  readonly #onLeaseError: (key: string, error: unknown) => void;
+  /** The last lease failed: the next failure is not reported again (see `onLeaseError`). */
+  #leaseFailing = false;
   #waiting = 0;
 
   /** @param limit at most this many concurrent slots per key (a positive integer). */
@@ -55,6 +112,18 @@ export class EndpointLimiter {
     this.#limit = limit;
     this.#clock = options.clock ?? (() => performance.now());
     this.#onReady = options.onReady ?? (() => {});
+    this.#source = options.tokenSource ?? null;
+    this.#leasedTokenTtlMs = options.leasedTokenTtlMs ?? LEASED_TOKEN_TTL_MS;
+    this.#leaseRetryMs = options.leaseRetryMs ?? LEASE_RETRY_MS;
+    this.#onLeaseError = options.onLeaseError ?? (() => {});
+    for (const [name, value] of [
+      ['leasedTokenTtlMs', this.#leasedTokenTtlMs],
+      ['leaseRetryMs', this.#leaseRetryMs],
+    ] as const) {
+      if (!Number.isSafeInteger(value) || value <= 0) {
+        throw new RangeError(`limiter ${name} must be a positive integer, got ${String(value)}`);
+      }
+    }
   }
 
   get limit(): number {
@@ -78,8 +147,8 @@ export class EndpointLimiter {
 
   /**
    * Sets the most attempts per second that may begin for `key` (a positive integer), or removes its limit
-   * (`undefined`). A new limit starts with a full bucket; a changed one keeps the tokens it had, up to the new size.
-   * Waiters the change allows are granted at once.
+   * (`undefined`). A new limit starts with a full bucket (a shared one: with no token, the first lease brings them); a
+   * changed one keeps the tokens it had, up to the new size. Waiters the change allows are granted at once.
    */
   setRate(key: string, perSecond: number | undefined): void {
     if (perSecond !== undefined && (!Number.isSafeInteger(perSecond) || perSecond <= 0)) {
@@ -90,13 +159,15 @@ export class EndpointLimiter {
     if (perSecond === undefined) {
       state.bucket = null;
     } else if (state.bucket === null) {
-      state.bucket = { perSecond, tokens: perSecond, at: this.#clock() };
+      state.bucket =
+        this.#source === null ? { perSecond, tokens: perSecond, at: this.#clock() } : { perSecond, tokens: 0, at: 0 };
     } else {
-      this.#refill(state.bucket);
+      state.bucket.tokens = Math.min(this.#tokens(state.bucket), perSecond);
       state.bucket.perSecond = perSecond;
-      state.bucket.tokens = Math.min(state.bucket.tokens, perSecond);
     }
-    if (state.timer !== null) {
+    // An own bucket's timer counts at the old rate. A shared bucket's waits for the shared bucket (or a retry), which
+    // the next lease tells about under the new rate: it stays.
+    if (state.timer !== null && this.#source === null) {
       clearTimeout(state.timer);
       state.timer = null;
     }
@@ -111,7 +182,9 @@ export class EndpointLimiter {
   tryAcquire(key: string): boolean {
     const state = this.#state(key);
     if (state.inFlight >= this.#limit || state.waiters.length > 0 || !this.#take(state)) {
-      this.#gc(key, state);
+      // A key with a rate is kept, with its rate, for the acquire that may follow (saturated() drops it if none comes):
+      // dropped here, a shared bucket (idle, no token) would come back from acquire without a rate.
+      if (state.bucket === null) this.#gc(key, state);
       return false;
     }
     state.inFlight += 1;
@@ -160,17 +233,25 @@ export class EndpointLimiter {
   /**
    * For a key with a rate: how long (ms) a caller that queued now would wait for its token, behind the waiters
    * already there (0 when a token is there for it). 0 for a key without a rate. Waits for a slot are not counted.
+   * A shared bucket's is an estimate: the shared bucket's next token when a lease said when (else at once), then one
+   * token every 1/rate s, as if this process had the shared bucket to itself (others leasing make the wait longer).
    */
   tokenWaitMs(key: string): number {
     const state = this.#keys.get(key);
     if (state?.bucket == null) return 0;
-    const short = state.waiters.length + 1 - this.#refill(state.bucket);
-    return short <= 0 ? 0 : Math.ceil((short * 1000) / state.bucket.perSecond);
+    const short = state.waiters.length + 1 - this.#tokens(state.bucket);
+    if (short <= 0) return 0;
+    if (this.#source === null) return Math.ceil((short * 1000) / state.bucket.perSecond);
+    const next = state.timer === null ? 0 : Math.max(0, state.readyAt - this.#clock());
+    return Math.ceil(next + ((short - 1) * 1000) / state.bucket.perSecond);
   }
 
   /**
    * Keys that must not be claimed for now: at their limit, with callers already waiting, or out of tokens
-   * (such a key's next token calls `onReady`). This is the `excludeAccounts` list given to `Store.claimDue`.
+   * (such a key's next token calls `onReady`). This is the `excludeAccounts` list given to `Store.claimDue`. A key
+   * with a shared bucket is out of tokens only while a lease is on its way or the shared bucket is known to be empty:
+   * else its next claim is what asks for tokens (a lease for each idle key at every claim would drain the shared
+   * bucket for nothing).
    */
   saturated(): string[] {
     const keys: string[] = [];
@@ -191,7 +272,9 @@ export class EndpointLimiter {
    * when nobody waits), unless it already is.
    */
   #outOfTokens(key: string, state: KeyState): boolean {
-    if (state.bucket === null || this.#refill(state.bucket) >= 1) return false;
+    if (state.bucket === null || this.#tokens(state.bucket) >= 1) return false;
+    // A shared bucket's lease or wait ends by calling onReady when nobody waits (see #leased and #waitShared).
+    if (this.#source !== null) return state.leasing || state.timer !== null;
     this.#armTimer(key, state);
     return true;
   }
@@ -200,7 +283,8 @@ export class EndpointLimiter {
   #pump(key: string, state: KeyState): void {
     while (state.waiters.length > 0 && state.inFlight < this.#limit) {
       if (!this.#take(state)) {
-        this.#armTimer(key, state);
+        if (this.#source === null) this.#armTimer(key, state);
+        else this.#lease(key, state);
         return;
       }
       const next = state.waiters.shift()!;
@@ -233,6 +317,89 @@ export class EndpointLimiter {
     state.timer.unref();
   }
 
+  /**
+   * Asks the shared bucket for tokens for `key`, unless a lease is on its way or the key waits (for the shared bucket's
+   * next token, or to retry). Enough for its waiters, at least a tenth of a second's worth (fewer statements at high
+   * rates), at most a second's worth (what the shared bucket holds).
+   */
+  #lease(key: string, state: KeyState): void {
+    const source = this.#source;
+    const bucket = state.bucket;
+    if (source === null || bucket === null || state.leasing || state.timer !== null) return;
+    state.leasing = true;
+    const perSecond = bucket.perSecond;
+    const want = Math.min(perSecond, Math.max(Math.ceil(perSecond / 10), state.waiters.length));
+    // The tokens' expiry counts from before the source took them, not from its answer: a slow answer cannot stretch T.
+    const askedAt = this.#clock();
+    // A source that throws instead of rejecting is a failed lease too, not an exception in the caller's pump.
+    new Promise<RateTokenLease>((resolve) => resolve(source.lease(key, perSecond, want))).then(
+      (lease) => this.#leased(key, state, want, askedAt, lease),
+      (error: unknown) => this.#leaseFailed(key, state, error),
+    );
+  }
+
+  #leased(key: string, state: KeyState, want: number, askedAt: number, lease: RateTokenLease): void {
+    state.leasing = false;
+    this.#leaseFailing = false;
+    const bucket = state.bucket;
+    // The rate was removed meanwhile: its waiters were granted then; the tokens are not needed.
+    if (this.#keys.get(key) !== state || bucket === null) {
+      this.#gc(key, state);
+      return;
+    }
+    const granted = Math.max(0, Math.min(want, Math.floor(lease.granted)));
+    if (granted > 0) {
+      // Tokens left from before have expired (leases are asked for only when none is left), or are few: all of them
+      // expire together, T after this lease was asked for.
+      bucket.tokens = this.#tokens(bucket) + granted;
+      bucket.at = askedAt + this.#leasedTokenTtlMs;
+    }
+    // Less than asked: the shared bucket is empty until its next token, so the key waits for it instead of asking
+    // again at once (a lease that brought nothing always waits, at least a millisecond).
+    if (granted === 0) this.#waitShared(key, state, Math.max(1, lease.nextTokenInMs));
+    else if (granted < want && lease.nextTokenInMs > 0) this.#waitShared(key, state, lease.nextTokenInMs);
+    const hadWaiters = state.waiters.length > 0;
+    this.#pump(key, state);
+    // Left out of claims while the lease was on its way, nobody waiting: claimable again with the tokens it brought.
+    if (!hadWaiters && this.#tokens(bucket) >= 1) this.#onReady();
+    this.#gc(key, state);
+  }
+
+  #leaseFailed(key: string, state: KeyState, error: unknown): void {
+    state.leasing = false;
+    if (!this.#leaseFailing) {
+      this.#leaseFailing = true;
+      this.#onLeaseError(key, error);
+    }
+    if (this.#keys.get(key) !== state) return;
+    // The key is not wedged: it asks again after a short while (its waiters stay queued, claims leave it out).
+    this.#waitShared(key, state, this.#leaseRetryMs);
+  }
+
+  /**
+   * Shared bucket: waits `ms` before the key may lease again; then its waiters ask for tokens, or, with nobody waiting,
+   * the key is claimable again (`onReady`), and its next claim asks.
+   */
+  #waitShared(key: string, state: KeyState, ms: number): void {
+    if (state.timer !== null) return;
+    state.readyAt = this.#clock() + ms;
+    state.timer = setTimeout(() => {
+      state.timer = null;
+      if (this.#keys.get(key) !== state) return;
+      if (state.waiters.length > 0) this.#pump(key, state);
+      else this.#onReady();
+      this.#gc(key, state);
+    }, ms);
+    state.timer.unref();
+  }
+
+  /** The bucket's tokens now: an own bucket's after its refill since it was last looked at, a shared one's unexpired. */
+  #tokens(bucket: Bucket): number {
+    if (this.#source === null) return this.#refill(bucket);
+    if (bucket.tokens > 0 && this.#clock() >= bucket.at) bucket.tokens = 0;
+    return bucket.tokens;
+  }
+
   /** The bucket's tokens now, after its refill since it was last looked at. */
   #refill(bucket: Bucket): number {
     const now = this.#clock();
@@ -246,7 +413,7 @@ export class EndpointLimiter {
   /** Takes a token of the key's bucket, if it has one (always true for a key without a rate). */
   #take(state: KeyState): boolean {
     if (state.bucket === null) return true;
-    if (this.#refill(state.bucket) < 1) return false;
+    if (this.#tokens(state.bucket) < 1) return false;
     state.bucket.tokens -= 1;
     return true;
   }
@@ -254,17 +421,22 @@ export class EndpointLimiter {
   #state(key: string): KeyState {
     let state = this.#keys.get(key);
     if (!state) {
-      state = { inFlight: 0, waiters: [], bucket: null, timer: null };
+      state = { inFlight: 0, waiters: [], bucket: null, timer: null, readyAt: 0, leasing: false };
       this.#keys.set(key, state);
     }
     return state;
   }
 
   #gc(key: string, state: KeyState): void {
-    // Idle keys are dropped so the map does not grow with every account ever seen; a key with a rate only once its
-    // bucket is full again (dropping it earlier would hand out a fresh bucket's burst too soon).
-    if (state.inFlight !== 0 || state.waiters.length !== 0 || state.timer !== null) return;
-    if (state.bucket !== null && this.#refill(state.bucket) < state.bucket.perSecond) return;
+    // Idle keys are dropped so the map does not grow with every account ever seen; a key with an own bucket only once
+    // it is full again (dropping it earlier would hand out a fresh bucket's burst too soon). A shared bucket starts
+    // empty: one is dropped once no lease is on its way and its leased tokens are used or expired (not earlier, or the
+    // claim that a lease's onReady brings would find none and lease again).
+    if (state.inFlight !== 0 || state.waiters.length !== 0 || state.timer !== null || state.leasing) return;
+    if (state.bucket !== null) {
+      const tokens = this.#tokens(state.bucket);
+      if (this.#source === null ? tokens < state.bucket.perSecond : tokens >= 1) return;
+    }
     this.#keys.delete(key);
   }
 }
