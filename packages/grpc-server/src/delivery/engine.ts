@@ -446,8 +446,26 @@ export class DeliveryEngine {
     const besideRequest = this.options.leaseMs - this.options.requestTimeoutMs;
     this.#startMarginMs = Math.min(5_000, Math.floor(besideRequest / 2));
     this.#maxTokenWaitMs = Math.floor((besideRequest - this.#startMarginMs) / 2);
-    // An endpoint left out of claims for want of a rate-limit token is claimable again with its next one.
-    this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency, { onReady: () => this.wake() });
+    // An endpoint left out of claims for want of a rate-limit token is claimable again with its next one. A store
+    // shared by several processes (PostgreSQL) keeps the rate-limit buckets, so that a webhook's rate holds across
+    // all of them: the limiter leases its tokens from there (see EndpointLimiter for the bound this gives).
+    const store = deps.store;
+    this.#limiter = new EndpointLimiter(this.options.perEndpointConcurrency, {
+      onReady: () => this.wake(),
+      ...(typeof store.leaseRateTokens === 'function'
+        ? {
+            tokenSource: { lease: (key, perSecond, want) => store.leaseRateTokens!(key, perSecond, want) },
+            onLeaseError: (accountId, err) => {
+              // Once per streak of failures (the limiter's rule); a store closed by stop() is no news.
+              if (this.#stopping.signal.aborted) return;
+              this.#log.warn(
+                { err, accountId },
+                'leasing rate-limit tokens from the store failed: rate-limited endpoints wait, and leases are tried again',
+              );
+            },
+          }
+        : {}),
+    });
     // Every claim waiting for its endpoint's slot listens for stop() (removed once granted), up to
     // `maxWaiting` of them, and so does every attempt waiting for its turn to build (#startBuild), up to all those
     // of the lanes (SLOW_LANE_FACTOR times their concurrency), plus the two lanes' idle sleeps: a bounded number,

@@ -16,7 +16,7 @@
  *   bucket hands out at most `rate × (1 + W + T)` tokens over W + T seconds: over any window of W seconds the endpoint
  *   sees at most `rate × (1 + W + T)` attempts begun from all the processes together (2.25 × rate in a second), where
  *   N processes with a bucket each began up to `N × rate × (1 + W)`. The `limit` on attempts in flight stays per process.
- * @see ARCHITECTURE "Decisions" §4 (isolation), POSTGRES.md "Limits"
+ * @see ARCHITECTURE "Decisions" §4 (isolation), POSTGRES.md "A webhook's rate limit is global"
  */
 
 import type { RateTokenLease } from '../store/types.js';
