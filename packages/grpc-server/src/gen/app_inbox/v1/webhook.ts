@@ -191,8 +191,8 @@ export interface UpsertWebhookRequest {
     | undefined;
   /**
    * At most this many requests per second to `url`, 1-10,000; unset or 0: no limit (the default). Deliveries over
-   * the limit wait for their turn (none is dropped, and waiting is not a failed attempt). The limit holds per server
-   * process: N processes on one PostgreSQL database send up to N times it.
+   * the limit wait for their turn (none is dropped, and waiting is not a failed attempt). The limit holds for all the
+   * server processes on one PostgreSQL database together (they share its token bucket; POSTGRES.md).
    */
   rateLimitPerSecond?: number | undefined;
 }
