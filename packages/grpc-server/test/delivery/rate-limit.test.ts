@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DeliveryEngine, type EngineOptions } from '../../src/delivery/index.js';
-import type { Store } from '../../src/store/types.js';
+import type { RateTokenLease, Store } from '../../src/store/types.js';
 import { createTestStore, FAST_BACKOFF, message, waitFor } from './engine-fixtures.js';
 import { startReceiver, type TestReceiver } from './http-receiver.js';
 
@@ -69,5 +69,41 @@ describe('DeliveryEngine with a rate-limited webhook', () => {
 
     expect(released(lines, 'lease too short')).toEqual([]);
     expect(new Set(r.requests.map((req) => req.headers['app-inbox-contact']))).toEqual(new Set(['c1', 'c2']));
+  });
+
+  it('keeps a rate-limited endpoint going through failed leases of a shared bucket, with one warning', async () => {
+    const sqlite = await newStore();
+    const r = await receiver();
+    // The store of several processes (PostgreSQL) as the engine sees it: SQLite's, with a shared bucket whose first
+    // three leases fail (the database unreachable), then grant what is asked.
+    const leases: number[] = [];
+    const leaseRateTokens = (_accountId: string, _perSecond: number, want: number): Promise<RateTokenLease> => {
+      leases.push(want);
+      if (leases.length <= 3) return Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432'));
+      return Promise.resolve({ granted: want, nextTokenInMs: 0 });
+    };
+    const store = new Proxy(sqlite, {
+      get(target, property) {
+        if (property === 'leaseRateTokens') return leaseRateTokens;
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    await store.upsertWebhook(
+      'acc',
+      { url: r.url, enabled: true, maxMessagesPerContact: 1000, rateLimitPerSecond: 10 },
+      Date.now(),
+    );
+    await store.publish({ accountId: 'acc', messages: [message('c1'), message('c2'), message('c3')], now: Date.now() });
+    const lines: string[] = [];
+    engine(store, {}, lines).start();
+    await waitFor(() => r.requests.length >= 3, 'every request, once the leases succeed', 10_000);
+
+    // Its tokens came from the shared bucket only (the failures retried, not the in-memory bucket).
+    expect(leases.length).toBeGreaterThan(3);
+    const warnings = lines.filter((l) => l.includes('leasing rate-limit tokens from the store failed'));
+    expect(warnings).toHaveLength(1);
+    expect(JSON.parse(warnings[0]!)).toMatchObject({ level: 40, accountId: 'acc' });
+    expect(new Set(r.requests.map((req) => req.headers['app-inbox-contact']))).toEqual(new Set(['c1', 'c2', 'c3']));
   });
 });

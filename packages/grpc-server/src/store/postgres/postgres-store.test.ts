@@ -2000,32 +2000,33 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     it('starts full, refills by the database clock at the rate, and never holds more than one second of it', async () => {
       const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
       /**
-       * Leases and checks what came: `granted` exactly, and the wait for the next token within (`minMs`, `maxMs`]: the
-       * bucket keeps refilling between two statements, by the few ms the test takes.
+       * Leases and checks what came: `granted` exactly, and the wait for the next token at most `maxMs`, and more than 0
+       * when `maxMs` is: the bucket keeps refilling between two statements, by the few ms the test takes (more on a
+       * loaded machine), so only the bounds are exact.
        */
-      const lease = async (account: string, rate: number, want: number, granted: number, maxMs: number, minMs = 0) => {
+      const lease = async (account: string, rate: number, want: number, granted: number, maxMs: number) => {
         const got = await store.leaseRateTokens(account, rate, want);
         expect(got.granted).toBe(granted);
         expect(got.nextTokenInMs).toBeLessThanOrEqual(maxMs);
-        if (minMs > 0) expect(got.nextTokenInMs).toBeGreaterThan(minMs);
+        if (maxMs > 0) expect(got.nextTokenInMs).toBeGreaterThan(0);
         return got;
       };
       try {
         const account = `acct-${randomUUID()}`;
         // Full at first: a second's worth, no more, then empty until the next token (1/5 s).
         await lease(account, 5, 3, 3, 0);
-        await lease(account, 5, 5, 2, 200, 150);
-        await lease(account, 5, 5, 0, 200, 0);
+        await lease(account, 5, 5, 2, 200);
+        await lease(account, 5, 5, 0, 200);
         // 450 ms later: two tokens and a quarter of one.
         await age(account, 450);
-        await lease(account, 5, 5, 2, 150, 100);
+        await lease(account, 5, 5, 2, 150);
         // An hour later: still one second's worth.
         await age(account, 3_600_000);
-        await lease(account, 5, 5, 5, 200, 150);
+        await lease(account, 5, 5, 5, 200);
         // A lowered rate holds the bucket to its own size at once.
         await age(account, 3_600_000);
         await lease(account, 2, 1, 1, 0);
-        await lease(account, 2, 2, 1, 500, 450);
+        await lease(account, 2, 2, 1, 500);
         // A bad argument is refused before the database is asked.
         await expect(store.leaseRateTokens(account, 5, 6)).rejects.toMatchObject({ code: 'invalid_argument' });
         await expect(store.leaseRateTokens(account, 0, 1)).rejects.toMatchObject({ code: 'invalid_argument' });
