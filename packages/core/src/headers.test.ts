@@ -5,11 +5,13 @@ import {
   CONTACT_HEADER,
   DELIVERY_ID_HEADER,
   SIGNATURE_HEADER,
+  RESERVED_HEADER_NAMES,
   TIMESTAMP_HEADER,
   USER_AGENT,
   basicAuthorization,
   buildRequestHeaders,
   bytesToBase64,
+  isReservedHeaderName,
   percentEncode,
   signStandardWebhook,
 } from './headers.js';
@@ -206,6 +208,64 @@ describe('buildRequestHeaders', () => {
     );
     const unsigned = await buildRequestHeaders({ ...input, timestampSeconds: 1, previousSigningSecret: previous });
     expect(unsigned['webhook-signature']).toBeUndefined();
+  });
+
+  it("adds the webhook's own headers, names in lower case", async () => {
+    const headers = await buildRequestHeaders({
+      deliveryId: 'd',
+      externalCustomerId: 'c-1',
+      body: '[]',
+      timestampSeconds: 1,
+      headers: { 'X-Api-Key': 'k_1', 'x-route': 'eu', authorization: 'Bearer t' },
+    });
+    expect(headers).toEqual({
+      'x-api-key': 'k_1',
+      'x-route': 'eu',
+      authorization: 'Bearer t',
+      'content-type': 'application/json',
+      'user-agent': USER_AGENT,
+      'webhook-id': 'd',
+      'webhook-timestamp': '1',
+      'app-inbox-contact': 'c-1',
+    });
+  });
+
+  it("never lets the webhook's own headers replace the service's, whatever a stored configuration holds", async () => {
+    const own = Object.fromEntries(
+      [...RESERVED_HEADER_NAMES, 'App-Inbox-Contact', 'app-inbox-later', 'proxy-authorization', 'Authorization'].map(
+        (name) => [name, 'forged'],
+      ),
+    );
+    const headers = await buildRequestHeaders({
+      deliveryId: VECTOR.msgId,
+      externalCustomerId: 'c-1',
+      body: VECTOR.payload,
+      timestampSeconds: VECTOR.timestamp,
+      auth: { type: 'basic', username: 'Aladdin', password: 'open sesame' },
+      signingSecret: VECTOR.secret,
+      headers: own,
+    });
+    expect(Object.values(headers)).not.toContain('forged');
+    expect(headers).toMatchObject({
+      'content-type': 'application/json',
+      'user-agent': USER_AGENT,
+      authorization: 'Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==',
+      'webhook-signature': VECTOR.signature,
+      'app-inbox-contact': 'c-1',
+    });
+  });
+
+  it('reserves the names the service sends and the connection and framing ones, in any case', () => {
+    for (const name of [CONTACT_HEADER, DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER, 'user-agent']) {
+      expect(isReservedHeaderName(name), name).toBe(true);
+      expect(isReservedHeaderName(name.toUpperCase()), name).toBe(true);
+    }
+    for (const name of ['Host', 'TE', 'Proxy-Anything', 'app-inbox-x', 'Transfer-Encoding']) {
+      expect(isReservedHeaderName(name), name).toBe(true);
+    }
+    for (const name of ['authorization', 'x-api-key', 'webhook-other', 'proxy', 'x-app-inbox-contact']) {
+      expect(isReservedHeaderName(name), name).toBe(false);
+    }
   });
 
   it('rejects an empty delivery id and a bad timestamp', async () => {

@@ -28,6 +28,50 @@ export const CONTACT_HEADER = 'app-inbox-contact';
 /** The User-Agent of every request. */
 export const USER_AGENT = `app-inbox-webhooks/${VERSION}`;
 
+/**
+ * Header names a webhook's own headers ({@link RequestHeadersInput.headers}) may not use, lower case: the ones this
+ * service sets on every request (a customer's copy would be overwritten, or would change what the signature and the
+ * contract mean), and the ones that describe the connection or the body's framing, which the HTTP client owns (RFC
+ * 9110 §7.6.1 connection options, RFC 9112 §6 framing): a customer's `content-length` or `transfer-encoding` would
+ * make the request unreadable, and `expect` or `upgrade` would change the exchange itself. `content-encoding` would
+ * tell the receiver to decode a body that is not encoded. `authorization` is not here: it is allowed when the
+ * webhook has no Basic auth (a bearer token), and refused with it by the configuration's schema.
+ * @see RFC 9110 §7.6.1, RFC 9112 §6, Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`)
+ */
+export const RESERVED_HEADER_NAMES: readonly string[] = [
+  'host',
+  'content-type',
+  'content-length',
+  'content-encoding',
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'upgrade',
+  'http2-settings',
+  'te',
+  'trailer',
+  'expect',
+  'user-agent',
+  DELIVERY_ID_HEADER,
+  TIMESTAMP_HEADER,
+  SIGNATURE_HEADER,
+];
+
+/**
+ * Prefixes of reserved header names: `proxy-*` is meant for a proxy on the way, never the receiver (RFC 9110 §11.7),
+ * and `app-inbox-*` is this service's own namespace ({@link CONTACT_HEADER} and any header it adds later), so a
+ * header it starts sending can never clash with one a customer configured.
+ */
+export const RESERVED_HEADER_PREFIXES: readonly string[] = ['proxy-', 'app-inbox-'];
+
+const RESERVED_NAME_SET = new Set(RESERVED_HEADER_NAMES);
+
+/** Whether a webhook's own headers may not use `name` (any case): see {@link RESERVED_HEADER_NAMES}. */
+export function isReservedHeaderName(name: string): boolean {
+  const lower = name.toLowerCase();
+  return RESERVED_NAME_SET.has(lower) || RESERVED_HEADER_PREFIXES.some((prefix) => lower.startsWith(prefix));
+}
+
 const SECRET_PREFIX = 'whsec_';
 const utf8 = new TextEncoder();
 
@@ -134,12 +178,19 @@ export interface RequestHeadersInput {
    * the current one first, as Standard Webhooks allows. Ignored without `signingSecret`.
    */
   previousSigningSecret?: string;
+  /**
+   * The webhook's own static headers (an API key, a routing header), sent on every attempt. Names are
+   * case-insensitive; the configuration's schema has already refused the reserved ones. A reserved name found here
+   * anyway (a configuration stored by hand) is left out, and so is `authorization` when `auth` is set: the service's
+   * own headers always win.
+   */
+  headers?: Readonly<Record<string, string>>;
 }
 
 /**
  * The headers of one attempt, names in lower case: `content-type: application/json`, `user-agent`,
- * `webhook-id`, `webhook-timestamp`, `app-inbox-contact`, plus `authorization` with Basic auth and
- * `webhook-signature` with a signing secret.
+ * `webhook-id`, `webhook-timestamp`, `app-inbox-contact`, plus `authorization` with Basic auth,
+ * `webhook-signature` with a signing secret, and the webhook's own headers.
  * @see SPEC §4 (POST, JSON, stable delivery identifier)
  */
 export async function buildRequestHeaders(input: RequestHeadersInput): Promise<Record<string, string>> {
@@ -148,13 +199,21 @@ export async function buildRequestHeaders(input: RequestHeadersInput): Promise<R
   if (!Number.isSafeInteger(input.timestampSeconds) || input.timestampSeconds < 0) {
     throw new CoreError('invalid_argument', 'timestampSeconds must be a non-negative integer');
   }
-  const headers: Record<string, string> = {
+  const headers: Record<string, string> = {};
+  // The webhook's own headers first, so that every header the service sets below is written over any of the same
+  // name; a reserved one is not even copied (it could only come from a configuration the schema never saw).
+  for (const [name, value] of Object.entries(input.headers ?? {})) {
+    const lower = name.toLowerCase();
+    if (isReservedHeaderName(lower) || (lower === 'authorization' && input.auth !== undefined)) continue;
+    headers[lower] = value;
+  }
+  Object.assign(headers, {
     'content-type': 'application/json',
     'user-agent': USER_AGENT,
     [DELIVERY_ID_HEADER]: input.deliveryId,
     [TIMESTAMP_HEADER]: String(input.timestampSeconds),
     [CONTACT_HEADER]: percentEncode(input.externalCustomerId),
-  };
+  });
   if (input.auth !== undefined) headers.authorization = basicAuthorization(input.auth.username, input.auth.password);
   if (input.signingSecret !== undefined) {
     const sign = (secret: string) => signStandardWebhook(secret, input.deliveryId, input.timestampSeconds, input.body);

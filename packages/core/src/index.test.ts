@@ -42,6 +42,10 @@ describe('@app-inbox/core public API', () => {
       'basicAuthorization',
       'signStandardWebhook',
       'buildRequestHeaders',
+      'webhookHeadersSchema',
+      'RESERVED_HEADER_NAMES',
+      'RESERVED_HEADER_PREFIXES',
+      'isReservedHeaderName',
       'CoreError',
     ];
     for (const name of names) expect(core, name).toHaveProperty(name);

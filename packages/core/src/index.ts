@@ -20,6 +20,7 @@ export {
   basicAuthSchema,
   signingSecretSchema,
   webhookConfigSchema,
+  webhookHeadersSchema,
   formatPath,
   utf8ByteLength,
   validate,
@@ -67,12 +68,15 @@ export type { BackoffOptions, DecideRetryInput, RetryDecision } from './backoff.
 export {
   CONTACT_HEADER,
   DELIVERY_ID_HEADER,
+  RESERVED_HEADER_NAMES,
+  RESERVED_HEADER_PREFIXES,
   TIMESTAMP_HEADER,
   SIGNATURE_HEADER,
   USER_AGENT,
   basicAuthorization,
   buildRequestHeaders,
   bytesToBase64,
+  isReservedHeaderName,
   percentEncode,
   signStandardWebhook,
 } from './headers.js';

@@ -59,6 +59,10 @@ describe('LIMITS', () => {
       maxMessagesPerContact: 10_000,
       minRateLimitPerSecond: 1,
       maxRateLimitPerSecond: 10_000,
+      maxHeaders: 20,
+      headerNameLength: 256,
+      headerValueBytes: 4_096,
+      headersTotalBytes: 16_384,
     });
   });
 });
@@ -438,6 +442,194 @@ describe('webhookConfigSchema', () => {
     });
   });
 
+  describe('headers', () => {
+    const url = 'https://x.example';
+    const check = (headers: unknown, extra: Record<string, unknown> = {}) =>
+      validateWebhookConfig({ url, headers, ...extra });
+
+    it('accepts tokens as names and visible ASCII as values, stored with lower-case names', () => {
+      const headers = {
+        'X-Api-Key': 'k_123 456\tend',
+        "!#$%&'*+-.^_`|~09azAZ": '~',
+        Authorization: 'Bearer abc',
+      };
+      const result = check(headers);
+      expect(result).toEqual({
+        ok: true,
+        value: {
+          url,
+          maxMessagesPerContact: 1000,
+          enabled: true,
+          headers: { 'x-api-key': 'k_123 456\tend', "!#$%&'*+-.^_`|~09azaz": '~', authorization: 'Bearer abc' },
+        },
+      });
+    });
+
+    it('accepts exactly the limits: 20 headers, a 256-character name, a 4,096-byte value, 16 KiB in all', () => {
+      const twenty = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`x-h${i}`, 'v']));
+      expect(check(twenty).ok).toBe(true);
+      expect(check({ ['n'.repeat(256)]: 'v' }).ok).toBe(true);
+      expect(check({ 'x-a': 'v'.repeat(4_096) }).ok).toBe(true);
+      // Four names of 4 characters and values of 4,092 bytes: 16,384 bytes.
+      const full = Object.fromEntries(['x-a1', 'x-a2', 'x-a3', 'x-a4'].map((n) => [n, 'v'.repeat(4_092)]));
+      expect(check(full).ok).toBe(true);
+    });
+
+    it('refuses more than 20 headers, and then names only the count', () => {
+      const many = Object.fromEntries(Array.from({ length: 21 }, (_, i) => [`x-h${i}`, i === 0 ? '' : 'v']));
+      expect(violations(check(many))).toEqual([{ field: 'headers', description: 'must have at most 20 headers' }]);
+    });
+
+    it('refuses more than 16 KiB of names and values together', () => {
+      const over = Object.fromEntries(['x-a1', 'x-a2', 'x-a3', 'x-a4'].map((n) => [n, 'v'.repeat(4_092)]));
+      over['x-a4'] += 'v';
+      expect(violations(check(over))).toEqual([
+        { field: 'headers', description: 'names and values together must be at most 16384 bytes' },
+      ]);
+    });
+
+    it('refuses a name that is not an HTTP token or is too long, counting it and never repeating it', () => {
+      const names = ['X-Api-Key: k_secret_1', 'x api', '', 'ünï', 'x(y)', 'a"b'];
+      const bad = Object.fromEntries(names.map((n) => [n, 'v']));
+      const found = violations(check({ ...bad, ['n'.repeat(257)]: 'v', 'x-ok': 'v' }));
+      expect(found).toEqual([
+        { field: 'headers', description: 'has 1 header name longer than 256 characters' },
+        {
+          field: 'headers',
+          description:
+            'has 6 header names that are not an HTTP token (RFC 9110 §5.6.2: one or more letters, digits or ' +
+            "!#$%&'*+-.^_`|~; not repeated here: it may hold a value)",
+        },
+      ]);
+      expect(JSON.stringify(found)).not.toContain('k_secret_1');
+      expect(JSON.stringify(found)).not.toContain('x api');
+    });
+
+    it('refuses two names that differ only in case, naming the header in lower case', () => {
+      expect(violations(check({ 'X-Api-Key': 'a', 'x-api-key': 'b', 'X-API-KEY': 'c' }))).toEqual([
+        { field: 'headers["x-api-key"]', description: 'is given more than once (header names are case-insensitive)' },
+      ]);
+    });
+
+    it.each([
+      'Host',
+      'content-type',
+      'Content-Length',
+      'content-encoding',
+      'transfer-encoding',
+      'connection',
+      'keep-alive',
+      'upgrade',
+      'http2-settings',
+      'te',
+      'trailer',
+      'expect',
+      'User-Agent',
+      'webhook-id',
+      'Webhook-Timestamp',
+      'webhook-signature',
+      'app-inbox-contact',
+      'App-Inbox-Anything',
+      'proxy-authorization',
+      'Proxy-Connection',
+    ])('refuses the reserved name %j, naming it', (name) => {
+      expect(violations(check({ [name]: 'v' }))).toEqual([
+        {
+          field: `headers["${name.toLowerCase()}"]`,
+          description: 'is a header the service sets itself or that would break the request: use another name',
+        },
+      ]);
+    });
+
+    it('names a header whose name looks like a field in brackets: never taken for one', () => {
+      expect(fields(check({ auth: '' }))).toEqual(['headers["auth"]']);
+    });
+
+    it.each([
+      ['', 'must not be empty'],
+      ['v'.repeat(4_097), 'must be at most 4096 bytes'],
+      [
+        'k_secret\r\nx-evil: 1',
+        'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)',
+      ],
+      [
+        'k_secret\n',
+        'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)',
+      ],
+      [
+        'k_secret\u0000',
+        'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)',
+      ],
+      [
+        'k_secret\u007f',
+        'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)',
+      ],
+      [
+        'k_secrét',
+        'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)',
+      ],
+      [' k_secret', 'must not start or end with a space or tab'],
+      ['k_secret\t', 'must not start or end with a space or tab'],
+    ])('refuses a bad value (case %#), naming the header and not the value', (value, description) => {
+      const found = violations(check({ 'X-Api-Key': value }));
+      expect(found).toEqual([{ field: 'headers["x-api-key"]', description }]);
+      if (value !== '') expect(JSON.stringify(found)).not.toContain('k_secr');
+    });
+
+    it('refuses a value that is not a string, naming the header', () => {
+      expect(violations(check({ 'x-api-key': 42 }))).toEqual([
+        { field: 'headers["x-api-key"]', description: 'must be a string' },
+      ]);
+      expect(violations(check(['x']))).toEqual([{ field: 'headers', description: 'must be a record' }]);
+    });
+
+    it('allows authorization without Basic auth, and refuses it with Basic auth (any case), naming the header', () => {
+      const auth = { type: 'basic', username: 'u', password: 'p' };
+      expect(check({ authorization: 'Bearer t' }).ok).toBe(true);
+      expect(check({ 'x-api-key': 'k' }, { auth }).ok).toBe(true);
+      const refused = {
+        field: 'headers["authorization"]',
+        description: 'must not be set together with Basic auth, which is sent as the Authorization header',
+      };
+      expect(violations(check({ Authorization: 'Bearer t' }, { auth }))).toEqual([refused]);
+      // Listed beside the other bad fields, not only once they are fixed.
+      expect(violations(check({ authorization: 'Bearer t' }, { auth, maxMessagesPerContact: 0 }))).toEqual([
+        { field: 'maxMessagesPerContact', description: 'must be at least 1' },
+        refused,
+      ]);
+    });
+
+    it('reports a configuration that is not an object once, without a header check in the way', () => {
+      for (const input of [null, undefined, 'x', []]) {
+        expect(violations(validateWebhookConfig(input))).toEqual([
+          { field: '', description: input === undefined ? 'is required' : 'must be an object' },
+        ]);
+      }
+    });
+
+    it('never echoes a rejected header value in a description (property)', () => {
+      fc.assert(
+        fc.property(fc.string({ maxLength: 40 }), (text) => {
+          // Invalid whatever the random text (a line break; a leading space; beside Basic auth), and marked with a
+          // prefix no description contains.
+          const secret = `zq${text}`;
+          const found = violations(
+            check(
+              { 'x-api-key': `${secret}\r\n`, 'x-other': ` ${secret}`, Authorization: 'Bearer t' },
+              { auth: { type: 'basic', username: 'u', password: 'p' } },
+            ),
+          );
+          expect(found.map((v) => v.field)).toEqual([
+            'headers["x-api-key"]',
+            'headers["x-other"]',
+            'headers["authorization"]',
+          ]);
+          expect(JSON.stringify(found)).not.toContain('zq');
+        }),
+      );
+    });
+  });
+
   it('lists every bad field of a config at once, with a prefix', () => {
     const result = validateWebhookConfig(
       {
@@ -490,6 +682,12 @@ describe('formatPath', () => {
   it('quotes keys that are not identifiers', () => {
     expect(formatPath('', ['a b', 'c'])).toBe('["a b"].c');
     expect(formatPath('x', [Symbol('s')])).toBe('x["Symbol(s)"]');
+  });
+  it('quotes every key of the headers map, identifier or not', () => {
+    expect(formatPath('', ['headers', 'auth'])).toBe('headers["auth"]');
+    expect(formatPath('config', ['headers', 'x-api-key'])).toBe('config.headers["x-api-key"]');
+    expect(formatPath('headers', ['te'])).toBe('headers["te"]');
+    expect(formatPath('', ['myheaders', 'auth'])).toBe('myheaders.auth');
   });
 });
 

@@ -8,6 +8,7 @@
  * @see SPEC §2 (webhook configuration), SPEC §4 (the message)
  */
 import * as z from 'zod';
+import { isReservedHeaderName } from './headers.js';
 import type { WebhookConfig } from './types.js';
 
 /** Default of `maxMessagesPerContact` (messages). @see SPEC §2 */
@@ -52,6 +53,14 @@ export const LIMITS = {
   minRateLimitPerSecond: 1,
   /** Largest rateLimitPerSecond (requests per second). */
   maxRateLimitPerSecond: 10_000,
+  /** Most headers of a webhook's own (`headers`). */
+  maxHeaders: 20,
+  /** Longest header name (characters; a name is ASCII). */
+  headerNameLength: 256,
+  /** Largest header value (bytes; a value is ASCII, one byte a character). */
+  headerValueBytes: 4_096,
+  /** Largest sum of the headers' name and value lengths (bytes, 16 KiB): well under a receiver's header limit. */
+  headersTotalBytes: 16 * 1024,
 } as const;
 
 /** One bad field: `field` is a path such as `messages[3].id` or `auth.password`; '' is the whole input. */
@@ -244,29 +253,149 @@ export const signingSecretSchema = z.string().superRefine((value, ctx) => {
   }
 });
 
+/** An HTTP field name: a token, one or more tchar. @see RFC 9110 §5.1, §5.6.2 */
+const HTTP_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** An HTTP field value as this service sends one: visible ASCII, spaces and tabs (no obs-text). @see RFC 9110 §5.5 */
+const HEADER_VALUE = /^[\t\x20-\x7e]*$/;
+
+/**
+ * The webhook's own headers: a map of name to value, output with the names in lower case. A header is named in a
+ * violation by its lower-case name (`headers["x-api-key"]`); a name that is not a token or is too long is only
+ * counted, never repeated (`X-Api-Key: abc` sent as a name carries its value), and no description ever contains a
+ * value. Past {@link LIMITS.maxHeaders} headers only the count is reported.
+ * @see RFC 9110 §5 (field names are case-insensitive tokens; values without CR, LF or NUL)
+ */
+export const webhookHeadersSchema = z
+  .record(z.string(), z.string())
+  .superRefine((headers, ctx) => {
+    const entries = Object.entries(headers);
+    if (entries.length > LIMITS.maxHeaders) {
+      ctx.addIssue({ code: 'custom', message: `must have at most ${LIMITS.maxHeaders} headers` });
+      return;
+    }
+    let tooLong = 0;
+    let notTokens = 0;
+    let totalBytes = 0;
+    const seen = new Set<string>();
+    const repeated = new Set<string>();
+    for (const [name, value] of entries) {
+      totalBytes += name.length + utf8ByteLength(value);
+      if (name.length > LIMITS.headerNameLength) {
+        tooLong += 1;
+        continue;
+      }
+      if (!HTTP_TOKEN.test(name)) {
+        notTokens += 1;
+        continue;
+      }
+      const lower = name.toLowerCase();
+      if (seen.has(lower)) repeated.add(lower);
+      seen.add(lower);
+      const path = [lower];
+      if (isReservedHeaderName(lower)) {
+        ctx.addIssue({
+          code: 'custom',
+          path,
+          message: 'is a header the service sets itself or that would break the request: use another name',
+        });
+      }
+      const message =
+        value === ''
+          ? 'must not be empty'
+          : utf8ByteLength(value) > LIMITS.headerValueBytes
+            ? `must be at most ${LIMITS.headerValueBytes} bytes`
+            : !HEADER_VALUE.test(value)
+              ? 'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)'
+              : /^[ \t]|[ \t]$/.test(value)
+                ? 'must not start or end with a space or tab'
+                : null;
+      if (message !== null) ctx.addIssue({ code: 'custom', path, message });
+    }
+    for (const lower of repeated) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [lower],
+        message: 'is given more than once (header names are case-insensitive)',
+      });
+    }
+    if (tooLong > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `has ${tooLong} header name${tooLong === 1 ? '' : 's'} longer than ${LIMITS.headerNameLength} characters`,
+      });
+    }
+    if (notTokens > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          `has ${notTokens} header name${notTokens === 1 ? ' that is not' : 's that are not'} an HTTP token ` +
+          "(RFC 9110 §5.6.2: one or more letters, digits or !#$%&'*+-.^_`|~; not repeated here: it may hold a value)",
+      });
+    }
+    if (totalBytes > LIMITS.headersTotalBytes) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `names and values together must be at most ${LIMITS.headersTotalBytes} bytes`,
+      });
+    }
+  })
+  .transform((headers) => {
+    const lowered: Record<string, string> = {};
+    for (const [name, value] of Object.entries(headers)) lowered[name.toLowerCase()] = value;
+    return lowered;
+  });
+
+/** Whether `headers` (unchecked input) names `authorization`, in any case. */
+function namesAuthorization(headers: unknown): boolean {
+  return (
+    headers !== null &&
+    typeof headers === 'object' &&
+    Object.keys(headers).some((name) => name.toLowerCase() === 'authorization')
+  );
+}
+
 /**
  * The webhook configuration of one account; `maxMessagesPerContact` defaults to 1,000,
  * `enabled` to true, `rateLimitPerSecond` to none (no limit). Unknown fields are rejected.
  * @see SPEC §2
  */
-export const webhookConfigSchema = z.strictObject({
-  url: httpUrl({ allowEmpty: false, allowCredentials: false, allowSpaces: false }),
-  auth: basicAuthSchema.optional(),
-  maxMessagesPerContact: z
-    .number({ error: unlessMissing('must be an integer') })
-    .int({ error: 'must be an integer' })
-    .min(LIMITS.minMessagesPerContact, { error: `must be at least ${LIMITS.minMessagesPerContact}` })
-    .max(LIMITS.maxMessagesPerContact, { error: `must be at most ${LIMITS.maxMessagesPerContact}` })
-    .default(DEFAULT_MAX_MESSAGES_PER_CONTACT),
-  enabled: z.boolean().default(true),
-  signingSecret: signingSecretSchema.optional(),
-  rateLimitPerSecond: z
-    .number({ error: unlessMissing('must be an integer') })
-    .int({ error: 'must be an integer' })
-    .min(LIMITS.minRateLimitPerSecond, { error: `must be at least ${LIMITS.minRateLimitPerSecond}` })
-    .max(LIMITS.maxRateLimitPerSecond, { error: `must be at most ${LIMITS.maxRateLimitPerSecond}` })
-    .optional(),
-});
+export const webhookConfigSchema = z
+  .strictObject({
+    url: httpUrl({ allowEmpty: false, allowCredentials: false, allowSpaces: false }),
+    auth: basicAuthSchema.optional(),
+    maxMessagesPerContact: z
+      .number({ error: unlessMissing('must be an integer') })
+      .int({ error: 'must be an integer' })
+      .min(LIMITS.minMessagesPerContact, { error: `must be at least ${LIMITS.minMessagesPerContact}` })
+      .max(LIMITS.maxMessagesPerContact, { error: `must be at most ${LIMITS.maxMessagesPerContact}` })
+      .default(DEFAULT_MAX_MESSAGES_PER_CONTACT),
+    enabled: z.boolean().default(true),
+    signingSecret: signingSecretSchema.optional(),
+    rateLimitPerSecond: z
+      .number({ error: unlessMissing('must be an integer') })
+      .int({ error: 'must be an integer' })
+      .min(LIMITS.minRateLimitPerSecond, { error: `must be at least ${LIMITS.minRateLimitPerSecond}` })
+      .max(LIMITS.maxRateLimitPerSecond, { error: `must be at most ${LIMITS.maxRateLimitPerSecond}` })
+      .optional(),
+    headers: webhookHeadersSchema.optional(),
+  })
+  // Basic auth is sent as `authorization`: an own `authorization` header beside it could only be overwritten.
+  // Checked even when other fields are bad (`when`), so that one answer lists every mistake.
+  .check(
+    z.superRefine(
+      (config, ctx) => {
+        if (config.auth !== undefined && namesAuthorization(config.headers)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['headers', 'authorization'],
+            message: 'must not be set together with Basic auth, which is sent as the Authorization header',
+          });
+        }
+      },
+      // Any object, parsed or not: a missing or non-object configuration has nothing to compare (its own error says so).
+      { when: (payload) => payload.value !== null && typeof payload.value === 'object' },
+    ),
+  );
 
 /** What a caller may pass in (defaults not yet applied). */
 export type WebhookConfigInput = z.input<typeof webhookConfigSchema>;
@@ -274,12 +403,18 @@ export type WebhookConfigInput = z.input<typeof webhookConfigSchema>;
 // Compile-time guarantee that the schema's output is a WebhookConfig.
 const _outputIsWebhookConfig: (c: z.output<typeof webhookConfigSchema>) => WebhookConfig = (c) => c;
 
-/** `a.b[3].c` from zod's path segments; a key that is not an identifier is quoted in brackets. */
+/** Fields whose value is a map: the segment after one is a key, not a field. */
+const MAP_FIELD = /(?:^|\.)headers$/;
+
+/**
+ * `a.b[3].c` from zod's path segments; a key that is not an identifier is quoted in brackets, and so is every key
+ * of a map (`headers["auth"]`), so that a header's name is never read as a field (or renamed as one).
+ */
 export function formatPath(prefix: string, path: ReadonlyArray<PropertyKey>): string {
   let out = prefix;
   for (const segment of path) {
     if (typeof segment === 'number') out += `[${segment}]`;
-    else if (typeof segment === 'string' && /^[A-Za-z_$][\w$]*$/.test(segment))
+    else if (typeof segment === 'string' && /^[A-Za-z_$][\w$]*$/.test(segment) && !MAP_FIELD.test(out))
       out += out === '' ? segment : `.${segment}`;
     else out += `[${JSON.stringify(String(segment))}]`;
   }

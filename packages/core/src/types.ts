@@ -55,6 +55,13 @@ export interface WebhookConfig {
    * none is dropped or counted as a failed attempt.
    */
   rateLimitPerSecond?: number;
+  /**
+   * Static headers every request to the URL carries (an API key, a bearer token, a routing header), names in lower
+   * case; absent (or empty) for none. The values are secrets like the password: sealed at rest, never returned by a
+   * read, never logged. At most 20; reserved names (the service's own headers, connection and framing headers,
+   * `proxy-*`, `app-inbox-*`) are refused, and so is `authorization` together with `auth`.
+   */
+  headers?: Record<string, string>;
 }
 
 /** Outcome of one attempt, as the core classifier decides it. @see SPEC §5 */
