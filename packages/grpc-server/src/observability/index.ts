@@ -7,7 +7,9 @@ export { endpointHost, statusClass } from './attempt.js';
 export type { AttemptEvent, AttemptOutcomeLabel, StatusClass } from './attempt.js';
 export {
   LOG_LEVELS,
+  HEADER_MAP_KEYS,
   LoggerOptionError,
+  PUBLIC_HEADER_NAMES,
   REDACTED,
   SECRET_KEYS,
   URL_KEYS,

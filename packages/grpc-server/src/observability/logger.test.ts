@@ -76,6 +76,34 @@ describe('createLogger redaction', () => {
     expect((written[10] as { err: { message: string } }).err.message).toBe('upsert failed');
   });
 
+  it("censors every value of a header map, a webhook's own API key whatever its name, keeping the names", () => {
+    const { logger, raw, lines } = capture();
+    const apiKey = 'k_live_4f1d-header';
+    const config = { url: 'https://hooks.example.com/in', headers: { 'x-acme-key': apiKey, 'X-Route': 'eu-route-9' } };
+    logger.info({ config }, 'webhook config');
+    logger.info({ webhook: { config } }, 'nested');
+    logger.info({ headers: ['x-acme-key', apiKey] }, 'not a map');
+    logger.info(
+      { request: { headers: { 'content-type': 'application/json', 'Webhook-Id': 'd-1', 'x-k': apiKey } } },
+      'req',
+    );
+    const out = raw();
+    expect(out).not.toContain(apiKey);
+    expect(out).not.toContain('eu-route-9');
+    const written = lines();
+    expect((written[0] as { config: unknown }).config).toEqual({
+      url: 'https://hooks.example.com',
+      headers: { 'x-acme-key': REDACTED, 'X-Route': REDACTED },
+    });
+    expect(written[2]).toMatchObject({ headers: REDACTED });
+    // The headers known to be harmless stay readable.
+    expect((written[3] as { request: unknown }).request).toEqual({
+      headers: { 'content-type': 'application/json', 'Webhook-Id': 'd-1', 'x-k': REDACTED },
+    });
+    // The logged object itself is left as it was.
+    expect(config.headers['x-acme-key']).toBe(apiKey);
+  });
+
   it('censors at any depth and in errors nested away from err, without touching the logged objects', () => {
     const { logger, raw } = capture();
     const deep = { a: { b: { c: { d: { e: { auth: { password: PASSWORD } } } } } } };

@@ -1,7 +1,8 @@
 /**
  * Structured JSON logs (pino) with secrets redacted by configuration: every logger made here, and every
- * child of it, censors the fields named in {@link SECRET_KEYS} whatever the call site passes, so a
- * careless `log.info({ webhook })` cannot leak a Basic auth password or a signing secret.
+ * child of it, censors the fields named in {@link SECRET_KEYS} and the values of {@link HEADER_MAP_KEYS} maps
+ * whatever the call site passes, so a careless `log.info({ webhook })` cannot leak a Basic auth password, a signing
+ * secret or a header's API key.
  * @see SPEC §2 (a password is a secret: never logged)
  */
 import { pino, type DestinationStream, type Level, type Logger, type LoggerOptions as PinoOptions } from 'pino';
@@ -17,7 +18,8 @@ export const REDACTED = '[redacted]';
 
 /**
  * Field names whose value is a secret wherever they appear, at any depth, in log objects, child bindings
- * and errors' own properties. Matched exactly (hence both spellings of the HTTP header names).
+ * and errors' own properties. Matched exactly (hence both spellings of the HTTP header names). See also
+ * {@link HEADER_MAP_KEYS}.
  */
 export const SECRET_KEYS: readonly string[] = [
   'password',
@@ -41,6 +43,32 @@ export const SECRET_KEYS: readonly string[] = [
 ];
 
 /**
+ * Header maps (a webhook's own `headers`, a request's headers): logged with their names, and every value
+ * {@link REDACTED} but those of {@link PUBLIC_HEADER_NAMES}. A webhook's own header is most often an API key under a
+ * name of the customer's choosing (`x-api-key`, `x-acme-token`), which no list of secret names could foresee, so the
+ * list is of the names known to be harmless instead; the names alone still say what was configured or sent.
+ */
+export const HEADER_MAP_KEYS: readonly string[] = ['headers'];
+
+/**
+ * Headers whose value is never a secret, shown in a {@link HEADER_MAP_KEYS} map (lower case, matched in any case):
+ * the ones the service sends besides `authorization` and `webhook-signature`, and common answer headers. A webhook's
+ * own headers can never use these names but `accept`, `date`, `location` and `retry-after`, which it rarely would.
+ */
+export const PUBLIC_HEADER_NAMES: readonly string[] = [
+  'content-type',
+  'content-length',
+  'user-agent',
+  'webhook-id',
+  'webhook-timestamp',
+  'app-inbox-contact',
+  'accept',
+  'date',
+  'location',
+  'retry-after',
+];
+
+/**
  * URL fields: logged as their origin only (`https://host:port`), because the path, query and user info of
  * a webhook URL may carry a token or a password.
  */
@@ -51,6 +79,8 @@ const MAX_DEPTH = 10;
 const DEPTH_LIMIT_MARK = '[depth limit]';
 
 const SECRET_KEY_SET = new Set(SECRET_KEYS);
+const HEADER_MAP_KEY_SET = new Set(HEADER_MAP_KEYS);
+const PUBLIC_HEADER_SET = new Set(PUBLIC_HEADER_NAMES);
 const URL_KEY_SET = new Set(URL_KEYS);
 
 /** The origin of a URL, or {@link REDACTED} when the value is not a parsable URL. */
@@ -66,8 +96,27 @@ function urlOrigin(value: string): string {
 function censorEntry(key: string, value: unknown, depth: number): unknown {
   if (value === undefined) return value;
   if (SECRET_KEY_SET.has(key)) return REDACTED;
+  if (HEADER_MAP_KEY_SET.has(key)) return censorHeaderMap(value);
   if (URL_KEY_SET.has(key) && typeof value === 'string') return urlOrigin(value);
   return censorValue(value, depth + 1);
+}
+
+/**
+ * A header map with its names kept and each value {@link REDACTED} but a public one's (see
+ * {@link PUBLIC_HEADER_NAMES}); anything else under a header map's key is redacted whole. Copy on write, as
+ * {@link censorValue}: a map of public headers only is returned as it is.
+ */
+function censorHeaderMap(value: unknown): unknown {
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || ArrayBuffer.isView(value)) {
+    return REDACTED;
+  }
+  const record = value as Record<string, unknown>;
+  let copy: Record<string, unknown> | null = null;
+  for (const name of Object.keys(record)) {
+    if (record[name] === undefined || PUBLIC_HEADER_SET.has(name.toLowerCase())) continue;
+    (copy ??= { ...record })[name] = REDACTED;
+  }
+  return copy ?? value;
 }
 
 /**
