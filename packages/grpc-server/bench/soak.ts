@@ -749,6 +749,7 @@ class Workload {
               signingSecret: hook.secret ?? '',
               maxMessagesPerContact: MAX_MESSAGES_PER_CONTACT,
               rateLimitPerSecond: hook.rate,
+              headers: {},
             },
             cb,
           ),
@@ -775,6 +776,7 @@ class Workload {
             basicAuth: undefined,
             signingSecret: hook.secret ?? '',
             rateLimitPerSecond: hook.rate,
+            headers: {},
           },
           cb,
         ),
@@ -1024,7 +1026,7 @@ class Workload {
         () =>
           call((cb) =>
             this.#clients.webhook.upsertWebhook(
-              { accountId: account, url: 'ftp://nowhere', basicAuth: undefined, signingSecret: '' },
+              { accountId: account, url: 'ftp://nowhere', basicAuth: undefined, signingSecret: '', headers: {} },
               cb,
             ),
           ),

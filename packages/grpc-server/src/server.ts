@@ -13,6 +13,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { DEFAULT_BACKOFF, type BackoffOptions } from '@app-inbox/core';
 import type { Logger } from 'pino';
 import { decodeFailuresAsInvalidArgument } from './api/decoding.js';
+import { reflectionDefinition } from './api/reflection.js';
 import { raiseReceiveWindow } from './api/receive-window.js';
 import { createApi, type Api } from './api/services.js';
 import type { ServerConfig } from './config.js';
@@ -142,8 +143,11 @@ export function engineOptionsFromConfig(config: ServerConfig, overrides: EngineO
 
 function loadReflectionDefinition() {
   // Loaded from the same .proto files the TypeScript was generated from, plus the standard health
-  // service's, so `buf curl` / grpcurl can call every service without a local copy of the schema.
-  return loadSync([...API_PROTO_FILES, 'grpc/health/v1/health.proto'], { includeDirs: [PROTO_DIR], keepCase: true });
+  // service's, so `buf curl` / grpcurl can call every service without a local copy of the schema; with protoc's
+  // names for map entries (UpsertWebhookRequest.headers), without which those tools refuse webhook.proto.
+  return reflectionDefinition(
+    loadSync([...API_PROTO_FILES, 'grpc/health/v1/health.proto'], { includeDirs: [PROTO_DIR], keepCase: true }),
+  );
 }
 
 function bind(server: Server, address: string, credentials: ServerCredentials): Promise<number> {

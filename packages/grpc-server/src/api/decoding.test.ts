@@ -62,6 +62,7 @@ describe('describeUndecodable', () => {
       basicAuth: undefined,
       signingSecret: '',
       defaultMessageTtlSeconds: big(2n ** 53n),
+      headers: {},
     }).finish();
     expect(describeUndecodable(UPSERT, upsert)[0]?.field).toBe('default_message_ttl_seconds');
   });

@@ -28,8 +28,16 @@ describe('mapping', () => {
       createTimeMs: 1,
       updateTimeMs: 2,
       rateLimitPerSecond: 0,
+      headerNames: [],
     });
     expect(JSON.stringify(view)).not.toMatch(/p4ssw0rd|whsec_/);
+    // Of the webhook's own headers only the names, sorted: the values are API keys and tokens.
+    const withHeaders = webhookToProto({
+      ...record,
+      headers: { 'x-route': 'eu-k_route', authorization: 'Bearer k_tok' },
+    });
+    expect(withHeaders.headerNames).toEqual(['authorization', 'x-route']);
+    expect(JSON.stringify(withHeaders)).not.toMatch(/k_route|k_tok|Bearer/);
     // No rate limit reads as 0, a limit as itself.
     expect(webhookToProto({ ...record, rateLimitPerSecond: 7 }).rateLimitPerSecond).toBe(7);
   });

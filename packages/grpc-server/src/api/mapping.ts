@@ -1,6 +1,6 @@
 /**
  * Domain (store) values to proto responses. Secrets stop here: a webhook is mapped to a view that says
- * whether a password or signing secret is set, never what it is.
+ * whether a password or signing secret is set, and which headers it sends, never what any of them is.
  */
 import type {
   Attempt as StoreAttempt,
@@ -87,6 +87,8 @@ export function webhookToProto(record: WebhookRecord, circuit?: CircuitView, now
     rateLimitPerSecond: record.rateLimitPerSecond ?? 0,
     previousSigningSecretExpireTimeMs:
       replacedSigningSecretAt(record, now) === undefined ? undefined : record.previousSigningSecretExpiresAt,
+    // The names only: a header's value is a secret (an API key, a token), like the password.
+    headerNames: Object.keys(record.headers ?? {}).sort(),
   };
 }
 

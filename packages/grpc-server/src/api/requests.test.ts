@@ -1,13 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import type { InboxMessage } from '../gen/app_inbox/v1/message.js';
 import { DeliveryState } from '../gen/app_inbox/v1/delivery.js';
-import { UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
+import { UpdateWebhookRequest, UpsertWebhookRequest } from '../gen/app_inbox/v1/webhook.js';
 import {
   MAX_MESSAGES_PER_PUBLISH,
   MAX_PAGE_SIZE,
   parseListDeliveries,
   parsePublishMessages,
   parseResyncContacts,
+  parseUpdateMask,
+  parseUpdateWebhook,
   parseUpsertWebhook,
   protoPath,
   signingRotation,
@@ -38,6 +40,62 @@ describe('protoPath', () => {
     expect(protoPath('auth.password')).toBe('basic_auth.password');
     expect(protoPath('maxMessagesPerContact')).toBe('max_messages_per_contact');
     expect(protoPath('messages[0].id')).toBe('messages[0].id');
+  });
+});
+
+describe('protoPath of a header', () => {
+  it('leaves a quoted map key as it is, even one that looks like a field', () => {
+    expect(protoPath('headers["auth"]')).toBe('headers["auth"]');
+    expect(protoPath('headers["X-Api-Key"]')).toBe('headers["X-Api-Key"]');
+    expect(protoPath('headers["a\\"b"].maxMessagesPerContact')).toBe('headers["a\\"b"].max_messages_per_contact');
+  });
+});
+
+describe("a webhook's own headers", () => {
+  const upsert = (headers: Record<string, string>, basicAuth?: { username: string; password: string }) =>
+    parseUpsertWebhook(
+      UpsertWebhookRequest.fromPartial({ accountId: 'a', url: 'https://x.test', headers, basicAuth }),
+      60,
+    );
+
+  it('are stored with lower-case names; none sent is none stored', () => {
+    const parsed = upsert({ 'X-Api-Key': 'k_1' });
+    expect(parsed.ok && parsed.value.config.headers).toEqual({ 'x-api-key': 'k_1' });
+    const none = upsert({});
+    expect(none.ok && 'headers' in none.value.config).toBe(false);
+  });
+
+  it('are refused by their proto path, the value never shown', () => {
+    const refused = upsert(
+      { Host: 'h', auth: 'k_secret\n', Authorization: 'Bearer k_secret' },
+      { username: 'u', password: 'p' },
+    );
+    expect(fields(refused)).toEqual(['headers["host"]', 'headers["auth"]', 'headers["authorization"]']);
+    expect(JSON.stringify(refused)).not.toContain('k_secret');
+  });
+
+  it('are an update_mask path that replaces the whole set; not named, the stored ones are kept', () => {
+    const stored: WebhookRecord = {
+      accountId: 'a',
+      url: 'https://x.test',
+      maxMessagesPerContact: 10,
+      enabled: true,
+      headers: { 'x-api-key': 'k_1', 'x-route': 'eu' },
+      messageTtlMs: 60_000,
+      createdAt: NOW,
+      updatedAt: NOW,
+    };
+    const update = (request: Partial<UpdateWebhookRequest>) => {
+      const full = UpdateWebhookRequest.fromPartial({ accountId: 'a', ...request });
+      const mask = parseUpdateMask(full);
+      if (!mask.ok) throw new Error(JSON.stringify(mask.violations));
+      const parsed = parseUpdateWebhook(full, mask.value.fields, stored, 60);
+      if (!parsed.ok) throw new Error(JSON.stringify(parsed.violations));
+      return parsed.value.config.headers;
+    };
+    expect(update({ updateMask: ['enabled'], enabled: false, headers: { 'x-other': 'v' } })).toEqual(stored.headers);
+    expect(update({ updateMask: ['headers'], headers: { 'X-Other': 'v' } })).toEqual({ 'x-other': 'v' });
+    expect(update({ updateMask: ['headers'] })).toBeUndefined();
   });
 });
 
@@ -205,6 +263,7 @@ describe('parseUpsertWebhook', () => {
         signingSecret: 'nope',
         defaultMessageTtlSeconds: 0,
         rateLimitPerSecond: 10_001,
+        headers: {},
       },
       3600,
     );
@@ -225,6 +284,7 @@ describe('parseUpsertWebhook', () => {
         url: 'https://hooks.test',
         basicAuth: { username: 'u', password: 'sup3r\u0001secret' },
         signingSecret: '',
+        headers: {},
       },
       3600,
     );

@@ -43,11 +43,13 @@ const CONTROL = /[\u0000-\u001f\u007f]/;
 
 const SNAKE_EXCEPTIONS: Readonly<Record<string, string>> = { auth: 'basic_auth' };
 
-/** `messages[3].createdDate` → `messages[3].created_date`; core's `auth` is the proto's `basic_auth`. */
+/**
+ * `messages[3].createdDate` → `messages[3].created_date`; core's `auth` is the proto's `basic_auth`. A quoted map key
+ * (`headers["auth"]`) is a header's name, not a field: left as it is.
+ */
 export function protoPath(corePath: string): string {
-  return corePath.replace(
-    /[A-Za-z_$][\w$]*/g,
-    (name) => SNAKE_EXCEPTIONS[name] ?? name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`),
+  return corePath.replace(/"(?:[^"\\]|\\.)*"|[A-Za-z_$][\w$]*/g, (name) =>
+    name.startsWith('"') ? name : (SNAKE_EXCEPTIONS[name] ?? name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)),
   );
 }
 
@@ -100,6 +102,8 @@ export function parseUpsertWebhook(request: UpsertWebhookRequest, defaultTtlSeco
   if (request.rateLimitPerSecond !== undefined && request.rateLimitPerSecond !== 0) {
     input.rateLimitPerSecond = request.rateLimitPerSecond;
   }
+  // An empty map (proto3 cannot tell it from none) is no headers: stored as absent, like a webhook saved before them.
+  if (Object.keys(request.headers).length > 0) input.headers = request.headers;
   const checked = validateWebhookConfig(input);
   if (!checked.ok) violations.push(...fromCore(checked.violations));
   const ttlSeconds = request.defaultMessageTtlSeconds ?? defaultTtlSeconds;
@@ -122,6 +126,7 @@ export const UPDATABLE_WEBHOOK_FIELDS = [
   'signing_secret',
   'default_message_ttl_seconds',
   'rate_limit_per_second',
+  'headers',
 ] as const;
 export type UpdatableWebhookField = (typeof UPDATABLE_WEBHOOK_FIELDS)[number];
 
@@ -134,9 +139,10 @@ const UPDATE_KEYS: Readonly<Record<UpdatableWebhookField, keyof UpsertWebhookReq
   signing_secret: 'signingSecret',
   default_message_ttl_seconds: 'defaultMessageTtlSeconds',
   rate_limit_per_second: 'rateLimitPerSecond',
+  headers: 'headers',
 };
 
-/** Most paths an `update_mask` may have (each field once is 7; repeats are allowed, not without bound). */
+/** Most paths an `update_mask` may have (each field once is 8; repeats are allowed, not without bound). */
 export const MAX_UPDATE_MASK_PATHS = 32;
 /** Most unknown `update_mask` paths named one by one in the refusal (the others are counted). */
 const MAX_UNKNOWN_PATHS_NAMED = 3;
@@ -207,6 +213,7 @@ export function parseUpdateWebhook(
     // Stored from whole seconds by UpsertWebhook; a store default of another unit is rounded up, never to 0.
     defaultMessageTtlSeconds: Math.max(1, Math.ceil(stored.messageTtlMs / 1000)),
     rateLimitPerSecond: stored.rateLimitPerSecond,
+    headers: { ...stored.headers },
   };
   const target = merged as unknown as Record<string, unknown>;
   for (const field of fields) target[UPDATE_KEYS[field]] = request[UPDATE_KEYS[field]];

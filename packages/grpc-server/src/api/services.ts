@@ -105,7 +105,7 @@ export interface ApiDependencies {
   resolve?: Resolver;
   /**
    * The circuit breaker: GetWebhook, UpsertWebhook and UpdateWebhook show its view of the endpoint; a changed endpoint
-   * (URL, credentials, secret, re-enabled) or a deleted webhook starts closed again. Default: none (no
+   * (URL, credentials, secret, own headers, re-enabled) or a deleted webhook starts closed again. Default: none (no
    * `circuit` in the answers).
    */
   circuit?: Pick<CircuitBreaker, 'view' | 'reset' | 'resumeIfSavedSince'>;
@@ -130,8 +130,15 @@ function endpointChanged(before: WebhookRecord | null, after: WebhookRecord): bo
     before.auth?.username !== after.auth?.username ||
     before.auth?.password !== after.auth?.password ||
     before.signingSecret !== after.signingSecret ||
+    !sameHeaders(before.headers, after.headers) ||
     (!before.enabled && after.enabled)
   );
+}
+
+/** Whether two webhooks send the same own headers (names are stored in lower case; order does not matter). */
+function sameHeaders(a: Readonly<Record<string, string>> = {}, b: Readonly<Record<string, string>> = {}): boolean {
+  const names = Object.keys(a);
+  return names.length === Object.keys(b).length && names.every((name) => Object.hasOwn(b, name) && a[name] === b[name]);
 }
 
 export interface Api {
@@ -259,6 +266,7 @@ export function createApi(deps: ApiDependencies): Api {
           const resend = [
             ...(before.auth !== undefined && !fields.includes('basic_auth') ? ['basic_auth'] : []),
             ...(before.signingSecret !== undefined && !fields.includes('signing_secret') ? ['signing_secret'] : []),
+            ...(Object.keys(before.headers ?? {}).length > 0 && !fields.includes('headers') ? ['headers'] : []),
           ];
           if (resend.length > 0) {
             throw new ApiError(

@@ -1076,6 +1076,8 @@ export class DeliveryEngine {
       ...(webhook.signingSecret ? { signingSecret: webhook.signingSecret } : {}),
       // A rotation's overlap: the replaced secret signs too, until its end.
       previousSigningSecret: replacedSigningSecretAt(webhook, startedAt),
+      // The webhook's own headers, as it is at this claim: a save since the last attempt applies to this one.
+      ...(webhook.headers ? { headers: webhook.headers } : {}),
     });
     this.#sending += 1;
     let result;

@@ -287,6 +287,43 @@ describe('withSealedSecrets over the SQLite store', () => {
     await expect(countPlaintextWebhookSecrets(raw, box)).resolves.toEqual({ checked: 7, plaintext: 0 });
   });
 
+  it("seals the values of the webhook's own headers like the password: at rest, in a claim, on reseal and in the count", async () => {
+    const apiKey = `k_live_${randomUUID()}`;
+    const bearer = `Bearer ${randomUUID()}`;
+    const headers = { 'x-api-key': apiKey, authorization: bearer };
+    const withHeaders = { ...config(), auth: undefined, headers };
+    const store = withSealedSecrets(raw, box);
+    expect((await store.upsertWebhook('acct-1', withHeaders, T0)).headers).toEqual(headers);
+    await expect(store.getWebhook('acct-1')).resolves.toMatchObject({ headers });
+    // The names stay readable (a read shows them); each value is sealed on its own.
+    const stored = await raw.getWebhook('acct-1');
+    expect(Object.keys(stored?.headers ?? {})).toEqual(['x-api-key', 'authorization']);
+    for (const value of Object.values(stored?.headers ?? {})) expect(value.startsWith('enc:v1:k1:')).toBe(true);
+    for (const file of readdirSync(dir)) {
+      const bytes = readFileSync(join(dir, file));
+      expect(bytes.includes(Buffer.from(apiKey)), file).toBe(false);
+      expect(bytes.includes(Buffer.from(bearer)), file).toBe(false);
+    }
+    await store.publish({ accountId: 'acct-1', messages: [message('c-1')], now: T0 });
+    const [claimed] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 30_000, owner: 'w1' });
+    expect(claimed?.webhook.headers).toEqual(headers);
+
+    // A header value in plaintext (saved before it was sealed) is counted and resealed like a password.
+    await raw.upsertWebhook(
+      'legacy-header',
+      { ...sealWebhookSecrets(withHeaders, box), headers: { ...stored?.headers, 'x-api-key': apiKey } },
+      T0,
+    );
+    await expect(countPlaintextWebhookSecrets(raw, box)).resolves.toEqual({ checked: 2, plaintext: 1 });
+    const rotated = createSecretBox({ keys: [k2, k1], primaryKeyId: 'k2' });
+    await expect(resealAllWebhookSecrets(raw, rotated)).resolves.toEqual({ checked: 2, resealed: 2, failed: [] });
+    for (const acct of ['acct-1', 'legacy-header']) {
+      const resealed = await raw.getWebhook(acct);
+      for (const value of Object.values(resealed?.headers ?? {})) expect(value.startsWith('enc:v1:k2:')).toBe(true);
+      await expect(withSealedSecrets(raw, rotated).getWebhook(acct)).resolves.toMatchObject({ headers });
+    }
+  });
+
   it('seals a configured password even when it looks like a sealed value', async () => {
     const lookalike = 'enc:v1:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA';
     const store = withSealedSecrets(raw, box);

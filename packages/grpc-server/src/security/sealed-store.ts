@@ -1,6 +1,6 @@
 /**
- * Secrets at rest for any Store engine: a wrapper that seals the webhook's Basic auth password and signing
- * secret before they are written, and opens them after they are read, so neither engine ever stores a
+ * Secrets at rest for any Store engine: a wrapper that seals the webhook's Basic auth password, signing
+ * secret and own header values before they are written, and opens them after they are read, so neither engine ever stores a
  * plaintext secret and neither needs to know about encryption. @see issue 7 "Secrets at rest"
  */
 import type { WebhookConfig } from '@app-inbox/core';
@@ -8,20 +8,24 @@ import { StoreError } from '../store/errors.js';
 import type { ClaimedDelivery, SigningRotation, Store, WebhookRecord } from '../store/types.js';
 import type { SecretBox } from './secrets.js';
 
-/** The fields of a webhook configuration that are secrets (a rotation's replaced signing secret too). */
-type WithSecrets = Pick<WebhookConfig, 'auth' | 'signingSecret'> & Pick<SigningRotation, 'previousSigningSecret'>;
+/**
+ * The fields of a webhook configuration that are secrets (a rotation's replaced signing secret too, and the values of
+ * the webhook's own headers: an API key, a bearer token; their names are not secret, a read shows them).
+ */
+type WithSecrets = Pick<WebhookConfig, 'auth' | 'signingSecret' | 'headers'> &
+  Pick<SigningRotation, 'previousSigningSecret'>;
 
 /**
- * A copy of `config` with its password and signing secret sealed with the primary key. Always seals, even a
- * value that looks sealed: what a caller configures is plaintext, whatever it looks like.
+ * A copy of `config` with its password, signing secrets and header values sealed with the primary key. Always seals,
+ * even a value that looks sealed: what a caller configures is plaintext, whatever it looks like.
  */
 export function sealWebhookSecrets<T extends WithSecrets>(config: T, box: SecretBox): T {
   return mapSecrets(config, (value) => box.seal(value));
 }
 
 /**
- * A copy of `config` with its password and signing secret opened. A value that is not sealed (written
- * before encryption at rest was turned on) is returned as it is; {@link resealWebhookSecrets} encrypts it.
+ * A copy of `config` with its password, signing secrets and header values opened. A value that is not sealed
+ * (written before encryption at rest was turned on) is returned as it is; {@link resealWebhookSecrets} encrypts it.
  * @throws SecretBoxError when a sealed value cannot be opened (unknown key, altered value)
  */
 export function openWebhookSecrets<T extends WithSecrets>(config: T, box: SecretBox): T {
@@ -33,7 +37,7 @@ export function webhookNeedsRotation(config: WithSecrets, box: SecretBox): boole
   return someSecret(config, (value) => box.needsRotation(value));
 }
 
-/** True when a stored configuration has a password or signing secret that is not sealed at all (plaintext). */
+/** True when a stored configuration has a password, signing secret or header value not sealed at all (plaintext). */
 export function webhookHasPlaintextSecret(config: WithSecrets, box: SecretBox): boolean {
   return someSecret(config, (value) => !box.isSealed(value));
 }
@@ -53,6 +57,9 @@ function mapSecrets<T extends WithSecrets>(config: T, fn: (value: string) => str
   if (config.auth !== undefined) out.auth = { ...config.auth, password: fn(config.auth.password) };
   if (config.signingSecret !== undefined) out.signingSecret = fn(config.signingSecret);
   if (config.previousSigningSecret !== undefined) out.previousSigningSecret = fn(config.previousSigningSecret);
+  if (config.headers !== undefined) {
+    out.headers = Object.fromEntries(Object.entries(config.headers).map(([name, value]) => [name, fn(value)]));
+  }
   return out;
 }
 
@@ -213,14 +220,14 @@ async function* webhookAccounts(rawStore: Store, pageSize: number): AsyncGenerat
 export interface PlaintextSecretsReport {
   /** Webhooks looked at. */
   checked: number;
-  /** Webhooks with a password or signing secret stored in plaintext. */
+  /** Webhooks with a password, signing secret or header value stored in plaintext. */
   plaintext: number;
 }
 
 /**
- * Counts the webhooks whose password or signing secret is stored in plaintext (saved by a build before encryption at
- * rest; the reseal command or a re-save seals them), finding them as {@link resealAllWebhookSecrets} does: page by page
- * over `listWebhookAccounts`, one read each. Takes the RAW store; reads only. Returns null when `stopped()` turned true
+ * Counts the webhooks whose password, signing secret or header value is stored in plaintext (saved by a build before
+ * encryption at rest; the reseal command or a re-save seals them), finding them as {@link resealAllWebhookSecrets}
+ * does: page by page over `listWebhookAccounts`, one read each. Takes the RAW store; reads only. Returns null when `stopped()` turned true
  * before the last webhook was read (the count would be short).
  */
 export async function countPlaintextWebhookSecrets(

@@ -202,6 +202,30 @@ export function storeConformanceSuite(
         expect(await store.getWebhook(account())).toBeNull();
       });
 
+      it("keeps the webhook's own headers for the sender, through a save, a compare-and-set and a claim", async () => {
+        // In the configuration's JSON, like the other settings: no column of their own, on either engine.
+        const headers = { 'x-api-key': 'k_live_1', authorization: 'Bearer t', 'x-route': 'eu west' };
+        const acct = account();
+        const created = await store.upsertWebhook(acct, webhook({ auth: undefined, headers }), T0);
+        expect(created.headers).toEqual(headers);
+        expect(await store.getWebhook(acct)).toEqual(created);
+        await publishOne(acct, 'c', T0);
+        const [claimed] = await store.claimDue({ lane: 'first', limit: 1, now: T0 + 1, leaseMs: 30_000, owner: 'w-h' });
+        expect(claimed?.webhook.headers).toEqual(headers);
+        const replaced = await store.replaceWebhookIfUnchanged(
+          acct,
+          webhook({ headers: { 'x-other': 'v' } }),
+          T0 + 2,
+          created.updatedAt,
+        );
+        expect(replaced?.headers).toEqual({ 'x-other': 'v' });
+        // A save without headers has none: not the ones before.
+        expect((await store.upsertWebhook(acct, webhook(), T0 + 3)).headers).toBeUndefined();
+        await expect(
+          store.upsertWebhook(acct, webhook({ headers: { 'x-a': 1 } as unknown as Record<string, string> }), T0 + 4),
+        ).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('config.headers') });
+      });
+
       it('replaces the whole configuration on upsert, keeping createdAt', async () => {
         const acct = await withWebhook();
         const replaced = await store.upsertWebhook(

@@ -368,6 +368,15 @@ export interface WebhookRow {
 }
 
 /** Splits what upsertWebhook receives into the stored config JSON and the TTL. */
+/** The webhook's own headers are a map of strings (the API checked them; a store must not write anything else). */
+function assertHeaders(headers: unknown): void {
+  const isMap = headers !== null && typeof headers === 'object' && !Array.isArray(headers);
+  if (!isMap || Object.values(headers).some((value) => typeof value !== 'string')) {
+    // The values are secrets: named by the field only.
+    throw new StoreError('invalid_argument', 'config.headers: must map header names to string values');
+  }
+}
+
 export function webhookToStored(config: WebhookSettings): {
   json: string;
   enabled: boolean;
@@ -379,6 +388,7 @@ export function webhookToStored(config: WebhookSettings): {
     throw new StoreError('invalid_argument', 'config.enabled: must be a boolean');
   assertInt('config.maxMessagesPerContact', config.maxMessagesPerContact, 1);
   if (config.rateLimitPerSecond !== undefined) assertInt('config.rateLimitPerSecond', config.rateLimitPerSecond, 1);
+  if (config.headers !== undefined) assertHeaders(config.headers);
   if ((config.previousSigningSecret === undefined) !== (config.previousSigningSecretExpiresAt === undefined)) {
     throw new StoreError('invalid_argument', 'config.previousSigningSecret: comes with its expiry, or neither is set');
   }

@@ -2,7 +2,8 @@
  * Server reflection, as the README uses it: `buf curl` (from the @bufbuild/buf npm package, standing in for grpcurl)
  * calls the server with no local copy of the proto files, so every request and answer is described by reflection
  * alone. A message type the reflection descriptors cannot resolve (e.g. an imported well-known type, which grpc-js
- * serves without its import: grpc/grpc-node#2958) fails here as "failed to find service".
+ * serves without its import: grpc/grpc-node#2958), or a map entry named otherwise than protoc names it, fails here as
+ * "failed to find service".
  */
 import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -76,6 +77,15 @@ describe('server reflection (buf curl)', () => {
       basicAuth: { hasPassword: true },
     });
     expect((updated.webhook as Record<string, unknown>).enabled).toBeUndefined(); // false: not printed in JSON
+    // A map field (the webhook's own headers) is described too: protobufjs's descriptors named its entry type in a
+    // way Go's protobuf refuses, and with it every service of webhook.proto.
+    const withHeaders = await curl(`${webhook}/UpdateWebhook`, {
+      account_id: account,
+      update_mask: ['headers', 'basic_auth'],
+      headers: { 'X-Api-Key': 'k_reflected' },
+    });
+    expect(withHeaders.webhook).toMatchObject({ headerNames: ['x-api-key'] });
+    expect(JSON.stringify(withHeaders)).not.toContain('k_reflected');
 
     const published = await curl('app_inbox.v1.MessageService/PublishMessages', {
       account_id: account,

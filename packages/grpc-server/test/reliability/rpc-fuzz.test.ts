@@ -220,6 +220,10 @@ describe('bad input over every RPC (fuzzed)', () => {
             fc.oneof(anyString, fc.constant('whsec_!!')),
           ),
           defaultMessageTtlSeconds: mostly(fc.constantFrom(undefined, 3_600), anyInt64),
+          headers: mostly(
+            fc.constantFrom<Record<string, string>>({}, { 'x-api-key': 'k_1' }, { Authorization: 'Bearer t' }),
+            fc.dictionary(fc.oneof(anyString, fc.constantFrom('Host', 'x-a', 'X-A')), anyString, { maxKeys: 25 }),
+          ),
         }),
         async (request) => {
           const before = await raw.unary(
@@ -371,6 +375,7 @@ describe('bad input over every RPC (fuzzed)', () => {
         basicAuth: undefined,
         signingSecret: '',
         defaultMessageTtlSeconds: asInt64(TWO_63 - 1n),
+        headers: {},
       }).finish(),
     );
     expect(upsert.code).toBe(status.INVALID_ARGUMENT);

@@ -1,8 +1,8 @@
 /**
  * Secrets at rest end to end (issue 7): a real server on a real SQLite file, its pino logs captured at
- * trace level, a real mock receiver that demands Basic auth. A webhook is saved with a password and a
- * signing secret; then the database file and its WAL, every log line and every read RPC answer are
- * scanned for the secrets (and their encodings): none is found. Deliveries still authenticate at the
+ * trace level, a real mock receiver that demands Basic auth. A webhook is saved with a password, a
+ * signing secret and an own header carrying an API key; then the database file and its WAL, every log line and every
+ * read RPC answer are scanned for the secrets (and their encodings): none is found. Deliveries still authenticate at the
  * receiver and carry a signature that verifies, also after a restart that reads the generated key file.
  */
 import { spawn } from 'node:child_process';
@@ -86,12 +86,15 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
   const username = `hook-user-${randomUUID()}`;
   const password = `pw-${randomUUID()}`;
   const signingSecret = `whsec_${randomBytes(32).toString('base64')}`;
+  /** The value of the webhook's own `x-api-key` header: a secret like the password. */
+  const apiKey = `k_live_${randomUUID()}`;
   /** The secrets, and the forms they could leak in: the Basic header's base64 and the bare signing key. */
   const secrets = [
     password,
     signingSecret,
     signingSecret.slice('whsec_'.length),
     Buffer.from(`${username}:${password}`).toString('base64'),
+    apiKey,
   ];
   const logs = captureLogs();
   let receiver: MockReceiver;
@@ -123,6 +126,7 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
       url: `${receiver.url}/hooks`,
       basicAuth: { username, password },
       signingSecret,
+      headers: { 'X-Api-Key': apiKey },
     });
     const watcher = watch(t.clients, account);
     await watcher.ready;
@@ -137,6 +141,8 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
     expect(request?.answer.status).toBe(200);
     expect(delivered.attempts.map((a) => a.statusCode)).toEqual([200]);
     expect(signatureValid(signingSecret, request!.headers, delivered.body)).toBe(true);
+    // The header went out with its value: what is missing below is missing because it is kept secret.
+    expect(request?.headers['x-api-key']).toBe(apiKey);
     // The verifier is not a rubber stamp: another secret does not verify the same header.
     expect(signatureValid(`whsec_${randomBytes(32).toString('base64')}`, request!.headers, delivered.body)).toBe(false);
 
@@ -150,7 +156,11 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
 
     // Every read answer, encoded as sent on the wire and as JSON.
     const got = await t.clients.getWebhook({ accountId: account });
-    expect(got.webhook).toMatchObject({ basicAuth: { username, hasPassword: true }, hasSigningSecret: true });
+    expect(got.webhook).toMatchObject({
+      basicAuth: { username, hasPassword: true },
+      hasSigningSecret: true,
+      headerNames: ['x-api-key'],
+    });
     const listed = await t.clients.listDeliveries({ accountId: account });
     const fetched = await t.clients.getDelivery({ deliveryId, includeBody: true });
     const answers = [
@@ -174,18 +184,31 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
         secrets,
       ),
     ).toEqual([]);
-    // Positive control: the username is not a secret and is in the answer, so the scan can see content.
-    expect(found(Buffer.concat(answers), [username])).toEqual([username]);
+    // Positive control: the username and the header's name are not secrets and are in the answer, so the scan can
+    // see content.
+    expect(found(Buffer.concat(answers), [username, 'x-api-key'])).toEqual([username, 'x-api-key']);
 
     // The database file and its write-ahead log, while the server runs.
     const files = [dbFile, `${dbFile}-wal`].filter((f) => existsSync(f));
     expect(files.length).toBeGreaterThan(0);
     const dbBytes = Buffer.concat(files.map((f) => readFileSync(f)));
     expect(found(dbBytes, secrets)).toEqual([]);
-    expect(found(dbBytes, [username, 'enc:v1:k1:'])).toEqual([username, 'enc:v1:k1:']);
+    expect(found(dbBytes, [username, 'x-api-key', 'enc:v1:k1:'])).toEqual([username, 'x-api-key', 'enc:v1:k1:']);
+
+    // A refused save whose header value is bad (a line break after the key) is logged, the value in it never.
+    const refused = await failure(
+      t.clients.updateWebhook({
+        accountId: account,
+        updateMask: ['headers'],
+        headers: { 'x-api-key': `${apiKey}\r\n` },
+      }),
+    );
+    expect(refused.code).toBe(status.INVALID_ARGUMENT);
+    expect(found(JSON.stringify([refused.details, refused.rich]), secrets)).toEqual([]);
 
     // Every log line, at trace level (the logger has no redaction: no code path may log a secret).
     const logText = logs.text();
+    expect(logText).toContain('rpc refused');
     expect(logText).toContain(deliveryId);
     expect(found(logText, secrets)).toEqual([]);
   });
@@ -197,6 +220,7 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
       const stored = await raw.getWebhook(account);
       expect(stored?.auth?.password).toMatch(/^enc:v1:k1:/);
       expect(stored?.signingSecret).toMatch(/^enc:v1:k1:/);
+      expect(stored?.headers?.['x-api-key']).toMatch(/^enc:v1:k1:/);
       expect(stored?.auth?.username).toBe(username);
     } finally {
       await raw.close();
@@ -210,6 +234,7 @@ describe('secrets at rest (real server, real SQLite file, trace logs)', () => {
     const deliveryId = published.deliveries[0]?.deliveryId ?? '';
     await deliveryIn(t.clients, deliveryId, [DeliveryState.DELIVERY_STATE_DELIVERED]);
     expect(receiver.records.list().map((r) => r.answer.status)).toEqual([200]);
+    expect(receiver.records.list()[0]?.headers['x-api-key']).toBe(apiKey);
   });
 });
 
@@ -372,6 +397,7 @@ describe('a lost key (SECURITY.md): the account stays usable and a re-save recov
       accountId: account,
       url: `${receiver.url}/hook`,
       basicAuth: { username: 'lost-user', password: 'sealed-with-k2' },
+      headers: { 'x-api-key': 'k_sealed_with_k2' },
     });
     await first.stop();
 
@@ -379,7 +405,10 @@ describe('a lost key (SECURITY.md): the account stays usable and a re-save recov
     const second = await startTestServer(dbFile, { secretKeys: `k1:${randomBytes(32).toString('base64')}` });
     servers.push(second);
     const shown = await second.clients.getWebhook({ accountId: account });
-    expect(shown.webhook).toMatchObject({ basicAuth: { username: 'lost-user', hasPassword: true } });
+    expect(shown.webhook).toMatchObject({
+      basicAuth: { username: 'lost-user', hasPassword: true },
+      headerNames: ['x-api-key'],
+    });
     const published = await second.clients.publishMessages({ accountId: account, messages: [inboxMessage('c-1')] });
     const deliveryId = published.deliveries[0]?.deliveryId ?? '';
     expect(deliveryId).not.toBe('');
@@ -389,7 +418,8 @@ describe('a lost key (SECURITY.md): the account stays usable and a re-save recov
       second.clients.updateWebhook({ accountId: account, updateMask: ['enabled'], enabled: false }),
     );
     expect(kept.code).toBe(status.FAILED_PRECONDITION);
-    expect(kept.details).toContain('name basic_auth in update_mask');
+    expect(kept.details).toContain('name basic_auth and headers in update_mask');
+    expect(kept.details).not.toContain('k_sealed_with_k2');
     // The command line cannot name update_mask: it says how to recover with its own commands.
     const disable = await runCli(['--address', second.server.address, 'webhook', 'disable', account]);
     expect(disable.code).toBe(1);

@@ -135,7 +135,14 @@ export interface Webhook {
    * While a signing secret replaced by a save still signs beside the current one (the rotation's overlap, the
    * server's `--signing-secret-overlap-seconds`): when it stops, milliseconds since the epoch. Unset otherwise.
    */
-  previousSigningSecretExpireTimeMs?: number | undefined;
+  previousSigningSecretExpireTimeMs?:
+    | number
+    | undefined;
+  /**
+   * The names of the webhook's own headers, lower case, sorted; their values are secrets (an API key, a token) and
+   * are never returned.
+   */
+  headerNames: string[];
 }
 
 /** The circuit breaker's view of an endpoint. */
@@ -194,7 +201,26 @@ export interface UpsertWebhookRequest {
    * the limit wait for their turn (none is dropped, and waiting is not a failed attempt). The limit holds for all the
    * server processes on one PostgreSQL database together (they share its token bucket; POSTGRES.md).
    */
-  rateLimitPerSecond?: number | undefined;
+  rateLimitPerSecond?:
+    | number
+    | undefined;
+  /**
+   * Static headers every request to `url` carries, first attempt, retries and replays alike (an API key, an
+   * `Authorization: Bearer ...`, a routing header). Write-only: the values are secrets, sealed at rest like the
+   * password; a read shows only the names. At most 20; a name is an HTTP token of at most 256 characters, compared
+   * case-insensitively and stored in lower case; a value is 1-4,096 bytes of visible ASCII, spaces and tabs, with
+   * no leading or trailing blank; names and values together at most 16 KiB. Refused: the names the server sends or
+   * that would break the request (`host`, `content-type`, `content-length`, `content-encoding`,
+   * `transfer-encoding`, `connection`, `keep-alive`, `upgrade`, `http2-settings`, `te`, `trailer`, `expect`,
+   * `user-agent`, `webhook-id`, `webhook-timestamp`, `webhook-signature`, `proxy-*`, `app-inbox-*`), and
+   * `authorization` together with `basic_auth`. A violation names the header: `headers["x-api-key"]`.
+   */
+  headers: { [key: string]: string };
+}
+
+export interface UpsertWebhookRequest_HeadersEntry {
+  key: string;
+  value: string;
 }
 
 /** Response of WebhookService.UpsertWebhook. */
@@ -235,9 +261,10 @@ export interface UpdateWebhookRequest {
   accountId: string;
   /**
    * The fields to change, by their names in this message: `url`, `basic_auth`, `max_messages_per_contact`,
-   * `enabled`, `signing_secret`, `default_message_ttl_seconds`, `rate_limit_per_second`; at least one, at most 32
-   * paths. A field named here but left unset takes its UpsertWebhook default (`basic_auth` and `signing_secret`:
-   * removed; `rate_limit_per_second`: no limit); a field not named is kept, whatever this request sets in it. The
+   * `enabled`, `signing_secret`, `default_message_ttl_seconds`, `rate_limit_per_second`, `headers`; at least one, at
+   * most 32 paths. A field named here but left unset takes its UpsertWebhook default (`basic_auth`, `signing_secret`
+   * and `headers`: removed; `rate_limit_per_second`: no limit); a field not named is kept, whatever this request sets
+   * in it (`headers` is replaced as a whole: there is no path of one header). The
    * result is checked as a whole, as UpsertWebhook checks it (the URL's addresses against the SSRF policy only when
    * `url` is named: disabling must not depend on DNS). The paths of a
    * field mask (AIP-134), as a plain list: a google.protobuf.FieldMask here would break server reflection, which
@@ -265,7 +292,16 @@ export interface UpdateWebhookRequest {
     | number
     | undefined;
   /** As in UpsertWebhookRequest. */
-  rateLimitPerSecond?: number | undefined;
+  rateLimitPerSecond?:
+    | number
+    | undefined;
+  /** As in UpsertWebhookRequest; `headers` in `update_mask` replaces the whole set (none sent: no headers). */
+  headers: { [key: string]: string };
+}
+
+export interface UpdateWebhookRequest_HeadersEntry {
+  key: string;
+  value: string;
 }
 
 /** Response of WebhookService.UpdateWebhook. */
@@ -462,6 +498,7 @@ function createBaseWebhook(): Webhook {
     circuit: undefined,
     rateLimitPerSecond: 0,
     previousSigningSecretExpireTimeMs: undefined,
+    headerNames: [],
   };
 }
 
@@ -502,6 +539,9 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.previousSigningSecretExpireTimeMs !== undefined) {
       writer.uint32(96).int64(message.previousSigningSecretExpireTimeMs);
+    }
+    for (const v of message.headerNames) {
+      writer.uint32(106).string(v!);
     }
     return writer;
   },
@@ -615,6 +655,14 @@ export const Webhook: MessageFns<Webhook> = {
             message.previousSigningSecretExpireTimeMs = longToNumber(reader.int64());
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.headerNames.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -677,6 +725,11 @@ export const Webhook: MessageFns<Webhook> = {
         : isSet(object.previous_signing_secret_expire_time_ms)
         ? globalThis.Number(object.previous_signing_secret_expire_time_ms)
         : undefined,
+      headerNames: globalThis.Array.isArray(object?.headerNames)
+        ? object.headerNames.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.header_names)
+        ? object.header_names.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -718,6 +771,9 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.previousSigningSecretExpireTimeMs !== undefined) {
       obj.previousSigningSecretExpireTimeMs = Math.round(message.previousSigningSecretExpireTimeMs);
     }
+    if (message.headerNames?.length) {
+      obj.headerNames = message.headerNames;
+    }
     return obj;
   },
 
@@ -742,6 +798,7 @@ export const Webhook: MessageFns<Webhook> = {
       : undefined;
     message.rateLimitPerSecond = object.rateLimitPerSecond ?? 0;
     message.previousSigningSecretExpireTimeMs = object.previousSigningSecretExpireTimeMs ?? undefined;
+    message.headerNames = object.headerNames?.map((e) => e) || [];
     return message;
   },
 };
@@ -885,6 +942,7 @@ function createBaseUpsertWebhookRequest(): UpsertWebhookRequest {
     signingSecret: "",
     defaultMessageTtlSeconds: undefined,
     rateLimitPerSecond: undefined,
+    headers: {},
   };
 }
 
@@ -914,6 +972,9 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
     if (message.rateLimitPerSecond !== undefined) {
       writer.uint32(64).uint32(message.rateLimitPerSecond);
     }
+    globalThis.Object.entries(message.headers).forEach(([key, value]: [string, string]) => {
+      UpsertWebhookRequest_HeadersEntry.encode({ key: key as any, value }, writer.uint32(74).fork()).join();
+    });
     return writer;
   },
 
@@ -994,6 +1055,17 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
             message.rateLimitPerSecond = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            const entry9 = UpsertWebhookRequest_HeadersEntry.decode(reader, reader.uint32());
+            if (entry9.value !== undefined) {
+              message.headers[entry9.key] = entry9.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1040,6 +1112,20 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
         : isSet(object.rate_limit_per_second)
         ? globalThis.Number(object.rate_limit_per_second)
         : undefined,
+      headers: isObject(object.headers)
+        ? (globalThis.Object.entries(object.headers) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1069,6 +1155,15 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
     if (message.rateLimitPerSecond !== undefined) {
       obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
     }
+    if (message.headers) {
+      const entries = globalThis.Object.entries(message.headers) as [string, string][];
+      if (entries.length > 0) {
+        obj.headers = {};
+        entries.forEach(([k, v]) => {
+          obj.headers[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -1087,6 +1182,100 @@ export const UpsertWebhookRequest: MessageFns<UpsertWebhookRequest> = {
     message.signingSecret = object.signingSecret ?? "";
     message.defaultMessageTtlSeconds = object.defaultMessageTtlSeconds ?? undefined;
     message.rateLimitPerSecond = object.rateLimitPerSecond ?? undefined;
+    message.headers = (globalThis.Object.entries(object.headers ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseUpsertWebhookRequest_HeadersEntry(): UpsertWebhookRequest_HeadersEntry {
+  return { key: "", value: "" };
+}
+
+export const UpsertWebhookRequest_HeadersEntry: MessageFns<UpsertWebhookRequest_HeadersEntry> = {
+  encode(message: UpsertWebhookRequest_HeadersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpsertWebhookRequest_HeadersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpsertWebhookRequest_HeadersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpsertWebhookRequest_HeadersEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: UpsertWebhookRequest_HeadersEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UpsertWebhookRequest_HeadersEntry>): UpsertWebhookRequest_HeadersEntry {
+    return UpsertWebhookRequest_HeadersEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpsertWebhookRequest_HeadersEntry>): UpsertWebhookRequest_HeadersEntry {
+    const message = createBaseUpsertWebhookRequest_HeadersEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -1456,6 +1645,7 @@ function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
     signingSecret: "",
     defaultMessageTtlSeconds: undefined,
     rateLimitPerSecond: undefined,
+    headers: {},
   };
 }
 
@@ -1488,6 +1678,9 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.rateLimitPerSecond !== undefined) {
       writer.uint32(72).uint32(message.rateLimitPerSecond);
     }
+    globalThis.Object.entries(message.headers).forEach(([key, value]: [string, string]) => {
+      UpdateWebhookRequest_HeadersEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
+    });
     return writer;
   },
 
@@ -1576,6 +1769,17 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
             message.rateLimitPerSecond = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            const entry10 = UpdateWebhookRequest_HeadersEntry.decode(reader, reader.uint32());
+            if (entry10.value !== undefined) {
+              message.headers[entry10.key] = entry10.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1627,6 +1831,20 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
         : isSet(object.rate_limit_per_second)
         ? globalThis.Number(object.rate_limit_per_second)
         : undefined,
+      headers: isObject(object.headers)
+        ? (globalThis.Object.entries(object.headers) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1659,6 +1877,15 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.rateLimitPerSecond !== undefined) {
       obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
     }
+    if (message.headers) {
+      const entries = globalThis.Object.entries(message.headers) as [string, string][];
+      if (entries.length > 0) {
+        obj.headers = {};
+        entries.forEach(([k, v]) => {
+          obj.headers[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -1678,6 +1905,100 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     message.signingSecret = object.signingSecret ?? "";
     message.defaultMessageTtlSeconds = object.defaultMessageTtlSeconds ?? undefined;
     message.rateLimitPerSecond = object.rateLimitPerSecond ?? undefined;
+    message.headers = (globalThis.Object.entries(object.headers ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseUpdateWebhookRequest_HeadersEntry(): UpdateWebhookRequest_HeadersEntry {
+  return { key: "", value: "" };
+}
+
+export const UpdateWebhookRequest_HeadersEntry: MessageFns<UpdateWebhookRequest_HeadersEntry> = {
+  encode(message: UpdateWebhookRequest_HeadersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateWebhookRequest_HeadersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateWebhookRequest_HeadersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateWebhookRequest_HeadersEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: UpdateWebhookRequest_HeadersEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UpdateWebhookRequest_HeadersEntry>): UpdateWebhookRequest_HeadersEntry {
+    return UpdateWebhookRequest_HeadersEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpdateWebhookRequest_HeadersEntry>): UpdateWebhookRequest_HeadersEntry {
+    const message = createBaseUpdateWebhookRequest_HeadersEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -1756,7 +2077,7 @@ export type WebhookServiceService = typeof WebhookServiceService;
 export const WebhookServiceService = {
   /**
    * Creates or replaces the account's webhook. The request is the whole configuration: fields left
-   * unset take their defaults, and a password or signing secret not sent again is removed. A replace is written
+   * unset take their defaults, and a password, signing secret or header not sent again is removed. A replace is written
    * only while the webhook is still the save it read (a save in between is read again); ABORTED when others kept
    * saving it each of 5 times.
    */
@@ -1819,7 +2140,7 @@ export const WebhookServiceService = {
 export interface WebhookServiceServer extends UntypedServiceImplementation {
   /**
    * Creates or replaces the account's webhook. The request is the whole configuration: fields left
-   * unset take their defaults, and a password or signing secret not sent again is removed. A replace is written
+   * unset take their defaults, and a password, signing secret or header not sent again is removed. A replace is written
    * only while the webhook is still the save it read (a save in between is read again); ABORTED when others kept
    * saving it each of 5 times.
    */
@@ -1847,7 +2168,7 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
 export interface WebhookServiceClient extends Client {
   /**
    * Creates or replaces the account's webhook. The request is the whole configuration: fields left
-   * unset take their defaults, and a password or signing secret not sent again is removed. A replace is written
+   * unset take their defaults, and a password, signing secret or header not sent again is removed. A replace is written
    * only while the webhook is still the save it read (a save in between is read again); ABORTED when others kept
    * saving it each of 5 times.
    */
@@ -1954,6 +2275,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
