@@ -54,6 +54,17 @@ describe('app-inbox commands', () => {
       ],
       [['webhook', 'set', 'a', '--url', 'http://x', '--username', 'u', '--password-stdin'], /standard input is empty/],
       [['webhook', 'set', 'a', '--url', 'http://x', '--ttl-seconds', '0'], /--ttl-seconds must be a positive integer/],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--header-env', 'X-Api-Key'], /--header-env: give NAME=VARIABLE/],
+      [['webhook', 'set', 'a', '--url', 'http://x', '--header-env', '=K'], /--header-env: give NAME=VARIABLE/],
+      [
+        ['webhook', 'set', 'a', '--url', 'http://x', '--header-env', 'X-Api-Key=K'],
+        /--header-env X-Api-Key: the environment variable K is not set/,
+      ],
+      [
+        ['webhook', 'set', 'a', '--url', 'http://x', '--header-env', 'x-a=K', '--header-env', 'x-a=K'],
+        /--header-env: x-a is given twice/,
+        { K: 'v' },
+      ],
       [['publish', 'a'], /missing required argument 'file'/],
       [['publish', 'a', 'missing.json'], /missing\.json: cannot be read \(ENOENT\)/],
       [['resync', 'a', 'c', '--all'], /name the contacts or give --all \(not both\)/],

@@ -203,6 +203,8 @@ function webhookView(w: Webhook | undefined): string {
     ['max messages', `${count(w.maxMessagesPerContact)} per contact`],
     ['message TTL', `${count(w.defaultMessageTtlSeconds)} s`],
     ['rate limit', w.rateLimitPerSecond > 0 ? `${count(w.rateLimitPerSecond)} requests/s` : 'none'],
+    // Names only: the server never returns a header's value (an API key, a token).
+    ['headers', w.headerNames.length > 0 ? `${w.headerNames.join(', ')} (values not shown)` : 'none'],
     [
       'circuit',
       w.circuit
@@ -286,6 +288,31 @@ function filterOption(flag: string, value: string | undefined, what: string): st
   return value ?? '';
 }
 
+/**
+ * The webhook's own headers of `--header-env NAME=VARIABLE` options: each value read from its environment variable,
+ * never from the command line (`ps` and the shell history keep it, and a header is most often an API key). The
+ * server checks the names and values (and says which header is wrong); only the form of an option is checked here.
+ */
+function headersFrom(ctx: Context, options: readonly string[]): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const option of options) {
+    const at = option.indexOf('=');
+    const name = at < 0 ? '' : option.slice(0, at);
+    const variable = at < 0 ? '' : option.slice(at + 1);
+    if (name === '' || variable === '') {
+      // What was given is not repeated: `--header-env "X-Api-Key: k_live_..."` is a value typed where a name goes.
+      throw new CliError(
+        'usage',
+        '--header-env: give NAME=VARIABLE, the header name and the variable holding its value',
+      );
+    }
+    // The same name twice would keep only the last value, unseen (the server compares names in any case).
+    if (Object.hasOwn(headers, name)) throw new CliError('usage', `--header-env: ${name} is given twice`);
+    headers[name] = secretFrom(ctx, variable, `--header-env ${name}`);
+  }
+  return headers;
+}
+
 function secretFrom(ctx: Context, variable: string, what: string): string {
   const value = ctx.io.env[variable];
   if (value === undefined || value === '') {
@@ -332,6 +359,7 @@ function buildProgram(io: CliIo, contexts: Context[]): Command {
 Exit codes: 0 done; 1 the server refused the call or could not be reached; 2 bad usage or input.
 Examples:
   app-inbox webhook set acct-1 --url https://example.com/hook --username u --password-env HOOK_PASSWORD
+  app-inbox webhook set acct-1 --url https://example.com/hook --header-env X-Api-Key=HOOK_API_KEY
   app-inbox publish acct-1 messages.json
   app-inbox deliveries list --account acct-1 --state failed
   app-inbox watch --account acct-1`,
@@ -367,6 +395,12 @@ Examples:
     )
     .option('--disabled', 'keep accepting messages but send nothing until enabled again')
     .option('--signing-secret-env <variable>', 'read a Standard Webhooks signing secret (whsec_...) from this variable')
+    .option(
+      '--header-env <name=variable>',
+      'send the header NAME on every request, its value (e.g. an API key) read from VARIABLE; repeatable',
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
+    )
     .addOption(
       new Option(
         '--ttl-seconds <n>',
@@ -393,6 +427,7 @@ Examples:
             signingSecretEnv?: string;
             ttlSeconds?: number;
             rateLimit?: number;
+            headerEnv: string[];
           },
         ) => {
           if (o.passwordStdin === true && o.passwordEnv !== undefined) {
@@ -415,6 +450,7 @@ Examples:
           }
           const signingSecret =
             o.signingSecretEnv === undefined ? '' : secretFrom(ctx, o.signingSecretEnv, '--signing-secret-env');
+          const headers = headersFrom(ctx, o.headerEnv);
           const response = await ctx.client.upsertWebhook({
             accountId: account,
             url: o.url,
@@ -424,6 +460,7 @@ Examples:
             signingSecret,
             ...(o.ttlSeconds !== undefined ? { defaultMessageTtlSeconds: o.ttlSeconds } : {}),
             ...(o.rateLimit !== undefined ? { rateLimitPerSecond: o.rateLimit } : {}),
+            headers,
           });
           if (ctx.json) return ctx.out(json(UpsertWebhookResponse.toJSON(response)));
           ctx.out(`Webhook of account ${account} ${response.created ? 'created' : 'replaced'}.\n`);
@@ -450,7 +487,8 @@ Examples:
                 cause: error,
                 hint:
                   `save the whole webhook again with its secrets: app-inbox webhook set ${account} --url <url> ` +
-                  '--username <name> --password-env <variable> [--signing-secret-env <variable>]' +
+                  '--username <name> --password-env <variable> [--signing-secret-env <variable>] ' +
+                  '[--header-env <name=variable> ...]' +
                   `${enabled ? '' : ' --disabled'} (SECURITY.md, lost key)`,
               });
             });
@@ -462,7 +500,9 @@ Examples:
   }
   webhook
     .command('get <account>')
-    .description('show the webhook of an account (secrets are never shown, only whether they are set)')
+    .description(
+      'show the webhook of an account (secrets are never shown, only whether they are set; of its headers, the names)',
+    )
     .action(
       act(async (ctx, account: string) => {
         const response = await ctx.client.getWebhook({ accountId: account });

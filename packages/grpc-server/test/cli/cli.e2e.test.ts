@@ -147,6 +147,58 @@ describe('app-inbox command-line client', () => {
     expect(missing.stderr).toContain(`NOT_FOUND: account "${acct}" has no webhook`);
   });
 
+  it("sets the webhook's own headers from variables (--header-env), shows their names only, and sends them", async () => {
+    receiver = await createMockReceiver();
+    const acct = accountId();
+    const apiKey = `k_live_${randomUUID()}`;
+    const set = await runCli(
+      cli(
+        'webhook',
+        'set',
+        acct,
+        '--url',
+        `${receiver.url}/hook`,
+        '--header-env',
+        'X-Api-Key=HOOK_API_KEY',
+        '--header-env',
+        'x-route=HOOK_ROUTE',
+      ),
+      { env: { HOOK_API_KEY: apiKey, HOOK_ROUTE: 'eu-route' } },
+    );
+    expect(set.stderr).toBe('');
+    expect(set.code).toBe(0);
+    expect(set.stdout).toMatch(/headers\s+x-api-key, x-route \(values not shown\)/);
+    expect((await t.server.store.getWebhook(acct))?.headers).toEqual({ 'x-api-key': apiKey, 'x-route': 'eu-route' });
+
+    const human = await runCli(cli('webhook', 'get', acct));
+    const asJson = await runCli(cli('--json', 'webhook', 'get', acct));
+    expect(human.stdout).toMatch(/headers\s+x-api-key, x-route \(values not shown\)/);
+    expect((JSON.parse(asJson.stdout) as { webhook: unknown }).webhook).toMatchObject({
+      headerNames: ['x-api-key', 'x-route'],
+    });
+    for (const output of [set.stdout, human.stdout, asJson.stdout]) {
+      expect(output).not.toContain(apiKey);
+      expect(output).not.toContain('eu-route');
+    }
+
+    const published = await t.clients.publishMessages({ accountId: acct, messages: [inboxMessage('c-1')] });
+    await deliveryIn(t.clients, published.deliveries[0]!.deliveryId, [DeliveryState.DELIVERY_STATE_DELIVERED]);
+    expect(receiver.records.list()[0]?.headers).toMatchObject({ 'x-api-key': apiKey, 'x-route': 'eu-route' });
+
+    // A refused header: the server names it (exit 1), and the value read from the variable is never printed.
+    const refused = await runCli(
+      cli('webhook', 'set', acct, '--url', `${receiver.url}/hook`, '--header-env', 'Host=HOOK_API_KEY'),
+      { env: { HOOK_API_KEY: apiKey } },
+    );
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('INVALID_ARGUMENT');
+    expect(refused.stderr).toContain('headers["host"]');
+    expect(refused.stderr).not.toContain(apiKey);
+    // Saved again without --header-env: no headers (the whole configuration is replaced).
+    const plain = await runCli(cli('webhook', 'set', acct, '--url', `${receiver.url}/hook`));
+    expect(plain.stdout).toMatch(/headers\s+none/);
+  });
+
   it('disables and enables a webhook, keeping its password and signing secret (UpdateWebhook)', async () => {
     const acct = await accountWithReceiver();
     await t.clients.upsertWebhook({
