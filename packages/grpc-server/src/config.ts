@@ -568,7 +568,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     env: ['APP_INBOX_SECRET_KEYS'],
     unit: '',
     description:
-      'Keys sealing webhook passwords and signing secrets at rest (AES-256-GCM): `id:base64key` comma list, the first seals, all open (rotation). Empty: --secret-key-file, else for SQLite `<db dir>/secret.key` (created, mode 0600). Generate: `echo k1:$(openssl rand -base64 32)`.',
+      'Keys sealing webhook passwords, signing secrets and header values at rest (AES-256-GCM): `id:base64key` comma list, the first seals, all open (rotation). Empty: --secret-key-file, else for SQLite `<db dir>/secret.key` (created, mode 0600). Generate: `echo k1:$(openssl rand -base64 32)`.',
     bound: 'id:base64key entries',
     schema: z.string().trim(),
     envOnly: true,
