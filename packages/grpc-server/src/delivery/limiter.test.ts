@@ -394,6 +394,22 @@ describe('EndpointLimiter', () => {
       expect(calls).toHaveLength(2);
     });
 
+    it('holds the tokens of a lease asked for under a higher rate to the rate set meanwhile', async () => {
+      // Before: setRate held the tokens to the new size, but a lease on its way brought a tenth of a second of the old
+      // rate after that: lowered from 1,000 to 1 a second, 99 more attempts began at once.
+      const { calls, source } = fakeSource();
+      const l = new EndpointLimiter(1_000, { clock, tokenSource: source });
+      l.setRate('a', 1_000);
+      const first = l.acquire('a');
+      expect(calls[0]!.want).toBe(100);
+      l.setRate('a', 1);
+      calls[0]!.resolve({ granted: 100, nextTokenInMs: 0 });
+      expect(await first).toBe(true);
+      let more = 0;
+      while (l.tryAcquire('a')) more += 1;
+      expect(more).toBe(0);
+    });
+
     it('does not wedge a key whose lease fails: asks again after leaseRetryMs, reporting once per streak', async () => {
       const { calls, source } = fakeSource();
       const errors: unknown[] = [];

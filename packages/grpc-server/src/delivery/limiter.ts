@@ -350,8 +350,9 @@ export class EndpointLimiter {
     const granted = Math.max(0, Math.min(want, Math.floor(lease.granted)));
     if (granted > 0) {
       // Tokens left from before have expired (leases are asked for only when none is left), or are few: all of them
-      // expire together, T after this lease was asked for.
-      bucket.tokens = this.#tokens(bucket) + granted;
+      // expire together, T after this lease was asked for. A rate lowered while the lease was on its way holds them to
+      // its size, as setRate held those the key had then: else a tenth of a second of the old rate began at once.
+      bucket.tokens = Math.min(bucket.perSecond, this.#tokens(bucket) + granted);
       bucket.at = askedAt + this.#leasedTokenTtlMs;
     }
     // Less than asked: the shared bucket is empty until its next token, so the key waits for it instead of asking
