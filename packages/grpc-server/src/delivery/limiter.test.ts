@@ -394,6 +394,43 @@ describe('EndpointLimiter', () => {
       expect(calls).toHaveLength(2);
     });
 
+    it('grants the waiters of a lease that waited for a connection: T counts from when it went to the database', async () => {
+      // Before: T counted from the ask, so a lease that waited longer than T for a connection of a busy pool brought
+      // tokens already expired; the key asked again at once, each lease taking tokens of the shared bucket that nobody
+      // used, and its waiters were never granted for as long as the pool stayed that busy.
+      const { calls, source } = fakeSource();
+      const l = new EndpointLimiter(10, { clock, tokenSource: source, leasedTokenTtlMs: 250 });
+      l.setRate('a', 20);
+      const granted: number[] = [];
+      const waits = [0, 1].map((i) => l.acquire('a').then((g) => g && granted.push(i)));
+      // 300 ms for a connection, then 20 ms to the answer.
+      advance(320);
+      calls[0]!.resolve({ granted: 2, nextTokenInMs: 0, queuedMs: 300 });
+      await settle();
+      expect(granted).toEqual([0, 1]);
+      expect(calls).toHaveLength(1);
+      await Promise.all(waits);
+      // The tokens still expire T after the statement went out, not T after they came.
+      const third = l.acquire('a');
+      advance(1);
+      calls[1]!.resolve({ granted: 2, nextTokenInMs: 0, queuedMs: 0 });
+      expect(await third).toBe(true);
+      advance(248);
+      expect(l.tryAcquire('a')).toBe(true);
+      const fourth = l.acquire('a');
+      advance(1);
+      expect(l.tryAcquire('a')).toBe(false);
+      // A queue time longer than the whole lease took is not believed past the answer.
+      advance(9);
+      calls[2]!.resolve({ granted: 2, nextTokenInMs: 0, queuedMs: 10_000 });
+      expect(await fourth).toBe(true);
+      advance(249);
+      expect(l.tryAcquire('a')).toBe(true);
+      advance(1);
+      expect(l.tryAcquire('a')).toBe(false);
+      expect(calls).toHaveLength(3);
+    });
+
     it('holds the tokens of a lease asked for under a higher rate to the rate set meanwhile', async () => {
       // Before: setRate held the tokens to the new size, but a lease on its way brought a tenth of a second of the old
       // rate after that: lowered from 1,000 to 1 a second, 99 more attempts began at once.

@@ -10,12 +10,14 @@
  * - Shared bucket (a token source; PostgreSQL, where several processes send for one webhook): the key's tokens come
  *   only from the source, the bucket every process shares (`Store.leaseRateTokens`), leased a few at a time when the
  *   key runs short (about a tenth of a second's worth, at least what its waiters need, at most a second's worth) by
- *   one lease at a time per key. Leased tokens left unused expire `leasedTokenTtlMs` (T, 250 ms) after their lease was
- *   asked for, so a process cannot save them up and burst later. A token used in a window was granted by the shared
- *   bucket at most T before it (by the database's clock and the process's running at the same speed), and the shared
- *   bucket hands out at most `rate × (1 + W + T)` tokens over W + T seconds: over any window of W seconds the endpoint
- *   sees at most `rate × (1 + W + T)` attempts begun from all the processes together (2.25 × rate in a second), where
- *   N processes with a bucket each began up to `N × rate × (1 + W)`. The `limit` on attempts in flight stays per process.
+ *   one lease at a time per key. Leased tokens left unused expire `leasedTokenTtlMs` (T, 250 ms) after their lease's
+ *   statement went to the database (the lease was asked for, plus the time the source says it waited for a connection
+ *   before: the shared bucket cannot have handed them out earlier), so a process cannot save them up and burst later.
+ *   A token used in a window was granted by the shared bucket at most T before it (by the database's clock and the
+ *   process's running at the same speed), and the shared bucket hands out at most `rate × (1 + W + T)` tokens over
+ *   W + T seconds: over any window of W seconds the endpoint sees at most `rate × (1 + W + T)` attempts begun from all
+ *   the processes together (2.25 × rate in a second), where N processes with a bucket each began up to
+ *   `N × rate × (1 + W)`. The `limit` on attempts in flight stays per process.
  * @see ARCHITECTURE "Decisions" §4 (isolation), POSTGRES.md "A webhook's rate limit is global"
  */
 
@@ -329,7 +331,8 @@ export class EndpointLimiter {
     state.leasing = true;
     const perSecond = bucket.perSecond;
     const want = Math.min(perSecond, Math.max(Math.ceil(perSecond / 10), state.waiters.length));
-    // The tokens' expiry counts from before the source took them, not from its answer: a slow answer cannot stretch T.
+    // The tokens' expiry counts from before the source took them (the ask, plus its wait for a connection), not from
+    // its answer: a slow answer cannot stretch T.
     const askedAt = this.#clock();
     // A source that throws instead of rejecting is a failed lease too, not an exception in the caller's pump.
     new Promise<RateTokenLease>((resolve) => resolve(source.lease(key, perSecond, want))).then(
@@ -350,10 +353,16 @@ export class EndpointLimiter {
     const granted = Math.max(0, Math.min(want, Math.floor(lease.granted)));
     if (granted > 0) {
       // Tokens left from before have expired (leases are asked for only when none is left), or are few: all of them
-      // expire together, T after this lease was asked for. A rate lowered while the lease was on its way holds them to
-      // its size, as setRate held those the key had then: else a tenth of a second of the old rate began at once.
+      // expire together, T after this lease's statement went out. Counted from the ask, a lease that waited longer than
+      // T for a connection of a busy pool brought tokens already expired: the key asked again at once, each lease
+      // taking tokens of the shared bucket that nobody used, and its waiters waited for as long as the pool stayed that
+      // busy. The source's word for that wait is believed up to the answer (never a later expiry than T after it).
+      const queuedMs = Number.isFinite(lease.queuedMs) ? Math.max(0, lease.queuedMs!) : 0;
+      const sentAt = askedAt + Math.min(queuedMs, Math.max(0, this.#clock() - askedAt));
+      // A rate lowered while the lease was on its way holds them to its size, as setRate held those the key had then:
+      // else a tenth of a second of the old rate began at once.
       bucket.tokens = Math.min(bucket.perSecond, this.#tokens(bucket) + granted);
-      bucket.at = askedAt + this.#leasedTokenTtlMs;
+      bucket.at = sentAt + this.#leasedTokenTtlMs;
     }
     // Less than asked: the shared bucket is empty until its next token, so the key waits for it instead of asking
     // again at once (a lease that brought nothing always waits, at least a millisecond).

@@ -250,6 +250,11 @@ export interface RateTokenLease {
   granted: number;
   /** How long (ms) until the bucket holds a whole token again; 0 when it still holds one. */
   nextTokenInMs: number;
+  /**
+   * How long (ms) the lease waited, from the call, before its statement went to the store (for a connection of the
+   * pool): the tokens were taken after that, so their expiry counts from then (see EndpointLimiter). Default 0.
+   */
+  queuedMs?: number;
 }
 
 export interface Store {

@@ -2062,6 +2062,39 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       }
     });
 
+    it('says how long a lease waited for a connection, which the bucket cannot have handed tokens out during', async () => {
+      // Before: nothing said it, and the limiter counted the tokens' 250 ms from the call: a lease that waited that
+      // long for a connection of a busy pool brought tokens already expired, and its endpoint's deliveries waited.
+      const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+      const holder = new pg.Client({ connectionString: db.url });
+      await holder.connect();
+      try {
+        const [busy, queued] = [`acct-${randomUUID()}`, `acct-${randomUUID()}`];
+        await store.leaseRateTokens(busy, 5, 1);
+        // Another session locks the first account's row: its next lease holds the store's only connection meanwhile.
+        await holder.query('BEGIN');
+        await holder.query('SELECT 1 FROM rate_buckets WHERE account_id = $1 FOR UPDATE', [busy]);
+        const blocked = store.leaseRateTokens(busy, 5, 1);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        const started = performance.now();
+        const waiting = store.leaseRateTokens(queued, 5, 1);
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        await holder.query('COMMIT');
+        const [first, second] = await Promise.all([blocked, waiting]);
+        const elapsed = performance.now() - started;
+        // The blocked one had its connection at once (its wait was for the row, in the database).
+        expect(first.queuedMs).toBeLessThan(50);
+        expect(first.granted).toBe(1);
+        // The other one waited for the connection, at least until the commit, and no longer than the whole call.
+        expect(second.queuedMs).toBeGreaterThanOrEqual(290);
+        expect(second.queuedMs).toBeLessThanOrEqual(elapsed);
+        expect(second.granted).toBe(1);
+      } finally {
+        await holder.end();
+        await store.close();
+      }
+    });
+
     it('deletes the bucket with the webhook', async () => {
       const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
       try {

@@ -1654,15 +1654,24 @@ export class PostgresStore implements Store {
     assertId('accountId', accountId);
     assertInt('perSecond', perSecond, 1, 1_000_000);
     assertInt('want', want, 1, perSecond);
-    const { rows } = await this.#run<{ granted: number; tokens: number }>(LEASE_RATE_TOKENS_SQL, [
-      accountId,
-      perSecond,
-      want,
-    ]);
-    const row = rows[0]!;
+    this.#assertOpen();
+    // A connection first, timed: the wait for one (a busy pool) comes before the bucket hands anything out, so the
+    // limiter counts its tokens' expiry from when the statement went out (queuedMs), not from the call.
+    const calledAt = performance.now();
+    const client = await this.#pool.connect();
+    const queuedMs = performance.now() - calledAt;
+    let row: { granted: number; tokens: number };
+    try {
+      row = (await client.query<typeof row>(named(LEASE_RATE_TOKENS_SQL, [accountId, perSecond, want]))).rows[0]!;
+    } catch (error) {
+      // As pool.query does: a connection whose statement failed is not reused.
+      client.release(error instanceof Error ? error : true);
+      throw error;
+    }
+    client.release();
     // Whole tokens only are taken: the next one is there once the fraction left has refilled to 1.
     const nextTokenInMs = row.tokens >= 1 ? 0 : Math.ceil(((1 - row.tokens) * 1000) / perSecond);
-    return { granted: row.granted, nextTokenInMs };
+    return { granted: row.granted, nextTokenInMs, queuedMs };
   }
 
   // ---------------------------------------------------------------- outcomes
