@@ -2035,6 +2035,25 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       }
     });
 
+    it("keeps refilling after the database's clock is set back", async () => {
+      // Before: the row kept the later time it had (GREATEST of the two), so nothing refilled until the clock caught up
+      // with it: set back an hour (a step of NTP, a failover to a server whose clock is behind), every rate-limited
+      // webhook on the database got no request for an hour.
+      const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
+      try {
+        const account = `acct-${randomUUID()}`;
+        expect((await store.leaseRateTokens(account, 5, 5)).granted).toBe(5);
+        // The row's time an hour ahead of the clock: as if the clock had been set back an hour since.
+        await age(account, -3_600_000);
+        expect((await store.leaseRateTokens(account, 5, 5)).granted).toBe(0);
+        // A second at 5 a second refills the bucket as it would have without the step.
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        expect((await store.leaseRateTokens(account, 5, 5)).granted).toBeGreaterThanOrEqual(4);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('never gives two processes leasing at once more than the bucket holds together', async () => {
       const stores = [
         await openPostgresStore({ connectionString: db.url, poolSize: 4 }),

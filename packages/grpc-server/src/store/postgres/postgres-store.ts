@@ -491,19 +491,22 @@ interface QueuedRecord {
  * Takes up to $3 tokens from the account's shared bucket ($1), refilled at $2 a second up to $2 (see
  * {@link PostgresStore.leaseRateTokens}). One statement: concurrent leases of one account wait on each other's row lock,
  * and each then refills and takes from the row as the one before left it (ON CONFLICT DO UPDATE works on the newest
- * version of the row), so together they never take more than the bucket held. "Now" is read once, by the database
- * (clock_timestamp(), as EXCLUDED.refilled_at): a lease that waited for the lock may hold a time a little before the
- * row's, and then refills nothing and leaves the row's time as it is (never a negative refill, never time counted
- * twice). A new row is a full bucket, less what this lease takes.
+ * version of the row), so together they never take more than the bucket held. "Now" is the database's clock, read by
+ * an update once it holds the row lock (the SET is computed then), so each lease of an account reads a later time than
+ * the one before, and refills exactly the time since. Only a clock set back reads an earlier one: the row then takes the
+ * new clock's time and refills nothing this once; keeping the later time instead, the bucket refilled nothing until
+ * the clock caught up with it (set back an hour, its webhook got no request for an hour). A new row is a full bucket,
+ * less what this lease takes.
  */
 export const LEASE_RATE_TOKENS_SQL = `INSERT INTO rate_buckets AS b (account_id, tokens, granted, refilled_at)
 SELECT $1, $2::integer - n.g, n.g, clock_timestamp() FROM (SELECT LEAST($3::integer, $2::integer) AS g) n
 ON CONFLICT (account_id) DO UPDATE SET (tokens, granted, refilled_at) = (
-  SELECT t.avail - t.g, t.g, GREATEST(b.refilled_at, EXCLUDED.refilled_at)
-  FROM (SELECT a.avail, LEAST($3::integer, floor(a.avail)::integer) AS g
-        FROM (SELECT LEAST($2::integer::double precision,
-                b.tokens + GREATEST(0, extract(epoch FROM EXCLUDED.refilled_at - b.refilled_at))::double precision
-                  * $2::integer) AS avail) a) t)
+  SELECT t.avail - t.g, t.g, t.now
+  FROM (SELECT a.avail, a.now, LEAST($3::integer, floor(a.avail)::integer) AS g
+        FROM (SELECT c.now, LEAST($2::integer::double precision,
+                b.tokens + GREATEST(0, extract(epoch FROM c.now - b.refilled_at))::double precision
+                  * $2::integer) AS avail
+              FROM (SELECT clock_timestamp() AS now) c) a) t)
 RETURNING granted, tokens`;
 
 /**
