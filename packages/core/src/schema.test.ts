@@ -583,6 +583,28 @@ describe('webhookConfigSchema', () => {
       expect(violations(check(['x']))).toEqual([{ field: 'headers', description: 'must be a record' }]);
     });
 
+    it('never repeats a name that is not a token, even when its value is not a string either', () => {
+      // `X-Api-Key: k_live_1` typed as a name carries its value: counted, as with a string value, never named.
+      const found = violations(check({ 'X-Api-Key: k_live_1': 42, 'x-b': 7 }));
+      expect(JSON.stringify(found)).not.toContain('k_live_1');
+      expect(found).toEqual([
+        { field: 'headers["x-b"]', description: 'must be a string' },
+        expect.objectContaining({
+          field: 'headers',
+          description: expect.stringContaining('1 header name that is not'),
+        }),
+      ]);
+    });
+
+    it('refuses __proto__ as a name rather than drop it unseen (a plain object cannot hold it as a key)', () => {
+      // JSON.parse makes `__proto__` an own key, as a caller's decoded JSON would; assigned to a plain object it is
+      // lost, so the configuration was accepted without the header it asked for.
+      const headers = JSON.parse('{"__proto__": "v", "x-ok": "1"}') as unknown;
+      expect(violations(check(headers))).toEqual([
+        { field: 'headers["__proto__"]', description: expect.stringContaining('cannot be used as a header name') },
+      ]);
+    });
+
     it('allows authorization without Basic auth, and refuses it with Basic auth (any case), naming the header', () => {
       const auth = { type: 'basic', username: 'u', password: 'p' };
       expect(check({ authorization: 'Bearer t' }).ok).toBe(true);

@@ -266,8 +266,11 @@ const HEADER_VALUE = /^[\t\x20-\x7e]*$/;
  * @see RFC 9110 §5 (field names are case-insensitive tokens; values without CR, LF or NUL)
  */
 export const webhookHeadersSchema = z
-  .record(z.string(), z.string())
-  .superRefine((headers, ctx) => {
+  // Not z.record: it copies the map into a plain object, where a `__proto__` key (an own key of any JSON.parse
+  // result) is lost without an error, and it names a bad value's key whatever that key is. So the input is taken as
+  // it is, and every key and value is checked below.
+  .custom<Record<string, string>>(isPlainObject, { error: 'must be a record' })
+  .superRefine((headers: Record<string, unknown>, ctx) => {
     const entries = Object.entries(headers);
     if (entries.length > LIMITS.maxHeaders) {
       ctx.addIssue({ code: 'custom', message: `must have at most ${LIMITS.maxHeaders} headers` });
@@ -279,7 +282,7 @@ export const webhookHeadersSchema = z
     const seen = new Set<string>();
     const repeated = new Set<string>();
     for (const [name, value] of entries) {
-      totalBytes += name.length + utf8ByteLength(value);
+      totalBytes += name.length + (typeof value === 'string' ? utf8ByteLength(value) : 0);
       if (name.length > LIMITS.headerNameLength) {
         tooLong += 1;
         continue;
@@ -292,6 +295,13 @@ export const webhookHeadersSchema = z
       if (seen.has(lower)) repeated.add(lower);
       seen.add(lower);
       const path = [lower];
+      if (lower === '__proto__') {
+        ctx.addIssue({
+          code: 'custom',
+          path,
+          message: 'cannot be used as a header name (a JavaScript object cannot hold it): use another name',
+        });
+      }
       if (isReservedHeaderName(lower)) {
         ctx.addIssue({
           code: 'custom',
@@ -300,15 +310,17 @@ export const webhookHeadersSchema = z
         });
       }
       const message =
-        value === ''
-          ? 'must not be empty'
-          : utf8ByteLength(value) > LIMITS.headerValueBytes
-            ? `must be at most ${LIMITS.headerValueBytes} bytes`
-            : !HEADER_VALUE.test(value)
-              ? 'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)'
-              : /^[ \t]|[ \t]$/.test(value)
-                ? 'must not start or end with a space or tab'
-                : null;
+        typeof value !== 'string'
+          ? 'must be a string'
+          : value === ''
+            ? 'must not be empty'
+            : utf8ByteLength(value) > LIMITS.headerValueBytes
+              ? `must be at most ${LIMITS.headerValueBytes} bytes`
+              : !HEADER_VALUE.test(value)
+                ? 'must be visible ASCII characters, spaces and tabs (no CR, LF, NUL, other control or non-ASCII characters)'
+                : /^[ \t]|[ \t]$/.test(value)
+                  ? 'must not start or end with a space or tab'
+                  : null;
       if (message !== null) ctx.addIssue({ code: 'custom', path, message });
     }
     for (const lower of repeated) {
@@ -344,6 +356,13 @@ export const webhookHeadersSchema = z
     for (const [name, value] of Object.entries(headers)) lowered[name.toLowerCase()] = value;
     return lowered;
   });
+
+/** Whether `value` is a plain object (its prototype Object.prototype or null), as z.record requires one. */
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}
 
 /** Whether `headers` (unchecked input) names `authorization`, in any case. */
 function namesAuthorization(headers: unknown): boolean {
