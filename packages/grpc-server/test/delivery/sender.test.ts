@@ -1,3 +1,4 @@
+import { LIMITS, buildRequestHeaders, validateWebhookConfig } from '@app-inbox/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSender, type Sender, type SenderOptions } from '../../src/delivery/index.js';
 import { closedPort, startReceiver, type Handler, type TestReceiver } from './http-receiver.js';
@@ -61,6 +62,38 @@ describe('sender', () => {
     });
     const result = await sender().send(r.url, headers, body);
     expect(result.outcome).toEqual({ kind: 'response', status: 503, retryAfter: '7' });
+  });
+
+  it("carries a webhook's own headers at their documented limits to a Node.js receiver with its default header limit", async () => {
+    // Node.js (like IIS) reads at most 16 KiB of request line and headers by default and answers 431 past it, which
+    // fails the delivery for good; a webhook saved within the documented limits must not be one it refuses.
+    const r = await receiver();
+    const own: Record<string, string> = {};
+    let left: number = LIMITS.headersTotalBytes;
+    for (let i = 0; left > 0; i++) {
+      const name = `x-key-${i}`;
+      const size = Math.min(LIMITS.headerValueBytes, left - name.length);
+      own[name] = 'k'.repeat(size);
+      left -= name.length + size;
+    }
+    const config = validateWebhookConfig({ url: r.url, headers: own });
+    expect(config.ok).toBe(true);
+    // The service's own headers beside them, as large as a plain ASCII configuration makes them: a 256-character
+    // contact id, Basic auth, and two signatures (a rotation's overlap).
+    const secret = (fill: number) => `whsec_${Buffer.alloc(32, fill).toString('base64')}`;
+    const sent = await buildRequestHeaders({
+      deliveryId: 'dlv_01J0000000000000000000000',
+      externalCustomerId: 'c'.repeat(LIMITS.externalCustomerIdLength),
+      body,
+      timestampSeconds: 1_700_000_000,
+      auth: { type: 'basic', username: 'u'.repeat(64), password: 'p'.repeat(256) },
+      signingSecret: secret(1),
+      previousSigningSecret: secret(2),
+      headers: own,
+    });
+    const result = await sender().send(r.url, sent, body);
+    expect(result.outcome).toEqual({ kind: 'response', status: 200 });
+    expect(r.requests[0]?.headers['x-key-0']).toBe(own['x-key-0']);
   });
 
   it('times out a hanging receiver at requestTimeoutMs', async () => {

@@ -209,7 +209,7 @@ export interface UpsertWebhookRequest {
    * `Authorization: Bearer ...`, a routing header). Write-only: the values are secrets, sealed at rest like the
    * password; a read shows only the names. At most 20; a name is an HTTP token of at most 256 characters, compared
    * case-insensitively and stored in lower case; a value is 1-4,096 bytes of visible ASCII, spaces and tabs, with
-   * no leading or trailing blank; names and values together at most 16 KiB. Refused: the names the server sends or
+   * no leading or trailing blank; names and values together at most 8 KiB. Refused: the names the server sends or
    * that would break the request (`host`, `content-type`, `content-length`, `content-encoding`,
    * `transfer-encoding`, `connection`, `keep-alive`, `upgrade`, `http2-settings`, `te`, `trailer`, `expect`,
    * `user-agent`, `webhook-id`, `webhook-timestamp`, `webhook-signature`, `proxy-*`, `app-inbox-*`), and
