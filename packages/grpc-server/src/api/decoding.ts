@@ -6,7 +6,9 @@
  * (ts-proto, `forceLong=number`) decoders throw: a 64-bit integer field beyond ±(2^53 − 1), which a
  * JavaScript number cannot hold (e.g. `created_date: 2^63 − 1`), a string field that is not UTF-8 (see
  * {@link decodeStrictly}: only because requests are decoded here with a strict UTF-8 decoder), and bytes that
- * are not protobuf at all. So the wrapped deserializer never throws: it hands the handler a marker, and the
+ * are not protobuf at all. A fourth thing makes them lose data without throwing: a map key `__proto__`, which a
+ * plain object cannot hold ({@link findLostMapKey}); it is refused here too. So the wrapped deserializer never
+ * throws: it hands the handler a marker, and the
  * wrapped handler answers INVALID_ARGUMENT with a `google.rpc.BadRequest`, the field path found by walking the
  * wire bytes with the message's descriptor (from the same .proto files the code was generated from).
  * @see CONVENTIONS §6 (typed errors; bad input gets a clear error naming the field)
@@ -55,6 +57,22 @@ interface FieldDescriptor {
 }
 interface MessageDescriptor {
   field: FieldDescriptor[];
+  /** Nested types, a map field's implicit entry type among them (`options.mapEntry`). */
+  nestedType?: Array<{ name: string; options?: { mapEntry?: boolean } | null }>;
+}
+
+/**
+ * The one map key a decoded request cannot hold: ts-proto decodes a `map<string, …>` into a plain object, where
+ * `message.headers["__proto__"] = value` sets the object's prototype (to nothing, for a string) instead of a key.
+ */
+const LOST_MAP_KEY = '__proto__';
+const LOST_MAP_KEY_DESCRIPTION = `is a key this server cannot hold (JavaScript's ${LOST_MAP_KEY}): use another`;
+
+/** A request the generated decoder read, but whose map key {@link LOST_MAP_KEY} it dropped. */
+class LostMapKeyError extends Error {
+  constructor(readonly violation: FieldViolation) {
+    super(`${violation.field}: ${violation.description}`);
+  }
 }
 
 /**
@@ -69,14 +87,19 @@ const decodeUtf8Strictly = (bytes: Uint8Array): string => strictUtf8.decode(byte
  * `method`'s request decoded from `bytes` with strict UTF-8 strings, in the one pass of the generated decoder:
  * ts-proto's `requestDeserialize` is `(value) => Request.decode(value)`, and `decode` reads from a
  * `BinaryReader` it is given (the generated code's own way of decoding nested messages), so the reader is
- * handed to it in place of the bytes. Throws where the generated decoder would, and on a string that is not
- * UTF-8. The reader must end at the end of the bytes: a deserializer that did not read from it (another code
+ * handed to it in place of the bytes. Throws where the generated decoder would, on a string that is not UTF-8,
+ * and on a map key the decoder drops ({@link findLostMapKey}). The reader must end at the end of the bytes: a deserializer that did not read from it (another code
  * generator) would fail every request here, in every test, rather than go on decoding strings leniently.
  */
 export function decodeStrictly(method: MethodDefinition<unknown, unknown>, bytes: Uint8Array): unknown {
   const reader = new BinaryReader(bytes, decodeUtf8Strictly);
   const request = method.requestDeserialize(reader as unknown as Buffer);
   if (reader.pos !== reader.len) throw new Error(`${method.path}: the request decoder did not read its bytes`);
+  // Only bytes holding `__proto__` anywhere are walked again for a map key that was lost (one memory search).
+  if (Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).includes(LOST_MAP_KEY)) {
+    const found = lostMapKeyOf(method.path, bytes);
+    if (found !== null) throw new LostMapKeyError(found);
+  }
   return request;
 }
 
@@ -180,6 +203,76 @@ export function findUndecodableField(
   return null;
 }
 
+/**
+ * The first map field holding the key {@link LOST_MAP_KEY}, named as core names a header (`headers["__proto__"]`), or
+ * null. The generated decoder drops that entry without an error, so the request would be answered OK without it.
+ */
+export function findLostMapKey(
+  bytes: Uint8Array,
+  descriptor: MessageDescriptor,
+  packageName: string,
+  prefix = '',
+  depth = 0,
+): FieldViolation | null {
+  if (depth > MAX_DEPTH) return null;
+  const reader = new BinaryReader(bytes);
+  const seen = new Map<number, number>();
+  while (reader.pos < reader.len) {
+    const [number, wireType] = reader.tag();
+    const field = descriptor.field.find((f) => f.number === number);
+    if (field === undefined || field.type !== 'TYPE_MESSAGE' || wireType !== WireType.LengthDelimited) {
+      reader.skip(wireType, number);
+      continue;
+    }
+    const index = seen.get(number) ?? 0;
+    seen.set(number, index + 1);
+    const sub = reader.bytes();
+    const isMap = descriptor.nestedType?.some((n) => n.name === field.typeName && n.options?.mapEntry === true);
+    if (isMap) {
+      // A map entry: key 1, value 2. Its key as the decoder read it (the last one, if repeated).
+      const entry = new BinaryReader(sub);
+      let key = '';
+      while (entry.pos < entry.len) {
+        const [n, w] = entry.tag();
+        if (n === 1 && w === WireType.LengthDelimited) key = entry.string();
+        else entry.skip(w, n);
+      }
+      if (key === LOST_MAP_KEY) {
+        return { field: `${prefix}${field.name}[${JSON.stringify(key)}]`, description: LOST_MAP_KEY_DESCRIPTION };
+      }
+      continue;
+    }
+    const nested = resolveType(field.typeName, packageName);
+    const repeated = field.label === 'LABEL_REPEATED';
+    const path = `${prefix}${field.name}${repeated ? `[${index}]` : ''}.`;
+    const found = nested === null ? null : findLostMapKey(sub, nested, packageName, path, depth + 1);
+    if (found !== null) return found;
+  }
+  return null;
+}
+
+/** The request descriptor of the method at `path` (`/pkg.Service/Method`) and its package, or null. */
+function requestDescriptorOf(
+  path: string,
+): { descriptor: MessageDescriptor & { name?: string }; packageName: string } | null {
+  const [, service = '', method = ''] = path.split('/');
+  const packageName = service.slice(0, service.lastIndexOf('.'));
+  const definition = packageDefinition()[service] as
+    Record<string, { requestType?: { type?: MessageDescriptor & { name?: string } } }> | undefined;
+  const descriptor = definition?.[method]?.requestType?.type;
+  return descriptor?.field === undefined ? null : { descriptor, packageName };
+}
+
+/** {@link findLostMapKey} of the request of the method at `path`; null when there is none or it cannot be told. */
+function lostMapKeyOf(path: string, bytes: Uint8Array): FieldViolation | null {
+  try {
+    const request = requestDescriptorOf(path);
+    return request === null ? null : findLostMapKey(bytes, request.descriptor, request.packageName);
+  } catch {
+    return null;
+  }
+}
+
 /** Why `bytes` could not be decoded as the request of the method at `path` (`/pkg.Service/Method`). */
 export function describeUndecodable(path: string, bytes: Uint8Array): FieldViolation[] {
   const [, service = '', method = ''] = path.split('/');
@@ -225,8 +318,10 @@ export function decodeFailuresAsInvalidArgument(
       requestDeserialize: (bytes: Buffer): unknown => {
         try {
           return decodeStrictly(method, bytes);
-        } catch {
-          return { [UNDECODABLE]: describeUndecodable(method.path, bytes) } satisfies Undecodable;
+        } catch (error) {
+          const violations =
+            error instanceof LostMapKeyError ? [error.violation] : describeUndecodable(method.path, bytes);
+          return { [UNDECODABLE]: violations } satisfies Undecodable;
         }
       },
     };

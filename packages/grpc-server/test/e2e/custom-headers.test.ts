@@ -9,8 +9,10 @@ import { status } from '@grpc/grpc-js';
 import { createMockReceiver, type MockReceiver, type ReceivedRequest } from '@app-inbox/mock-receiver';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { DeliveryState } from '../../src/gen/app_inbox/v1/delivery.js';
+import { UpdateWebhookRequest, UpsertWebhookRequest } from '../../src/gen/app_inbox/v1/webhook.js';
 import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
+import { RawClient } from '../reliability/raw-grpc.js';
 import {
   accountId,
   deliveryIn,
@@ -198,5 +200,37 @@ describe.each(storeUrls())("a webhook's own headers ($engine)", (target) => {
     );
     expect(fieldsOf(tooMany)).toEqual(['headers']);
     expect((await clients.getWebhook({ accountId: account })).webhook?.headerNames).toEqual(['authorization']);
+  });
+
+  it('refuses a header named __proto__ (a valid HTTP token) instead of answering OK without it', async () => {
+    const { clients, account, url } = await start();
+    // Raw bytes, as a Go or Python client sends the map: the generated JavaScript client would drop the key itself.
+    const client = new RawClient(t!.server.address);
+    try {
+      const headers = { ['__proto__']: 'k_proto', 'x-ok': '1' };
+      const upsert = UpsertWebhookRequest.encode({
+        ...UpsertWebhookRequest.fromPartial({ accountId: account, url }),
+        headers,
+      });
+      const update = UpdateWebhookRequest.encode({
+        ...UpdateWebhookRequest.fromPartial({ accountId: account, updateMask: ['headers'] }),
+        headers,
+      });
+      for (const [method, bytes] of [
+        ['UpsertWebhook', upsert.finish()],
+        ['UpdateWebhook', update.finish()],
+      ] as const) {
+        expect(Buffer.from(bytes).includes('__proto__')).toBe(true);
+        const answer = await client.unary(`/app_inbox.v1.WebhookService/${method}`, bytes);
+        expect(answer.code).toBe(status.INVALID_ARGUMENT);
+        expect(answer.rich?.badRequest?.fieldViolations.map((v) => v.field)).toEqual(['headers["__proto__"]']);
+        expect(answer.details).not.toContain('k_proto');
+        // Saved for UpdateWebhook's turn, which needs a webhook to update.
+        await clients.upsertWebhook({ accountId: account, url, headers: { 'x-ok': '1' } });
+      }
+      expect((await clients.getWebhook({ accountId: account })).webhook?.headerNames).toEqual(['x-ok']);
+    } finally {
+      client.close();
+    }
   });
 });
