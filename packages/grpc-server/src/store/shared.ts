@@ -367,7 +367,6 @@ export interface WebhookRow {
   updated_at: number | string;
 }
 
-/** Splits what upsertWebhook receives into the stored config JSON and the TTL. */
 /** The webhook's own headers are a map of strings (the API checked them; a store must not write anything else). */
 function assertHeaders(headers: unknown): void {
   const isMap = headers !== null && typeof headers === 'object' && !Array.isArray(headers);
@@ -377,6 +376,7 @@ function assertHeaders(headers: unknown): void {
   }
 }
 
+/** Splits what upsertWebhook receives into the stored config JSON and the TTL. */
 export function webhookToStored(config: WebhookSettings): {
   json: string;
   enabled: boolean;
