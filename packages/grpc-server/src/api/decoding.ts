@@ -8,9 +8,9 @@
  * {@link decodeStrictly}: only because requests are decoded here with a strict UTF-8 decoder), and bytes that
  * are not protobuf at all. A fourth thing makes them lose data without throwing: a map key `__proto__`, which a
  * plain object cannot hold ({@link findLostMapKey}); it is refused here too. So the wrapped deserializer never
- * throws: it hands the handler a marker, and the
- * wrapped handler answers INVALID_ARGUMENT with a `google.rpc.BadRequest`, the field path found by walking the
- * wire bytes with the message's descriptor (from the same .proto files the code was generated from).
+ * throws: it hands the handler a marker, and the wrapped handler answers INVALID_ARGUMENT with a
+ * `google.rpc.BadRequest`, the field path found by walking the wire bytes with the message's descriptor (from the
+ * same .proto files the code was generated from).
  * @see CONVENTIONS §6 (typed errors; bad input gets a clear error naming the field)
  */
 import { fileURLToPath } from 'node:url';
@@ -88,8 +88,9 @@ const decodeUtf8Strictly = (bytes: Uint8Array): string => strictUtf8.decode(byte
  * ts-proto's `requestDeserialize` is `(value) => Request.decode(value)`, and `decode` reads from a
  * `BinaryReader` it is given (the generated code's own way of decoding nested messages), so the reader is
  * handed to it in place of the bytes. Throws where the generated decoder would, on a string that is not UTF-8,
- * and on a map key the decoder drops ({@link findLostMapKey}). The reader must end at the end of the bytes: a deserializer that did not read from it (another code
- * generator) would fail every request here, in every test, rather than go on decoding strings leniently.
+ * and on a map key the decoder drops ({@link findLostMapKey}). The reader must end at the end of the bytes: a
+ * deserializer that did not read from it (another code generator) would fail every request here, in every test,
+ * rather than go on decoding strings leniently.
  */
 export function decodeStrictly(method: MethodDefinition<unknown, unknown>, bytes: Uint8Array): unknown {
   const reader = new BinaryReader(bytes, decodeUtf8Strictly);
