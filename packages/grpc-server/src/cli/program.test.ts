@@ -60,6 +60,15 @@ describe('app-inbox commands', () => {
         ['webhook', 'set', 'a', '--url', 'http://x', '--header-env', 'X-Api-Key=K'],
         /--header-env X-Api-Key: the environment variable K is not set/,
       ],
+      // A secret typed where its variable's name goes is refused (and not repeated: the test after this one).
+      [
+        ['webhook', 'set', 'a', '--url', 'http://x', '--username', 'u', '--password-env', 'hunter2!'],
+        /--password-env: give the name of the environment variable that holds the secret/,
+      ],
+      [
+        ['webhook', 'set', 'a', '--url', 'http://x', '--header-env', 'X-Api-Key=k_live_abc-123'],
+        /--header-env X-Api-Key: give the name of the environment variable that holds the secret/,
+      ],
       [
         ['webhook', 'set', 'a', '--url', 'http://x', '--header-env', 'x-a=K', '--header-env', 'x-a=K'],
         /--header-env: x-a is given twice/,
@@ -113,6 +122,20 @@ describe('app-inbox commands', () => {
       expect(await runCli(args, f.io), args.join(' ')).toBe(2);
       expect(f.err(), args.join(' ')).toMatch(message);
       expect(f.out()).toBe('');
+    }
+  });
+
+  it('never prints a secret typed where the name of its environment variable goes', async () => {
+    // "the environment variable hunter2! is not set" printed the password to the terminal and its logs.
+    for (const args of [
+      ['--username', 'u', '--password-env', 'SEKRET-hunter2!'],
+      ['--header-env', 'X-Api-Key=SEKRET-k_live_abc-123'],
+      ['--header-env', 'X-Api-Key=Bearer SEKRET'],
+    ]) {
+      const f = fakeIo();
+      expect(await runCli(['webhook', 'set', 'a', '--url', 'http://x', ...args], f.io), args.join(' ')).toBe(2);
+      expect(f.err()).toMatch(/give the name of the environment variable that holds the secret/);
+      expect(f.err()).not.toContain('SEKRET');
     }
   });
 

@@ -276,7 +276,6 @@ function outcomeLine(o: WatchDeliveriesResponse): string {
   return `${time(o.timeMs)}  ${stateName(o.state).padEnd(10)}  ${o.accountId}  ${o.externalCustomerId}  ${o.deliveryId}  attempt ${o.attemptNo}  ${answer}  ${o.messageIds.length} messages${extra}\n`;
 }
 
-/** Reads the password or signing secret from stdin or a named variable; never from a flag (`ps` shows flags). */
 /**
  * A filter option as given: an empty one (`--account "$UNSET"`) is refused rather than taken as no filter, which
  * would list or watch every account's deliveries.
@@ -313,7 +312,21 @@ function headersFrom(ctx: Context, options: readonly string[]): Record<string, s
   return headers;
 }
 
+/** An environment variable's name as shells accept one (POSIX): what a secret option names, never the secret. */
+const VARIABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * Reads a secret (a password, a header's value) from the environment variable `variable`; never from a flag (`ps`
+ * shows flags). A `variable` that cannot be a variable's name is most likely the secret itself, typed in its place:
+ * it is refused without being repeated.
+ */
 function secretFrom(ctx: Context, variable: string, what: string): string {
+  if (!VARIABLE_NAME.test(variable)) {
+    throw new CliError(
+      'usage',
+      `${what}: give the name of the environment variable that holds the secret (letters, digits and _), not the secret`,
+    );
+  }
   const value = ctx.io.env[variable];
   if (value === undefined || value === '') {
     throw new CliError('usage', `${what}: the environment variable ${variable} is not set or empty`);
