@@ -555,8 +555,8 @@ const RESEAL_COMMAND =
   "APP_INBOX_SECRET_KEYS=<this server's keys> npm run secrets:reseal -w @app-inbox/grpc-server -- --store <path or postgres URL>";
 
 /**
- * Warns once, at start, when webhooks keep a password or signing secret in plaintext: saved by a build before
- * encryption at rest, they stay so until the reseal command or a re-save (OPERATIONS.md "Upgrading"). In the
+ * Warns once, at start, when webhooks keep a secret (password, signing secret, header value) in plaintext: saved by
+ * a build before encryption at rest, they stay so until the reseal command or a re-save (OPERATIONS.md "Upgrading"). In the
  * background, so the start does not wait: one read per webhook, as the reseal command finds them. Names how many,
  * never an account or a value; debug says when none is found.
  */
@@ -571,8 +571,8 @@ function startPlaintextSecretsCheck(rawStore: Store, box: SecretBox, logger: Log
       }
       logger.warn(
         { webhooks: report.plaintext },
-        `${report.plaintext} webhook(s) keep their password or signing secret in plaintext in the store (saved before ` +
-          `encryption at rest): seal them once with the reseal command, ${RESEAL_COMMAND} ` +
+        `${report.plaintext} webhook(s) keep secrets (a password, signing secret or header value) in plaintext in the ` +
+          `store (saved before encryption at rest): seal them once with the reseal command, ${RESEAL_COMMAND} ` +
           '(built: node dist/security/reseal-main.js --store ...; SECURITY.md "Key rotation" step 3), or save them again',
       );
     },

@@ -359,7 +359,9 @@ describe('an upgrade from a build before encryption at rest (OPERATIONS.md): a w
 
     const before = await startAndCheck();
     expect(before.entry).toMatchObject({ level: 40, webhooks: 2 });
-    expect(before.entry.msg).toMatch(/^2 webhook\(s\) keep their password or signing secret in plaintext/);
+    expect(before.entry.msg).toMatch(
+      /^2 webhook\(s\) keep secrets \(a password, signing secret or header value\) in plaintext/,
+    );
     expect(before.entry.msg).toContain('npm run secrets:reseal -w @app-inbox/grpc-server -- --store');
     expect(found(before.text, [password, signingSecret, signingSecret.slice('whsec_'.length)])).toEqual([]);
 
