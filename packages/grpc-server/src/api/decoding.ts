@@ -7,7 +7,7 @@
  * JavaScript number cannot hold (e.g. `created_date: 2^63 − 1`), a string field that is not UTF-8 (see
  * {@link decodeStrictly}: only because requests are decoded here with a strict UTF-8 decoder), and bytes that
  * are not protobuf at all. A fourth thing makes them lose data without throwing: a map key `__proto__`, which a
- * plain object cannot hold ({@link findLostMapKey}); it is refused here too. So the wrapped deserializer never
+ * plain object cannot hold ({@link findUndecodableField}); it is refused here too. So the wrapped deserializer never
  * throws: it hands the handler a marker, and the wrapped handler answers INVALID_ARGUMENT with a
  * `google.rpc.BadRequest`, the field path found by walking the wire bytes with the message's descriptor (from the
  * same .proto files the code was generated from).
@@ -88,7 +88,7 @@ const decodeUtf8Strictly = (bytes: Uint8Array): string => strictUtf8.decode(byte
  * ts-proto's `requestDeserialize` is `(value) => Request.decode(value)`, and `decode` reads from a
  * `BinaryReader` it is given (the generated code's own way of decoding nested messages), so the reader is
  * handed to it in place of the bytes. Throws where the generated decoder would, on a string that is not UTF-8,
- * and on a map key the decoder drops ({@link findLostMapKey}). The reader must end at the end of the bytes: a
+ * and on a map key the decoder drops ({@link findUndecodableField}). The reader must end at the end of the bytes: a
  * deserializer that did not read from it (another code generator) would fail every request here, in every test,
  * rather than go on decoding strings leniently.
  */
@@ -150,7 +150,8 @@ const NOT_UTF8 = 'must be UTF-8 text (a protobuf string): these bytes are not va
 
 /**
  * The first field the generated decoders refuse, with why, or null when there is none (or the bytes do not
- * parse): a 64-bit integer whose value a JavaScript number cannot hold, or a string that is not UTF-8. The
+ * parse): a 64-bit integer whose value a JavaScript number cannot hold, a string that is not UTF-8, or a map key
+ * they drop without an error ({@link LOST_MAP_KEY}, named as core names a header: `headers["__proto__"]`). The
  * field is named by its path (proto field names, `messages[3].created_date`).
  */
 export function findUndecodableField(
@@ -191,8 +192,14 @@ export function findUndecodableField(
       if (!isUtf8(reader.bytes())) return { field: path(index), description: NOT_UTF8 };
     } else if (field.type === 'TYPE_MESSAGE' && wireType === WireType.LengthDelimited) {
       seen.set(number, index + 1);
-      const nested = resolveType(field.typeName, packageName);
       const sub = reader.bytes();
+      if (isMapEntry(descriptor, field) && mapKey(sub) === LOST_MAP_KEY) {
+        return {
+          field: `${prefix}${field.name}[${JSON.stringify(LOST_MAP_KEY)}]`,
+          description: LOST_MAP_KEY_DESCRIPTION,
+        };
+      }
+      const nested = resolveType(field.typeName, packageName);
       const found =
         nested === null ? null : findUndecodableField(sub, nested, packageName, `${path(index)}.`, depth + 1);
       if (found !== null) return found;
@@ -204,52 +211,21 @@ export function findUndecodableField(
   return null;
 }
 
-/**
- * The first map field holding the key {@link LOST_MAP_KEY}, named as core names a header (`headers["__proto__"]`), or
- * null. The generated decoder drops that entry without an error, so the request would be answered OK without it.
- */
-export function findLostMapKey(
-  bytes: Uint8Array,
-  descriptor: MessageDescriptor,
-  packageName: string,
-  prefix = '',
-  depth = 0,
-): FieldViolation | null {
-  if (depth > MAX_DEPTH) return null;
-  const reader = new BinaryReader(bytes);
-  const seen = new Map<number, number>();
+/** Whether `field` is a map field of `descriptor` (its type is an implicit map entry nested in it). */
+function isMapEntry(descriptor: MessageDescriptor, field: FieldDescriptor): boolean {
+  return descriptor.nestedType?.some((n) => n.name === field.typeName && n.options?.mapEntry === true) === true;
+}
+
+/** A map entry's key (field 1) as the decoder reads it: the last one, if repeated. */
+function mapKey(entry: Uint8Array): string {
+  const reader = new BinaryReader(entry);
+  let key = '';
   while (reader.pos < reader.len) {
-    const [number, wireType] = reader.tag();
-    const field = descriptor.field.find((f) => f.number === number);
-    if (field === undefined || field.type !== 'TYPE_MESSAGE' || wireType !== WireType.LengthDelimited) {
-      reader.skip(wireType, number);
-      continue;
-    }
-    const index = seen.get(number) ?? 0;
-    seen.set(number, index + 1);
-    const sub = reader.bytes();
-    const isMap = descriptor.nestedType?.some((n) => n.name === field.typeName && n.options?.mapEntry === true);
-    if (isMap) {
-      // A map entry: key 1, value 2. Its key as the decoder read it (the last one, if repeated).
-      const entry = new BinaryReader(sub);
-      let key = '';
-      while (entry.pos < entry.len) {
-        const [n, w] = entry.tag();
-        if (n === 1 && w === WireType.LengthDelimited) key = entry.string();
-        else entry.skip(w, n);
-      }
-      if (key === LOST_MAP_KEY) {
-        return { field: `${prefix}${field.name}[${JSON.stringify(key)}]`, description: LOST_MAP_KEY_DESCRIPTION };
-      }
-      continue;
-    }
-    const nested = resolveType(field.typeName, packageName);
-    const repeated = field.label === 'LABEL_REPEATED';
-    const path = `${prefix}${field.name}${repeated ? `[${index}]` : ''}.`;
-    const found = nested === null ? null : findLostMapKey(sub, nested, packageName, path, depth + 1);
-    if (found !== null) return found;
+    const [n, w] = reader.tag();
+    if (n === 1 && w === WireType.LengthDelimited) key = reader.string();
+    else reader.skip(w, n);
   }
-  return null;
+  return key;
 }
 
 /** The request descriptor of the method at `path` (`/pkg.Service/Method`) and its package, or null. */
@@ -264,11 +240,14 @@ function requestDescriptorOf(
   return descriptor?.field === undefined ? null : { descriptor, packageName };
 }
 
-/** {@link findLostMapKey} of the request of the method at `path`; null when there is none or it cannot be told. */
+/**
+ * {@link findUndecodableField} of a request the generated decoder read: only a lost map key can be found then (its
+ * integers and strings were read); null when there is none or it cannot be told.
+ */
 function lostMapKeyOf(path: string, bytes: Uint8Array): FieldViolation | null {
   try {
     const request = requestDescriptorOf(path);
-    return request === null ? null : findLostMapKey(bytes, request.descriptor, request.packageName);
+    return request === null ? null : findUndecodableField(bytes, request.descriptor, request.packageName);
   } catch {
     return null;
   }
@@ -276,17 +255,13 @@ function lostMapKeyOf(path: string, bytes: Uint8Array): FieldViolation | null {
 
 /** Why `bytes` could not be decoded as the request of the method at `path` (`/pkg.Service/Method`). */
 export function describeUndecodable(path: string, bytes: Uint8Array): FieldViolation[] {
-  const [, service = '', method = ''] = path.split('/');
-  const packageName = service.slice(0, service.lastIndexOf('.'));
   let requestType = 'request';
   let found: FieldViolation | null = null;
   try {
-    const definition = packageDefinition()[service] as
-      Record<string, { requestType?: { type?: MessageDescriptor & { name?: string } } }> | undefined;
-    const descriptor = definition?.[method]?.requestType?.type;
-    if (descriptor?.field !== undefined) {
-      requestType = `${packageName}.${descriptor.name ?? 'request'}`;
-      found = findUndecodableField(bytes, descriptor, packageName);
+    const request = requestDescriptorOf(path);
+    if (request !== null) {
+      requestType = `${request.packageName}.${request.descriptor.name ?? 'request'}`;
+      found = findUndecodableField(bytes, request.descriptor, request.packageName);
     }
   } catch {
     // Not protobuf at all: the generic answer below.
