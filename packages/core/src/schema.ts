@@ -378,6 +378,15 @@ function namesAuthorization(headers: unknown): boolean {
   );
 }
 
+/** An integer from `min` to `max`, each bound named in its violation. */
+function integerBetween(min: number, max: number) {
+  return z
+    .number({ error: unlessMissing('must be an integer') })
+    .int({ error: 'must be an integer' })
+    .min(min, { error: `must be at least ${min}` })
+    .max(max, { error: `must be at most ${max}` });
+}
+
 /**
  * The webhook configuration of one account; `maxMessagesPerContact` defaults to 1,000,
  * `enabled` to true, `rateLimitPerSecond` to none (no limit). Unknown fields are rejected.
@@ -387,20 +396,12 @@ export const webhookConfigSchema = z
   .strictObject({
     url: httpUrl({ allowEmpty: false, allowCredentials: false, allowSpaces: false }),
     auth: basicAuthSchema.optional(),
-    maxMessagesPerContact: z
-      .number({ error: unlessMissing('must be an integer') })
-      .int({ error: 'must be an integer' })
-      .min(LIMITS.minMessagesPerContact, { error: `must be at least ${LIMITS.minMessagesPerContact}` })
-      .max(LIMITS.maxMessagesPerContact, { error: `must be at most ${LIMITS.maxMessagesPerContact}` })
-      .default(DEFAULT_MAX_MESSAGES_PER_CONTACT),
+    maxMessagesPerContact: integerBetween(LIMITS.minMessagesPerContact, LIMITS.maxMessagesPerContact).default(
+      DEFAULT_MAX_MESSAGES_PER_CONTACT,
+    ),
     enabled: z.boolean().default(true),
     signingSecret: signingSecretSchema.optional(),
-    rateLimitPerSecond: z
-      .number({ error: unlessMissing('must be an integer') })
-      .int({ error: 'must be an integer' })
-      .min(LIMITS.minRateLimitPerSecond, { error: `must be at least ${LIMITS.minRateLimitPerSecond}` })
-      .max(LIMITS.maxRateLimitPerSecond, { error: `must be at most ${LIMITS.maxRateLimitPerSecond}` })
-      .optional(),
+    rateLimitPerSecond: integerBetween(LIMITS.minRateLimitPerSecond, LIMITS.maxRateLimitPerSecond).optional(),
     headers: webhookHeadersSchema.optional(),
   })
   // Basic auth is sent as `authorization`: an own `authorization` header beside it could only be overwritten.
