@@ -1199,20 +1199,23 @@ interface StoreView {
   newestStates(accounts: readonly string[]): Promise<Map<string, string>>;
 }
 
+/** The rows of one query of the server's SQLite file, opened read-only beside the server for that query alone. */
+function readSqlite<T>(path: string, sql: string, params: unknown[] = []): T[] {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare(sql).all(...params) as T[];
+  } finally {
+    db.close();
+  }
+}
+
 function sqliteView(path: string): StoreView {
-  const read = <T>(sql: string, params: unknown[]): T[] => {
-    const db = new Database(path, { readonly: true, fileMustExist: true });
-    try {
-      return db.prepare(sql).all(...params) as T[];
-    } finally {
-      db.close();
-    }
-  };
   /** The accounts as one JSON array parameter, for `json_each`. */
   const inAccounts = (accounts: readonly string[]) => JSON.stringify(accounts);
   return {
     async unfinished(accounts) {
-      const [row] = read<{ n: number }>(
+      const [row] = readSqlite<{ n: number }>(
+        path,
         `SELECT count(*) AS n FROM deliveries d JOIN accounts a USING (account_key)
          WHERE d.state IN ('pending', 'in_flight', 'retrying') AND a.account_id IN (SELECT value FROM json_each(?))`,
         [inAccounts(accounts)],
@@ -1220,7 +1223,8 @@ function sqliteView(path: string): StoreView {
       return row!.n;
     },
     async liveMessages(accounts, now) {
-      const rows = read<{ account_id: string; external_customer_id: string; id: string }>(
+      const rows = readSqlite<{ account_id: string; external_customer_id: string; id: string }>(
+        path,
         `SELECT a.account_id, m.external_customer_id, m.id FROM messages m JOIN accounts a USING (account_key)
          WHERE m.expires_at > ? AND a.account_id IN (SELECT value FROM json_each(?))`,
         [now, inAccounts(accounts)],
@@ -1228,7 +1232,8 @@ function sqliteView(path: string): StoreView {
       return byContact(rows);
     },
     async newestStates(accounts) {
-      const rows = read<{ account_id: string; external_customer_id: string; state: string }>(
+      const rows = readSqlite<{ account_id: string; external_customer_id: string; state: string }>(
+        path,
         `SELECT a.account_id, d.external_customer_id, d.state FROM deliveries d JOIN accounts a USING (account_key)
          WHERE d.seq IN (SELECT max(seq) FROM deliveries GROUP BY account_key, external_customer_id)
            AND a.account_id IN (SELECT value FROM json_each(?))`,
@@ -1432,12 +1437,7 @@ async function main(): Promise<void> {
     if (dbPath !== null) {
       storeMiB = fileMiB(dbPath);
       walMiB = fileMiB(`${dbPath}-wal`);
-      const db = new Database(dbPath, { readonly: true, fileMustExist: true });
-      try {
-        messages = (db.prepare('SELECT count(*) AS n FROM messages').get() as { n: number }).n;
-      } finally {
-        db.close();
-      }
+      messages = readSqlite<{ n: number }>(dbPath, 'SELECT count(*) AS n FROM messages')[0]!.n;
     } else if (pgClient !== null) {
       const r = await pgClient.query<{ size: string; n: string }>(
         'SELECT pg_database_size(current_database()) AS size, (SELECT count(*) FROM messages) AS n',
