@@ -213,7 +213,8 @@ export function createApi(deps: ApiDependencies): Api {
    * Writes `input` over `before`, the webhook as just read (null: none yet), with the signing-secret rotation worked
    * out from it. It is written only while that read is still the webhook, or while there is still none (a save or a
    * create in between: null, read again), so a secret replaced meanwhile is never brought back, and one set meanwhile
-   * keeps signing beside this save's (a write without that check would drop it at once). The webhook as written, and the time of the write.
+   * keeps signing beside this save's (a write without that check would drop it at once). The webhook as written, and
+   * the time of the write.
    */
   async function writeWebhook(
     accountId: string,

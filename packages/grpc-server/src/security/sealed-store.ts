@@ -1,7 +1,7 @@
 /**
  * Secrets at rest for any Store engine: a wrapper that seals the webhook's Basic auth password, signing
- * secret and own header values before they are written, and opens them after they are read, so neither engine ever stores a
- * plaintext secret and neither needs to know about encryption. @see issue 7 "Secrets at rest"
+ * secret and own header values before they are written, and opens them after they are read, so neither engine ever
+ * stores a plaintext secret and neither needs to know about encryption. @see issue 7 "Secrets at rest"
  */
 import type { WebhookConfig } from '@app-inbox/core';
 import { StoreError } from '../store/errors.js';
@@ -227,8 +227,8 @@ export interface PlaintextSecretsReport {
 /**
  * Counts the webhooks whose password, signing secret or header value is stored in plaintext (saved by a build before
  * encryption at rest; the reseal command or a re-save seals them), finding them as {@link resealAllWebhookSecrets}
- * does: page by page over `listWebhookAccounts`, one read each. Takes the RAW store; reads only. Returns null when `stopped()` turned true
- * before the last webhook was read (the count would be short).
+ * does: page by page over `listWebhookAccounts`, one read each. Takes the RAW store; reads only. Returns null when
+ * `stopped()` turned true before the last webhook was read (the count would be short).
  */
 export async function countPlaintextWebhookSecrets(
   rawStore: Store,
