@@ -123,7 +123,7 @@ const SIXTY_FOUR_BIT: Readonly<Record<string, (r: BinaryReader) => bigint | stri
 };
 
 let descriptors: PackageDefinition | null = null;
-/** Loaded on the first undecodable request only: well-formed traffic never pays for it. */
+/** Loaded on the first undecodable request (or one whose bytes hold `__proto__`) only: other traffic never pays for it. */
 function packageDefinition(): PackageDefinition {
   descriptors ??= loadSync(API_PROTO_FILES, { includeDirs: [PROTO_DIR], keepCase: true });
   return descriptors;
