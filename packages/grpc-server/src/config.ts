@@ -96,6 +96,11 @@ export interface ServerConfig {
   shutdownDeadlineMs: number;
   /** Interval of the sweeper that deletes expired messages and old finished deliveries (milliseconds). Default 60,000. */
   sweepIntervalMs: number;
+  /**
+   * Whether the sweeper sends a contact its list again once a message of the list it was sent expired, so that the
+   * receiver (which replaces its copy with each list) drops it within a sweep interval. Default true.
+   */
+  refreshOnExpiry: boolean;
   /** How long finished deliveries (delivered, failed, superseded) are kept for inspection and replay (milliseconds). Default 604,800,000 (7 days). */
   terminalRetentionMs: number;
   /** Largest gRPC request accepted (bytes); a PublishMessages of 10,000 messages needs several MiB. Default 67,108,864 (64 MiB). */
@@ -176,6 +181,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   otlpEndpoint: '',
   shutdownDeadlineMs: 10_000,
   sweepIntervalMs: 60_000,
+  refreshOnExpiry: true,
   terminalRetentionMs: 604_800_000,
   maxRequestBytes: 64 * 1024 * 1024,
   maxWatchStreams: 1_000,
@@ -509,6 +515,17 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     DAY_MS,
     'Interval of the sweeper deleting expired messages and old finished deliveries.',
   ),
+  {
+    key: 'refreshOnExpiry',
+    flag: '--refresh-on-expiry',
+    env: ['APP_INBOX_REFRESH_ON_EXPIRY'],
+    unit: '',
+    description:
+      "Send a contact its list again when the sweeper deletes an expired message that the contact's newest list held, so that the receiver drops it within a sweep interval; false: an expired message stays at the receiver until the contact's next list.",
+    bound: 'true or false',
+    schema: BOOLEAN,
+    isSwitch: true,
+  },
   intOption(
     'terminalRetentionMs',
     '--terminal-retention-ms',

@@ -530,7 +530,10 @@ interface Periodic {
   stop(): Promise<void>;
 }
 
-/** Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded. */
+/**
+ * Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded; with
+ * `refreshOnExpiry`, a contact whose list held an expired message is sent its list again (Store.sweep).
+ */
 function startSweeper(store: Store, config: ServerConfig, clock: () => number, logger: Logger): Periodic {
   return every(
     config.sweepIntervalMs,
@@ -540,6 +543,7 @@ function startSweeper(store: Store, config: ServerConfig, clock: () => number, l
         const removed = await store.sweep(clock(), {
           terminalRetentionMs: config.terminalRetentionMs,
           limit: SWEEP_BATCH,
+          refreshExpired: config.refreshOnExpiry,
         });
         total += removed;
         if (removed < SWEEP_BATCH) break;

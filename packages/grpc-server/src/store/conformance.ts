@@ -1173,6 +1173,85 @@ export function storeConformanceSuite(
       });
     });
 
+    describe('sweep with refreshExpired', () => {
+      /** Claims the account's due deliveries at `now`, builds each and records a 200; returns each contact's list. */
+      async function deliverAll(acct: string, now: number): Promise<Record<string, string[]>> {
+        const lists: Record<string, string[]> = {};
+        for (const c of (await claim('first', now)).filter((x) => x.delivery.accountId === acct)) {
+          const body = await build(c, 'worker-1', now);
+          await settle(c, 'worker-1', now + 1, 'delivered');
+          const sent = JSON.parse(new TextDecoder().decode(body)) as StoredMessage[];
+          lists[c.delivery.externalCustomerId] = sent.map((m) => m.id);
+        }
+        return lists;
+      }
+
+      async function pendingOf(acct: string, contact: string): Promise<Delivery[]> {
+        const page = await store.listDeliveries({ accountId: acct, externalCustomerId: contact }, 100, null);
+        return page.deliveries.filter((d) => d.state === 'pending');
+      }
+
+      it('gives a contact whose newest list held an expired message a pending delivery without it', async () => {
+        const acct = await withWebhook();
+        const short = message('x', { expiresAt: T0 + 100, createdDate: T0 + 1 });
+        const long = message('x', { expiresAt: T0 + DAY });
+        const only = message('y', { expiresAt: T0 + 100 });
+        await store.publish({ accountId: acct, messages: [short, long, only], now: T0 });
+        expect(await deliverAll(acct, T0)).toEqual({ x: [short.id, long.id], y: [only.id] });
+
+        const later = T0 + 1000;
+        expect(await store.sweep(later, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(2);
+        const [x] = await pendingOf(acct, 'x');
+        const [y] = await pendingOf(acct, 'y');
+        expect(x).toMatchObject({ state: 'pending', nextAttemptAt: later });
+        expect(y).toMatchObject({ state: 'pending', nextAttemptAt: later });
+        // Built now, x's list is the message left and y's is empty: the receiver's copies lose the expired ones.
+        expect(await deliverAll(acct, later)).toEqual({ x: [long.id], y: [] });
+        // Nothing expired since: the next sweep refreshes nobody.
+        expect(await store.sweep(later + 10, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(0);
+        expect(await pendingOf(acct, 'x')).toEqual([]);
+      });
+
+      it('gives nothing to a contact whose newest list had already left the expired message out', async () => {
+        const acct = await withWebhook();
+        const expiring = message('z', { expiresAt: T0 + 100 });
+        await store.publish({ accountId: acct, messages: [expiring], now: T0 });
+        expect(await deliverAll(acct, T0)).toEqual({ z: [expiring.id] });
+        // The next list, built after the expiry but before any sweep, already leaves it out.
+        const { message: fresh } = await publishOne(acct, 'z', T0 + 200);
+        expect(await deliverAll(acct, T0 + 200)).toEqual({ z: [fresh.id] });
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        expect(await pendingOf(acct, 'z')).toEqual([]);
+      });
+
+      it('supersedes a retry that would resend an expired message; without the option it changes nothing', async () => {
+        const acct = await withWebhook();
+        /** The contact's list of one message expiring at `expiresAt`, sent once and now waiting for a retry. */
+        async function retryOf(contact: string, expiresAt: number): Promise<string> {
+          const { deliveryId } = await publishOne(acct, contact, T0, { expiresAt });
+          const [c] = (await claim('first', T0)).filter((x) => x.delivery.id === deliveryId);
+          await build(c!, 'worker-1', T0);
+          expect((await settle(c!, 'worker-1', T0 + 1, 'retry', T0 + 50_000)).state).toBe('retrying');
+          return deliveryId;
+        }
+        const a = await retryOf('a', T0 + 100);
+        const b = await retryOf('b', T0 + 2000);
+
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100 })).toBe(1);
+        expect((await store.getDelivery(a))?.delivery.state).toBe('retrying');
+        expect(await pendingOf(acct, 'a')).toEqual([]);
+
+        expect(await store.sweep(T0 + 3000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        const [pending] = await pendingOf(acct, 'b');
+        expect(pending).toMatchObject({ nextAttemptAt: T0 + 3000 });
+        expect((await store.getDelivery(b))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: pending!.id,
+        });
+        expect((await store.getDelivery(a))?.delivery.state).toBe('retrying');
+      });
+    });
+
     describe('stats', () => {
       it('counts deliveries by state and reports the oldest due one', async () => {
         const empty = await store.stats(T0);

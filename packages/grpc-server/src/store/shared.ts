@@ -223,6 +223,40 @@ export function distinctSorted(ids: Iterable<string>): string[] {
 }
 
 /**
+ * The messages a sweep deleted as expired, by account (its key in the engine) and then contact, as the message ids
+ * each contact lost: accounts and contacts sorted (the lock order of {@link distinctSorted}).
+ */
+export function expiredByContact<K extends string | number>(
+  rows: ReadonlyArray<{ account: K; external_customer_id: string; id: string }>,
+): Array<{ account: K; contacts: Map<string, Set<string>> }> {
+  const byAccount = new Map<K, Map<string, Set<string>>>();
+  for (const row of rows) {
+    let contacts = byAccount.get(row.account);
+    if (contacts === undefined) byAccount.set(row.account, (contacts = new Map()));
+    let ids = contacts.get(row.external_customer_id);
+    if (ids === undefined) contacts.set(row.external_customer_id, (ids = new Set()));
+    ids.add(row.id);
+  }
+  const order = (a: string | number, b: string | number) => (a < b ? -1 : a > b ? 1 : 0);
+  return [...byAccount.keys()].sort(order).map((account) => {
+    const contacts = byAccount.get(account)!;
+    return { account, contacts: new Map([...contacts.keys()].sort(order).map((c) => [c, contacts.get(c)!])) };
+  });
+}
+
+/**
+ * Whether a contact that lost the `expired` messages is sent its list again (Store.sweep's `refreshExpired`): when
+ * the newest list built for it (`newestListIds`, the JSON array of its message ids) held one of them, or when no
+ * list of it is left to tell (null: never built, or swept after the retention). A list that left them all out (built
+ * after they expired, or with them pushed out by the cap) is what the receiver already has: no request for nothing.
+ */
+export function listHeldExpired(newestListIds: string | null, expired: ReadonlySet<string>): boolean {
+  if (newestListIds === null) return true;
+  const ids = JSON.parse(newestListIds) as unknown;
+  return !Array.isArray(ids) || ids.some((id) => typeof id === 'string' && expired.has(id));
+}
+
+/**
  * The byte cut of a claim (`ClaimOptions.maxBodyBytes`), candidate by candidate in claim order: whether the
  * next delivery, with a frozen body of `bytes`, is taken. Its first always is, whatever its size; then each while the
  * bodies taken stay within `maxBytes`. Once one is refused, the claim ends there.

@@ -257,6 +257,16 @@ export interface RateTokenLease {
   queuedMs?: number;
 }
 
+/** What {@link Store.sweep} does besides deleting. */
+export interface SweepOptions {
+  /** Terminal deliveries last changed this long ago or more are deleted (milliseconds). */
+  terminalRetentionMs: number;
+  /** Most messages and deliveries deleted by one call. */
+  limit: number;
+  /** Sends the contacts that lost a message to expiry their list again (see {@link Store.sweep}). Default false. */
+  refreshExpired?: boolean;
+}
+
 export interface Store {
   /** Applies the versioned migrations (safe under concurrent starts). */
   migrate(): Promise<void>;
@@ -387,8 +397,15 @@ export interface Store {
    * Deletes expired messages and terminal deliveries (delivered, failed, superseded) last changed at or
    * before `now - terminalRetentionMs`, with their attempts; returns how many messages and deliveries went
    * (at most `limit`; call again while it returns `limit`).
+   *
+   * With `refreshExpired`, in the same transaction, each contact that lost a message to expiry gets a pending
+   * delivery (the existing one, or a new one due at `now` that supersedes a waiting retry, as a publish does) when
+   * its account has a webhook and the newest list built for it held one of those messages, or no list of it is left
+   * to tell: the receiver, which replaces its copy with each list, then drops the expired message within a sweep
+   * interval (SPEC §4: a list holds the available messages). A contact whose newest list already left them out gets
+   * nothing. Deliveries made so count in neither the result nor the limit.
    */
-  sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number>;
+  sweep(now: number, options: SweepOptions): Promise<number>;
 
   /**
    * Publishes an outcome to every process watching this store (in process for SQLite, NOTIFY for PostgreSQL).

@@ -35,6 +35,8 @@ import {
   distinctSorted,
   emptyByState,
   encodeCursor,
+  expiredByContact,
+  listHeldExpired,
   messageFromRow,
   newDeliveryId,
   supersededOutcome,
@@ -67,6 +69,7 @@ import type {
   RateTokenLease,
   RetryResult,
   Store,
+  SweepOptions,
   TraceOptions,
   WebhookRecord,
   WebhookSettings,
@@ -327,7 +330,8 @@ export const CLAIM_SQL: Record<Lane, string> = { first: claimSql('first'), retry
  */
 export const SWEEP_SQL = {
   messages: `DELETE FROM messages WHERE ctid = ANY (ARRAY(
-      SELECT ctid FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`,
+      SELECT ctid FROM messages WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))
+    RETURNING account_id AS account, external_customer_id, id`,
   deliveries: `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
       SELECT d.seq FROM deliveries d WHERE d.state IN ('delivered', 'failed', 'superseded') AND d.updated_at <= $1
         AND (EXISTS (SELECT 1 FROM deliveries n WHERE n.account_id = d.account_id
@@ -336,6 +340,9 @@ export const SWEEP_SQL = {
                AND o.external_customer_id = d.external_customer_id AND o.seq < d.seq OFFSET 0))
       LIMIT $2 FOR UPDATE OF d SKIP LOCKED))`,
 } as const;
+
+/** A message the sweep deleted as expired ({@link SWEEP_SQL}). */
+type ExpiredRow = { account: string; external_customer_id: string; id: string };
 
 type ClaimDbRow = DeliveryRow & {
   slow: boolean;
@@ -1631,16 +1638,50 @@ export class PostgresStore implements Store {
     });
   }
 
-  async sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number> {
+  async sweep(now: number, options: SweepOptions): Promise<number> {
     assertTime('now', now);
     const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
     const limit = assertInt('limit', options.limit, 1);
     return this.#tx(async (c) => {
-      const messages = (await c.query(SWEEP_SQL.messages, [now, limit])).rowCount ?? 0;
+      const gone = (await c.query<ExpiredRow>(SWEEP_SQL.messages, [now, limit])).rows;
+      if (options.refreshExpired === true) await this.#refreshExpired(c, gone, now);
+      const messages = gone.length;
       if (messages >= limit) return messages;
       const deliveries = (await c.query(SWEEP_SQL.deliveries, [now - retention, limit - messages])).rowCount ?? 0;
       return messages + deliveries;
     });
+  }
+
+  /**
+   * The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. The accounts'
+   * webhooks are key-share locked first, as a publish does, skipping one a DeleteWebhook holds: that call deletes the
+   * webhook row, then the deliveries, then the messages, so waiting for it while holding its expired messages would
+   * deadlock, and its account needs no list any more.
+   */
+  async #refreshExpired(c: Client, gone: readonly ExpiredRow[], now: number): Promise<void> {
+    const byAccount = expiredByContact(gone);
+    if (byAccount.length === 0) return;
+    const hooked = await c.query<{ account_id: string }>(
+      `SELECT account_id FROM webhooks WHERE account_id = ANY ($1::text[]) ORDER BY account_id
+       FOR KEY SHARE SKIP LOCKED`,
+      [byAccount.map((a) => a.account)],
+    );
+    const live = new Set(hooked.rows.map((r) => r.account_id));
+    for (const { account, contacts } of byAccount) {
+      if (!live.has(account)) continue;
+      // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics).
+      const newest = await c.query<{ contact: string; message_ids: string | null }>(
+        `SELECT r.contact, (SELECT d.message_ids FROM deliveries d WHERE d.account_id = $1
+             AND d.external_customer_id = r.contact AND d.message_ids IS NOT NULL ORDER BY d.seq DESC LIMIT 1)
+           AS message_ids
+         FROM unnest($2::text[]) AS r(contact)`,
+        [account, [...contacts.keys()]],
+      );
+      const refresh = newest.rows
+        .filter((r) => listHeldExpired(r.message_ids, contacts.get(r.contact)!))
+        .map((r) => r.contact);
+      await this.#ensurePending(c, account, distinctSorted(refresh), now, null);
+    }
   }
 
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {

@@ -28,6 +28,8 @@ import {
   distinctSorted,
   emptyByState,
   encodeCursor,
+  expiredByContact,
+  listHeldExpired,
   messageFromRow,
   newDeliveryId,
   supersededOutcome,
@@ -59,6 +61,7 @@ import type {
   PublishResult,
   RetryResult,
   Store,
+  SweepOptions,
   TraceOptions,
   WebhookRecord,
   WebhookSettings,
@@ -924,14 +927,17 @@ export class SqliteStore implements Store {
     });
   }
 
-  async sweep(now: number, options: { terminalRetentionMs: number; limit: number }): Promise<number> {
+  async sweep(now: number, options: SweepOptions): Promise<number> {
     assertTime('now', now);
     const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
     const limit = assertInt('limit', options.limit, 1);
     return this.#tx(() => {
-      const messages = this.#q(
-        'DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE expires_at <= ? LIMIT ?)',
-      ).run(now, limit).changes;
+      const gone = this.#q(
+        `DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE expires_at <= ? LIMIT ?)
+         RETURNING account_key AS account, external_customer_id, id`,
+      ).all(now, limit) as Array<{ account: number; external_customer_id: string; id: string }>;
+      if (options.refreshExpired === true) this.#refreshExpired(gone, now);
+      const messages = gone.length;
       if (messages >= limit) return messages;
       // A contact's newest delivery goes last (only once no older one of its contact is left; the older ones go
       // whenever due): "is there a newer delivery" (retryDelivery, claims) sees only rows still here, so with the
@@ -947,6 +953,22 @@ export class SqliteStore implements Store {
       ).run(now - retention, limit - messages).changes;
       return messages + deliveries;
     });
+  }
+
+  /** The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. */
+  #refreshExpired(gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>, now: number) {
+    const hooked = this.#q('SELECT 1 FROM webhooks WHERE account_key = ?');
+    const newestList = this.#q(
+      `SELECT message_ids FROM deliveries WHERE account_key = ? AND external_customer_id = ? AND message_ids IS NOT NULL
+       ORDER BY seq DESC LIMIT 1`,
+    );
+    for (const { account, contacts } of expiredByContact(gone)) {
+      if (hooked.get(account) === undefined) continue;
+      for (const [contact, expired] of contacts) {
+        const newest = newestList.get(account, contact) as { message_ids: string } | undefined;
+        if (listHeldExpired(newest?.message_ids ?? null, expired)) this.#ensurePending(account, contact, now, null);
+      }
+    }
   }
 
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
