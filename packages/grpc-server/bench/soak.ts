@@ -109,6 +109,8 @@ const STALE_MS = 3_000;
 const MAX_MESSAGES_PER_CONTACT = 50;
 /** How long the end-of-run check waits for the moved endpoints' queues to drain. */
 const DRAIN_TIMEOUT_MS = 120_000;
+/** The server's `--sweep-interval-ms`: expired messages leave the receivers' lists within about this. */
+const SWEEP_INTERVAL_MS = 10_000;
 
 const newSecret = () => `whsec_${randomBytes(24 + Math.floor(Math.random() * 9)).toString('base64')}`;
 /** A rate limit of 1-20/s, low ones more often (an account publishes a few deliveries a second). */
@@ -352,6 +354,14 @@ const lastReceived = new Map<string, Set<string>>();
 
 const contactKey = (account: string, contact: string) => `${account}\u0000${contact}`;
 
+/**
+ * Each accepted message by id: its account, when its publish was sent, and when it has expired at the latest (the
+ * server counts its TTL from a moment between the call and the answer, on this machine's clock).
+ */
+const published = new Map<string, { account: string; sentAt: number; expiresBy: number }>();
+/** When each account's last DeleteWebhook answered OK: what it deleted may stay at the receivers (nothing to send). */
+const deletedAt = new Map<string, number>();
+
 /** Notes the list of a request answered 200 (its contact from the messages, or the header for an empty list). */
 function received(account: string, req: IncomingMessage, body: Buffer): void {
   let list: Array<{ id: string; externalCustomerId: string }>;
@@ -483,7 +493,7 @@ async function startServerChild(store: string, env: Record<string, string>, dir:
     ...['--webhook-allow-list', '127.0.0.1', '--log-level', 'info'],
     ...['--request-timeout-ms', '3000', '--lease-ms', '10000'],
     ...['--backoff-base-ms', '500', '--backoff-max-ms', '8000', '--max-attempts', '6', '--max-age-ms', '60000'],
-    ...['--sweep-interval-ms', '10000', '--terminal-retention-ms', '60000'],
+    ...['--sweep-interval-ms', String(SWEEP_INTERVAL_MS), '--terminal-retention-ms', '60000'],
     ...['--circuit-open-after-ms', '15000', '--circuit-min-failures', '5'],
     ...['--circuit-probe-interval-ms', '3000', '--circuit-probe-max-interval-ms', '15000'],
     ...['--signing-secret-overlap-seconds', String(OVERLAP_MS / 1000)],
@@ -726,8 +736,10 @@ class Workload {
       const sentAt = Date.now();
       const response = await this.#rpc(name, () => send(sent), false, force);
       if (response === null) return false;
-      if (name === 'DeleteWebhook') hook.deleted(Date.now());
-      else hook.saved(sent, sentAt, Date.now());
+      if (name === 'DeleteWebhook') {
+        hook.deleted(Date.now());
+        deletedAt.set(account, Date.now());
+      } else hook.saved(sent, sentAt, Date.now());
       return true;
     } finally {
       done();
@@ -806,15 +818,22 @@ class Workload {
   }
 
   async #publish(account: string, count: number): Promise<void> {
+    const messages = this.#messages(count);
+    const sentAt = Date.now();
     const response = await this.#rpc(
       'PublishMessages',
       () =>
         call<{ accepted: number; deliveries: Array<{ deliveryId: string }> }>((cb) =>
-          this.#clients.message.publishMessages({ accountId: account, messages: this.#messages(count) }, cb),
+          this.#clients.message.publishMessages({ accountId: account, messages }, cb),
         ),
       !this.#live.has(account),
     );
     if (response === null) return;
+    const answeredAt = Date.now();
+    for (const m of messages) {
+      if (m.externalCustomerId === '') continue;
+      published.set(m.id, { account, sentAt, expiresBy: answeredAt + m.ttlSeconds! * 1000 });
+    }
     this.stats.published += response.accepted;
     for (const d of response.deliveries.slice(0, 3)) this.#recentIds.push(d.deliveryId);
     if (this.#recentIds.length > 500) this.#recentIds.splice(0, this.#recentIds.length - 500);
@@ -1352,6 +1371,45 @@ async function lossCheck(view: StoreView, accounts: readonly string[], drainMs: 
   return report;
 }
 
+/**
+ * The end-of-run check that expiry reaches the receivers (`--refresh-on-expiry`): among the last lists the endpoints
+ * of `accounts` answered 200 to, those holding a message that had expired by `cutoff` (and that no DeleteWebhook
+ * removed since its publish). A sweep interval after `cutoff`, with the queues drained, each such contact's newest
+ * delivery must have failed (a 400, or out of retries: kept for replay) or be gone (`noDelivery`: swept after the
+ * terminal retention, which cannot tell), as the loss check counts them; `stale` counts the others.
+ */
+function staleCheck(
+  accounts: readonly string[],
+  cutoff: number,
+  states: ReadonlyMap<string, string>,
+): { lists: number; failed: number; noDelivery: number; stale: number; examples: string[] } {
+  const checked = new Set(accounts);
+  const report = { lists: 0, failed: 0, noDelivery: 0, stale: 0, examples: [] as string[] };
+  for (const [key, ids] of lastReceived) {
+    const account = key.slice(0, key.indexOf('\u0000'));
+    if (!checked.has(account)) continue;
+    report.lists++;
+    const expired = [...ids].filter((id) => {
+      const m = published.get(id);
+      return m !== undefined && m.expiresBy < cutoff && m.sentAt > (deletedAt.get(account) ?? 0);
+    });
+    if (expired.length === 0) continue;
+    const state = states.get(key);
+    if (state === 'failed' || state === undefined) {
+      if (state === 'failed') report.failed++;
+      else report.noDelivery++;
+      continue;
+    }
+    report.stale++;
+    if (report.examples.length < 5) {
+      report.examples.push(
+        `${key.replace('\u0000', ' / ')}: ${expired.length} of ${ids.size} messages expired, newest delivery ${state}`,
+      );
+    }
+  }
+  return report;
+}
+
 const describeLoss = (r: LossReport) =>
   `${r.contacts} contacts with live messages: ${r.complete} complete, ${r.failed} failed (kept for replay), ` +
   `${r.unfinished} unfinished, ${r.noDelivery} without a delivery, ${r.lost} LOST, ${r.overCap} over the cap ` +
@@ -1544,6 +1602,19 @@ async function main(): Promise<void> {
       const accounts = await workload.moveAllTo(ok);
       const afterRun = await lossCheck(view, accounts, await waitForDrain(view, accounts));
       process.stdout.write(`\nLoss check, the run's own deliveries: ${describeLoss(afterRun)}\n`);
+      // Expiry: a sweep interval on, whatever had expired before it must have left the lists (its contacts sent
+      // their lists again, drained to `ok`).
+      const cutoff = Date.now();
+      await sleep(SWEEP_INTERVAL_MS + 2_000);
+      await waitForDrain(view, accounts);
+      const expiry = staleCheck(accounts, cutoff, await view.newestStates(accounts));
+      process.stdout.write(
+        `Expiry check: ${expiry.lists} contacts' last lists; holding a message expired over a sweep interval ago: ` +
+          `${expiry.failed} whose newest delivery failed (kept for replay), ${expiry.noDelivery} without a delivery, ` +
+          `${expiry.stale} STALE\n`,
+      );
+      for (const example of expiry.examples) process.stdout.write(`  ${example}\n`);
+      if (expiry.stale > 0) failed = true;
       await workload.resyncAll(accounts);
       const afterResync = await lossCheck(view, accounts, await waitForDrain(view, accounts));
       process.stdout.write(`Loss check, after ResyncContacts of every contact: ${describeLoss(afterResync)}\n`);
