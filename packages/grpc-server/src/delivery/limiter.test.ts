@@ -447,6 +447,62 @@ describe('EndpointLimiter', () => {
       expect(more).toBe(0);
     });
 
+    it("a raised or removed rate ends the wait for the shared bucket's next token: the next lease asks at once", async () => {
+      // Before: the wait the store had worked out at the old rate stayed, up to a second at 1 a second.
+      const { calls, source } = fakeSource();
+      const onReady = vi.fn();
+      const l = new EndpointLimiter(10, { clock, tokenSource: source, onReady });
+      l.setRate('a', 1);
+      const waiting = l.acquire('a');
+      // The shared bucket is empty until its next token, a second away: no lease meanwhile.
+      calls[0]!.resolve({ granted: 0, nextTokenInMs: 1_000 });
+      await settle();
+      expect(l.tokenWaitMs('a')).toBe(1_000 + 1_000);
+      l.setRate('a', 1_000);
+      expect(calls).toHaveLength(2);
+      expect(calls[1]).toMatchObject({ perSecond: 1_000, want: 100 });
+      calls[1]!.resolve({ granted: 100, nextTokenInMs: 0 });
+      expect(await waiting).toBe(true);
+
+      // Nobody waiting, left out of claims until the shared bucket's next token: claimable again at once.
+      l.setRate('b', 1);
+      const gaveUp = new AbortController();
+      const abandoned = l.acquire('b', gaveUp.signal);
+      calls[2]!.resolve({ granted: 0, nextTokenInMs: 1_000 });
+      await settle();
+      gaveUp.abort();
+      expect(await abandoned).toBe(false);
+      expect(l.waiting('b')).toBe(0);
+      expect(l.saturated()).toContain('b');
+      onReady.mockClear();
+      l.setRate('b', undefined);
+      expect(onReady).toHaveBeenCalledTimes(1);
+      expect(l.saturated()).not.toContain('b');
+      expect(l.tryAcquire('b')).toBe(true);
+    });
+
+    it("a lowered rate keeps the wait for the shared bucket's next token, and a raised one the pause after a failed lease", async () => {
+      const { calls, source } = fakeSource();
+      const l = new EndpointLimiter(10, { clock, tokenSource: source, leaseRetryMs: 100 });
+      l.setRate('a', 10);
+      const first = l.acquire('a');
+      calls[0]!.resolve({ granted: 0, nextTokenInMs: 80 });
+      await settle();
+      l.setRate('a', 5);
+      expect(calls).toHaveLength(1);
+      advance(80);
+      expect(calls).toHaveLength(2);
+      calls[1]!.reject(new Error('connection refused'));
+      await settle();
+      l.setRate('a', 1_000);
+      expect(calls).toHaveLength(2);
+      advance(100);
+      expect(calls).toHaveLength(3);
+      expect(calls[2]!.perSecond).toBe(1_000);
+      calls[2]!.resolve({ granted: 1, nextTokenInMs: 0 });
+      expect(await first).toBe(true);
+    });
+
     it('does not wedge a key whose lease fails: asks again after leaseRetryMs, reporting once per streak', async () => {
       const { calls, source } = fakeSource();
       const errors: unknown[] = [];

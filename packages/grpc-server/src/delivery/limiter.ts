@@ -51,6 +51,8 @@ interface KeyState {
   timer: NodeJS.Timeout | null;
   /** Shared bucket: when the timer ends (milliseconds of the limiter's clock). */
   readyAt: number;
+  /** Shared bucket: the timer waits for the shared bucket's next token (false: to retry after a failed lease). */
+  forToken: boolean;
   /** Shared bucket: a lease of this key is on its way (one at a time). */
   leasing: boolean;
 }
@@ -150,7 +152,9 @@ export class EndpointLimiter {
   /**
    * Sets the most attempts per second that may begin for `key` (a positive integer), or removes its limit
    * (`undefined`). A new limit starts with a full bucket (a shared one: with no token, the first lease brings them); a
-   * changed one keeps the tokens it had, up to the new size. Waiters the change allows are granted at once.
+   * changed one keeps the tokens it had, up to the new size. Waiters the change allows are granted at once, and the
+   * wait for the next token is counted again under the new rate (a shared bucket's, when the rate is raised or removed:
+   * its next lease asks at once under the new rate).
    */
   setRate(key: string, perSecond: number | undefined): void {
     if (perSecond !== undefined && (!Number.isSafeInteger(perSecond) || perSecond <= 0)) {
@@ -158,6 +162,7 @@ export class EndpointLimiter {
     }
     const state = perSecond === undefined ? this.#keys.get(key) : this.#state(key);
     if (state === undefined || state.bucket?.perSecond === perSecond) return;
+    const raised = state.bucket !== null && (perSecond === undefined || perSecond > state.bucket.perSecond);
     if (perSecond === undefined) {
       state.bucket = null;
     } else if (state.bucket === null) {
@@ -167,13 +172,19 @@ export class EndpointLimiter {
       state.bucket.tokens = Math.min(this.#tokens(state.bucket), perSecond);
       state.bucket.perSecond = perSecond;
     }
-    // An own bucket's timer counts at the old rate. A shared bucket's waits for the shared bucket (or a retry), which
-    // the next lease tells about under the new rate: it stays.
-    if (state.timer !== null && this.#source === null) {
+    // An own bucket's timer counts at the old rate. So does a shared bucket's wait for the shared bucket's next token
+    // (the store said when, at the old rate): raised or removed, it ends now, and the next lease asks under the new
+    // rate, at which the shared bucket refills (it was 1 s at 1 a second). Lowered, it stays: the next lease tells about
+    // the new rate. A wait to retry a failed lease stays.
+    let sharedWaitEnded = false;
+    if (state.timer !== null && (this.#source === null || (raised && state.forToken))) {
       clearTimeout(state.timer);
       state.timer = null;
+      sharedWaitEnded = this.#source !== null;
     }
     this.#pump(key, state);
+    // Left out of claims while it waited for the shared bucket, nobody waiting: claimable again, its next claim leases.
+    if (sharedWaitEnded && state.waiters.length === 0 && !state.leasing) this.#onReady();
     // Left out of claims for want of a token (its timer cleared above): the next token under the new rate says so.
     this.#outOfTokens(key, state);
     // A key given a rate is kept for the tryAcquire that follows (saturated() drops it if none comes).
@@ -366,8 +377,8 @@ export class EndpointLimiter {
     }
     // Less than asked: the shared bucket is empty until its next token, so the key waits for it instead of asking
     // again at once (a lease that brought nothing always waits, at least a millisecond).
-    if (granted === 0) this.#waitShared(key, state, Math.max(1, lease.nextTokenInMs));
-    else if (granted < want && lease.nextTokenInMs > 0) this.#waitShared(key, state, lease.nextTokenInMs);
+    if (granted === 0) this.#waitShared(key, state, Math.max(1, lease.nextTokenInMs), true);
+    else if (granted < want && lease.nextTokenInMs > 0) this.#waitShared(key, state, lease.nextTokenInMs, true);
     const hadWaiters = state.waiters.length > 0;
     this.#pump(key, state);
     // Left out of claims while the lease was on its way, nobody waiting: claimable again with the tokens it brought.
@@ -383,16 +394,18 @@ export class EndpointLimiter {
     }
     if (this.#keys.get(key) !== state) return;
     // The key is not wedged: it asks again after a short while (its waiters stay queued, claims leave it out).
-    this.#waitShared(key, state, this.#leaseRetryMs);
+    this.#waitShared(key, state, this.#leaseRetryMs, false);
   }
 
   /**
    * Shared bucket: waits `ms` before the key may lease again; then its waiters ask for tokens, or, with nobody waiting,
-   * the key is claimable again (`onReady`), and its next claim asks.
+   * the key is claimable again (`onReady`), and its next claim asks. `forToken`: the wait is for the shared bucket's next
+   * token, which a raised rate ends (see setRate); else it is the pause before a failed lease is tried again.
    */
-  #waitShared(key: string, state: KeyState, ms: number): void {
+  #waitShared(key: string, state: KeyState, ms: number, forToken: boolean): void {
     if (state.timer !== null) return;
     state.readyAt = this.#clock() + ms;
+    state.forToken = forToken;
     state.timer = setTimeout(() => {
       state.timer = null;
       if (this.#keys.get(key) !== state) return;
@@ -431,7 +444,7 @@ export class EndpointLimiter {
   #state(key: string): KeyState {
     let state = this.#keys.get(key);
     if (!state) {
-      state = { inFlight: 0, waiters: [], bucket: null, timer: null, readyAt: 0, leasing: false };
+      state = { inFlight: 0, waiters: [], bucket: null, timer: null, readyAt: 0, forToken: false, leasing: false };
       this.#keys.set(key, state);
     }
     return state;
