@@ -1095,6 +1095,46 @@ export function storeConformanceSuite(
       });
     });
 
+    describe('advanceGivenBack', () => {
+      it("makes due now the account's claims given back for later, never a retry's backoff nor another account's", async () => {
+        const acct = await withWebhook();
+        const other = await withWebhook();
+        const unbuilt = await publishOne(acct, 'unbuilt');
+        const built = await publishOne(acct, 'built');
+        const soon = await publishOne(acct, 'soon');
+        const elsewhere = await publishOne(other, 'elsewhere');
+        const claimed = new Map((await claim('first', T0, 'w')).map((c) => [c.delivery.id, c]));
+        await build(claimed.get(built.deliveryId)!, 'w', T0);
+        await store.release(unbuilt.deliveryId, 'w', T0 + 30_000);
+        await store.release(built.deliveryId, 'w', T0 + 30_000);
+        // Given back due before `now`: already due, left alone.
+        await store.release(soon.deliveryId, 'w', T0 + 500);
+        await store.release(elsewhere.deliveryId, 'w', T0 + 30_000);
+        // Sent once, waiting for its backoff: not given back.
+        const backoff = await retryingDelivery(acct, 'backoff', T0, T0 + 30_000);
+
+        expect(await store.advanceGivenBack(acct, T0 + 1_000)).toBe(2);
+        const due = async (id: string) => (await store.getDelivery(id))?.delivery;
+        expect(await due(unbuilt.deliveryId)).toMatchObject({ state: 'pending', nextAttemptAt: T0 + 1_000 });
+        expect(await due(built.deliveryId)).toMatchObject({ state: 'retrying', nextAttemptAt: T0 + 1_000 });
+        expect(await due(soon.deliveryId)).toMatchObject({ state: 'pending', nextAttemptAt: T0 + 500 });
+        expect(await due(backoff.deliveryId)).toMatchObject({ state: 'retrying', nextAttemptAt: T0 + 30_000 });
+        expect(await due(elsewhere.deliveryId)).toMatchObject({ state: 'pending', nextAttemptAt: T0 + 30_000 });
+        // Claimed as they are due now, in their lanes; the backoff still waits.
+        const first = await claim('first', T0 + 1_000, 'w2');
+        expect(first.map((c) => c.delivery.id).sort()).toEqual([soon.deliveryId, unbuilt.deliveryId].sort());
+        expect((await claim('retry', T0 + 1_000, 'w2')).map((c) => c.delivery.id)).toEqual([built.deliveryId]);
+        // Again: nothing more to advance (what was advanced is due, the backoff is not a give-back).
+        expect(await store.advanceGivenBack(acct, T0 + 2_000)).toBe(0);
+        expect(await store.advanceGivenBack(account(), T0 + 2_000)).toBe(0);
+      });
+
+      it('rejects bad arguments with an error naming the field', async () => {
+        await expect(store.advanceGivenBack('', T0)).rejects.toThrow(/accountId/);
+        await expect(store.advanceGivenBack(account(), Number.NaN)).rejects.toThrow(/now/);
+      });
+    });
+
     // ------------------------------------------------------------ sweep and stats
 
     describe('sweep', () => {

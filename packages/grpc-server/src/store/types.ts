@@ -373,9 +373,20 @@ export interface Store {
   /**
    * Gives a claim back without an attempt (shutdown): the delivery is due again at `dueAt`, in the lane
    * it came from (`pending` when not frozen, `retrying` when frozen), or `superseded` when the contact has
-   * a newer delivery. Does nothing when `owner` no longer holds the claim.
+   * a newer delivery. Does nothing when `owner` no longer holds the claim. Its `updatedAt` becomes `dueAt` too: that is
+   * how {@link Store.advanceGivenBack} tells a delivery given back for later from a retry's backoff.
    */
   release(deliveryId: string, owner: string, dueAt: number): Promise<void>;
+
+  /**
+   * Makes the account's deliveries that claims gave back for later (`release` with a `dueAt` after `now`: its turn
+   * under the webhook's rate limit, a pause after an error) due at `now`, and returns how many. A retry's backoff is
+   * left as it is. Told apart by what the writes leave: a `pending` delivery due after `now` was never attempted, so a
+   * release put it there; a `retrying` one was given back when its `updatedAt` is its `nextAttemptAt` (release writes
+   * both), where an attempt recorded for a retry left `updatedAt` at the attempt's end, before its next one is due.
+   * For a webhook whose rate limit was raised or removed: the turns worked out under the old rate are void.
+   */
+  advanceGivenBack(accountId: string, now: number): Promise<number>;
 
   getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null>;
   listDeliveries(filter: DeliveryFilter, limit: number, cursor: string | null): Promise<DeliveryPage>;

@@ -1547,6 +1547,24 @@ export class PostgresStore implements Store {
     });
   }
 
+  async advanceGivenBack(accountId: string, now: number): Promise<number> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    // One update per lane, each over its lane's index (one with both states read every delivery the account ever had,
+    // finished ones too, by deliveries_account). Every condition on the target itself: a row that a claim or an attempt
+    // changes meanwhile is checked again once it is free (READ COMMITTED), and left alone when no longer given back.
+    const { rows } = await this.#query<{ n: string }>(
+      `WITH p AS (UPDATE deliveries d SET next_attempt_at = $2, updated_at = $2
+           WHERE d.account_id = $1 AND d.state = 'pending' AND d.next_attempt_at > $2 RETURNING 1),
+         r AS (UPDATE deliveries d SET next_attempt_at = $2, updated_at = $2
+           WHERE d.account_id = $1 AND d.state = 'retrying' AND d.next_attempt_at > $2
+             AND d.updated_at = d.next_attempt_at RETURNING 1)
+       SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM r) AS n`,
+      [accountId, now],
+    );
+    return Number(rows[0]!.n);
+  }
+
   // ---------------------------------------------------------------- reads
 
   async getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null> {

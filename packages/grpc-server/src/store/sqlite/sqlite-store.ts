@@ -836,6 +836,26 @@ export class SqliteStore implements Store {
     });
   }
 
+  async advanceGivenBack(accountId: string, now: number): Promise<number> {
+    assertId('accountId', accountId);
+    assertTime('now', now);
+    const key = this.#key(accountId);
+    if (key === undefined) return 0;
+    return this.#tx(() => {
+      // One statement per lane, each over its lane's index (a pending delivery due later was never attempted: given
+      // back; a retrying one only when release wrote its due time, see Store.advanceGivenBack).
+      const pending = this.#q(
+        `UPDATE deliveries SET next_attempt_at = ?, updated_at = ?
+         WHERE account_key = ? AND state = 'pending' AND next_attempt_at > ?`,
+      ).run(now, now, key, now).changes;
+      const retrying = this.#q(
+        `UPDATE deliveries SET next_attempt_at = ?, updated_at = ?
+         WHERE account_key = ? AND state = 'retrying' AND next_attempt_at > ? AND updated_at = next_attempt_at`,
+      ).run(now, now, key, now).changes;
+      return pending + retrying;
+    });
+  }
+
   // ---------------------------------------------------------------- reads
 
   async getDelivery(id: string): Promise<{ delivery: Delivery; attempts: Attempt[] } | null> {
