@@ -56,6 +56,25 @@ describe('EndpointLimiter', () => {
     expect(await l.acquire('a', controller.signal)).toBe(true);
   });
 
+  it('cancelWaiting ends the waits of one key: they resolve false holding nothing, the others wait on', async () => {
+    const l = new EndpointLimiter(1);
+    expect(l.tryAcquire('a')).toBe(true);
+    expect(l.tryAcquire('b')).toBe(true);
+    const a = [l.acquire('a'), l.acquire('a')];
+    const b = l.acquire('b');
+    l.cancelWaiting('a');
+    expect(await Promise.all(a)).toEqual([false, false]);
+    expect(l.waiting('a')).toBe(0);
+    expect(l.totalWaiting).toBe(1);
+    expect(l.inFlight('a')).toBe(1);
+    l.cancelWaiting('unknown');
+    l.release('b');
+    expect(await b).toBe(true);
+    // The slot a cancelled waiter would have had goes to the next one that asks.
+    l.release('a');
+    expect(l.tryAcquire('a')).toBe(true);
+  });
+
   it('never exceeds the limit under interleaved acquire/release', async () => {
     const l = new EndpointLimiter(3);
     let active = 0;

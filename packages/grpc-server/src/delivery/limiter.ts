@@ -234,6 +234,22 @@ export class EndpointLimiter {
     });
   }
 
+  /**
+   * Ends the wait of every caller waiting for a slot of `key`: their `acquire` resolves false, holding nothing (as when
+   * their signal aborts). For claims that must not go as they are, e.g. read before their webhook was saved again.
+   */
+  cancelWaiting(key: string): void {
+    const state = this.#keys.get(key);
+    if (state === undefined || state.waiters.length === 0) return;
+    const waiters = state.waiters.splice(0);
+    this.#waiting -= waiters.length;
+    for (const waiter of waiters) {
+      waiter.cleanup();
+      waiter.grant(false);
+    }
+    this.#gc(key, state);
+  }
+
   /** Gives back a slot of `key`; the first waiter of that key, if any, gets it (once its token is there). */
   release(key: string): void {
     const state = this.#keys.get(key);
