@@ -269,6 +269,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     const api: Api = createApi({
       store,
       wake: (lane) => engine.wake(lane),
+      webhookSaved: (before, after) => engine.webhookSaved(before, after),
       now: clock,
       logger: logger.child({ component: 'api' }),
       defaultMessageTtlSeconds: config.defaultMessageTtlSeconds,

@@ -76,6 +76,12 @@ export interface ApiDependencies {
    * only that lane has new work.
    */
   wake: (lane?: Lane) => void;
+  /**
+   * Tells the delivery engine that a webhook was saved (`before`: the save it replaced, null for a new one), so that a
+   * changed rate limit applies at once (DeliveryEngine.webhookSaved). Default: nothing is told (the engine learns the
+   * rate at the account's next claim).
+   */
+  webhookSaved?: (before: WebhookRecord | null, after: WebhookRecord) => void;
   /** The clock (milliseconds since the epoch). */
   now: () => number;
   logger: Logger;
@@ -205,6 +211,7 @@ export function createApi(deps: ApiDependencies): Api {
     if (endpointChanged(before, record)) deps.circuit?.reset(accountId);
     // A save that changed nothing resumes an endpoint paused by its 410 Gone too: no 410 answered this save.
     else deps.circuit?.resumeIfSavedSince(accountId, record.updatedAt);
+    deps.webhookSaved?.(before, record);
     // Enabling a webhook (or pointing it elsewhere) may make waiting deliveries due.
     deps.wake();
   }

@@ -39,7 +39,7 @@ import type { AttemptEvent, AttemptOutcomeLabel } from '../observability/attempt
 import { logAttempt } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { SPAN_ATTRIBUTES, annotateAttemptSpan, withLinkedSpan } from '../observability/tracing.js';
-import type { AttemptResult, ClaimedDelivery, Delivery, Lane, Store } from '../store/types.js';
+import type { AttemptResult, ClaimedDelivery, Delivery, Lane, Store, WebhookRecord } from '../store/types.js';
 import { replacedSigningSecretAt } from '../store/shared.js';
 import { EndpointLimiter } from './limiter.js';
 import { createSender, type Sender } from './sender.js';
@@ -384,6 +384,12 @@ export class DeliveryEngine {
    * due at its turn.
    */
   readonly #maxTokenWaitMs: number;
+  /**
+   * Saves of webhooks that this process's API made (see {@link DeliveryEngine.webhookSaved}), by account: the save's
+   * `updatedAt`, and when it was told (performance.now()). Kept for a lease (no claim read before a save outlives it),
+   * oldest first.
+   */
+  readonly #saves = new Map<string, { updatedAt: number; at: number }>();
   /** Due times of retries this process recorded, in buckets (see {@link DeliveryEngine.#wakeRetryLaneAt}). */
   readonly #retryDue = new Set<number>();
   #retryTimer: NodeJS.Timeout | null = null;
@@ -508,6 +514,65 @@ export class DeliveryEngine {
    */
   wake(lane?: Lane): void {
     for (const l of this.#lanes) if (lane === undefined || l.name === lane) l.wakeup.notify();
+  }
+
+  /**
+   * The API of this process saved the account's webhook (`before`: the save it replaced, null for a new one). A changed
+   * rate limit applies at once, not from the account's next claim: the claims waiting here for their endpoint, and
+   * those read before the save that come after it, are given back due now (not sent as read, nor holding a token of the
+   * new rate), to be claimed again with the webhook as saved; when the rate was raised or removed, the deliveries that
+   * claims of any process gave back to the store for their turn under the old rate are made due now too
+   * (`Store.advanceGivenBack`). Other processes on the store (PostgreSQL) learn the rate at their next claim of the
+   * account: the claims they hold waiting meanwhile (at most the longest a claim waits for its turn, 12.5 s by default)
+   * keep the old pace, and are then given back, read before the save, rather than sent.
+   */
+  webhookSaved(
+    before: Pick<WebhookRecord, 'rateLimitPerSecond'> | null,
+    after: Pick<WebhookRecord, 'accountId' | 'enabled' | 'rateLimitPerSecond' | 'updatedAt'>,
+  ): void {
+    if (this.#stopping.signal.aborted) return;
+    const account = after.accountId;
+    const now = performance.now();
+    this.#saves.delete(account);
+    this.#saves.set(account, { updatedAt: after.updatedAt, at: now });
+    for (const [key, save] of this.#saves) {
+      if (save.at > now - this.options.leaseMs) break;
+      this.#saves.delete(key);
+    }
+    // First: a rate set before would let them go at once, as read.
+    this.#limiter.cancelWaiting(account);
+    // A disabled webhook's claims are not taken: its rate is set by the claim after it is enabled again.
+    if (after.enabled) this.#limiter.setRate(account, after.rateLimitPerSecond);
+    const old = before?.rateLimitPerSecond;
+    const rate = after.rateLimitPerSecond;
+    if (old !== undefined && (rate === undefined || rate > old)) this.#track(this.#advanceGivenBack(account));
+  }
+
+  /** Makes the account's deliveries given back for their turn due now (see webhookSaved); never throws. */
+  async #advanceGivenBack(accountId: string): Promise<void> {
+    try {
+      const advanced = await this.#store.advanceGivenBack(accountId, this.#clock());
+      this.#log.debug(
+        { accountId, advanced },
+        'rate limit raised or removed: deliveries given back for their turn are due now',
+      );
+      if (advanced > 0) this.wake();
+    } catch (err) {
+      // They are sent at the turn they were given, as before the save.
+      this.#log.error({ err, accountId }, 'making the deliveries given back for their turn due failed');
+    }
+  }
+
+  /** Gives a claim back due now, and wakes its lane to claim it again (see webhookSaved). */
+  async #giveBackNow(claim: Held, lane: LaneState, why: string): Promise<void> {
+    await this.#release(claim, why);
+    lane.wakeup.notify();
+  }
+
+  /** Whether the claim read its webhook before a save that this process's API made since (see webhookSaved). */
+  #readBeforeSave(claim: Held): boolean {
+    const save = this.#saves.get(claim.delivery.accountId);
+    return save !== undefined && claim.webhook.updatedAt < save.updatedAt;
   }
 
   /**
@@ -689,7 +754,13 @@ export class DeliveryEngine {
   #dispatch(claim: Held, lane: LaneState): void {
     if (this.#handOver(claim)) return;
     const account = claim.delivery.accountId;
-    // The webhook's rate limit as this claim read it: a change applies from the next claim of the account.
+    if (this.#readBeforeSave(claim)) {
+      // Its rate (and the rest) may be what the save changed: not set, not sent; claimed again as saved.
+      this.#track(this.#giveBackNow(claim, lane, 'webhook saved since the claim read it'));
+      return;
+    }
+    // The webhook's rate limit as this claim read it: a change applies from the next claim of the account, or at once
+    // when this process's API saved it (webhookSaved).
     this.#limiter.setRate(account, claim.webhook.rateLimitPerSecond);
     if (this.#limiter.tryAcquire(account)) {
       lane.busy += 1;
@@ -718,7 +789,9 @@ export class DeliveryEngine {
     const granted = await this.#limiter.acquire(claim.delivery.accountId, this.#stopping.signal);
     this.#waitingBodyBytes -= bodyBytes;
     if (!granted) {
-      await this.#release(claim, 'stopping');
+      if (this.#stopping.signal.aborted) await this.#release(claim, 'stopping');
+      // A save of its webhook ended the wait (webhookSaved).
+      else await this.#giveBackNow(claim, lane, 'webhook saved while the claim waited');
       return;
     }
     // An attempt of the delivery may have begun while this claim waited (this one is then older or newer).

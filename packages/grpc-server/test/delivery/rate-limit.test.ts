@@ -71,6 +71,52 @@ describe('DeliveryEngine with a rate-limited webhook', () => {
     expect(new Set(r.requests.map((req) => req.headers['app-inbox-contact']))).toEqual(new Set(['c1', 'c2']));
   });
 
+  it('gives back unsent a claim read before a save of its webhook, so that its old rate does not undo the new one', async () => {
+    const sqlite = await newStore();
+    const r = await receiver();
+    const config = { url: r.url, enabled: true, maxMessagesPerContact: 1000 };
+    const before = await sqlite.upsertWebhook('acc', { ...config, rateLimitPerSecond: 1 }, Date.now());
+    const contacts = Array.from({ length: 10 }, (_, i) => `c${i}`);
+    await sqlite.publish({ accountId: 'acc', messages: contacts.map((c) => message(c)), now: Date.now() });
+    // The first claim that takes anything reads the webhook at 1 a second, then is held until the test lets it go.
+    let read!: () => void;
+    const claimRead = new Promise<void>((resolve) => (read = resolve));
+    let release!: () => void;
+    let gate: Promise<void> | null = new Promise<void>((resolve) => (release = resolve));
+    const store = new Proxy(sqlite, {
+      get(target, property) {
+        if (property === 'claimDue') {
+          return async (options: Parameters<Store['claimDue']>[0]) => {
+            const taken = await target.claimDue(options);
+            const held = gate;
+            if (held !== null && taken.length > 0) {
+              gate = null;
+              read();
+              await held;
+            }
+            return taken;
+          };
+        }
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const lines: string[] = [];
+    // A claim may wait 12.5 s for its turn, as with the default lease: at 1 a second, the 10th would go 9 s later.
+    const e = engine(store, { requestTimeoutMs: 1_000, leaseMs: 31_000 }, lines);
+    e.start();
+    await claimRead;
+    const after = await sqlite.upsertWebhook('acc', { ...config, rateLimitPerSecond: 1_000 }, Date.now());
+    e.webhookSaved(before, after);
+    const saved = Date.now();
+    release();
+    await waitFor(() => r.requests.length >= contacts.length, 'every request', 15_000);
+
+    expect(Math.max(...r.requests.map((req) => req.at)) - saved).toBeLessThan(4_000);
+    expect(released(lines, 'webhook saved since the claim read it')).toHaveLength(contacts.length);
+    expect(r.requests.map((req) => req.headers['app-inbox-contact']).sort()).toEqual([...contacts].sort());
+  });
+
   it('keeps a rate-limited endpoint going through failed leases of a shared bucket, with one warning', async () => {
     const sqlite = await newStore();
     const r = await receiver();

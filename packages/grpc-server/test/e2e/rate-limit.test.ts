@@ -97,6 +97,89 @@ describe.each(storeUrls())('webhook rate limit ($engine)', (target) => {
     expect(Math.max(...times('/free'))).toBeLessThan(limitedTimes.at(-1)!);
   });
 
+  /**
+   * A claim waits for its turn in the process for up to half of what its lease leaves beside the request and the start
+   * margin: 20 s with this lease (12.5 s with the default one). With 32 in flight allowed per endpoint, the first claim
+   * of a backlog of 30 contacts at 1 request a second sends 1, keeps 20 waiting in memory (the last for 20 s), and gives
+   * 9 back to the store, due at their turn (21 s away).
+   */
+  const SLOW_TURNS = { leaseMs: 46_000, perEndpointConcurrency: 32 };
+  const BACKLOG = 30;
+
+  /**
+   * Publishes BACKLOG contacts to a webhook limited to 1 request a second, waits for the first two, then changes its
+   * limit with `change`: every delivery must arrive within 8 s of the change's answer (the old pace needs about 20 s
+   * more), once, on its first attempt.
+   */
+  async function changedWhileBacklogged(change: (account: string) => Promise<unknown>): Promise<void> {
+    receiver = await createMockReceiver();
+    t = await startTestServer(await target.newUrl(), SLOW_TURNS);
+    const account = accountId('changed');
+    await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, rateLimitPerSecond: 1 });
+    const published = await t.clients.publishMessages({
+      accountId: account,
+      messages: Array.from({ length: BACKLOG }, (_, i) => inboxMessage(`c-${i}`)),
+    });
+    const received = () => receiver!.records.list().filter((r) => r.path === '/hook');
+    await eventually(() => (received().length >= 2 ? true : undefined), 10_000, 'the first two requests');
+    await change(account);
+    const changed = Date.now();
+    // Bounded: 20 s past the change, the old pace is what happened, and the assertions below say so.
+    await eventually(() => (received().length >= BACKLOG ? true : undefined), 20_000, 'every delivery').catch(
+      () => undefined,
+    );
+    const lastMs = Math.max(...received().map((r) => Date.parse(r.receivedAt))) - changed;
+    expect(received().length, `received by ${lastMs} ms after the change`).toBe(BACKLOG);
+    expect(lastMs).toBeLessThan(8_000);
+    const ids = received().map((r) => r.deliveryId);
+    expect(new Set(ids)).toEqual(new Set(published.deliveries.map((d) => d.deliveryId)));
+    expect(ids).toHaveLength(BACKLOG);
+    for (const { deliveryId } of published.deliveries) {
+      const { delivery } = await t.clients.getDelivery({ deliveryId });
+      expect(delivery).toMatchObject({ state: DeliveryState.DELIVERY_STATE_DELIVERED, attemptCount: 1 });
+    }
+  }
+
+  it('a raised limit applies at once to the deliveries already waiting for their turn', async () => {
+    await changedWhileBacklogged((account) =>
+      t!.clients.updateWebhook({
+        accountId: account,
+        updateMask: ['rate_limit_per_second'],
+        rateLimitPerSecond: 1_000,
+      }),
+    );
+  });
+
+  it('a removed limit applies at once to the deliveries already waiting for their turn', async () => {
+    await changedWhileBacklogged((account) =>
+      t!.clients.upsertWebhook({ accountId: account, url: `${receiver!.url}/hook` }),
+    );
+  });
+
+  it('a lowered limit applies at once to the deliveries already waiting for their turn', async () => {
+    receiver = await createMockReceiver();
+    t = await startTestServer(await target.newUrl(), SLOW_TURNS);
+    const account = accountId('lowered');
+    await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/hook`, rateLimitPerSecond: 8 });
+    await t.clients.publishMessages({
+      accountId: account,
+      messages: Array.from({ length: 40 }, (_, i) => inboxMessage(`c-${i}`)),
+    });
+    const received = () => receiver!.records.list().filter((r) => r.path === '/hook');
+    // The first 8 go at once, the other 24 of the claim wait their turn in memory (one every 125 ms).
+    await eventually(() => (received().length >= 8 ? true : undefined), 10_000, 'the first eight requests');
+    await t.clients.updateWebhook({ accountId: account, updateMask: ['rate_limit_per_second'], rateLimitPerSecond: 1 });
+    const changed = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    // At 1 a second: the bucket's one token and 3 more over the 3 s (2 more allowed for requests let through just before
+    // the change and arriving after it), and at least one: the claims waiting when it changed are given back, not left
+    // to take the new rate's tokens and then be given back unsent (their webhook was saved since), which would send
+    // nothing for 24 s.
+    const after = received().filter((r) => Date.parse(r.receivedAt) > changed).length;
+    expect(after).toBeGreaterThanOrEqual(1);
+    expect(after).toBeLessThanOrEqual(1 + 3 + 2);
+  });
+
   it('UpdateWebhook changes the limit, removes it when named unset, and names a bad value', async () => {
     receiver = await createMockReceiver();
     t = await startTestServer(await target.newUrl());
