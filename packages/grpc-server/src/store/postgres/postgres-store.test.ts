@@ -1601,7 +1601,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
 
   it("ends the session of a process stalled inside a transaction: another process's publish does not wait on it", async () => {
     // Process A reaches the database through a relay that stops forwarding (both ways, sockets kept open) right after
-    // A's ResyncContacts sent its SELECT ... FOR UPDATE of the contact's pending delivery: A is stalled (SIGSTOP, a VM
+    // A's ResyncContacts sent its upsert of the contact's pending delivery (which locks it): A is stalled (SIGSTOP, a VM
     // pause, a host gone) inside its transaction, the row locked. Process B then publishes to that contact.
     let frozen = false;
     const sockets = new Set<Socket>();
@@ -1615,7 +1615,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       client.on('data', (chunk: Buffer) => {
         if (frozen) return;
         upstream.write(chunk);
-        if (chunk.includes('FOR UPDATE')) frozen = true;
+        if (chunk.includes('INSERT INTO deliveries')) frozen = true;
       });
       upstream.on('data', (chunk: Buffer) => void (frozen || client.write(chunk)));
     });
@@ -1986,6 +1986,83 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     } finally {
       await Promise.all(stores.map((s) => s.close()));
     }
+  });
+
+  describe('a sweep refreshing contacts while a publish to them commits', () => {
+    /** Polls `check` every 10 ms until it holds. */
+    async function until(check: () => Promise<boolean>): Promise<void> {
+      while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+
+    it('locks the contacts in the order a publish does: neither waits out a deadlock (deadlock_timeout)', async () => {
+      await withOwnDatabase(
+        async (store, url) => {
+          const account = 'acct';
+          await store.upsertWebhook(
+            account,
+            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+            T0,
+          );
+          // a, b and c each get a list holding a message that expires; b and c then get a pending delivery, a does not.
+          await store.publish({
+            accountId: account,
+            now: T0,
+            messages: ['a', 'b', 'c'].map((c) => storedMessage(c, { expiresAt: T0 + 100 })),
+          });
+          const claimed = await store.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 60_000, owner: 'w' });
+          expect(claimed).toHaveLength(3);
+          for (const c of claimed) {
+            const ids = c.messages!.map((m) => m.id);
+            expect(await store.freeze(c.delivery.id, 'w', new Uint8Array([1]), ids, T0)).toBe(true);
+            expect(await store.recordAttempt(c.delivery.id, deliveredFirstTime(c))).not.toBeNull();
+          }
+          await store.publish({ accountId: account, now: T0 + 10, messages: ['b', 'c'].map((c) => storedMessage(c)) });
+
+          // Another session (a claim, a publish) holds c's pending delivery for a moment: the sweep, which has locked
+          // b's by then, waits for it; a publish to a and b comes meanwhile.
+          const blocker = new pg.Client({ connectionString: url });
+          await blocker.connect();
+          const waiting = async (statement: string) => {
+            await blocker.query('SELECT pg_stat_clear_snapshot()');
+            const { rows } = await blocker.query<{ n: number }>(
+              `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
+              [`%${statement}%`],
+            );
+            return rows[0]!.n > 0;
+          };
+          try {
+            await blocker.query('BEGIN');
+            await blocker.query(
+              `SELECT 1 FROM deliveries WHERE account_id = $1 AND external_customer_id = 'c' AND state = 'pending'
+               FOR UPDATE`,
+              [account],
+            );
+            const sweeping = store.sweep(T0 + 1000, {
+              terminalRetentionMs: 86_400_000,
+              limit: 100,
+              refreshExpired: true,
+            });
+            await until(() => waiting('deliveries'));
+            const publishing = store.publish({
+              accountId: account,
+              now: T0 + 1000,
+              messages: ['a', 'b'].map((c) => storedMessage(c)),
+            });
+            await until(() => waiting('WITH hook AS'));
+            const released = Date.now();
+            await blocker.query('COMMIT');
+            await Promise.all([sweeping, publishing]);
+            // A deadlock is found only once one of them has waited deadlock_timeout (1 s), then run again.
+            expect(Date.now() - released).toBeLessThan(800);
+          } finally {
+            await blocker.end();
+          }
+          const open = await store.listDeliveries({ accountId: account, states: ['pending'] }, 10, null);
+          expect(open.deliveries.map((d) => d.externalCustomerId).sort()).toEqual(['a', 'b', 'c']);
+        },
+        { poolSize: 4 },
+      );
+    });
   });
 
   describe('leaseRateTokens: the rate-limit bucket every process shares', () => {

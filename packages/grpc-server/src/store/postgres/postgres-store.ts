@@ -1014,6 +1014,13 @@ export class PostgresStore implements Store {
    * no worker claims it before this transaction's messages are committed (they must be in it), or a
    * new one due now. The contacts' retrying deliveries are superseded by them (ARCHITECTURE §2). New
    * deliveries get `traceparent`; existing ones keep the trace of the call that created them.
+   *
+   * One upsert in contact order, as {@link PUBLISH_SQL}'s `pend`: the existing ones locked and the new ones inserted
+   * contact by contact. Locking every existing one first and inserting the others next (two statements) took the
+   * locks in another order than a publish: a sweep that had locked b's pending delivery and was about to insert a's
+   * deadlocked with a publish that had inserted a's and waited for b's, and one of them waited out deadlock_timeout
+   * (1 s) before it was ended and run again. A pending delivery a claim takes meanwhile leaves the arbiter index, so
+   * the upsert inserts a new one, as a publish's does.
    */
   async #ensurePending(
     c: Client,
@@ -1023,34 +1030,17 @@ export class PostgresStore implements Store {
     traceparent: string | null,
   ): Promise<PublishResult['deliveries']> {
     if (contacts.length === 0) return [];
-    const found = new Map<string, string>();
-    let missing = [...contacts];
-    // A concurrent publish may create a contact's pending delivery between our look and our insert
-    // (ON CONFLICT skips it): look again for those. Each round settles every contact it inserts.
-    for (let round = 0; round < 5 && missing.length > 0; round++) {
-      const existing = await c.query<{ external_customer_id: string; id: string }>(
-        `SELECT external_customer_id, id FROM deliveries
-         WHERE account_id = $1 AND external_customer_id = ANY($2::text[]) AND state = 'pending'
-         ORDER BY external_customer_id FOR UPDATE`,
-        [accountId, missing],
-      );
-      for (const row of existing.rows) found.set(row.external_customer_id, row.id);
-      missing = missing.filter((contact) => !found.has(contact));
-      if (missing.length === 0) break;
-      const inserted = await c.query<{ external_customer_id: string; id: string }>(
-        `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at,
-           traceparent)
-         SELECT n.id, $1, n.contact, 'pending', $4, $4, $4, $5::text FROM unnest($2::text[], $3::text[]) AS n(id, contact)
-         ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending' DO NOTHING
-         RETURNING external_customer_id, id`,
-        [accountId, missing.map(() => newDeliveryId(now)), missing, now, traceparent],
-      );
-      for (const row of inserted.rows) found.set(row.external_customer_id, row.id);
-      missing = missing.filter((contact) => !found.has(contact));
-    }
-    if (missing.length > 0) {
-      throw new StoreError('conflict', 'could not settle the pending deliveries of some contacts');
-    }
+    const { rows } = await c.query<{ external_customer_id: string; id: string }>(
+      `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at,
+         traceparent)
+       SELECT n.id, $1, n.contact, 'pending', $4, $4, $4, $5::text FROM unnest($2::text[], $3::text[]) AS n(id, contact)
+       ORDER BY n.contact
+       ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending'
+         DO UPDATE SET updated_at = deliveries.updated_at
+       RETURNING external_customer_id, id`,
+      [accountId, contacts.map(() => newDeliveryId(now)), contacts, now, traceparent],
+    );
+    const found = new Map(rows.map((row) => [row.external_customer_id, row.id]));
     const result = contacts.map((contact) => ({ externalCustomerId: contact, deliveryId: found.get(contact)! }));
     // A waiting retry carries an older list than the pending delivery will: never send it again.
     const superseded = await c.query<SupersededDbRow>(
