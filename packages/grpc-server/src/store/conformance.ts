@@ -1264,6 +1264,35 @@ export function storeConformanceSuite(
         expect(await pendingOf(acct, 'z')).toEqual([]);
       });
 
+      it('refreshes a contact whose list was built before the expiry and is frozen after the sweep', async () => {
+        const acct = await withWebhook();
+        const { message: lasting } = await publishOne(acct, 'w', T0);
+        expect(await deliverAll(acct, T0)).toEqual({ w: [lasting.id] });
+        const { message: expiring } = await publishOne(acct, 'w', T0 + 10, {
+          expiresAt: T0 + 100,
+          createdDate: T0 + 10,
+        });
+        // The engine claims the delivery and builds its list before the message expires ...
+        const [c] = (await claim('first', T0 + 50)).filter((x) => x.delivery.accountId === acct);
+        const messages = await store.contactMessages(acct, 'w', T0 + 50, 1000);
+        expect(messages.map((m) => m.id)).toEqual([expiring.id, lasting.id]);
+        // ... the sweep runs before the list is frozen: no frozen list of the contact holds the expired message yet ...
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        // ... and the list is frozen and sent with it: the receiver holds the expired message, so it is sent again.
+        expect(
+          await store.freeze(
+            c!.delivery.id,
+            'worker-1',
+            bytesOf(messages),
+            messages.map((m) => m.id),
+            T0 + 50,
+          ),
+        ).toBe(true);
+        await settle(c!, 'worker-1', T0 + 1001, 'delivered');
+        expect(await pendingOf(acct, 'w')).toHaveLength(1);
+        expect(await deliverAll(acct, T0 + 1002)).toEqual({ w: [lasting.id] });
+      });
+
       it('supersedes a retry that would resend an expired message; without the option it changes nothing', async () => {
         const acct = await withWebhook();
         /** The contact's list of one message expiring at `expiresAt`, sent once and now waiting for a retry. */

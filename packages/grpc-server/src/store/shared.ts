@@ -247,7 +247,8 @@ export function expiredByContact<K extends string | number>(
 /**
  * Whether a contact that lost the `expired` messages is sent its list again (Store.sweep's `refreshExpired`): when
  * the newest list built for it (`newestListIds`, the JSON array of its message ids) held one of them, or when no
- * list of it is left to tell (null: never built, or swept after the retention). A list that left them all out (built
+ * list of it is left to tell (null: never built, swept after the retention, or in flight and not frozen yet, which
+ * may hold a message read before it expired). A list that left them all out (built
  * after they expired, or with them pushed out by the cap) is what the receiver already has: no request for nothing.
  */
 export function listHeldExpired(newestListIds: string | null, expired: ReadonlySet<string>): boolean {

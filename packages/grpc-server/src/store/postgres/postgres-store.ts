@@ -1678,9 +1678,12 @@ export class PostgresStore implements Store {
     for (const { account, contacts } of byAccount) {
       if (!live.has(account)) continue;
       // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics).
+      // A delivery in flight without a list yet may hold the message (read before it expired, frozen after this
+      // transaction): its null counts as unknown.
       const newest = await c.query<{ contact: string; message_ids: string | null }>(
         `SELECT r.contact, (SELECT d.message_ids FROM deliveries d WHERE d.account_id = $1
-             AND d.external_customer_id = r.contact AND d.message_ids IS NOT NULL ORDER BY d.seq DESC LIMIT 1)
+             AND d.external_customer_id = r.contact AND (d.message_ids IS NOT NULL OR d.state = 'in_flight')
+             ORDER BY d.seq DESC LIMIT 1)
            AS message_ids
          FROM unnest($2::text[]) AS r(contact)`,
         [account, [...contacts.keys()]],

@@ -975,17 +975,22 @@ export class SqliteStore implements Store {
     });
   }
 
-  /** The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. */
+  /**
+   * The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. The newest list
+   * is the newest delivery's that was built (frozen) or is being built: one in flight without a list yet may hold
+   * the message (read before it expired, frozen after this), so it counts as unknown (`null`).
+   */
   #refreshExpired(gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>, now: number) {
     const hooked = this.#q('SELECT 1 FROM webhooks WHERE account_key = ?');
     const newestList = this.#q(
-      `SELECT message_ids FROM deliveries WHERE account_key = ? AND external_customer_id = ? AND message_ids IS NOT NULL
+      `SELECT message_ids FROM deliveries WHERE account_key = ? AND external_customer_id = ?
+         AND (message_ids IS NOT NULL OR state = 'in_flight')
        ORDER BY seq DESC LIMIT 1`,
     );
     for (const { account, contacts } of expiredByContact(gone)) {
       if (hooked.get(account) === undefined) continue;
       for (const [contact, expired] of contacts) {
-        const newest = newestList.get(account, contact) as { message_ids: string } | undefined;
+        const newest = newestList.get(account, contact) as { message_ids: string | null } | undefined;
         if (listHeldExpired(newest?.message_ids ?? null, expired)) this.#ensurePending(account, contact, now, null);
       }
     }
