@@ -1029,27 +1029,60 @@ export class PostgresStore implements Store {
     now: number,
     traceparent: string | null,
   ): Promise<PublishResult['deliveries']> {
-    if (contacts.length === 0) return [];
-    const { rows } = await c.query<{ external_customer_id: string; id: string }>(
-      `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at,
-         traceparent)
-       SELECT n.id, $1, n.contact, 'pending', $4, $4, $4, $5::text FROM unnest($2::text[], $3::text[]) AS n(id, contact)
-       ORDER BY n.contact
-       ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending'
-         DO UPDATE SET updated_at = deliveries.updated_at
-       RETURNING external_customer_id, id`,
-      [accountId, contacts.map(() => newDeliveryId(now)), contacts, now, traceparent],
+    const found = await this.#ensurePendingOf(
+      c,
+      contacts.map((contact) => ({ account: accountId, contact })),
+      now,
+      traceparent,
     );
-    const found = new Map(rows.map((row) => [row.external_customer_id, row.id]));
-    const result = contacts.map((contact) => ({ externalCustomerId: contact, deliveryId: found.get(contact)! }));
+    return found.map((f) => ({ externalCustomerId: f.contact, deliveryId: f.deliveryId }));
+  }
+
+  /**
+   * {@link PostgresStore.#ensurePending} for contacts of any accounts (distinct pairs), in account and contact order:
+   * a constant number of statements however many accounts (the sweep's refresh). The retries are found and locked by
+   * a probe of each contact's retrying deliveries (deliveries_retrying_contact; READ COMMITTED re-checks the state
+   * after a wait, so one a claim took meanwhile is left), then superseded by key, whatever the statistics: a join of
+   * the pairs to `deliveries` may be planned over every row of it.
+   */
+  async #ensurePendingOf(
+    c: Client,
+    pairs: ReadonlyArray<{ account: string; contact: string }>,
+    now: number,
+    traceparent: string | null,
+  ): Promise<Array<{ account: string; contact: string; deliveryId: string }>> {
+    if (pairs.length === 0) return [];
+    const accounts = pairs.map((p) => p.account);
+    const contacts = pairs.map((p) => p.contact);
+    const { rows } = await c.query<{ i: string; id: string }>(
+      `WITH up AS (
+         INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at, next_attempt_at,
+           traceparent)
+         SELECT n.id, n.account, n.contact, 'pending', $4, $4, $4, $5::text
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS n(account, contact, id)
+         ORDER BY n.account, n.contact
+         ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending'
+           DO UPDATE SET updated_at = deliveries.updated_at
+         RETURNING account_id, external_customer_id, id)
+       SELECT r.i, up.id FROM up
+         JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(account, contact, i)
+           ON r.account = up.account_id AND r.contact = up.external_customer_id`,
+      [accounts, contacts, pairs.map(() => newDeliveryId(now)), now, traceparent],
+    );
+    const ids: string[] = [];
+    for (const row of rows) ids[Number(row.i) - 1] = row.id;
+    const result = pairs.map((p, k) => ({ ...p, deliveryId: ids[k]! }));
     // A waiting retry carries an older list than the pending delivery will: never send it again.
     const superseded = await c.query<SupersededDbRow>(
-      `UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL,
+      `WITH p AS (
+         SELECT t.seq, r.id FROM unnest($1::text[], $2::text[], $3::text[]) AS r(account, contact, id)
+         CROSS JOIN LATERAL (SELECT x.seq FROM deliveries x WHERE x.account_id = r.account
+           AND x.external_customer_id = r.contact AND x.state = 'retrying' FOR UPDATE OF x) t)
+       UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL,
          lease_owner = NULL, updated_at = $4
-       FROM unnest($2::text[], $3::text[]) AS p(contact, id)
-       WHERE d.account_id = $1 AND d.external_customer_id = p.contact AND d.state = 'retrying'
+       FROM p WHERE d.seq = ANY (ARRAY(SELECT seq FROM p)) AND d.seq = p.seq
        RETURNING ${supersededColumns('d')}`,
-      [accountId, result.map((r) => r.externalCustomerId), result.map((r) => r.deliveryId), now],
+      [accounts, contacts, ids, now],
     );
     await this.#announceSuperseded(c, superseded.rows, now);
     return result;
@@ -1664,7 +1697,8 @@ export class PostgresStore implements Store {
    * The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. The accounts'
    * webhooks are key-share locked first, as a publish does, skipping one a DeleteWebhook holds: that call deletes the
    * webhook row, then the deliveries, then the messages, so waiting for it while holding its expired messages would
-   * deadlock, and its account needs no list any more.
+   * deadlock, and its account needs no list any more. Then a few statements for all the accounts together: a few per
+   * account made a sweep of 1,000 messages of 1,000 accounts 4,004 statements (0.8 s), every lock taken held meanwhile.
    */
   async #refreshExpired(c: Client, gone: readonly ExpiredRow[], now: number): Promise<void> {
     const byAccount = expiredByContact(gone);
@@ -1675,24 +1709,27 @@ export class PostgresStore implements Store {
       [byAccount.map((a) => a.account)],
     );
     const live = new Set(hooked.rows.map((r) => r.account_id));
-    for (const { account, contacts } of byAccount) {
-      if (!live.has(account)) continue;
-      // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics).
-      // A delivery in flight without a list yet may hold the message (read before it expired, frozen after this
-      // transaction): its null counts as unknown.
-      const newest = await c.query<{ contact: string; message_ids: string | null }>(
-        `SELECT r.contact, (SELECT d.message_ids FROM deliveries d WHERE d.account_id = $1
-             AND d.external_customer_id = r.contact AND (d.message_ids IS NOT NULL OR d.state = 'in_flight')
-             ORDER BY d.seq DESC LIMIT 1)
-           AS message_ids
-         FROM unnest($2::text[]) AS r(contact)`,
-        [account, [...contacts.keys()]],
-      );
-      const refresh = newest.rows
-        .filter((r) => listHeldExpired(r.message_ids, contacts.get(r.contact)!))
-        .map((r) => r.contact);
-      await this.#ensurePending(c, account, distinctSorted(refresh), now, null);
-    }
+    const pairs = byAccount
+      .filter((a) => live.has(a.account))
+      .flatMap(({ account, contacts }) => [...contacts.keys()].map((contact) => ({ account, contact })));
+    if (pairs.length === 0) return;
+    // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics).
+    // A delivery in flight without a list yet may hold the message (read before it expired, frozen after this
+    // transaction): its null counts as unknown.
+    const newest = await c.query<{ i: string; message_ids: string | null }>(
+      `SELECT r.i, (SELECT d.message_ids FROM deliveries d WHERE d.account_id = r.account
+           AND d.external_customer_id = r.contact AND (d.message_ids IS NOT NULL OR d.state = 'in_flight')
+           ORDER BY d.seq DESC LIMIT 1)
+         AS message_ids
+       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(account, contact, i)`,
+      [pairs.map((p) => p.account), pairs.map((p) => p.contact)],
+    );
+    const expired = new Map(byAccount.map((a) => [a.account, a.contacts]));
+    const refresh = newest.rows
+      .map((r) => ({ row: r, pair: pairs[Number(r.i) - 1]! }))
+      .filter(({ row, pair }) => listHeldExpired(row.message_ids, expired.get(pair.account)!.get(pair.contact)!))
+      .map(({ pair }) => pair);
+    await this.#ensurePendingOf(c, refresh, now, null);
   }
 
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
