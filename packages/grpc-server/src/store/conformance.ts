@@ -1264,6 +1264,17 @@ export function storeConformanceSuite(
         expect(await pendingOf(acct, 'z')).toEqual([]);
       });
 
+      it('refreshes contacts named with quotes, commas, braces, backslashes and non-ASCII, and only those', async () => {
+        const acct = await withWebhook();
+        const odd = ['a,"b"', '{c}', 'd\\e', 'NULL', 'é 😀', "f'g"];
+        const expiring = odd.map((c) => message(c, { expiresAt: T0 + 100 }));
+        const kept = message('h\\"i"');
+        await store.publish({ accountId: acct, messages: [...expiring, kept], now: T0 });
+        expect(Object.keys(await deliverAll(acct, T0)).sort()).toEqual([...odd, kept.externalCustomerId].sort());
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(6);
+        expect(await deliverAll(acct, T0 + 1000)).toEqual(Object.fromEntries(odd.map((c) => [c, []])));
+      });
+
       it('refreshes a contact whose list was built before the expiry and is frozen after the sweep', async () => {
         const acct = await withWebhook();
         const { message: lasting } = await publishOne(acct, 'w', T0);

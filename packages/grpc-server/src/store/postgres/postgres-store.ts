@@ -36,7 +36,7 @@ import {
   emptyByState,
   encodeCursor,
   expiredByContact,
-  listHeldExpired,
+  expiredIdPatterns,
   messageFromRow,
   newDeliveryId,
   supersededOutcome,
@@ -1711,24 +1711,23 @@ export class PostgresStore implements Store {
     const live = new Set(hooked.rows.map((r) => r.account_id));
     const pairs = byAccount
       .filter((a) => live.has(a.account))
-      .flatMap(({ account, contacts }) => [...contacts.keys()].map((contact) => ({ account, contact })));
+      .flatMap(({ account, contacts }) =>
+        [...contacts].map(([contact, expired]) => ({ account, contact, patterns: expiredIdPatterns(expired) })),
+      );
     if (pairs.length === 0) return;
-    // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics).
-    // A delivery in flight without a list yet may hold the message (read before it expired, frozen after this
-    // transaction): its null counts as unknown.
-    const newest = await c.query<{ i: string; message_ids: string | null }>(
-      `SELECT r.i, (SELECT d.message_ids FROM deliveries d WHERE d.account_id = r.account
+    // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics),
+    // tested where it is (see expiredIdPatterns). A delivery in flight without a list yet may hold the message (read
+    // before it expired, frozen after this transaction): its null counts as unknown, as no list at all does.
+    const held = await c.query<{ i: string }>(
+      `SELECT r.i FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS r(account, contact, patterns, i)
+       LEFT JOIN LATERAL (SELECT d.message_ids FROM deliveries d WHERE d.account_id = r.account
            AND d.external_customer_id = r.contact AND (d.message_ids IS NOT NULL OR d.state = 'in_flight')
-           ORDER BY d.seq DESC LIMIT 1)
-         AS message_ids
-       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(account, contact, i)`,
-      [pairs.map((p) => p.account), pairs.map((p) => p.contact)],
+           ORDER BY d.seq DESC LIMIT 1) l ON true
+       WHERE l.message_ids IS NULL
+         OR EXISTS (SELECT 1 FROM json_array_elements_text(r.patterns::json) p(x) WHERE strpos(l.message_ids, p.x) > 0)`,
+      [pairs.map((p) => p.account), pairs.map((p) => p.contact), pairs.map((p) => p.patterns)],
     );
-    const expired = new Map(byAccount.map((a) => [a.account, a.contacts]));
-    const refresh = newest.rows
-      .map((r) => ({ row: r, pair: pairs[Number(r.i) - 1]! }))
-      .filter(({ row, pair }) => listHeldExpired(row.message_ids, expired.get(pair.account)!.get(pair.contact)!))
-      .map(({ pair }) => pair);
+    const refresh = held.rows.map((r) => pairs[Number(r.i) - 1]!).map(({ account, contact }) => ({ account, contact }));
     await this.#ensurePendingOf(c, refresh, now, null);
   }
 

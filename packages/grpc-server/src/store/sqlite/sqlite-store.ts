@@ -29,7 +29,7 @@ import {
   emptyByState,
   encodeCursor,
   expiredByContact,
-  listHeldExpired,
+  expiredIdPatterns,
   messageFromRow,
   newDeliveryId,
   supersededOutcome,
@@ -982,16 +982,19 @@ export class SqliteStore implements Store {
    */
   #refreshExpired(gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>, now: number) {
     const hooked = this.#q('SELECT 1 FROM webhooks WHERE account_key = ?');
-    const newestList = this.#q(
-      `SELECT message_ids FROM deliveries WHERE account_key = ? AND external_customer_id = ?
+    // The newest list's delivery by the contact's index, tested where it is (see expiredIdPatterns); no row: no list.
+    const newestHeld = this.#q(
+      `SELECT message_ids IS NULL OR EXISTS (SELECT 1 FROM json_each(?) p WHERE instr(message_ids, p.value) > 0)
+         AS held
+       FROM deliveries WHERE account_key = ? AND external_customer_id = ?
          AND (message_ids IS NOT NULL OR state = 'in_flight')
        ORDER BY seq DESC LIMIT 1`,
     );
     for (const { account, contacts } of expiredByContact(gone)) {
       if (hooked.get(account) === undefined) continue;
       for (const [contact, expired] of contacts) {
-        const newest = newestList.get(account, contact) as { message_ids: string | null } | undefined;
-        if (listHeldExpired(newest?.message_ids ?? null, expired)) this.#ensurePending(account, contact, now, null);
+        const newest = newestHeld.get(expiredIdPatterns(expired), account, contact) as { held: number } | undefined;
+        if (newest === undefined || newest.held === 1) this.#ensurePending(account, contact, now, null);
       }
     }
   }
