@@ -2107,6 +2107,59 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     });
   });
 
+  it("resyncs while the account's webhook is deleted without a deadlock: the resync takes the webhook first", async () => {
+    await withOwnDatabase(
+      async (store, url) => {
+        const account = 'acct';
+        await store.upsertWebhook(
+          account,
+          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+          T0,
+        );
+        // y's pending delivery first, so the delete (by the account's deliveries, in order) takes it before x's.
+        await store.publish({ accountId: account, now: T0, messages: [storedMessage('y')] });
+        await store.publish({ accountId: account, now: T0, messages: [storedMessage('x')] });
+        const blocker = new pg.Client({ connectionString: url });
+        await blocker.connect();
+        const waiting = async (statement: string) => {
+          await blocker.query('SELECT pg_stat_clear_snapshot()');
+          const { rows } = await blocker.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
+            [`%${statement}%`],
+          );
+          return rows[0]!.n > 0;
+        };
+        const until = async (check: () => Promise<boolean>) => {
+          while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
+        };
+        try {
+          // Another session (a claim, a publish) holds x's pending delivery for a moment.
+          await blocker.query('BEGIN');
+          await blocker.query(
+            `SELECT 1 FROM deliveries WHERE account_id = $1 AND external_customer_id = 'x' AND state = 'pending'
+             FOR UPDATE`,
+            [account],
+          );
+          const resyncing = store.resync(account, ['x', 'y'], T0 + 1);
+          await until(() => waiting('deliveries'));
+          let deleted = false;
+          const deleting = store.deleteWebhook(account).finally(() => (deleted = true));
+          // The delete waits: for the resync's webhook lock, or (on the code before) for x's pending delivery once it
+          // has deleted y's, which the resync locks next.
+          await until(async () => deleted || (await waiting('DELETE FROM')));
+          const released = Date.now();
+          await blocker.query('COMMIT');
+          await Promise.all([resyncing, deleting]);
+          // A deadlock is found only once one of them has waited deadlock_timeout (1 s), then run again.
+          expect(Date.now() - released).toBeLessThan(800);
+        } finally {
+          await blocker.end();
+        }
+      },
+      { poolSize: 4 },
+    );
+  });
+
   describe('leaseRateTokens: the rate-limit bucket every process shares', () => {
     /** Moves the account's bucket `ms` into the past, as if that much time had gone by since its last lease. */
     const age = (account: string, ms: number) =>

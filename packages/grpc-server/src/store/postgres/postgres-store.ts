@@ -341,6 +341,13 @@ export const SWEEP_SQL = {
       LIMIT $2 FOR UPDATE OF d SKIP LOCKED))`,
 } as const;
 
+/**
+ * Key-share lock of an account's webhook, taken by a transaction before any of the account's deliveries: compatible
+ * with UpsertWebhook's update and a publish's lock, waits for a DeleteWebhook (which deletes the row first, then the
+ * deliveries), so that neither holds a delivery the other waits for. No row: none is locked.
+ */
+const LOCK_WEBHOOK_SQL = 'SELECT 1 FROM webhooks WHERE account_id = $1 FOR KEY SHARE';
+
 /** A message the sweep deleted as expired ({@link SWEEP_SQL}). */
 type ExpiredRow = { account: string; external_customer_id: string; id: string };
 
@@ -995,6 +1002,9 @@ export class PostgresStore implements Store {
       externalCustomerIds.forEach((id, i) => assertId(`externalCustomerIds[${i}]`, id));
     }
     return this.#tx(async (c) => {
+      // The webhook first, as a publish and a sweep take it: a DeleteWebhook takes it first too (then the deliveries),
+      // so a resync that locked a pending delivery before it waited for one the delete had taken: a deadlock.
+      await c.query(LOCK_WEBHOOK_SQL, [accountId]);
       const contacts =
         externalCustomerIds === 'all'
           ? (
@@ -1645,6 +1655,10 @@ export class PostgresStore implements Store {
     assertTime('now', now);
     const traceparent = assertTraceparent(options.traceparent);
     return this.#tx(async (c) => {
+      // The account's webhook before the delivery (see resync): a replay that locked it, then the contact's pending
+      // delivery, deadlocked with a DeleteWebhook deleting that pending delivery and then waiting for this one.
+      const account = await c.query<{ account_id: string }>('SELECT account_id FROM deliveries WHERE id = $1', [id]);
+      if (account.rows[0] !== undefined) await c.query(LOCK_WEBHOOK_SQL, [account.rows[0].account_id]);
       const { rows } = await c.query<DeliveryRow & { newer_id: string | null }>(
         `SELECT ${DELIVERY_COLUMNS}, ${NEWER_ID} AS newer_id FROM deliveries d WHERE d.id = $1 FOR UPDATE OF d`,
         [id],
