@@ -2160,6 +2160,54 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     );
   });
 
+  it('supersedes retries without waiting for one another transaction holds; a skipped one is superseded at its claim', async () => {
+    await withOwnDatabase(
+      async (store, url) => {
+        const account = 'acct';
+        await store.upsertWebhook(
+          account,
+          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+          T0,
+        );
+        await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
+        const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+        expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
+        const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
+        retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
+        expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
+        // Another transaction holds the retry: a record (which locks by key, and so waited for this one's locks in
+        // another order than a resync or a sweep took them: a deadlock, deadlock_timeout long), a claim, a replay.
+        const holder = new pg.Client({ connectionString: url });
+        await holder.connect();
+        let resynced: Promise<unknown> | undefined;
+        try {
+          await holder.query('BEGIN');
+          await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
+          resynced = store.resync(account, ['a'], T0 + 20);
+          const first = await Promise.race([
+            resynced.then(() => 'resynced'),
+            new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
+          ]);
+          expect(first).toBe('resynced');
+        } finally {
+          await holder.query('COMMIT');
+          await holder.end();
+          await resynced;
+        }
+        // Left retrying, the older list is superseded when claimed, never sent after the pending delivery.
+        expect(await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' })).toEqual(
+          [],
+        );
+        const [pending] = await store.claimDue({ lane: 'first', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' });
+        expect((await store.getDelivery(c!.delivery.id))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: pending!.delivery.id,
+        });
+      },
+      { poolSize: 4 },
+    );
+  });
+
   describe('leaseRateTokens: the rate-limit bucket every process shares', () => {
     /** Moves the account's bucket `ms` into the past, as if that much time had gone by since its last lease. */
     const age = (account: string, ms: number) =>

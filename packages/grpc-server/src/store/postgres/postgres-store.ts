@@ -1051,9 +1051,14 @@ export class PostgresStore implements Store {
   /**
    * {@link PostgresStore.#ensurePending} for contacts of any accounts (distinct pairs), in account and contact order:
    * a constant number of statements however many accounts (the sweep's refresh). The retries are found and locked by
-   * a probe of each contact's retrying deliveries (deliveries_retrying_contact; READ COMMITTED re-checks the state
-   * after a wait, so one a claim took meanwhile is left), then superseded by key, whatever the statistics: a join of
-   * the pairs to `deliveries` may be planned over every row of it.
+   * a probe of each contact's retrying deliveries (deliveries_retrying_contact), then superseded by key, whatever the
+   * statistics: a join of the pairs to `deliveries` may be planned over every row of it.
+   *
+   * SKIP LOCKED: a retry taken in flight since the statement began is locked in its new version and left (READ
+   * COMMITTED re-checks the state), and waiting for one a record holds deadlocked with that record (it locks by key,
+   * this by contact: this held b's in-flight version, the record c's, each waited for the other). One skipped because
+   * a claim, a record or a replay holds it is superseded when it is next claimed (a claim supersedes a retry whose
+   * contact has a newer delivery), so it is never sent after the pending delivery.
    */
   async #ensurePendingOf(
     c: Client,
@@ -1087,7 +1092,7 @@ export class PostgresStore implements Store {
       `WITH p AS (
          SELECT t.seq, r.id FROM unnest($1::text[], $2::text[], $3::text[]) AS r(account, contact, id)
          CROSS JOIN LATERAL (SELECT x.seq FROM deliveries x WHERE x.account_id = r.account
-           AND x.external_customer_id = r.contact AND x.state = 'retrying' FOR UPDATE OF x) t)
+           AND x.external_customer_id = r.contact AND x.state = 'retrying' FOR UPDATE OF x SKIP LOCKED) t)
        UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL,
          lease_owner = NULL, updated_at = $4
        FROM p WHERE d.seq = ANY (ARRAY(SELECT seq FROM p)) AND d.seq = p.seq
