@@ -521,7 +521,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     env: ['APP_INBOX_REFRESH_ON_EXPIRY'],
     unit: '',
     description:
-      "Send a contact its list again when the sweeper deletes an expired message that the contact's newest list held, so that the receiver drops it within a sweep interval; false: an expired message stays at the receiver until the contact's next list.",
+      "Send a contact its list again when the sweeper deletes an expired message that a list the receiver may hold held (the newest it answered 2xx to, or one built after it), so that the receiver drops it within a sweep interval; false: an expired message stays at the receiver until the contact's next list.",
     bound: 'true or false',
     schema: BOOLEAN,
     isSwitch: true,

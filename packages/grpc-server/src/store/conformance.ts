@@ -1264,6 +1264,20 @@ export function storeConformanceSuite(
         expect(await pendingOf(acct, 'z')).toEqual([]);
       });
 
+      it('refreshes a contact whose newer list failed without the message: the delivered one before held it', async () => {
+        const acct = await withWebhook();
+        const expiring = message('f', { expiresAt: T0 + 100 });
+        await store.publish({ accountId: acct, messages: [expiring], now: T0 });
+        expect(await deliverAll(acct, T0)).toEqual({ f: [expiring.id] });
+        // The next list, built after the expiry, is answered 400: the receiver still has the first one.
+        const { deliveryId } = await publishOne(acct, 'f', T0 + 200);
+        const [c] = (await claim('first', T0 + 200)).filter((x) => x.delivery.id === deliveryId);
+        await build(c!, 'worker-1', T0 + 200);
+        expect((await settle(c!, 'worker-1', T0 + 201, 'failed')).state).toBe('failed');
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        expect(await pendingOf(acct, 'f')).toHaveLength(1);
+      });
+
       it('refreshes contacts named with quotes, commas, braces, backslashes and non-ASCII, and only those', async () => {
         const acct = await withWebhook();
         const odd = ['a,"b"', '{c}', 'd\\e', 'NULL', 'é 😀', "f'g"];

@@ -245,11 +245,12 @@ export function expiredByContact<K extends string | number>(
 }
 
 /**
- * Whether a contact that lost the `expired` messages is sent its list again (Store.sweep's `refreshExpired`): when
- * the newest list built for it (its `message_ids`, the JSON array of its message ids) held one of them, or when no
- * list of it is left to tell (never built, swept after the retention, or in flight and not frozen yet, which may
- * hold a message read before it expired). A list that left them all out (built after they expired, or with them
- * pushed out by the cap) is what the receiver already has: no request for nothing.
+ * Whether a contact that lost the `expired` messages is sent its list again (Store.sweep's `refreshExpired`): when a
+ * list the receiver may hold (the newest it answered 2xx to, or one built after it; each a `message_ids`, the JSON
+ * array of its message ids) held one of them, or when no list of it is left to tell (never built, swept after the
+ * retention, or in flight and not frozen yet, which may hold a message read before it expired). Lists that left them
+ * all out (built after they expired, or with them pushed out by the cap) are what the receiver already has: no
+ * request for nothing.
  *
  * The engines test it where the list is, without parsing it: a list held an id when its text holds the id as
  * `JSON.stringify` writes it, quotes included (the list was written so). This gives each engine that pattern of

@@ -411,10 +411,12 @@ export interface Store {
    *
    * With `refreshExpired`, in the same transaction, each contact that lost a message to expiry gets a pending
    * delivery (the existing one, or a new one due at `now` that supersedes a waiting retry, as a publish does) when
-   * its account has a webhook and the newest list built for it held one of those messages, or no list of it is left
-   * to tell (a delivery in flight whose list is not frozen yet may hold one): the receiver, which replaces its copy with each list, then drops the expired message within a sweep
-   * interval (SPEC §4: a list holds the available messages). A contact whose newest list already left them out gets
-   * nothing. Deliveries made so count in neither the result nor the limit.
+   * its account has a webhook and a list the receiver may hold held one of those messages: the newest list it answered
+   * 2xx to, or one built after it (in flight, retrying, failed or superseded; all of them when none was delivered; a
+   * delivery in flight whose list is not frozen yet counts as holding them), or when no list of it is left to tell.
+   * The receiver, which replaces its copy with each list, then drops the expired message within a sweep interval
+   * (SPEC §4: a list holds the available messages). A contact whose lists already left them out gets nothing.
+   * Deliveries made so count in neither the result nor the limit.
    */
   sweep(now: number, options: SweepOptions): Promise<number>;
 

@@ -1,6 +1,6 @@
 /**
  * A message's expiry reaches the receiver (`--refresh-on-expiry`, on by default): once the sweeper deletes a message
- * that a contact's newest list held, the contact is sent its list again without it, so that a receiver that replaces
+ * that a contact's last list held, the contact is sent its list again without it, so that a receiver that replaces
  * its copy with each list (SPEC §4) stops showing it. Real server, real gRPC client, real mock receiver.
  */
 import { createMockReceiver, type MockReceiver } from '@app-inbox/mock-receiver';

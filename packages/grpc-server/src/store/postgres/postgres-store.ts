@@ -1734,16 +1734,19 @@ export class PostgresStore implements Store {
         [...contacts].map(([contact, expired]) => ({ account, contact, patterns: expiredIdPatterns(expired) })),
       );
     if (pairs.length === 0) return;
-    // Each contact's newest built list by the contact's own index, newest first (one probe, whatever the statistics),
-    // tested where it is (see expiredIdPatterns). A delivery in flight without a list yet may hold the message (read
-    // before it expired, frozen after this transaction): its null counts as unknown, as no list at all does.
+    // The lists the receiver may hold: the newest one it answered 2xx to and every one built after it (all that were
+    // built when none was delivered), by the contact's own index (probes, whatever the statistics), each tested where
+    // it is (see expiredIdPatterns). A delivery in flight without a list yet may hold the message (read before it
+    // expired, frozen after this transaction): its null counts as unknown, as no list at all does.
     const held = await c.query<{ i: string }>(
       `SELECT r.i FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS r(account, contact, patterns, i)
-       LEFT JOIN LATERAL (SELECT d.message_ids FROM deliveries d WHERE d.account_id = r.account
+       CROSS JOIN LATERAL (SELECT array_agg(d.message_ids) AS lists FROM deliveries d WHERE d.account_id = r.account
            AND d.external_customer_id = r.contact AND (d.message_ids IS NOT NULL OR d.state = 'in_flight')
-           ORDER BY d.seq DESC LIMIT 1) l ON true
-       WHERE l.message_ids IS NULL
-         OR EXISTS (SELECT 1 FROM json_array_elements_text(r.patterns::json) p(x) WHERE strpos(l.message_ids, p.x) > 0)`,
+           AND d.seq >= COALESCE((SELECT e.seq FROM deliveries e WHERE e.account_id = r.account
+             AND e.external_customer_id = r.contact AND e.state = 'delivered' ORDER BY e.seq DESC LIMIT 1), 0)) l
+       WHERE l.lists IS NULL
+         OR EXISTS (SELECT 1 FROM unnest(l.lists) x(ids) WHERE x.ids IS NULL OR EXISTS (
+           SELECT 1 FROM json_array_elements_text(r.patterns::json) p(x) WHERE strpos(x.ids, p.x) > 0))`,
       [pairs.map((p) => p.account), pairs.map((p) => p.contact), pairs.map((p) => p.patterns)],
     );
     const refresh = held.rows.map((r) => pairs[Number(r.i) - 1]!).map(({ account, contact }) => ({ account, contact }));

@@ -976,25 +976,26 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. The newest list
-   * is the newest delivery's that was built (frozen) or is being built: one in flight without a list yet may hold
-   * the message (read before it expired, frozen after this), so it counts as unknown (`null`).
+   * The refresh of {@link Store.sweep} (`refreshExpired`), inside its transaction, after the delete. The lists the
+   * receiver may hold are the newest one it answered 2xx to and every one built after it (frozen, or in flight and not
+   * frozen yet: read before the expiry, it may hold the message, so it counts as unknown); all that were built when
+   * none was delivered. Each is tested where it is (see expiredIdPatterns); none at all: unknown.
    */
   #refreshExpired(gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>, now: number) {
     const hooked = this.#q('SELECT 1 FROM webhooks WHERE account_key = ?');
-    // The newest list's delivery by the contact's index, tested where it is (see expiredIdPatterns); no row: no list.
-    const newestHeld = this.#q(
-      `SELECT message_ids IS NULL OR EXISTS (SELECT 1 FROM json_each(?) p WHERE instr(message_ids, p.value) > 0)
-         AS held
-       FROM deliveries WHERE account_key = ? AND external_customer_id = ?
-         AND (message_ids IS NOT NULL OR state = 'in_flight')
-       ORDER BY seq DESC LIMIT 1`,
+    const held = this.#q(
+      `WITH lists AS (SELECT d.message_ids FROM deliveries d WHERE d.account_key = @account AND d.external_customer_id = @contact
+           AND (d.message_ids IS NOT NULL OR d.state = 'in_flight')
+           AND d.seq >= COALESCE((SELECT e.seq FROM deliveries e WHERE e.account_key = @account
+             AND e.external_customer_id = @contact AND e.state = 'delivered' ORDER BY e.seq DESC LIMIT 1), 0))
+       SELECT NOT EXISTS (SELECT 1 FROM lists) OR EXISTS (SELECT 1 FROM lists l WHERE l.message_ids IS NULL
+           OR EXISTS (SELECT 1 FROM json_each(@patterns) p WHERE instr(l.message_ids, p.value) > 0)) AS held`,
     );
     for (const { account, contacts } of expiredByContact(gone)) {
       if (hooked.get(account) === undefined) continue;
       for (const [contact, expired] of contacts) {
-        const newest = newestHeld.get(expiredIdPatterns(expired), account, contact) as { held: number } | undefined;
-        if (newest === undefined || newest.held === 1) this.#ensurePending(account, contact, now, null);
+        const row = held.get({ patterns: expiredIdPatterns(expired), account, contact }) as { held: number };
+        if (row.held === 1) this.#ensurePending(account, contact, now, null);
       }
     }
   }
