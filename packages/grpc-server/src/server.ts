@@ -325,7 +325,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     const port = await bind(server, config.grpcAddress, credentials);
     cleanup.unshift(() => new Promise<void>((resolve) => server.tryShutdown(() => resolve())));
     engine.start();
-    const sweeper = startSweeper(store, config, clock, logger.child({ component: 'sweeper' }));
+    const sweeper = startSweeper(store, config, clock, metrics, logger.child({ component: 'sweeper' }));
     const secretsCheck = startPlaintextSecretsCheck(rawStore, box, securityLog);
     // Endpoints paused by a 410 Gone resume once their webhook is saved again, also when another process saved it.
     const resumer = every(
@@ -535,21 +535,30 @@ interface Periodic {
  * Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded; with
  * `refreshOnExpiry`, a contact whose list held an expired message is sent its list again (Store.sweep).
  */
-function startSweeper(store: Store, config: ServerConfig, clock: () => number, logger: Logger): Periodic {
+function startSweeper(
+  store: Store,
+  config: ServerConfig,
+  clock: () => number,
+  metrics: Metrics,
+  logger: Logger,
+): Periodic {
   return every(
     config.sweepIntervalMs,
     async (stopped) => {
-      let total = 0;
+      let removed = 0;
+      let refreshed = 0;
       for (let i = 0; i < SWEEP_BATCHES_PER_TICK && !stopped(); i++) {
-        const removed = await store.sweep(clock(), {
+        const swept = await store.sweep(clock(), {
           terminalRetentionMs: config.terminalRetentionMs,
           limit: SWEEP_BATCH,
           refreshExpired: config.refreshOnExpiry,
         });
-        total += removed;
-        if (removed < SWEEP_BATCH) break;
+        removed += swept.deleted;
+        refreshed += swept.refreshed;
+        metrics.expiryRefreshes.inc(swept.refreshed);
+        if (swept.deleted < SWEEP_BATCH) break;
       }
-      if (total > 0) logger.info({ removed: total }, 'swept expired messages and old deliveries');
+      if (removed > 0) logger.info({ removed, refreshed }, 'swept expired messages and old deliveries');
     },
     (error) => logger.error({ err: error }, 'sweep failed; trying again at the next interval'),
   );

@@ -69,6 +69,8 @@ export interface Metrics {
   readonly circuitState: Gauge<'account'>;
   readonly grpcCalls: Counter<'method' | 'code'>;
   readonly grpcCallDuration: Histogram<'method'>;
+  /** Contacts the sweeper sent their list again because a message of it expired (`--refresh-on-expiry`). */
+  readonly expiryRefreshes: Counter;
 
   /** Counts one recorded attempt: deliveries_total, the duration histogram and, unless 2xx, endpoint_failures_total. */
   recordAttempt(event: Pick<AttemptEvent, 'accountId' | 'outcome' | 'statusCode' | 'durationMs'>): void;
@@ -122,6 +124,12 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     help: 'Time from a gRPC call arriving to its status being sent, in seconds (streams: their whole life).',
     labelNames: ['method'] as const,
     buckets: [...GRPC_DURATION_BUCKETS],
+    registers: [registry],
+  });
+
+  const expiryRefreshes = new Counter({
+    name: 'expiry_refreshes_total',
+    help: 'Contacts the sweeper gave a pending delivery because a message of a list their receiver may hold expired (--refresh-on-expiry): one more request each.',
     registers: [registry],
   });
 
@@ -184,6 +192,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     circuitState,
     grpcCalls,
     grpcCallDuration,
+    expiryRefreshes,
     recordAttempt(event) {
       const cls: StatusClass = statusClass(event.statusCode);
       const outcome: AttemptOutcomeLabel = event.outcome;

@@ -1162,14 +1162,14 @@ export function storeConformanceSuite(
 
         const opts = { terminalRetentionMs: 1000, limit: 2 };
         // T0 + 2000: 3 expired messages and 1 old terminal delivery ('old', finished at T0 + 12).
-        expect(await store.sweep(T0 + 2000, opts)).toBe(2);
-        expect(await store.sweep(T0 + 2000, opts)).toBe(2);
-        expect(await store.sweep(T0 + 2000, opts)).toBe(0);
+        expect((await store.sweep(T0 + 2000, opts)).deleted).toBe(2);
+        expect((await store.sweep(T0 + 2000, opts)).deleted).toBe(2);
+        expect((await store.sweep(T0 + 2000, opts)).deleted).toBe(0);
         expect(await store.contactMessages(acct, 'e', T0, 10)).toHaveLength(1);
         expect(await store.getDelivery(old.deliveryId)).toBeNull();
         expect((await store.getDelivery(recent.deliveryId))?.delivery.state).toBe('failed');
         expect((await store.getDelivery(waiting.deliveryId))?.delivery.state).toBe('pending');
-        expect(await store.sweep(T0 + 10_000, { terminalRetentionMs: 1000, limit: 100 })).toBe(1);
+        expect((await store.sweep(T0 + 10_000, { terminalRetentionMs: 1000, limit: 100 })).deleted).toBe(1);
         expect(await store.getDelivery(recent.deliveryId)).toBeNull();
       });
 
@@ -1186,12 +1186,12 @@ export function storeConformanceSuite(
         await settle(second!, 'w', T0 + 11, 'delivered');
         const later = T0 + 10_000;
         // One at a time (the sweeper works through a backlog in batches): the older goes first.
-        expect(await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).toBe(1);
+        expect((await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).deleted).toBe(1);
         expect(await store.getDelivery(older.deliveryId)).toBeNull();
         expect((await store.getDelivery(newer.deliveryId))?.delivery.state).toBe('delivered');
         // Had the newer gone first, replaying the older would have resent the older list after the newer one.
         expect(await store.retryDelivery(older.deliveryId, later)).toBeNull();
-        expect(await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).toBe(1);
+        expect((await store.sweep(later, { terminalRetentionMs: 1000, limit: 1 })).deleted).toBe(1);
         expect(await store.getDelivery(newer.deliveryId)).toBeNull();
       });
 
@@ -1206,10 +1206,10 @@ export function storeConformanceSuite(
         }
         const options = { terminalRetentionMs: 1000, limit: 1000 };
         // Not one per contact per sweep: a contact with more than one delivery per sweep interval would pile up.
-        expect(await store.sweep(T0 + 10_000, options)).toBe(4);
+        expect((await store.sweep(T0 + 10_000, options)).deleted).toBe(4);
         expect((await store.getDelivery(ids[4]!))?.delivery.state).toBe('delivered');
-        expect(await store.sweep(T0 + 10_000, options)).toBe(1);
-        expect(await store.sweep(T0 + 10_000, options)).toBe(0);
+        expect((await store.sweep(T0 + 10_000, options)).deleted).toBe(1);
+        expect((await store.sweep(T0 + 10_000, options)).deleted).toBe(0);
       });
     });
 
@@ -1240,7 +1240,10 @@ export function storeConformanceSuite(
         expect(await deliverAll(acct, T0)).toEqual({ x: [short.id, long.id], y: [only.id] });
 
         const later = T0 + 1000;
-        expect(await store.sweep(later, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(2);
+        expect(await store.sweep(later, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 2,
+          refreshed: 2,
+        });
         const [x] = await pendingOf(acct, 'x');
         const [y] = await pendingOf(acct, 'y');
         expect(x).toMatchObject({ state: 'pending', nextAttemptAt: later });
@@ -1248,7 +1251,10 @@ export function storeConformanceSuite(
         // Built now, x's list is the message left and y's is empty: the receiver's copies lose the expired ones.
         expect(await deliverAll(acct, later)).toEqual({ x: [long.id], y: [] });
         // Nothing expired since: the next sweep refreshes nobody.
-        expect(await store.sweep(later + 10, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(0);
+        expect(await store.sweep(later + 10, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 0,
+          refreshed: 0,
+        });
         expect(await pendingOf(acct, 'x')).toEqual([]);
       });
 
@@ -1260,7 +1266,10 @@ export function storeConformanceSuite(
         // The next list, built after the expiry but before any sweep, already leaves it out.
         const { message: fresh } = await publishOne(acct, 'z', T0 + 200);
         expect(await deliverAll(acct, T0 + 200)).toEqual({ z: [fresh.id] });
-        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 1,
+          refreshed: 0,
+        });
         expect(await pendingOf(acct, 'z')).toEqual([]);
       });
 
@@ -1274,7 +1283,10 @@ export function storeConformanceSuite(
         const [c] = (await claim('first', T0 + 200)).filter((x) => x.delivery.id === deliveryId);
         await build(c!, 'worker-1', T0 + 200);
         expect((await settle(c!, 'worker-1', T0 + 201, 'failed')).state).toBe('failed');
-        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 1,
+          refreshed: 1,
+        });
         expect(await pendingOf(acct, 'f')).toHaveLength(1);
       });
 
@@ -1285,7 +1297,10 @@ export function storeConformanceSuite(
         const kept = message('h\\"i"');
         await store.publish({ accountId: acct, messages: [...expiring, kept], now: T0 });
         expect(Object.keys(await deliverAll(acct, T0)).sort()).toEqual([...odd, kept.externalCustomerId].sort());
-        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(6);
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 6,
+          refreshed: 6,
+        });
         expect(await deliverAll(acct, T0 + 1000)).toEqual(Object.fromEntries(odd.map((c) => [c, []])));
       });
 
@@ -1302,7 +1317,10 @@ export function storeConformanceSuite(
         const messages = await store.contactMessages(acct, 'w', T0 + 50, 1000);
         expect(messages.map((m) => m.id)).toEqual([expiring.id, lasting.id]);
         // ... the sweep runs before the list is frozen: no frozen list of the contact holds the expired message yet ...
-        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 1,
+          refreshed: 1,
+        });
         // ... and the list is frozen and sent with it: the receiver holds the expired message, so it is sent again.
         expect(
           await store.freeze(
@@ -1331,11 +1349,17 @@ export function storeConformanceSuite(
         const a = await retryOf('a', T0 + 100);
         const b = await retryOf('b', T0 + 2000);
 
-        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100 })).toBe(1);
+        expect(await store.sweep(T0 + 1000, { terminalRetentionMs: DAY, limit: 100 })).toEqual({
+          deleted: 1,
+          refreshed: 0,
+        });
         expect((await store.getDelivery(a))?.delivery.state).toBe('retrying');
         expect(await pendingOf(acct, 'a')).toEqual([]);
 
-        expect(await store.sweep(T0 + 3000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toBe(1);
+        expect(await store.sweep(T0 + 3000, { terminalRetentionMs: DAY, limit: 100, refreshExpired: true })).toEqual({
+          deleted: 1,
+          refreshed: 1,
+        });
         const [pending] = await pendingOf(acct, 'b');
         expect(pending).toMatchObject({ nextAttemptAt: T0 + 3000 });
         expect((await store.getDelivery(b))?.delivery).toMatchObject({

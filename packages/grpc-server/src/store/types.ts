@@ -267,6 +267,14 @@ export interface SweepOptions {
   refreshExpired?: boolean;
 }
 
+/** What one {@link Store.sweep} call did. */
+export interface SweepResult {
+  /** Messages and deliveries deleted (at most the call's `limit`). */
+  deleted: number;
+  /** Contacts given a pending delivery by `refreshExpired` (0 without it). */
+  refreshed: number;
+}
+
 export interface Store {
   /** Applies the versioned migrations (safe under concurrent starts). */
   migrate(): Promise<void>;
@@ -406,8 +414,8 @@ export interface Store {
 
   /**
    * Deletes expired messages and terminal deliveries (delivered, failed, superseded) last changed at or
-   * before `now - terminalRetentionMs`, with their attempts; returns how many messages and deliveries went
-   * (at most `limit`; call again while it returns `limit`).
+   * before `now - terminalRetentionMs`, with their attempts; `deleted` says how many messages and deliveries went
+   * (at most `limit`; call again while it is `limit`).
    *
    * With `refreshExpired`, in the same transaction, each contact that lost a message to expiry gets a pending
    * delivery (the existing one, or a new one due at `now` that supersedes a waiting retry, as a publish does) when
@@ -416,9 +424,9 @@ export interface Store {
    * delivery in flight whose list is not frozen yet counts as holding them), or when no list of it is left to tell.
    * The receiver, which replaces its copy with each list, then drops the expired message within a sweep interval
    * (SPEC §4: a list holds the available messages). A contact whose lists already left them out gets nothing.
-   * Deliveries made so count in neither the result nor the limit.
+   * Those contacts are `refreshed`; their deliveries count in neither `deleted` nor the limit.
    */
-  sweep(now: number, options: SweepOptions): Promise<number>;
+  sweep(now: number, options: SweepOptions): Promise<SweepResult>;
 
   /**
    * Publishes an outcome to every process watching this store (in process for SQLite, NOTIFY for PostgreSQL).

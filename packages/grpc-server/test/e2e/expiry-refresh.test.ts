@@ -54,6 +54,8 @@ describe.each(storeUrls())('expired messages leave the receiver ($engine)', ({ n
     await new Promise((r) => setTimeout(r, 10 * SWEEP_INTERVAL_MS));
     expect(hook.records.list({ externalCustomerId: 'c' })).toHaveLength(2);
     expect(hook.records.list({ externalCustomerId: 'alone' })).toHaveLength(2);
+    // Counted for the operator: one refresh for each of the two contacts.
+    expect((await server.server.metrics.expiryRefreshes.get()).values[0]?.value).toBe(2);
   });
 
   it('sends nothing on expiry with --refresh-on-expiry false: the receiver keeps the message', async () => {
@@ -64,5 +66,6 @@ describe.each(storeUrls())('expired messages leave the receiver ($engine)', ({ n
     // Past the expiry and ten sweep intervals: still the one list.
     await new Promise((r) => setTimeout(r, Math.max(0, shortLived.expiresAtMs! - Date.now()) + 10 * SWEEP_INTERVAL_MS));
     expect(hook.records.list({ externalCustomerId: 'c' })).toHaveLength(1);
+    expect((await server.server.metrics.expiryRefreshes.get()).values[0]?.value).toBe(0);
   });
 });

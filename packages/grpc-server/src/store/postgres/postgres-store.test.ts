@@ -1349,7 +1349,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
         }
       }
       // And the sweep deletes what it should, within its limit.
-      expect(await opened.sweep(T0 + 10, { terminalRetentionMs: 0, limit: 500 })).toBe(500);
+      expect((await opened.sweep(T0 + 10, { terminalRetentionMs: 0, limit: 500 })).deleted).toBe(500);
       const left = await sql(url, 'SELECT count(*)::int AS n FROM messages WHERE expires_at <= $1', [T0 + 10]);
       expect(left.rows[0].n).toBe(5500);
     });
@@ -2019,7 +2019,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
           limit: 100,
           refreshExpired: true,
         });
-        expect(removed).toBe(60);
+        expect(removed).toEqual({ deleted: 60, refreshed: 60 });
         // BEGIN, the delete, the webhooks, the lists, the upsert, the retries superseded, COMMIT; then the deliveries'
         // delete. A few statements per account (4,004 for 1,000 accounts: 0.8 s holding every lock taken) is not.
         expect(query.mock.calls.length).toBeLessThanOrEqual(10);

@@ -70,6 +70,7 @@ import type {
   RetryResult,
   Store,
   SweepOptions,
+  SweepResult,
   TraceOptions,
   WebhookRecord,
   WebhookSettings,
@@ -1698,17 +1699,17 @@ export class PostgresStore implements Store {
     });
   }
 
-  async sweep(now: number, options: SweepOptions): Promise<number> {
+  async sweep(now: number, options: SweepOptions): Promise<SweepResult> {
     assertTime('now', now);
     const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
     const limit = assertInt('limit', options.limit, 1);
     return this.#tx(async (c) => {
       const gone = (await c.query<ExpiredRow>(SWEEP_SQL.messages, [now, limit])).rows;
-      if (options.refreshExpired === true) await this.#refreshExpired(c, gone, now);
+      const refreshed = options.refreshExpired === true ? await this.#refreshExpired(c, gone, now) : 0;
       const messages = gone.length;
-      if (messages >= limit) return messages;
+      if (messages >= limit) return { deleted: messages, refreshed };
       const deliveries = (await c.query(SWEEP_SQL.deliveries, [now - retention, limit - messages])).rowCount ?? 0;
-      return messages + deliveries;
+      return { deleted: messages + deliveries, refreshed };
     });
   }
 
@@ -1719,9 +1720,9 @@ export class PostgresStore implements Store {
    * deadlock, and its account needs no list any more. Then a few statements for all the accounts together: a few per
    * account made a sweep of 1,000 messages of 1,000 accounts 4,004 statements (0.8 s), every lock taken held meanwhile.
    */
-  async #refreshExpired(c: Client, gone: readonly ExpiredRow[], now: number): Promise<void> {
+  async #refreshExpired(c: Client, gone: readonly ExpiredRow[], now: number): Promise<number> {
     const byAccount = expiredByContact(gone);
-    if (byAccount.length === 0) return;
+    if (byAccount.length === 0) return 0;
     const hooked = await c.query<{ account_id: string }>(
       `SELECT account_id FROM webhooks WHERE account_id = ANY ($1::text[]) ORDER BY account_id
        FOR KEY SHARE SKIP LOCKED`,
@@ -1733,7 +1734,7 @@ export class PostgresStore implements Store {
       .flatMap(({ account, contacts }) =>
         [...contacts].map(([contact, expired]) => ({ account, contact, patterns: expiredIdPatterns(expired) })),
       );
-    if (pairs.length === 0) return;
+    if (pairs.length === 0) return 0;
     // The lists the receiver may hold: the newest one it answered 2xx to and every one built after it (all that were
     // built when none was delivered), by the contact's own index (probes, whatever the statistics), each tested where
     // it is (see expiredIdPatterns). A delivery in flight without a list yet may hold the message (read before it
@@ -1751,6 +1752,7 @@ export class PostgresStore implements Store {
     );
     const refresh = held.rows.map((r) => pairs[Number(r.i) - 1]!).map(({ account, contact }) => ({ account, contact }));
     await this.#ensurePendingOf(c, refresh, now, null);
+    return refresh.length;
   }
 
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {

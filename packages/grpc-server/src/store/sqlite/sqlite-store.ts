@@ -62,6 +62,7 @@ import type {
   RetryResult,
   Store,
   SweepOptions,
+  SweepResult,
   TraceOptions,
   WebhookRecord,
   WebhookSettings,
@@ -947,7 +948,7 @@ export class SqliteStore implements Store {
     });
   }
 
-  async sweep(now: number, options: SweepOptions): Promise<number> {
+  async sweep(now: number, options: SweepOptions): Promise<SweepResult> {
     assertTime('now', now);
     const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
     const limit = assertInt('limit', options.limit, 1);
@@ -956,9 +957,9 @@ export class SqliteStore implements Store {
         `DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE expires_at <= ? LIMIT ?)
          RETURNING account_key AS account, external_customer_id, id`,
       ).all(now, limit) as Array<{ account: number; external_customer_id: string; id: string }>;
-      if (options.refreshExpired === true) this.#refreshExpired(gone, now);
+      const refreshed = options.refreshExpired === true ? this.#refreshExpired(gone, now) : 0;
       const messages = gone.length;
-      if (messages >= limit) return messages;
+      if (messages >= limit) return { deleted: messages, refreshed };
       // A contact's newest delivery goes last (only once no older one of its contact is left; the older ones go
       // whenever due): "is there a newer delivery" (retryDelivery, claims) sees only rows still here, so with the
       // newer list gone first a replay of the older one would send it after the newer.
@@ -971,7 +972,7 @@ export class SqliteStore implements Store {
                     AND o.external_customer_id = d.external_customer_id AND o.seq < d.seq))
            LIMIT ?)`,
       ).run(now - retention, limit - messages).changes;
-      return messages + deliveries;
+      return { deleted: messages + deliveries, refreshed };
     });
   }
 
@@ -981,7 +982,10 @@ export class SqliteStore implements Store {
    * frozen yet: read before the expiry, it may hold the message, so it counts as unknown); all that were built when
    * none was delivered. Each is tested where it is (see expiredIdPatterns); none at all: unknown.
    */
-  #refreshExpired(gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>, now: number) {
+  #refreshExpired(
+    gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>,
+    now: number,
+  ): number {
     const hooked = this.#q('SELECT 1 FROM webhooks WHERE account_key = ?');
     const held = this.#q(
       `WITH lists AS (SELECT d.message_ids FROM deliveries d WHERE d.account_key = @account AND d.external_customer_id = @contact
@@ -991,13 +995,17 @@ export class SqliteStore implements Store {
        SELECT NOT EXISTS (SELECT 1 FROM lists) OR EXISTS (SELECT 1 FROM lists l WHERE l.message_ids IS NULL
            OR EXISTS (SELECT 1 FROM json_each(@patterns) p WHERE instr(l.message_ids, p.value) > 0)) AS held`,
     );
+    let refreshed = 0;
     for (const { account, contacts } of expiredByContact(gone)) {
       if (hooked.get(account) === undefined) continue;
       for (const [contact, expired] of contacts) {
         const row = held.get({ patterns: expiredIdPatterns(expired), account, contact }) as { held: number };
-        if (row.held === 1) this.#ensurePending(account, contact, now, null);
+        if (row.held !== 1) continue;
+        this.#ensurePending(account, contact, now, null);
+        refreshed++;
       }
     }
+    return refreshed;
   }
 
   async stats(now: number): Promise<{ byState: Record<DeliveryState, number>; oldestDueAt: number | null }> {
