@@ -2208,6 +2208,100 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     );
   });
 
+  describe('a batched record of final attempts (it locks its deliveries in seq order, without the webhook) against', () => {
+    /** Polls `check` every 10 ms until it holds. */
+    async function until(check: () => Promise<boolean>): Promise<void> {
+      while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    /** True when a session running `statement` waits for a lock. */
+    async function waiting(watcher: pg.Client, statement: string): Promise<boolean> {
+      // The watcher may be inside a transaction, where pg_stat_activity is read once and kept: read it afresh.
+      await watcher.query('SELECT pg_stat_clear_snapshot()');
+      const { rows } = await watcher.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
+        [`%${statement}%`],
+      );
+      return rows[0]!.n > 0;
+    }
+    /** Attempt `attemptNo` of `c` by owner `w`, answered 200 at T0 + 21: it ends the delivery (a batched record). */
+    const delivered = (c: ClaimedDelivery, attemptNo: number): AttemptResult => ({
+      owner: 'w',
+      attempt: { ...deliveredFirstTime(c).attempt, attemptNo, startedAt: T0 + 21 },
+      nextState: 'delivered',
+    });
+    const RECORD = 'SET state = c.state';
+
+    it("DeleteWebhook, by a record: neither waits out a deadlock (deadlock_timeout), as the delete locks the account's deliveries in seq order too", async () => {
+      await withOwnDatabase(
+        async (store, url) => {
+          const account = 'acct';
+          await store.upsertWebhook(
+            account,
+            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+            T0,
+          );
+          // The account's history: 2,000 finished deliveries. Statistics that show them make a delete of the account's
+          // deliveries a bitmap scan, which takes the rows in their order in the table, not in seq order.
+          await sql(
+            url,
+            `INSERT INTO deliveries (id, account_id, external_customer_id, state, created_at, updated_at)
+             SELECT 'old-' || g, $1, 'old-' || g, 'delivered', $2, $2 FROM generate_series(1, 2000) g`,
+            [account, T0],
+          );
+          await sql(url, 'ANALYZE deliveries');
+          // x's delivery before y's (seq), then frozen after it: its row's newest version comes after y's in the table.
+          await store.publish({ accountId: account, now: T0, messages: ['x', 'y'].map((c) => storedMessage(c)) });
+          const claimed = await store.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 60_000, owner: 'w' });
+          const [x, y] = ['x', 'y'].map((contact) => claimed.find((c) => c.delivery.externalCustomerId === contact)!);
+          // (At T0 + 1: a changed updated_at makes the update a new row version with index entries of its own, not a HOT
+          // one, which a scan reaches through the row's first version.)
+          for (const c of [y!, x!]) {
+            expect(await store.freeze(c.delivery.id, 'w', new Uint8Array([1]), [], T0 + 1)).toBe(true);
+          }
+          const order = await sql(
+            url,
+            `SELECT x.seq < y.seq AS seq_before, x.ctid > y.ctid AS row_after FROM deliveries x, deliveries y
+             WHERE x.id = $1 AND y.id = $2`,
+            [x!.delivery.id, y!.delivery.id],
+          );
+          expect(order.rows[0]).toEqual({ seq_before: true, row_after: true });
+
+          // Another session (a claim's lease reaper, a record of another process) holds x's delivery for a moment: the
+          // record of x and y waits for it, then the DeleteWebhook comes and waits for it too.
+          const holder = new pg.Client({ connectionString: url });
+          await holder.connect();
+          let records: Promise<Array<Delivery | null>> | undefined;
+          let deleting: Promise<boolean> | undefined;
+          try {
+            await holder.query('BEGIN');
+            await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [x!.delivery.id]);
+            records = Promise.all([x!, y!].map((c) => store.recordAttempt(c.delivery.id, delivered(c, 1))));
+            await until(() => waiting(holder, RECORD));
+            let deleted = false;
+            deleting = store.deleteWebhook(account).finally(() => (deleted = true));
+            // The delete waits for x's delivery: at once (seq order), or once it has deleted y's, which the record
+            // locks next (the table's order, on the code before).
+            await until(async () => deleted || (await waiting(holder, 'DELETE FROM deliveries')));
+            const released = Date.now();
+            await holder.query('COMMIT');
+            const answers = await records;
+            expect(await deleting).toBe(true);
+            // A deadlock is found only once one of them has waited deadlock_timeout (1 s), then run again.
+            expect(Date.now() - released).toBeLessThan(800);
+            expect(answers.map((d) => d?.state)).toEqual(['delivered', 'delivered']);
+          } finally {
+            await holder.end();
+            await Promise.allSettled([records, deleting]);
+          }
+          // Every delivery of the account is gone, with its attempts.
+          expect((await sql(url, 'SELECT count(*)::int AS n FROM deliveries')).rows[0].n).toBe(0);
+          expect((await sql(url, 'SELECT count(*)::int AS n FROM attempts')).rows[0].n).toBe(0);
+        },
+        { poolSize: 4 },
+      );
+    });
+  });
+
   describe('leaseRateTokens: the rate-limit bucket every process shares', () => {
     /** Moves the account's bucket `ms` into the past, as if that much time had gone by since its last lease. */
     const age = (account: string, ms: number) =>

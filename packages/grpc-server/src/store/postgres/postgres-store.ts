@@ -898,7 +898,20 @@ export class PostgresStore implements Store {
       const existed = ((await c.query('DELETE FROM webhooks WHERE account_id = $1', [accountId])).rowCount ?? 0) > 0;
       // Every delivery goes, finished ones with their attempts: their frozen bodies hold the deleted messages, and a
       // replay of one once the account has a webhook again would send them (to whatever URL it has then).
-      await c.query('DELETE FROM deliveries WHERE account_id = $1', [accountId]);
+      // Locked in seq order first, as a batched record of final attempts locks its deliveries (RECORD_FINAL_SQL, which
+      // takes no webhook lock). A plain delete took them in its plan's order, for an account with many deliveries a
+      // bitmap scan's (their place in the table): it deleted y's, then waited for x's, which a record held while it
+      // waited for y's, until deadlock_timeout (1 s). Now it holds none after the one it waits for, so a record holding
+      // that one gets the rest. The other statements that lock several of the account's deliveries take its webhook
+      // lock first (publish, resync, replay, the sweep's refresh: this delete and they wait for each other before any
+      // delivery) or skip locked rows (claims, the lease reaper, the sweep's delete); a batched freeze (in its plan's
+      // order) and advanceGivenBack (by due time, when a rate limit is raised) do neither. Then deleted by key
+      // (primary-key probes, in any order: the rows are this transaction's).
+      await c.query(
+        `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
+           SELECT seq FROM deliveries WHERE account_id = $1 ORDER BY seq FOR UPDATE))`,
+        [accountId],
+      );
       await c.query('DELETE FROM messages WHERE account_id = $1', [accountId]);
       // Its shared rate-limit bucket too: the table does not grow with every webhook ever deleted.
       await c.query('DELETE FROM rate_buckets WHERE account_id = $1', [accountId]);
