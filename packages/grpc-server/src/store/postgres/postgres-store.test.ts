@@ -2208,6 +2208,53 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     );
   });
 
+  it('publishes without waiting for a retry another transaction holds; the skipped one is superseded at its claim', async () => {
+    await withOwnDatabase(
+      async (store, url) => {
+        const account = 'acct';
+        await store.upsertWebhook(
+          account,
+          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+          T0,
+        );
+        await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
+        const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+        expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
+        const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
+        retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
+        expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
+        // Another transaction holds the retry (a claim, a replay; a record holds the versions claims made in flight).
+        const holder = new pg.Client({ connectionString: url });
+        await holder.connect();
+        let published: Promise<unknown> | undefined;
+        try {
+          await holder.query('BEGIN');
+          await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
+          published = store.publish({ accountId: account, now: T0 + 20, messages: [storedMessage('a')] });
+          const first = await Promise.race([
+            published.then(() => 'published'),
+            new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
+          ]);
+          expect(first).toBe('published');
+        } finally {
+          await holder.query('COMMIT');
+          await holder.end();
+          await published;
+        }
+        // Left retrying, the older list is superseded when claimed, never sent after the pending delivery.
+        expect(await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' })).toEqual(
+          [],
+        );
+        const [pending] = await store.claimDue({ lane: 'first', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' });
+        expect((await store.getDelivery(c!.delivery.id))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: pending!.delivery.id,
+        });
+      },
+      { poolSize: 4 },
+    );
+  });
+
   describe('a batched record of final attempts (it locks its deliveries in seq order, without the webhook) against', () => {
     /** Polls `check` every 10 ms until it holds. */
     async function until(check: () => Promise<boolean>): Promise<void> {
@@ -2296,6 +2343,79 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
           // Every delivery of the account is gone, with its attempts.
           expect((await sql(url, 'SELECT count(*)::int AS n FROM deliveries')).rows[0].n).toBe(0);
           expect((await sql(url, 'SELECT count(*)::int AS n FROM attempts')).rows[0].n).toBe(0);
+        },
+        { poolSize: 4 },
+      );
+    });
+
+    it('a publish superseding retries: neither waits out a deadlock (deadlock_timeout), as the publish leaves a retry another transaction holds', async () => {
+      await withOwnDatabase(
+        async (store, url) => {
+          const account = 'acct';
+          await store.upsertWebhook(
+            account,
+            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+            T0,
+          );
+          // b's delivery before a's (seq), both retrying: a record locks b's first, a publish to both supersedes a's first.
+          for (const contact of ['b', 'a']) {
+            await store.publish({ accountId: account, now: T0, messages: [storedMessage(contact)] });
+          }
+          for (const c of await store.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 60_000, owner: 'w' })) {
+            expect(await store.freeze(c.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
+            const retry = { ...deliveredFirstTime(c), nextState: 'retrying' as const };
+            retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
+            expect((await store.recordAttempt(c.delivery.id, retry))?.state).toBe('retrying');
+          }
+          const webhookHolder = new pg.Client({ connectionString: url });
+          const rowHolder = new pg.Client({ connectionString: url });
+          await webhookHolder.connect();
+          await rowHolder.connect();
+          let publishing: Promise<unknown> | undefined;
+          let records: Promise<Array<Delivery | null>> | undefined;
+          try {
+            // A publish to a and b begins (its snapshot shows both deliveries retrying) and waits for the webhook, which
+            // another session holds for a moment (any slow statement before its supersede would do).
+            await webhookHolder.query('BEGIN');
+            await webhookHolder.query('SELECT 1 FROM webhooks WHERE account_id = $1 FOR UPDATE', [account]);
+            let published = false;
+            publishing = store
+              .publish({ accountId: account, now: T0 + 20, messages: ['a', 'b'].map((c) => storedMessage(c)) })
+              .finally(() => (published = true));
+            await until(() => waiting(webhookHolder, 'WITH hook AS'));
+            // Meanwhile both retries are claimed again, and a's is held by another session for a moment.
+            const retried = await store.claimDue({
+              lane: 'retry',
+              limit: 10,
+              now: T0 + 20,
+              leaseMs: 60_000,
+              owner: 'w',
+            });
+            const [a, b] = ['a', 'b'].map((contact) => retried.find((c) => c.delivery.externalCustomerId === contact)!);
+            await rowHolder.query('BEGIN');
+            await rowHolder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [a!.delivery.id]);
+            await webhookHolder.query('COMMIT');
+            // The publish's supersede comes to a's delivery, in flight since its snapshot: it waits for it to lock it (on
+            // the code before, then b's), or leaves it.
+            await until(async () => published || (await waiting(rowHolder, 'WITH hook AS')));
+            // Both attempts end in one record: b's delivery locked first (seq), then a's.
+            records = Promise.all([b!, a!].map((c) => store.recordAttempt(c.delivery.id, delivered(c, 2))));
+            await until(() => waiting(rowHolder, RECORD));
+            const released = Date.now();
+            await rowHolder.query('COMMIT');
+            const answers = await records;
+            await publishing;
+            // A deadlock is found only once one of them has waited deadlock_timeout (1 s), then run again.
+            expect(Date.now() - released).toBeLessThan(800);
+            expect(answers.map((d) => d?.state)).toEqual(['delivered', 'delivered']);
+          } finally {
+            await webhookHolder.end();
+            await rowHolder.end();
+            await Promise.allSettled([publishing, records]);
+          }
+          // The publish's messages wait in a pending delivery of each contact.
+          const open = await store.listDeliveries({ accountId: account, states: ['pending'] }, 10, null);
+          expect(open.deliveries.map((d) => d.externalCustomerId).sort()).toEqual(['a', 'b']);
         },
         { poolSize: 4 },
       );

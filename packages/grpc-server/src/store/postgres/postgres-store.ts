@@ -387,8 +387,17 @@ const notifySupersededSql = (rows: string, channel: number, at: number): string 
  * that got one its pending delivery (`pend`): a new one, or the existing one through the upsert on the "one pending
  * per contact" index, which locks it (a no-op update) so that no worker claims it before these messages are
  * committed with it; a pending delivery another publish is inserting is waited for, and one a claim takes first
- * makes the upsert insert a new one. The contacts' retrying deliveries are superseded and announced. Contacts in
- * order, messages in id order: two publishes lock in the same order (no deadlock).
+ * makes the upsert insert a new one. The contacts' retrying deliveries are superseded and announced (`ret`, `sup`).
+ * Contacts in order, messages in id order: two publishes lock in the same order (no deadlock).
+ *
+ * `ret` locks the retries with SKIP LOCKED, as {@link PostgresStore.#ensurePendingOf} does: waiting for one deadlocked
+ * with a batched record ({@link RECORD_FINAL_SQL}, which locks its deliveries in seq order, not by contact). A retry
+ * claimed in flight since this statement began is locked in its new version (and left); this held a's so, then waited
+ * for b's, which the record held while it waited for a's, until deadlock_timeout (1 s). A retry another transaction
+ * holds (a claim, a record, a replay) is left retrying: it is superseded when it is next claimed (a claim supersedes a
+ * retry whose contact has a newer delivery), so it is never sent after the pending delivery; one in flight is sent
+ * before it (one in flight per contact). A publish then waits for no row a record holds: a record locks in-flight
+ * deliveries only, never a webhook, a message or a pending delivery.
  *
  * `hook` takes a key-share lock on the account's webhook (compatible with UpsertWebhook's update, not with
  * DeleteWebhook's delete), always and before any other lock: the messages' insert reads it first (a lock taken after
@@ -422,12 +431,16 @@ const PUBLISH_SQL = `WITH hook AS MATERIALIZED (SELECT count(*) AS n FROM
     ON CONFLICT (account_id, external_customer_id) WHERE state = 'pending'
       DO UPDATE SET updated_at = deliveries.updated_at
     RETURNING external_customer_id, id),
+  ret AS (
+    -- Every condition on the locked row itself: READ COMMITTED re-checks them on the row's newest version (one a claim
+    -- took in flight since the statement began is locked in that version and left; a condition in a joined subquery
+    -- would not be re-checked, and could supersede a claim). SKIP LOCKED: see above.
+    SELECT x.seq, p.id FROM pend p CROSS JOIN LATERAL (SELECT x.seq FROM deliveries x WHERE x.account_id = $1
+      AND x.external_customer_id = p.external_customer_id AND x.state = 'retrying' FOR UPDATE OF x SKIP LOCKED) x),
   sup AS (
-    -- Every condition on the target itself: after waiting for a concurrent claim, READ COMMITTED re-checks them on
-    -- the row's newest version (a condition in a joined subquery would not be, and could supersede a claim).
-    UPDATE deliveries d SET state = 'superseded', superseded_by = p.id, next_attempt_at = NULL, lease_owner = NULL,
+    UPDATE deliveries d SET state = 'superseded', superseded_by = r.id, next_attempt_at = NULL, lease_owner = NULL,
       updated_at = $14
-    FROM pend p WHERE d.account_id = $1 AND d.external_customer_id = p.external_customer_id AND d.state = 'retrying'
+    FROM ret r WHERE d.seq = ANY (ARRAY(SELECT seq FROM ret)) AND d.seq = r.seq
     RETURNING ${supersededColumns('d')}),
   sent AS MATERIALIZED (${notifySupersededSql('sup', 16, 14)})
   SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM sent) AS notified,
