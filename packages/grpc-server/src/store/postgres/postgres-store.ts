@@ -489,14 +489,23 @@ export const CLAIM_MESSAGES_SQL = `SELECT x.i, x.upto <= $5 AS kept, x.account_i
 /**
  * freeze for several deliveries at once ($1 ids, $2 owners, $3 bodies, $4 message ids as JSON, $5 nows): each is
  * frozen when it is still claimed by that owner, unexpired and without a body; the ids of those frozen come back.
- * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql).
+ * The rows are named by `id = ANY($1)` (unique-index probes, whatever the statistics: see claimSql) and locked in
+ * `seq` order (`cur`; READ COMMITTED re-checks the conditions after a wait), as {@link RECORD_FINAL_SQL} and
+ * DeleteWebhook lock theirs. Updated as found, they were locked in the plan's order (the calls', the ids' or the rows'
+ * place in the table), and a DeleteWebhook holding x's while it waited for y's, which a freeze held while it waited
+ * for x's, waited until deadlock_timeout (1 s; seen in a stress run). The bodies are not carried through the sort and
+ * the lock: `cur` keeps each row's position in the arrays, and the update reads its values there.
  * @internal exported for the plan test in postgres-store.test.ts.
  */
-export const FREEZE_SQL = `UPDATE deliveries d SET body = f.body, message_ids = f.message_ids,
-    first_attempt_at = COALESCE(d.first_attempt_at, f.now), updated_at = f.now
-  FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[]) AS f(id, owner, body, message_ids, now)
-  WHERE d.id = ANY ($1::text[]) AND d.id = f.id AND d.lease_owner = f.owner
-    AND d.next_attempt_at > f.now AND d.body IS NULL
+export const FREEZE_SQL = `WITH cur AS (
+    SELECT d.seq, k.i FROM deliveries d
+    JOIN unnest($1::text[], $2::text[], $5::bigint[]) WITH ORDINALITY AS k(id, owner, now, i) ON k.id = d.id
+    WHERE d.id = ANY ($1::text[]) AND d.lease_owner = k.owner AND d.next_attempt_at > k.now AND d.body IS NULL
+    ORDER BY d.seq
+    FOR UPDATE OF d)
+  UPDATE deliveries d SET body = ($3::bytea[])[c.i], message_ids = ($4::text[])[c.i],
+    first_attempt_at = COALESCE(d.first_attempt_at, ($5::bigint[])[c.i]), updated_at = ($5::bigint[])[c.i]
+  FROM cur c WHERE d.seq = ANY (ARRAY(SELECT seq FROM cur)) AND d.seq = c.seq
   RETURNING d.id`;
 
 /** A freeze call waiting for its statement (see {@link PostgresStore.freeze}). */
@@ -915,11 +924,11 @@ export class PostgresStore implements Store {
       // takes no webhook lock). A plain delete took them in its plan's order, for an account with many deliveries a
       // bitmap scan's (their place in the table): it deleted y's, then waited for x's, which a record held while it
       // waited for y's, until deadlock_timeout (1 s). Now it holds none after the one it waits for, so a record holding
-      // that one gets the rest. The other statements that lock several of the account's deliveries take its webhook
-      // lock first (publish, resync, replay, the sweep's refresh: this delete and they wait for each other before any
-      // delivery) or skip locked rows (claims, the lease reaper, the sweep's delete); a batched freeze (in its plan's
-      // order) and advanceGivenBack (by due time, when a rate limit is raised) do neither. Then deleted by key
-      // (primary-key probes, in any order: the rows are this transaction's).
+      // that one gets the rest. The other statements that lock several of the account's deliveries lock them in seq
+      // order too (a batched freeze, FREEZE_SQL), take its webhook lock first (publish, resync, replay, the sweep's
+      // refresh: this delete and they wait for each other before any delivery) or skip locked rows (claims, the lease
+      // reaper, the sweep's delete); only advanceGivenBack (by due time, when a rate limit is raised) does none of
+      // these. Then deleted by key (primary-key probes, in any order: the rows are this transaction's).
       await c.query(
         `DELETE FROM deliveries WHERE seq = ANY (ARRAY(
            SELECT seq FROM deliveries WHERE account_id = $1 ORDER BY seq FOR UPDATE))`,
