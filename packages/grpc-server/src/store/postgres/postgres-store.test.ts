@@ -47,6 +47,22 @@ storeConformanceSuite('postgres', async () => {
   return { store, cleanup: () => store.close() };
 });
 
+/** Polls `check` every 10 ms until it holds. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/** True when a session running a statement that contains `statement` waits for a lock (as `watcher` sees it). */
+async function waiting(watcher: pg.Client, statement: string): Promise<boolean> {
+  // The watcher may be inside a transaction, where pg_stat_activity is read once and kept: read it afresh.
+  await watcher.query('SELECT pg_stat_clear_snapshot()');
+  const { rows } = await watcher.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
+    [`%${statement}%`],
+  );
+  return rows[0]!.n > 0;
+}
+
 /** Both plans a named statement may run: planned for the values (its first executions) and generic. */
 const PLAN_MODES = ['force_custom_plan', 'force_generic_plan'] as const;
 
@@ -1724,11 +1740,6 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
   });
 
   describe('deleteWebhook while a publish commits', () => {
-    /** Polls `check` every 10 ms until it holds. */
-    async function until(check: () => Promise<boolean>): Promise<void> {
-      while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-
     /**
      * Runs deleteWebhook with its last statement (`DELETE FROM messages`) held up by another session holding a row
      * of the account's messages (any slow statement would do), publishes `contacts` meanwhile, then lets it go on.
@@ -1746,20 +1757,11 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
           await store.publish({ accountId: account, messages: [held], now: T0 });
           const blocker = new pg.Client({ connectionString: url });
           await blocker.connect();
-          const waiting = async (statement: string) => {
-            // The blocker is inside its transaction, where pg_stat_activity is read once and kept: read it afresh.
-            await blocker.query('SELECT pg_stat_clear_snapshot()');
-            const { rows } = await blocker.query<{ n: number }>(
-              `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
-              [`${statement}%`],
-            );
-            return rows[0]!.n > 0;
-          };
           try {
             await blocker.query('BEGIN');
             await blocker.query('SELECT 1 FROM messages WHERE id = $1 FOR UPDATE', [held.id]);
             const deleting = store.deleteWebhook(account);
-            await until(() => waiting('DELETE FROM messages'));
+            await until(() => waiting(blocker, 'DELETE FROM messages'));
             let settled = false;
             const publishing = store
               .publish({
@@ -1774,7 +1776,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
               )
               .finally(() => (settled = true));
             // The publish waits for the webhook row the delete has taken.
-            await until(async () => settled || (await waiting('WITH hook AS')));
+            await until(async () => settled || (await waiting(blocker, 'WITH hook AS')));
             await blocker.query('COMMIT');
             expect(await deleting).toBe(true);
             const published = await publishing;
@@ -2031,11 +2033,6 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
   });
 
   describe('a sweep refreshing contacts while a publish to them commits', () => {
-    /** Polls `check` every 10 ms until it holds. */
-    async function until(check: () => Promise<boolean>): Promise<void> {
-      while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-
     it('locks the contacts in the order a publish does: neither waits out a deadlock (deadlock_timeout)', async () => {
       await withOwnDatabase(
         async (store, url) => {
@@ -2064,14 +2061,6 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
           // b's by then, waits for it; a publish to a and b comes meanwhile.
           const blocker = new pg.Client({ connectionString: url });
           await blocker.connect();
-          const waiting = async (statement: string) => {
-            await blocker.query('SELECT pg_stat_clear_snapshot()');
-            const { rows } = await blocker.query<{ n: number }>(
-              `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
-              [`%${statement}%`],
-            );
-            return rows[0]!.n > 0;
-          };
           try {
             await blocker.query('BEGIN');
             await blocker.query(
@@ -2084,13 +2073,13 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
               limit: 100,
               refreshExpired: true,
             });
-            await until(() => waiting('deliveries'));
+            await until(() => waiting(blocker, 'deliveries'));
             const publishing = store.publish({
               accountId: account,
               now: T0 + 1000,
               messages: ['a', 'b'].map((c) => storedMessage(c)),
             });
-            await until(() => waiting('WITH hook AS'));
+            await until(() => waiting(blocker, 'WITH hook AS'));
             const released = Date.now();
             await blocker.query('COMMIT');
             await Promise.all([sweeping, publishing]);
@@ -2121,17 +2110,6 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
         await store.publish({ accountId: account, now: T0, messages: [storedMessage('x')] });
         const blocker = new pg.Client({ connectionString: url });
         await blocker.connect();
-        const waiting = async (statement: string) => {
-          await blocker.query('SELECT pg_stat_clear_snapshot()');
-          const { rows } = await blocker.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
-            [`%${statement}%`],
-          );
-          return rows[0]!.n > 0;
-        };
-        const until = async (check: () => Promise<boolean>) => {
-          while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
-        };
         try {
           // Another session (a claim, a publish) holds x's pending delivery for a moment.
           await blocker.query('BEGIN');
@@ -2141,12 +2119,12 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
             [account],
           );
           const resyncing = store.resync(account, ['x', 'y'], T0 + 1);
-          await until(() => waiting('deliveries'));
+          await until(() => waiting(blocker, 'deliveries'));
           let deleted = false;
           const deleting = store.deleteWebhook(account).finally(() => (deleted = true));
           // The delete waits: for the resync's webhook lock, or (on the code before) for x's pending delivery once it
           // has deleted y's, which the resync locks next.
-          await until(async () => deleted || (await waiting('DELETE FROM')));
+          await until(async () => deleted || (await waiting(blocker, 'DELETE FROM')));
           const released = Date.now();
           await blocker.query('COMMIT');
           await Promise.all([resyncing, deleting]);
@@ -2256,20 +2234,6 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
   });
 
   describe('batched records and freezes (they lock their deliveries in seq order, without the webhook) against', () => {
-    /** Polls `check` every 10 ms until it holds. */
-    async function until(check: () => Promise<boolean>): Promise<void> {
-      while (!(await check())) await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    /** True when a session running `statement` waits for a lock. */
-    async function waiting(watcher: pg.Client, statement: string): Promise<boolean> {
-      // The watcher may be inside a transaction, where pg_stat_activity is read once and kept: read it afresh.
-      await watcher.query('SELECT pg_stat_clear_snapshot()');
-      const { rows } = await watcher.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`,
-        [`%${statement}%`],
-      );
-      return rows[0]!.n > 0;
-    }
     /** Attempt `attemptNo` of `c` by owner `w`, answered 200 at T0 + 21: it ends the delivery (a batched record). */
     const delivered = (c: ClaimedDelivery, attemptNo: number): AttemptResult => ({
       owner: 'w',
