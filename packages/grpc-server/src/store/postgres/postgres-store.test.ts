@@ -2138,100 +2138,73 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     );
   });
 
-  it('supersedes retries without waiting for one another transaction holds; a skipped one is superseded at its claim', async () => {
-    await withOwnDatabase(
-      async (store, url) => {
-        const account = 'acct';
-        await store.upsertWebhook(
-          account,
-          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-          T0,
-        );
-        await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
-        const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
-        expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
-        const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
-        retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
-        expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
-        // Another transaction holds the retry: a record (which locks by key, and so waited for this one's locks in
-        // another order than a resync or a sweep took them: a deadlock, deadlock_timeout long), a claim, a replay.
-        const holder = new pg.Client({ connectionString: url });
-        await holder.connect();
-        let resynced: Promise<unknown> | undefined;
-        try {
-          await holder.query('BEGIN');
-          await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
-          resynced = store.resync(account, ['a'], T0 + 20);
-          const first = await Promise.race([
-            resynced.then(() => 'resynced'),
-            new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
-          ]);
-          expect(first).toBe('resynced');
-        } finally {
-          await holder.query('COMMIT');
-          await holder.end();
-          await resynced;
-        }
-        // Left retrying, the older list is superseded when claimed, never sent after the pending delivery.
-        expect(await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' })).toEqual(
-          [],
-        );
-        const [pending] = await store.claimDue({ lane: 'first', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' });
-        expect((await store.getDelivery(c!.delivery.id))?.delivery).toMatchObject({
-          state: 'superseded',
-          supersededBy: pending!.delivery.id,
-        });
-      },
-      { poolSize: 4 },
-    );
-  });
-
-  it('publishes without waiting for a retry another transaction holds; the skipped one is superseded at its claim', async () => {
-    await withOwnDatabase(
-      async (store, url) => {
-        const account = 'acct';
-        await store.upsertWebhook(
-          account,
-          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-          T0,
-        );
-        await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
-        const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
-        expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
-        const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
-        retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
-        expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
-        // Another transaction holds the retry (a claim, a replay; a record holds the versions claims made in flight).
-        const holder = new pg.Client({ connectionString: url });
-        await holder.connect();
-        let published: Promise<unknown> | undefined;
-        try {
-          await holder.query('BEGIN');
-          await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
-          published = store.publish({ accountId: account, now: T0 + 20, messages: [storedMessage('a')] });
-          const first = await Promise.race([
-            published.then(() => 'published'),
-            new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
-          ]);
-          expect(first).toBe('published');
-        } finally {
-          await holder.query('COMMIT');
-          await holder.end();
-          await published;
-        }
-        // Left retrying, the older list is superseded when claimed, never sent after the pending delivery.
-        expect(await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' })).toEqual(
-          [],
-        );
-        const [pending] = await store.claimDue({ lane: 'first', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' });
-        expect((await store.getDelivery(c!.delivery.id))?.delivery).toMatchObject({
-          state: 'superseded',
-          supersededBy: pending!.delivery.id,
-        });
-      },
-      { poolSize: 4 },
-    );
-  });
+  // A record locks by key, and so waited for a resync's or a publish's locks in another order than they took them: a
+  // deadlock, deadlock_timeout long. Both now take the retries they can lock now (SKIP LOCKED).
+  it.each([
+    {
+      call: 'resync',
+      run: (store: PostgresStore, account: string) => store.resync(account, ['a'], T0 + 20),
+    },
+    {
+      call: 'publish',
+      run: (store: PostgresStore, account: string) =>
+        store.publish({ accountId: account, now: T0 + 20, messages: [storedMessage('a')] }),
+    },
+  ])(
+    '$call supersedes retries without waiting for one another transaction holds; that one is superseded at its claim',
+    async ({ run }) => {
+      await withOwnDatabase(
+        async (store, url) => {
+          const account = 'acct';
+          await store.upsertWebhook(
+            account,
+            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
+            T0,
+          );
+          await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
+          const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+          expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
+          const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
+          retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
+          expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
+          // Another transaction holds the retry: a claim, a replay, a record.
+          const holder = new pg.Client({ connectionString: url });
+          await holder.connect();
+          let done: Promise<unknown> | undefined;
+          try {
+            await holder.query('BEGIN');
+            await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
+            done = run(store, account);
+            const first = await Promise.race([
+              done.then(() => 'done'),
+              new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
+            ]);
+            expect(first).toBe('done');
+          } finally {
+            await holder.query('COMMIT');
+            await holder.end();
+            await done;
+          }
+          // Left retrying, the older list is superseded when claimed, never sent after the pending delivery.
+          expect(await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' })).toEqual(
+            [],
+          );
+          const [pending] = await store.claimDue({
+            lane: 'first',
+            limit: 10,
+            now: T0 + 20,
+            leaseMs: 60_000,
+            owner: 'w',
+          });
+          expect((await store.getDelivery(c!.delivery.id))?.delivery).toMatchObject({
+            state: 'superseded',
+            supersededBy: pending!.delivery.id,
+          });
+        },
+        { poolSize: 4 },
+      );
+    },
+  );
 
   describe('batched records and freezes (they lock their deliveries in seq order, without the webhook) against', () => {
     /** Attempt `attemptNo` of `c` by owner `w`, answered 200 at T0 + 21: it ends the delivery (a batched record). */
@@ -2241,6 +2214,43 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       nextState: 'delivered',
     });
     const RECORD = 'SET state = c.state';
+
+    /**
+     * Another session holds the delivery `heldId` for a moment; `batch` (a batched record or freeze, whose statement
+     * contains `statement`) waits for it, then a DeleteWebhook of `account` comes and waits too. Once the row is let
+     * go, both end without either waiting out a deadlock (deadlock_timeout, 1 s, then run again); the batch's answers.
+     */
+    async function batchThenDelete<T>(
+      store: PostgresStore,
+      url: string,
+      account: string,
+      heldId: string,
+      statement: string,
+      batch: () => Promise<T[]>,
+    ): Promise<T[]> {
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      let batched: Promise<T[]> | undefined;
+      let deleting: Promise<boolean> | undefined;
+      try {
+        await holder.query('BEGIN');
+        await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [heldId]);
+        batched = batch();
+        await until(() => waiting(holder, statement));
+        let deleted = false;
+        deleting = store.deleteWebhook(account).finally(() => (deleted = true));
+        await until(async () => deleted || (await waiting(holder, 'DELETE FROM deliveries')));
+        const released = Date.now();
+        await holder.query('COMMIT');
+        const answers = await batched;
+        expect(await deleting).toBe(true);
+        expect(Date.now() - released).toBeLessThan(800);
+        return answers;
+      } finally {
+        await holder.end();
+        await Promise.allSettled([batched, deleting]);
+      }
+    }
 
     it("DeleteWebhook, by a record: neither waits out a deadlock (deadlock_timeout), as the delete locks the account's deliveries in seq order too", async () => {
       await withOwnDatabase(
@@ -2278,32 +2288,13 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
           expect(order.rows[0]).toEqual({ seq_before: true, row_after: true });
 
           // Another session (a claim's lease reaper, a record of another process) holds x's delivery for a moment: the
-          // record of x and y waits for it, then the DeleteWebhook comes and waits for it too.
-          const holder = new pg.Client({ connectionString: url });
-          await holder.connect();
-          let records: Promise<Array<Delivery | null>> | undefined;
-          let deleting: Promise<boolean> | undefined;
-          try {
-            await holder.query('BEGIN');
-            await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [x!.delivery.id]);
-            records = Promise.all([x!, y!].map((c) => store.recordAttempt(c.delivery.id, delivered(c, 1))));
-            await until(() => waiting(holder, RECORD));
-            let deleted = false;
-            deleting = store.deleteWebhook(account).finally(() => (deleted = true));
-            // The delete waits for x's delivery: at once (seq order), or once it has deleted y's, which the record
-            // locks next (the table's order, on the code before).
-            await until(async () => deleted || (await waiting(holder, 'DELETE FROM deliveries')));
-            const released = Date.now();
-            await holder.query('COMMIT');
-            const answers = await records;
-            expect(await deleting).toBe(true);
-            // A deadlock is found only once one of them has waited deadlock_timeout (1 s), then run again.
-            expect(Date.now() - released).toBeLessThan(800);
-            expect(answers.map((d) => d?.state)).toEqual(['delivered', 'delivered']);
-          } finally {
-            await holder.end();
-            await Promise.allSettled([records, deleting]);
-          }
+          // record of x and y waits for it, then the DeleteWebhook comes and waits for it too: for x's delivery at
+          // once (seq order), or once it has deleted y's, which the record locks next (the table's order, on the code
+          // before).
+          const answers = await batchThenDelete(store, url, account, x!.delivery.id, RECORD, () =>
+            Promise.all([x!, y!].map((c) => store.recordAttempt(c.delivery.id, delivered(c, 1)))),
+          );
+          expect(answers.map((d) => d?.state)).toEqual(['delivered', 'delivered']);
           // Every delivery of the account is gone, with its attempts.
           expect((await sql(url, 'SELECT count(*)::int AS n FROM deliveries')).rows[0].n).toBe(0);
           expect((await sql(url, 'SELECT count(*)::int AS n FROM attempts')).rows[0].n).toBe(0);
@@ -2333,34 +2324,12 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
           await sql(url, 'UPDATE deliveries SET updated_at = updated_at + 1 WHERE id = $1', [x!.delivery.id]);
 
           // Another session (a record of another process, say) holds y's delivery for a moment: the freeze of x and y
-          // waits for it, then the DeleteWebhook comes.
-          const holder = new pg.Client({ connectionString: url });
-          await holder.connect();
-          let frozen: Promise<boolean[]> | undefined;
-          let deleting: Promise<boolean> | undefined;
-          try {
-            await holder.query('BEGIN');
-            await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [y!.delivery.id]);
-            frozen = Promise.all(
-              [y!, x!].map((c) => store.freeze(c.delivery.id, 'w', new Uint8Array([1]), [], T0 + 6)),
-            );
-            await until(() => waiting(holder, 'SET body = '));
-            let deleted = false;
-            deleting = store.deleteWebhook(account).finally(() => (deleted = true));
-            // The delete waits: for x's delivery, which the freeze holds (seq order), or (on the code before) for y's,
-            // once it has deleted x's, which the freeze locks next.
-            await until(async () => deleted || (await waiting(holder, 'DELETE FROM deliveries')));
-            const released = Date.now();
-            await holder.query('COMMIT');
-            const answers = await frozen;
-            expect(await deleting).toBe(true);
-            // A deadlock is found only once one of them has waited deadlock_timeout (1 s), then run again.
-            expect(Date.now() - released).toBeLessThan(800);
-            expect(answers).toEqual([true, true]);
-          } finally {
-            await holder.end();
-            await Promise.allSettled([frozen, deleting]);
-          }
+          // waits for it, then the DeleteWebhook comes and waits: for x's delivery, which the freeze holds (seq
+          // order), or (on the code before) for y's, once it has deleted x's, which the freeze locks next.
+          const answers = await batchThenDelete(store, url, account, y!.delivery.id, 'SET body = ', () =>
+            Promise.all([y!, x!].map((c) => store.freeze(c.delivery.id, 'w', new Uint8Array([1]), [], T0 + 6))),
+          );
+          expect(answers).toEqual([true, true]);
           expect((await sql(url, 'SELECT count(*)::int AS n FROM deliveries')).rows[0].n).toBe(0);
         },
         { poolSize: 4 },
