@@ -222,12 +222,19 @@ export function distinctSorted(ids: Iterable<string>): string[] {
   return [...new Set(ids)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
+/** A message a sweep deleted as expired, as its delete returns it: the account is the engine's key of it. */
+export interface ExpiredRow<K extends string | number> {
+  account: K;
+  external_customer_id: string;
+  id: string;
+}
+
 /**
  * The messages a sweep deleted as expired, by account (its key in the engine) and then contact, as the message ids
  * each contact lost: accounts and contacts sorted (the lock order of {@link distinctSorted}).
  */
 export function expiredByContact<K extends string | number>(
-  rows: ReadonlyArray<{ account: K; external_customer_id: string; id: string }>,
+  rows: ReadonlyArray<ExpiredRow<K>>,
 ): Array<{ account: K; contacts: Map<string, Set<string>> }> {
   const byAccount = new Map<K, Map<string, Set<string>>>();
   for (const row of rows) {

@@ -36,6 +36,7 @@ import {
   emptyByState,
   encodeCursor,
   expiredByContact,
+  type ExpiredRow,
   expiredIdPatterns,
   messageFromRow,
   newDeliveryId,
@@ -348,9 +349,6 @@ export const SWEEP_SQL = {
  * deliveries), so that neither holds a delivery the other waits for. No row: none is locked.
  */
 const LOCK_WEBHOOK_SQL = 'SELECT 1 FROM webhooks WHERE account_id = $1 FOR KEY SHARE';
-
-/** A message the sweep deleted as expired ({@link SWEEP_SQL}). */
-type ExpiredRow = { account: string; external_customer_id: string; id: string };
 
 type ClaimDbRow = DeliveryRow & {
   slow: boolean;
@@ -1739,7 +1737,7 @@ export class PostgresStore implements Store {
     const retention = assertInt('terminalRetentionMs', options.terminalRetentionMs, 0);
     const limit = assertInt('limit', options.limit, 1);
     return this.#tx(async (c) => {
-      const gone = (await c.query<ExpiredRow>(SWEEP_SQL.messages, [now, limit])).rows;
+      const gone = (await c.query<ExpiredRow<string>>(SWEEP_SQL.messages, [now, limit])).rows;
       const refreshed = options.refreshExpired === true ? await this.#refreshExpired(c, gone, now) : 0;
       const messages = gone.length;
       if (messages >= limit) return { deleted: messages, refreshed };
@@ -1755,7 +1753,7 @@ export class PostgresStore implements Store {
    * deadlock, and its account needs no list any more. Then a few statements for all the accounts together: a few per
    * account made a sweep of 1,000 messages of 1,000 accounts 4,004 statements (0.8 s), every lock taken held meanwhile.
    */
-  async #refreshExpired(c: Client, gone: readonly ExpiredRow[], now: number): Promise<number> {
+  async #refreshExpired(c: Client, gone: ReadonlyArray<ExpiredRow<string>>, now: number): Promise<number> {
     const byAccount = expiredByContact(gone);
     if (byAccount.length === 0) return 0;
     const hooked = await c.query<{ account_id: string }>(

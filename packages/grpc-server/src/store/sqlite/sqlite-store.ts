@@ -29,6 +29,7 @@ import {
   emptyByState,
   encodeCursor,
   expiredByContact,
+  type ExpiredRow,
   expiredIdPatterns,
   messageFromRow,
   newDeliveryId,
@@ -956,7 +957,7 @@ export class SqliteStore implements Store {
       const gone = this.#q(
         `DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE expires_at <= ? LIMIT ?)
          RETURNING account_key AS account, external_customer_id, id`,
-      ).all(now, limit) as Array<{ account: number; external_customer_id: string; id: string }>;
+      ).all(now, limit) as Array<ExpiredRow<number>>;
       const refreshed = options.refreshExpired === true ? this.#refreshExpired(gone, now) : 0;
       const messages = gone.length;
       if (messages >= limit) return { deleted: messages, refreshed };
@@ -982,10 +983,7 @@ export class SqliteStore implements Store {
    * frozen yet: read before the expiry, it may hold the message, so it counts as unknown); all that were built when
    * none was delivered. Each is tested where it is (see expiredIdPatterns); none at all: unknown.
    */
-  #refreshExpired(
-    gone: ReadonlyArray<{ account: number; external_customer_id: string; id: string }>,
-    now: number,
-  ): number {
+  #refreshExpired(gone: ReadonlyArray<ExpiredRow<number>>, now: number): number {
     const hooked = this.#q('SELECT 1 FROM webhooks WHERE account_key = ?');
     const held = this.#q(
       `WITH lists AS (SELECT d.message_ids FROM deliveries d WHERE d.account_key = @account AND d.external_customer_id = @contact
