@@ -1,4 +1,4 @@
-// Sums the vitest JSON reports of every package (packages/*/.reports/vitest.json) into one line:
+// Sums the vitest JSON reports of every package (packages/*/.reports/vitest*.json) into one line:
 // `tests: N passed, N failed`. Exits non-zero when a test failed or a package
 // that has tests wrote no report (its run crashed before reporting).
 import { readdirSync, readFileSync, existsSync } from 'node:fs';
@@ -7,11 +7,18 @@ import { join } from 'node:path';
 let passed = 0;
 let failed = 0;
 let problems = 0;
-const expected = readdirSync('packages').filter((p) => existsSync(join('packages', p, 'vitest.config.ts')));
-for (const pkg of expected) {
-  const file = join('packages', pkg, '.reports', 'vitest.json');
+// Each vitest configuration of a package writes its own report: vitest.config.ts -> vitest.json,
+// vitest.<kind>.config.ts -> vitest.<kind>.json (vitest.shared.ts).
+const expected = readdirSync('packages').flatMap((pkg) =>
+  readdirSync(join('packages', pkg))
+    .map((file) => /^(vitest(?:\.[a-z-]+)?)\.config\.ts$/.exec(file)?.[1])
+    .filter((report) => report !== undefined)
+    .map((report) => ({ pkg, report })),
+);
+for (const { pkg, report: name } of expected) {
+  const file = join('packages', pkg, '.reports', `${name}.json`);
   if (!existsSync(file)) {
-    console.error(`summary: no test report for ${pkg}`);
+    console.error(`summary: no test report ${name}.json for ${pkg}`);
     problems += 1;
     continue;
   }
@@ -19,7 +26,7 @@ for (const pkg of expected) {
   passed += report.numPassedTests ?? 0;
   failed += report.numFailedTests ?? 0;
   if (report.success === false && (report.numFailedTests ?? 0) === 0) {
-    console.error(`summary: ${pkg} reported failure outside tests (suite error)`);
+    console.error(`summary: ${pkg} (${name}) reported failure outside tests (suite error)`);
     problems += 1;
   }
 }

@@ -52,7 +52,7 @@ function integerFrom(min: number, max: number): (value: string) => number {
   };
 }
 
-function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number; out: string } {
+function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number; out: string; markdown: boolean } {
   const program = new Command('bench')
     .description('Benchmark of the App Inbox webhook server (issue 6). Targets are reported, never asserted.')
     .option('--quick', 'smaller sizes: a smoke run of a few minutes', false)
@@ -71,8 +71,14 @@ function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number
       integerFrom(0, 600),
     )
     .option('--skip-build', 'use the existing dist/ instead of building first', false)
+    .option(
+      '--server-source',
+      "run the servers from src/ under tsx, no build (a smoke run: the figures are not production code's)",
+      false,
+    )
     .option('--server-stderr', "echo the servers' stderr as it comes (nx keeps --verbose for itself)", false)
     .option('--out <dir>', 'directory of the JSON results', join(ROOT, 'bench-results'))
+    .option('--no-markdown', 'leave bench/RESULTS.md as it is (the JSON is still written)')
     .allowExcessArguments(false);
   program.parse(process.argv.slice(2), { from: 'user' });
   const o = program.opts<{
@@ -83,8 +89,10 @@ function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number
     connections: number;
     settle?: number;
     skipBuild: boolean;
+    serverSource: boolean;
     serverStderr: boolean;
     out: string;
+    markdown: boolean;
   }>();
   const pgUrl = o.pg ?? process.env.APP_INBOX_TEST_PG_URL ?? '';
   return {
@@ -95,8 +103,10 @@ function parseArgs(): BenchOptions & { skipBuild: boolean; settleSeconds: number
     connections: o.connections,
     settleSeconds: o.settle ?? (o.quick ? 2 : 10),
     serverStderr: o.serverStderr,
-    skipBuild: o.skipBuild,
+    serverSource: o.serverSource,
+    skipBuild: o.skipBuild || o.serverSource,
     out: o.out,
+    markdown: o.markdown,
   };
 }
 
@@ -230,7 +240,7 @@ async function main(): Promise<void> {
   const profileDir = join(options.out, 'profiles', date.replace(/[:.]/g, '-'));
   if (options.profile) mkdirSync(profileDir, { recursive: true });
   const receiver = await Receiver.start();
-  const ctx = new BenchContext(options, receiver, profileDir, serverFlags());
+  const ctx = new BenchContext(options, receiver, profileDir, serverFlags(options.serverSource));
   const started = Date.now();
   try {
     for (const [n, run] of Object.entries(SCENARIOS)) {
@@ -268,9 +278,10 @@ async function main(): Promise<void> {
       2,
     )}\n`,
   );
-  writeFileSync(join(PACKAGE_DIR, 'bench', 'RESULTS.md'), markdown(ctx.results, machine, date, options, ms));
+  const md = join(PACKAGE_DIR, 'bench', 'RESULTS.md');
+  if (options.markdown) writeFileSync(md, markdown(ctx.results, machine, date, options, ms));
   console.log(
-    `\nJSON: ${file}\nMarkdown: ${join(PACKAGE_DIR, 'bench', 'RESULTS.md')} (peak bench RSS ${fmt(mib(process.memoryUsage().rss))} MiB)`,
+    `\nJSON: ${file}\nMarkdown: ${options.markdown ? md : '(not written: --no-markdown)'} (peak bench RSS ${fmt(mib(process.memoryUsage().rss))} MiB)`,
   );
 }
 

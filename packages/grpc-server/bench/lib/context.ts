@@ -22,6 +22,8 @@ export interface BenchOptions {
   connections: number;
   /** Echo the servers' stderr live. */
   serverStderr: boolean;
+  /** Run the servers from their sources under tsx, not from dist/ (a smoke run without a build). */
+  serverSource: boolean;
 }
 
 /** A target of the issue, shown beside the measured value; never asserted. */
@@ -122,6 +124,7 @@ export class BenchContext {
           args: [...this.serverArgs, ...extraArgs],
           env: this.serverEnv,
           echoStderr: this.options.serverStderr,
+          fromSource: this.options.serverSource,
           ...(this.options.profile ? { profile: { dir: this.profileDir, name } } : {}),
         });
         servers.push(server);

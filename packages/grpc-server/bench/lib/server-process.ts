@@ -1,6 +1,6 @@
 /**
- * The server under test as a separate process: the built `dist/main.js` (what production runs), on
- * 127.0.0.1 port 0, its bound address read from its JSON log. Peak memory is read from
+ * The server under test as a separate process: the built `dist/main.js` (what production runs), or its sources under
+ * tsx for a smoke run without a build (`--server-source`), on 127.0.0.1 port 0, its bound address read from its JSON log. Peak memory is read from
  * `/proc/<pid>/status` (VmHWM, the resident-set high-water mark of the process's whole life).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -15,6 +15,21 @@ const CLOCK_TICKS = 100;
 export const PACKAGE_DIR = fileURLToPath(new URL('../../', import.meta.url));
 export const DIST_MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
+/**
+ * What `node` runs as the server: `dist/main.js`, or with `fromSource` `src/main.ts` under tsx (the sources as the
+ * tests run them: no build needed; the figures are then not production's, only a smoke run's).
+ */
+export function serverEntry(fromSource = false): string[] {
+  return fromSource
+    ? [
+        '--conditions=@app-inbox/source',
+        '--import',
+        'tsx',
+        fileURLToPath(new URL('../../src/main.ts', import.meta.url)),
+      ]
+    : [DIST_MAIN];
+}
+
 export interface ServerProcessOptions {
   /** `--store` value: a SQLite path or a postgres:// URL. */
   store: string;
@@ -28,11 +43,13 @@ export interface ServerProcessOptions {
   echoStderr?: boolean;
   /** Node.js flags of the server process (e.g. `--max-old-space-size=400`). Default none. */
   nodeFlags?: readonly string[];
+  /** Run `src/main.ts` under tsx instead of `dist/main.js` (see {@link serverEntry}). Default false. */
+  fromSource?: boolean;
 }
 
-/** Flags the built server knows (from its `--help`), to pass optional ones only when they exist. */
-export function serverFlags(): Set<string> {
-  const help = execFileSync(process.execPath, [DIST_MAIN, '--help'], {
+/** Flags the server knows (from its `--help`), to pass optional ones only when they exist. */
+export function serverFlags(fromSource = false): Set<string> {
+  const help = execFileSync(process.execPath, [...serverEntry(fromSource), '--help'], {
     encoding: 'utf8',
     env: { ...process.env, NODE_OPTIONS: '' },
   });
@@ -77,7 +94,7 @@ export class ServerProcess {
       [
         ...nodeFlags,
         ...(options.nodeFlags ?? []),
-        DIST_MAIN,
+        ...serverEntry(options.fromSource),
         '--grpc-address',
         '127.0.0.1:0',
         '--store',
