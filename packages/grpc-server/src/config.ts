@@ -460,7 +460,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     'ms',
     1_000,
     30 * DAY_MS,
-    'Longest time a delivery is retried, from its first attempt.',
+    'Longest time a delivery is retried, from its first attempt; at least --backoff-base-ms.',
   ),
   {
     key: 'logLevel',
@@ -755,6 +755,13 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Ser
     if (parsed.backoffMaxMs < parsed.backoffBaseMs) {
       problems.push(
         `--backoff-max-ms (${parsed.backoffMaxMs}) must be at least --backoff-base-ms (${parsed.backoffBaseMs})`,
+      );
+    }
+    // The first retry is due (1 − jitter) × the base after the first attempt, at the soonest: with an age shorter than
+    // the base no retry (or most) could be scheduled, and every retryable answer would fail at once. @see SPEC §5
+    if (parsed.maxAgeMs < parsed.backoffBaseMs) {
+      problems.push(
+        `--max-age-ms (${parsed.maxAgeMs}) must be at least --backoff-base-ms (${parsed.backoffBaseMs}): no retry could start within it, so nothing would be retried`,
       );
     }
     problems.push(...securityProblems(parsed));
