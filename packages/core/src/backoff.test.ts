@@ -244,6 +244,24 @@ describe('validateBackoffOptions', () => {
     ]);
   });
 
+  it('wants room for a first retry: maxAgeMs at least baseDelayMs (else every retryable answer fails at once)', () => {
+    const options = { ...DEFAULT_BACKOFF, baseDelayMs: 120_000, maxDelayMs: 120_000, maxAgeMs: 60_000 };
+    expect(validateBackoffOptions(options)).toEqual([
+      { field: 'maxAgeMs', description: 'must be at least baseDelayMs, or no retry could start within it' },
+    ]);
+    // What such options did: a 503 failed at its first attempt, for age, though SPEC §5 retries it.
+    const decision = decideRetry({
+      classification: { verdict: 'retry', reason: 'http_503' },
+      attemptNo: 1,
+      firstAttemptAt: NOW,
+      now: NOW,
+      options,
+      random: () => 0,
+    });
+    expect(decision).toEqual({ retry: false, reason: 'max_age' });
+    expect(validateBackoffOptions({ ...options, maxAgeMs: 120_000 })).toEqual([]);
+  });
+
   it('accepts the bounds themselves: 1000 attempts, a cap equal to the base, equal Retry-After bounds', () => {
     expect(validateBackoffOptions({ ...DEFAULT_BACKOFF, maxAttempts: 1000 })).toEqual([]);
     expect(validateBackoffOptions({ ...DEFAULT_BACKOFF, maxAttempts: 1001 })).toEqual([

@@ -159,6 +159,15 @@ export const backoffOptionsSchema = z
     if (o.retryAfterMaxMs < o.retryAfterMinMs) {
       ctx.addIssue({ code: 'custom', path: ['retryAfterMaxMs'], message: 'must be at least retryAfterMinMs' });
     }
+    // The first retry is due (1 − jitter) × baseDelayMs after the first attempt at the soonest: a shorter age leaves
+    // no room for it (or little), and every retryable answer would fail at its first attempt. @see SPEC §5
+    if (o.maxAgeMs < o.baseDelayMs) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['maxAgeMs'],
+        message: 'must be at least baseDelayMs, or no retry could start within it',
+      });
+    }
   });
 
 /**
