@@ -247,7 +247,7 @@ describe('validateBackoffOptions', () => {
   it('wants room for a first retry: maxAgeMs at least baseDelayMs (else every retryable answer fails at once)', () => {
     const options = { ...DEFAULT_BACKOFF, baseDelayMs: 120_000, maxDelayMs: 120_000, maxAgeMs: 60_000 };
     expect(validateBackoffOptions(options)).toEqual([
-      { field: 'maxAgeMs', description: 'must be at least baseDelayMs, or no retry could start within it' },
+      { field: 'maxAgeMs', description: 'must be at least baseDelayMs, or no backoff retry could start within it' },
     ]);
     // What such options did: a 503 failed at its first attempt, for age, though SPEC §5 retries it.
     const decision = decideRetry({

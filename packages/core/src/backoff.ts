@@ -165,7 +165,7 @@ export const backoffOptionsSchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['maxAgeMs'],
-        message: 'must be at least baseDelayMs, or no retry could start within it',
+        message: 'must be at least baseDelayMs, or no backoff retry could start within it',
       });
     }
   });

@@ -120,10 +120,10 @@ describe('loadConfig', () => {
     expect(problems(['--backoff-base-ms', '10', '--backoff-max-ms', '5'])).toEqual([
       '--backoff-max-ms (5) must be at least --backoff-base-ms (10)',
     ]);
-    // The first retry waits about --backoff-base-ms: a shorter --max-age-ms would fail every 401, 429, 5xx and timeout
-    // at its first attempt (SPEC §5 retries them), with the server started as if nothing were wrong.
+    // The first retry waits about --backoff-base-ms: a shorter --max-age-ms would fail every 401, 5xx and timeout (and
+    // 429 or 503 without a short Retry-After) at its first attempt, though SPEC §5 retries them.
     expect(problems(['--backoff-base-ms', '120000', '--max-age-ms', '60000'])).toEqual([
-      '--max-age-ms (60000) must be at least --backoff-base-ms (120000): no retry could start within it, so nothing would be retried',
+      '--max-age-ms (60000) must be at least --backoff-base-ms (120000): the first retry waits up to that long, so a retryable answer without a short Retry-After would fail at its first attempt',
     ]);
     expect(problems(['--backoff-base-ms', '60000', '--backoff-max-ms', '60000', '--max-age-ms', '60000'])).toEqual([]);
   });

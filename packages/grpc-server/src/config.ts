@@ -761,7 +761,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Ser
     // the base no retry (or most) could be scheduled, and every retryable answer would fail at once. @see SPEC §5
     if (parsed.maxAgeMs < parsed.backoffBaseMs) {
       problems.push(
-        `--max-age-ms (${parsed.maxAgeMs}) must be at least --backoff-base-ms (${parsed.backoffBaseMs}): no retry could start within it, so nothing would be retried`,
+        `--max-age-ms (${parsed.maxAgeMs}) must be at least --backoff-base-ms (${parsed.backoffBaseMs}): the first retry waits up to that long, so a retryable answer without a short Retry-After would fail at its first attempt`,
       );
     }
     problems.push(...securityProblems(parsed));
