@@ -968,7 +968,10 @@ export const MessageServiceService = {
    * Validates every message, stores the new ones durably and schedules one delivery per touched
    * contact, then answers. All or nothing: when any message is invalid the call fails with
    * INVALID_ARGUMENT (google.rpc.BadRequest naming every bad field) and nothing is stored.
-   * Idempotent on message id (per account). At most 10,000 messages per call.
+   * Idempotent on message id (per account) while the account keeps the message: the same id again is a duplicate,
+   * whatever its contact or content, until the message has expired and the sweeper deleted it (within
+   * `--sweep-interval-ms` of its expiry); from then on the id is new again, and published with a TTL it is stored
+   * and sent again. At most 10,000 messages per call.
    * FAILED_PRECONDITION when the account has no webhook.
    */
   publishMessages: {
@@ -1004,7 +1007,10 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * Validates every message, stores the new ones durably and schedules one delivery per touched
    * contact, then answers. All or nothing: when any message is invalid the call fails with
    * INVALID_ARGUMENT (google.rpc.BadRequest naming every bad field) and nothing is stored.
-   * Idempotent on message id (per account). At most 10,000 messages per call.
+   * Idempotent on message id (per account) while the account keeps the message: the same id again is a duplicate,
+   * whatever its contact or content, until the message has expired and the sweeper deleted it (within
+   * `--sweep-interval-ms` of its expiry); from then on the id is new again, and published with a TTL it is stored
+   * and sent again. At most 10,000 messages per call.
    * FAILED_PRECONDITION when the account has no webhook.
    */
   publishMessages: handleUnaryCall<PublishMessagesRequest, PublishMessagesResponse>;
@@ -1020,7 +1026,10 @@ export interface MessageServiceClient extends Client {
    * Validates every message, stores the new ones durably and schedules one delivery per touched
    * contact, then answers. All or nothing: when any message is invalid the call fails with
    * INVALID_ARGUMENT (google.rpc.BadRequest naming every bad field) and nothing is stored.
-   * Idempotent on message id (per account). At most 10,000 messages per call.
+   * Idempotent on message id (per account) while the account keeps the message: the same id again is a duplicate,
+   * whatever its contact or content, until the message has expired and the sweeper deleted it (within
+   * `--sweep-interval-ms` of its expiry); from then on the id is new again, and published with a TTL it is stored
+   * and sent again. At most 10,000 messages per call.
    * FAILED_PRECONDITION when the account has no webhook.
    */
   publishMessages(
