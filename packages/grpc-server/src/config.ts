@@ -97,6 +97,12 @@ export interface ServerConfig {
   /** Interval of the sweeper that deletes expired messages and old finished deliveries (milliseconds). Default 60,000. */
   sweepIntervalMs: number;
   /**
+   * Interval of the readiness probe of the store (milliseconds; a probe not answered within it fails): while the
+   * store does not answer, the gRPC health service reports NOT_SERVING and `GET /readyz` 503. Default 5,000.
+   * @see OPERATIONS.md
+   */
+  storeProbeIntervalMs: number;
+  /**
    * Whether the sweeper sends a contact its list again once a message of the list it was sent expired, so that the
    * receiver (which replaces its copy with each list) drops it within a sweep interval. Default true.
    */
@@ -181,6 +187,7 @@ export const DEFAULT_CONFIG: Readonly<ServerConfig> = Object.freeze({
   otlpEndpoint: '',
   shutdownDeadlineMs: 10_000,
   sweepIntervalMs: 60_000,
+  storeProbeIntervalMs: 5_000,
   refreshOnExpiry: true,
   terminalRetentionMs: 604_800_000,
   maxRequestBytes: 64 * 1024 * 1024,
@@ -514,6 +521,14 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     100,
     DAY_MS,
     'Interval of the sweeper deleting expired messages and old finished deliveries.',
+  ),
+  intOption(
+    'storeProbeIntervalMs',
+    '--store-probe-interval-ms',
+    'ms',
+    100,
+    300_000,
+    'Interval of the readiness probe of the store; while it fails, gRPC health is NOT_SERVING and /readyz 503.',
   ),
   {
     key: 'refreshOnExpiry',

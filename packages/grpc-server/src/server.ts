@@ -37,6 +37,8 @@ import type { AddressPolicy, Resolver } from './security/ssrf.js';
 import { openStore, sqliteFile, SqliteStore } from './store/index.js';
 import { lockSqliteForServer } from './store/sqlite/server-lock.js';
 import type { Store } from './store/types.js';
+import { every, type Periodic } from './periodic.js';
+import { startStoreProbe } from './store/probe.js';
 import { within } from './within.js';
 
 /** The fully qualified names of the API's services (health reports each, and '' for the whole server). */
@@ -307,6 +309,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     new ReflectionService(loadReflectionDefinition()).addToServer(server);
 
     let closing: Promise<void> | null = null;
+    /** Why the store is not ready (its readiness probe failed or went unanswered); null while it answers. */
+    let storeProblem: string | null = null;
     const metricsServer: RunningMetricsServer | null =
       metricsListen === null
         ? null
@@ -315,6 +319,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
             metrics,
             // 503 once shutdown began, so a load balancer probing /healthz drains this process.
             healthy: () => closing === null,
+            notReady: () => (closing !== null ? 'shutting down' : storeProblem),
             onError: (error) => metricsLog.error({ err: error }, 'a metrics scrape failed'),
           }).catch((error: unknown) => {
             throw new ListenError('--metrics-address', config.metricsAddress, error);
@@ -343,6 +348,15 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       (error) => circuitLog.error({ err: error }, 'checking the webhooks of endpoints paused by 410 failed'),
     );
     for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, 'SERVING');
+    const storeLog = logger.child({ component: 'store' });
+    const storeProbe = startStoreProbe(rawStore, config.storeProbeIntervalMs, (problem, error) => {
+      storeProblem = problem;
+      metrics.storeReachable.set(problem === null ? 1 : 0);
+      if (closing !== null) return;
+      for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, problem === null ? 'SERVING' : 'NOT_SERVING');
+      if (problem === null) storeLog.info('the store answers again: health SERVING, /readyz 200');
+      else storeLog.warn({ err: error, problem }, 'the store does not answer: health NOT_SERVING, /readyz 503');
+    });
     const address = boundAddress(config.grpcAddress, port);
 
     const close = async (deadlineMs: number): Promise<void> => {
@@ -378,6 +392,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
         step('grpc', () => shutdownGrpc(server, deadlineMs)),
         step('engine', () => engine.stop(deadlineMs, STOP_GIVE_BACK_MS)),
         bounded('sweeper', () => sweeper.stop(), msUntil(giveBackEnd)),
+        bounded('store probe', () => storeProbe.stop(), msUntil(giveBackEnd)),
         bounded('circuit', () => resumer.stop(), msUntil(giveBackEnd)),
         bounded('secrets check', () => secretsCheck.stop(), msUntil(giveBackEnd)),
       ]);
@@ -527,10 +542,6 @@ export function describeStore(url: string): string {
 }
 
 /** A task run every interval (see {@link every}). */
-interface Periodic {
-  stop(): Promise<void>;
-}
-
 /**
  * Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded; with
  * `refreshOnExpiry`, a contact whose list held an expired message is sent its list again (Store.sweep).
@@ -597,35 +608,6 @@ function startPlaintextSecretsCheck(rawStore: Store, box: SecretBox, logger: Log
   return {
     async stop() {
       stopped = true;
-      await running;
-    },
-  };
-}
-
-/**
- * Runs `task` every `intervalMs` (never two at once; a tick that comes while one runs is skipped); `stop()` ends the
- * ticks and waits for the one running. The timer does not keep the process alive.
- */
-function every(
-  intervalMs: number,
-  task: (stopped: () => boolean) => Promise<void>,
-  onError: (error: unknown) => void,
-): Periodic {
-  let running: Promise<void> | null = null;
-  let stopped = false;
-  const timer = setInterval(() => {
-    if (running !== null || stopped) return;
-    running = task(() => stopped)
-      .catch(onError)
-      .finally(() => {
-        running = null;
-      });
-  }, intervalMs);
-  timer.unref();
-  return {
-    async stop() {
-      stopped = true;
-      clearInterval(timer);
       await running;
     },
   };

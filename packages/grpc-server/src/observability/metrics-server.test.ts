@@ -164,6 +164,35 @@ describe('the metrics HTTP server', () => {
     expect(await head.text()).toBe('');
   });
 
+  it('answers /readyz from the readiness callback (200 ready, 503 with the reason), apart from /healthz', async () => {
+    let reason: string | null = null;
+    const server = await start({
+      port: 0,
+      metrics: createMetrics({ processMetrics: false }),
+      healthy: () => true,
+      notReady: () => reason,
+    });
+    const answer = async (path: string) => {
+      const res = await fetch(`${server.url}${path}`);
+      return [res.status, await res.text()];
+    };
+    expect(await answer('/readyz')).toEqual([200, 'ready\n']);
+    reason = 'the store does not answer';
+    expect(await answer('/readyz')).toEqual([503, 'not ready: the store does not answer\n']);
+    // Liveness is not readiness: a process whose database is down is not to be restarted for it.
+    expect(await answer('/healthz')).toEqual([200, 'ok\n']);
+  });
+
+  it('answers /readyz as /healthz when no readiness callback is given', async () => {
+    let healthy = true;
+    const server = await start({ port: 0, metrics: createMetrics({ processMetrics: false }), healthy: () => healthy });
+    const ready = await fetch(`${server.url}/readyz`);
+    expect([ready.status, await ready.text()]).toEqual([200, 'ready\n']);
+    healthy = false;
+    const down = await fetch(`${server.url}/readyz`);
+    expect([down.status, await down.text()]).toEqual([503, 'not ready: shutting down\n']);
+  });
+
   it('answers 500 and reports the error when a scrape fails', async () => {
     const errors: unknown[] = [];
     const server = await start({

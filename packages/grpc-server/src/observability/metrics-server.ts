@@ -1,6 +1,6 @@
 /**
  * A tiny HTTP server for Prometheus and probes, on its own port so that it never shares a listener with
- * the gRPC API: `GET /metrics` (text exposition format) and `GET /healthz`.
+ * the gRPC API: `GET /metrics` (text exposition format), `GET /healthz` (liveness) and `GET /readyz` (readiness).
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -20,6 +20,13 @@ export interface MetricsServerOptions {
    * drains). Default: always healthy while the process serves HTTP.
    */
   healthy?: () => boolean | Promise<boolean>;
+  /**
+   * Readiness for `/readyz`: null answers 200 `ready`, a reason 503 `not ready: <reason>` (shutting down, the store
+   * not answering). A load balancer or Kubernetes readiness probe takes the process out of service meanwhile;
+   * `/healthz` stays the liveness probe (a process whose database is down is not restarted for it). Default: ready
+   * whenever `healthy` is true.
+   */
+  notReady?: () => string | null | Promise<string | null>;
   /** Told when a scrape fails (the answer is then a 500). Default: ignored. */
   onError?: (error: unknown) => void;
 }
@@ -79,12 +86,14 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   }
   const { metrics } = options;
   const healthy = options.healthy ?? (() => true);
+  const notReady = options.notReady ?? (async () => ((await healthy()) ? null : 'shutting down'));
+  const paths = new Set(['/metrics', '/healthz', '/readyz']);
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?')[0];
     const head = req.method === 'HEAD';
-    if (path !== '/metrics' && path !== '/healthz') {
-      send(res, 404, 'text/plain; charset=utf-8', 'not found: try /metrics or /healthz\n', head);
+    if (path === undefined || !paths.has(path)) {
+      send(res, 404, 'text/plain; charset=utf-8', 'not found: try /metrics, /healthz or /readyz\n', head);
       return;
     }
     if (req.method !== 'GET' && !head) {
@@ -95,6 +104,17 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     if (path === '/healthz') {
       const ok = await healthy();
       send(res, ok ? 200 : 503, 'text/plain; charset=utf-8', ok ? 'ok\n' : 'unavailable\n', head);
+      return;
+    }
+    if (path === '/readyz') {
+      const reason = await notReady();
+      send(
+        res,
+        reason === null ? 200 : 503,
+        'text/plain; charset=utf-8',
+        reason === null ? 'ready\n' : `not ready: ${reason}\n`,
+        head,
+      );
       return;
     }
     const { contentType, body } = await metrics.scrape();

@@ -71,6 +71,8 @@ export interface Metrics {
   readonly grpcCallDuration: Histogram<'method'>;
   /** Contacts the sweeper sent their list again because a message of it expired (`--refresh-on-expiry`). */
   readonly expiryRefreshes: Counter;
+  /** 1 while the store answers the readiness probe (`--store-probe-interval-ms`), 0 while it does not. */
+  readonly storeReachable: Gauge;
 
   /** Counts one recorded attempt: deliveries_total, the duration histogram and, unless 2xx, endpoint_failures_total. */
   recordAttempt(event: Pick<AttemptEvent, 'accountId' | 'outcome' | 'statusCode' | 'durationMs'>): void;
@@ -133,6 +135,13 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     registers: [registry],
   });
 
+  const storeReachable = new Gauge({
+    name: 'store_reachable',
+    help: 'Whether the store answered its last readiness probe (1) or not (0); while 0, gRPC health is NOT_SERVING and /readyz answers 503.',
+    registers: [registry],
+  });
+  storeReachable.set(1);
+
   // One store read per scrape feeds both queue gauges: prom-client collects metrics concurrently, so the
   // second gauge joins the read the first one started.
   let inflight: Promise<QueueStats | null> | null = null;
@@ -193,6 +202,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     grpcCalls,
     grpcCallDuration,
     expiryRefreshes,
+    storeReachable,
     recordAttempt(event) {
       const cls: StatusClass = statusClass(event.statusCode);
       const outcome: AttemptOutcomeLabel = event.outcome;

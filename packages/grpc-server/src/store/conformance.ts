@@ -185,6 +185,16 @@ export function storeConformanceSuite(
       return { deliveryId, body };
     }
 
+    // ------------------------------------------------------------ ping
+
+    describe('ping', () => {
+      it('answers while the store is open and fails once it is closed (the readiness probe)', async () => {
+        await expect(store.ping()).resolves.toBeUndefined();
+        await store.close();
+        await expect(store.ping()).rejects.toThrow();
+      });
+    });
+
     // ------------------------------------------------------------ webhooks
 
     describe('webhooks', () => {

@@ -279,6 +279,12 @@ export interface Store {
   /** Applies the versioned migrations (safe under concurrent starts). */
   migrate(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Resolves once the store has answered a trivial statement (`SELECT 1`): the readiness probe's check that calls can
+   * be served (PostgreSQL: a pooled connection and a round trip, so it fails or waits while the database cannot be
+   * reached). Changes nothing.
+   */
+  ping(): Promise<void>;
 
   /**
    * Creates or replaces the account's whole configuration (an omitted `messageTtlMs` is the default,

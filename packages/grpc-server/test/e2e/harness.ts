@@ -10,7 +10,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { credentials, type Metadata, type ServiceError, type status } from '@grpc/grpc-js';
+import {
+  credentials,
+  makeGenericClientConstructor,
+  type Metadata,
+  type ServiceError,
+  type status,
+} from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
 import { pino } from 'pino';
 import { decodeStatusDetails, type DecodedStatusDetails } from '../../src/api/errors.js';
 import { DEFAULT_CONFIG, type ServerConfig } from '../../src/config.js';
@@ -322,6 +329,25 @@ export function inboxMessage(externalCustomerId: string, overrides: Partial<Inbo
 }
 
 /** Polls `probe` until it returns a value other than undefined, or fails after `timeoutMs`. */
+const HealthClient = makeGenericClientConstructor(healthService, 'Health');
+
+/** The standard gRPC health service's `Check` of `service` ('' for the whole server): its status name. */
+export function checkHealth(address: string, service: string): Promise<string> {
+  const client = new HealthClient(address, credentials.createInsecure());
+  return new Promise<string>((resolve, reject) => {
+    (
+      client as unknown as Record<
+        string,
+        (r: object, cb: (e: ServiceError | null, r: { status: string }) => void) => void
+      >
+    ).check!({ service }, (error, response) => {
+      client.close();
+      if (error) reject(error);
+      else resolve(response.status);
+    });
+  });
+}
+
 export async function eventually<T>(
   probe: () => T | undefined | Promise<T | undefined>,
   timeoutMs = 10_000,

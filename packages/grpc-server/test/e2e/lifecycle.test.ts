@@ -3,33 +3,14 @@
  * streams end cleanly, the store closes last), and no secret in any log line.
  */
 import { Writable } from 'node:stream';
-import { credentials, makeGenericClientConstructor, status, type ServiceError } from '@grpc/grpc-js';
+import { status, type ServiceError } from '@grpc/grpc-js';
 import { createMockReceiver } from '@app-inbox/mock-receiver';
-import { service as healthService } from 'grpc-health-check';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
 import { startServer } from '../../src/server.js';
-import { accountId, connect, eventually, inboxMessage, storeUrls, testConfig, watch } from './harness.js';
-
-const HealthClient = makeGenericClientConstructor(healthService, 'Health');
-
-function checkHealth(address: string, service: string): Promise<string> {
-  const client = new HealthClient(address, credentials.createInsecure());
-  return new Promise<string>((resolve, reject) => {
-    (
-      client as unknown as Record<
-        string,
-        (r: object, cb: (e: ServiceError | null, r: { status: string }) => void) => void
-      >
-    ).check!({ service }, (error, response) => {
-      client.close();
-      if (error) reject(error);
-      else resolve(response.status);
-    });
-  });
-}
+import { accountId, checkHealth, connect, eventually, inboxMessage, storeUrls, testConfig, watch } from './harness.js';
 
 /** A store that records which of its methods were called, in order. */
 function recording(store: Store, calls: string[]): Store {

@@ -1,12 +1,21 @@
 /**
  * A database that cannot be reached answers UNAVAILABLE (the caller may retry), not INTERNAL: a real server on
  * PostgreSQL behind a TCP relay that then goes away (its connections reset, new ones refused); once the database is
- * reachable again, the same call succeeds.
+ * reachable again, the same call succeeds. Meanwhile the process says it is not ready (gRPC health NOT_SERVING,
+ * `GET /readyz` 503, `store_reachable` 0) and stays alive (`GET /healthz` 200), and is ready again once it is back.
  */
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { status } from '@grpc/grpc-js';
 import { afterAll, describe, expect, it } from 'vitest';
-import { accountId, failure, startTestServer, storeUrls, type TestServer } from '../e2e/harness.js';
+import {
+  accountId,
+  checkHealth,
+  eventually,
+  failure,
+  startTestServer,
+  storeUrls,
+  type TestServer,
+} from '../e2e/harness.js';
 
 /** A TCP relay to `target` on a fixed local port: `stop()` resets every connection and refuses new ones. */
 async function relay(target: URL, port = 0) {
@@ -63,5 +72,53 @@ describe('a PostgreSQL store that cannot be reached', () => {
     cleanups.push(() => again.stop());
     const back = await t.clients.getWebhook({ accountId: account });
     expect(back.webhook?.accountId).toBe(account);
+  });
+
+  it('reports not ready while it is down (health NOT_SERVING, /readyz 503), alive all along, ready once it is back', async () => {
+    const url = new URL(await pg.newUrl());
+    const first = await relay(url);
+    const viaRelay = new URL(url);
+    viaRelay.port = String(first.port);
+    const t: TestServer = await startTestServer(viaRelay.toString(), {
+      storeProbeIntervalMs: 100,
+      metricsAddress: '127.0.0.1:0',
+    });
+    cleanups.push(() => t.stop());
+    const http = `http://${t.server.metricsAddress!}`;
+    const probes = async () => {
+      const get = async (path: string) => {
+        const res = await fetch(`${http}${path}`);
+        return `${res.status} ${(await res.text()).trim()}`;
+      };
+      const metrics = await (await fetch(`${http}/metrics`)).text();
+      return {
+        health: await checkHealth(t.server.address, ''),
+        service: await checkHealth(t.server.address, 'app_inbox.v1.MessageService'),
+        readyz: await get('/readyz'),
+        healthz: await get('/healthz'),
+        gauge: /^store_reachable (\d)$/m.exec(metrics)?.[1],
+      };
+    };
+    const ready = { health: 'SERVING', service: 'SERVING', readyz: '200 ready', healthz: '200 ok', gauge: '1' };
+    expect(await probes()).toEqual(ready);
+
+    await first.stop();
+    const down = {
+      health: 'NOT_SERVING',
+      service: 'NOT_SERVING',
+      readyz: '503 not ready: the store answered with an error',
+      healthz: '200 ok',
+      gauge: '0',
+    };
+    const seen = await eventually(async () => {
+      const now = await probes();
+      return now.health === 'NOT_SERVING' ? now : undefined;
+    }, 5_000);
+    expect(seen).toEqual(down);
+
+    const again = await relay(url, first.port);
+    cleanups.push(() => again.stop());
+    await eventually(async () => ((await probes()).health === 'SERVING' ? true : undefined), 5_000);
+    expect(await probes()).toEqual(ready);
   });
 });

@@ -883,6 +883,10 @@ export class PostgresStore implements Store {
     return rows[0] === undefined ? null : webhookFromRow(rows[0]);
   }
 
+  async ping(): Promise<void> {
+    await this.#query('SELECT 1');
+  }
+
   async getWebhook(accountId: string): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
     // Named, so its columns are listed (a prepared `SELECT *` fails once a migration changes the table): it runs

@@ -424,6 +424,10 @@ export class SqliteStore implements Store {
     return row === undefined ? null : webhookFromRow(row);
   }
 
+  async ping(): Promise<void> {
+    this.#q('SELECT 1').get();
+  }
+
   async getWebhook(accountId: string): Promise<WebhookRecord | null> {
     assertId('accountId', accountId);
     const row = this.#q('SELECT * FROM webhooks WHERE account_id = ?').get(accountId) as WebhookRow | undefined;
