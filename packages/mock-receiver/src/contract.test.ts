@@ -76,16 +76,21 @@ describe('checkBody', () => {
     const [a, b] = valid('c-1', 2);
     const [other] = valid('c-2', 1);
     const older = { ...a!, id: '6f1c1f0e-8a2b-4c3d-9e4f-5a6b7c8d9eaa', createdDate: a!.createdDate - 1 };
-    // In order: newest first (ties in any order); another contact's messages interleaved do not count.
+    // In order: newest first, ties by id ascending; another contact's messages interleaved do not count.
     expect(checkBody({ kind: 'json', value: [a, other, b, older] }, true).ok).toBe(true);
     expect(checkBody({ kind: 'json', value: [older, a, b, a] }, true)).toEqual({
       ok: false,
       violations: [
         { field: 'body[1]', description: expect.stringContaining('is newer than body[0] of the same contact') },
+        { field: 'body[3].id', description: expect.stringContaining('ties by id ascending') },
         { field: 'body[3].id', description: 'repeats body[1].id' },
       ],
     });
-    expect(checkBody({ kind: 'json', value: [b, a, older] }, true).ok).toBe(true);
+    // A tie (same createdDate) with the larger id first is out of order too.
+    expect(checkBody({ kind: 'json', value: [b, a, older] }, true)).toEqual({
+      ok: false,
+      violations: [{ field: 'body[1].id', description: expect.stringContaining('ties by id ascending') }],
+    });
     // Not strict: the list is taken as it comes.
     expect(checkBody({ kind: 'json', value: [older, a, b, a] }, false).ok).toBe(true);
   });

@@ -5,7 +5,14 @@
  *
  * @see SPEC §4 (POST, application/json, a JSON array of messages), SPEC §5 (the answers)
  */
-import { messageSchema, validate, validateMessageList, type FieldViolation, type ValidMessage } from '@app-inbox/core';
+import {
+  compareNewestFirst,
+  messageSchema,
+  validate,
+  validateMessageList,
+  type FieldViolation,
+  type ValidMessage,
+} from '@app-inbox/core';
 import { SIGNATURE_FAILURES, type SignatureCheck } from './signature.js';
 
 /** Which check decided the contract's answer. */
@@ -110,7 +117,8 @@ export function checkBody(body: ParsedBody, strict: boolean): BodyCheck {
 
 /**
  * What makes a list of valid messages not "the list of all the available messages" of its contacts (SPEC §4): each
- * contact's messages newest first (createdDate descending, ties by id: core's order, the sender's), each id once.
+ * contact's messages newest first (createdDate descending, ties by id ascending: core's order, the sender's), each id
+ * once.
  */
 export function listProblems(messages: readonly ValidMessage[]): FieldViolation[] {
   const violations: FieldViolation[] = [];
@@ -118,10 +126,18 @@ export function listProblems(messages: readonly ValidMessage[]): FieldViolation[
   const seen = new Map<string, number>();
   messages.forEach((m, i) => {
     const before = last.get(m.externalCustomerId);
-    if (before !== undefined && messages[before]!.createdDate < m.createdDate) {
+    const previous = before === undefined ? undefined : messages[before];
+    if (previous !== undefined && previous.createdDate < m.createdDate) {
       violations.push({
         field: `${BODY_FIELD}[${i}]`,
         description: `is newer than ${BODY_FIELD}[${before}] of the same contact: a list is newest first (createdDate descending)`,
+      });
+    } else if (previous !== undefined && compareNewestFirst(previous, m) > 0) {
+      // Same createdDate: "ties by id" (SPEC §4), ascending as core's compareNewestFirst orders them, which is the
+      // sender's order; a receiver that pages or diffs by position relies on it being total.
+      violations.push({
+        field: `${BODY_FIELD}[${i}].id`,
+        description: `comes after ${BODY_FIELD}[${before}].id, which has the same createdDate and a larger id: ties by id ascending (SPEC §4)`,
       });
     }
     last.set(m.externalCustomerId, i);

@@ -113,6 +113,21 @@ describe('the contract answers', () => {
     expect((await post(await startReceiver({ strict: false }), { body })).status).toBe(200);
   });
 
+  it('400 (strict) for messages of one createdDate not in id order, as the sender orders ties (SPEC §4)', async () => {
+    const tie = { createdDate: 1_700_000_000_000 };
+    const low = message('c-1', { ...tie, id: '00000000-0000-4000-8000-000000000001' });
+    const high = message('c-1', { ...tie, id: 'ffffffff-0000-4000-8000-000000000001' });
+    const receiver = await startReceiver();
+    expect((await post(receiver, { body: [low, high] })).status).toBe(200);
+    const answer = await post(receiver, { body: [high, low] });
+    expect(answer.status).toBe(400);
+    expect(answer.json).toMatchObject({
+      error: 'invalid_payload',
+      violations: [{ field: 'body[1].id', description: expect.stringContaining('ties by id ascending') }],
+    });
+    expect((await post(await startReceiver({ strict: false }), { body: [high, low] })).status).toBe(200);
+  });
+
   it('400 for invalid JSON, an empty body, a body that is not an array, and bad UTF-8', async () => {
     const receiver = await startReceiver();
     const cases: [unknown, string][] = [

@@ -15,12 +15,19 @@ import {
 } from '@app-inbox/core';
 import { createMockReceiver, type MockReceiver, type MockReceiverOptions } from '../src/index.js';
 
-/** A valid message for `externalCustomerId` (SPEC §4), unique id per call. */
+/** Messages made so far: each is a millisecond older than the one before. */
+let made = 0;
+
+/**
+ * A valid message for `externalCustomerId` (SPEC §4), unique id per call, and older than the one made before it, so
+ * that messages listed in the order they were made are newest first (a random id could not break a createdDate tie).
+ */
 export function message(externalCustomerId: string, overrides: Partial<AppInboxMessage> = {}): AppInboxMessage {
+  made += 1;
   return {
     externalCustomerId,
     id: randomUUID(),
-    createdDate: 1_700_000_000_000,
+    createdDate: 1_700_000_000_000 - made,
     title: 'Your order shipped',
     content: 'It arrives on Tuesday.',
     image: 'https://cdn.example.com/box.png',
