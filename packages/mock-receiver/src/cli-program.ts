@@ -195,13 +195,26 @@ export function toOptions(flags: Record<string, unknown>, env: NodeJS.ProcessEnv
   return options;
 }
 
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+const ESCAPES: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * `value` with its control characters escaped (`\n`, `\u001b`): what a request sends (an externalCustomerId in the
+ * body, a header) must not start a log line of its own that looks like another request, nor reach the terminal as an
+ * escape sequence.
+ */
+function printable(value: string): string {
+  return value.replace(UNPRINTABLE, (c) => ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** One log line per request; never headers or bodies (they may carry secrets or personal data). */
 export function formatLogLine(r: ReceivedRequest): string {
   const answer = r.answer.status === null ? r.answer.outcome : String(r.answer.status);
-  const parts = [r.receivedAt, r.method, r.path, answer];
-  if (r.externalCustomerIds.length > 0) parts.push(`contacts=${r.externalCustomerIds.join(',')}`);
+  const parts = [r.receivedAt, r.method, printable(r.path), answer];
+  if (r.externalCustomerIds.length > 0) parts.push(`contacts=${printable(r.externalCustomerIds.join(','))}`);
   if (r.messageCount !== null) parts.push(`messages=${r.messageCount}`);
-  if (r.deliveryId !== null) parts.push(`id=${r.deliveryId}`);
+  if (r.deliveryId !== null) parts.push(`id=${printable(r.deliveryId)}`);
   if (r.signature !== 'not_required') parts.push(`signature=${r.signature}`);
   if (r.duplicate) parts.push('duplicate');
   if (r.answer.ruleId !== null) parts.push(`rule=${r.answer.ruleId}`);

@@ -160,6 +160,25 @@ describe('mock-receiver CLI', () => {
     expect(await r.exited).toBe(0);
   });
 
+  it('logs one line per request: a body cannot forge a log line or send terminal escapes', async () => {
+    const r = run(['--port', '0']);
+    const [, url] = await waitForOutput(r, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
+    const receiver = { url: url ?? '' };
+    const forged = 'c-1\n2026-01-01T00:00:00.000Z POST /forged 200 contacts=admin\u001b[2J\r';
+    expect((await post(receiver, { body: [message(forged)], deliveryId: 'forge-1' })).status).toBe(200);
+    expect((await post(receiver, { body: [message('c-2')], deliveryId: 'after-1' })).status).toBe(200);
+    await waitForOutput(r, /id=after-1/);
+    const lines = r.stdout().split('\n');
+    expect(lines.filter((line) => line.includes('POST /'))).toHaveLength(2);
+    expect(r.stdout()).not.toContain('\u001b');
+    expect(r.stdout()).not.toContain('\r');
+    expect(lines.find((line) => line.includes('id=forge-1'))).toContain(
+      'contacts=c-1\\n2026-01-01T00:00:00.000Z POST /forged 200 contacts=admin\\u001b[2J\\r',
+    );
+    r.child.kill('SIGTERM');
+    expect(await r.exited).toBe(0);
+  });
+
   it('applies --scenario and --rule', async () => {
     const r = run([
       '--port',
