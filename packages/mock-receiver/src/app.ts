@@ -258,7 +258,11 @@ function stringParam(value: unknown, field: string, violations: { field: string;
  */
 export function createMockReceiverApp(options: MockReceiverAppOptions = {}): MockReceiverApp {
   const resolved = resolveAppOptions(options);
-  const recorder = new Recorder({ recordLimit: resolved.recordLimit, contactLimit: resolved.contactLimit });
+  const recorder = new Recorder({
+    recordLimit: resolved.recordLimit,
+    recordBytesLimit: resolved.recordBytesLimit,
+    contactLimit: resolved.contactLimit,
+  });
   const rules = new RuleBook({ retryAfterSeconds: resolved.retryAfterSeconds, slowDelayMs: resolved.slowDelayMs });
   rules.set({ scenario: resolved.scenario, rules: resolved.rules });
   const lifetime = new AbortController();

@@ -114,6 +114,11 @@ export function buildProgram(): Command {
         .argParser(integer('--record-limit', 0, 1_000_000)),
     )
     .addOption(
+      new Option('--record-bytes <n>', 'body bytes of the kept requests; the oldest are forgotten beyond it')
+        .default(DEFAULTS.recordBytesLimit)
+        .argParser(integer('--record-bytes', 1, 64 * 1024 * 1024 * 1024)),
+    )
+    .addOption(
       new Option('--contact-limit <n>', 'contacts whose last accepted list is kept')
         .default(DEFAULTS.contactLimit)
         .argParser(integer('--contact-limit', 1, 10_000_000)),
@@ -179,6 +184,7 @@ export function toOptions(flags: Record<string, unknown>, env: NodeJS.ProcessEnv
     scenario: flags.scenario as ScenarioName,
     rules: (flags.rule as RuleInput[] | undefined) ?? [],
     recordLimit: flags.recordLimit as number,
+    recordBytesLimit: flags.recordBytes as number,
     contactLimit: flags.contactLimit as number,
     retryAfterSeconds: flags.retryAfter as number,
     slowDelayMs: flags.slowDelay as number,
@@ -280,6 +286,7 @@ function flagOf(field: string): string {
   const flags: Record<string, string> = {
     maxMessagesPerContact: '--max-messages',
     recordLimit: '--record-limit',
+    recordBytesLimit: '--record-bytes',
     contactLimit: '--contact-limit',
     retryAfterSeconds: '--retry-after',
     slowDelayMs: '--slow-delay',

@@ -10,6 +10,7 @@ describe('resolveAppOptions', () => {
       maxMessagesPerContact: 1000,
       strict: true,
       recordLimit: 1000,
+      recordBytesLimit: 256 * 1024 * 1024,
       contactLimit: 10_000,
       scenario: 'ok',
       rules: [],

@@ -33,6 +33,11 @@ export interface MockReceiverAppOptions {
   strict?: boolean;
   /** Requests kept in memory (the newest); older ones are only counted. 0 keeps none. Default 1000. */
   recordLimit?: number;
+  /**
+   * Body bytes kept in memory over all kept requests (bytes); the oldest requests are forgotten (only counted) beyond
+   * it, the newest one is always kept. Bounds the memory of `recordLimit` requests of large bodies. Default 256 MiB.
+   */
+  recordBytesLimit?: number;
   /** Contacts whose last accepted list is kept (the most recent). Default 10000. */
   contactLimit?: number;
   /** A preset applied at start. Default `ok` (no rules). */
@@ -67,6 +72,7 @@ export interface ResolvedAppOptions {
   maxMessagesPerContact: number;
   strict: boolean;
   recordLimit: number;
+  recordBytesLimit: number;
   contactLimit: number;
   scenario: ScenarioName;
   rules: RuleInput[];
@@ -84,6 +90,7 @@ export const DEFAULTS = {
   maxMessagesPerContact: DEFAULT_MAX_MESSAGES_PER_CONTACT,
   strict: true,
   recordLimit: 1000,
+  recordBytesLimit: 256 * 1024 * 1024,
   contactLimit: 10_000,
   scenario: 'ok',
   retryAfterSeconds: 1,
@@ -134,6 +141,7 @@ const appOptionsSchema = z
     maxMessagesPerContact: intIn(1, 1_000_000).optional(),
     strict: z.boolean().optional(),
     recordLimit: intIn(0, 1_000_000).optional(),
+    recordBytesLimit: intIn(1, 64 * 1024 * 1024 * 1024).optional(),
     contactLimit: intIn(1, 10_000_000).optional(),
     scenario: z.enum(SCENARIO_NAMES, { error: `must be one of ${SCENARIO_NAMES.join(', ')}` }).optional(),
     // The rules' own schema: bad rules are named with the other bad options, in one error.
@@ -212,6 +220,7 @@ export function resolveAppOptions(options: MockReceiverAppOptions = {}): Resolve
     maxMessagesPerContact: o.maxMessagesPerContact ?? DEFAULTS.maxMessagesPerContact,
     strict: o.strict ?? DEFAULTS.strict,
     recordLimit: o.recordLimit ?? DEFAULTS.recordLimit,
+    recordBytesLimit: o.recordBytesLimit ?? DEFAULTS.recordBytesLimit,
     contactLimit: o.contactLimit ?? DEFAULTS.contactLimit,
     scenario: o.scenario ?? DEFAULTS.scenario,
     rules,

@@ -32,6 +32,16 @@ describe('Recorder', () => {
     expect(recorder.get(6)?.deliveryId).toBe('d-6');
   });
 
+  it('bounds the kept body bytes too, counting a text body by what is kept of it, over many records', () => {
+    const recorder = new Recorder({ recordLimit: 3, recordBytesLimit: 250, contactLimit: 10 });
+    for (let i = 1; i <= 5000; i++) recorder.add(input({ bodyBytes: 100 }));
+    expect(recorder.list().map((r) => r.seq)).toEqual([4999, 5000]);
+    expect(recorder.stats()).toMatchObject({ received: 5000, kept: 2, keptBytes: 200, dropped: 4998 });
+    recorder.add(input({ body: null, bodyBytes: 10_000, bodyText: 'abc' }));
+    expect(recorder.list().map((r) => r.seq)).toEqual([4999, 5000, 5001]);
+    expect(recorder.stats()).toMatchObject({ kept: 3, keptBytes: 203 });
+  });
+
   it('filters by contact, delivery id, path, status and seq', () => {
     const recorder = new Recorder({ recordLimit: 10, contactLimit: 10 });
     recorder.add(input({ externalCustomerIds: ['a', 'b'], deliveryId: 'x' }));

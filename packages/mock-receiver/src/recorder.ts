@@ -110,7 +110,9 @@ export interface ReceiverStats {
   received: number;
   /** Requests kept in memory. */
   kept: number;
-  /** Requests forgotten because of `recordLimit`. */
+  /** Body bytes of the kept requests (what `recordBytesLimit` bounds). */
+  keptBytes: number;
+  /** Requests forgotten because of `recordLimit` or `recordBytesLimit`. */
   dropped: number;
   /** Requests per status ("none" when no status was sent). */
   byStatus: Record<string, number>;
@@ -151,6 +153,11 @@ export interface RecordInput extends Omit<ReceivedRequest, 'seq' | 'duplicate'> 
 export interface RecorderLimits {
   /** Requests kept (the newest). */
   recordLimit: number;
+  /**
+   * Body bytes kept, over all kept requests (bytes); the oldest requests are forgotten beyond it, but the newest one is
+   * always kept. Default: no bound but `recordLimit`.
+   */
+  recordBytesLimit?: number;
   /** Contacts whose last accepted list is kept (the most recently accepted). */
   contactLimit: number;
 }
@@ -186,15 +193,24 @@ export function matchesFilter(record: ReceivedRequest, filter: RecordFilter): bo
   return true;
 }
 
+/** What a kept record costs against `recordBytesLimit`: the body it holds (parsed JSON, or up to 64 KiB of text). */
+function keptBodyBytes(record: ReceivedRequest): number {
+  if (record.body !== null) return record.bodyBytes;
+  return record.bodyText === undefined ? 0 : Buffer.byteLength(record.bodyText, 'utf8');
+}
+
 function emptyOutcomes(): Record<Outcome, number> {
   return { answered: 0, dropped: 0, hung: 0, aborted: 0 };
 }
 
 /** The records of one receiver. */
 export class Recorder {
-  private records: ReceivedRequest[] = [];
-  /** Index of the oldest record in the ring (records.length === recordLimit once full). */
+  /** Kept records, oldest first, from index `head` on (the ones before it are forgotten, compacted now and then). */
+  private records: (ReceivedRequest | undefined)[] = [];
+  /** Index of the oldest kept record in `records`. */
   private head = 0;
+  /** Sum of {@link keptBodyBytes} of the kept records. */
+  private keptBytes = 0;
   private seq = 0;
   private dropped = 0;
   private byStatus: Record<string, number> = {};
@@ -241,19 +257,19 @@ export class Recorder {
 
   /** Kept records, oldest first, that pass `filter`. */
   list(filter: RecordFilter = {}): ReceivedRequest[] {
-    const ordered = [...this.records.slice(this.head), ...this.records.slice(0, this.head)];
-    return ordered.filter((r) => matchesFilter(r, filter));
+    return this.kept().filter((r) => matchesFilter(r, filter));
   }
 
   /** The kept record with this seq. */
   get(seq: number): ReceivedRequest | undefined {
-    return this.records.find((r) => r.seq === seq);
+    return this.kept().find((r) => r.seq === seq);
   }
 
   /** Forgets every record, counter, duplicate and accepted list (seq numbers keep growing). */
   clear(): void {
     this.records = [];
     this.head = 0;
+    this.keptBytes = 0;
     this.dropped = 0;
     this.byStatus = {};
     this.byOutcome = emptyOutcomes();
@@ -299,9 +315,11 @@ export class Recorder {
   }
 
   stats(): ReceiverStats {
+    const kept = this.records.length - this.head;
     return {
-      received: this.records.length + this.dropped,
-      kept: this.records.length,
+      received: kept + this.dropped,
+      kept,
+      keptBytes: this.keptBytes,
       dropped: this.dropped,
       byStatus: { ...this.byStatus },
       byOutcome: { ...this.byOutcome },
@@ -341,16 +359,34 @@ export class Recorder {
     });
   }
 
+  /** The kept records, oldest first. */
+  private kept(): ReceivedRequest[] {
+    return this.records.slice(this.head) as ReceivedRequest[];
+  }
+
   private keep(record: ReceivedRequest): void {
     if (this.limits.recordLimit === 0) {
       this.dropped += 1;
-    } else if (this.records.length < this.limits.recordLimit) {
-      this.records.push(record);
-    } else {
-      // A ring: overwrite the oldest, O(1) per request however large the limit.
-      this.records[this.head] = record;
-      this.head = (this.head + 1) % this.limits.recordLimit;
+      return;
+    }
+    this.records.push(record);
+    this.keptBytes += keptBodyBytes(record);
+    const maxBytes = this.limits.recordBytesLimit ?? Number.POSITIVE_INFINITY;
+    // Forget the oldest while over either bound; the newest stays, so that waitFor() can always see it.
+    while (
+      this.records.length - this.head > 1 &&
+      (this.records.length - this.head > this.limits.recordLimit || this.keptBytes > maxBytes)
+    ) {
+      const oldest = this.records[this.head]!;
+      this.records[this.head] = undefined;
+      this.head += 1;
+      this.keptBytes -= keptBodyBytes(oldest);
       this.dropped += 1;
+    }
+    // A queue: O(1) per request however large the limit, the forgotten slots compacted once they are half.
+    if (this.head > 1024 && this.head * 2 > this.records.length) {
+      this.records = this.records.slice(this.head);
+      this.head = 0;
     }
   }
 

@@ -147,6 +147,25 @@ describe('recording', () => {
     expect((await getJson(receiver, '/__received/1')).status).toBe(404);
   });
 
+  it('keeps at most recordBytesLimit bytes of bodies (the newest requests) and counts the rest', async () => {
+    // Before: only the number of records was bounded, so 1000 records of large bodies (up to 64 MiB each) were all
+    // kept, parsed, and a load test with big lists ran the receiver out of heap.
+    const receiver = await startReceiver({ recordBytesLimit: 100_000 });
+    const big = (i: number) => [message('c-1', { content: String(i).repeat(30_000) })];
+    for (let i = 1; i <= 6; i++) await post(receiver, { deliveryId: `big-${i}`, body: big(i) });
+    const kept = receiver.records.list();
+    expect(kept.map((r) => r.deliveryId)).toEqual(['big-4', 'big-5', 'big-6']);
+    const keptBytes = kept.reduce((sum, r) => sum + r.bodyBytes, 0);
+    expect(keptBytes).toBeLessThanOrEqual(100_000);
+    expect(receiver.records.stats()).toMatchObject({ received: 6, kept: 3, dropped: 3, keptBytes });
+    expect((await getJson(receiver, '/__stats')).json).toMatchObject({ kept: 3, dropped: 3, keptBytes });
+    expect((await getJson(receiver, '/__received/1')).status).toBe(404);
+    // One body larger than the whole budget is still kept (the newest request always is), alone.
+    await post(receiver, { deliveryId: 'huge', body: [message('c-1', { content: 'x'.repeat(150_000) })] });
+    expect(receiver.records.list().map((r) => r.deliveryId)).toEqual(['huge']);
+    expect(receiver.records.stats()).toMatchObject({ received: 7, kept: 1, dropped: 6 });
+  });
+
   it('recordLimit 0 keeps nothing but still counts and still tracks accepted lists', async () => {
     const receiver = await startReceiver({ recordLimit: 0 });
     await post(receiver, { body: [message('c-1')] });
