@@ -239,6 +239,11 @@ const RECEIVED_QUERY = [
   'limit',
   'summary',
 ] as const;
+/** The control routes with a path parameter: their prefix and the parameter's name. */
+const PATH_PARAMETERS: readonly (readonly [string, string])[] = [
+  ['/__contacts/', 'externalCustomerId'],
+  ['/__received/', 'seq'],
+];
 /** Values of `summary`: on, or off (the default). */
 const SUMMARY_VALUES: Readonly<Record<string, boolean>> = { '1': true, true: true, '0': false, false: false };
 
@@ -576,10 +581,20 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
   });
 
   // Express's own handler would print a stack trace; the receiver answers a plain JSON 500 instead. An error Express
-  // marks as the client's (a 4xx `status`, e.g. a path parameter with a malformed percent-escape) is answered with
-  // that status: the request is at fault, not the receiver.
-  app.use((error: unknown, _req: Request, res: Response, _next: express.NextFunction) => {
+  // marks as the client's (a 4xx `status`: a control route's path parameter with a malformed percent-escape, named) is
+  // answered with that status: the request is at fault, not the receiver.
+  app.use((error: unknown, req: Request, res: Response, _next: express.NextFunction) => {
     const status = (error as { status?: unknown } | null)?.status;
+    // The one 4xx Express raises on these routes: their parameter did not percent-decode. Named like any other bad
+    // parameter, and without echoing the value.
+    const param = status === 400 ? PATH_PARAMETERS.find(([prefix]) => req.path.startsWith(prefix))?.[1] : undefined;
+    if (param !== undefined && !res.headersSent) {
+      json(res, 400, {
+        error: 'invalid_query',
+        violations: [{ field: param, description: 'must be percent-encoded UTF-8 (a malformed %-escape)' }],
+      });
+      return;
+    }
     if (typeof status === 'number' && Number.isInteger(status) && status >= 400 && status < 500 && !res.headersSent) {
       const message = error instanceof Error ? error.message : 'bad request';
       json(res, status, { error: status === 400 ? 'bad_request' : 'client_error', message });

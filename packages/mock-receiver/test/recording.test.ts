@@ -121,15 +121,21 @@ describe('recording', () => {
     ]);
   });
 
-  it('answers 400 with JSON, not 500, for a path parameter with a malformed percent-escape', async () => {
+  it('answers 400 with JSON naming the parameter, not 500, for a path parameter with a malformed percent-escape', async () => {
     const errors: unknown[] = [];
     const receiver = await startReceiver({ onError: (error) => errors.push(error) });
-    for (const path of ['/__contacts/%E0%A4%A', '/__received/%ZZ']) {
+    for (const [path, field] of [
+      ['/__contacts/%E0%A4%A', 'externalCustomerId'],
+      ['/__received/%ZZ', 'seq'],
+    ] as const) {
       const bad = await getJson(receiver, path);
-      expect({ path, status: bad.status, error: (bad.json as { error: string }).error }).toEqual({
+      expect({ path, status: bad.status, json: bad.json }).toEqual({
         path,
         status: 400,
-        error: 'bad_request',
+        json: {
+          error: 'invalid_query',
+          violations: [{ field, description: 'must be percent-encoded UTF-8 (a malformed %-escape)' }],
+        },
       });
     }
     // Not the receiver's failure: nothing reported as one.
