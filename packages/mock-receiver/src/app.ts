@@ -25,6 +25,7 @@ import {
   contactsOf,
   decide,
   groupByContact,
+  mediaTypeProblem,
   parseBody,
   type ContractAnswer,
   type ParsedBody,
@@ -316,6 +317,18 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
   app.post('/__control', async (req, res) => {
     const read = await readBody(req, CONTROL_BODY_LIMIT);
     if (read.state === 'aborted') return;
+    // JSON only: a form on any web page open in QA's browser can POST text/plain, urlencoded or multipart to
+    // 127.0.0.1 without a CORS preflight, and would otherwise change the rules (make the receiver hang or refuse).
+    const mediaProblem = mediaTypeProblem(headerValue(req, 'content-type'), headerValue(req, 'content-encoding'));
+    if (mediaProblem !== null) {
+      if (read.state === 'too_large') res.set('connection', 'close');
+      json(res, 415, {
+        error: 'unsupported_media_type',
+        message: mediaProblem,
+        violations: [{ field: 'content-type', description: 'must be application/json' }],
+      });
+      return;
+    }
     const body: ParsedBody =
       read.state === 'too_large' ? { kind: 'too_large', limitBytes: CONTROL_BODY_LIMIT } : parseBody(read.bytes);
     if (body.kind !== 'json') {

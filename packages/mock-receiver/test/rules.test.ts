@@ -256,6 +256,27 @@ describe('/__control', () => {
     expect(receiver.control.state().rules.map((r) => r.id)).toEqual(['keep']);
   });
 
+  it('POST needs Content-Type application/json: a cross-site form cannot change the rules (415, nothing changes)', async () => {
+    const receiver = await startReceiver({ rules: [{ id: 'keep', answers: [{ status: 500 }], repeat: true }] });
+    const before = receiver.control.state();
+    // What a form on any web page open in QA's browser can send to 127.0.0.1 without a CORS preflight.
+    for (const contentType of ['text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x']) {
+      const res = await request(`${receiver.url}/__control`, {
+        method: 'POST',
+        headers: { 'content-type': contentType },
+        body: JSON.stringify({ scenario: 'timeout' }),
+      });
+      expect({ contentType, status: res.statusCode, json: await res.body.json() }).toMatchObject({
+        contentType,
+        status: 415,
+        json: { error: 'unsupported_media_type', violations: [{ field: 'content-type' }] },
+      });
+    }
+    expect(receiver.control.state()).toEqual(before);
+    // With the header (as every example sends it) it still works.
+    expect((await sendJson(receiver, 'POST', '/__control', { scenario: 'timeout' })).status).toBe(200);
+  });
+
   it('the library control API does the same at run time', async () => {
     const receiver = await startReceiver();
     receiver.control.set({ rules: [{ answers: [{ status: 502 }] }] });
