@@ -562,10 +562,15 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
 
     const reply = buildReply(contract, chosen, resolved);
     if (read.state === 'too_large') reply.headers.connection = 'close';
-    const drip = answer.drip;
+    // 204 and 304 have no body, and a 204 no Content-Length either (RFC 9110 §8.6, §15.3.5): nothing to drip.
+    const bodiless = reply.status === 204 || reply.status === 304;
+    const drip = bodiless ? undefined : answer.drip;
     if (drip === undefined) {
-      res.writeHead(reply.status, { ...reply.headers, 'content-length': String(reply.body.length) });
-      res.end(reply.body);
+      res.writeHead(
+        reply.status,
+        bodiless ? reply.headers : { ...reply.headers, 'content-length': String(reply.body.length) },
+      );
+      res.end(bodiless ? undefined : reply.body);
     } else {
       // A slow body: the head at once, then the body in `chunks` pieces `intervalMs` apart. Padded with
       // JSON whitespace so there is something to send in every piece.

@@ -133,6 +133,17 @@ describe('scripted answers', () => {
     expect(answer.headers.location).toBe('/moved');
   });
 
+  it('a forced 204 has neither a body nor a Content-Length (RFC 9110 §8.6); a 304 no body', async () => {
+    const receiver = await startReceiver({ rules: [{ answers: [{ status: 204 }, { status: 304 }] }] });
+    const noContent = await post(receiver, { body: valid() });
+    expect(noContent).toMatchObject({ status: 204, text: '' });
+    expect(noContent.headers).not.toHaveProperty('content-length');
+    expect(noContent.headers).not.toHaveProperty('content-type');
+    const notModified = await post(receiver, { body: valid() });
+    expect(notModified).toMatchObject({ status: 304, text: '' });
+    expect(receiver.records.list().map((r) => r.answer.status)).toEqual([204, 304]);
+  });
+
   it('matches by path: other paths get the contract answer', async () => {
     const receiver = await startReceiver({
       rules: [{ match: { path: '/a' }, answers: [{ status: 502 }], repeat: true }],
