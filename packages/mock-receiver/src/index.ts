@@ -15,6 +15,7 @@ export type { MockReceiverAppOptions, MockReceiverOptions } from './options.js';
 export {
   ANSWER_ACTIONS,
   MAX_COUNTER_KEYS,
+  MAX_RULES,
   MAX_RULE_DELAY_MS,
   RULE_COUNTERS,
   SCENARIO_DESCRIPTIONS,

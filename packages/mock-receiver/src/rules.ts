@@ -79,6 +79,11 @@ const FRAMING_HEADERS: ReadonlySet<string> = new Set([
 ]);
 /** Upper bound of delayMs and of a whole drip (milliseconds): ten minutes. */
 export const MAX_RULE_DELAY_MS = 600_000;
+/**
+ * Most rules active at once (a scenario's included). Every webhook request walks them, so the bound keeps a script that
+ * appends a rule per test from slowing the receiver down without end.
+ */
+export const MAX_RULES = 1000;
 /** How many distinct contacts / delivery ids a `per` counter remembers before forgetting the oldest. */
 export const MAX_COUNTER_KEYS = 10_000;
 
@@ -262,7 +267,9 @@ export interface PresetSettings {
  * A list of rules, by their own schema: embedded in the schema of what carries them (`POST /__control`, the options),
  * so that one answer names the rules' bad fields with the others'.
  */
-export const ruleListSchema = z.array(ruleSchema, { error: 'must be an array of rules' });
+export const ruleListSchema = z
+  .array(ruleSchema, { error: 'must be an array of rules' })
+  .max(MAX_RULES, { error: `must list at most ${MAX_RULES} rules` });
 
 const controlInputSchema = z.strictObject({
   scenario: z.enum(SCENARIO_NAMES, { error: `must be one of ${SCENARIO_NAMES.join(', ')}` }).optional(),
@@ -407,12 +414,24 @@ export class RuleBook {
       taken.add(rule.id);
     });
     if (clashes.length > 0) throw invalid(clashes);
+    const total = kept.length + incoming.length;
+    if (total > MAX_RULES) {
+      const already = kept.length === 0 ? '' : `: ${kept.length} are active already`;
+      throw invalid([
+        {
+          field: 'rules',
+          description: `would make ${total} rules active, at most ${MAX_RULES} rules can be${already}`,
+        },
+      ]);
+    }
     if (parsed.append !== true) {
       this.active = [];
       this.scenario = null;
     }
     if (parsed.scenario !== undefined) this.scenario = parsed.scenario;
     for (const input of incoming) this.add(input, taken);
+    // Once, not per rule: a sort per insertion made a long list quadratic.
+    this.active.sort((x, y) => y.specificity - x.specificity || x.order - y.order);
     return this.state();
   }
 
@@ -490,6 +509,5 @@ export class RuleBook {
     const specificity =
       (rule.match?.externalCustomerId !== undefined ? 2 : 0) + (rule.match?.path !== undefined ? 1 : 0);
     this.active.push({ rule, total, specificity, order: this.nextOrder++, uses: new Map(), used: 0 });
-    this.active.sort((x, y) => y.specificity - x.specificity || x.order - y.order);
   }
 }

@@ -288,6 +288,25 @@ describe('/__control', () => {
     expect((await sendJson(receiver, 'POST', '/__control', { scenario: 'timeout' })).status).toBe(200);
   });
 
+  it('POST keeps at most 1000 rules active: more is a 400 naming rules, and changes nothing', async () => {
+    // Before: any number was taken, each insertion re-sorting them all: 20,000 rules (380 KB) blocked the receiver,
+    // webhooks included, for seconds, and appending kept growing the list every request walks.
+    const receiver = await startReceiver();
+    const rules = (n: number) => Array.from({ length: n }, () => ({ answers: [{}] }));
+    const tooMany = await sendJson(receiver, 'POST', '/__control', { rules: rules(1001) });
+    expect(tooMany).toMatchObject({
+      status: 400,
+      json: { violations: [{ field: 'rules', description: expect.stringContaining('at most 1000 rules') }] },
+    });
+    expect((await sendJson(receiver, 'POST', '/__control', { scenario: 'flaky', rules: rules(999) })).status).toBe(200);
+    const appended = await sendJson(receiver, 'POST', '/__control', { append: true, rules: rules(1) });
+    expect(appended).toMatchObject({
+      status: 400,
+      json: { violations: [{ field: 'rules', description: expect.stringContaining('1000 are active already') }] },
+    });
+    expect(receiver.control.state().rules).toHaveLength(1000);
+  });
+
   it('the library control API does the same at run time', async () => {
     const receiver = await startReceiver();
     receiver.control.set({ rules: [{ answers: [{ status: 502 }] }] });
