@@ -68,6 +68,17 @@ const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Visible characters, space and tab: no CR/LF, so a rule cannot split a response. */
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+/** Why a header value or a Location is refused: Node sends a field value as Latin-1 bytes, and CR/LF would split it. */
+const HEADER_VALUE_MESSAGE =
+  'must be Latin-1 text (tabs, U+0020-U+007E, U+0080-U+00FF): no CR, LF or other ASCII control';
+
+/** Whether `value` is a plain object (a JSON object), whose own keys are all kept. */
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}
+
 /** Headers that frame the message; a rule setting them would break the connection rather than test the sender. */
 const FRAMING_HEADERS: ReadonlySet<string> = new Set([
   'content-length',
@@ -101,7 +112,11 @@ const answerSchema = z
     action: z.enum(ANSWER_ACTIONS, { error: `must be one of ${ANSWER_ACTIONS.join(', ')}` }).optional(),
     times: intIn(1, 1_000_000).optional(),
     delayMs: intIn(0, MAX_RULE_DELAY_MS).optional(),
-    headers: z.record(z.string(), z.string()).optional(),
+    // Not z.record: it copies the map into a plain object, where a `__proto__` key (an own key of any parsed JSON) was
+    // dropped without a word. Taken as it is; every name and value is checked below.
+    headers: z
+      .custom<Record<string, string>>(isPlainObject, { error: 'must be an object of header names to values' })
+      .optional(),
     body: z.json().optional(),
     retryAfterSeconds: intIn(0, 86_400).optional(),
     location: z.string().min(1, { error: 'must not be empty' }).max(2048).optional(),
@@ -127,20 +142,28 @@ const answerSchema = z
       if (a.status === undefined || a.status < 300 || a.status > 399) {
         ctx.addIssue({ code: 'custom', path: ['location'], message: 'is only allowed with a 3xx status' });
       } else if (!HEADER_VALUE.test(a.location)) {
-        ctx.addIssue({ code: 'custom', path: ['location'], message: 'must not contain control characters' });
+        ctx.addIssue({ code: 'custom', path: ['location'], message: HEADER_VALUE_MESSAGE });
       }
     }
-    for (const [name, value] of Object.entries(a.headers ?? {})) {
+    for (const [name, value] of Object.entries(a.headers ?? {}) as [string, unknown][]) {
       if (!HEADER_NAME.test(name)) {
         ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'is not a valid header name' });
+      } else if (name === '__proto__') {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['headers', name],
+          message: 'cannot be used as a header name (a JavaScript object cannot hold it)',
+        });
       } else if (FRAMING_HEADERS.has(name.toLowerCase())) {
         ctx.addIssue({
           code: 'custom',
           path: ['headers', name],
           message: 'cannot be set by a rule (it frames the message)',
         });
+      } else if (typeof value !== 'string') {
+        ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'must be a string' });
       } else if (!HEADER_VALUE.test(value)) {
-        ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'must not contain control characters' });
+        ctx.addIssue({ code: 'custom', path: ['headers', name], message: HEADER_VALUE_MESSAGE });
       }
     }
   });

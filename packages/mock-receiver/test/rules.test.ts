@@ -288,6 +288,33 @@ describe('/__control', () => {
     expect((await sendJson(receiver, 'POST', '/__control', { scenario: 'timeout' })).status).toBe(200);
   });
 
+  it('POST names a rule header it cannot send instead of dropping it or calling it a control character', async () => {
+    const receiver = await startReceiver();
+    // Sent as JSON text: `__proto__` is then an own key, as in any parsed body.
+    const bad = await sendJson(
+      receiver,
+      'POST',
+      '/__control',
+      '{"rules":[{"answers":[{"status":200,"headers":{"__proto__":"x","X-Price":"5 \u20ac","X-Count":3}}]}]}',
+    );
+    expect(bad).toMatchObject({
+      status: 400,
+      json: {
+        violations: [
+          { field: 'rules[0].answers[0].headers["__proto__"]', description: expect.stringContaining('cannot be used') },
+          { field: 'rules[0].answers[0].headers["X-Price"]', description: expect.stringContaining('Latin-1') },
+          { field: 'rules[0].answers[0].headers["X-Count"]', description: 'must be a string' },
+        ],
+      },
+    });
+    expect(receiver.control.state().rules).toEqual([]);
+    const ok = await sendJson(receiver, 'POST', '/__control', {
+      rules: [{ answers: [{ status: 200, headers: { 'X-Price': '5 \u00a3' } }] }],
+    });
+    expect(ok.status).toBe(200);
+    expect((await post(receiver, { body: valid() })).headers['x-price']).toBe('5 \u00a3');
+  });
+
   it('POST keeps at most 1000 rules active: more is a 400 naming rules, and changes nothing', async () => {
     // Before: any number was taken, each insertion re-sorting them all: 20,000 rules (380 KB) blocked the receiver,
     // webhooks included, for seconds, and appending kept growing the list every request walks.
