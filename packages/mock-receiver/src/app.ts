@@ -47,6 +47,8 @@ import { SIGNATURE_RESULTS, verifySignature, type SignatureResult } from './sign
 
 /** Largest body of a `POST /__control` (bytes). */
 const CONTROL_BODY_LIMIT = 1024 * 1024;
+/** Bytes an `/__events` stream may have waiting for its reader (beyond the kernel's buffers) before it is dropped. */
+const EVENTS_BACKLOG_LIMIT = 1024 * 1024;
 /** Characters of a non-JSON body kept in a record. */
 const BODY_TEXT_LIMIT = 64 * 1024;
 
@@ -425,6 +427,12 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
     res.write('retry: 1000\n\n');
     const unsubscribe = recorder.subscribe((event) => {
       if (res.writableEnded || res.destroyed) return;
+      if (res.writableLength > EVENTS_BACKLOG_LIMIT) {
+        // Its reader stopped reading (a frozen tab, a suspended curl): every record would wait here for it, without
+        // bound. Dropped; an EventSource reconnects once it reads again, and the page then reloads the list.
+        res.destroy();
+        return;
+      }
       const data = event.type === 'record' ? summarize(event.record) : {};
       res.write(`event: ${event.type}\ndata: ${JSON.stringify(data)}\n\n`);
     });

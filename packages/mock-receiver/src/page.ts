@@ -154,16 +154,20 @@ const SCRIPT = `
     updateEmpty();
   }
 
-  // Subscribe first, then load what is already there: nothing falls between the two (add() dedupes by seq).
+  function load() {
+    fetch('/__received?summary=1&limit=' + MAX_ROWS)
+      .then((res) => res.json())
+      .then((data) => { for (const r of data.records) add(r); refreshStats(); })
+      .catch(() => {});
+  }
+  // Subscribed first (the stream is open), then load what is already there: nothing falls between the two (add()
+  // dedupes by seq). Again at every reconnect: what arrived while the stream was down (or dropped, when this tab
+  // stopped reading it) is shown too.
   const events = new EventSource('/__events');
-  events.addEventListener('open', () => { live.textContent = 'live'; live.dataset.state = 'live'; });
+  events.addEventListener('open', () => { live.textContent = 'live'; live.dataset.state = 'live'; load(); });
   events.addEventListener('error', () => { live.textContent = 'reconnecting…'; live.dataset.state = 'off'; });
   events.addEventListener('record', (e) => { add(JSON.parse(e.data)); refreshStats(); });
   events.addEventListener('clear', () => { clearRows(); refreshStats(); });
-  fetch('/__received?summary=1&limit=' + MAX_ROWS)
-    .then((res) => res.json())
-    .then((data) => { for (const r of data.records) add(r); refreshStats(); })
-    .catch(() => {});
   document.getElementById('clear').addEventListener('click', () => { fetch('/__received', { method: 'DELETE' }); });
 })();
 `;

@@ -1,10 +1,37 @@
 /**
  * The server's lifetime: where it listens, and that close() ends everything at once.
  */
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { Agent, request } from 'undici';
 import { createMockReceiver } from '../src/index.js';
 import { message, post, startReceiver } from './helpers.js';
+
+describe('/__events', () => {
+  it('drops a stream whose reader stopped reading, instead of buffering every record for it', async () => {
+    const receiver = await startReceiver({ recordLimit: 0 });
+    const socket = connect(receiver.port, '127.0.0.1');
+    await once(socket, 'connect');
+    socket.write('GET /__events HTTP/1.1\r\nHost: receiver\r\n\r\n');
+    await once(socket, 'data'); // the head and `retry:`
+    socket.pause(); // a page whose tab is frozen, a `curl` suspended with Ctrl-Z
+    const closed = once(socket, 'close');
+    // Many long contact ids: each record's event is ~280 KB, so 60 of them (17 MB) overflow the kernel's socket
+    // buffers and the rest waited in the receiver's memory, for ever and without bound, before.
+    const body = JSON.stringify(
+      Array.from({ length: 1000 }, (_, i) => ({ externalCustomerId: `${i}-`.padEnd(256, 'x') })),
+    );
+    for (let i = 0; i < 60; i++) expect((await post(receiver, { body })).status).toBe(400);
+    socket.resume();
+    socket.on('data', () => {});
+    const gaveUp = new Promise((_resolve, reject) => {
+      setTimeout(() => reject(new Error('the stalled stream is still open')), 5_000).unref();
+    });
+    await Promise.race([closed, gaveUp]);
+    socket.destroy();
+  });
+});
 
 describe('createMockReceiver', () => {
   it('listens on 127.0.0.1 and a free port by default', async () => {
