@@ -2,6 +2,8 @@
  * The QA page in real headless Chromium (Debian's package, driven by playwright-core; no browser download):
  * a delivery posted after the page loaded appears without a reload, newest first, and a click shows its body.
  */
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chromium, type Browser } from 'playwright-core';
 import { request } from 'undici';
@@ -84,6 +86,23 @@ describe('GET / (the QA page)', () => {
     await request(`${receiver.url}/__received`, { method: 'DELETE' }).then((r) => r.body.dump());
     await expect.poll(() => rows.count(), { timeout: 10_000 }).toBe(0);
     expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('after its event stream was cut, shows what arrived meanwhile', async () => {
+    const receiver = await startReceiver();
+    const streams: Socket[] = [];
+    receiver.server.on('request', (req: IncomingMessage) => {
+      if (req.url === '/__events') streams.push(req.socket);
+    });
+    const page = await browser.newPage();
+    await page.goto(`${receiver.url}/`);
+    await page.locator('#live[data-state="live"]').waitFor({ timeout: 10_000 });
+    // Cut (as the receiver does to a stream that stopped reading), then a delivery before the EventSource
+    // reconnects (it waits `retry: 1000` ms): only a reload of the list on reconnect can show it.
+    for (const socket of streams) socket.destroy();
+    await post(receiver, { deliveryId: 'while-cut', body: [message('c-1')] });
+    await page.locator('tr.delivery', { hasText: 'while-cut' }).waitFor({ timeout: 10_000 });
     await page.close();
   });
 });
