@@ -40,6 +40,13 @@ describe('Recorder', () => {
     recorder.add(input({ body: null, bodyBytes: 10_000, bodyText: 'abc' }));
     expect(recorder.list().map((r) => r.seq)).toEqual([4999, 5000, 5001]);
     expect(recorder.stats()).toMatchObject({ kept: 3, keptBytes: 203 });
+    expect([4998, 4999, 5000, 5001, 5002].map((seq) => recorder.get(seq)?.seq)).toEqual([
+      undefined,
+      4999,
+      5000,
+      5001,
+      undefined,
+    ]);
   });
 
   it('filters by contact, delivery id, path, status and seq', () => {

@@ -262,7 +262,17 @@ export class Recorder {
 
   /** The kept record with this seq. */
   get(seq: number): ReceivedRequest | undefined {
-    return this.kept().find((r) => r.seq === seq);
+    // Kept in seq order: a binary search, without copying the list.
+    let low = this.head;
+    let high = this.records.length - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      const record = this.records[middle]!;
+      if (record.seq === seq) return record;
+      if (record.seq < seq) low = middle + 1;
+      else high = middle - 1;
+    }
+    return undefined;
   }
 
   /** Forgets every record, counter, duplicate and accepted list (seq numbers keep growing). */
