@@ -231,6 +231,22 @@ function intParam(value: unknown, field: string, violations: { field: string; de
   return Number(text);
 }
 
+/**
+ * The control endpoints and the methods each takes (HEAD with every GET, as Express answers it): matched like
+ * Express's routes, case-insensitive and with an optional trailing slash. Keep in step with the routes below.
+ */
+const CONTROL_ENDPOINTS: ReadonlyArray<{ path: RegExp; methods: readonly string[] }> = [
+  { path: /^\/__health\/?$/i, methods: ['GET', 'HEAD'] },
+  { path: /^\/__control\/?$/i, methods: ['GET', 'HEAD', 'POST', 'DELETE'] },
+  { path: /^\/__received\/?$/i, methods: ['GET', 'HEAD', 'DELETE'] },
+  { path: /^\/__received\/[^/]+\/?$/i, methods: ['GET', 'HEAD'] },
+  { path: /^\/__duplicates\/?$/i, methods: ['GET', 'HEAD'] },
+  { path: /^\/__stats\/?$/i, methods: ['GET', 'HEAD'] },
+  { path: /^\/__contacts\/?$/i, methods: ['GET', 'HEAD'] },
+  { path: /^\/__contacts\/[^/]+\/?$/i, methods: ['GET', 'HEAD'] },
+  { path: /^\/__events\/?$/i, methods: ['GET', 'HEAD'] },
+];
+
 /** The query parameters of `GET /__received`: any other is refused, so that a misspelt filter is not ignored. */
 const RECEIVED_QUERY = [
   'externalCustomerId',
@@ -447,6 +463,17 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
   app.use((req, res, next) => {
     if (!req.path.startsWith('/__')) {
       next();
+      return;
+    }
+    // A control endpoint asked with a method it does not take (`PUT /__control`, `POST /__received`) exists: 405
+    // with the methods it takes, not a 404 saying it is no control endpoint. @see RFC 9110 §15.5.6
+    const allowed = CONTROL_ENDPOINTS.find((endpoint) => endpoint.path.test(req.path))?.methods;
+    if (allowed !== undefined) {
+      res.set('allow', allowed.join(', '));
+      json(res, 405, {
+        error: 'method_not_allowed',
+        message: `${req.path} takes ${allowed.join(', ')}, not ${req.method}`,
+      });
       return;
     }
     json(res, 404, {

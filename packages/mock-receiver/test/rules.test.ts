@@ -352,4 +352,25 @@ describe('/__control', () => {
     expect(answer.status).toBe(404);
     expect(receiver.records.list()).toEqual([]);
   });
+
+  it.each([
+    ['PUT', '/__control', 'GET, HEAD, POST, DELETE'],
+    ['POST', '/__received', 'GET, HEAD, DELETE'],
+    ['DELETE', '/__received/1', 'GET, HEAD'],
+    ['POST', '/__Stats/', 'GET, HEAD'],
+    ['DELETE', '/__contacts/c-1', 'GET, HEAD'],
+  ] as const)(
+    '%s %s: 405 with Allow (the endpoint exists), not a 404 and never a webhook',
+    async (method, path, allow) => {
+      const receiver = await startReceiver();
+      receiver.control.set({ scenario: 'bad-request' });
+      const answer = await post(receiver, { method, path, body: valid() });
+      expect(answer.status).toBe(405);
+      expect(answer.headers.allow).toBe(allow);
+      expect(answer.json).toEqual({ error: 'method_not_allowed', message: `${path} takes ${allow}, not ${method}` });
+      expect(receiver.records.list()).toEqual([]);
+      // Nothing changed: the rules are still there.
+      expect(receiver.control.state().rules).toHaveLength(1);
+    },
+  );
 });
