@@ -2138,53 +2138,59 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     );
   });
 
+  /**
+   * A contact's delivery that went out once and waits for a retry, then `run` (a publish or a resync of the contact)
+   * while another transaction holds that retry (a claim, a replay, a record): `run` does not wait for it and leaves it
+   * retrying beside the newer pending delivery. The retry's id.
+   */
+  async function retryLeftBehind(
+    store: PostgresStore,
+    url: string,
+    account: string,
+    run: (store: PostgresStore, account: string) => Promise<unknown>,
+  ): Promise<string> {
+    await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+    await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
+    const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
+    expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
+    const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
+    retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
+    expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
+    const holder = new pg.Client({ connectionString: url });
+    await holder.connect();
+    let done: Promise<unknown> | undefined;
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
+      done = run(store, account);
+      const first = await Promise.race([
+        done.then(() => 'done'),
+        new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
+      ]);
+      expect(first).toBe('done');
+    } finally {
+      await holder.query('COMMIT');
+      await holder.end();
+      await done;
+    }
+    expect((await store.getDelivery(c!.delivery.id))?.delivery.state).toBe('retrying');
+    return c!.delivery.id;
+  }
+
+  const publishA = (store: PostgresStore, account: string) =>
+    store.publish({ accountId: account, now: T0 + 20, messages: [storedMessage('a')] });
+
   // A record locks by key, and so waited for a resync's or a publish's locks in another order than they took them: a
   // deadlock, deadlock_timeout long. Both now take the retries they can lock now (SKIP LOCKED).
   it.each([
-    {
-      call: 'resync',
-      run: (store: PostgresStore, account: string) => store.resync(account, ['a'], T0 + 20),
-    },
-    {
-      call: 'publish',
-      run: (store: PostgresStore, account: string) =>
-        store.publish({ accountId: account, now: T0 + 20, messages: [storedMessage('a')] }),
-    },
+    { call: 'resync', run: (store: PostgresStore, account: string) => store.resync(account, ['a'], T0 + 20) },
+    { call: 'publish', run: publishA },
   ])(
     '$call supersedes retries without waiting for one another transaction holds; that one is superseded at its claim',
     async ({ run }) => {
       await withOwnDatabase(
         async (store, url) => {
-          const account = 'acct';
-          await store.upsertWebhook(
-            account,
-            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-            T0,
-          );
-          await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
-          const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
-          expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
-          const retry = { ...deliveredFirstTime(c!), nextState: 'retrying' as const };
-          retry.attempt = { ...retry.attempt, statusCode: 503, verdict: 'retry', nextAttemptAt: T0 + 10 };
-          expect((await store.recordAttempt(c!.delivery.id, retry))?.state).toBe('retrying');
-          // Another transaction holds the retry: a claim, a replay, a record.
-          const holder = new pg.Client({ connectionString: url });
-          await holder.connect();
-          let done: Promise<unknown> | undefined;
-          try {
-            await holder.query('BEGIN');
-            await holder.query('SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE', [c!.delivery.id]);
-            done = run(store, account);
-            const first = await Promise.race([
-              done.then(() => 'done'),
-              new Promise((resolve) => setTimeout(() => resolve('waiting'), 800)),
-            ]);
-            expect(first).toBe('done');
-          } finally {
-            await holder.query('COMMIT');
-            await holder.end();
-            await done;
-          }
+          const retryId = await retryLeftBehind(store, url, 'acct', run);
           // Left retrying, the older list is superseded when claimed, never sent after the pending delivery.
           expect(await store.claimDue({ lane: 'retry', limit: 10, now: T0 + 20, leaseMs: 60_000, owner: 'w' })).toEqual(
             [],
@@ -2196,7 +2202,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
             leaseMs: 60_000,
             owner: 'w',
           });
-          expect((await store.getDelivery(c!.delivery.id))?.delivery).toMatchObject({
+          expect((await store.getDelivery(retryId))?.delivery).toMatchObject({
             state: 'superseded',
             supersededBy: pending!.delivery.id,
           });
@@ -2205,6 +2211,29 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       );
     },
   );
+
+  it('RetryDelivery of a retry left behind beside a newer delivery answers with the newer one, never "retried"', async () => {
+    // Made due again and answered replacedByNewer: false, the retry was then superseded by its claim and never sent:
+    // the caller was told of a retry that could not happen.
+    await withOwnDatabase(
+      async (store, url) => {
+        const retryId = await retryLeftBehind(store, url, 'acct', publishA);
+        const pendingId = (await store.listDeliveries({ accountId: 'acct', states: ['pending'] }, 10, null))
+          .deliveries[0]!.id;
+        const replay = await store.retryDelivery(retryId, T0 + 30);
+        expect({ replaced: replay?.replacedByNewer, id: replay?.delivery.id, state: replay?.delivery.state }).toEqual({
+          replaced: true,
+          id: pendingId,
+          state: 'pending',
+        });
+        expect((await store.getDelivery(retryId))?.delivery).toMatchObject({
+          state: 'superseded',
+          supersededBy: pendingId,
+        });
+      },
+      { poolSize: 4 },
+    );
+  });
 
   describe('batched records and freezes (they lock their deliveries in seq order, without the webhook) against', () => {
     /** Attempt `attemptNo` of `c` by owner `w`, answered 200 at T0 + 21: it ends the delivery (a batched record). */

@@ -1709,7 +1709,9 @@ export class PostgresStore implements Store {
       const row = rows[0];
       if (row === undefined) return null;
       if (row.state === 'in_flight') return { delivery: deliveryFromRow(row), replacedByNewer: false };
-      if (row.state === 'retrying' || row.state === 'pending') {
+      // A retry with a newer delivery beside it (one a publish or resync left for its claim to supersede, as another
+      // transaction held it: see PUBLISH_SQL) is never sent again: it goes the way of a replaced one, below.
+      if ((row.state === 'retrying' && row.newer_id === null) || row.state === 'pending') {
         // Made due now when it was waiting (a retry's backoff, a claim given back for later).
         const updated = await c.query<DeliveryRow>(
           `UPDATE deliveries d SET next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1,
