@@ -249,6 +249,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
         maxProbeIntervalMs: config.circuitProbeMaxIntervalMs,
         // A probe whose claim was given back never reports; after a lease another one may go.
         probeTimeoutMs: config.leaseMs,
+        // An endpoint is held by a Retry-After no longer than the delivery that got it waits.
+        holdMaxMs: engineOptions.backoff?.retryAfterMaxMs ?? DEFAULT_BACKOFF.retryAfterMaxMs,
       },
       onStateChange: (accountId, state, view) => {
         const level = state === 'open' ? 'warn' : 'info';

@@ -61,6 +61,7 @@ export function circuitToProto(view: CircuitView): Circuit {
     sinceMs: view.since ?? undefined,
     consecutiveFailures: view.consecutiveFailures,
     nextProbeAtMs: view.nextProbeAt ?? undefined,
+    heldUntilMs: view.heldUntil ?? undefined,
   };
 }
 

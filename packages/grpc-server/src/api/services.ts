@@ -259,7 +259,7 @@ export function createApi(deps: ApiDependencies): Api {
         const written = await writeWebhook(accountId, before, input);
         if (written !== null) {
           const { record, now } = written;
-          return { webhook: webhookToProto(record, deps.circuit?.view(accountId), now), created: before === null };
+          return { webhook: webhookToProto(record, deps.circuit?.view(accountId, now), now), created: before === null };
         }
       }
       throw keptBeingSaved(accountId);
@@ -291,7 +291,7 @@ export function createApi(deps: ApiDependencies): Api {
         const written = await writeWebhook(accountId, before, input);
         if (written !== null) {
           const { record, now } = written;
-          return { webhook: webhookToProto(record, deps.circuit?.view(accountId), now) };
+          return { webhook: webhookToProto(record, deps.circuit?.view(accountId, now), now) };
         }
       }
       throw keptBeingSaved(accountId);
@@ -301,7 +301,8 @@ export function createApi(deps: ApiDependencies): Api {
       const record = await store.getWebhook(request.accountId);
       if (record === null)
         throw new ApiError('webhook_not_found', `account ${JSON.stringify(request.accountId)} has no webhook`);
-      return { webhook: webhookToProto(record, deps.circuit?.view(request.accountId), deps.now()) };
+      const now = deps.now();
+      return { webhook: webhookToProto(record, deps.circuit?.view(request.accountId, now), now) };
     }),
     deleteWebhook: unary('DeleteWebhook', async (request) => {
       check(checkAccountId(request.accountId));

@@ -19,6 +19,7 @@ const OPTIONS: CircuitOptions = {
   probeIntervalMs: 100,
   maxProbeIntervalMs: 350,
   probeTimeoutMs: 5_000,
+  holdMaxMs: 10_000,
 };
 
 const T0 = 1_700_000_000_000;
@@ -62,6 +63,7 @@ describe('CircuitBreaker', () => {
       consecutiveFailures: 11,
       failingSince: T0,
       nextProbeAt: T0 + 1_100,
+      heldUntil: null,
     });
     expect(changes).toEqual([['a', 'open']]);
     expect(circuit.pausedAccounts(T0 + 1_000)).toEqual(['a']);
@@ -211,6 +213,7 @@ describe('CircuitBreaker', () => {
       consecutiveFailures: 0,
       failingSince: null,
       nextProbeAt: null,
+      heldUntil: null,
     });
     expect(circuit.admit('a', T0 + 151)).toBe(true);
     expect(circuit.pausedAccounts(T0 + 151)).toEqual([]);
@@ -336,6 +339,49 @@ describe('CircuitBreaker', () => {
 });
 
 describe('resolveCircuitOptions', () => {
+  it('holds the whole endpoint until the Retry-After of a 429 or 503 has passed, whatever else it answers meanwhile', () => {
+    const { circuit, changes, attempt } = breaker();
+    const after = (code: number, wait: string, at: number): Classification =>
+      classify({ kind: 'response', status: code, retryAfter: wait }, at);
+    attempt('a', T0, after(429, '2', T0));
+    // Every delivery of the account waits: not claimed, and one claimed already is given back without an attempt.
+    expect(circuit.pausedAccounts(T0 + 1_999)).toEqual(['a']);
+    expect(circuit.admit('a', T0 + 1_999)).toBe(false);
+    expect(circuit.view('a', T0 + 1_000)).toMatchObject({ state: 'closed', heldUntil: T0 + 2_000 });
+    // Another account is not held.
+    expect(circuit.admit('b', T0 + 1)).toBe(true);
+    // A 2xx of an attempt sent before the 429 does not end the hold; a later, shorter Retry-After does not shorten it.
+    attempt('a', T0 + 10, status(200));
+    attempt('a', T0 + 20, after(503, '1', T0 + 20));
+    expect(circuit.view('a', T0 + 1_500).heldUntil).toBe(T0 + 2_000);
+    // A longer one lengthens it, up to holdMaxMs (10 s here).
+    attempt('a', T0 + 30, after(429, '3600', T0 + 30));
+    expect(circuit.view('a', T0 + 31).heldUntil).toBe(T0 + 10_030);
+    expect(circuit.pausedAccounts(T0 + 10_029)).toEqual(['a']);
+    // Then it is over, by itself.
+    expect(circuit.pausedAccounts(T0 + 10_030)).toEqual([]);
+    expect(circuit.admit('a', T0 + 10_030)).toBe(true);
+    expect(circuit.view('a', T0 + 10_030).heldUntil).toBeNull();
+    // A hold is not a circuit state: nothing changed there.
+    expect(changes).toEqual([]);
+  });
+
+  it('holds no endpoint for a Retry-After on a final answer, nor with holdMaxMs 0; a reset (the webhook saved) ends one', () => {
+    const { circuit, attempt } = breaker();
+    // 429 and 503 carry it; on anything else the header is not read, and a past date is no wait.
+    attempt('a', T0, classify({ kind: 'response', status: 400, retryAfter: '60' }, T0));
+    attempt('a', T0, classify({ kind: 'response', status: 429, retryAfter: '0' }, T0));
+    expect(circuit.pausedAccounts(T0 + 1)).toEqual([]);
+    attempt('a', T0, classify({ kind: 'response', status: 429, retryAfter: '60' }, T0));
+    expect(circuit.pausedAccounts(T0 + 1)).toEqual(['a']);
+    circuit.reset('a');
+    expect(circuit.admit('a', T0 + 1)).toBe(true);
+
+    const off = breaker({ holdMaxMs: 0 });
+    off.attempt('a', T0, classify({ kind: 'response', status: 429, retryAfter: '60' }, T0));
+    expect(off.circuit.pausedAccounts(T0 + 1)).toEqual([]);
+  });
+
   it('fills the documented defaults', () => {
     expect(resolveCircuitOptions()).toEqual({
       openAfterMs: 300_000,
@@ -343,6 +389,7 @@ describe('resolveCircuitOptions', () => {
       probeIntervalMs: 30_000,
       maxProbeIntervalMs: 300_000,
       probeTimeoutMs: 60_000,
+      holdMaxMs: 3_600_000,
     });
   });
 

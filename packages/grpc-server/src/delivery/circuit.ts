@@ -11,6 +11,13 @@
  *   any state ──2xx──▶ closed (an attempt started before the circuit opened may still succeed), except a 2xx
  *     for a save of the webhook that a 410 answered: the 410 pause stands
  *
+ * A `Retry-After` on a 429 or a 503 (SPEC §5: "honours Retry-After") holds the whole endpoint, not only the delivery
+ * that got it: the receiver said it takes no more requests until then (its message number limit, an outage), so every
+ * delivery of the account waits until that time (at most `holdMaxMs`, the cap a delivery's own retry uses), the
+ * state aside: a 2xx of an attempt sent before it does not end the hold, a later answer may only lengthen it, and a
+ * save of the webhook that changes the endpoint ends it (reset). Before, the other contacts' deliveries kept going
+ * to a receiver that had asked for a pause, each collecting its own 429.
+ *
  * Pausing drops nothing: a paused account's deliveries are simply not claimed (the engine passes
  * {@link CircuitBreaker.pausedAccounts} as `excludeAccounts`), and a claim that slips through (taken just
  * before the circuit opened, or a second delivery in the probe's batch) is given back to the store without
@@ -24,6 +31,7 @@
  * no entry, so memory grows only with failing endpoints.
  * @see SECURITY.md "Circuit breaker", Standard Webhooks (410 Gone disables an endpoint)
  */
+import { DEFAULT_BACKOFF } from '@app-inbox/core';
 import type { CircuitState } from '../store/types.js';
 import type { EndpointAttemptEvent, EndpointHealth } from './engine.js';
 
@@ -46,6 +54,11 @@ export interface CircuitOptions {
    * Default 60,000; the server passes its lease (`--lease-ms`).
    */
   probeTimeoutMs: number;
+  /**
+   * Longest hold of an endpoint that answered a `Retry-After` (milliseconds); 0 holds none. Default the cap of a
+   * delivery's own wait for it (`DEFAULT_BACKOFF.retryAfterMaxMs`, 1 hour).
+   */
+  holdMaxMs: number;
 }
 
 export const DEFAULT_CIRCUIT_OPTIONS: Readonly<CircuitOptions> = Object.freeze({
@@ -54,6 +67,7 @@ export const DEFAULT_CIRCUIT_OPTIONS: Readonly<CircuitOptions> = Object.freeze({
   probeIntervalMs: 30_000,
   maxProbeIntervalMs: 300_000,
   probeTimeoutMs: 60_000,
+  holdMaxMs: DEFAULT_BACKOFF.retryAfterMaxMs,
 });
 
 /** An endpoint's circuit as GetWebhook and metrics show it. */
@@ -70,6 +84,8 @@ export interface CircuitView {
   failingSince: number | null;
   /** When the next probe may be sent (ms since the epoch), while open; null otherwise, and while open after a 410. */
   nextProbeAt: number | null;
+  /** Until when a `Retry-After` holds every delivery to the endpoint (ms since the epoch); null when none does. */
+  heldUntil: number | null;
 }
 
 /** Told on every change of state; the metrics gauge hooks here. `view` is the state after the change. */
@@ -102,6 +118,7 @@ export function resolveCircuitOptions(partial: Partial<CircuitOptions> = {}): Ci
     probeIntervalMs: 1,
     maxProbeIntervalMs: 1,
     probeTimeoutMs: 1,
+    holdMaxMs: 0,
   };
   for (const [name, min] of Object.entries(bounds) as Array<[keyof CircuitOptions, number]>) {
     const v = options[name];
@@ -144,6 +161,8 @@ interface Entry {
 export class CircuitBreaker implements EndpointHealth {
   readonly options: CircuitOptions;
   readonly #entries = new Map<string, Entry>();
+  /** Accounts held by a `Retry-After`, and until when (ms since the epoch); dropped once passed. */
+  readonly #holds = new Map<string, number>();
   readonly #onStateChange: CircuitStateListener | undefined;
 
   constructor(deps: CircuitBreakerDeps = {}) {
@@ -154,6 +173,7 @@ export class CircuitBreaker implements EndpointHealth {
   /** Accounts not to claim at `now`: open and not yet due for a probe, or half open with a probe out. */
   pausedAccounts(now: number): string[] {
     const paused: string[] = [];
+    for (const account of this.#holds.keys()) if (this.#held(account, now)) paused.push(account);
     for (const [account, entry] of this.#entries) {
       if (entry.state === 'open' && (entry.nextProbeAt === null || now < entry.nextProbeAt)) paused.push(account);
       else if (entry.state === 'half_open' && this.#probeOut(entry, now)) paused.push(account);
@@ -167,6 +187,7 @@ export class CircuitBreaker implements EndpointHealth {
    * its result is recorded; a caller told false gives its claim back without an attempt.
    */
   admit(accountId: string, now: number): boolean {
+    if (this.#held(accountId, now)) return false;
     const entry = this.#entries.get(accountId);
     if (entry === undefined || entry.state === 'closed') return true;
     if (entry.state === 'open') {
@@ -184,6 +205,11 @@ export class CircuitBreaker implements EndpointHealth {
   /** Records an attempt's result (called by the engine after every recorded attempt). */
   onAttempt(event: EndpointAttemptEvent): void {
     const { accountId, at } = event;
+    const wait = event.classification.retryAfterMs;
+    if (event.classification.verdict === 'retry' && wait !== undefined && wait > 0 && this.options.holdMaxMs > 0) {
+      const until = at + Math.min(wait, this.options.holdMaxMs);
+      if (until > (this.#holds.get(accountId) ?? 0)) this.#holds.set(accountId, until);
+    }
     const entry = this.#entries.get(accountId);
     if (event.classification.verdict === 'delivered') {
       if (entry === undefined) return;
@@ -229,15 +255,17 @@ export class CircuitBreaker implements EndpointHealth {
   }
 
   /** The circuit of `accountId` (closed with no failures when it never failed). */
-  view(accountId: string): CircuitView {
+  view(accountId: string, now?: number): CircuitView {
+    const heldUntil = now === undefined || this.#held(accountId, now) ? (this.#holds.get(accountId) ?? null) : null;
     const entry = this.#entries.get(accountId);
-    if (entry === undefined) return closedView();
+    if (entry === undefined) return { ...closedView(), heldUntil };
     return {
       state: entry.state,
       since: entry.since,
       consecutiveFailures: entry.failures,
       failingSince: entry.failingSince,
       nextProbeAt: entry.state === 'open' ? entry.nextProbeAt : null,
+      heldUntil,
     };
   }
 
@@ -272,10 +300,20 @@ export class CircuitBreaker implements EndpointHealth {
    * start, and re-saving is how an operator resumes an endpoint that answered 410) or deleted.
    */
   reset(accountId: string): void {
+    this.#holds.delete(accountId);
     const entry = this.#entries.get(accountId);
     if (entry === undefined) return;
     this.#entries.delete(accountId);
     if (entry.state !== 'closed') this.#notify(accountId, 'closed', closedView());
+  }
+
+  /** Whether a `Retry-After` holds the account at `now`; a hold that has passed is dropped. */
+  #held(accountId: string, now: number): boolean {
+    const until = this.#holds.get(accountId);
+    if (until === undefined) return false;
+    if (now < until) return true;
+    this.#holds.delete(accountId);
+    return false;
   }
 
   #probeOut(entry: Entry, now: number): boolean {
@@ -306,7 +344,14 @@ export class CircuitBreaker implements EndpointHealth {
 }
 
 function closedView(): CircuitView {
-  return { state: 'closed', since: null, consecutiveFailures: 0, failingSince: null, nextProbeAt: null };
+  return {
+    state: 'closed',
+    since: null,
+    consecutiveFailures: 0,
+    failingSince: null,
+    nextProbeAt: null,
+    heldUntil: null,
+  };
 }
 
 /**

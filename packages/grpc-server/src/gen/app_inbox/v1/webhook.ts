@@ -162,7 +162,14 @@ export interface Circuit {
    * When the next probe may be sent, milliseconds since the epoch; set only while OPEN, and not after a 410 Gone
    * (no probe then: the circuit stays open until the webhook is saved again).
    */
-  nextProbeAtMs?: number | undefined;
+  nextProbeAtMs?:
+    | number
+    | undefined;
+  /**
+   * While a `Retry-After` on a 429 or 503 holds every delivery to the endpoint (the receiver asked for no requests
+   * until then; at most an hour, whatever the state): until when, milliseconds since the epoch. Unset otherwise.
+   */
+  heldUntilMs?: number | undefined;
 }
 
 /** Request of WebhookService.UpsertWebhook. */
@@ -804,7 +811,7 @@ export const Webhook: MessageFns<Webhook> = {
 };
 
 function createBaseCircuit(): Circuit {
-  return { state: 0, sinceMs: undefined, consecutiveFailures: 0, nextProbeAtMs: undefined };
+  return { state: 0, sinceMs: undefined, consecutiveFailures: 0, nextProbeAtMs: undefined, heldUntilMs: undefined };
 }
 
 export const Circuit: MessageFns<Circuit> = {
@@ -820,6 +827,9 @@ export const Circuit: MessageFns<Circuit> = {
     }
     if (message.nextProbeAtMs !== undefined) {
       writer.uint32(32).int64(message.nextProbeAtMs);
+    }
+    if (message.heldUntilMs !== undefined) {
+      writer.uint32(40).int64(message.heldUntilMs);
     }
     return writer;
   },
@@ -869,6 +879,14 @@ export const Circuit: MessageFns<Circuit> = {
             message.nextProbeAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.heldUntilMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -899,6 +917,11 @@ export const Circuit: MessageFns<Circuit> = {
         : isSet(object.next_probe_at_ms)
         ? globalThis.Number(object.next_probe_at_ms)
         : undefined,
+      heldUntilMs: isSet(object.heldUntilMs)
+        ? globalThis.Number(object.heldUntilMs)
+        : isSet(object.held_until_ms)
+        ? globalThis.Number(object.held_until_ms)
+        : undefined,
     };
   },
 
@@ -916,6 +939,9 @@ export const Circuit: MessageFns<Circuit> = {
     if (message.nextProbeAtMs !== undefined) {
       obj.nextProbeAtMs = Math.round(message.nextProbeAtMs);
     }
+    if (message.heldUntilMs !== undefined) {
+      obj.heldUntilMs = Math.round(message.heldUntilMs);
+    }
     return obj;
   },
 
@@ -928,6 +954,7 @@ export const Circuit: MessageFns<Circuit> = {
     message.sinceMs = object.sinceMs ?? undefined;
     message.consecutiveFailures = object.consecutiveFailures ?? 0;
     message.nextProbeAtMs = object.nextProbeAtMs ?? undefined;
+    message.heldUntilMs = object.heldUntilMs ?? undefined;
     return message;
   },
 };
