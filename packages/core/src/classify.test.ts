@@ -59,7 +59,7 @@ describe('classify: documented choices', () => {
     [304, 'failed'],
     [307, 'failed'],
     [308, 'failed'],
-    [403, 'failed'],
+    [403, 'retry'],
     [404, 'failed'],
     [408, 'retry'],
     [409, 'failed'],

@@ -68,6 +68,11 @@ export const CLASSIFICATION_TABLE = {
   status: {
     400: { verdict: 'failed', source: 'spec', why: 'the payload cannot be processed; kept for inspection and replay' },
     401: { verdict: 'retry', source: 'spec', why: 'authentication failed; the customer may fix the credentials' },
+    403: {
+      verdict: 'retry',
+      source: 'choice',
+      why: "the seed names its retried authentication failure '401 Forbidden' (403's reason phrase): a receiver built from it may answer 403, and the customer may fix the credentials",
+    },
     408: {
       verdict: 'retry',
       source: 'choice',
@@ -106,7 +111,7 @@ export const CLASSIFICATION_TABLE = {
     4: {
       verdict: 'failed',
       source: 'choice',
-      why: 'a client error (403, 404, 409, 413, 422, ...) will not fix itself',
+      why: 'a client error (404, 409, 413, 422, ...) will not fix itself',
     },
     5: { verdict: 'retry', source: 'choice', why: 'a server error (501, 505, 507, ...) is treated as temporary' },
   },
