@@ -534,9 +534,11 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
         realm: resolved.realm,
       },
     );
-    // A request whose body could not be read completely gets no rule: the client is already gone.
+    // A request whose body could not be read completely gets no rule: the client is already gone. Nor does one that
+    // is not a POST (a browser's GET to see that the receiver is up): the sender only POSTs, and such a request would
+    // use up an answer scripted for it ("503 twice"); the contract answers it (405).
     const chosen =
-      read.state === 'aborted'
+      read.state === 'aborted' || req.method !== 'POST'
         ? undefined
         : rules.choose({ path: req.path, externalCustomerIds: contacts, deliveryId });
 

@@ -23,6 +23,16 @@ describe('scripted answers', () => {
     expect(records[0]?.answer.branch).toBe('accepted');
   });
 
+  it("a request that is not a POST gets the contract's 405 and uses up no scripted answer", async () => {
+    const receiver = await startReceiver({ rules: [{ answers: [{ status: 503, times: 2 }] }] });
+    for (const method of ['GET', 'HEAD', 'PUT'] as const) {
+      const res = await request(`${receiver.url}/webhook`, { method });
+      await res.body.dump();
+      expect({ method, status: res.statusCode }).toEqual({ method, status: 405 });
+    }
+    expect(await statuses(receiver, 3)).toEqual([503, 503, 200]);
+  });
+
   it('"always 400" with repeat, overriding even a valid list', async () => {
     const receiver = await startReceiver({ rules: [{ answers: [{ status: 400 }], repeat: true }] });
     expect(await statuses(receiver, 3)).toEqual([400, 400, 400]);
