@@ -159,6 +159,19 @@ describe('parsePublishMessages', () => {
     expect(result.value.messages.map((m) => m.id)).toEqual(['1b6a4f6e-5c1f-4f4e-9a53-6a0f2f6b9d11']);
   });
 
+  it('takes an empty custom_data as none, as an empty image or link; bad JSON text is still refused', () => {
+    const result = parsePublishMessages(
+      { accountId: 'a', messages: [message({ customData: '' }), message({ customData: '{"k":1}' })] },
+      NOW,
+    );
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.value.messages.map((m) => ('customData' in m ? m.customData : 'none'))).toEqual(['none', '{"k":1}']);
+    expect(fields(parsePublishMessages({ accountId: 'a', messages: [message({ customData: ' ' })] }, NOW))).toEqual([
+      'messages[0].custom_data',
+    ]);
+  });
+
   it('lists every bad field of every message, in proto names', () => {
     const result = parsePublishMessages(
       {

@@ -274,7 +274,9 @@ function wireMessage(m: InboxMessage): Record<string, unknown> {
   if (hasExternalCustomerId(m)) wire.externalCustomerId = m.externalCustomerId;
   if (m.image !== undefined) wire.image = m.image;
   if (m.link !== undefined) wire.link = m.link;
-  if (m.customData !== undefined) wire.customData = m.customData;
+  // Empty is none, as for image and link: a client that always sets the field (from a column that defaults to '') is
+  // not refused for a message without custom data.
+  if (m.customData !== undefined && m.customData !== '') wire.customData = m.customData;
   return wire;
 }
 
@@ -354,7 +356,7 @@ export function parsePublishMessages(request: PublishMessagesRequest, now: numbe
     };
     if (m.image !== undefined) stored.image = m.image;
     if (m.link !== undefined) stored.link = m.link;
-    if (m.customData !== undefined) stored.customData = m.customData;
+    if (m.customData !== undefined && m.customData !== '') stored.customData = m.customData;
     messages.push(stored);
   });
   if (violations.length > 0) return { ok: false, violations };

@@ -53,7 +53,10 @@ export interface InboxMessage {
     | undefined;
   /** Message category. */
   category: string;
-  /** Optional JSON text the platform attached to the message, passed through as a string. */
+  /**
+   * Optional JSON text the platform attached to the message, passed through as a string; absent or empty for none
+   * (then the receiver gets no customData).
+   */
   customData?:
     | string
     | undefined;
