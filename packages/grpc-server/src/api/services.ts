@@ -208,7 +208,7 @@ export function createApi(deps: ApiDependencies): Api {
 
   /** What a save of the webhook does besides the write: the circuit's view of the endpoint, and the lanes. */
   function saved(accountId: string, before: WebhookRecord | null, record: WebhookRecord): void {
-    if (endpointChanged(before, record)) deps.circuit?.reset(accountId);
+    if (endpointChanged(before, record)) deps.circuit?.reset(accountId, record.updatedAt);
     // A save that changed nothing resumes an endpoint paused by its 410 Gone too: no 410 answered this save.
     else deps.circuit?.resumeIfSavedSince(accountId, record.updatedAt);
     deps.webhookSaved?.(before, record);

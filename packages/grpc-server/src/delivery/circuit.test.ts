@@ -382,6 +382,37 @@ describe('resolveCircuitOptions', () => {
     expect(off.circuit.pausedAccounts(T0 + 1)).toEqual([]);
   });
 
+  it('holds nothing for a Retry-After answering an attempt sent before a save that changed the endpoint', () => {
+    const { circuit } = breaker();
+    const throttled = (at: number, webhookUpdatedAt: number) =>
+      circuit.onAttempt({
+        accountId: 'a',
+        deliveryId: 'd',
+        classification: classify({ kind: 'response', status: 429, retryAfter: '60' }, at),
+        statusCode: 429,
+        errorKind: null,
+        durationMs: 1,
+        at,
+        webhookUpdatedAt,
+      });
+    // The webhook saved at T0 + 100 points elsewhere; an attempt sent with the save of T0 to the old endpoint is
+    // answered after it: that receiver's Retry-After is no word of the new one's.
+    circuit.reset('a', T0 + 100);
+    throttled(T0 + 200, T0);
+    expect(circuit.pausedAccounts(T0 + 201)).toEqual([]);
+    expect(circuit.view('a', T0 + 201).heldUntil).toBeNull();
+    // One sent with the save (or a later one) holds the endpoint.
+    throttled(T0 + 300, T0 + 100);
+    expect(circuit.view('a', T0 + 301).heldUntil).toBe(T0 + 10_300);
+    // The save is forgotten (no memory kept per save) once no attempt sent before it can be answered any more: a
+    // lease (probeTimeoutMs) after it, no claim read before it records.
+    circuit.reset('a', T0 + 100);
+    const later = T0 + 100 + OPTIONS.probeTimeoutMs;
+    expect(circuit.pausedAccounts(later)).toEqual([]);
+    throttled(later, T0);
+    expect(circuit.view('a', later).heldUntil).toBe(later + 10_000);
+  });
+
   it('fills the documented defaults', () => {
     expect(resolveCircuitOptions()).toEqual({
       openAfterMs: 300_000,

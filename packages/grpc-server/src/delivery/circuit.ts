@@ -15,8 +15,9 @@
  * that got it: the receiver said it takes no more requests until then (its message number limit, an outage), so every
  * delivery of the account waits until that time (at most `holdMaxMs`, the cap a delivery's own retry uses), the
  * state aside: a 2xx of an attempt sent before it does not end the hold, a later answer may only lengthen it, and a
- * save of the webhook that changes the endpoint ends it (reset). Before, the other contacts' deliveries kept going
- * to a receiver that had asked for a pause, each collecting its own 429.
+ * save of the webhook that changes the endpoint ends it (reset), and a `Retry-After` answering an attempt sent with
+ * an older save than that one (to the old endpoint, answered after the save) holds nothing. Before, the other
+ * contacts' deliveries kept going to a receiver that had asked for a pause, each collecting its own 429.
  *
  * Pausing drops nothing: a paused account's deliveries are simply not claimed (the engine passes
  * {@link CircuitBreaker.pausedAccounts} as `excludeAccounts`), and a claim that slips through (taken just
@@ -163,6 +164,12 @@ export class CircuitBreaker implements EndpointHealth {
   readonly #entries = new Map<string, Entry>();
   /** Accounts held by a `Retry-After`, and until when (ms since the epoch); dropped once passed. */
   readonly #holds = new Map<string, number>();
+  /**
+   * The `updatedAt` of the last save of each account's webhook that changed its endpoint (see {@link reset}): an
+   * attempt sent with an older save went to the old endpoint, and its `Retry-After` holds nothing. Kept for
+   * `probeTimeoutMs` (the lease: no attempt of a claim read before the save records later than that after it).
+   */
+  readonly #endpointSaves = new Map<string, number>();
   readonly #onStateChange: CircuitStateListener | undefined;
 
   constructor(deps: CircuitBreakerDeps = {}) {
@@ -173,6 +180,9 @@ export class CircuitBreaker implements EndpointHealth {
   /** Accounts not to claim at `now`: open and not yet due for a probe, or half open with a probe out. */
   pausedAccounts(now: number): string[] {
     const paused: string[] = [];
+    for (const [account, savedAt] of this.#endpointSaves) {
+      if (now - savedAt >= this.options.probeTimeoutMs) this.#endpointSaves.delete(account);
+    }
     for (const account of this.#holds.keys()) if (this.#held(account, now)) paused.push(account);
     for (const [account, entry] of this.#entries) {
       if (entry.state === 'open' && (entry.nextProbeAt === null || now < entry.nextProbeAt)) paused.push(account);
@@ -206,7 +216,17 @@ export class CircuitBreaker implements EndpointHealth {
   onAttempt(event: EndpointAttemptEvent): void {
     const { accountId, at } = event;
     const wait = event.classification.retryAfterMs;
-    if (event.classification.verdict === 'retry' && wait !== undefined && wait > 0 && this.options.holdMaxMs > 0) {
+    const savedAt = this.#endpointSaves.get(accountId);
+    // Sent to the endpoint before a save changed it: that receiver's word is not the new one's.
+    const oldEndpoint =
+      savedAt !== undefined && event.webhookUpdatedAt !== undefined && event.webhookUpdatedAt < savedAt;
+    if (
+      event.classification.verdict === 'retry' &&
+      wait !== undefined &&
+      wait > 0 &&
+      this.options.holdMaxMs > 0 &&
+      !oldEndpoint
+    ) {
       const until = at + Math.min(wait, this.options.holdMaxMs);
       if (until > (this.#holds.get(accountId) ?? 0)) this.#holds.set(accountId, until);
     }
@@ -297,10 +317,13 @@ export class CircuitBreaker implements EndpointHealth {
 
   /**
    * Forgets an account's circuit: its webhook was reconfigured (a new URL or credentials deserve a fresh
-   * start, and re-saving is how an operator resumes an endpoint that answered 410) or deleted.
+   * start, and re-saving is how an operator resumes an endpoint that answered 410) or deleted. `savedUpdatedAt`: the
+   * `updatedAt` of the save that changed the endpoint; a `Retry-After` of an attempt sent with an older save (to the
+   * old endpoint, still in flight) then holds nothing.
    */
-  reset(accountId: string): void {
+  reset(accountId: string, savedUpdatedAt?: number): void {
     this.#holds.delete(accountId);
+    if (savedUpdatedAt !== undefined) this.#endpointSaves.set(accountId, savedUpdatedAt);
     const entry = this.#entries.get(accountId);
     if (entry === undefined) return;
     this.#entries.delete(accountId);

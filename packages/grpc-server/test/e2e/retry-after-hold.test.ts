@@ -72,4 +72,31 @@ describe.each(storeUrls())('a Retry-After holds the whole endpoint ($engine)', (
     for (const r of requests) expect(Date.parse(r.receivedAt) - answeredAt).toBeGreaterThanOrEqual(HOLD_MS - 50);
     expect((await t.clients.getWebhook({ accountId: account })).webhook?.circuit?.heldUntilMs).toBeUndefined();
   });
+
+  it('holds nothing for a Retry-After of the old endpoint answered after a save pointed the webhook elsewhere', async () => {
+    // The old receiver answers its one request 429 'Retry-After: 60', 0.7 s after it came (the tests cut a request at 1 s).
+    const old = await createMockReceiver({
+      rules: [{ answers: [{ status: 429, retryAfterSeconds: 60, delayMs: 700, times: 1 }], per: 'rule' }],
+    });
+    const next = await createMockReceiver();
+    receivers.push(old, next);
+    const account = accountId();
+    await t.clients.upsertWebhook({ accountId: account, url: `${old.url}/in`, signingSecret: '' });
+    const [first] = (await t.clients.publishMessages({ accountId: account, messages: [inboxMessage('first')] }))
+      .deliveries;
+    // Its request is out (claimed, then sent at once): the webhook is pointed at the new receiver meanwhile.
+    await deliveryIn(t.clients, first!.deliveryId, [DeliveryState.DELIVERY_STATE_IN_FLIGHT], 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    await t.clients.upsertWebhook({ accountId: account, url: `${next.url}/in`, signingSecret: '' });
+    // The old endpoint's 429 comes after the save, and is recorded (the circuit is told right after the record).
+    await deliveryIn(t.clients, first!.deliveryId, [DeliveryState.DELIVERY_STATE_RETRYING], 5_000);
+    expect(old.records.list().map((r) => r.answer.status)).toEqual([429]);
+    // The new endpoint is not held by what the old one said: GetWebhook shows no hold, another contact goes at once
+    // (held, it would wait the 2 s cap).
+    expect((await t.clients.getWebhook({ accountId: account })).webhook?.circuit?.heldUntilMs).toBeUndefined();
+    const sentAt = Date.now();
+    await t.clients.publishMessages({ accountId: account, messages: [inboxMessage('second')] });
+    const delivered = await next.records.waitFor((r) => r.externalCustomerIds[0] === 'second', 5_000);
+    expect(Date.parse(delivered.receivedAt) - sentAt).toBeLessThan(1_000);
+  });
 });
