@@ -90,14 +90,14 @@ describe('a PostgreSQL store that cannot be reached', () => {
         const res = await fetch(`${http}${path}`);
         return `${res.status} ${(await res.text()).trim()}`;
       };
+      // Health first, the gauge last: the probe sets the gauge, then health, in one go, so a snapshot whose health
+      // says the store went down has the gauge that says so too (read first, it could be the one from before).
+      const health = await checkHealth(t.server.address, '');
+      const service = await checkHealth(t.server.address, 'app_inbox.v1.MessageService');
+      const readyz = await get('/readyz');
+      const healthz = await get('/healthz');
       const metrics = await (await fetch(`${http}/metrics`)).text();
-      return {
-        health: await checkHealth(t.server.address, ''),
-        service: await checkHealth(t.server.address, 'app_inbox.v1.MessageService'),
-        readyz: await get('/readyz'),
-        healthz: await get('/healthz'),
-        gauge: /^store_reachable (\d)$/m.exec(metrics)?.[1],
-      };
+      return { health, service, readyz, healthz, gauge: /^store_reachable (\d)$/m.exec(metrics)?.[1] };
     };
     const ready = { health: 'SERVING', service: 'SERVING', readyz: '200 ready', healthz: '200 ok', gauge: '1' };
     expect(await probes()).toEqual(ready);
