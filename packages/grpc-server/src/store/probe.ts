@@ -8,7 +8,9 @@ import type { Store } from './types.js';
  * interval (a database that stopped answering: the ping waits on its socket), makes the process not ready
  * (`onChange` with the problem, and the error when there is one) until one answers (`onChange(null)`); only changes are
  * told. At most one ping is outstanding: a database that stopped answering holds one pooled connection for it, not one
- * per tick. The first ping is an interval after the start (the start itself has just used the store).
+ * per tick, and only for the interval: the ping is then cut and its connection closed (Store.ping's `timeoutMs`), so
+ * that a connection that went dead without a reset cannot keep the process not ready once the database answers new
+ * ones. The first ping is an interval after the start (the start itself has just used the store).
  */
 export function startStoreProbe(
   store: Pick<Store, 'ping'>,
@@ -25,8 +27,10 @@ export function startStoreProbe(
   return every(
     intervalMs,
     async (stopped) => {
+      // Bounded by the interval: a ping stuck on a connection that went dead silently is cut (its connection closed),
+      // so the next one can find the store answering on a new connection.
       outstanding ??= store
-        .ping()
+        .ping(intervalMs)
         .then(
           () => null,
           (error: unknown) => ({ error }),

@@ -282,9 +282,12 @@ export interface Store {
   /**
    * Resolves once the store has answered a trivial statement (`SELECT 1`): the readiness probe's check that calls can
    * be served (PostgreSQL: a pooled connection and a round trip, so it fails or waits while the database cannot be
-   * reached). Changes nothing.
+   * reached). Changes nothing. With `timeoutMs`, one not answered within it fails, and (PostgreSQL) the connection it
+   * waited on is closed, not given back to the pool: a connection that went dead without a reset (a partition that
+   * dropped its packets, a NAT or firewall that forgot it) would otherwise hold the ping, and so the readiness, for
+   * as long as TCP retransmits (up to about 15 minutes), after the database answers new connections again.
    */
-  ping(): Promise<void>;
+  ping(timeoutMs?: number): Promise<void>;
 
   /**
    * Creates or replaces the account's whole configuration (an omitted `messageTtlMs` is the default,

@@ -17,15 +17,25 @@ import {
   type TestServer,
 } from '../e2e/harness.js';
 
-/** A TCP relay to `target` on a fixed local port: `stop()` resets every connection and refuses new ones. */
+/**
+ * A TCP relay to `target` on a fixed local port: `stop()` resets every connection and refuses new ones; `blackhole()`
+ * forwards nothing more on the connections open now, without closing them (a partition that drops packets, a NAT or
+ * firewall that forgot them), while new connections go through.
+ */
 async function relay(target: URL, port = 0) {
   const sockets = new Set<Socket>();
+  const pairs = new Set<[Socket, Socket]>();
   const server: Server = createServer((client) => {
     const upstream = connect(Number(target.port || 5432), target.hostname);
-    for (const s of [client, upstream]) {
+    const pair: [Socket, Socket] = [client, upstream];
+    pairs.add(pair);
+    for (const s of pair) {
       sockets.add(s);
       s.on('error', () => undefined);
-      s.on('close', () => sockets.delete(s));
+      s.on('close', () => {
+        sockets.delete(s);
+        pairs.delete(pair);
+      });
     }
     client.pipe(upstream);
     upstream.pipe(client);
@@ -33,6 +43,14 @@ async function relay(target: URL, port = 0) {
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return {
     port: (server.address() as AddressInfo).port,
+    blackhole: () => {
+      for (const [client, upstream] of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        // Read and dropped: nothing reaches the other side, nothing is closed.
+        for (const s of [client, upstream]) s.on('data', () => undefined);
+      }
+    },
     stop: () => {
       for (const s of sockets) s.resetAndDestroy();
       return new Promise<void>((resolve) => server.close(() => resolve()));
@@ -120,5 +138,27 @@ describe('a PostgreSQL store that cannot be reached', () => {
     cleanups.push(() => again.stop());
     await eventually(async () => ((await probes()).health === 'SERVING' ? true : undefined), 5_000);
     expect(await probes()).toEqual(ready);
+  });
+
+  it('is ready again while a pooled connection that went dead silently still holds a ping unanswered', async () => {
+    const url = new URL(await pg.newUrl());
+    const hub = await relay(url);
+    cleanups.push(() => hub.stop());
+    const viaRelay = new URL(url);
+    viaRelay.port = String(hub.port);
+    const t: TestServer = await startTestServer(viaRelay.toString(), { storeProbeIntervalMs: 100 });
+    cleanups.push(() => t.stop());
+    const health = () => checkHealth(t.server.address, '');
+    expect(await health()).toBe('SERVING');
+    // Calls side by side: the pool keeps several connections open and idle, and the next ping takes one of them.
+    const account = accountId();
+    await t.clients.upsertWebhook({ accountId: account, url: 'http://127.0.0.1:9/in', signingSecret: '' });
+    await Promise.all(Array.from({ length: 8 }, () => t.clients.getWebhook({ accountId: account })));
+
+    // The connections open now go silent (no reset: TCP would retransmit for many minutes); new ones go through.
+    hub.blackhole();
+    await eventually(async () => ((await health()) === 'NOT_SERVING' ? true : undefined), 5_000);
+    // The database answers on a new connection: the process is ready again, not once TCP gives up on the dead one.
+    await eventually(async () => ((await health()) === 'SERVING' ? true : undefined), 5_000);
   });
 });

@@ -883,8 +883,33 @@ export class PostgresStore implements Store {
     return rows[0] === undefined ? null : webhookFromRow(rows[0]);
   }
 
-  async ping(): Promise<void> {
-    await this.#query('SELECT 1');
+  async ping(timeoutMs?: number): Promise<void> {
+    if (timeoutMs === undefined) {
+      await this.#query('SELECT 1');
+      return;
+    }
+    this.#assertOpen();
+    const client = await this.#pool.connect();
+    let failed: Error | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        timer = setTimeout(() => {
+          reject(new Error(`no answer to SELECT 1 within ${timeoutMs} ms`));
+          // Its socket too: a dead one would stay open (and keep the process alive) until TCP gives up.
+          cut(client);
+        }, timeoutMs);
+        timer.unref();
+        client.query('SELECT 1').then(() => resolve(), reject);
+      });
+    } catch (error) {
+      failed = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      // A connection that did not answer (or failed) is closed, not given back: the next ping opens a new one.
+      client.release(failed);
+    }
   }
 
   async getWebhook(accountId: string): Promise<WebhookRecord | null> {

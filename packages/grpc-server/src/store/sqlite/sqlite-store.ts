@@ -424,7 +424,7 @@ export class SqliteStore implements Store {
     return row === undefined ? null : webhookFromRow(row);
   }
 
-  async ping(): Promise<void> {
+  async ping(_timeoutMs?: number): Promise<void> {
     this.#q('SELECT 1').get();
   }
 
