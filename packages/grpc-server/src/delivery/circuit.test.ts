@@ -1,6 +1,6 @@
 import { classify, type Classification } from '@app-inbox/core';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createTestStore, FAST_BACKOFF, message, sleep, waitFor } from '../../test/delivery/engine-fixtures.js';
 import { startReceiver } from '../../test/delivery/http-receiver.js';
 import {
@@ -438,6 +438,56 @@ describe('CircuitBreaker in the DeliveryEngine (real SQLite store, real HTTP rec
   const cleanups: Array<() => Promise<void>> = [];
   afterEach(async () => {
     while (cleanups.length > 0) await cleanups.pop()?.();
+  });
+
+  it('a Retry-After hold that begins while an admitted first attempt gets ready (its freeze) stops it before its request', async () => {
+    const t = await createTestStore();
+    cleanups.push(() => t.dispose());
+    const receiver = await startReceiver((_req, res) => {
+      res.statusCode = 200;
+      res.end();
+    });
+    cleanups.push(() => receiver.close());
+    const circuit = new CircuitBreaker({ options: { holdMaxMs: 10_000 } });
+    // Another attempt to the endpoint is answered 429 'Retry-After: 5' (and recorded) while this one, admitted
+    // already, freezes its body: an await between the circuit's admit and the request.
+    const freeze = t.store.freeze.bind(t.store);
+    let throttled = false;
+    vi.spyOn(t.store, 'freeze').mockImplementation(async (...args) => {
+      if (!throttled) {
+        throttled = true;
+        const at = Date.now();
+        circuit.onAttempt({
+          accountId: 'acct',
+          deliveryId: 'another',
+          classification: classify({ kind: 'response', status: 429, retryAfter: '5' }, at),
+          statusCode: 429,
+          errorKind: null,
+          durationMs: 1,
+          at,
+        });
+      }
+      return freeze(...args);
+    });
+    const engine = new DeliveryEngine({
+      store: t.store,
+      health: circuit,
+      options: { pollIntervalMs: 20, requestTimeoutMs: 3_000, backoff: FAST_BACKOFF },
+    });
+    cleanups.push(() => engine.stop(200));
+    await t.store.upsertWebhook('acct', { url: receiver.url, enabled: true, maxMessagesPerContact: 10 }, Date.now());
+    const published = await t.store.publish({ accountId: 'acct', messages: [message('c1')], now: Date.now() });
+    engine.start();
+
+    await waitFor(() => throttled, 'the freeze', 5_000);
+    await sleep(300);
+    // Not sent into the hold: no request, no attempt; it waits (given back) for the hold to end.
+    expect(receiver.requests).toHaveLength(0);
+    const found = await t.store.getDelivery(published.deliveries[0]!.deliveryId);
+    expect({ attempts: found?.attempts.length, state: found?.delivery.state }).toEqual({
+      attempts: 0,
+      state: 'retrying',
+    });
   });
 
   it('a half-open probe is ONE request even when a claim returns several deliveries; the rest burn no attempt', async () => {

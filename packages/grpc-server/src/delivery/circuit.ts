@@ -212,6 +212,14 @@ export class CircuitBreaker implements EndpointHealth {
     return true;
   }
 
+  /**
+   * Whether a `Retry-After` holds the account's endpoint at `now` (see `EndpointHealth.held`: asked right before a
+   * request that `admit` let through earlier); the circuit's state is not touched.
+   */
+  held(accountId: string, now: number): boolean {
+    return this.#held(accountId, now);
+  }
+
   /** Records an attempt's result (called by the engine after every recorded attempt). */
   onAttempt(event: EndpointAttemptEvent): void {
     const { accountId, at } = event;

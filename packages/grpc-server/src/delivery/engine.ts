@@ -127,6 +127,12 @@ export interface EndpointHealth {
    * account, and stops claims taken just before the circuit opened. Default: always true.
    */
   admit?(accountId: string, now: number): boolean;
+  /**
+   * Whether the endpoint is held at `now` (a `Retry-After` of another attempt): asked again right before the request
+   * of a claim `admit` let through, as that claim may have waited since (its build turn, the freeze, a store check);
+   * true gives the claim back without an attempt. No side effect on the circuit. Default: never held.
+   */
+  held?(accountId: string, now: number): boolean;
 }
 
 /** No circuit breaking: nothing is ever paused. */
@@ -1072,6 +1078,11 @@ export class DeliveryEngine {
 
     if (signal.aborted) {
       await this.#release(claim, 'stopping');
+      return;
+    }
+    if (this.#health.held?.(delivery.accountId, this.#clock()) === true) {
+      // A Retry-After of another attempt came while this one got ready: not sent into the hold, nothing counted.
+      await this.#release(claim, 'endpoint held');
       return;
     }
     const tracer = this.#tracer;
