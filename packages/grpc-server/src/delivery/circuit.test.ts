@@ -481,12 +481,20 @@ describe('CircuitBreaker in the DeliveryEngine (real SQLite store, real HTTP rec
 
     await waitFor(() => throttled, 'the freeze', 5_000);
     await sleep(300);
-    // Not sent into the hold: no request, no attempt; it waits (given back) for the hold to end.
+    // Not sent into the hold: no request, no attempt; given back due when the hold ends (so that no other process
+    // takes it meanwhile).
     expect(receiver.requests).toHaveLength(0);
     const found = await t.store.getDelivery(published.deliveries[0]!.deliveryId);
-    expect({ attempts: found?.attempts.length, state: found?.delivery.state }).toEqual({
+    const heldUntil = circuit.view('acct', Date.now()).heldUntil;
+    expect(heldUntil).not.toBeNull();
+    expect({
+      attempts: found?.attempts.length,
+      state: found?.delivery.state,
+      due: found?.delivery.nextAttemptAt,
+    }).toEqual({
       attempts: 0,
       state: 'retrying',
+      due: heldUntil,
     });
   });
 

@@ -213,11 +213,12 @@ export class CircuitBreaker implements EndpointHealth {
   }
 
   /**
-   * Whether a `Retry-After` holds the account's endpoint at `now` (see `EndpointHealth.held`: asked right before a
-   * request that `admit` let through earlier); the circuit's state is not touched.
+   * Until when a `Retry-After` holds the account's endpoint at `now`, or null (see `EndpointHealth.heldUntil`: asked
+   * right before a request that `admit` let through earlier, and for the due time of a claim given back); the
+   * circuit's state is not touched.
    */
-  held(accountId: string, now: number): boolean {
-    return this.#held(accountId, now);
+  heldUntil(accountId: string, now: number): number | null {
+    return this.#held(accountId, now) ? (this.#holds.get(accountId) ?? null) : null;
   }
 
   /** Records an attempt's result (called by the engine after every recorded attempt). */

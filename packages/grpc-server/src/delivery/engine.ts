@@ -128,11 +128,13 @@ export interface EndpointHealth {
    */
   admit?(accountId: string, now: number): boolean;
   /**
-   * Whether the endpoint is held at `now` (a `Retry-After` of another attempt): asked again right before the request
-   * of a claim `admit` let through, as that claim may have waited since (its build turn, the freeze, a store check);
-   * true gives the claim back without an attempt. No side effect on the circuit. Default: never held.
+   * Until when the endpoint is held at `now` (a `Retry-After` of another attempt), or null: asked again right before
+   * the request of a claim `admit` let through, as that claim may have waited since (its build turn, the freeze, a
+   * store check), and when `admit` refuses one. A held claim is given back without an attempt, due when the hold ends,
+   * so that no other process (PostgreSQL; holds are per process) takes it in the meantime and collects a 429 of its
+   * own. No side effect on the circuit. Default: never held.
    */
-  held?(accountId: string, now: number): boolean;
+  heldUntil?(accountId: string, now: number): number | null;
 }
 
 /** No circuit breaking: nothing is ever paused. */
@@ -1041,8 +1043,10 @@ export class DeliveryEngine {
       return;
     }
     if (this.#health.admit !== undefined && !this.#health.admit(delivery.accountId, this.#clock())) {
-      // The endpoint's circuit is open (or its one probe is out): not an attempt, nothing is lost.
-      await this.#release(claim, 'endpoint paused');
+      // The endpoint's circuit is open (or its one probe is out), or a Retry-After holds it (then due at its end): not
+      // an attempt, nothing is lost.
+      const heldUntil = this.#health.heldUntil?.(delivery.accountId, this.#clock()) ?? undefined;
+      await this.#release(claim, 'endpoint paused', heldUntil);
       return;
     }
     const mayStart = this.#mayStart(claim, waited);
@@ -1080,9 +1084,10 @@ export class DeliveryEngine {
       await this.#release(claim, 'stopping');
       return;
     }
-    if (this.#health.held?.(delivery.accountId, this.#clock()) === true) {
+    const heldUntil = this.#health.heldUntil?.(delivery.accountId, this.#clock()) ?? null;
+    if (heldUntil !== null) {
       // A Retry-After of another attempt came while this one got ready: not sent into the hold, nothing counted.
-      await this.#release(claim, 'endpoint held');
+      await this.#release(claim, 'endpoint held', heldUntil);
       return;
     }
     const tracer = this.#tracer;
