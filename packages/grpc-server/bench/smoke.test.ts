@@ -9,7 +9,7 @@
  * Run by `vitest.bench.config.ts` (nx target `test:bench-smoke`, after the package's tests: the bench fills both
  * cores, and run beside the other test files it would slow their servers).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,7 +31,17 @@ interface BenchJson {
 
 describe('npm run bench -- --quick', () => {
   const out = mkdtempSync(join(tmpdir(), 'app-inbox-bench-smoke-'));
-  afterAll(() => rmSync(out, { recursive: true, force: true }));
+  let running: ChildProcess | undefined;
+  afterAll(() => {
+    if (running !== undefined && running.exitCode === null && running.signalCode === null) {
+      try {
+        process.kill(-running.pid!, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
+    rmSync(out, { recursive: true, force: true });
+  });
 
   it('runs every scenario and writes their figures; the correctness targets hold', { timeout: 600_000 }, async () => {
     const pgUrl = process.env[TEST_PG_URL_VARIABLE];
@@ -52,11 +62,15 @@ describe('npm run bench -- --quick', () => {
       '--out',
       out,
     ];
+    // Its own process group (the bench, its servers, its receiver), killed whole if the test ends first (a timeout):
+    // nothing is left running.
     const child = spawn(process.execPath, args, {
       cwd: PACKAGE_DIR,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NODE_OPTIONS: '' },
+      detached: true,
     });
+    running = child;
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));

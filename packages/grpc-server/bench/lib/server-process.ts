@@ -105,7 +105,7 @@ export class ServerProcess {
         '2000',
         ...(options.args ?? []),
       ],
-      // The bench runs under tsx; the server must not (production runs plain node on dist/).
+      // The bench runs under tsx; the server does not (production runs plain node on dist/), unless `fromSource`.
       {
         cwd: PACKAGE_DIR,
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -123,7 +123,10 @@ export class ServerProcess {
     });
     const lines = createInterface({ input: child.stdout! });
     const address = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the server did not start:\n${log.join('\n')}`)), 30_000);
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL'); // not left running behind the bench
+        reject(new Error(`the server did not start within 30 s:\n${log.join('\n')}`));
+      }, 30_000);
       child.once('exit', (code) => {
         clearTimeout(timer);
         reject(new Error(`the server exited with code ${code} before listening:\n${log.join('\n')}`));
