@@ -363,7 +363,7 @@ export class CircuitBreaker implements EndpointHealth {
   #transition(accountId: string, entry: Entry, state: CircuitState, at: number): void {
     entry.state = state;
     entry.since = at;
-    this.#notify(accountId, state, this.view(accountId));
+    this.#notify(accountId, state, this.view(accountId, at));
   }
 
   #notify(accountId: string, state: CircuitState, view: CircuitView): void {
