@@ -180,13 +180,24 @@ export function summarize(record: ReceivedRequest): ReceivedSummary {
   return summary;
 }
 
+/** `path` with its percent-escapes decoded, or as it is when one is malformed. */
+function decodedPath(path: string): string {
+  try {
+    return decodeURIComponent(path);
+  } catch {
+    return path;
+  }
+}
+
 /** True when `record` passes every filter. */
 export function matchesFilter(record: ReceivedRequest, filter: RecordFilter): boolean {
   if (filter.externalCustomerId !== undefined && !record.externalCustomerIds.includes(filter.externalCustomerId)) {
     return false;
   }
   if (filter.deliveryId !== undefined && record.deliveryId !== filter.deliveryId) return false;
-  if (filter.path !== undefined && record.path !== filter.path) return false;
+  // The path as recorded is as sent (percent-encoded); a filter from a query string arrives decoded: either matches.
+  if (filter.path !== undefined && record.path !== filter.path && decodedPath(record.path) !== filter.path)
+    return false;
   if (filter.status !== undefined && record.answer.status !== filter.status) return false;
   if (filter.signature !== undefined && record.signature !== filter.signature) return false;
   if (filter.since !== undefined && record.seq <= filter.since) return false;

@@ -101,6 +101,17 @@ describe('recording', () => {
     expect(repeated.json).toMatchObject({ violations: [{ field: 'limit', description: 'must be given once' }] });
   });
 
+  it('GET /__received?path= matches the path as sent, whether the filter is written decoded or encoded', async () => {
+    const receiver = await startReceiver();
+    await post(receiver, { path: '/hooks/a%20b', deliveryId: 'd-1', body: [message('alice')] });
+    await post(receiver, { path: '/hooks/other', deliveryId: 'd-2', body: [message('alice')] });
+    for (const query of ['path=%2Fhooks%2Fa%20b', 'path=/hooks/a%2520b']) {
+      const found = await getJson(receiver, `/__received?${query}&summary=1`);
+      const ids = (found.json as { records: ReceivedRequest[] }).records.map((r) => r.deliveryId);
+      expect({ query, ids }).toEqual({ query, ids: ['d-1'] });
+    }
+  });
+
   it('answers 400 naming an unknown query parameter or a bad summary, never an unfiltered list', async () => {
     const receiver = await startReceiver();
     await post(receiver, { deliveryId: 'd-1', body: [message('alice')] });
