@@ -22,6 +22,7 @@ import {
 import { checkCredentials, redactHeaders } from './auth.js';
 import {
   checkBody,
+  checkHeaders,
   contactsOf,
   decide,
   groupByContact,
@@ -527,6 +528,11 @@ export function createMockReceiverApp(options: MockReceiverAppOptions = {}): Moc
         signature,
         body,
         bodyCheck,
+        headerViolations: checkHeaders(
+          { deliveryId: headerValue(req, DELIVERY_ID_HEADER), contact: headerValue(req, CONTACT_HEADER) },
+          body,
+          resolved.strict,
+        ),
       },
       {
         maxMessagesPerContact: resolved.maxMessagesPerContact,

@@ -52,6 +52,8 @@ export interface ContractRequest {
   body: ParsedBody;
   /** {@link checkBody} of `body`. */
   bodyCheck: BodyCheck;
+  /** {@link checkHeaders}: the headers the contract requires that are missing (strict). Default none. */
+  headerViolations?: FieldViolation[];
 }
 
 /** The contract's settings. */
@@ -77,6 +79,31 @@ export const BODY_FIELD = 'body';
 
 /** The messages of a loose (non-strict) list keep unknown fields; the known ones are still checked. */
 const looseMessageSchema = messageSchema.loose();
+
+/**
+ * The headers the contract requires of every webhook request (strict only): `webhook-id`, the stable delivery id a
+ * receiver discards a retried duplicate by (SPEC §4), and with an empty list `app-inbox-contact`, since the body `[]`
+ * names no contact whose list it empties. Checked when signing is off too: a sender that dropped them would pass.
+ */
+export function checkHeaders(
+  headers: { deliveryId: string | undefined; contact: string | undefined },
+  body: ParsedBody,
+  strict: boolean,
+): FieldViolation[] {
+  if (!strict) return [];
+  const violations: FieldViolation[] = [];
+  if (headers.deliveryId === undefined || headers.deliveryId.trim() === '') {
+    violations.push({ field: 'headers.webhook-id', description: 'is required: the stable delivery id (SPEC §4)' });
+  }
+  const emptyList = body.kind === 'json' && Array.isArray(body.value) && body.value.length === 0;
+  if (emptyList && (headers.contact === undefined || headers.contact === '')) {
+    violations.push({
+      field: 'headers.app-inbox-contact',
+      description: 'is required with an empty list: the body names no contact whose list it empties',
+    });
+  }
+  return violations;
+}
 
 /**
  * Checks a body against the seed's format with core's schema, so that the receiver and the sender can
@@ -255,11 +282,13 @@ export function decide(request: ContractRequest, settings: ContractSettings): Co
       message: `the body must be at most ${request.body.limitBytes} bytes`,
     });
   }
-  if (!request.bodyCheck.ok) {
-    const violations = request.bodyCheck.violations;
+  const headerViolations = request.headerViolations ?? [];
+  if (!request.bodyCheck.ok || headerViolations.length > 0) {
+    const violations = [...headerViolations, ...(request.bodyCheck.ok ? [] : request.bodyCheck.violations)];
+    const where = headerViolations.length > 0 ? 'request' : 'request body';
     return answer('invalid_payload', 400, {
       error: 'invalid_payload',
-      message: `${violations.length} problem${violations.length === 1 ? '' : 's'} in the request body`,
+      message: `${violations.length} problem${violations.length === 1 ? '' : 's'} in the ${where}`,
       violations,
     });
   }

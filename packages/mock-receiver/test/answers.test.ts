@@ -18,9 +18,25 @@ describe('the contract answers', () => {
     expect(receiver.records.list()[2]?.url).toBe('/customers/acme/app-inbox?token=x');
   });
 
-  it('200 for an empty list', async () => {
+  it('200 for an empty list, the contact it empties named by app-inbox-contact', async () => {
     const receiver = await startReceiver();
-    expect((await post(receiver, { body: [] })).status).toBe(200);
+    expect((await post(receiver, { body: [], headers: { 'app-inbox-contact': 'c-1' } })).status).toBe(200);
+  });
+
+  it('400 (strict) naming a missing webhook-id, or an empty list without app-inbox-contact; 200 with --no-strict', async () => {
+    const strict = await startReceiver();
+    const noId = await post(strict, { deliveryId: null, body: [message('c-1')] });
+    const noContact = await post(strict, { body: [] });
+    const fields = (answer: typeof noId) => [
+      answer.status,
+      (answer.json as { violations: Array<{ field: string }> }).violations.map((v) => v.field),
+    ];
+    expect(fields(noId)).toEqual([400, ['headers.webhook-id']]);
+    expect(fields(noContact)).toEqual([400, ['headers.app-inbox-contact']]);
+    expect((noId.json as { message: string }).message).toBe('1 problem in the request');
+    const loose = await startReceiver({ strict: false });
+    expect((await post(loose, { deliveryId: null, body: [message('c-1')] })).status).toBe(200);
+    expect((await post(loose, { body: [] })).status).toBe(200);
   });
 
   it('405 with Allow for a method other than POST', async () => {

@@ -93,7 +93,7 @@ describe('createMockReceiver', () => {
     {
       await using receiver = await createMockReceiver();
       url = receiver.url;
-      expect((await post(receiver, { body: [] })).status).toBe(200);
+      expect((await post(receiver, { body: [], headers: { 'app-inbox-contact': 'c-1' } })).status).toBe(200);
     }
     await expect(post({ url }, { body: [] })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
   });
