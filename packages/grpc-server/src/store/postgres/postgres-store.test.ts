@@ -198,6 +198,8 @@ async function withOwnDatabase(
 
 describe('PostgresStore', () => {
   const T0 = 1_700_000_000_000;
+  /** The webhook most tests give their account: lists of up to 10 messages, enabled. */
+  const HOOK = { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true } as const;
   /** A message for `contact`, published at T0 and available for a day. */
   const storedMessage = (contact: string, extra: Partial<StoredMessage> = {}): StoredMessage => ({
     externalCustomerId: contact,
@@ -216,7 +218,7 @@ describe('PostgresStore', () => {
    */
   async function claimedFresh(store: PostgresStore, contacts: string[]) {
     const account = `acct-${randomUUID()}`;
-    await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+    await store.upsertWebhook(account, HOOK, T0);
     await store.publish({ accountId: account, now: T0, messages: contacts.map((contact) => storedMessage(contact)) });
     const claimed = await store.claimDue({
       lane: 'first',
@@ -667,11 +669,7 @@ describe('PostgresStore', () => {
     await withOwnDatabase(async (opened, url) => {
       for (let a = 0; a < 200; a++) {
         const account = `a${String(a).padStart(3, '0')}`;
-        await opened.upsertWebhook(
-          account,
-          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-          T0,
-        );
+        await opened.upsertWebhook(account, HOOK, T0);
         const messages = Array.from({ length: 50 }, (_, i) => storedMessage(`c${String(i).padStart(2, '0')}`));
         await opened.publish({ accountId: account, now: T0 + a, messages });
       }
@@ -731,7 +729,7 @@ describe('PostgresStore', () => {
   it('refuses a lease owner outside in_flight and an in-flight delivery without one (migration 5)', async () => {
     // The statements that name a claimed row check its owner and not its state: they rely on this.
     await withOwnDatabase(async (opened, url) => {
-      await opened.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await opened.upsertWebhook('acct', HOOK, T0);
       const { deliveries } = await opened.publish({ accountId: 'acct', now: T0, messages: [storedMessage('c')] });
       const id = deliveries[0]!.deliveryId;
       const attempt = (set: string) =>
@@ -903,7 +901,7 @@ describe('PostgresStore', () => {
         POSTGRES_MIGRATIONS.filter((m) => m.version <= 3),
       );
       const old = new PostgresStore({ connectionString: fresh.url, poolSize: 1 }); // not migrated further
-      await old.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await old.upsertWebhook('acct', HOOK, T0);
       await old.publish({ accountId: 'acct', now: T0, messages: ['a', 'b', 'c', 'd'].map((c) => storedMessage(c)) });
       const claimed = await old.claimDue({ lane: 'first', limit: 3, now: T0 + 1, leaseMs: 60_000, owner: 'w' });
       const attempt = (claim: ClaimedDelivery, statusCode: number) => ({
@@ -1001,7 +999,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       try {
         await migratePostgres(client, upTo(3));
         const old = new PostgresStore({ connectionString: fresh.url, poolSize: 1 }); // not migrated further
-        await old.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+        await old.upsertWebhook('acct', HOOK, T0);
         await old.publish({ accountId: 'acct', now: T0, messages: ['a', 'b', 'c'].map((c) => storedMessage(c)) });
         const [retried, inFlight] = await old.claimDue({
           lane: 'first',
@@ -1085,7 +1083,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
         store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1 });
         expect(await recorded(client)).toEqual(POSTGRES_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
         expect(await columns(client)).not.toContain('lease_losses');
-        await store.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+        await store.upsertWebhook('acct', HOOK, T0);
         await store.publish({ accountId: 'acct', now: T0, messages: [storedMessage('a')] });
         expect(await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 1000, owner: 'w' })).toHaveLength(1);
       } finally {
@@ -1120,7 +1118,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 2, claimMessagesMaxBytes: 5_000 });
     const account = `acct-${randomUUID()}`;
     try {
-      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.upsertWebhook(account, HOOK, T0);
       const sized = (contact: string, createdDate: number, bytes: number) =>
         storedMessage(contact, {
           createdDate,
@@ -1227,7 +1225,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     // pending delivery (and supersedes the contact's retrying ones) had not seen it yet: READ COMMITTED. Made here by
     // hand; the claim must still never send the older list after the newer one (ARCHITECTURE §2).
     await withOwnDatabase(async (opened, url) => {
-      await opened.upsertWebhook('acct', { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await opened.upsertWebhook('acct', HOOK, T0);
       const older = (await opened.publish({ accountId: 'acct', now: T0, messages: [storedMessage('c')] }))
         .deliveries[0]!.deliveryId;
       const [c] = await opened.claimDue({ lane: 'first', limit: 10, now: T0, leaseMs: 60_000, owner: 'w' });
@@ -1513,7 +1511,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       return (original as (...a: unknown[]) => unknown).apply(this, args);
     } as typeof original);
     try {
-      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.upsertWebhook(account, HOOK, T0);
       await store.publish({
         accountId: account,
         now: T0,
@@ -1536,7 +1534,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     const store = await openPostgresStore({ connectionString: fresh.url, poolSize: 1, closeTimeoutMs: 60_000 });
     const account = `acct-${randomUUID()}`;
     try {
-      await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+      await store.upsertWebhook(account, HOOK, T0);
       await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
       const [a] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
       // The pool's only connection is busy with a large publish while the freeze's statement is sent.
@@ -1994,11 +1992,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     await withOwnDatabase(async (store) => {
       const accounts = Array.from({ length: 30 }, (_, i) => `acct-${i}`);
       for (const account of accounts) {
-        await store.upsertWebhook(
-          account,
-          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-          T0,
-        );
+        await store.upsertWebhook(account, HOOK, T0);
         await store.publish({
           accountId: account,
           now: T0,
@@ -2037,11 +2031,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       await withOwnDatabase(
         async (store, url) => {
           const account = 'acct';
-          await store.upsertWebhook(
-            account,
-            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-            T0,
-          );
+          await store.upsertWebhook(account, HOOK, T0);
           // a, b and c each get a list holding a message that expires; b and c then get a pending delivery, a does not.
           await store.publish({
             accountId: account,
@@ -2100,11 +2090,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     await withOwnDatabase(
       async (store, url) => {
         const account = 'acct';
-        await store.upsertWebhook(
-          account,
-          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-          T0,
-        );
+        await store.upsertWebhook(account, HOOK, T0);
         // y's pending delivery first, so the delete (by the account's deliveries, in order) takes it before x's.
         await store.publish({ accountId: account, now: T0, messages: [storedMessage('y')] });
         await store.publish({ accountId: account, now: T0, messages: [storedMessage('x')] });
@@ -2149,7 +2135,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
     account: string,
     run: (store: PostgresStore, account: string) => Promise<unknown>,
   ): Promise<string> {
-    await store.upsertWebhook(account, { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true }, T0);
+    await store.upsertWebhook(account, HOOK, T0);
     await store.publish({ accountId: account, now: T0, messages: [storedMessage('a')] });
     const [c] = await store.claimDue({ lane: 'first', limit: 1, now: T0, leaseMs: 60_000, owner: 'w' });
     expect(await store.freeze(c!.delivery.id, 'w', new Uint8Array([1]), [], T0)).toBe(true);
@@ -2285,11 +2271,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       await withOwnDatabase(
         async (store, url) => {
           const account = 'acct';
-          await store.upsertWebhook(
-            account,
-            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-            T0,
-          );
+          await store.upsertWebhook(account, HOOK, T0);
           // The account's history: 2,000 finished deliveries. Statistics that show them make a delete of the account's
           // deliveries a bitmap scan, which takes the rows in their order in the table, not in seq order.
           await sql(
@@ -2336,11 +2318,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       await withOwnDatabase(
         async (store, url) => {
           const account = 'acct';
-          await store.upsertWebhook(
-            account,
-            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-            T0,
-          );
+          await store.upsertWebhook(account, HOOK, T0);
           // x's delivery before y's (seq); y's asked first, its id first (an id starts with its publish's time; in one
           // publish its contacts' ids differ by random bits only) and its row first: locked as found, in the order of
           // the calls, of the ids or of the rows (the plan's), y's went first.
@@ -2369,11 +2347,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       await withOwnDatabase(
         async (store, url) => {
           const account = 'acct';
-          await store.upsertWebhook(
-            account,
-            { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-            T0,
-          );
+          await store.upsertWebhook(account, HOOK, T0);
           // b's delivery before a's (seq), both retrying: a record locks b's first, a publish to both supersedes a's first.
           for (const contact of ['b', 'a']) {
             await store.publish({ accountId: account, now: T0, messages: [storedMessage(contact)] });
@@ -2569,11 +2543,7 @@ ALTER TABLE deliveries DROP COLUMN body, DROP COLUMN message_ids;
       const store = await openPostgresStore({ connectionString: db.url, poolSize: 1 });
       try {
         const account = `acct-${randomUUID()}`;
-        await store.upsertWebhook(
-          account,
-          { url: 'https://r.example/h', maxMessagesPerContact: 10, enabled: true },
-          T0,
-        );
+        await store.upsertWebhook(account, HOOK, T0);
         await store.leaseRateTokens(account, 5, 5);
         const rows = async () =>
           (await sql(db.url, 'SELECT count(*)::int AS n FROM rate_buckets WHERE account_id = $1', [account])).rows[0].n;
