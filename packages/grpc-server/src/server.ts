@@ -543,7 +543,6 @@ export function describeStore(url: string): string {
   return redactCredentials(url);
 }
 
-/** A task run every interval (see {@link every}). */
 /**
  * Deletes expired messages and old finished deliveries every `sweepIntervalMs`, so storage stays bounded; with
  * `refreshOnExpiry`, a contact whose list held an expired message is sent its list again (Store.sweep).

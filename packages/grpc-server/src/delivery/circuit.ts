@@ -285,7 +285,7 @@ export class CircuitBreaker implements EndpointHealth {
 
   /** The circuit of `accountId` (closed with no failures when it never failed). */
   view(accountId: string, now?: number): CircuitView {
-    const heldUntil = now === undefined || this.#held(accountId, now) ? (this.#holds.get(accountId) ?? null) : null;
+    const heldUntil = now === undefined ? (this.#holds.get(accountId) ?? null) : this.heldUntil(accountId, now);
     const entry = this.#entries.get(accountId);
     if (entry === undefined) return { ...closedView(), heldUntil };
     return {

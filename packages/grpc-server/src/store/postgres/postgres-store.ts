@@ -884,22 +884,20 @@ export class PostgresStore implements Store {
   }
 
   async ping(timeoutMs?: number): Promise<void> {
-    if (timeoutMs === undefined) {
-      await this.#query('SELECT 1');
-      return;
-    }
     this.#assertOpen();
     const client = await this.#pool.connect();
     let failed: Error | undefined;
     let timer: NodeJS.Timeout | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
-        timer = setTimeout(() => {
-          reject(new Error(`no answer to SELECT 1 within ${timeoutMs} ms`));
-          // Its socket too: a dead one would stay open (and keep the process alive) until TCP gives up.
-          cut(client);
-        }, timeoutMs);
-        timer.unref();
+        if (timeoutMs !== undefined) {
+          timer = setTimeout(() => {
+            reject(new Error(`no answer to SELECT 1 within ${timeoutMs} ms`));
+            // Its socket too: a dead one would stay open (and keep the process alive) until TCP gives up.
+            cut(client);
+          }, timeoutMs);
+          timer.unref();
+        }
         client.query('SELECT 1').then(() => resolve(), reject);
       });
     } catch (error) {
