@@ -76,7 +76,8 @@ describe.each(storeUrls())('SPEC §5 receiver answers ($engine)', ({ newUrl, rel
     ]);
   });
 
-  it.each([429, 500, 502, 503])('%i: retried with the same id and bytes, then delivered', async (statusCode) => {
+  // 403 is a documented choice (core's table): the seed calls its retried authentication failure "401 Forbidden".
+  it.each([403, 429, 500, 502, 503])('%i: retried with the same id and bytes, then delivered', async (statusCode) => {
     const { receiver, deliveryId } = await publishTo([
       { answers: [{ status: statusCode, times: 2 }], per: 'delivery' },
     ]);
@@ -102,6 +103,21 @@ describe.each(storeUrls())('SPEC §5 receiver answers ($engine)', ({ newUrl, rel
         (first?.nextAttemptTimeMs ?? 0) - (first?.startTimeMs ?? 0) - (first?.durationMs ?? 0),
       ).toBeGreaterThanOrEqual(450);
     }
+  });
+
+  it('an empty custom_data is none: accepted, and the receiver gets no customData', async () => {
+    const receiver = await createMockReceiver();
+    receivers.push(receiver);
+    const account = accountId();
+    await t.clients.upsertWebhook({ accountId: account, url: `${receiver.url}/in`, signingSecret: '' });
+    const message = { ...inboxMessage('c-empty'), customData: '' };
+    const published = await t.clients.publishMessages({ accountId: account, messages: [message] });
+    expect(published).toMatchObject({ accepted: 1 });
+    const delivery = await deliveryIn(t.clients, published.deliveries[0]!.deliveryId, TERMINAL);
+    expect(delivery.state).toBe(DeliveryState.DELIVERY_STATE_DELIVERED);
+    const [sent] = receiver.records.list()[0]!.body as Array<Record<string, unknown>>;
+    expect(sent).toMatchObject({ id: message.id });
+    expect(sent).not.toHaveProperty('customData');
   });
 
   it('401: retried; the next attempt uses the corrected credentials and is delivered', async () => {
